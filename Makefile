@@ -1,0 +1,23 @@
+# Two entry points, each of which sets everything up first (see README.md).
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+
+.PHONY: demo test setup bench lint
+
+demo: setup
+	$(UV) run lianxin demo
+
+test: setup
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+	$(UV) run mypy
+	$(UV) run pytest
+
+bench: setup
+	$(UV) run python -m bench.apply_changes
+
+setup: $(UV)
+	$(UV) sync --frozen --quiet
+
+.tools/bin/uv:
+	python3 -m pip install --quiet --target .tools/uv-pkg "uv==0.13.9"
+	mkdir -p .tools/bin && ln -sf ../uv-pkg/bin/uv .tools/bin/uv

@@ -1,0 +1,42 @@
+"""A record's merge state: every live write with its dot, as stored and replicated.
+
+The materialised record (a `Case`, say) is derived from this by `sync.merge`;
+this keeps what merging needs: concurrent siblings, set add-tags, log entries,
+status history and the record's version vector.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class Write(msgspec.Struct, frozen=True, array_like=True):
+    """One value written by one change.
+
+    `hlc` with `device_id` is the dot; `order` is the stamp used to rank
+    concurrent writes (the hlc, unless the server clamped it). `seen` is kept
+    only where merging needs the writer's causal context later (status
+    history, deletes).
+    """
+
+    value: Any
+    device_id: str
+    hlc: int
+    change_id: str
+    order: int
+    seen: dict[str, int] = {}
+
+
+class RecordState(msgspec.Struct, kw_only=True):
+    """Everything merging needs to know about one record."""
+
+    record_type: str
+    record_id: str
+    vv: dict[str, int] = {}
+    registers: dict[str, list[Write]] = {}
+    sets: dict[str, dict[str, list[Write]]] = {}
+    logs: dict[str, dict[str, Write]] = {}
+    history: dict[str, list[Write]] = {}
+    deleted: list[Write] = []

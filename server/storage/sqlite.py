@@ -1,0 +1,191 @@
+"""The embedded store: SQLite in WAL mode behind one writer gate.
+
+All writes go through `transaction()`: a lock plus `BEGIN IMMEDIATE` on the one
+writer connection, so there is exactly one serializer of the change log.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import msgspec
+import sqlite_utils
+
+from schemas.changes import Change, ChangeResult, Conflict
+from schemas.state import RecordState
+from server.storage.migrations import migrate
+from sync.merge import is_deleted
+from sync.store import BatchWrite, LoggedChange, QuarantineRow, RecordKey
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_state = msgspec.msgpack.Decoder(RecordState).decode
+_decode_result = msgspec.msgpack.Decoder(ChangeResult).decode
+_decode_change = msgspec.msgpack.Decoder(Change).decode
+_decode_conflict = msgspec.msgpack.Decoder(Conflict).decode
+
+# Keep IN (...) lists well under SQLite's bound-parameter limit.
+_CHUNK = 500
+
+
+def _chunks(items: list, size: int = _CHUNK) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class SqliteStore:
+    """A `sync.store.ChangeStore` on one SQLite file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        self.db.execute("PRAGMA foreign_keys = ON")
+        self.migrations_applied = migrate(self.db)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    def last_seq(self) -> int:
+        return self.db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+
+    def results(self, change_ids: Iterable[str]) -> dict[str, ChangeResult]:
+        found = {}
+        for chunk in _chunks(list(change_ids)):
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT change_id, result FROM changes WHERE change_id IN ({marks})"
+                f" UNION ALL SELECT change_id, result FROM quarantine WHERE change_id IN ({marks})",
+                chunk + chunk,
+            )
+            found.update((change_id, _decode_result(blob)) for change_id, blob in rows)
+        return found
+
+    def states(self, keys: Iterable[RecordKey]) -> dict[RecordKey, RecordState]:
+        found = {}
+        for chunk in _chunks(list(keys)):
+            marks = ",".join("(?, ?)" for _ in chunk)
+            rows = self.db.execute(
+                "SELECT record_type, record_id, state FROM records"
+                f" WHERE (record_type, record_id) IN (VALUES {marks})",
+                [part for key in chunk for part in key],
+            )
+            found.update(((t, i), _decode_state(blob)) for t, i, blob in rows)
+        return found
+
+    def write(self, batch: BatchWrite) -> None:
+        execute_many = self.db.conn.executemany
+        execute_many(
+            "INSERT INTO changes (seq, change_id, record_type, record_id, device_id, hlc,"
+            " status, result, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    seq,
+                    c.change_id,
+                    c.record_type,
+                    c.record_id,
+                    c.device_id,
+                    c.hlc,
+                    result.status,
+                    _encode(result),
+                    raw,
+                )
+                for seq, c, raw, result in batch.changes
+            ],
+        )
+        execute_many(
+            "INSERT INTO records (record_type, record_id, seq, deleted, state)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (record_type, record_id) DO UPDATE SET"
+            " seq = excluded.seq, deleted = excluded.deleted, state = excluded.state",
+            [
+                (state.record_type, state.record_id, seq, is_deleted(state), _encode(state))
+                for state, seq in batch.records.values()
+            ],
+        )
+        execute_many(
+            "INSERT INTO quarantine (change_id, record_type, record_id, device_id, reason,"
+            " detail, result, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    c.change_id,
+                    c.record_type,
+                    c.record_id,
+                    c.device_id,
+                    result.reason,
+                    result.detail,
+                    _encode(result),
+                    raw,
+                )
+                for c, raw, result in batch.quarantine
+            ],
+        )
+        for (record_type, record_id), field, conflict, seq in batch.conflicts:
+            if conflict is None:
+                self.db.execute(
+                    "UPDATE conflicts SET settled_seq = ? WHERE record_type = ?"
+                    " AND record_id = ? AND field = ? AND settled_seq IS NULL",
+                    [seq, record_type, record_id, field],
+                )
+            else:
+                self.db.execute(
+                    "INSERT INTO conflicts (record_type, record_id, field, kind, conflict,"
+                    " opened_seq, updated_seq) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (record_type, record_id, field) WHERE settled_seq IS NULL"
+                    " DO UPDATE SET conflict = excluded.conflict, kind = excluded.kind,"
+                    " updated_seq = excluded.updated_seq",
+                    [record_type, record_id, field, conflict.kind, _encode(conflict), seq, seq],
+                )
+
+    def changes_since(self, seq: int, limit: int) -> Iterator[LoggedChange]:
+        rows = self.db.execute(
+            "SELECT seq, raw, result FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            [seq, limit],
+        )
+        for row_seq, raw, result in rows:
+            yield LoggedChange(row_seq, _decode_change(raw), raw, _decode_result(result))
+
+    def record(self, record_type: str, record_id: str) -> RecordState | None:
+        """The merge state of one record, or None."""
+        return self.states([(record_type, record_id)]).get((record_type, record_id))
+
+    def all_states(self) -> Iterator[RecordState]:
+        """Every record's merge state, in key order."""
+        rows = self.db.execute("SELECT state FROM records ORDER BY record_type, record_id")
+        for (blob,) in rows:
+            yield _decode_state(blob)
+
+    def open_conflicts(self) -> list[Conflict]:
+        rows = self.db.execute(
+            "SELECT conflict FROM conflicts WHERE settled_seq IS NULL ORDER BY id"
+        ).fetchall()
+        return [_decode_conflict(blob) for (blob,) in rows]
+
+    def quarantined(self) -> list[QuarantineRow]:
+        rows = self.db.execute(
+            "SELECT change_id, reason, detail, raw FROM quarantine ORDER BY id"
+        ).fetchall()
+        return [QuarantineRow(c, reason, detail, _decode_change(raw)) for c, reason, detail, raw in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Row counts of the main tables, for summaries."""
+        return {
+            name: self.db.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+            for name in ("records", "changes", "quarantine", "conflicts")
+        }

@@ -1,0 +1,111 @@
+"""Apply a batch of changes: dedupe, merge, sequence, quarantine, all or nothing.
+
+The server is the one serializer: inside one store transaction each accepted
+change gets the next server sequence. Duplicates (by change id, within the
+batch or from any earlier batch) are answered from the first answer and write
+nothing. A change that can never apply is quarantined and acknowledged, so a
+device's outbox never jams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+from schemas.changes import Change, ChangeResult, Conflict
+from schemas.state import RecordState
+from sync import merge
+from sync.clock import Clock
+from sync.store import (
+    BatchWrite,
+    ChangeStore,
+    ConflictUpdate,
+    LoggedChange,
+    QuarantinedChange,
+    RecordKey,
+)
+
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def apply_batch(
+    store: ChangeStore,
+    changes: Sequence[Change],
+    clock: Clock,
+    raws: Sequence[bytes] | None = None,
+) -> list[ChangeResult]:
+    """Apply `changes` in order as one transaction and answer each one.
+
+    `raws` are the exact bytes each change arrived as (kept for signatures and
+    audit); without them the changes are encoded here. The clock takes in
+    every stamp, and a stamp absurdly far ahead is clamped for ordering and
+    flagged in its result.
+    """
+    raws = raws if raws is not None else [_encode(c) for c in changes]
+    with store.transaction():
+        known = store.results(c.change_id for c in changes)
+        keys = {(c.record_type, c.record_id) for c in changes}
+        states: dict[RecordKey, RecordState] = store.states(keys)
+        touched: dict[RecordKey, tuple[RecordState, int]] = {}
+        batch = BatchWrite([], touched, [], [])
+        seq = store.last_seq()
+        answers = []
+        for change, raw in zip(changes, raws, strict=True):
+            first = known.get(change.change_id)
+            if first is not None:
+                answers.append(msgspec.structs.replace(first, status="duplicate", conflicts=[]))
+                continue
+            limit = clock.limit()
+            clamped = change.hlc > limit
+            clock.receive(change.hlc)
+            key = (change.record_type, change.record_id)
+            before = states.get(key)
+            outcome = merge.apply_change(before, change, min(change.hlc, limit))
+            if outcome.rejected is not None:
+                result = ChangeResult(
+                    change_id=change.change_id,
+                    status="rejected",
+                    reason=outcome.rejected.reason,
+                    detail=outcome.rejected.detail,
+                    clamped=clamped,
+                )
+                batch.quarantine.append(QuarantinedChange(change, raw, result))
+            else:
+                seq += 1
+                after = outcome.state
+                assert after is not None
+                states[key] = after
+                touched[key] = (after, seq)
+                now_open = merge.conflicts(after)
+                batch.conflicts.extend(_conflict_updates(before, now_open, key, seq))
+                mine = [
+                    c for c in now_open if any(x.change_id == change.change_id for x in c.candidates)
+                ]
+                result = ChangeResult(
+                    change_id=change.change_id,
+                    status="conflict" if mine else "applied",
+                    seq=seq,
+                    conflicts=mine,
+                    clamped=clamped,
+                )
+                batch.changes.append(LoggedChange(seq, change, raw, result))
+            known[change.change_id] = result
+            answers.append(result)
+        store.write(batch)
+    return answers
+
+
+def _conflict_updates(
+    before: RecordState | None, now_open: list[Conflict], key: RecordKey, seq: int
+) -> list[ConflictUpdate]:
+    """Which of the record's conflicts opened, changed or were settled at `seq`."""
+    old = {c.field: c for c in merge.conflicts(before)} if before else {}
+    new = {c.field: c for c in now_open}
+    updates = [ConflictUpdate(key, field, None, seq) for field in old.keys() - new.keys()]
+    updates += [
+        ConflictUpdate(key, field, conflict, seq)
+        for field, conflict in new.items()
+        if old.get(field) != conflict
+    ]
+    return updates

@@ -1,0 +1,347 @@
+"""Field-level merge: apply one change to one record's state, purely.
+
+Concurrency comes from causal context, never from wall clocks. A write is
+*seen* by a change when the change's device wrote it earlier, or the change's
+`seen` vector covers its stamp. A write that a new change has seen is
+superseded by it; one it has not seen is concurrent and stays beside it.
+That makes merging independent of arrival order: any delivery of the same
+changes that respects causality gives the same state and the same conflicts.
+
+Policies (declared on the record types in `schemas.records`):
+
+- lww:    concurrent writes stay as siblings; the shown value is the one with
+          the highest (order, device); distinct siblings are a conflict.
+- set:    observed-remove set: a remove takes only the adds its change had seen.
+- log:    entries unioned by key; the same key with other content is rejected.
+- status: a state machine checked against the status the device had seen;
+          concurrent transitions rank, and distinct ones are a conflict.
+- sealed: lww until the record has a signature the device had seen; after
+          that an edit is rejected (`agreement_sealed`).
+
+Deletes are tombstones: fields stay, and any write the delete had not seen
+keeps the record in a `deleted` conflict until someone settles it.
+"""
+
+from __future__ import annotations
+
+import functools
+import typing
+from collections.abc import Iterable
+from typing import Annotated, Any, NamedTuple
+
+import msgspec
+
+from schemas.changes import (
+    Add,
+    Append,
+    Candidate,
+    Change,
+    Conflict,
+    Delete,
+    Reason,
+    Remove,
+    Restore,
+)
+from schemas.policy import AddRemoveSet, Log, Lww, Policy, Sealed, StatusMachine
+from schemas.records import RECORD_TYPES
+from schemas.state import RecordState, Write
+
+DELETED_FIELD = "_record"
+
+
+class FieldSpec(NamedTuple):
+    """What merging needs of one record field: its policy and its value type."""
+
+    policy: Policy
+    value_type: Any
+    default: Any
+
+
+class Rejected(Exception):
+    """A change that can never apply; carries the machine reason and a detail."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class Outcome(NamedTuple):
+    """The result of applying one change: the new state, or why it was rejected."""
+
+    state: RecordState | None
+    rejected: Rejected | None
+
+
+@functools.cache
+def field_specs(record_type: str) -> dict[str, FieldSpec]:
+    """The merge spec of every field of a record type (raises KeyError if unknown)."""
+    struct = RECORD_TYPES[record_type]
+    hints = typing.get_type_hints(struct, include_extras=True)
+    specs = {}
+    for info in msgspec.structs.fields(struct):
+        hint = hints[info.name]
+        policies = [m for m in hint.__metadata__ if isinstance(m, Policy)]
+        if len(policies) != 1:
+            raise TypeError(f"{struct.__name__}.{info.name} must declare one merge policy")
+        # Nested Annotated flattens, so value constraints (msgspec.Meta) sit beside the policy.
+        constraints = [m for m in hint.__metadata__ if not isinstance(m, Policy)]
+        value_type = Annotated[hint.__origin__, *constraints] if constraints else hint.__origin__
+        default = info.default if info.default_factory is msgspec.NODEFAULT else info.default_factory()
+        specs[info.name] = FieldSpec(policies[0], value_type, default)
+    return specs
+
+
+def new_state(record_type: str, record_id: str) -> RecordState:
+    return RecordState(record_type=record_type, record_id=record_id)
+
+
+def seen_by(write: Write, change: Change) -> bool:
+    """Whether `change`'s device had seen `write` when it made the change."""
+    return covers(write, change.device_id, change.hlc, change.seen)
+
+
+def covers(write: Write, device_id: str, hlc: int, seen: dict[str, int]) -> bool:
+    if write.device_id == device_id and write.hlc <= hlc:
+        return True
+    return seen.get(write.device_id, -1) >= write.hlc
+
+
+def rank_key(write: Write) -> tuple[int, str]:
+    return (write.order, write.device_id)
+
+
+def apply_change(state: RecordState | None, change: Change, order: int | None = None) -> Outcome:
+    """Apply `change` to `state` (None: the record is new); never mutates `state`.
+
+    `order` is the stamp that ranks this change's writes against concurrent
+    ones (the server passes a clamped stamp for absurd clocks); it defaults to
+    the change's hlc. A rejected change leaves the state as it was.
+    """
+    try:
+        specs = field_specs(change.record_type)
+    except KeyError:
+        return Outcome(None, Rejected(Reason.UNKNOWN_RECORD_TYPE, change.record_type))
+    if state is None:
+        state = new_state(change.record_type, change.record_id)
+    try:
+        return Outcome(_apply(state, change, specs, change.hlc if order is None else order), None)
+    except Rejected as rejected:
+        return Outcome(None, rejected)
+
+
+def _apply(
+    state: RecordState, change: Change, specs: dict[str, FieldSpec], order: int
+) -> RecordState:
+    if not change.set and not change.ops:
+        raise Rejected(Reason.EMPTY_CHANGE, "a change must set a field or carry an operation")
+    if change.hlc <= state.vv.get(change.device_id, -1):
+        raise Rejected(
+            Reason.STALE_STAMP,
+            f"stamp {change.hlc} is not after this device's last change to the record",
+        )
+
+    def write(value: Any, seen: dict[str, int] | None = None) -> Write:
+        return Write(value, change.device_id, change.hlc, change.change_id, order, seen or {})
+
+    # Validate everything before touching anything: a change applies whole or not at all.
+    sets = {name: _checked(specs, name, value) for name, value in change.set.items()}
+    for name, (spec, value) in sets.items():
+        match spec.policy:
+            case StatusMachine() as machine:
+                _check_transition(state, change, name, machine, value)
+            case Sealed(by=by) if any(seen_by(w, change) for w in state.logs.get(by, {}).values()):
+                raise Rejected(Reason.AGREEMENT_SEALED, f"{name} is sealed by a signature")
+            case Lww() | Sealed():
+                pass
+            case _:
+                raise Rejected(Reason.WRONG_OPERATION, f"{name} is a collection; use add/remove/append")
+
+    next_state = msgspec.structs.replace(
+        state,
+        vv={**state.vv, change.device_id: change.hlc},
+        registers=dict(state.registers),
+        sets=dict(state.sets),
+        logs=dict(state.logs),
+        history=dict(state.history),
+    )
+    for name, (spec, value) in sets.items():
+        if isinstance(spec.policy, StatusMachine):
+            seen = {**change.seen, change.device_id: change.hlc}
+            next_state.history[name] = [*state.history.get(name, ()), write(value, seen)]
+        else:
+            siblings = state.registers.get(name, ())
+            next_state.registers[name] = [
+                *(w for w in siblings if not seen_by(w, change)),
+                write(value),
+            ]
+
+    for op in change.ops:
+        match op:
+            case Add(field=name, value=raw) | Remove(field=name, value=raw):
+                spec, element = _checked_element(specs, name, raw)
+                if not isinstance(spec.policy, AddRemoveSet):
+                    raise Rejected(Reason.WRONG_OPERATION, f"{name} is not a set")
+                members = dict(next_state.sets.get(name, {}))
+                tags = [w for w in members.get(element, ()) if not seen_by(w, change)]
+                if isinstance(op, Add):
+                    tags.append(write(element))
+                if tags:
+                    members[element] = tags
+                else:
+                    members.pop(element, None)
+                next_state.sets[name] = members
+            case Append(field=name, entry=raw):
+                spec, entry = _checked_element(specs, name, raw)
+                if not isinstance(spec.policy, Log):
+                    raise Rejected(Reason.WRONG_OPERATION, f"{name} is not a log")
+                key = str(entry[spec.policy.key])
+                entries = dict(next_state.logs.get(name, {}))
+                if key in entries:
+                    if entries[key].value != entry:
+                        raise Rejected(
+                            Reason.LOG_ENTRY_CONFLICT,
+                            f"{name} already has an entry {key!r} with other content",
+                        )
+                    continue
+                entries[key] = write(entry)
+                next_state.logs[name] = entries
+            case Delete() | Restore():
+                seen = {**change.seen, change.device_id: change.hlc}
+                next_state.deleted = [
+                    *(w for w in next_state.deleted if not seen_by(w, change)),
+                    write(isinstance(op, Delete), seen),
+                ]
+    return next_state
+
+
+def _checked(specs: dict[str, FieldSpec], name: str, value: Any) -> tuple[FieldSpec, Any]:
+    """The field's spec and `value` validated against its type, as plain builtins."""
+    spec = specs.get(name)
+    if spec is None:
+        raise Rejected(Reason.UNKNOWN_FIELD, name)
+    return spec, _convert(value, spec.value_type, name)
+
+
+def _checked_element(specs: dict[str, FieldSpec], name: str, value: Any) -> tuple[FieldSpec, Any]:
+    """Like `_checked`, for one element of a collection field."""
+    spec = specs.get(name)
+    if spec is None:
+        raise Rejected(Reason.UNKNOWN_FIELD, name)
+    (item_type,) = typing.get_args(spec.value_type)
+    return spec, _convert(value, item_type, name)
+
+
+def _convert(value: Any, value_type: Any, name: str) -> Any:
+    try:
+        return msgspec.to_builtins(msgspec.convert(value, value_type))
+    except msgspec.ValidationError as error:
+        raise Rejected(Reason.INVALID_VALUE, f"{name}: {error}") from None
+
+
+def _check_transition(
+    state: RecordState, change: Change, name: str, machine: StatusMachine, target: str
+) -> None:
+    """Reject a status move that is illegal from the status the device had seen."""
+    history = [w for w in state.history.get(name, ()) if seen_by(w, change)]
+    current = _status_winner(machine, _maximal(history))
+    if current is None:
+        if target not in machine.initial:
+            raise Rejected(Reason.ILLEGAL_TRANSITION, f"{name}: a record cannot start as {target}")
+    elif target != current.value and target not in machine.transitions[current.value]:
+        raise Rejected(
+            Reason.ILLEGAL_TRANSITION, f"{name}: {current.value} cannot move to {target}"
+        )
+
+
+def _maximal(history: Iterable[Write]) -> list[Write]:
+    """The writes in `history` that no other write in it had seen."""
+    writes = list(history)
+    return [
+        w
+        for w in writes
+        if not any(o is not w and covers(w, o.device_id, o.hlc, o.seen) for o in writes)
+    ]
+
+
+def _status_winner(machine: StatusMachine, heads: list[Write]) -> Write | None:
+    return max(heads, key=lambda w: (machine.rank[w.value], *rank_key(w)), default=None)
+
+
+def is_deleted(state: RecordState) -> bool:
+    """Whether the record is deleted: any current delete outranks a concurrent restore."""
+    return any(w.value for w in state.deleted)
+
+
+def materialize(state: RecordState) -> msgspec.Struct:
+    """The record as users see it: every field's winning value."""
+    specs = field_specs(state.record_type)
+    values: dict[str, Any] = {}
+    for name, spec in specs.items():
+        match spec.policy:
+            case Lww() | Sealed() if name in state.registers:
+                values[name] = max(state.registers[name], key=rank_key).value
+            case StatusMachine() as machine if name in state.history:
+                winner = _status_winner(machine, _maximal(state.history[name]))
+                values[name] = winner.value if winner else spec.default
+            case AddRemoveSet() if name in state.sets:
+                values[name] = sorted(state.sets[name])
+            case Log() if name in state.logs:
+                entries = sorted(state.logs[name].values(), key=rank_key)
+                values[name] = [w.value for w in entries]
+    return msgspec.convert(values, RECORD_TYPES[state.record_type])
+
+
+def conflicts(state: RecordState) -> list[Conflict]:
+    """Every open conflict of the record, one per field, in field order."""
+    specs = field_specs(state.record_type)
+    found = []
+
+    def conflict(name: str, kind: Any, winner: Any, writes: Iterable[Write]) -> Conflict:
+        ordered = sorted(writes, key=rank_key)
+        return Conflict(
+            record_type=state.record_type,
+            record_id=state.record_id,
+            field=name,
+            kind=kind,
+            winner=winner,
+            candidates=[Candidate(value=w.value, device_id=w.device_id, hlc=w.hlc,
+                                  change_id=w.change_id) for w in ordered],
+        )
+
+    for name, spec in specs.items():
+        match spec.policy:
+            case Lww() | Sealed() if len(state.registers.get(name, ())) > 1:
+                siblings = state.registers[name]
+                if _distinct(siblings):
+                    found.append(conflict(name, "value", max(siblings, key=rank_key).value, siblings))
+            case StatusMachine() as machine if name in state.history:
+                heads = _maximal(state.history[name])
+                if _distinct(heads):
+                    winner = _status_winner(machine, heads)
+                    found.append(conflict(name, "status", winner.value if winner else None, heads))
+    if is_deleted(state):
+        unseen = [w for w in _live_writes(state) if not any(
+            covers(w, d.device_id, d.hlc, d.seen) for d in state.deleted if d.value
+        )]
+        if unseen:
+            found.append(conflict(DELETED_FIELD, "deleted", True, unseen))
+    return found
+
+
+def _distinct(writes: list[Write]) -> bool:
+    first = writes[0].value
+    return any(w.value != first for w in writes[1:])
+
+
+def _live_writes(state: RecordState) -> Iterable[Write]:
+    """Every write that still shows in the record (not superseded)."""
+    for siblings in state.registers.values():
+        yield from siblings
+    for history in state.history.values():
+        yield from _maximal(history)
+    for members in state.sets.values():
+        for tags in members.values():
+            yield from tags
+    for entries in state.logs.values():
+        yield from entries.values()
