@@ -13,7 +13,18 @@ from schemas.changes import (
     Remove,
     Restore,
 )
-from schemas.policy import LOG, LWW, SEALED, SET, AddRemoveSet, Log, Lww, Policy, Sealed, StatusMachine
+from schemas.policy import (
+    LOG,
+    LWW,
+    SEALED,
+    SET,
+    AddRemoveSet,
+    Log,
+    Lww,
+    Policy,
+    Sealed,
+    StatusMachine,
+)
 from schemas.records import (
     RECORD_TYPES,
     Agreement,

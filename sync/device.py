@@ -74,7 +74,9 @@ class Replica:
         if change.change_id in self.applied:
             return None
         self.clock.receive(change.hlc)
-        outcome = merge.apply_change(self.states.get((change.record_type, change.record_id)), change)
+        outcome = merge.apply_change(
+            self.states.get((change.record_type, change.record_id)), change
+        )
         if outcome.rejected is None:
             self._keep(change, outcome.state)
         return outcome.rejected

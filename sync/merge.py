@@ -179,9 +179,7 @@ def _apply(
     for op in change.ops:
         match op:
             case Add(field=name, value=raw) | Remove(field=name, value=raw):
-                spec, element = _checked_element(specs, name, raw)
-                if not isinstance(spec.policy, AddRemoveSet):
-                    raise Rejected(Reason.WRONG_OPERATION, f"{name} is not a set")
+                spec, element = _checked_element(specs, name, raw, AddRemoveSet)
                 members = dict(next_state.sets.get(name, {}))
                 tags = [w for w in members.get(element, ()) if not seen_by(w, change)]
                 if isinstance(op, Add):
@@ -192,9 +190,7 @@ def _apply(
                     members.pop(element, None)
                 next_state.sets[name] = members
             case Append(field=name, entry=raw):
-                spec, entry = _checked_element(specs, name, raw)
-                if not isinstance(spec.policy, Log):
-                    raise Rejected(Reason.WRONG_OPERATION, f"{name} is not a log")
+                spec, entry = _checked_element(specs, name, raw, Log)
                 key = str(entry[spec.policy.key])
                 entries = dict(next_state.logs.get(name, {}))
                 if key in entries:
@@ -223,11 +219,16 @@ def _checked(specs: dict[str, FieldSpec], name: str, value: Any) -> tuple[FieldS
     return spec, _convert(value, spec.value_type, name)
 
 
-def _checked_element(specs: dict[str, FieldSpec], name: str, value: Any) -> tuple[FieldSpec, Any]:
-    """Like `_checked`, for one element of a collection field."""
+def _checked_element(
+    specs: dict[str, FieldSpec], name: str, value: Any, policy: type[AddRemoveSet | Log]
+) -> tuple[FieldSpec, Any]:
+    """Like `_checked`, for one element of a collection field with the given policy."""
     spec = specs.get(name)
     if spec is None:
         raise Rejected(Reason.UNKNOWN_FIELD, name)
+    if not isinstance(spec.policy, policy):
+        kind = "set" if policy is AddRemoveSet else "log"
+        raise Rejected(Reason.WRONG_OPERATION, f"{name} is not a {kind}")
     (item_type,) = typing.get_args(spec.value_type)
     return spec, _convert(value, item_type, name)
 

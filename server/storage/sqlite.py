@@ -181,7 +181,9 @@ class SqliteStore:
         rows = self.db.execute(
             "SELECT change_id, reason, detail, raw FROM quarantine ORDER BY id"
         ).fetchall()
-        return [QuarantineRow(c, reason, detail, _decode_change(raw)) for c, reason, detail, raw in rows]
+        return [
+            QuarantineRow(c, reason, detail, _decode_change(raw)) for c, reason, detail, raw in rows
+        ]
 
     def counts(self) -> dict[str, int]:
         """Row counts of the main tables, for summaries."""

@@ -1,0 +1,54 @@
+"""`lianxin demo`: a fresh store with the DESIGN scenarios, and idempotent when run again."""
+
+from server.cli import STORE_FILE, main
+from server.storage.sqlite import SqliteStore
+from sync.merge import materialize
+
+
+def record(store, record_type, record_id):
+    return materialize(store.record(record_type, record_id))
+
+
+def test_demo_loads_the_scenarios_and_prints_what_it_did(tmp_path, capsys):
+    assert main(["demo", "--data", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert "Created store" in out and "0001_initial" in out
+    assert "1 open conflicts, 0 quarantined" in out
+
+    store = SqliteStore(tmp_path / "data" / STORE_FILE)
+    # Scenario 1: the warning became a case that was closed, and the warning was answered.
+    warning = record(store, "warning", "w-drains")
+    case = record(store, "case", "k-drains")
+    assert (warning.status, warning.case) == ("converted", "k-drains")
+    assert warning.response.startswith("Fixed")
+    assert case.status == "closed" and len(case.visits) == 3
+    # Scenario 2: one group case with 66 households and the owner, one agreement.
+    grease = record(store, "case", "k-grease")
+    agreement = record(store, "agreement", "a-grease-1")
+    assert len(grease.parties) == 67 and grease.households == 66
+    assert len(agreement.required_signers) == 67 and agreement.status == "collecting"
+    # Scenario 3: different fields merged silently, the same field kept as a conflict.
+    noise = record(store, "case", "k-noise")
+    assert (noise.priority, noise.tags) == ("high", ["noise"])
+    (conflict,) = store.open_conflicts()
+    assert (conflict.record_id, conflict.field) == ("k-noise", "summary")
+    assert {c.device_id for c in conflict.candidates} == {"dev-mediator-sun", "dev-mediator-li"}
+    store.close()
+
+
+def test_running_the_demo_again_reuses_the_store_and_writes_nothing_twice(tmp_path, capsys):
+    data = tmp_path / "data"
+    main(["demo", "--data", str(data)])
+    store = SqliteStore(data / STORE_FILE)
+    counts = store.counts()
+    capsys.readouterr()
+
+    main(["demo", "--data", str(data)])
+    out = capsys.readouterr().out
+    assert "Reusing store" in out
+    assert "applied" not in out and "duplicate" in out
+    assert store.counts() == counts
+
+    main(["demo", "--data", str(data), "--reset"])
+    assert "Created store" in capsys.readouterr().out
+    store.close()

@@ -1,0 +1,98 @@
+"""The SQLite store: migrations, atomic batches, idempotency, one serializer."""
+
+import sqlite3
+import threading
+
+import pytest
+
+from schemas import Change
+from server.storage.sqlite import SqliteStore
+from sync.clock import pack
+from sync.engine import apply_batch
+from tests.conftest import WALL_MS
+
+
+def change(n, record_id="k-1", device="dev-a", **fields):
+    return Change(
+        change_id=f"{device}-{n}",
+        record_type="case",
+        record_id=record_id,
+        device_id=device,
+        hlc=pack(WALL_MS, n),
+        set=fields or {"title": f"title {n}"},
+    )
+
+
+def table_rows(store, table):
+    return store.db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+
+
+def test_migrations_run_once_and_are_recorded(tmp_path):
+    first = SqliteStore(tmp_path / "x.db")
+    assert first.migrations_applied == ["0001_initial"]
+    first.close()
+    again = SqliteStore(tmp_path / "x.db")
+    assert again.migrations_applied == []
+    names = [row[0] for row in again.db.execute("SELECT name FROM migrations")]
+    assert names == ["0001_initial"]
+    assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    again.close()
+
+
+def test_sequence_numbers_strictly_increase_across_batches(store, server_clock):
+    first = apply_batch(store, [change(1), change(2, "k-2")], server_clock)
+    second = apply_batch(store, [change(3), change(4, "k-3")], server_clock)
+    assert [r.seq for r in first + second] == [1, 2, 3, 4]
+    assert [c.seq for c in store.changes_since(1, 10)] == [2, 3, 4]
+    assert [c.change.change_id for c in store.changes_since(0, 2)] == ["dev-a-1", "dev-a-2"]
+
+
+def test_retried_batch_gives_the_same_answers_and_writes_nothing_twice(store, server_clock):
+    batch = [change(1), change(2, title="x"), change(3, status="closed")]
+    first = apply_batch(store, batch, server_clock)
+    counts = store.counts()
+    again = apply_batch(store, batch, server_clock)
+    assert [r.status for r in again] == ["duplicate"] * 3
+    assert [(r.seq, r.reason) for r in again] == [(r.seq, r.reason) for r in first]
+    assert store.counts() == counts
+
+
+def test_a_change_repeated_inside_one_batch_is_applied_once(store, server_clock):
+    results = apply_batch(store, [change(1), change(1)], server_clock)
+    assert [r.status for r in results] == ["applied", "duplicate"]
+    assert store.counts()["changes"] == 1
+
+
+def test_a_failing_batch_leaves_nothing_behind_and_the_store_keeps_serving(store, server_clock):
+    apply_batch(store, [change(1)], server_clock)
+    before = {t: table_rows(store, t) for t in ("records", "changes", "quarantine", "conflicts")}
+    # A real SQLite failure in the middle of the batch's writes.
+    store.db.execute(
+        "CREATE TRIGGER boom BEFORE INSERT ON changes WHEN NEW.change_id = 'dev-a-3'"
+        " BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+    )
+    batch = [change(2, "k-2"), change(3, "k-3"), change(4, status="closed")]
+    with pytest.raises(sqlite3.IntegrityError, match="disk on fire"):
+        apply_batch(store, batch, server_clock)
+    assert {t: table_rows(store, t) for t in before} == before
+    store.db.execute("DROP TRIGGER boom")
+    assert [r.status for r in apply_batch(store, batch, server_clock)] == [
+        "applied",
+        "applied",
+        "rejected",
+    ]
+
+
+def test_concurrent_writers_get_one_gapless_sequence(store, server_clock):
+    def push(device):
+        for n in range(20):
+            batch = [change(10 * n + i, f"k-{device}-{n}-{i}", device) for i in range(5)]
+            apply_batch(store, batch, server_clock)
+
+    threads = [threading.Thread(target=push, args=(f"dev-{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seqs = [c.seq for c in store.changes_since(0, 10_000)]
+    assert seqs == list(range(1, 4 * 20 * 5 + 1))
