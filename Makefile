@@ -1,5 +1,5 @@
 # Two entry points, each of which sets everything up first (see README.md).
-UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+UV := .tools/bin/uv
 
 .PHONY: demo test setup bench lint
 

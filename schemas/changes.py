@@ -81,6 +81,7 @@ class Reason(enum.StrEnum):
     LOG_ENTRY_CONFLICT = "log_entry_conflict"
     STALE_STAMP = "stale_stamp"
     EMPTY_CHANGE = "empty_change"
+    NOT_PERMITTED = "not_permitted"
 
 
 class Candidate(msgspec.Struct, frozen=True, kw_only=True):

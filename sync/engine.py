@@ -9,11 +9,11 @@ device's outbox never jams.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 
-from schemas.changes import Change, ChangeResult, Conflict
+from schemas.changes import Change, ChangeResult, Conflict, Reason
 from schemas.state import RecordState
 from sync import merge
 from sync.clock import Clock
@@ -34,13 +34,15 @@ def apply_batch(
     changes: Sequence[Change],
     clock: Clock,
     raws: Sequence[bytes] | None = None,
+    authorize: Callable[[Change], str | None] | None = None,
 ) -> list[ChangeResult]:
     """Apply `changes` in order as one transaction and answer each one.
 
     `raws` are the exact bytes each change arrived as (kept for signatures and
     audit); without them the changes are encoded here. The clock takes in
     every stamp, and a stamp absurdly far ahead is clamped for ordering and
-    flagged in its result.
+    flagged in its result. `authorize` may refuse a change by returning why;
+    it is then quarantined as `not_permitted`.
     """
     raws = raws if raws is not None else [_encode(c) for c in changes]
     with store.transaction():
@@ -49,6 +51,9 @@ def apply_batch(
         states: dict[RecordKey, RecordState] = store.states(keys)
         touched: dict[RecordKey, tuple[RecordState, int]] = {}
         batch = BatchWrite([], touched, [], [])
+        # The open conflicts of each record's latest state in this batch, so they are
+        # worked out once per change rather than again as the next change's "before".
+        open_now: dict[RecordKey, list[Conflict]] = {}
         seq = store.last_seq()
         answers = []
         for change, raw in zip(changes, raws, strict=True):
@@ -61,7 +66,11 @@ def apply_batch(
             clock.receive(change.hlc)
             key = (change.record_type, change.record_id)
             before = states.get(key)
-            outcome = merge.apply_change(before, change, min(change.hlc, limit))
+            denied = authorize(change) if authorize else None
+            if denied:
+                outcome = merge.Outcome(None, merge.Rejected(Reason.NOT_PERMITTED, denied))
+            else:
+                outcome = merge.apply_change(before, change, min(change.hlc, limit))
             if outcome.rejected is not None:
                 result = ChangeResult(
                     change_id=change.change_id,
@@ -77,10 +86,15 @@ def apply_batch(
                 assert after is not None
                 states[key] = after
                 touched[key] = (after, seq)
-                now_open = merge.conflicts(after)
-                batch.conflicts.extend(_conflict_updates(before, now_open, key, seq))
+                was_open = open_now.get(key)
+                if was_open is None:
+                    was_open = merge.conflicts(before) if before is not None else []
+                now_open = open_now[key] = merge.conflicts(after)
+                batch.conflicts.extend(_conflict_updates(was_open, now_open, key, seq))
                 mine = [
-                    c for c in now_open if any(x.change_id == change.change_id for x in c.candidates)
+                    c
+                    for c in now_open
+                    if any(x.change_id == change.change_id for x in c.candidates)
                 ]
                 result = ChangeResult(
                     change_id=change.change_id,
@@ -97,10 +111,12 @@ def apply_batch(
 
 
 def _conflict_updates(
-    before: RecordState | None, now_open: list[Conflict], key: RecordKey, seq: int
+    was_open: list[Conflict], now_open: list[Conflict], key: RecordKey, seq: int
 ) -> list[ConflictUpdate]:
     """Which of the record's conflicts opened, changed or were settled at `seq`."""
-    old = {c.field: c for c in merge.conflicts(before)} if before else {}
+    if not was_open and not now_open:
+        return []
+    old = {c.field: c for c in was_open}
     new = {c.field: c for c in now_open}
     updates = [ConflictUpdate(key, field, None, seq) for field in old.keys() - new.keys()]
     updates += [

@@ -87,7 +87,9 @@ def field_specs(record_type: str) -> dict[str, FieldSpec]:
         # Nested Annotated flattens, so value constraints (msgspec.Meta) sit beside the policy.
         constraints = [m for m in hint.__metadata__ if not isinstance(m, Policy)]
         value_type = Annotated[hint.__origin__, *constraints] if constraints else hint.__origin__
-        default = info.default if info.default_factory is msgspec.NODEFAULT else info.default_factory()
+        default = (
+            info.default if info.default_factory is msgspec.NODEFAULT else info.default_factory()
+        )
         specs[info.name] = FieldSpec(policies[0], value_type, default)
     return specs
 
@@ -155,7 +157,9 @@ def _apply(
             case Lww() | Sealed():
                 pass
             case _:
-                raise Rejected(Reason.WRONG_OPERATION, f"{name} is a collection; use add/remove/append")
+                raise Rejected(
+                    Reason.WRONG_OPERATION, f"{name} is a collection; use add/remove/append"
+                )
 
     next_state = msgspec.structs.replace(
         state,
@@ -295,6 +299,14 @@ def materialize(state: RecordState) -> msgspec.Struct:
 
 def conflicts(state: RecordState) -> list[Conflict]:
     """Every open conflict of the record, one per field, in field order."""
+    # Most records have no concurrent writes: a conflict needs two sibling values,
+    # two status writes or a delete, so skip the field-by-field work without them.
+    if (
+        all(len(siblings) < 2 for siblings in state.registers.values())
+        and all(len(history) < 2 for history in state.history.values())
+        and not is_deleted(state)
+    ):
+        return []
     specs = field_specs(state.record_type)
     found = []
 
@@ -306,8 +318,10 @@ def conflicts(state: RecordState) -> list[Conflict]:
             field=name,
             kind=kind,
             winner=winner,
-            candidates=[Candidate(value=w.value, device_id=w.device_id, hlc=w.hlc,
-                                  change_id=w.change_id) for w in ordered],
+            candidates=[
+                Candidate(value=w.value, device_id=w.device_id, hlc=w.hlc, change_id=w.change_id)
+                for w in ordered
+            ],
         )
 
     for name, spec in specs.items():
@@ -315,16 +329,20 @@ def conflicts(state: RecordState) -> list[Conflict]:
             case Lww() | Sealed() if len(state.registers.get(name, ())) > 1:
                 siblings = state.registers[name]
                 if _distinct(siblings):
-                    found.append(conflict(name, "value", max(siblings, key=rank_key).value, siblings))
+                    found.append(
+                        conflict(name, "value", max(siblings, key=rank_key).value, siblings)
+                    )
             case StatusMachine() as machine if name in state.history:
                 heads = _maximal(state.history[name])
                 if _distinct(heads):
                     winner = _status_winner(machine, heads)
                     found.append(conflict(name, "status", winner.value if winner else None, heads))
     if is_deleted(state):
-        unseen = [w for w in _live_writes(state) if not any(
-            covers(w, d.device_id, d.hlc, d.seen) for d in state.deleted if d.value
-        )]
+        unseen = [
+            w
+            for w in _live_writes(state)
+            if not any(covers(w, d.device_id, d.hlc, d.seen) for d in state.deleted if d.value)
+        ]
         if unseen:
             found.append(conflict(DELETED_FIELD, "deleted", True, unseen))
     return found

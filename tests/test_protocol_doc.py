@@ -1,13 +1,17 @@
 """docs/PROTOCOL.md is normative: its tables and test vectors must match the code."""
 
+import base64
 import re
 from pathlib import Path
 
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas import RECORD_TYPES, AddRemoveSet, Change, Log, Lww, Reason, Sealed, StatusMachine
-from sync import merge
+from schemas.wire import PullRequest
+from server.errors import status_of
+from sync import errors, merge, signing
 from sync.clock import pack
 from sync.merge import field_specs
 
@@ -80,3 +84,34 @@ def test_merge_example_gives_the_documented_record_and_conflicts():
     defaults = msgspec.to_builtins(RECORD_TYPES["case"]())
     assert {k: v for k, v in record.items() if v != defaults[k]} == expected["record"]
     assert msgspec.to_builtins(merge.conflicts(state)) == expected["conflicts"]
+
+
+def test_request_signature_vector():
+    fields = dict(line.split("=", 1) for line in vector("request-signature").splitlines())
+    key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(fields["signing_key_seed"]))
+    assert key.public_key().public_bytes_raw().hex() == fields["public_key"]
+    message = signing.request_message(
+        fields["method"],
+        fields["path"],
+        int(fields["timestamp"]),
+        fields["nonce"],
+        fields["device_id"],
+        bytes.fromhex(fields["body_hex"]),
+    )
+    assert base64.b64encode(key.sign(message)).decode() == fields["signature_b64"]
+    assert msgspec.msgpack.decode(bytes.fromhex(fields["body_hex"]), type=PullRequest) == (
+        PullRequest(cursor=None, limit=1000)
+    )
+
+
+def test_every_error_code_is_documented_with_its_status():
+    documented = {(int(row[0]), row[1]) for row in table_after("Every error is answered with")}
+    raised = [k for k in _subclasses(errors.LianxinError) if k is not errors.AuthenticationError]
+    codes = {(status_of(kind()), kind.code) for kind in raised}
+    assert documented == codes | {(404, "not_found"), (405, "method_not_allowed")}
+
+
+def _subclasses(kind):
+    for sub in kind.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)

@@ -69,8 +69,83 @@ def _initial(db: sqlite_utils.Database) -> None:
     )
 
 
+def _directory(db: sqlite_utils.Database) -> None:
+    """Org units, people, enrolment codes, devices, request nonces and push batches."""
+    db["org_units"].create({"path": str, "parent": str}, pk="path")
+    db["users"].create(
+        {"user_id": str, "name": str, "role": str, "org_units": str, "created_at_ms": int},
+        pk="user_id",
+        not_null={"name", "role", "org_units"},
+    )
+    db["enrollment_codes"].create(
+        {
+            "code_hash": str,
+            "user_id": str,
+            "role": str,
+            "expires_at_ms": int,
+            "used_at_ms": int,
+            "device_id": str,
+        },
+        pk="code_hash",
+        not_null={"user_id", "role", "expires_at_ms"},
+        foreign_keys=[("user_id", "users", "user_id")],
+    )
+    db["devices"].create(
+        {
+            "device_id": str,
+            "user_id": str,
+            "role": str,
+            "label": str,
+            "signing_key": bytes,
+            "kem_key": bytes,
+            "enrolled_at_ms": int,
+            "revoked_at_ms": int,
+        },
+        pk="device_id",
+        not_null={"user_id", "role", "signing_key", "kem_key", "enrolled_at_ms"},
+        foreign_keys=[("user_id", "users", "user_id")],
+    )
+    db["nonces"].create(
+        {"device_id": str, "nonce": str, "at_ms": int},
+        pk=("device_id", "nonce"),
+        not_null={"at_ms"},
+    )
+    db["nonces"].create_index(["at_ms"])
+    db["batches"].create(
+        {
+            "device_id": str,
+            "batch_id": str,
+            "manifest": bytes,
+            "signature": bytes,
+            "received_at_ms": int,
+        },
+        pk=("device_id", "batch_id"),
+        not_null={"manifest", "signature", "received_at_ms"},
+    )
+    db["changes"].add_column("batch_id", str)
+    # Routing columns kept in clear so pulls can filter (PROTOCOL.md, "Visibility").
+    db["records"].add_column("org_unit", str)
+    db["records"].add_column("created_by", str)
+    db["access"].create(
+        {"user_id": str, "record_type": str, "record_id": str, "since_seq": int},
+        pk=("user_id", "record_type", "record_id"),
+        not_null={"since_seq"},
+    )
+    db["evictions"].create(
+        {"seq": int, "user_id": str, "record_type": str, "record_id": str, "reason": str},
+        pk=("seq", "user_id", "record_type", "record_id"),
+    )
+    db["evictions"].create_index(["user_id", "seq"])
+    db["links"].create(
+        {"case_id": str, "record_type": str, "record_id": str},
+        pk=("case_id", "record_type", "record_id"),
+    )
+    db["links"].create_index(["record_type", "record_id"])
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _initial),
+    ("0002_directory", _directory),
 ]
 
 

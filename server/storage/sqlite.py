@@ -47,21 +47,34 @@ class SqliteStore:
         self.db.execute("PRAGMA synchronous = NORMAL")
         self.db.execute("PRAGMA foreign_keys = ON")
         self.migrations_applied = migrate(self.db)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._depth = 0
 
     def close(self) -> None:
         self.db.conn.close()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
+        """The writer gate. Nested use joins the outer transaction (one commit, at the end)."""
         with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
             self.db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield
+                self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                if self.db.conn.in_transaction:
+                    self.db.execute("ROLLBACK")
                 raise
-            self.db.execute("COMMIT")
+            finally:
+                self._depth = 0
 
     def last_seq(self) -> int:
         return self.db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
@@ -82,9 +95,11 @@ class SqliteStore:
         found = {}
         for chunk in _chunks(list(keys)):
             marks = ",".join("(?, ?)" for _ in chunk)
+            # A join, not `(record_type, record_id) IN (VALUES ...)`: SQLite plans that
+            # IN as a scan of the whole table, which made every batch O(records).
             rows = self.db.execute(
-                "SELECT record_type, record_id, state FROM records"
-                f" WHERE (record_type, record_id) IN (VALUES {marks})",
+                f"SELECT r.record_type, r.record_id, r.state FROM (VALUES {marks}) AS k"
+                " JOIN records AS r ON r.record_type = k.column1 AND r.record_id = k.column2",
                 [part for key in chunk for part in key],
             )
             found.update(((t, i), _decode_state(blob)) for t, i, blob in rows)

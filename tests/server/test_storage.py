@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from schemas import Change
+from server.storage.migrations import MIGRATIONS
 from server.storage.sqlite import SqliteStore
 from sync.clock import pack
 from sync.engine import apply_batch
@@ -29,12 +30,12 @@ def table_rows(store, table):
 
 def test_migrations_run_once_and_are_recorded(tmp_path):
     first = SqliteStore(tmp_path / "x.db")
-    assert first.migrations_applied == ["0001_initial"]
+    assert first.migrations_applied == [name for name, _ in MIGRATIONS]
     first.close()
     again = SqliteStore(tmp_path / "x.db")
     assert again.migrations_applied == []
     names = [row[0] for row in again.db.execute("SELECT name FROM migrations")]
-    assert names == ["0001_initial"]
+    assert names == [name for name, _ in MIGRATIONS]
     assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     again.close()
 

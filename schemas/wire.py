@@ -1,0 +1,85 @@
+"""HTTP messages of the sync protocol (PROTOCOL.md, sections 8–11)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from schemas.changes import ChangeResult
+from schemas.records import Id
+
+Key32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+Signature64 = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+
+
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
+    """Every error answer: a stable machine `error` code and a human `detail`."""
+
+    error: str
+    detail: str = ""
+
+
+class OfficeInfo(msgspec.Struct, frozen=True, kw_only=True):
+    office_id: str
+    signing_key: bytes
+    kem_key: bytes
+    server_time_ms: int
+
+
+class EnrollRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    code: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    signing_key: Key32
+    kem_key: Key32
+    label: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    proof: Signature64
+
+
+class Enrollment(msgspec.Struct, frozen=True, kw_only=True):
+    device_id: str
+    user_id: str
+    role: str
+    org_units: list[str]
+    office: OfficeInfo
+
+
+class PushRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A batch: each change as its exact msgpack bytes, and the batch signature."""
+
+    batch_id: Id
+    changes: list[bytes]
+    signature: Signature64
+
+
+class PushResponse(msgspec.Struct, frozen=True, kw_only=True):
+    batch_id: str
+    results: list[ChangeResult]
+
+
+class PullRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    cursor: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1)] = 1000
+
+
+class PulledChange(msgspec.Struct, frozen=True, kw_only=True, tag="change", omit_defaults=True):
+    """An accepted change as its author sent it; `order` only when the server clamped it."""
+
+    seq: int
+    change: bytes
+    order: int | None = None
+
+
+class Eviction(msgspec.Struct, frozen=True, kw_only=True, tag="evict"):
+    """The record left this device's view: delete the local copy."""
+
+    seq: int
+    record_type: str
+    record_id: str
+    reason: Literal["access_removed"]
+
+
+class PullPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[PulledChange | Eviction]
+    cursor: str
+    has_more: bool
+    server_time_ms: int

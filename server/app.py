@@ -1,0 +1,112 @@
+"""The Litestar app, built by `create_app(settings, ...)`; no module-level state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio.to_thread
+import msgspec
+from litestar import Litestar, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+
+from schemas.wire import EnrollRequest, PullRequest, PushRequest
+from server import auth
+from server.errors import EXCEPTION_HANDLERS, encode_for
+from server.keys import OfficeKeys
+from server.service import SyncService
+from server.settings import Settings
+from server.storage.sqlite import SqliteStore
+from sync.clock import Clock, system_wall_ms
+from sync.errors import MalformedRequest
+
+T = TypeVar("T")
+
+
+def decode(request: Request, body: bytes, kind: type[T]) -> T:
+    """Decode a body as msgpack, or JSON when the client says so; errors name the path."""
+    try:
+        if "json" in (request.headers.get("content-type") or ""):
+            return msgspec.json.decode(body, type=kind)
+        return msgspec.msgpack.decode(body, type=kind)
+    except msgspec.DecodeError as error:
+        raise MalformedRequest(str(error)) from None
+
+
+def reply(request: Request, message: Any) -> Response:
+    content, media_type = encode_for(request, message)
+    return Response(content, media_type=media_type)
+
+
+def service_of(request: Request) -> SyncService:
+    service: SyncService = request.app.state.service
+    return service
+
+
+@get("/v1/office", summary="The office's id and public keys (unsigned)")
+async def office(request: Request) -> Response:
+    return reply(request, service_of(request).office())
+
+
+@post("/v1/enroll", status_code=200, summary="Enrol a device with a one-time code")
+async def enroll(request: Request) -> Response:
+    message = decode(request, await request.body(), EnrollRequest)
+    service = service_of(request)
+    return reply(request, await anyio.to_thread.run_sync(service.enroll, message))
+
+
+async def signed(request: Request, kind: type[T]) -> tuple[Any, T]:
+    """Authenticate a signed sync request and decode its body."""
+    service = service_of(request)
+    body = await request.body()
+    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    device = await anyio.to_thread.run_sync(
+        lambda: auth.authenticate(
+            request.headers,
+            request.method,
+            path,
+            body,
+            service.directory,
+            service.wall_ms(),
+            service.settings.request_window_s,
+        )
+    )
+    return device, decode(request, body, kind)
+
+
+@post("/v1/sync/push", status_code=200, summary="Push a signed batch of changes")
+async def push(request: Request) -> Response:
+    device, message = await signed(request, PushRequest)
+    service = service_of(request)
+    return reply(request, await anyio.to_thread.run_sync(service.push, device, message))
+
+
+@post("/v1/sync/pull", status_code=200, summary="Pull the next page of changes this device may see")
+async def pull(request: Request) -> Response:
+    device, message = await signed(request, PullRequest)
+    service = service_of(request)
+    return reply(request, await anyio.to_thread.run_sync(service.pull, device, message))
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: SqliteStore | None = None,
+    keys: OfficeKeys | None = None,
+    clock: Clock | None = None,
+    wall_ms: Callable[[], int] = system_wall_ms,
+) -> Litestar:
+    """Build the app; resources not given are opened from `settings.data_dir`."""
+    store = store or SqliteStore(settings.store_path)
+    keys = keys or OfficeKeys.load(settings.keys_path)
+    clock = clock or Clock(wall_ms, max_drift_ms=settings.max_clock_drift_ms)
+    service = SyncService(settings, store, keys, clock, wall_ms)
+    return Litestar(
+        route_handlers=[office, enroll, push, pull],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="Lianxin sync", version="1"),
+        state=State({"service": service}),
+        on_shutdown=[store.close] if store is not None else [],
+    )

@@ -1,0 +1,59 @@
+"""Signed requests: which device sent this, and is it really that device, now, once?
+
+A device signs `sync.signing.request_message(...)` with its Ed25519 key and
+sends four headers (PROTOCOL.md, "Signed requests").
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+
+from server.storage.directory import Device, Directory
+from sync import signing
+from sync.errors import MalformedRequest, RevokedDevice, StaleRequest, UnknownDevice, Unsigned
+
+DEVICE = "lianxin-device"
+TIMESTAMP = "lianxin-timestamp"
+NONCE = "lianxin-nonce"
+SIGNATURE = "lianxin-signature"
+NONCE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+def authenticate(
+    headers: Mapping[str, str],
+    method: str,
+    path: str,
+    body: bytes,
+    directory: Directory,
+    now_ms: int,
+    window_s: int,
+) -> Device:
+    """The device that signed this request, or the precise reason it is refused."""
+    values = [headers.get(name) for name in (DEVICE, TIMESTAMP, NONCE, SIGNATURE)]
+    if not all(values):
+        raise Unsigned("a sync request needs Lianxin-Device, -Timestamp, -Nonce and -Signature")
+    device_id, timestamp_text, nonce, signature_text = values
+    assert device_id and timestamp_text and nonce and signature_text
+    if not timestamp_text.isdigit() or len(timestamp_text) > 12:
+        raise MalformedRequest("Lianxin-Timestamp must be whole seconds since the epoch")
+    if not NONCE_PATTERN.match(nonce):
+        raise MalformedRequest("Lianxin-Nonce must be 16-64 characters of A-Z a-z 0-9 _ -")
+    try:
+        signature = base64.b64decode(signature_text, validate=True)
+    except binascii.Error:
+        raise MalformedRequest("Lianxin-Signature must be base64") from None
+    device = directory.device(device_id)
+    if device is None:
+        raise UnknownDevice(f"no device {device_id}")
+    timestamp = int(timestamp_text)
+    message = signing.request_message(method, path, timestamp, nonce, device_id, body)
+    signing.verify(device.signing_key, signature, message, "request")
+    if device.revoked_at_ms is not None:
+        raise RevokedDevice(f"device {device_id} was revoked")
+    if abs(now_ms - timestamp * 1000) > window_s * 1000:
+        raise StaleRequest(f"the request time is more than {window_s} s from the server's")
+    directory.spend_nonce(device_id, nonce, now_ms, window_s * 1000)
+    return device

@@ -1,0 +1,205 @@
+"""Enrolment, push and pull: the sync protocol's server side, free of HTTP.
+
+Routes decode and authenticate; this module decides. Every write happens
+inside the store's writer gate, so a batch and the access changes it causes
+commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+
+import msgspec
+
+from schemas.changes import Change
+from schemas.wire import (
+    Enrollment,
+    EnrollRequest,
+    Eviction,
+    OfficeInfo,
+    PulledChange,
+    PullPage,
+    PullRequest,
+    PushRequest,
+    PushResponse,
+)
+from server.keys import OfficeKeys
+from server.settings import Settings
+from server.storage.access import existing, readable, update_access
+from server.storage.directory import Device, Directory
+from server.storage.sqlite import SqliteStore
+from sync import signing
+from sync.access import WRITABLE_BY
+from sync.clock import Clock
+from sync.engine import apply_batch
+from sync.errors import BadCursor, BatchReused, Forbidden, MalformedRequest, TooLarge
+
+_decode_change = msgspec.msgpack.Decoder(Change).decode
+
+
+class SyncService:
+    """The office's sync endpoints as plain methods."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: SqliteStore,
+        keys: OfficeKeys,
+        clock: Clock,
+        wall_ms: Callable[[], int],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.directory = Directory(store)
+        self.keys = keys
+        self.clock = clock
+        self.wall_ms = wall_ms
+
+    def office(self) -> OfficeInfo:
+        return OfficeInfo(
+            office_id=self.keys.office_id,
+            signing_key=self.keys.signing_public,
+            kem_key=self.keys.kem_public,
+            server_time_ms=self.wall_ms(),
+        )
+
+    def enroll(self, request: EnrollRequest) -> Enrollment:
+        """Spend an enrolment code on the device that proves it holds `signing_key`."""
+        message = signing.enroll_message(request.code, request.signing_key, request.kem_key)
+        signing.verify(request.signing_key, request.proof, message, "enrolment proof")
+        device = self.directory.enroll(
+            request.code, request.signing_key, request.kem_key, request.label, self.wall_ms()
+        )
+        return Enrollment(
+            device_id=device.device_id,
+            user_id=device.user.user_id,
+            role=device.user.role,
+            org_units=device.user.org_units,
+            office=self.office(),
+        )
+
+    def push(self, device: Device, request: PushRequest) -> PushResponse:
+        """Verify and apply one batch; every change gets an answer."""
+        if len(request.changes) > self.settings.max_batch_changes:
+            raise TooLarge(
+                f"a batch holds at most {self.settings.max_batch_changes} changes,"
+                f" this one {len(request.changes)}"
+            )
+        manifest = signing.batch_message(device.device_id, request.batch_id, request.changes)
+        signing.verify(device.signing_key, request.signature, manifest, "batch")
+        changes = []
+        for index, raw in enumerate(request.changes):
+            try:
+                change = _decode_change(raw)
+            except msgspec.DecodeError as error:
+                raise MalformedRequest(f"$.changes[{index}]: {error}") from None
+            if change.device_id != device.device_id:
+                raise Forbidden(f"$.changes[{index}] was made by another device")
+            changes.append(change)
+
+        user = device.user
+        with self.store.transaction():
+            self._remember_batch(device, request, manifest)
+            keys = list({(c.record_type, c.record_id) for c in changes})
+            present = existing(self.store, keys)
+            visible = readable(self.store, user.user_id, keys)
+
+            def authorize(change: Change) -> str | None:
+                if change.record_type not in WRITABLE_BY[user.role]:
+                    return f"a {user.role} may not write {change.record_type} records"
+                key = (change.record_type, change.record_id)
+                if key in present and key not in visible:
+                    return f"{user.role} {user.user_id} may not write {key[0]} {key[1]}"
+                return None
+
+            results = apply_batch(self.store, changes, self.clock, request.changes, authorize)
+            applied = [
+                (change, result)
+                for change, result in zip(changes, results, strict=True)
+                if result.status in ("applied", "conflict")
+            ]
+            self.store.db.conn.executemany(
+                "UPDATE changes SET batch_id = ? WHERE change_id = ?",
+                [(request.batch_id, change.change_id) for change, _ in applied],
+            )
+            touched = {(c.record_type, c.record_id): r.seq for c, r in applied if r.seq}
+            update_access(self.store, touched, user.user_id)
+        return PushResponse(batch_id=request.batch_id, results=results)
+
+    def _remember_batch(self, device: Device, request: PushRequest, manifest: bytes) -> None:
+        """Keep the signed manifest so each change stays attributable to its device."""
+        row = self.store.db.execute(
+            "SELECT manifest FROM batches WHERE device_id = ? AND batch_id = ?",
+            [device.device_id, request.batch_id],
+        ).fetchone()
+        if row is not None:
+            if row[0] != manifest:
+                raise BatchReused(f"batch {request.batch_id} was sent before with other changes")
+            return
+        self.store.db.execute(
+            "INSERT INTO batches (device_id, batch_id, manifest, signature, received_at_ms)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [device.device_id, request.batch_id, manifest, request.signature, self.wall_ms()],
+        )
+
+    def pull(self, device: Device, request: PullRequest) -> PullPage:
+        """The next page of what this device may see, after its cursor."""
+        limit = min(request.limit, self.settings.max_pull_limit)
+        user_id = device.user.user_id
+        with self.store.transaction():
+            last = self.store.last_seq()
+            position, seq = self._open_cursor(device, request.cursor, last)
+            rows = self.store.db.execute(
+                "SELECT max(c.seq, a.since_seq) AS p, c.seq, c.raw FROM access a"
+                " JOIN changes c ON c.record_type = a.record_type AND c.record_id = a.record_id"
+                " WHERE a.user_id = ? AND (max(c.seq, a.since_seq) > ?"
+                " OR (max(c.seq, a.since_seq) = ? AND c.seq > ?))"
+                " ORDER BY p, c.seq LIMIT ?",
+                [user_id, position, position, seq, limit + 1],
+            ).fetchall()
+            has_more = len(rows) > limit
+            rows = rows[:limit]
+            end, end_seq = (rows[-1][0], rows[-1][1]) if has_more else (last, last)
+            evictions = self.store.db.execute(
+                "SELECT seq, record_type, record_id, reason FROM evictions"
+                " WHERE user_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
+                [user_id, position, end],
+            ).fetchall()
+        items: list[tuple[int, int, PulledChange | Eviction]] = [
+            (p, 0, PulledChange(seq=s, change=raw)) for p, s, raw in rows
+        ]
+        items += [
+            (e, 1, Eviction(seq=e, record_type=t, record_id=i, reason=reason))
+            for e, t, i, reason in evictions
+        ]
+        items.sort(key=lambda item: item[:2])
+        return PullPage(
+            items=[item for _, _, item in items],
+            cursor=self._cursor(device, end, end_seq),
+            has_more=has_more,
+            server_time_ms=self.wall_ms(),
+        )
+
+    def _cursor(self, device: Device, position: int, seq: int) -> str:
+        body = f"{position}.{seq}"
+        return f"v1.{body}.{self._mac(device, body)}"
+
+    def _open_cursor(self, device: Device, cursor: str | None, last: int) -> tuple[int, int]:
+        if cursor is None:
+            return 0, 0
+        parts = cursor.split(".")
+        if len(parts) != 4 or parts[0] != "v1" or not (parts[1].isdigit() and parts[2].isdigit()):
+            raise BadCursor("not a cursor this server issued")
+        body = f"{parts[1]}.{parts[2]}"
+        if not hmac.compare_digest(parts[3], self._mac(device, body)):
+            raise BadCursor("not a cursor this server issued to this device")
+        position, seq = int(parts[1]), int(parts[2])
+        if position > last:
+            raise BadCursor("the cursor is ahead of this server's log (restored from a backup?)")
+        return position, seq
+
+    def _mac(self, device: Device, body: str) -> str:
+        message = f"{device.device_id}.{body}".encode()
+        return hmac.new(self.keys.cursor_secret, message, hashlib.sha256).hexdigest()[:32]

@@ -1,0 +1,54 @@
+"""Server configuration: one typed object, read once at start-up.
+
+Sources, later ones winning: defaults, a TOML file, `LIANXIN_*` environment
+variables (`LIANXIN_PORT=8470`). A bad value fails loudly at start.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+PREFIX = "LIANXIN_"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    data_dir: Path = Path("lianxin-data")
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8470
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 8 * 1024 * 1024
+    max_batch_changes: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    max_pull_limit: Annotated[int, msgspec.Meta(ge=1)] = 5000
+    request_window_s: Annotated[int, msgspec.Meta(ge=1)] = 300
+    max_clock_drift_ms: Annotated[int, msgspec.Meta(ge=0)] = 24 * 60 * 60 * 1000
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "lianxin.db"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.data_dir / "office-keys.json"
+
+
+def load_settings(
+    file: Path | None = None, env: Mapping[str, str] = os.environ, **overrides: object
+) -> Settings:
+    """Settings from a TOML file, then the environment, then keyword overrides."""
+    values: dict[str, object] = {}
+    if file is not None:
+        values.update(tomllib.loads(file.read_text()))
+    fields = set(Settings.__struct_fields__)
+    for key, value in env.items():
+        if key.startswith(PREFIX) and key[len(PREFIX) :].lower() in fields:
+            values[key[len(PREFIX) :].lower()] = value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as error:
+        raise SystemExit(f"lianxin: bad setting: {error}") from None

@@ -1,0 +1,163 @@
+"""The office's directory: org units, users and roles, enrolment codes, devices, nonces."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import uuid
+from typing import Literal, NamedTuple
+
+from server.storage.sqlite import SqliteStore
+from sync.errors import EnrollmentRefused, Replayed, RevokedDevice, UnknownDevice
+
+Role = Literal["mediator", "informant", "supervisor", "admin"]
+ROLES: tuple[Role, ...] = ("mediator", "informant", "supervisor", "admin")
+# Enrolment codes are typed by hand on a phone: short, unambiguous letters.
+CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+CODE_LENGTH = 12
+
+
+class User(NamedTuple):
+    user_id: str
+    name: str
+    role: Role
+    org_units: list[str]
+
+
+class Device(NamedTuple):
+    device_id: str
+    user: User
+    label: str
+    signing_key: bytes
+    kem_key: bytes
+    revoked_at_ms: int | None
+
+
+def _code_hash(code: str) -> str:
+    return hashlib.sha256(code.strip().upper().encode()).hexdigest()
+
+
+class Directory:
+    """Who is who, kept in the store's database; every statement goes through its writer gate."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        self.db = store.db
+
+    def add_org_unit(self, path: str) -> None:
+        """Add `city/district/street/community` (1–4 parts) and every parent."""
+        with self.store.transaction():
+            self._add_org_unit(path)
+
+    def _add_org_unit(self, path: str) -> None:
+        parts = [p.strip() for p in path.split("/")]
+        if not 1 <= len(parts) <= 4 or not all(parts):
+            raise ValueError(
+                f"org unit path must be city[/district[/street[/community]]]: {path!r}"
+            )
+        for depth in range(1, len(parts) + 1):
+            self.db.execute(
+                "INSERT OR IGNORE INTO org_units (path, parent) VALUES (?, ?)",
+                ["/".join(parts[:depth]), "/".join(parts[: depth - 1]) or None],
+            )
+
+    def add_user(self, name: str, role: Role, org_units: list[str], now_ms: int) -> User:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        user = User(f"u-{uuid.uuid4().hex[:12]}", name, role, org_units)
+        with self.store.transaction():
+            for unit in org_units:
+                self._add_org_unit(unit)
+            self.db.execute(
+                "INSERT INTO users (user_id, name, role, org_units, created_at_ms)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [user.user_id, name, role, json.dumps(org_units), now_ms],
+            )
+        return user
+
+    def user(self, user_id: str) -> User | None:
+        row = self.db.execute(
+            "SELECT user_id, name, role, org_units FROM users WHERE user_id = ?", [user_id]
+        ).fetchone()
+        return User(row[0], row[1], row[2], json.loads(row[3])) if row else None
+
+    def issue_code(self, user_id: str, now_ms: int, ttl_ms: int) -> str:
+        """A one-time enrolment code for `user_id`, valid for `ttl_ms`; only its hash is kept."""
+        user = self.user(user_id)
+        if user is None:
+            raise ValueError(f"no user {user_id}")
+        code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+        with self.store.transaction():
+            self.db.execute(
+                "INSERT INTO enrollment_codes (code_hash, user_id, role, expires_at_ms)"
+                " VALUES (?, ?, ?, ?)",
+                [_code_hash(code), user_id, user.role, now_ms + ttl_ms],
+            )
+        return code
+
+    def enroll(
+        self, code: str, signing_key: bytes, kem_key: bytes, label: str, now_ms: int
+    ) -> Device:
+        """Spend `code` on a new device holding these public keys."""
+        device_id = f"dev-{uuid.uuid4().hex[:16]}"
+        with self.store.transaction():
+            # Spending the code is one conditional update, so a code is used at most once.
+            spent = self.db.execute(
+                "UPDATE enrollment_codes SET used_at_ms = ?, device_id = ?"
+                " WHERE code_hash = ? AND used_at_ms IS NULL AND expires_at_ms > ?"
+                " RETURNING user_id, role",
+                [now_ms, device_id, _code_hash(code), now_ms],
+            ).fetchone()
+            if spent is None:
+                raise EnrollmentRefused("the enrolment code is unknown, used or expired")
+            self.db.execute(
+                "INSERT INTO devices (device_id, user_id, role, label, signing_key, kem_key,"
+                " enrolled_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [device_id, spent[0], spent[1], label, signing_key, kem_key, now_ms],
+            )
+        device = self.device(device_id)
+        assert device is not None
+        return device
+
+    def device(self, device_id: str) -> Device | None:
+        row = self.db.execute(
+            "SELECT d.device_id, d.label, d.signing_key, d.kem_key, d.revoked_at_ms,"
+            " u.user_id, u.name, d.role, u.org_units"
+            " FROM devices d JOIN users u USING (user_id) WHERE d.device_id = ?",
+            [device_id],
+        ).fetchone()
+        if row is None:
+            return None
+        user = User(row[5], row[6], row[7], json.loads(row[8]))
+        return Device(row[0], user, row[1], row[2], row[3], row[4])
+
+    def active_device(self, device_id: str) -> Device:
+        """The device, or `UnknownDevice` / `RevokedDevice`."""
+        device = self.device(device_id)
+        if device is None:
+            raise UnknownDevice(f"no device {device_id}")
+        if device.revoked_at_ms is not None:
+            raise RevokedDevice(f"device {device_id} was revoked")
+        return device
+
+    def revoke(self, device_id: str, now_ms: int) -> bool:
+        """Revoke a device at once; False if it does not exist or was already revoked."""
+        with self.store.transaction():
+            cursor = self.db.execute(
+                "UPDATE devices SET revoked_at_ms = ?"
+                " WHERE device_id = ? AND revoked_at_ms IS NULL",
+                [now_ms, device_id],
+            )
+        return cursor.rowcount == 1
+
+    def spend_nonce(self, device_id: str, nonce: str, now_ms: int, window_ms: int) -> None:
+        """Record a request nonce; `Replayed` if this device used it within the window."""
+        with self.store.transaction():
+            self.db.execute("DELETE FROM nonces WHERE at_ms < ?", [now_ms - 2 * window_ms])
+            inserted = self.db.execute(
+                "INSERT OR IGNORE INTO nonces (device_id, nonce, at_ms) VALUES (?, ?, ?)",
+                [device_id, nonce, now_ms],
+            )
+        if inserted.rowcount != 1:
+            raise Replayed("this nonce was already used")

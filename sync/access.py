@@ -1,0 +1,85 @@
+"""Who may see and write which record (PROTOCOL.md, "Visibility").
+
+- informant: the records it created (its warnings) — their answers arrive
+  in the same record.
+- mediator: records it created, cases naming it in `mediators`, and the
+  parties, agreements and warnings those cases link.
+- supervisor: every record whose org unit lies inside one of theirs (a
+  record without a location takes the org unit of a case linking it).
+- admin: no case data over sync.
+
+A device may write a record it may see, or create a new one, within its
+role: informants write only warnings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from schemas.state import RecordState
+from sync.merge import materialize
+
+WRITABLE_BY = {
+    "informant": frozenset({"warning"}),
+    "mediator": frozenset({"case", "warning", "agreement", "party"}),
+    "supervisor": frozenset({"case", "warning", "agreement", "party"}),
+    "admin": frozenset(),
+}
+LINK_FIELDS = {"parties": "party", "agreements": "agreement", "warnings": "warning"}
+
+
+class Scope(NamedTuple):
+    """What visibility needs to know of one record, read from its state."""
+
+    org_unit: str | None
+    named_users: frozenset[str]
+    links: frozenset[tuple[str, str]]
+
+
+def scope(state: RecordState) -> Scope:
+    """The record's org unit, the users it names, and the records it links."""
+    record = materialize(state)
+    location = getattr(record, "location", None)
+    org_unit = None
+    if location is not None:
+        parts = [location.city, location.district, location.street, location.community]
+        org_unit = "/".join(p for p in parts if p)
+    named = frozenset(getattr(record, "mediators", ()))
+    links = frozenset(
+        (record_type, record_id)
+        for field, record_type in LINK_FIELDS.items()
+        for record_id in getattr(record, field, ())
+    )
+    return Scope(org_unit, named, links)
+
+
+def within(org_unit: str | None, units: Iterable[str]) -> bool:
+    """Whether `org_unit` is one of `units` or lies beneath one (by path segment)."""
+    if org_unit is None:
+        return False
+    return any(org_unit == unit or org_unit.startswith(unit + "/") for unit in units)
+
+
+def readers(
+    creator: str | None,
+    own: Scope,
+    linking: Iterable[tuple[str | None, Scope]],
+    supervisors: Iterable[tuple[str, list[str]]],
+) -> set[str]:
+    """Every user who may see a record.
+
+    `linking` are the (creator, scope) of the cases that link this record;
+    `supervisors` are (user id, org units) of every supervisor.
+    """
+    users = {creator} if creator else set()
+    users |= own.named_users
+    units = {own.org_unit} if own.org_unit else set()
+    for case_creator, case_scope in linking:
+        if case_creator:
+            users.add(case_creator)
+        users |= case_scope.named_users
+        if case_scope.org_unit:
+            units.add(case_scope.org_unit)
+    users |= {user for user, theirs in supervisors if any(within(u, theirs) for u in units)}
+    return users

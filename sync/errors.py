@@ -1,0 +1,88 @@
+"""Lianxin's one exception tree; every class has a stable machine `code`.
+
+    LianxinError
+    ├── MalformedRequest        malformed             the body or a header cannot be decoded
+    ├── TooLarge                too_large             body, batch or page over its limit
+    ├── AuthenticationError
+    │   ├── Unsigned            unsigned              no signature headers
+    │   ├── BadSignature        bad_signature         the signature does not verify
+    │   ├── StaleRequest        stale_request         timestamp outside the allowed window
+    │   ├── Replayed            replayed              nonce already used
+    │   ├── UnknownDevice       unknown_device        no such device
+    │   └── RevokedDevice       revoked_device        the device was revoked
+    ├── Forbidden               forbidden             the device's role may not do this
+    ├── EnrollmentRefused       enrollment_refused    code unknown, used or expired
+    ├── BatchReused             batch_reused          a batch id sent again with other changes
+    ├── BadCursor               bad_cursor            a pull cursor that this server never issued
+    └── Unavailable             unavailable           storage busy or failing; retry later
+
+The engine and the client raise these; only `server/errors.py` turns them
+into HTTP answers. Rejected *changes* are not errors: they are answered per
+change with a `schemas.Reason` and quarantined.
+"""
+
+from __future__ import annotations
+
+
+class LianxinError(Exception):
+    code = "error"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.code)
+        self.detail = detail
+
+
+class MalformedRequest(LianxinError):
+    code = "malformed"
+
+
+class TooLarge(LianxinError):
+    code = "too_large"
+
+
+class AuthenticationError(LianxinError):
+    code = "unauthenticated"
+
+
+class Unsigned(AuthenticationError):
+    code = "unsigned"
+
+
+class BadSignature(AuthenticationError):
+    code = "bad_signature"
+
+
+class StaleRequest(AuthenticationError):
+    code = "stale_request"
+
+
+class Replayed(AuthenticationError):
+    code = "replayed"
+
+
+class UnknownDevice(AuthenticationError):
+    code = "unknown_device"
+
+
+class RevokedDevice(AuthenticationError):
+    code = "revoked_device"
+
+
+class Forbidden(LianxinError):
+    code = "forbidden"
+
+
+class EnrollmentRefused(LianxinError):
+    code = "enrollment_refused"
+
+
+class BatchReused(LianxinError):
+    code = "batch_reused"
+
+
+class BadCursor(LianxinError):
+    code = "bad_cursor"
+
+
+class Unavailable(LianxinError):
+    code = "unavailable"

@@ -1,0 +1,65 @@
+"""Signatures over exact bytes, each bound to a purpose string.
+
+Every signed message starts with its purpose (`lianxin request v1`, ...), so a
+signature made for one thing can never be replayed as another. Inputs are
+built from the exact bytes sent, never from a re-encoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from sync.errors import BadSignature
+
+REQUEST_PURPOSE = b"lianxin request v1"
+BATCH_PURPOSE = b"lianxin batch v1"
+ENROLL_PURPOSE = b"lianxin enroll v1"
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def request_message(
+    method: str, path: str, timestamp: int, nonce: str, device_id: str, body: bytes
+) -> bytes:
+    """What a device signs for one HTTP request (PROTOCOL.md, "Signed requests")."""
+    lines = [
+        REQUEST_PURPOSE,
+        method.upper().encode(),
+        path.encode(),
+        str(timestamp).encode(),
+        nonce.encode(),
+        device_id.encode(),
+        digest(body).hex().encode(),
+    ]
+    return b"\n".join(lines)
+
+
+def batch_message(device_id: str, batch_id: str, changes: Iterable[bytes]) -> bytes:
+    """What a device signs for a push batch: its manifest of change hashes."""
+    head = b"\n".join([BATCH_PURPOSE, device_id.encode(), batch_id.encode()]) + b"\n"
+    return head + b"".join(digest(change) for change in changes)
+
+
+def enroll_message(code: str, signing_key: bytes, kem_key: bytes) -> bytes:
+    """What a device signs to prove it holds the key it enrols."""
+    return b"\n".join(
+        [ENROLL_PURPOSE, code.encode(), signing_key.hex().encode(), kem_key.hex().encode()]
+    )
+
+
+def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:
+    return key.sign(message)
+
+
+def verify(public_key: bytes, signature: bytes, message: bytes, what: str) -> None:
+    """Raise `BadSignature` naming `what` unless `signature` verifies."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        raise BadSignature(f"the {what} signature does not verify") from None
