@@ -1,4 +1,4 @@
-"""Lianxin's wire types: records, changes and results. Types only, no logic."""
+"""Lianxin's wire types: records, changes, results, merge state, HTTP messages. Types only."""
 
 from schemas.changes import (
     Add,
@@ -37,6 +37,19 @@ from schemas.records import (
     Signature,
     Visit,
 )
+from schemas.state import RecordState, Write
+from schemas.wire import (
+    Enrollment,
+    EnrollRequest,
+    ErrorBody,
+    Eviction,
+    OfficeInfo,
+    PulledChange,
+    PullPage,
+    PullRequest,
+    PushRequest,
+    PushResponse,
+)
 
 __all__ = [
     "LOG",
@@ -55,19 +68,31 @@ __all__ = [
     "Conflict",
     "Delete",
     "EarlyWarning",
+    "EnrollRequest",
+    "Enrollment",
+    "ErrorBody",
+    "Eviction",
     "Gps",
     "Location",
     "Log",
     "Lww",
     "Note",
+    "OfficeInfo",
     "Op",
     "Party",
     "Policy",
+    "PullPage",
+    "PullRequest",
+    "PulledChange",
+    "PushRequest",
+    "PushResponse",
     "Reason",
+    "RecordState",
     "Remove",
     "Restore",
     "Sealed",
     "Signature",
     "StatusMachine",
     "Visit",
+    "Write",
 ]

@@ -6,15 +6,20 @@ import argparse
 import shutil
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from server import seed
+from server.keys import OfficeKeys
+from server.settings import Settings, load_settings
+from server.storage.directory import ROLES, Directory, Role
 from server.storage.sqlite import SqliteStore
-from sync.clock import Clock
+from sync.clock import Clock, system_wall_ms
 from sync.engine import apply_batch
 
 STORE_FILE = "lianxin.db"
+CODE_TTL_MS = 24 * 3600_000
 
 
 def demo(data: Path, reset: bool) -> int:
@@ -50,22 +55,132 @@ def demo(data: Path, reset: bool) -> int:
     return 0
 
 
+def init(settings: Settings, admin: str, org_units: list[str]) -> int:
+    """Create a new office: store, office keys and its first admin (with an enrolment code)."""
+    if settings.keys_path.exists():
+        print(f"lianxin: {settings.keys_path} exists; this office is already initialised")
+        return 1
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    OfficeKeys.generate().save(settings.keys_path)
+    with _directory(settings) as directory:
+        user = directory.add_user(admin, "admin", org_units, system_wall_ms())
+        code = directory.issue_code(user.user_id, system_wall_ms(), CODE_TTL_MS)
+    print(
+        f"Created office in {settings.data_dir} (store {settings.store_path.name}, keys"
+        f" {settings.keys_path.name})"
+    )
+    print(f"Admin {admin}: user id {user.user_id}, enrolment code {code} (valid 24 h, once)")
+    return 0
+
+
+def add_user(settings: Settings, name: str, role: Role, org_units: list[str]) -> int:
+    with _directory(settings) as directory:
+        user = directory.add_user(name, role, org_units, system_wall_ms())
+    print(user.user_id)
+    return 0
+
+
+def issue_code(settings: Settings, user_id: str, ttl_hours: float) -> int:
+    with _directory(settings) as directory:
+        try:
+            code = directory.issue_code(user_id, system_wall_ms(), int(ttl_hours * 3600_000))
+        except ValueError as error:
+            print(f"lianxin: {error}")
+            return 1
+    print(code)
+    return 0
+
+
+def revoke_device(settings: Settings, device_id: str) -> int:
+    with _directory(settings) as directory:
+        revoked = directory.revoke(device_id, system_wall_ms())
+    print(f"Revoked {device_id}" if revoked else f"lianxin: no active device {device_id}")
+    return 0 if revoked else 1
+
+
+def serve(settings: Settings) -> int:
+    import uvicorn
+
+    from server.app import create_app
+
+    app = create_app(settings)
+    print(f"Lianxin serving {settings.data_dir} on http://{settings.host}:{settings.port}")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    return 0
+
+
+@contextmanager
+def _directory(settings: Settings) -> Iterator[Directory]:
+    store = SqliteStore(settings.store_path)
+    try:
+        yield Directory(store)
+    finally:
+        store.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lianxin", description=__doc__)
+    parser.add_argument("--config", type=Path, help="a TOML settings file")
+    parser.add_argument("--data", type=Path, help="the data folder (default ./lianxin-data)")
     commands = parser.add_subparsers(dest="command", required=True)
+
     demo_parser = commands.add_parser(
         "demo", help="create a local store and load the seed scenarios"
     )
-    demo_parser.add_argument(
-        "--data",
-        type=Path,
-        default=Path("lianxin-data"),
-        help="data folder (default: ./lianxin-data)",
-    )
     demo_parser.add_argument("--reset", action="store_true", help="delete the data folder first")
+
+    init_parser = commands.add_parser("init", help="create a new office and its first admin")
+    init_parser.add_argument("--admin", required=True, help="the first admin's name")
+    init_parser.add_argument("--org-unit", action="append", default=[], dest="org_units")
+
+    user_parser = commands.add_parser("user", help="manage users").add_subparsers(
+        dest="action", required=True
+    )
+    add_parser = user_parser.add_parser("add", help="add a user; prints the user id")
+    add_parser.add_argument("name")
+    add_parser.add_argument("--role", required=True, choices=ROLES)
+    add_parser.add_argument(
+        "--org-unit",
+        action="append",
+        required=True,
+        dest="org_units",
+        help="city/district/street/community (repeatable)",
+    )
+
+    code_parser = commands.add_parser("code", help="issue a one-time enrolment code for a user")
+    code_parser.add_argument("user_id")
+    code_parser.add_argument("--ttl-hours", type=float, default=24.0)
+
+    device_parser = commands.add_parser("device", help="manage devices").add_subparsers(
+        dest="action", required=True
+    )
+    revoke_parser = device_parser.add_parser("revoke", help="revoke a device at once")
+    revoke_parser.add_argument("device_id")
+
+    serve_parser = commands.add_parser("serve", help="run the sync server")
+    serve_parser.add_argument("--host")
+    serve_parser.add_argument("--port", type=int)
+
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        return demo(args.data, args.reset)
+    settings = load_settings(
+        args.config,
+        data_dir=args.data,
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+    )
+    match args.command, getattr(args, "action", None):
+        case "demo", _:
+            return demo(settings.data_dir, args.reset)
+        case "init", _:
+            return init(settings, args.admin, args.org_units)
+        case "user", "add":
+            return add_user(settings, args.name, args.role, args.org_units)
+        case "code", _:
+            return issue_code(settings, args.user_id, args.ttl_hours)
+        case "device", "revoke":
+            return revoke_device(settings, args.device_id)
+        case "serve", _:
+            return serve(settings)
     return 2
 
 

@@ -16,7 +16,13 @@ from sync.clock import pack
 from sync.merge import field_specs
 
 DOC = (Path(__file__).parent.parent / "docs" / "PROTOCOL.md").read_text()
-POLICY_NAMES = {Lww: "lww", AddRemoveSet: "set", Log: "log", StatusMachine: "status", Sealed: "sealed"}
+POLICY_NAMES = {
+    Lww: "lww",
+    AddRemoveSet: "set",
+    Log: "log",
+    StatusMachine: "status",
+    Sealed: "sealed",
+}
 
 
 def vector(name: str) -> str:
@@ -34,7 +40,9 @@ def table_after(heading: str) -> list[list[str]]:
 @pytest.mark.parametrize("record_type", RECORD_TYPES)
 def test_field_tables_match_the_schema(record_type):
     documented = [(row[0], row[1]) for row in table_after(f"#### `{record_type}`")]
-    actual = [(name, POLICY_NAMES[type(spec.policy)]) for name, spec in field_specs(record_type).items()]
+    actual = [
+        (name, POLICY_NAMES[type(spec.policy)]) for name, spec in field_specs(record_type).items()
+    ]
     assert documented == actual
 
 
@@ -47,7 +55,9 @@ def test_status_machines_match_the_schema():
     rows = {row[0]: row for row in table_after("### Status machines")}
     for record_type, row in rows.items():
         (machine,) = [
-            s.policy for s in field_specs(record_type).values() if isinstance(s.policy, StatusMachine)
+            s.policy
+            for s in field_specs(record_type).values()
+            if isinstance(s.policy, StatusMachine)
         ]
         assert set(re.findall(r"`(\w+)`", row[1])) == machine.initial
         documented = {

@@ -10,7 +10,7 @@ def record(store, record_type, record_id):
 
 
 def test_demo_loads_the_scenarios_and_prints_what_it_did(tmp_path, capsys):
-    assert main(["demo", "--data", str(tmp_path / "data")]) == 0
+    assert main(["--data", str(tmp_path / "data"), "demo"]) == 0
     out = capsys.readouterr().out
     assert "Created store" in out and "0002_directory" in out
     assert "1 open conflicts, 0 quarantined" in out
@@ -38,17 +38,44 @@ def test_demo_loads_the_scenarios_and_prints_what_it_did(tmp_path, capsys):
 
 def test_running_the_demo_again_reuses_the_store_and_writes_nothing_twice(tmp_path, capsys):
     data = tmp_path / "data"
-    main(["demo", "--data", str(data)])
+    main(["--data", str(data), "demo"])
     store = SqliteStore(data / STORE_FILE)
     counts = store.counts()
     capsys.readouterr()
 
-    main(["demo", "--data", str(data)])
+    main(["--data", str(data), "demo"])
     out = capsys.readouterr().out
     assert "Reusing store" in out
     assert "applied" not in out and "duplicate" in out
     assert store.counts() == counts
 
-    main(["demo", "--data", str(data), "--reset"])
+    main(["--data", str(data), "demo", "--reset"])
     assert "Created store" in capsys.readouterr().out
     store.close()
+
+
+def test_init_creates_an_office_with_an_admin_and_a_one_time_code(tmp_path, capsys):
+    data = str(tmp_path / "office")
+    assert main(["--data", data, "init", "--admin", "Wang", "--org-unit", "Hangzhou"]) == 0
+    out = capsys.readouterr().out
+    assert "enrolment code" in out
+    keys = tmp_path / "office" / "office-keys.json"
+    assert keys.stat().st_mode & 0o777 == 0o600
+    # A second init must not overwrite the office keys.
+    before = keys.read_bytes()
+    assert main(["--data", data, "init", "--admin", "Eve"]) == 1
+    assert keys.read_bytes() == before
+
+
+def test_users_codes_and_revocation_from_the_command_line(tmp_path, capsys):
+    data = str(tmp_path / "office")
+    main(["--data", data, "init", "--admin", "Wang"])
+    capsys.readouterr()
+    assert main(["--data", data, "user", "add", "Zhao", "--role", "mediator",
+                 "--org-unit", "Hangzhou/Gongshu"]) == 0  # fmt: skip
+    user_id = capsys.readouterr().out.strip()
+    assert main(["--data", data, "code", user_id]) == 0
+    code = capsys.readouterr().out.strip()
+    assert len(code) == 12
+    assert main(["--data", data, "code", "u-nobody"]) == 1
+    assert main(["--data", data, "device", "revoke", "dev-nothing"]) == 1

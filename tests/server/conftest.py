@@ -1,0 +1,152 @@
+"""An office served in-process by the real app, and devices that speak the protocol by hand.
+
+These devices build every request from PROTOCOL.md directly (not through
+`sync.client`), so server tests do not depend on the reference client.
+"""
+
+import base64
+import hashlib
+import itertools
+from dataclasses import dataclass, field
+
+import msgspec
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from litestar.testing import TestClient
+
+from schemas import Change, Enrollment, EnrollRequest, PullRequest, PushRequest
+from server.app import create_app
+from server.keys import OfficeKeys
+from server.settings import Settings
+from server.storage.directory import Directory
+from sync import signing
+from sync.clock import Clock, pack
+from tests.conftest import WALL_MS
+
+MSGPACK = {"content-type": "application/msgpack"}
+
+
+@dataclass
+class Wall:
+    """A wall clock the test moves by hand."""
+
+    ms: int = WALL_MS
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+@dataclass
+class Phone:
+    """A device that signs its requests exactly as PROTOCOL.md says."""
+
+    http: TestClient
+    key: Ed25519PrivateKey
+    enrollment: Enrollment
+    wall: Wall
+    nonces: itertools.count = field(default_factory=lambda: itertools.count(1))
+    stamps: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    @property
+    def device_id(self) -> str:
+        return self.enrollment.device_id
+
+    def headers(self, path, body, *, timestamp=None, nonce=None, key=None):
+        timestamp = self.wall.ms // 1000 if timestamp is None else timestamp
+        nonce = nonce or f"nonce-{self.device_id[-8:]}-{next(self.nonces):08d}"
+        message = signing.request_message("POST", path, timestamp, nonce, self.device_id, body)
+        signature = (key or self.key).sign(message)
+        return {
+            **MSGPACK,
+            "lianxin-device": self.device_id,
+            "lianxin-timestamp": str(timestamp),
+            "lianxin-nonce": nonce,
+            "lianxin-signature": base64.b64encode(signature).decode(),
+        }
+
+    def post(self, path, body, **signing_options):
+        return self.http.post(
+            path, content=body, headers=self.headers(path, body, **signing_options)
+        )
+
+    def change(self, record_type, record_id, set=None, ops=(), seen=None):
+        n = next(self.stamps)
+        return Change(
+            change_id=f"{self.device_id}-{n}",
+            record_type=record_type,
+            record_id=record_id,
+            device_id=self.device_id,
+            hlc=pack(self.wall.ms, n),
+            seen=seen or {},
+            set=set or {},
+            ops=list(ops),
+        )
+
+    def push_body(self, changes, batch_id="b-1", raw=None):
+        raws = raw if raw is not None else [msgspec.msgpack.encode(c) for c in changes]
+        manifest = signing.batch_message(self.device_id, batch_id, raws)
+        request = PushRequest(batch_id=batch_id, changes=raws, signature=self.key.sign(manifest))
+        return msgspec.msgpack.encode(request)
+
+    def push(self, changes, batch_id="b-1"):
+        return self.post("/v1/sync/push", self.push_body(changes, batch_id))
+
+    def pull(self, cursor=None, limit=1000):
+        body = msgspec.msgpack.encode(PullRequest(cursor=cursor, limit=limit))
+        return self.post("/v1/sync/pull", body)
+
+    def pull_all(self):
+        """Every item this device may see, following cursors to the end."""
+        items, cursor = [], None
+        while True:
+            page = msgspec.msgpack.decode(self.pull(cursor).content)
+            items += page["items"]
+            cursor = page["cursor"]
+            if not page["has_more"]:
+                return items, cursor
+
+
+@dataclass
+class Office:
+    store: object
+    directory: Directory
+    keys: OfficeKeys
+    http: TestClient
+    wall: Wall
+
+    def enroll(self, role, org_units=("Hangzhou/Gongshu",), name=None):
+        user = self.directory.add_user(name or role, role, list(org_units), self.wall.ms)
+        code = self.directory.issue_code(user.user_id, self.wall.ms, 3600_000)
+        return self.enroll_with(code)
+
+    def enroll_with(self, code):
+        key = Ed25519PrivateKey.generate()
+        public = key.public_key().public_bytes_raw()
+        kem = X25519PrivateKey.generate().public_key().public_bytes_raw()
+        proof = key.sign(signing.enroll_message(code, public, kem))
+        body = EnrollRequest(code=code, signing_key=public, kem_key=kem, label="t", proof=proof)
+        answer = self.http.post("/v1/enroll", content=msgspec.msgpack.encode(body), headers=MSGPACK)
+        assert answer.status_code == 200, answer.content
+        return Phone(
+            self.http, key, msgspec.msgpack.decode(answer.content, type=Enrollment), self.wall
+        )
+
+    def fingerprint(self):
+        """A hash of everything stored that a refused request must not change."""
+        digest = hashlib.sha256()
+        for table in ("records", "changes", "quarantine", "conflicts", "batches", "access",
+                      "evictions", "devices", "users", "enrollment_codes"):  # fmt: skip
+            for row in self.store.db.execute(f"SELECT * FROM {table} ORDER BY 1, 2"):
+                digest.update(repr(row).encode())
+        return digest.hexdigest()
+
+
+@pytest.fixture
+def office(store, tmp_path):
+    wall = Wall()
+    keys = OfficeKeys.generate()
+    app = create_app(Settings(data_dir=tmp_path, max_body_bytes=64 * 1024, max_batch_changes=50),
+                     store=store, keys=keys, clock=Clock(wall), wall_ms=wall)  # fmt: skip
+    with TestClient(app) as http:
+        yield Office(store, Directory(store), keys, http, wall)

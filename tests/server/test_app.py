@@ -1,0 +1,268 @@
+"""The sync endpoints through the real app: answers, stored state, and every refusal."""
+
+import msgspec
+import pytest
+
+from schemas import Add
+from tests.server.conftest import MSGPACK
+
+GONGSHU = {"city": "Hangzhou", "district": "Gongshu", "street": "Mishixiang", "community": "Daguan"}
+XIHU = {"city": "Hangzhou", "district": "Xihu", "street": "Beishan"}
+
+
+def decode(answer):
+    return msgspec.msgpack.decode(answer.content)
+
+
+def error_of(answer):
+    return answer.status_code, decode(answer)["error"]
+
+
+def pulled_records(phone):
+    items, _ = phone.pull_all()
+    keys = set()
+    for item in items:
+        if item["type"] == "change":
+            change = msgspec.msgpack.decode(item["change"])
+            keys.add((change["record_type"], change["record_id"]))
+    return keys
+
+
+def test_office_keys_are_published_unsigned(office):
+    info = decode(office.http.get("/v1/office"))
+    assert info["signing_key"] == office.keys.signing_public
+    assert info["kem_key"] == office.keys.kem_public
+
+
+def test_enrolment_code_is_single_use_and_expires(office):
+    user = office.directory.add_user("Zhao", "mediator", ["Hangzhou"], office.wall.ms)
+    code = office.directory.issue_code(user.user_id, office.wall.ms, 60_000)
+    phone = office.enroll_with(code.lower())  # typed in lower case on a phone
+    assert (phone.enrollment.user_id, phone.enrollment.role) == (user.user_id, "mediator")
+    with pytest.raises(AssertionError, match="enrollment_refused"):
+        office.enroll_with(code)
+    late = office.directory.issue_code(user.user_id, office.wall.ms, 60_000)
+    office.wall.ms += 61_000
+    with pytest.raises(AssertionError, match="enrollment_refused"):
+        office.enroll_with(late)
+
+
+def test_push_applies_a_batch_and_a_retry_writes_nothing_twice(office):
+    phone = office.enroll("mediator")
+    changes = [
+        phone.change("case", "k-1", {"title": "Drains", "status": "new", "location": GONGSHU}),
+        phone.change("case", "k-1", {"priority": "high"}),
+        phone.change("case", "k-1", {"status": "closed"}),
+    ]
+    first = decode(phone.push(changes))
+    assert [r["status"] for r in first["results"]] == ["applied", "applied", "rejected"]
+    assert first["results"][2]["reason"] == "illegal_transition"
+    stored = office.fingerprint()
+    again = decode(phone.push(changes))
+    assert [r["status"] for r in again["results"]] == ["duplicate"] * 3
+    assert office.fingerprint() == stored
+    # Each stored change points at the signed batch that brought it.
+    batch_ids = {row[0] for row in office.store.db.execute("SELECT batch_id FROM changes")}
+    assert batch_ids == {"b-1"}
+
+
+def test_pull_pages_are_resumable_and_cursors_bound_to_the_device(office):
+    phone = office.enroll("mediator")
+    phone.push([phone.change("case", f"k-{n}", {"title": f"case {n}"}) for n in range(7)])
+    first = decode(phone.pull(limit=3))
+    assert first["has_more"] and len(first["items"]) == 3
+    # Fetching the same page again (an interrupted pull) gives the same items.
+    assert decode(phone.pull(limit=3))["items"] == first["items"]
+    second = decode(phone.pull(first["cursor"], limit=10))
+    assert not second["has_more"]
+    seqs = [i["seq"] for i in first["items"] + second["items"]]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 7
+    assert decode(phone.pull(second["cursor"]))["items"] == []
+
+    other = office.enroll("mediator")
+    assert error_of(other.pull(first["cursor"])) == (400, "bad_cursor")
+    tampered = first["cursor"].replace("v1.3", "v1.4")
+    assert error_of(phone.pull(tampered)) == (400, "bad_cursor")
+    assert error_of(phone.pull("v1.999.999.0")) == (400, "bad_cursor")
+
+
+def test_visibility_by_role(office):
+    informant = office.enroll("informant")
+    mediator = office.enroll("mediator", name="Zhao")
+    gongshu = office.enroll("supervisor", ["Hangzhou/Gongshu"])
+    xihu = office.enroll("supervisor", ["Hangzhou/Xihu"])
+    city = office.enroll("supervisor", ["Hangzhou"])
+
+    informant.push([informant.change("warning", "w-1", {"location": GONGSHU, "status": "open"})])
+    xihu.push([xihu.change("case", "k-xihu", {"title": "Grease", "location": XIHU})])
+    gongshu.push([gongshu.change(
+        "case", "k-1", {"title": "Drains", "location": GONGSHU},
+        [Add(field="mediators", value=mediator.enrollment.user_id),
+         Add(field="warnings", value="w-1")],
+    )])  # fmt: skip
+    assert pulled_records(informant) == {("warning", "w-1")}
+    assert pulled_records(mediator) == {("case", "k-1"), ("warning", "w-1")}
+    assert pulled_records(gongshu) == {("case", "k-1"), ("warning", "w-1")}
+    assert pulled_records(xihu) == {("case", "k-xihu")}
+    assert pulled_records(city) == {("case", "k-1"), ("warning", "w-1"), ("case", "k-xihu")}
+
+
+def test_unassigning_a_mediator_evicts_the_case_and_blocks_its_writes(office):
+    supervisor = office.enroll("supervisor")
+    mediator = office.enroll("mediator")
+    user = mediator.enrollment.user_id
+    supervisor.push([supervisor.change("case", "k-1", {"title": "Drains", "location": GONGSHU},
+                                       [Add(field="mediators", value=user)])])  # fmt: skip
+    items, cursor = mediator.pull_all()
+    assert [i["type"] for i in items] == ["change"]
+    supervisor.push([supervisor.change("case", "k-1", ops=[
+        {"type": "remove", "field": "mediators", "value": user}])], batch_id="b-2")  # fmt: skip
+    page = decode(mediator.pull(cursor))
+    assert [(i["type"], i["record_id"]) for i in page["items"]] == [("evict", "k-1")]
+    late = decode(mediator.push([mediator.change("case", "k-1", {"summary": "still mine?"})]))
+    assert (late["results"][0]["status"], late["results"][0]["reason"]) == (
+        "rejected",
+        "not_permitted",
+    )
+
+
+def test_an_informant_can_never_write_or_read_a_case(office):
+    informant = office.enroll("informant")
+    supervisor = office.enroll("supervisor")
+    supervisor.push([supervisor.change("case", "k-1", {"title": "x", "location": GONGSHU})])
+    answer = decode(informant.push([informant.change("case", "k-2", {"title": "mine"})]))
+    assert answer["results"][0]["reason"] == "not_permitted"
+    assert pulled_records(informant) == set()
+
+
+def test_admin_devices_get_no_case_data(office):
+    admin = office.enroll("admin", ["Hangzhou"])
+    supervisor = office.enroll("supervisor")
+    supervisor.push([supervisor.change("case", "k-1", {"title": "x", "location": GONGSHU})])
+    assert pulled_records(admin) == set()
+    answer = decode(admin.push([admin.change("case", "k-9", {"title": "x"})]))
+    assert answer["results"][0]["reason"] == "not_permitted"
+
+
+REFUSALS = {
+    "unsigned": lambda p, body: p.http.post("/v1/sync/pull", content=body, headers=MSGPACK),
+    "bad_signature": lambda p, body: p.http.post(
+        "/v1/sync/pull", content=body + b"x", headers=p.headers("/v1/sync/pull", body)
+    ),
+    "stale_request": lambda p, body: p.post(
+        "/v1/sync/pull", body, timestamp=p.wall.ms // 1000 - 301
+    ),
+    "malformed_header": lambda p, body: p.post("/v1/sync/pull", body, nonce="short"),
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "code"),
+    [
+        ("unsigned", 401, "unsigned"),
+        ("bad_signature", 401, "bad_signature"),
+        ("stale_request", 401, "stale_request"),
+        ("malformed_header", 400, "malformed"),
+    ],
+)
+def test_refused_requests_get_their_own_code_and_change_nothing(office, case, status, code):
+    phone = office.enroll("mediator")
+    phone.push([phone.change("case", "k-1", {"title": "Drains"})])
+    stored = office.fingerprint()
+    body = msgspec.msgpack.encode({"cursor": None, "limit": 10})
+    assert error_of(REFUSALS[case](phone, body)) == (status, code)
+    assert office.fingerprint() == stored
+
+
+def test_replayed_request_is_refused(office):
+    phone = office.enroll("mediator")
+    body = phone.push_body([phone.change("case", "k-1", {"title": "x"})])
+    headers = phone.headers("/v1/sync/push", body)
+    assert office.http.post("/v1/sync/push", content=body, headers=headers).status_code == 200
+    stored = office.fingerprint()
+    replay = office.http.post("/v1/sync/push", content=body, headers=headers)
+    assert error_of(replay) == (401, "replayed")
+    assert office.fingerprint() == stored
+
+
+def test_unknown_and_revoked_devices_are_refused_and_past_work_stays(office):
+    phone = office.enroll("mediator")
+    phone.push([phone.change("case", "k-1", {"title": "before the loss"})])
+    assert office.directory.revoke(phone.device_id, office.wall.ms)
+    stored = office.fingerprint()
+    late = phone.push([phone.change("case", "k-1", {"title": "thief"})], batch_id="b-2")
+    assert error_of(late) == (403, "revoked_device")
+    assert error_of(phone.pull()) == (403, "revoked_device")
+    assert office.fingerprint() == stored
+    author = office.store.db.execute("SELECT device_id FROM changes").fetchall()
+    assert author == [(phone.device_id,)]
+
+    phone.enrollment = msgspec.structs.replace(phone.enrollment, device_id="dev-nobody")
+    assert error_of(phone.pull()) == (401, "unknown_device")
+
+
+@pytest.mark.parametrize(
+    ("make_body", "status", "code", "detail"),
+    [
+        (lambda p: b"\xc1garbage", 400, "malformed", ""),
+        (
+            lambda p: msgspec.msgpack.encode({"batch_id": "b", "changes": "x"}),
+            400,
+            "malformed",
+            "$.changes",
+        ),
+        (lambda p: p.push_body([], raw=[b"\x93\x01"]), 400, "malformed", "$.changes[0]"),
+        (
+            lambda p: p.push_body([p.change("case", "k", {"title": "x"})] * 51),
+            413,
+            "too_large",
+            "at most 50",
+        ),
+        (lambda p: p.push_body([], raw=[b"x" * 70_000]), 413, "too_large", ""),
+    ],  # fmt: skip
+    ids=["not-msgpack", "wrong-type", "bad-change-bytes", "too-many-changes", "body-too-large"],
+)
+def test_malformed_and_oversized_pushes(office, make_body, status, code, detail):
+    phone = office.enroll("mediator")
+    stored = office.fingerprint()
+    answer = phone.post("/v1/sync/push", make_body(phone))
+    assert error_of(answer) == (status, code)
+    assert detail in decode(answer)["detail"]
+    assert office.fingerprint() == stored
+
+
+def test_a_change_claiming_another_author_is_forbidden(office):
+    phone = office.enroll("mediator")
+    other = office.enroll("mediator")
+    stored = office.fingerprint()
+    answer = phone.push([other.change("case", "k-1", {"title": "forged"})])
+    assert error_of(answer) == (403, "forbidden")
+    assert office.fingerprint() == stored
+
+
+def test_a_batch_id_reused_with_other_changes_is_refused(office):
+    phone = office.enroll("mediator")
+    phone.push([phone.change("case", "k-1", {"title": "one"})])
+    stored = office.fingerprint()
+    answer = phone.push([phone.change("case", "k-1", {"title": "two"})])
+    assert error_of(answer) == (409, "batch_reused")
+    assert office.fingerprint() == stored
+
+
+def test_json_is_accepted_and_answered_in_kind(office):
+    phone = office.enroll("mediator")
+    body = msgspec.json.encode({"cursor": None, "limit": 5})
+    headers = {**phone.headers("/v1/sync/pull", body), "content-type": "application/json"}
+    answer = office.http.post("/v1/sync/pull", content=body, headers=headers)
+    assert answer.headers["content-type"].startswith("application/json")
+    assert answer.json()["has_more"] is False
+
+
+def test_unknown_paths_and_methods_answer_with_codes(office):
+    assert error_of(office.http.get("/v1/nothing")) == (404, "not_found")
+    assert error_of(office.http.get("/v1/sync/push")) == (405, "method_not_allowed")
+
+
+def test_openapi_lists_every_endpoint(office):
+    paths = office.http.get("/schema/openapi.json").json()["paths"]
+    assert {"/v1/office", "/v1/enroll", "/v1/sync/push", "/v1/sync/pull"} <= set(paths)
