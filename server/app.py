@@ -56,11 +56,18 @@ async def enroll(request: Request) -> Response:
     return reply(request, await anyio.to_thread.run_sync(service.enroll, message))
 
 
+def request_target(request: Request) -> str:
+    """The path and query exactly as sent on the wire (still percent-encoded)."""
+    raw = request.scope.get("raw_path") or request.scope["path"].encode()
+    query = request.scope.get("query_string", b"")
+    return (raw + (b"?" + query if query else b"")).decode("latin-1")
+
+
 async def signed(request: Request, kind: type[T]) -> tuple[Any, T]:
     """Authenticate a signed sync request and decode its body."""
     service = service_of(request)
     body = await request.body()
-    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    path = request_target(request)
     device = await anyio.to_thread.run_sync(
         lambda: auth.authenticate(
             request.headers,

@@ -74,7 +74,21 @@ class Directory:
                 " VALUES (?, ?, ?, ?, ?)",
                 [user.user_id, name, role, json.dumps(org_units), now_ms],
             )
+            if role == "supervisor":
+                self._grant_org_units(user.user_id, org_units)
         return user
+
+    def _grant_org_units(self, user_id: str, org_units: list[str]) -> None:
+        """Let a supervisor see every record already in their org units, from now on."""
+        now = self.store.last_seq()
+        for unit in org_units:
+            self.db.execute(
+                "INSERT OR IGNORE INTO access (user_id, record_type, record_id, since_seq)"
+                " SELECT ?, record_type, record_id, ? FROM records"
+                # A prefix test by path segment; LIKE would ignore case and wildcards.
+                " WHERE org_unit = ? OR substr(org_unit, 1, ?) = ?",
+                [user_id, now, unit, len(unit) + 1, unit + "/"],
+            )
 
     def user(self, user_id: str) -> User | None:
         row = self.db.execute(
@@ -99,7 +113,11 @@ class Directory:
     def enroll(
         self, code: str, signing_key: bytes, kem_key: bytes, label: str, now_ms: int
     ) -> Device:
-        """Spend `code` on a new device holding these public keys."""
+        """Spend `code` on a new device holding these public keys.
+
+        Enrolling again with the same code and the same keys (a retry after a
+        lost answer) returns the same device; anything else is refused.
+        """
         device_id = f"dev-{uuid.uuid4().hex[:16]}"
         with self.store.transaction():
             # Spending the code is one conditional update, so a code is used at most once.
@@ -110,12 +128,21 @@ class Directory:
                 [now_ms, device_id, _code_hash(code), now_ms],
             ).fetchone()
             if spent is None:
-                raise EnrollmentRefused("the enrolment code is unknown, used or expired")
-            self.db.execute(
-                "INSERT INTO devices (device_id, user_id, role, label, signing_key, kem_key,"
-                " enrolled_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [device_id, spent[0], spent[1], label, signing_key, kem_key, now_ms],
-            )
+                # A retry whose first answer was lost: the same keys get the same device.
+                again = self.db.execute(
+                    "SELECT d.device_id FROM enrollment_codes e JOIN devices d USING (device_id)"
+                    " WHERE e.code_hash = ? AND d.signing_key = ? AND d.kem_key = ?",
+                    [_code_hash(code), signing_key, kem_key],
+                ).fetchone()
+                if again is None:
+                    raise EnrollmentRefused("the enrolment code is unknown, used or expired")
+                device_id = again[0]
+            else:
+                self.db.execute(
+                    "INSERT INTO devices (device_id, user_id, role, label, signing_key, kem_key,"
+                    " enrolled_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [device_id, spent[0], spent[1], label, signing_key, kem_key, now_ms],
+                )
         device = self.device(device_id)
         assert device is not None
         return device

@@ -1,0 +1,517 @@
+"""The reference device client: what a phone does, written from PROTOCOL.md.
+
+    with DeviceClient("phone.db", httpx.Client(base_url=OFFICE_URL)) as device:
+        device.enroll("ABCD2345EFGH", label="Wang's phone")
+        device.edit("case", "k-drains", set={"title": "Drains overflow", "status": "new"})
+        device.sync()                       # push the outbox, then pull until done
+        device.record("case", "k-drains")   # the server's record, own pending edits on top
+
+Everything the device knows lives in one SQLite file (`sync.replica_store`):
+its keys, what the server sent (the *server layer*), and its outbox. A local
+read replays, on top of the server layer, the device's own changes that the
+server has not sent back yet, in the order they were made, with the same
+merge code the server runs (`sync.merge`); a change the server rejected no
+longer shows.
+
+The client is safe to kill at any point: an edit, a batch assignment, a
+batch's answers and each pulled page commit in one local transaction each.
+A batch is assigned and stored before it is sent, so after a lost answer the
+retry resends the same bytes under the same batch id, and the server answers
+`duplicate`. The pull cursor is stored with the page it ends, so a pull
+resumes after the last page applied.
+
+Keys: the device makes its own Ed25519 signing key and X25519 key when its
+file is created; the private halves never leave the file (in which they are
+not yet encrypted: that is a later issue).
+
+Not thread-safe: one client per device file, used from one thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple, TypeVar
+
+import httpx
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from schemas.changes import Change, ChangeResult, Conflict, Op, Reason
+from schemas.state import RecordState
+from schemas.wire import (
+    Enrollment,
+    EnrollRequest,
+    ErrorBody,
+    Eviction,
+    OfficeInfo,
+    PulledChange,
+    PullPage,
+    PullRequest,
+    PushRequest,
+    PushResponse,
+)
+from sync import merge, signing
+from sync.clock import Clock, system_wall_ms
+from sync.errors import LianxinError, StaleRequest
+from sync.replica_store import OutboxEntry, RecordKey, ReplicaStore
+
+T = TypeVar("T")
+
+MSGPACK = "application/msgpack"
+MAX_BATCH = 500  # changes per push; the server takes up to 1,000
+# Bytes of changes per push: the server refuses a body over 8 MiB, and a batch it always
+# refuses would jam the outbox, so batches stay at half that and a larger change is refused.
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_change = msgspec.msgpack.Decoder(Change).decode
+
+# Meta keys in the device file.
+SIGNING_KEY = "signing_key"
+KEM_KEY = "kem_key"
+IDENTITY = "identity"
+CURSOR = "cursor"
+CLOCK_LAST = "clock_last"
+SERVER_OFFSET = "server_offset_ms"
+
+
+def _error_classes(root: type[LianxinError] = LianxinError) -> dict[str, type[LianxinError]]:
+    found: dict[str, type[LianxinError]] = {}
+    for kind in root.__subclasses__():
+        found[kind.code] = kind
+        found.update(_error_classes(kind))
+    return found
+
+
+# The server answers errors as `{"error": code, "detail"}`; callers catch our classes.
+ERROR_CLASSES = _error_classes()
+
+
+class NotEnrolled(RuntimeError):
+    """The device must enrol before it can edit or sync."""
+
+
+class AlreadyEnrolled(RuntimeError):
+    """This device file is enrolled already; a new enrolment needs a new file."""
+
+
+class Identity(msgspec.Struct, frozen=True, kw_only=True):
+    """What enrolment taught the device: who it is and the office's public keys."""
+
+    device_id: str
+    user_id: str
+    role: str
+    org_units: list[str]
+    office: OfficeInfo
+
+
+class PullReport(NamedTuple):
+    """What one `pull()` did: pages fetched, changes applied, records evicted.
+
+    `skipped` counts pulled changes not applied: those applied before (PROTOCOL.md
+    section 12) and any the local merge refused, which would mean the device and
+    the server disagree.
+    """
+
+    pages: int = 0
+    applied: int = 0
+    skipped: int = 0
+    evicted: int = 0
+
+
+class SyncReport(NamedTuple):
+    pushed: list[ChangeResult]
+    pulled: PullReport
+
+
+class DeviceClient:
+    """One device: its SQLite replica and the sync protocol over an injected `httpx.Client`.
+
+    `http` carries the office's base URL. `wall_ms` is the device's wall clock
+    in milliseconds (stamps and request times come from it). `new_id` makes
+    change and batch ids; they must never repeat, also across restarts: the
+    server answers a known change id `duplicate` and drops the change.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        http: httpx.Client,
+        *,
+        wall_ms: Callable[[], int] = system_wall_ms,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        batch_size: int = MAX_BATCH,
+        batch_bytes: int = MAX_BATCH_BYTES,
+        pull_limit: int = 1000,
+    ) -> None:
+        self._store = ReplicaStore(path)
+        self._http = http
+        self._wall_ms = wall_ms
+        self._new_id = new_id
+        self._batch_size = batch_size
+        self._batch_bytes = batch_bytes
+        self._pull_limit = pull_limit
+        self._signing_key, self._kem_key = self._load_or_make_keys()
+        identity = self._store.meta(IDENTITY)
+        self._identity = (
+            msgspec.msgpack.decode(identity, type=Identity) if isinstance(identity, bytes) else None
+        )
+        last = self._store.meta(CLOCK_LAST)
+        # Resume the clock where it stopped, so a restart never reissues a stamp.
+        self._clock = Clock(wall_ms, last=last if isinstance(last, int) else 0)
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> DeviceClient:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _load_or_make_keys(self) -> tuple[Ed25519PrivateKey, X25519PrivateKey]:
+        with self._store.transaction():
+            signing_raw, kem_raw = self._store.meta(SIGNING_KEY), self._store.meta(KEM_KEY)
+            if not (isinstance(signing_raw, bytes) and isinstance(kem_raw, bytes)):
+                signing_raw = Ed25519PrivateKey.generate().private_bytes_raw()
+                kem_raw = X25519PrivateKey.generate().private_bytes_raw()
+                self._store.set_meta(SIGNING_KEY, signing_raw)
+                self._store.set_meta(KEM_KEY, kem_raw)
+        return (
+            Ed25519PrivateKey.from_private_bytes(signing_raw),
+            X25519PrivateKey.from_private_bytes(kem_raw),
+        )
+
+    # -- identity -----------------------------------------------------------------------
+
+    @property
+    def signing_public_key(self) -> bytes:
+        return self._signing_key.public_key().public_bytes_raw()
+
+    @property
+    def kem_public_key(self) -> bytes:
+        return self._kem_key.public_key().public_bytes_raw()
+
+    @property
+    def identity(self) -> Identity | None:
+        """Who this device is, or None before enrolment."""
+        return self._identity
+
+    def _enrolled(self) -> Identity:
+        identity = self.identity
+        if identity is None:
+            raise NotEnrolled("enrol this device first")
+        return identity
+
+    def enroll(self, code: str, label: str = "") -> Enrollment:
+        """Spend a one-time code on this device's keys (PROTOCOL.md section 9).
+
+        Raises `EnrollmentRefused` for an unknown, used or expired code, and
+        `AlreadyEnrolled` if this file is enrolled already.
+        """
+        if self.identity is not None:
+            raise AlreadyEnrolled(f"this device is enrolled as {self.identity.device_id}")
+        message = signing.enroll_message(code, self.signing_public_key, self.kem_public_key)
+        request = EnrollRequest(
+            code=code,
+            signing_key=self.signing_public_key,
+            kem_key=self.kem_public_key,
+            label=label,
+            proof=signing.sign(self._signing_key, message),
+        )
+        response = self._http.post(
+            "/v1/enroll", content=_encode(request), headers={"Content-Type": MSGPACK}
+        )
+        enrollment = _answer(response, Enrollment)
+        identity = Identity(
+            device_id=enrollment.device_id,
+            user_id=enrollment.user_id,
+            role=enrollment.role,
+            org_units=enrollment.org_units,
+            office=enrollment.office,
+        )
+        with self._store.transaction():
+            self._store.set_meta(IDENTITY, _encode(identity))
+            self._learn_offset(enrollment.office.server_time_ms)
+        self._identity = identity
+        return enrollment
+
+    # -- local reads and edits ----------------------------------------------------------
+
+    def _view(self, key: RecordKey) -> RecordState | None:
+        """The server layer with this device's not yet pulled back changes replayed on top."""
+        state = self._store.state(key)
+        for raw in self._store.overlay(key):
+            outcome = merge.apply_change(state, _decode_change(raw))
+            # A queued change the newer server layer refuses would be refused by the
+            # server too: it shows nothing, and its answer will say why.
+            if outcome.state is not None:
+                state = outcome.state
+        return state
+
+    def record(self, record_type: str, record_id: str) -> msgspec.Struct | None:
+        """The record as this device shows it, or None if it holds no such record."""
+        state = self._view((record_type, record_id))
+        return merge.materialize(state) if state is not None else None
+
+    def conflicts(self, record_type: str, record_id: str) -> list[Conflict]:
+        """The open conflicts of the record as this device shows it."""
+        state = self._view((record_type, record_id))
+        return merge.conflicts(state) if state is not None else []
+
+    def outbox(self) -> list[OutboxEntry]:
+        """Every change this device made, oldest first, with its state and the server's answer."""
+        return self._store.outbox()
+
+    def edit(
+        self,
+        record_type: str,
+        record_id: str,
+        set: Mapping[str, Any] | None = None,
+        ops: Iterable[Op] = (),
+    ) -> Change:
+        """Make a change to the local view and queue it as `pending`.
+
+        The change has seen everything this device shows of the record. It is
+        checked with the server's own merge rules against the local view, as
+        the exact bytes that will be pushed: `sync.merge.Rejected` if it can
+        never apply, or if it is too large for any batch (`invalid_value`).
+        Write permission is the server's to judge (it may answer
+        `not_permitted`). Raises `NotEnrolled` before enrolment.
+        """
+        device_id = self._enrolled().device_id
+        view = self._view((record_type, record_id))
+        seen = {d: s for d, s in view.vv.items() if d != device_id} if view else {}
+        raw, change = _wire_form(
+            Change(
+                change_id=self._new_id(),
+                record_type=record_type,
+                record_id=record_id,
+                device_id=device_id,
+                hlc=self._clock.now(),
+                seen=seen,
+                set=dict(set or {}),
+                ops=list(ops),
+            )
+        )
+        if len(raw) > self._batch_bytes:
+            raise merge.Rejected(
+                Reason.INVALID_VALUE, f"the change is {len(raw)} bytes, over {self._batch_bytes}"
+            )
+        outcome = merge.apply_change(view, change)
+        if outcome.rejected is not None:
+            raise outcome.rejected
+        with self._store.transaction():
+            self._store.append(change, raw)
+            self._store.set_meta(CLOCK_LAST, self._clock.last)
+        return change
+
+    # -- sync ---------------------------------------------------------------------------
+
+    def sync(self) -> SyncReport:
+        """Push the outbox, then pull until the server has nothing more."""
+        pushed = self.push()
+        return SyncReport(pushed, self.pull())
+
+    def push(self) -> list[ChangeResult]:
+        """Send every unanswered change, in order; return the server's answers.
+
+        Batches whose answer was lost go first, as stored: the server refuses
+        a change whose stamp is not after the device's last applied change to
+        the record (`stale_stamp`), so a later batch must never overtake an
+        earlier one. A transport error or an error answer leaves the batch
+        stored for the next try and propagates (errors as `sync.errors`).
+        """
+        results: list[ChangeResult] = []
+        for batch_id, body in self._store.open_batches():
+            results += self._send_batch(batch_id, body)
+        while (batch := self._next_batch()) is not None:
+            results += self._send_batch(*batch)
+        return results
+
+    def _next_batch(self) -> tuple[str, bytes] | None:
+        """Assign up to `batch_size` pending changes to a new, stored batch."""
+        device_id = self._enrolled().device_id
+        with self._store.transaction():
+            rows = _fit(self._store.unbatched(self._batch_size), self._batch_bytes)
+            if not rows:
+                return None
+            batch_id = self._new_id()
+            raws = [raw for _, raw in rows]
+            manifest = signing.batch_message(device_id, batch_id, raws)
+            request = PushRequest(
+                batch_id=batch_id,
+                changes=raws,
+                signature=signing.sign(self._signing_key, manifest),
+            )
+            body = _encode(request)
+            self._store.add_batch(batch_id, [change_id for change_id, _ in rows], body)
+        return batch_id, body
+
+    def _send_batch(self, batch_id: str, body: bytes) -> list[ChangeResult]:
+        answer = self._signed_post("/v1/sync/push", body, PushResponse)
+        sent = self._store.batch_change_ids(batch_id)
+        if answer.batch_id != batch_id or [r.change_id for r in answer.results] != sent:
+            raise LianxinError(f"the answer to batch {batch_id} does not match the batch")
+        with self._store.transaction():
+            self._store.record_answers(batch_id, answer.results)
+        return answer.results
+
+    def pull(self) -> PullReport:
+        """Pull pages from the stored cursor until `has_more` is false.
+
+        Each page is applied, and the cursor after it stored, in one local
+        transaction: a pull killed anywhere resumes after the last whole page.
+        """
+        self._enrolled()
+        report = PullReport()
+        while True:
+            cursor = self._store.meta(CURSOR)
+            request = PullRequest(
+                cursor=cursor if isinstance(cursor, str) else None, limit=self._pull_limit
+            )
+            page = self._signed_post("/v1/sync/pull", _encode(request), PullPage)
+            applied, skipped, evicted = self._apply_page(page)
+            report = PullReport(
+                report.pages + 1,
+                report.applied + applied,
+                report.skipped + skipped,
+                report.evicted + evicted,
+            )
+            if not page.has_more:
+                return report
+
+    def _apply_page(self, page: PullPage) -> tuple[int, int, int]:
+        """Apply one page to the server layer; returns (applied, skipped, evicted)."""
+        applied = skipped = evicted = 0
+        with self._store.transaction():
+            for item in page.items:
+                match item:
+                    case PulledChange():
+                        if self._apply_pulled(item):
+                            applied += 1
+                        else:
+                            skipped += 1
+                    case Eviction(record_type=record_type, record_id=record_id):
+                        self._store.evict((record_type, record_id))
+                        evicted += 1
+            self._store.set_meta(CURSOR, page.cursor)
+            self._store.set_meta(CLOCK_LAST, self._clock.last)
+            self._learn_offset(page.server_time_ms)
+        return applied, skipped, evicted
+
+    def _apply_pulled(self, item: PulledChange) -> bool:
+        """Merge one pulled change into the server layer; False if it was applied before."""
+        change = _decode_change(item.change)
+        if self._store.was_applied(change.change_id):
+            return False
+        self._clock.receive(change.hlc)
+        key = (change.record_type, change.record_id)
+        # `order` is the server's clamped stamp for an absurd clock; rank as it did.
+        outcome = merge.apply_change(self._store.state(key), change, item.order)
+        if outcome.state is None:
+            # The server applied it with this very code, so this cannot happen unless the
+            # two disagree; keep pulling rather than jam, and leave the record as it was.
+            return False
+        self._store.put_state(outcome.state)
+        self._store.mark_applied(change)
+        return True
+
+    # -- signed requests ----------------------------------------------------------------
+
+    def _learn_offset(self, server_time_ms: int) -> None:
+        self._store.set_meta(SERVER_OFFSET, server_time_ms - self._wall_ms())
+
+    def _signed_post(self, path: str, body: bytes, answer_type: type[T]) -> T:
+        """POST a signed request and decode the answer; errors raise as `sync.errors`.
+
+        A `StaleRequest` means this device's clock is far from the server's:
+        learn the server's time from `GET /v1/office` and sign once more with
+        the corrected time (PROTOCOL.md section 10). Retrying is safe: a
+        refused request writes nothing.
+        """
+        try:
+            return self._post_once(path, body, answer_type)
+        except StaleRequest:
+            office = _answer(self._http.get("/v1/office"), OfficeInfo)
+            with self._store.transaction():
+                self._learn_offset(office.server_time_ms)
+            return self._post_once(path, body, answer_type)
+
+    def _post_once(self, path: str, body: bytes, answer_type: type[T]) -> T:
+        device_id = self._enrolled().device_id
+        request = self._http.build_request(
+            "POST", path, content=body, headers={"Content-Type": MSGPACK}
+        )
+        offset = self._store.meta(SERVER_OFFSET)
+        corrected_ms = self._wall_ms() + (offset if isinstance(offset, int) else 0)
+        timestamp = corrected_ms // 1000
+        nonce = secrets.token_urlsafe(24)  # 32 characters of A-Z a-z 0-9 _ -
+        # Sign the path as sent, with the base URL's prefix if it has one.
+        target = request.url.raw_path.decode("ascii")
+        message = signing.request_message("POST", target, timestamp, nonce, device_id, body)
+        request.headers.update(
+            {
+                "Lianxin-Device": device_id,
+                "Lianxin-Timestamp": str(timestamp),
+                "Lianxin-Nonce": nonce,
+                "Lianxin-Signature": base64.b64encode(
+                    signing.sign(self._signing_key, message)
+                ).decode(),
+            }
+        )
+        return _answer(self._http.send(request), answer_type)
+
+
+def _fit(rows: list[tuple[str, bytes]], max_bytes: int) -> list[tuple[str, bytes]]:
+    """The longest head of `rows` whose changes total at most `max_bytes` (at least one row)."""
+    total = 0
+    for count, (_, raw) in enumerate(rows):
+        total += len(raw)
+        if total > max_bytes:
+            return rows[: max(count, 1)]
+    return rows
+
+
+def _wire_form(change: Change) -> tuple[bytes, Change]:
+    """The change's exact wire bytes and the change decoded back from them.
+
+    Merging the decoded change checks what the server will check; a value the
+    wire type refuses (a bad id, say) would make the server refuse the whole
+    batch as `malformed`, so it is rejected here, before it can jam the outbox.
+    """
+    try:
+        raw = _encode(change)
+        return raw, _decode_change(raw)
+    except (TypeError, msgspec.EncodeError, msgspec.ValidationError) as error:
+        raise merge.Rejected(Reason.INVALID_VALUE, str(error)) from None
+
+
+def _answer(response: httpx.Response, answer_type: type[T]) -> T:
+    """Decode a success answer as `answer_type`, or raise the error the server named."""
+    json = "json" in response.headers.get("content-type", "")
+    decode = msgspec.json.decode if json else msgspec.msgpack.decode
+    if response.is_success:
+        try:
+            return decode(response.content, type=answer_type)
+        except msgspec.DecodeError as error:
+            raise LianxinError(f"the server's answer does not decode: {error}") from None
+    try:
+        body = decode(response.content, type=ErrorBody)
+    except msgspec.DecodeError:
+        raise LianxinError(f"HTTP {response.status_code} without an error body") from None
+    kind = ERROR_CLASSES.get(body.error)
+    if kind is None:
+        raise LianxinError(f"HTTP {response.status_code} {body.error}: {body.detail}")
+    raise kind(body.detail)
