@@ -152,7 +152,7 @@ class SyncService:
             last = self.store.last_seq()
             position, seq = self._open_cursor(device, request.cursor, last)
             rows = self.store.db.execute(
-                "SELECT max(c.seq, a.since_seq) AS p, c.seq, c.raw FROM access a"
+                "SELECT max(c.seq, a.since_seq) AS p, c.seq, c.raw, c.order_stamp FROM access a"
                 " JOIN changes c ON c.record_type = a.record_type AND c.record_id = a.record_id"
                 " WHERE a.user_id = ? AND (max(c.seq, a.since_seq) > ?"
                 " OR (max(c.seq, a.since_seq) = ? AND c.seq > ?))"
@@ -168,7 +168,7 @@ class SyncService:
                 [user_id, position, end],
             ).fetchall()
         items: list[tuple[int, int, PulledChange | Eviction]] = [
-            (p, 0, PulledChange(seq=s, change=raw)) for p, s, raw in rows
+            (p, 0, PulledChange(seq=s, change=raw, order=order)) for p, s, raw, order in rows
         ]
         items += [
             (e, 1, Eviction(seq=e, record_type=t, record_id=i, reason=reason))

@@ -103,7 +103,8 @@ def apply_batch(
                     conflicts=mine,
                     clamped=clamped,
                 )
-                batch.changes.append(LoggedChange(seq, change, raw, result))
+                order = limit if clamped else None
+                batch.changes.append(LoggedChange(seq, change, raw, result, order))
             known[change.change_id] = result
             answers.append(result)
         store.write(batch)

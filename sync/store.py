@@ -17,12 +17,17 @@ RecordKey = tuple[str, str]
 
 
 class LoggedChange(NamedTuple):
-    """An accepted change, its exact received bytes and the answer it got."""
+    """An accepted change, its exact received bytes and the answer it got.
+
+    `order` is the stamp its writes were ranked by, when the server clamped
+    an absurd one (None: the change's own hlc); replicas must rank the same.
+    """
 
     seq: int
     change: Change
     raw: bytes
     result: ChangeResult
+    order: int | None = None
 
 
 class QuarantinedChange(NamedTuple):

@@ -143,9 +143,15 @@ def _directory(db: sqlite_utils.Database) -> None:
     db["links"].create_index(["record_type", "record_id"])
 
 
+def _change_order(db: sqlite_utils.Database) -> None:
+    """The stamp a clamped change was ranked by, which pulls must pass on."""
+    db["changes"].add_column("order_stamp", int)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _initial),
     ("0002_directory", _directory),
+    ("0003_change_order", _change_order),
 ]
 
 

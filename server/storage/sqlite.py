@@ -109,7 +109,7 @@ class SqliteStore:
         execute_many = self.db.conn.executemany
         execute_many(
             "INSERT INTO changes (seq, change_id, record_type, record_id, device_id, hlc,"
-            " status, result, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " status, result, raw, order_stamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     seq,
@@ -121,8 +121,9 @@ class SqliteStore:
                     result.status,
                     _encode(result),
                     raw,
+                    order,
                 )
-                for seq, c, raw, result in batch.changes
+                for seq, c, raw, result, order in batch.changes
             ],
         )
         execute_many(
@@ -170,11 +171,11 @@ class SqliteStore:
 
     def changes_since(self, seq: int, limit: int) -> Iterator[LoggedChange]:
         rows = self.db.execute(
-            "SELECT seq, raw, result FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, raw, result, order_stamp FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
             [seq, limit],
         )
-        for row_seq, raw, result in rows:
-            yield LoggedChange(row_seq, _decode_change(raw), raw, _decode_result(result))
+        for row_seq, raw, result, order in rows:
+            yield LoggedChange(row_seq, _decode_change(raw), raw, _decode_result(result), order)
 
     def record(self, record_type: str, record_id: str) -> RecordState | None:
         """The merge state of one record, or None."""

@@ -12,7 +12,7 @@ def record(store, record_type, record_id):
 def test_demo_loads_the_scenarios_and_prints_what_it_did(tmp_path, capsys):
     assert main(["--data", str(tmp_path / "data"), "demo"]) == 0
     out = capsys.readouterr().out
-    assert "Created store" in out and "0002_directory" in out
+    assert "Created store" in out and "0003_change_order" in out
     assert "1 open conflicts, 0 quarantined" in out
 
     store = SqliteStore(tmp_path / "data" / STORE_FILE)

@@ -512,11 +512,6 @@ def test_a_supervisor_added_later_receives_the_existing_cases_of_the_district(of
     assert chen.record("case", "k-1") == wang.record("case", "k-1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: pull never sends `order` for a change it clamped, so devices rank"
-    " it by its raw stamp and show another winner than the server (server/service.py)",
-)
 def test_a_device_shows_the_winner_the_server_chose_over_a_clamped_stamp(office):
     chen = office.device("chen", "supervisor")
     ahead = office.device("ahead", "mediator", wall_ms=lambda: office.wall() + 3 * DAY_MS)
