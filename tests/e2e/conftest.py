@@ -58,7 +58,7 @@ class Server:
                     "serve",
                     "--port",
                     port,
-                ],  # fmt: skip
+                ],
                 stdout=log,
                 stderr=log,
             )

@@ -27,8 +27,9 @@ def stored_change_ids(server):
 
 def make_changes(device, count, prefix):
     for n in range(count):
-        device.edit("case", f"k-{prefix}-{n % 40}", {"title": f"{prefix} edit {n}",
-                                                      "location": DAGUAN})  # fmt: skip
+        device.edit(
+            "case", f"k-{prefix}-{n % 40}", {"title": f"{prefix} edit {n}", "location": DAGUAN}
+        )
 
 
 @pytest.fixture

@@ -33,28 +33,57 @@ def test_scenario_1_drain_warning_becomes_a_case_and_the_informant_sees_the_answ
     supervisor = phones("Wang", "supervisor", "Hangzhou/Gongshu")
     mediator = phones("Zhao", "mediator")
 
-    informant.edit("warning", "w-drains", {
-        "location": DAGUAN, "category": "infrastructure", "severity": "high", "status": "open",
-        "description": "The drains overflow every rain; 10 households plan to petition.",
-        "people_affected": 10,
-    })  # fmt: skip
+    informant.edit(
+        "warning",
+        "w-drains",
+        {
+            "location": DAGUAN,
+            "category": "infrastructure",
+            "severity": "high",
+            "status": "open",
+            "description": "The drains overflow every rain; 10 households plan to petition.",
+            "people_affected": 10,
+        },
+    )
     informant.sync()
 
     supervisor.sync()
     assert supervisor.record("warning", "w-drains").severity == "high"
-    supervisor.edit("case", "k-drains", {
-        "title": "Overflowing drains", "location": DAGUAN, "status": "assigned", "households": 10,
-    }, [Add(field="warnings", value="w-drains"),
-        Add(field="mediators", value=mediator.identity.user_id)])  # fmt: skip
+    supervisor.edit(
+        "case",
+        "k-drains",
+        {
+            "title": "Overflowing drains",
+            "location": DAGUAN,
+            "status": "assigned",
+            "households": 10,
+        },
+        [
+            Add(field="warnings", value="w-drains"),
+            Add(field="mediators", value=mediator.identity.user_id),
+        ],
+    )
     supervisor.edit("warning", "w-drains", {"status": "converted", "case": "k-drains"})
     supervisor.sync()
 
     mediator.sync()  # then offline for a month
     assert mediator.record("case", "k-drains").title == "Overflowing drains"
     for day in (3, 12, 27):
-        mediator.edit("case", "k-drains", ops=[Append(field="visits", entry={
-            "entry_id": f"v-{day}", "at": f"2026-11-{day:02d}T09:00:00Z",
-            "by": mediator.identity.user_id, "summary": f"visit on day {day}"})])  # fmt: skip
+        mediator.edit(
+            "case",
+            "k-drains",
+            ops=[
+                Append(
+                    field="visits",
+                    entry={
+                        "entry_id": f"v-{day}",
+                        "at": f"2026-11-{day:02d}T09:00:00Z",
+                        "by": mediator.identity.user_id,
+                        "summary": f"visit on day {day}",
+                    },
+                )
+            ],
+        )
     mediator.edit("case", "k-drains", {"status": "in_mediation"})
     mediator.edit("case", "k-drains", {"status": "resolved"})
     mediator.sync()
@@ -76,17 +105,28 @@ def test_scenario_3_two_mediators_no_signal_conflict_settled_everywhere(phones):
     supervisor = phones("Wang", "supervisor", "Hangzhou/Gongshu")
     sun = phones("Sun", "mediator")
     li = phones("Li", "mediator")
-    supervisor.edit("case", "k-noise", {
-        "title": "Late-night mahjong noise", "location": DAGUAN, "status": "assigned",
-    }, [Add(field="mediators", value=m.identity.user_id) for m in (sun, li)])  # fmt: skip
+    supervisor.edit(
+        "case",
+        "k-noise",
+        {
+            "title": "Late-night mahjong noise",
+            "location": DAGUAN,
+            "status": "assigned",
+        },
+        [Add(field="mediators", value=m.identity.user_id) for m in (sun, li)],
+    )
     supervisor.sync()
     sun.sync()
     li.sync()
 
     # Both offline: different fields, and the same field with different values.
     sun.edit("case", "k-noise", {"priority": "high", "summary": "Stop at 22:00 on weekdays."})
-    li.edit("case", "k-noise", {"summary": "Move the table indoors."},
-            [Add(field="tags", value="noise")])  # fmt: skip
+    li.edit(
+        "case",
+        "k-noise",
+        {"summary": "Move the table indoors."},
+        [Add(field="tags", value="noise")],
+    )
     sun.sync()
     li.sync()
     sun.sync()

@@ -135,8 +135,18 @@ class Office:
     def fingerprint(self):
         """A hash of everything stored that a refused request must not change."""
         digest = hashlib.sha256()
-        for table in ("records", "changes", "quarantine", "conflicts", "batches", "access",
-                      "evictions", "devices", "users", "enrollment_codes"):  # fmt: skip
+        for table in (
+            "records",
+            "changes",
+            "quarantine",
+            "conflicts",
+            "batches",
+            "access",
+            "evictions",
+            "devices",
+            "users",
+            "enrollment_codes",
+        ):
             for row in self.store.db.execute(f"SELECT * FROM {table} ORDER BY 1, 2"):
                 digest.update(repr(row).encode())
         return digest.hexdigest()
@@ -146,7 +156,12 @@ class Office:
 def office(store, tmp_path):
     wall = Wall()
     keys = OfficeKeys.generate()
-    app = create_app(Settings(data_dir=tmp_path, max_body_bytes=64 * 1024, max_batch_changes=50),
-                     store=store, keys=keys, clock=Clock(wall), wall_ms=wall)  # fmt: skip
+    app = create_app(
+        Settings(data_dir=tmp_path, max_body_bytes=64 * 1024, max_batch_changes=50),
+        store=store,
+        keys=keys,
+        clock=Clock(wall),
+        wall_ms=wall,
+    )
     with TestClient(app) as http:
         yield Office(store, Directory(store), keys, http, wall)

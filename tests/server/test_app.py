@@ -95,11 +95,19 @@ def test_visibility_by_role(office):
 
     informant.push([informant.change("warning", "w-1", {"location": GONGSHU, "status": "open"})])
     xihu.push([xihu.change("case", "k-xihu", {"title": "Grease", "location": XIHU})])
-    gongshu.push([gongshu.change(
-        "case", "k-1", {"title": "Drains", "location": GONGSHU},
-        [Add(field="mediators", value=mediator.enrollment.user_id),
-         Add(field="warnings", value="w-1")],
-    )])  # fmt: skip
+    gongshu.push(
+        [
+            gongshu.change(
+                "case",
+                "k-1",
+                {"title": "Drains", "location": GONGSHU},
+                [
+                    Add(field="mediators", value=mediator.enrollment.user_id),
+                    Add(field="warnings", value="w-1"),
+                ],
+            )
+        ]
+    )
     assert pulled_records(informant) == {("warning", "w-1")}
     assert pulled_records(mediator) == {("case", "k-1"), ("warning", "w-1")}
     assert pulled_records(gongshu) == {("case", "k-1"), ("warning", "w-1")}
@@ -111,12 +119,26 @@ def test_unassigning_a_mediator_evicts_the_case_and_blocks_its_writes(office):
     supervisor = office.enroll("supervisor")
     mediator = office.enroll("mediator")
     user = mediator.enrollment.user_id
-    supervisor.push([supervisor.change("case", "k-1", {"title": "Drains", "location": GONGSHU},
-                                       [Add(field="mediators", value=user)])])  # fmt: skip
+    supervisor.push(
+        [
+            supervisor.change(
+                "case",
+                "k-1",
+                {"title": "Drains", "location": GONGSHU},
+                [Add(field="mediators", value=user)],
+            )
+        ]
+    )
     items, cursor = mediator.pull_all()
     assert [i["type"] for i in items] == ["change"]
-    supervisor.push([supervisor.change("case", "k-1", ops=[
-        {"type": "remove", "field": "mediators", "value": user}])], batch_id="b-2")  # fmt: skip
+    supervisor.push(
+        [
+            supervisor.change(
+                "case", "k-1", ops=[{"type": "remove", "field": "mediators", "value": user}]
+            )
+        ],
+        batch_id="b-2",
+    )
     page = decode(mediator.pull(cursor))
     assert [(i["type"], i["record_id"]) for i in page["items"]] == [("evict", "k-1")]
     late = decode(mediator.push([mediator.change("case", "k-1", {"summary": "still mine?"})]))
@@ -219,7 +241,7 @@ def test_unknown_and_revoked_devices_are_refused_and_past_work_stays(office):
             "at most 50",
         ),
         (lambda p: p.push_body([], raw=[b"x" * 70_000]), 413, "too_large", ""),
-    ],  # fmt: skip
+    ],
     ids=["not-msgpack", "wrong-type", "bad-change-bytes", "too-many-changes", "body-too-large"],
 )
 def test_malformed_and_oversized_pushes(office, make_body, status, code, detail):

@@ -50,12 +50,21 @@ def district(office):
     people["xihu-supervisor"] = office.enroll("supervisor", ["Hangzhou/Xihu"], name="xs")
     informant, supervisor = people["informant"], people["supervisor"]
     informant.push([informant.change("warning", "w-1", CREATE["warning"])])
-    supervisor.push([
-        supervisor.change("party", "p-1", {"name": "He"}),
-        supervisor.change("case", "k-1", CREATE["case"], [
-            Add(field="mediators", value=people["mediator"].enrollment.user_id),
-            Add(field="warnings", value="w-1"), Add(field="parties", value="p-1")]),
-    ])  # fmt: skip
+    supervisor.push(
+        [
+            supervisor.change("party", "p-1", {"name": "He"}),
+            supervisor.change(
+                "case",
+                "k-1",
+                CREATE["case"],
+                [
+                    Add(field="mediators", value=people["mediator"].enrollment.user_id),
+                    Add(field="warnings", value="w-1"),
+                    Add(field="parties", value="p-1"),
+                ],
+            ),
+        ]
+    )
     outsider = people["outsider"]
     outsider.push([outsider.change("case", "k-xihu", {"title": "y", "location": XIHU})])
     return people
@@ -79,10 +88,15 @@ def test_pull_sends_each_role_exactly_what_it_may_see(district, who):
 @pytest.mark.parametrize("who", list(SEES))
 def test_changing_an_existing_record_needs_sight_of_it(district, who):
     phone = district[who]
-    results = decode(phone.push([
-        phone.change("case", "k-1", {"summary": f"by {who}"}),
-        phone.change("warning", "w-1", {"response": f"by {who}"}),
-    ], batch_id=f"b-{who}"))["results"]  # fmt: skip
+    results = decode(
+        phone.push(
+            [
+                phone.change("case", "k-1", {"summary": f"by {who}"}),
+                phone.change("warning", "w-1", {"response": f"by {who}"}),
+            ],
+            batch_id=f"b-{who}",
+        )
+    )["results"]
     for (record_type, _), result in zip([("case", 0), ("warning", 0)], results, strict=True):
         may_write = (record_type, "k-1" if record_type == "case" else "w-1") in SEES[who] and (
             record_type in MAY_CREATE[phone.enrollment.role]

@@ -71,8 +71,22 @@ def test_users_codes_and_revocation_from_the_command_line(tmp_path, capsys):
     data = str(tmp_path / "office")
     main(["--data", data, "init", "--admin", "Wang"])
     capsys.readouterr()
-    assert main(["--data", data, "user", "add", "Zhao", "--role", "mediator",
-                 "--org-unit", "Hangzhou/Gongshu"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--data",
+                data,
+                "user",
+                "add",
+                "Zhao",
+                "--role",
+                "mediator",
+                "--org-unit",
+                "Hangzhou/Gongshu",
+            ]
+        )
+        == 0
+    )
     user_id = capsys.readouterr().out.strip()
     assert main(["--data", data, "code", user_id]) == 0
     code = capsys.readouterr().out.strip()
