@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from server import seed
+from server import phone, seed
 from server.keys import OfficeKeys
 from server.settings import Settings, load_settings
 from server.storage.directory import ROLES, Directory, Role
@@ -156,6 +156,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     revoke_parser = device_parser.add_parser("revoke", help="revoke a device at once")
     revoke_parser.add_argument("device_id")
+    # The rest act like a phone: the reference client on a device file.
+    phone_options = argparse.ArgumentParser(add_help=False)
+    phone_options.add_argument("--file", type=Path, required=True, help="the device's file")
+    phone_options.add_argument("--server", default="http://127.0.0.1:8470", help="office URL")
+    enroll_parser = device_parser.add_parser(
+        "enroll", parents=[phone_options], help="enrol this device file with a one-time code"
+    )
+    enroll_parser.add_argument("code")
+    enroll_parser.add_argument("--label", default="")
+    edit_parser = device_parser.add_parser(
+        "edit", parents=[phone_options], help="queue a change: field=value, --add tags=x, ..."
+    )
+    edit_parser.add_argument("record_type")
+    edit_parser.add_argument("record_id")
+    edit_parser.add_argument("fields", nargs="*", help="field=value (value as JSON or text)")
+    for option in ("add", "remove", "append"):
+        edit_parser.add_argument(f"--{option}", action="append", default=[], metavar="FIELD=VALUE")
+    device_parser.add_parser("sync", parents=[phone_options], help="push, then pull until done")
+    show_parser = device_parser.add_parser(
+        "show", parents=[phone_options], help="show a record as this device sees it"
+    )
+    show_parser.add_argument("record_type")
+    show_parser.add_argument("record_id")
+    device_parser.add_parser("outbox", parents=[phone_options], help="list changes and answers")
 
     serve_parser = commands.add_parser("serve", help="run the sync server")
     serve_parser.add_argument("--host")
@@ -179,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return issue_code(settings, args.user_id, args.ttl_hours)
         case "device", "revoke":
             return revoke_device(settings, args.device_id)
+        case "device", action:
+            return phone.run(action, args.file, args.server, args)
         case "serve", _:
             return serve(settings)
     return 2
