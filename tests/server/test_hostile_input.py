@@ -1,0 +1,88 @@
+"""Garbage, truncated and wrongly typed bodies: a precise 4xx, never a 5xx, nothing stored."""
+
+import msgspec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas import Change
+
+ANY_MSGPACK = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.text(max_size=30)
+    | st.binary(max_size=30)
+    | st.floats(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+PUSH_SHAPED = st.fixed_dictionaries(
+    {
+        "batch_id": st.text(max_size=70),
+        "changes": st.lists(st.binary(max_size=60), max_size=3),
+        "signature": st.binary(max_size=70),
+    },
+    optional={"extra": ANY_MSGPACK},
+)
+CHANGE_SHAPED = st.fixed_dictionaries(
+    {
+        "change_id": st.text(max_size=70),
+        "record_type": st.text(max_size=40),
+        "record_id": st.text(max_size=70),
+        "hlc": st.integers(-5, 2**64 - 1),
+        "seen": st.dictionaries(st.text(max_size=5), st.integers(-5, 2**64 - 1), max_size=2),
+        "set": st.dictionaries(st.text(max_size=10), ANY_MSGPACK, max_size=3),
+        "ops": st.lists(
+            st.dictionaries(
+                st.sampled_from(["type", "field", "value", "entry"]), ANY_MSGPACK, max_size=4
+            ),
+            max_size=3,
+        ),
+    }
+)
+BODIES = st.one_of(
+    st.binary(max_size=200),
+    ANY_MSGPACK.map(msgspec.msgpack.encode),
+    PUSH_SHAPED.map(msgspec.msgpack.encode),
+    st.builds(
+        lambda body, cut: body[:cut], PUSH_SHAPED.map(msgspec.msgpack.encode), st.integers(0, 40)
+    ),
+)
+REFUSALS = {400, 401, 403, 409, 413}
+SLOW = settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@SLOW
+@given(body=BODIES, path=st.sampled_from(["/v1/sync/push", "/v1/sync/pull", "/v1/enroll"]))
+def test_signed_garbage_is_refused_precisely_and_changes_nothing(office, body, path):
+    phone = office.enroll("mediator")
+    stored = office.fingerprint()
+    answer = phone.post(path, body)
+    assert answer.status_code in REFUSALS | {200}, answer.content
+    if answer.status_code != 200:
+        assert msgspec.msgpack.decode(answer.content)["error"]
+    if path != "/v1/sync/push" or answer.status_code != 200:
+        assert office.fingerprint() == stored
+
+
+@SLOW
+@given(fields=CHANGE_SHAPED)
+def test_any_change_in_a_well_signed_batch_gets_an_answer_or_a_precise_refusal(office, fields):
+    phone = office.enroll("mediator")  # a fresh device: no batch id or nonce to collide with
+    raw = msgspec.msgpack.encode({**fields, "device_id": phone.device_id})
+    stored = office.fingerprint()
+    answer = phone.post("/v1/sync/push", phone.push_body([], raw=[raw]))
+    assert answer.status_code in REFUSALS | {200}, answer.content
+    if answer.status_code == 200:
+        (result,) = msgspec.msgpack.decode(answer.content)["results"]
+        assert result["status"] in {"applied", "rejected", "duplicate", "conflict"}
+        change = msgspec.msgpack.decode(raw, type=Change)
+        assert result["change_id"] == change.change_id
+    else:
+        assert office.fingerprint() == stored
