@@ -34,6 +34,7 @@ from schemas.records import (
     Location,
     Note,
     Party,
+    Receipt,
     Signature,
     Visit,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "PushRequest",
     "PushResponse",
     "Reason",
+    "Receipt",
     "RecordState",
     "Remove",
     "Restore",

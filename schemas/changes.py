@@ -82,6 +82,9 @@ class Reason(enum.StrEnum):
     STALE_STAMP = "stale_stamp"
     EMPTY_CHANGE = "empty_change"
     NOT_PERMITTED = "not_permitted"
+    SIGNATURE_INVALID = "signature_invalid"
+    CONTENT_MISMATCH = "signature_content_mismatch"
+    SIGNER_NOT_REQUIRED = "signer_not_required"
 
 
 class Candidate(msgspec.Struct, frozen=True, kw_only=True):

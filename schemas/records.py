@@ -51,7 +51,12 @@ class Note(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
 
 class Signature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One signer's signature over an agreement's content hash (verified in issue 5)."""
+    """One signer's Ed25519 signature over an agreement's content hash.
+
+    Made with the key of device `device_id`: the signer's own device, or, when
+    a `witness` is named, the capturing device attesting a handwritten
+    signature whose image hashes to `handwriting_hash` (PROTOCOL.md, section 13).
+    """
 
     signer: Id
     signed_at: datetime
@@ -59,6 +64,19 @@ class Signature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     signature: Annotated[bytes, msgspec.Meta(max_length=64)]
     witness: Id | None = None
     handwriting_hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
+    # Added after v1 payloads were frozen; a signature without it never verifies.
+    device_id: Id | None = None
+
+
+class Receipt(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The office's countersignature of an executed agreement."""
+
+    office_id: Id
+    content_hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+    signatures_hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+    executed_at: datetime
+    seq: Annotated[int, msgspec.Meta(ge=1)]
+    signature: Annotated[bytes, msgspec.Meta(max_length=64)]
 
 
 CaseStatus = Literal[
@@ -168,6 +186,7 @@ class Agreement(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     supersedes: Annotated[Id | None, SEALED] = None
     signatures: Annotated[list[Signature], Log(key="signer")] = []
     status: Annotated[AgreementStatus, AGREEMENT_STATUS] = "draft"
+    receipt: Annotated[Receipt | None, LWW] = None
 
 
 RECORD_TYPES: dict[str, type[msgspec.Struct]] = {

@@ -30,7 +30,7 @@ def decode(request: Request, body: bytes, kind: type[T]) -> T:
         if "json" in (request.headers.get("content-type") or ""):
             return msgspec.json.decode(body, type=kind)
         return msgspec.msgpack.decode(body, type=kind)
-    except msgspec.DecodeError as error:
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:
         raise MalformedRequest(str(error)) from None
 
 

@@ -505,11 +505,11 @@ def _answer(response: httpx.Response, answer_type: type[T]) -> T:
     if response.is_success:
         try:
             return decode(response.content, type=answer_type)
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, UnicodeDecodeError) as error:
             raise LianxinError(f"the server's answer does not decode: {error}") from None
     try:
         body = decode(response.content, type=ErrorBody)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise LianxinError(f"HTTP {response.status_code} without an error body") from None
     kind = ERROR_CLASSES.get(body.error)
     if kind is None:

@@ -26,6 +26,7 @@ from schemas import (
     Note,
     Party,
     Reason,
+    Receipt,
     Remove,
     Restore,
     Signature,
@@ -85,6 +86,16 @@ signatures = st.builds(
     signature=st.binary(max_size=64),
     witness=st.none() | ids,
     handwriting_hash=st.none() | hashes,
+    device_id=st.none() | ids,
+)
+receipts = st.builds(
+    Receipt,
+    office_id=ids,
+    content_hash=hashes,
+    signatures_hash=hashes,
+    executed_at=moments,
+    seq=st.integers(1, 2**62),
+    signature=st.binary(max_size=64),
 )
 cases = st.builds(
     Case,
@@ -128,6 +139,7 @@ agreements = st.builds(
     supersedes=st.none() | ids,
     signatures=st.lists(signatures, max_size=3),
     status=st.sampled_from(["draft", "collecting", "executed", "superseded", "void"]),
+    receipt=st.none() | receipts,
 )
 parties = st.builds(
     Party,
@@ -262,6 +274,7 @@ def test_public_surface_is_pinned():
         "PushRequest",
         "PushResponse",
         "Reason",
+        "Receipt",
         "RecordState",
         "Remove",
         "Restore",

@@ -1,0 +1,206 @@
+"""Mediation agreements as signed documents: canonical content, signatures, receipts, bundles.
+
+    content_hash(agreement_id, agreement)      what every signature is over
+    signature_message(agreement_id, sig)       what a signer's key signs
+    check_signature(...)                       why a signature is refused, or None
+    receipt_message(agreement_id, receipt)     what the office signs on execution
+    verify_bundle(bundle)                      every problem of an exported bundle
+
+Every message starts with its purpose line, so no signature made for one of
+them can be replayed as another (PROTOCOL.md section 13).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from schemas.changes import Reason
+from schemas.records import Agreement, Receipt, Signature
+from sync import signing
+from sync.errors import BadSignature
+
+CONTENT_PURPOSE = "lianxin agreement content v1"
+SIGNATURE_PURPOSE = b"lianxin agreement v1"
+RECEIPT_PURPOSE = b"lianxin receipt v1"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Whole milliseconds since the Unix epoch, exactly (no float rounding)."""
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def canonical_content(agreement_id: str, agreement: Agreement) -> bytes:
+    """The deterministic encoding of what the parties agree to.
+
+    A MessagePack array: purpose, id, case, version, terms, the required
+    signers sorted and without repeats, supersedes. Signatures, status and
+    receipt are not content.
+    """
+    return _encode(
+        [
+            CONTENT_PURPOSE,
+            agreement_id,
+            agreement.case,
+            agreement.version,
+            agreement.terms,
+            sorted(set(agreement.required_signers)),
+            agreement.supersedes,
+        ]
+    )
+
+
+def content_hash(agreement_id: str, agreement: Agreement) -> str:
+    """SHA-256 of the canonical content, lowercase hex."""
+    return hashlib.sha256(canonical_content(agreement_id, agreement)).hexdigest()
+
+
+def signature_message(agreement_id: str, signature: Signature) -> bytes:
+    """What the signing device's key signs for one signer."""
+    lines = [
+        SIGNATURE_PURPOSE,
+        agreement_id.encode(),
+        signature.content_hash.encode(),
+        signature.signer.encode(),
+        str(epoch_ms(signature.signed_at)).encode(),
+        (signature.device_id or "").encode(),
+        (signature.witness or "").encode(),
+        (signature.handwriting_hash or "").encode(),
+    ]
+    return b"\n".join(lines)
+
+
+def check_signature(
+    agreement_id: str,
+    agreement: Agreement,
+    signature: Signature,
+    device_key: bytes | None,
+    device_user: str | None,
+) -> tuple[Reason, str] | None:
+    """Why `signature` cannot count for `agreement`, or None if it verifies.
+
+    `device_key` and `device_user` are the signing device's public key and
+    user, or None when the device is unknown or was revoked before the
+    signature reached the office. An own signature (no witness) must come
+    from the signer's own device; an attested one must name a handwriting
+    image and the witnessing device's user.
+    """
+    if signature.signer not in agreement.required_signers:
+        return Reason.SIGNER_NOT_REQUIRED, f"{signature.signer} is not a required signer"
+    if signature.content_hash != content_hash(agreement_id, agreement):
+        return Reason.CONTENT_MISMATCH, "the signature is over other content than the agreement's"
+    if device_key is None or device_user is None:
+        return Reason.SIGNATURE_INVALID, f"device {signature.device_id} is unknown or revoked"
+    if signature.witness is None and device_user != signature.signer:
+        return Reason.SIGNATURE_INVALID, "an own signature must come from the signer's device"
+    if signature.witness is not None and (
+        signature.witness != device_user or signature.handwriting_hash is None
+    ):
+        return Reason.SIGNATURE_INVALID, (
+            "an attested signature names its device's user as witness and a handwriting hash"
+        )
+    try:
+        signing.verify(
+            device_key, signature.signature, signature_message(agreement_id, signature), "agreement"
+        )
+    except BadSignature as error:
+        return Reason.SIGNATURE_INVALID, error.detail
+    return None
+
+
+def signatures_hash(signatures: Iterable[Signature]) -> str:
+    """SHA-256 over every signature, in signer order: what a receipt seals."""
+    ordered = sorted(signatures, key=lambda s: s.signer)
+    return hashlib.sha256(_encode(ordered)).hexdigest()
+
+
+def receipt_message(agreement_id: str, receipt: Receipt) -> bytes:
+    """What the office's key signs when an agreement is executed."""
+    lines = [
+        RECEIPT_PURPOSE,
+        receipt.office_id.encode(),
+        agreement_id.encode(),
+        receipt.content_hash.encode(),
+        receipt.signatures_hash.encode(),
+        str(epoch_ms(receipt.executed_at)).encode(),
+        str(receipt.seq).encode(),
+    ]
+    return b"\n".join(lines)
+
+
+def is_complete(agreement: Agreement) -> bool:
+    """Whether every required signer has signed."""
+    signed = {s.signer for s in agreement.signatures}
+    return bool(agreement.required_signers) and signed >= set(agreement.required_signers)
+
+
+class SigningDevice(msgspec.Struct, frozen=True, kw_only=True):
+    """A device key that made a signature, as the office knew it."""
+
+    device_id: str
+    user_id: str
+    signing_key: bytes
+
+
+BUNDLE_FORMAT = "lianxin agreement bundle v1"
+
+
+class Bundle(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A self-contained, offline-verifiable export of one agreement."""
+
+    format: str = BUNDLE_FORMAT
+    agreement_id: str
+    agreement: Agreement
+    devices: list[SigningDevice]
+    office_id: str
+    office_key: bytes
+
+
+def verify_bundle(bundle: Bundle) -> list[str]:
+    """Every problem found in `bundle`; an empty list means it verifies."""
+    problems = []
+    if bundle.format != BUNDLE_FORMAT:
+        problems.append(f"unknown bundle format {bundle.format!r}")
+    agreement = bundle.agreement
+    if agreement.status not in ("executed", "superseded"):
+        problems.append(f"the agreement is {agreement.status}, not executed")
+    devices = {d.device_id: d for d in bundle.devices}
+    for signature in agreement.signatures:
+        device = devices.get(signature.device_id or "")
+        refused = check_signature(
+            bundle.agreement_id,
+            agreement,
+            signature,
+            device.signing_key if device else None,
+            device.user_id if device else None,
+        )
+        if refused:
+            problems.append(f"signature of {signature.signer}: {refused[0]}: {refused[1]}")
+    missing = set(agreement.required_signers) - {s.signer for s in agreement.signatures}
+    if missing:
+        problems.append(f"not signed by {', '.join(sorted(missing))}")
+    receipt = agreement.receipt
+    if receipt is None:
+        problems.append("no office receipt: the agreement was not executed")
+        return problems
+    if receipt.office_id != bundle.office_id:
+        problems.append(f"the receipt is from {receipt.office_id}, not {bundle.office_id}")
+    if receipt.content_hash != content_hash(bundle.agreement_id, agreement):
+        problems.append("the receipt is for other content than the agreement's")
+    if receipt.signatures_hash != signatures_hash(agreement.signatures):
+        problems.append("the receipt seals another set of signatures")
+    try:
+        signing.verify(
+            bundle.office_key,
+            receipt.signature,
+            receipt_message(bundle.agreement_id, receipt),
+            "office receipt",
+        )
+    except BadSignature as error:
+        problems.append(error.detail)
+    return problems
