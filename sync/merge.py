@@ -49,12 +49,28 @@ from schemas.state import RecordState, Write
 DELETED_FIELD = "_record"
 
 
+class Holder(msgspec.Struct):
+    """A one-field Struct made per field type: msgspec caches how to convert into a
+    Struct, while converting into a bare typing form rebuilds that on every call."""
+
+    value: Any
+
+
+def _holder(value_type: Any) -> type[Holder]:
+    holder = msgspec.defstruct("Holder", [("value", value_type)], bases=(Holder,))
+    return typing.cast(type[Holder], holder)
+
+
 class FieldSpec(NamedTuple):
-    """What merging needs of one record field: its policy and its value type."""
+    """What merging needs of one record field: its policy, default and value types.
+
+    `holder` validates a whole value; `item_holder` one element of a list field.
+    """
 
     policy: Policy
-    value_type: Any
     default: Any
+    holder: type[Holder]
+    item_holder: type[Holder] | None
 
 
 class Rejected(Exception):
@@ -90,7 +106,10 @@ def field_specs(record_type: str) -> dict[str, FieldSpec]:
         default = (
             info.default if info.default_factory is msgspec.NODEFAULT else info.default_factory()
         )
-        specs[info.name] = FieldSpec(policies[0], value_type, default)
+        items = typing.get_args(value_type) if typing.get_origin(value_type) is list else ()
+        specs[info.name] = FieldSpec(
+            policies[0], default, _holder(value_type), _holder(items[0]) if items else None
+        )
     return specs
 
 
@@ -195,7 +214,9 @@ def _apply(
                 next_state.sets[name] = members
             case Append(field=name, entry=raw):
                 spec, entry = _checked_element(specs, name, raw, Log)
-                key = str(entry[spec.policy.key])
+                log = spec.policy
+                assert isinstance(log, Log)  # _checked_element made sure
+                key = str(entry[log.key])
                 entries = dict(next_state.logs.get(name, {}))
                 if key in entries:
                     if entries[key].value != entry:
@@ -220,7 +241,7 @@ def _checked(specs: dict[str, FieldSpec], name: str, value: Any) -> tuple[FieldS
     spec = specs.get(name)
     if spec is None:
         raise Rejected(Reason.UNKNOWN_FIELD, name)
-    return spec, _convert(value, spec.value_type, name)
+    return spec, _convert(value, spec.holder, name)
 
 
 def _checked_element(
@@ -233,15 +254,17 @@ def _checked_element(
     if not isinstance(spec.policy, policy):
         kind = "set" if policy is AddRemoveSet else "log"
         raise Rejected(Reason.WRONG_OPERATION, f"{name} is not a {kind}")
-    (item_type,) = typing.get_args(spec.value_type)
-    return spec, _convert(value, item_type, name)
+    assert spec.item_holder is not None  # every set and log field is a list
+    return spec, _convert(value, spec.item_holder, name)
 
 
-def _convert(value: Any, value_type: Any, name: str) -> Any:
+def _convert(value: Any, holder: type[Holder], name: str) -> Any:
+    """`value` validated against the field's type, as plain builtins."""
     try:
-        return msgspec.to_builtins(msgspec.convert(value, value_type))
+        return msgspec.to_builtins(msgspec.convert({"value": value}, holder).value)
     except msgspec.ValidationError as error:
-        raise Rejected(Reason.INVALID_VALUE, f"{name}: {error}") from None
+        where = str(error).replace("`$.value", "`$")
+        raise Rejected(Reason.INVALID_VALUE, f"{name}: {where}") from None
 
 
 def _check_transition(
@@ -302,12 +325,11 @@ def conflicts(state: RecordState) -> list[Conflict]:
     # Most records have no concurrent writes: a conflict needs two sibling values,
     # two status writes or a delete, so skip the field-by-field work without them.
     if (
-        all(len(siblings) < 2 for siblings in state.registers.values())
-        and all(len(history) < 2 for history in state.history.values())
+        max(map(len, state.registers.values()), default=0) < 2
+        and max(map(len, state.history.values()), default=0) < 2
         and not is_deleted(state)
     ):
         return []
-    specs = field_specs(state.record_type)
     found = []
 
     def conflict(name: str, kind: Any, winner: Any, writes: Iterable[Write]) -> Conflict:
@@ -324,19 +346,19 @@ def conflicts(state: RecordState) -> list[Conflict]:
             ],
         )
 
-    for name, spec in specs.items():
-        match spec.policy:
-            case Lww() | Sealed() if len(state.registers.get(name, ())) > 1:
-                siblings = state.registers[name]
-                if _distinct(siblings):
-                    found.append(
-                        conflict(name, "value", max(siblings, key=rank_key).value, siblings)
-                    )
-            case StatusMachine() as machine if name in state.history:
-                heads = _maximal(state.history[name])
-                if _distinct(heads):
-                    winner = _status_winner(machine, heads)
-                    found.append(conflict(name, "status", winner.value if winner else None, heads))
+    for name, machine in _conflict_fields(state.record_type):
+        if machine is None:
+            siblings = state.registers.get(name, ())
+            if len(siblings) > 1 and _distinct(siblings):
+                found.append(conflict(name, "value", max(siblings, key=rank_key).value, siblings))
+        elif name in state.history:
+            history = state.history[name]
+            if len(history) == 1:  # one write is its own only head: nothing to settle
+                continue
+            heads = _maximal(history)
+            if _distinct(heads):
+                winner = _status_winner(machine, heads)
+                found.append(conflict(name, "status", winner.value if winner else None, heads))
     if is_deleted(state):
         unseen = [
             w
@@ -346,6 +368,19 @@ def conflicts(state: RecordState) -> list[Conflict]:
         if unseen:
             found.append(conflict(DELETED_FIELD, "deleted", True, unseen))
     return found
+
+
+@functools.cache
+def _conflict_fields(record_type: str) -> list[tuple[str, StatusMachine | None]]:
+    """The fields that can be in conflict, in field order: lww and sealed (None), status."""
+    fields: list[tuple[str, StatusMachine | None]] = []
+    for name, spec in field_specs(record_type).items():
+        match spec.policy:
+            case Lww() | Sealed():
+                fields.append((name, None))
+            case StatusMachine() as machine:
+                fields.append((name, machine))
+    return fields
 
 
 def _distinct(writes: list[Write]) -> bool:
