@@ -30,9 +30,14 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _encode = msgspec.msgpack.Encoder().encode
 
 
-def epoch_ms(moment: datetime) -> int:
+def moment(epoch_milliseconds: int) -> datetime:
+    """The UTC datetime of whole milliseconds since the Unix epoch."""
+    return _EPOCH + timedelta(milliseconds=epoch_milliseconds)
+
+
+def epoch_ms(at: datetime) -> int:
     """Whole milliseconds since the Unix epoch, exactly (no float rounding)."""
-    return (moment - _EPOCH) // timedelta(milliseconds=1)
+    return (at - _EPOCH) // timedelta(milliseconds=1)
 
 
 def canonical_content(agreement_id: str, agreement: Agreement) -> bytes:
@@ -113,10 +118,14 @@ def check_signature(
     return None
 
 
-def signatures_hash(signatures: Iterable[Signature]) -> str:
-    """SHA-256 over every signature, in signer order: what a receipt seals."""
-    ordered = sorted(signatures, key=lambda s: s.signer)
-    return hashlib.sha256(_encode(ordered)).hexdigest()
+def signatures_hash(agreement_id: str, signatures: Iterable[Signature]) -> str:
+    """What a receipt seals: SHA-256 over, in signer order, each signature's
+    SHA-256(message) followed by its 64 signature bytes."""
+    sealed = hashlib.sha256()
+    for signature in sorted(signatures, key=lambda s: s.signer):
+        sealed.update(hashlib.sha256(signature_message(agreement_id, signature)).digest())
+        sealed.update(signature.signature)
+    return sealed.hexdigest()
 
 
 def receipt_message(agreement_id: str, receipt: Receipt) -> bytes:
@@ -192,7 +201,7 @@ def verify_bundle(bundle: Bundle) -> list[str]:
         problems.append(f"the receipt is from {receipt.office_id}, not {bundle.office_id}")
     if receipt.content_hash != content_hash(bundle.agreement_id, agreement):
         problems.append("the receipt is for other content than the agreement's")
-    if receipt.signatures_hash != signatures_hash(agreement.signatures):
+    if receipt.signatures_hash != signatures_hash(bundle.agreement_id, agreement.signatures):
         problems.append("the receipt seals another set of signatures")
     try:
         signing.verify(

@@ -30,9 +30,11 @@ Not thread-safe: one client per device file, used from one thread.
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
@@ -42,7 +44,8 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from schemas.changes import Change, ChangeResult, Conflict, Op, Reason
+from schemas.changes import Append, Change, ChangeResult, Conflict, Op, Reason
+from schemas.records import Agreement, Signature
 from schemas.state import RecordState
 from schemas.wire import (
     Enrollment,
@@ -56,7 +59,7 @@ from schemas.wire import (
     PushRequest,
     PushResponse,
 )
-from sync import merge, signing
+from sync import agreements, merge, signing
 from sync.clock import Clock, system_wall_ms
 from sync.errors import LianxinError, StaleRequest
 from sync.replica_store import OutboxEntry, RecordKey, ReplicaStore
@@ -316,6 +319,38 @@ class DeviceClient:
             self._store.append(change, raw)
             self._store.set_meta(CLOCK_LAST, self._clock.last)
         return change
+
+    def sign_agreement(
+        self, agreement_id: str, signer: str, *, handwriting: bytes | None = None
+    ) -> Change:
+        """Sign the agreement as this device shows it, and queue the signature.
+
+        Without `handwriting`, `signer` must be this device's own user (a party
+        with the app). With it, the party signed by hand on this device: the
+        signature attests it, naming this device's user as witness and the
+        image's SHA-256 (PROTOCOL.md section 13).
+        """
+        identity = self._enrolled()
+        agreement = self.record("agreement", agreement_id)
+        if not isinstance(agreement, Agreement):
+            raise merge.Rejected(
+                Reason.UNKNOWN_FIELD, f"this device holds no agreement {agreement_id}"
+            )
+        unsigned = Signature(
+            signer=signer,
+            signed_at=agreements.moment(self._wall_ms()),
+            content_hash=agreements.content_hash(agreement_id, agreement),
+            signature=b"",
+            witness=identity.user_id if handwriting is not None else None,
+            handwriting_hash=hashlib.sha256(handwriting).hexdigest() if handwriting else None,
+            device_id=identity.device_id,
+        )
+        message = agreements.signature_message(agreement_id, unsigned)
+        signature = msgspec.structs.replace(
+            unsigned, signature=signing.sign(self._signing_key, message)
+        )
+        entry = msgspec.to_builtins(signature, builtin_types=(bytes, datetime))
+        return self.edit("agreement", agreement_id, ops=[Append(field="signatures", entry=entry)])
 
     # -- sync ---------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from sync.store import (
 )
 
 _encode = msgspec.msgpack.Encoder().encode
+Vet = Callable[[Change, RecordState | None, RecordState], tuple[Reason, str] | None]
 
 
 def apply_batch(
@@ -35,6 +36,7 @@ def apply_batch(
     clock: Clock,
     raws: Sequence[bytes] | None = None,
     authorize: Callable[[Change], str | None] | None = None,
+    vet: Vet | None = None,
 ) -> list[ChangeResult]:
     """Apply `changes` in order as one transaction and answer each one.
 
@@ -42,7 +44,9 @@ def apply_batch(
     audit); without them the changes are encoded here. The clock takes in
     every stamp, and a stamp absurdly far ahead is clamped for ordering and
     flagged in its result. `authorize` may refuse a change by returning why;
-    it is then quarantined as `not_permitted`.
+    it is then quarantined as `not_permitted`. `vet` sees each change with the
+    record before and after it and may refuse it with a reason of its own
+    (the server checks agreement signatures there).
     """
     raws = raws if raws is not None else [_encode(c) for c in changes]
     with store.transaction():
@@ -71,6 +75,9 @@ def apply_batch(
                 outcome = merge.Outcome(None, merge.Rejected(Reason.NOT_PERMITTED, denied))
             else:
                 outcome = merge.apply_change(before, change, min(change.hlc, limit))
+                refused = vet(change, before, outcome.state) if vet and outcome.state else None
+                if refused:
+                    outcome = merge.Outcome(None, merge.Rejected(*refused))
             if outcome.rejected is not None:
                 result = ChangeResult(
                     change_id=change.change_id,

@@ -8,10 +8,22 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from schemas import RECORD_TYPES, AddRemoveSet, Change, Log, Lww, Reason, Sealed, StatusMachine
+from schemas import (
+    RECORD_TYPES,
+    AddRemoveSet,
+    Agreement,
+    Change,
+    Log,
+    Lww,
+    Reason,
+    Receipt,
+    Sealed,
+    Signature,
+    StatusMachine,
+)
 from schemas.wire import PullRequest
 from server.errors import status_of
-from sync import errors, merge, signing
+from sync import agreements, errors, merge, signing
 from sync.clock import pack
 from sync.merge import field_specs
 
@@ -131,3 +143,49 @@ def _subclasses(kind):
     for sub in kind.__subclasses__():
         yield sub
         yield from _subclasses(sub)
+
+
+def test_agreement_vectors():
+    v = dict(line.split("=", 1) for line in vector("agreement").splitlines())
+    agreement = Agreement(
+        case=v["case"],
+        version=int(v["version"]),
+        terms=v["terms"],
+        required_signers=v["required_signers"].split(","),
+    )
+    aid = v["agreement_id"]
+    assert agreements.canonical_content(aid, agreement).hex() == v["canonical_hex"]
+    assert agreements.content_hash(aid, agreement) == v["content_hash"]
+    device = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(v["device_key_seed"]))
+    assert device.public_key().public_bytes_raw().hex() == v["device_public_key"]
+    unsigned = Signature(
+        signer=v["signer"],
+        signed_at=agreements.moment(int(v["signed_at_ms"])),
+        content_hash=v["content_hash"],
+        signature=b"",
+        witness=v["witness"],
+        handwriting_hash=v["handwriting_hash"],
+        device_id=v["device_id"],
+    )
+    signed = device.sign(agreements.signature_message(aid, unsigned))
+    assert base64.b64encode(signed).decode() == v["signature_b64"]
+    signature = msgspec.structs.replace(unsigned, signature=signed)
+    assert (
+        agreements.check_signature(
+            aid, agreement, signature, bytes.fromhex(v["device_public_key"]), v["witness"]
+        )
+        is None
+    )
+    assert agreements.signatures_hash(aid, [signature]) == v["signatures_hash"]
+    office = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(v["office_key_seed"]))
+    assert office.public_key().public_bytes_raw().hex() == v["office_public_key"]
+    receipt = Receipt(
+        office_id=v["office_id"],
+        content_hash=v["content_hash"],
+        signatures_hash=v["signatures_hash"],
+        executed_at=agreements.moment(int(v["executed_at_ms"])),
+        seq=int(v["seq"]),
+        signature=b"",
+    )
+    sealed = office.sign(agreements.receipt_message(aid, receipt))
+    assert base64.b64encode(sealed).decode() == v["receipt_signature_b64"]

@@ -128,7 +128,7 @@ def executed_bundle():
     unsigned = Receipt(
         office_id="office-1",
         content_hash=agreements.content_hash("a-1", TERMS),
-        signatures_hash=agreements.signatures_hash(signatures),
+        signatures_hash=agreements.signatures_hash("a-1", signatures),
         executed_at=AT,
         seq=42,
         signature=b"",

@@ -1,0 +1,121 @@
+"""The office's side of agreements: check each signature on arrival, execute when complete.
+
+Runs inside the push transaction. A signature counts only if it verified when
+the office first received it (its device known and not revoked then); once
+accepted it is never re-judged, so a signing phone revoked later leaves its
+signatures valid (DESIGN scenario 4).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+
+from schemas.changes import Append, Change
+from schemas.records import Agreement, Receipt, Signature
+from schemas.state import RecordState
+from server.keys import OfficeKeys
+from server.storage.directory import Directory
+from server.storage.sqlite import SqliteStore
+from sync import agreements
+from sync.clock import Clock
+from sync.engine import Vet, apply_batch
+from sync.merge import materialize
+from sync.store import RecordKey
+
+
+def signature_vet(directory: Directory) -> Vet:
+    """A `vet` for `apply_batch` that refuses agreement signatures that do not verify."""
+
+    def vet(change: Change, before: RecordState | None, after: RecordState) -> Any:
+        if change.record_type != "agreement":
+            return None
+        entries = [
+            op.entry for op in change.ops if isinstance(op, Append) and op.field == "signatures"
+        ]
+        if not entries:
+            return None
+        agreement = materialize(after)
+        assert isinstance(agreement, Agreement)
+        for entry in entries:
+            signature = msgspec.convert(entry, Signature)
+            device = directory.device(signature.device_id or "")
+            usable = device is not None and device.revoked_at_ms is None
+            refused = agreements.check_signature(
+                change.record_id,
+                agreement,
+                signature,
+                device.signing_key if usable and device else None,
+                device.user.user_id if usable and device else None,
+            )
+            if refused:
+                return refused
+        return None
+
+    return vet
+
+
+def execute_ready(
+    store: SqliteStore, keys: OfficeKeys, clock: Clock, touched: list[RecordKey], now_ms: int
+) -> dict[RecordKey, int]:
+    """Move touched agreements along: collecting once signed, executed with a receipt
+    once every required signer has signed. Returns the records changed, by seq."""
+    changed: dict[RecordKey, int] = {}
+    for key in touched:
+        if key[0] != "agreement":
+            continue
+        state = store.states([key]).get(key)
+        if state is None:
+            continue
+        agreement = materialize(state)
+        assert isinstance(agreement, Agreement)
+        if agreement.status == "draft" and agreement.signatures:
+            state, seq = _office_change(store, keys, clock, state, {"status": "collecting"})
+            agreement = materialize(state)
+            assert isinstance(agreement, Agreement)
+            changed[key] = seq
+        if agreement.status == "collecting" and agreements.is_complete(agreement):
+            receipt = _receipt(keys, key[1], agreement, store.last_seq() + 1, now_ms)
+            receipt_value = msgspec.to_builtins(receipt)
+            _, seq = _office_change(
+                store, keys, clock, state, {"status": "executed", "receipt": receipt_value}
+            )
+            changed[key] = seq
+    return changed
+
+
+def _receipt(
+    keys: OfficeKeys, agreement_id: str, agreement: Agreement, seq: int, now_ms: int
+) -> Receipt:
+    unsigned = Receipt(
+        office_id=keys.office_id,
+        content_hash=agreements.content_hash(agreement_id, agreement),
+        signatures_hash=agreements.signatures_hash(agreement_id, agreement.signatures),
+        executed_at=agreements.moment(now_ms),
+        seq=seq,
+        signature=b"",
+    )
+    message = agreements.receipt_message(agreement_id, unsigned)
+    return msgspec.structs.replace(unsigned, signature=keys.signing.sign(message))
+
+
+def _office_change(
+    store: SqliteStore, keys: OfficeKeys, clock: Clock, state: RecordState, fields: dict[str, Any]
+) -> tuple[RecordState, int]:
+    """Apply a change authored by the office, which has seen everything in the record."""
+    change = Change(
+        change_id=f"{keys.office_id}-{uuid.uuid4().hex}",
+        record_type=state.record_type,
+        record_id=state.record_id,
+        device_id=keys.office_id,
+        hlc=clock.now(),
+        seen=dict(state.vv),
+        set=fields,
+    )
+    (result,) = apply_batch(store, [change], clock)
+    if result.seq is None:
+        raise RuntimeError(f"the office's own change was refused: {result.reason} {result.detail}")
+    after = store.states([(state.record_type, state.record_id)])
+    return after[(state.record_type, state.record_id)], result.seq
