@@ -20,9 +20,15 @@ class AddRemoveSet(msgspec.Struct, frozen=True):
 
 
 class Log(msgspec.Struct, frozen=True):
-    """Append-only entries, unioned by the entry attribute named `key`."""
+    """Append-only entries, unioned by the entry attribute named `key`.
+
+    With `repeats`, appending a key again with other content is allowed (one
+    signer signing on two phones): the earliest append shows. Without it, that
+    is refused (`log_entry_conflict`).
+    """
 
     key: str = "entry_id"
+    repeats: bool = False
 
 
 class StatusMachine(msgspec.Struct, frozen=True):

@@ -184,7 +184,7 @@ class Agreement(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     terms: Annotated[LongText, SEALED] = ""
     required_signers: Annotated[list[Id], SEALED] = []
     supersedes: Annotated[Id | None, SEALED] = None
-    signatures: Annotated[list[Signature], Log(key="signer")] = []
+    signatures: Annotated[list[Signature], Log(key="signer", repeats=True)] = []
     status: Annotated[AgreementStatus, AGREEMENT_STATUS] = "draft"
     receipt: Annotated[Receipt | None, LWW] = None
 

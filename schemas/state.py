@@ -38,5 +38,7 @@ class RecordState(msgspec.Struct, kw_only=True):
     registers: dict[str, list[Write]] = {}
     sets: dict[str, dict[str, list[Write]]] = {}
     logs: dict[str, dict[str, Write]] = {}
+    # Further appends of a key already in `logs` (allowed where the log's policy says so).
+    log_repeats: dict[str, dict[str, list[Write]]] = {}
     history: dict[str, list[Write]] = {}
     deleted: list[Write] = []

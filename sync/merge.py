@@ -171,7 +171,7 @@ def _apply(
         match spec.policy:
             case StatusMachine() as machine:
                 _check_transition(state, change, name, machine, value)
-            case Sealed(by=by) if any(seen_by(w, change) for w in state.logs.get(by, {}).values()):
+            case Sealed(by=by) if any(seen_by(w, change) for w in _appends(state, by)):
                 raise Rejected(Reason.AGREEMENT_SEALED, f"{name} is sealed by a signature")
             case Lww() | Sealed():
                 pass
@@ -186,6 +186,7 @@ def _apply(
         registers=dict(state.registers),
         sets=dict(state.sets),
         logs=dict(state.logs),
+        log_repeats=dict(state.log_repeats),
         history=dict(state.history),
     )
     for name, (spec, value) in sets.items():
@@ -218,14 +219,23 @@ def _apply(
                 assert isinstance(log, Log)  # _checked_element made sure
                 key = str(entry[log.key])
                 entries = dict(next_state.logs.get(name, {}))
+                new = write(entry)
                 if key in entries:
-                    if entries[key].value != entry:
+                    if entries[key].value != entry and not log.repeats:
                         raise Rejected(
                             Reason.LOG_ENTRY_CONFLICT,
                             f"{name} already has an entry {key!r} with other content",
                         )
-                    continue
-                entries[key] = write(entry)
+                    # Keep every append of the key: the earliest (by rank) shows, and
+                    # sealing sees all of them, whatever order they arrived in.
+                    kept = min(entries[key], new, key=_log_rank)
+                    extra = max(entries[key], new, key=_log_rank)
+                    entries[key] = kept
+                    repeats = dict(next_state.log_repeats.get(name, {}))
+                    repeats[key] = [*repeats.get(key, ()), extra]
+                    next_state.log_repeats[name] = repeats
+                else:
+                    entries[key] = new
                 next_state.logs[name] = entries
             case Delete() | Restore():
                 seen = {**change.seen, change.device_id: change.hlc}
@@ -234,6 +244,17 @@ def _apply(
                     write(isinstance(op, Delete), seen),
                 ]
     return next_state
+
+
+def _log_rank(write: Write) -> tuple[int, str, str]:
+    return (write.order, write.device_id, write.change_id)
+
+
+def _appends(state: RecordState, name: str) -> Iterable[Write]:
+    """Every append ever applied to log `name`, repeats of a key included."""
+    yield from state.logs.get(name, {}).values()
+    for repeats in state.log_repeats.get(name, {}).values():
+        yield from repeats
 
 
 def _checked(specs: dict[str, FieldSpec], name: str, value: Any) -> tuple[FieldSpec, Any]:
@@ -360,13 +381,15 @@ def conflicts(state: RecordState) -> list[Conflict]:
                 winner = _status_winner(machine, heads)
                 found.append(conflict(name, "status", winner.value if winner else None, heads))
     if is_deleted(state):
-        unseen = [
-            w
-            for w in _live_writes(state)
+        # Each candidate is {field: value}, so two fields written by one change stay apart,
+        # and the order (stamp, device, field) does not depend on arrival.
+        unseen = sorted(
+            (w.order, w.device_id, name, msgspec.structs.replace(w, value={name: w.value}))
+            for name, w in _live_writes(state)
             if not any(covers(w, d.device_id, d.hlc, d.seen) for d in state.deleted if d.value)
-        ]
+        )
         if unseen:
-            found.append(conflict(DELETED_FIELD, "deleted", True, unseen))
+            found.append(conflict(DELETED_FIELD, "deleted", True, [w for *_, w in unseen]))
     return found
 
 
@@ -388,14 +411,13 @@ def _distinct(writes: list[Write]) -> bool:
     return any(w.value != first for w in writes[1:])
 
 
-def _live_writes(state: RecordState) -> Iterable[Write]:
-    """Every write that still shows in the record (not superseded)."""
-    for siblings in state.registers.values():
-        yield from siblings
-    for history in state.history.values():
-        yield from _maximal(history)
-    for members in state.sets.values():
-        for tags in members.values():
-            yield from tags
-    for entries in state.logs.values():
-        yield from entries.values()
+def _live_writes(state: RecordState) -> Iterable[tuple[str, Write]]:
+    """Every write that still shows in the record (not superseded), with its field."""
+    for name, siblings in state.registers.items():
+        yield from ((name, w) for w in siblings)
+    for name, history in state.history.items():
+        yield from ((name, w) for w in _maximal(history))
+    for name, members in state.sets.items():
+        yield from ((name, w) for tags in members.values() for w in tags)
+    for name, entries in state.logs.items():
+        yield from ((name, w) for w in entries.values())
