@@ -47,6 +47,7 @@ from schemas.records import RECORD_TYPES
 from schemas.state import RecordState, Write
 
 DELETED_FIELD = "_record"
+_encode = msgspec.msgpack.Encoder().encode
 
 
 class Holder(msgspec.Struct):
@@ -353,8 +354,7 @@ def conflicts(state: RecordState) -> list[Conflict]:
         return []
     found = []
 
-    def conflict(name: str, kind: Any, winner: Any, writes: Iterable[Write]) -> Conflict:
-        ordered = sorted(writes, key=rank_key)
+    def conflict(name: str, kind: Any, winner: Any, ordered: list[Write]) -> Conflict:
         return Conflict(
             record_type=state.record_type,
             record_id=state.record_id,
@@ -371,7 +371,8 @@ def conflicts(state: RecordState) -> list[Conflict]:
         if machine is None:
             siblings = state.registers.get(name, ())
             if len(siblings) > 1 and _distinct(siblings):
-                found.append(conflict(name, "value", max(siblings, key=rank_key).value, siblings))
+                ordered = sorted(siblings, key=rank_key)
+                found.append(conflict(name, "value", ordered[-1].value, ordered))
         elif name in state.history:
             history = state.history[name]
             if len(history) == 1:  # one write is its own only head: nothing to settle
@@ -379,17 +380,21 @@ def conflicts(state: RecordState) -> list[Conflict]:
             heads = _maximal(history)
             if _distinct(heads):
                 winner = _status_winner(machine, heads)
-                found.append(conflict(name, "status", winner.value if winner else None, heads))
+                winner_value = winner.value if winner else None
+                found.append(conflict(name, "status", winner_value, sorted(heads, key=rank_key)))
     if is_deleted(state):
         # Each candidate is {field: value}, so two fields written by one change stay apart,
         # and the order (stamp, device, field) does not depend on arrival.
         unseen = sorted(
-            (w.order, w.device_id, name, msgspec.structs.replace(w, value={name: w.value}))
-            for name, w in _live_writes(state)
-            if not any(covers(w, d.device_id, d.hlc, d.seen) for d in state.deleted if d.value)
+            (
+                msgspec.structs.replace(w, value={name: w.value})
+                for name, w in _live_writes(state)
+                if not any(covers(w, d.device_id, d.hlc, d.seen) for d in state.deleted if d.value)
+            ),
+            key=lambda w: (w.order, w.device_id, _encode(w.value)),
         )
         if unseen:
-            found.append(conflict(DELETED_FIELD, "deleted", True, [w for *_, w in unseen]))
+            found.append(conflict(DELETED_FIELD, "deleted", True, unseen))
     return found
 
 
