@@ -10,13 +10,19 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import msgspec
+
+from schemas.records import Agreement
 from server import phone, seed
 from server.keys import OfficeKeys
 from server.settings import Settings, load_settings
 from server.storage.directory import ROLES, Directory, Role
 from server.storage.sqlite import SqliteStore
+from sync.agreements import Bundle, SigningDevice
+from sync.agreements import verify_bundle as verify_agreement_bundle
 from sync.clock import Clock, system_wall_ms
 from sync.engine import apply_batch
+from sync.merge import materialize
 
 STORE_FILE = "lianxin.db"
 CODE_TTL_MS = 24 * 3600_000
@@ -96,6 +102,61 @@ def revoke_device(settings: Settings, device_id: str) -> int:
         revoked = directory.revoke(device_id, system_wall_ms())
     print(f"Revoked {device_id}" if revoked else f"lianxin: no active device {device_id}")
     return 0 if revoked else 1
+
+
+def export_agreement(settings: Settings, agreement_id: str, out: Path) -> int:
+    """Write a self-contained bundle that `agreement verify` checks with no server."""
+    keys = OfficeKeys.load(settings.keys_path)
+    with _directory(settings) as directory:
+        state = directory.store.states([("agreement", agreement_id)]).get(
+            ("agreement", agreement_id)
+        )
+        if state is None:
+            print(f"lianxin: no agreement {agreement_id}")
+            return 1
+        agreement = materialize(state)
+        assert isinstance(agreement, Agreement)
+        devices = []
+        for device_id in sorted({s.device_id for s in agreement.signatures if s.device_id}):
+            device = directory.device(device_id)
+            if device is not None:
+                devices.append(
+                    SigningDevice(
+                        device_id=device_id,
+                        user_id=device.user.user_id,
+                        signing_key=device.signing_key,
+                    )
+                )
+    bundle = Bundle(
+        agreement_id=agreement_id,
+        agreement=agreement,
+        devices=devices,
+        office_id=keys.office_id,
+        office_key=keys.signing_public,
+    )
+    out.write_bytes(msgspec.json.format(msgspec.json.encode(bundle)))
+    print(f"Wrote {out} ({len(agreement.signatures)} signatures, status {agreement.status})")
+    return 0
+
+
+def verify_agreement(path: Path) -> int:
+    """Check an exported bundle offline; say exactly what is wrong, if anything."""
+    try:
+        bundle = msgspec.json.decode(path.read_bytes(), type=Bundle)
+    except (OSError, msgspec.DecodeError, UnicodeDecodeError) as error:
+        print(f"lianxin: {path} is not an agreement bundle: {error}")
+        return 1
+    problems = verify_agreement_bundle(bundle)
+    for problem in problems:
+        print(f"FAIL {problem}")
+    if problems:
+        return 1
+    key = bundle.office_key.hex()
+    print(
+        f"OK {bundle.agreement_id}: {len(bundle.agreement.signatures)} signatures verified,"
+        f" executed and countersigned by {bundle.office_id} (office key {key[:16]}…)"
+    )
+    return 0
 
 
 def serve(settings: Settings) -> int:
@@ -181,6 +242,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_parser.add_argument("record_id")
     device_parser.add_parser("outbox", parents=[phone_options], help="list changes and answers")
 
+    agreement_parser = commands.add_parser("agreement", help="export and verify").add_subparsers(
+        dest="action", required=True
+    )
+    export_parser = agreement_parser.add_parser("export", help="write a signed bundle")
+    export_parser.add_argument("agreement_id")
+    export_parser.add_argument("--out", type=Path, required=True)
+    verify_parser = agreement_parser.add_parser("verify", help="check a bundle, offline")
+    verify_parser.add_argument("file", type=Path)
+
     serve_parser = commands.add_parser("serve", help="run the sync server")
     serve_parser.add_argument("--host")
     serve_parser.add_argument("--port", type=int)
@@ -205,6 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return revoke_device(settings, args.device_id)
         case "device", action:
             return phone.run(action, args.file, args.server, args)
+        case "agreement", "export":
+            return export_agreement(settings, args.agreement_id, args.out)
+        case "agreement", "verify":
+            return verify_agreement(args.file)
         case "serve", _:
             return serve(settings)
     return 2

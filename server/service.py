@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 
 import msgspec
 
-from schemas.changes import Change
+from schemas.changes import Change, ChangeResult, Conflict
+from schemas.state import RecordState
 from schemas.wire import (
     Enrollment,
     EnrollRequest,
@@ -25,18 +27,58 @@ from schemas.wire import (
     PushRequest,
     PushResponse,
 )
+from server.agreements import execute_ready, signature_vet
 from server.keys import OfficeKeys
 from server.settings import Settings
-from server.storage.access import existing, readable, update_access
+from server.storage.access import presence, update_access
 from server.storage.directory import Device, Directory
+from server.storage.pull import read_page
 from server.storage.sqlite import SqliteStore
 from sync import signing
 from sync.access import WRITABLE_BY
 from sync.clock import Clock
 from sync.engine import apply_batch
 from sync.errors import BadCursor, BatchReused, Forbidden, MalformedRequest, TooLarge
+from sync.store import BatchWrite, LoggedChange, QuarantineRow, RecordKey
 
 _decode_change = msgspec.msgpack.Decoder(Change).decode
+
+
+class _KeepsWrittenStates:
+    """The store as the engine sees it, keeping the record states a batch wrote.
+
+    Access is recomputed from those states right after; keeping them saves
+    reading and decoding every touched record a second time.
+    """
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        self.written: dict[RecordKey, RecordState] = {}
+
+    def transaction(self) -> AbstractContextManager[None]:
+        return self.store.transaction()
+
+    def last_seq(self) -> int:
+        return self.store.last_seq()
+
+    def results(self, change_ids: Iterable[str]) -> dict[str, ChangeResult]:
+        return self.store.results(change_ids)
+
+    def states(self, keys: Iterable[RecordKey]) -> dict[RecordKey, RecordState]:
+        return self.store.states(keys)
+
+    def write(self, batch: BatchWrite) -> None:
+        self.store.write(batch)
+        self.written.update((key, state) for key, (state, _) in batch.records.items())
+
+    def changes_since(self, seq: int, limit: int) -> Iterator[LoggedChange]:
+        return self.store.changes_since(seq, limit)
+
+    def open_conflicts(self) -> list[Conflict]:
+        return self.store.open_conflicts()
+
+    def quarantined(self) -> list[QuarantineRow]:
+        return self.store.quarantined()
 
 
 class SyncService:
@@ -53,6 +95,7 @@ class SyncService:
         self.settings = settings
         self.store = store
         self.directory = Directory(store)
+        self.signatures = signature_vet(self.directory)
         self.keys = keys
         self.clock = clock
         self.wall_ms = wall_ms
@@ -93,7 +136,7 @@ class SyncService:
         for index, raw in enumerate(request.changes):
             try:
                 change = _decode_change(raw)
-            except msgspec.DecodeError as error:
+            except (msgspec.DecodeError, UnicodeDecodeError) as error:
                 raise MalformedRequest(f"$.changes[{index}]: {error}") from None
             if change.device_id != device.device_id:
                 raise Forbidden(f"$.changes[{index}] was made by another device")
@@ -103,8 +146,7 @@ class SyncService:
         with self.store.transaction():
             self._remember_batch(device, request, manifest)
             keys = list({(c.record_type, c.record_id) for c in changes})
-            present = existing(self.store, keys)
-            visible = readable(self.store, user.user_id, keys)
+            present, visible = presence(self.store, user.user_id, keys)
 
             def authorize(change: Change) -> str | None:
                 if change.record_type not in WRITABLE_BY[user.role]:
@@ -114,7 +156,10 @@ class SyncService:
                     return f"{user.role} {user.user_id} may not write {key[0]} {key[1]}"
                 return None
 
-            results = apply_batch(self.store, changes, self.clock, request.changes, authorize)
+            engine_store = _KeepsWrittenStates(self.store)
+            results = apply_batch(
+                engine_store, changes, self.clock, request.changes, authorize, self.signatures
+            )
             applied = [
                 (change, result)
                 for change, result in zip(changes, results, strict=True)
@@ -125,7 +170,12 @@ class SyncService:
                 [(request.batch_id, change.change_id) for change, _ in applied],
             )
             touched = {(c.record_type, c.record_id): r.seq for c, r in applied if r.seq}
-            update_access(self.store, touched, user.user_id)
+            update_access(self.store, touched, user.user_id, engine_store.written)
+            # Agreements the batch completed are executed in the same transaction.
+            executed = execute_ready(
+                self.store, self.keys, self.clock, list(touched), self.wall_ms()
+            )
+            update_access(self.store, executed, None)
         return PushResponse(batch_id=request.batch_id, results=results)
 
     def _remember_batch(self, device: Device, request: PushRequest, manifest: bytes) -> None:
@@ -151,22 +201,8 @@ class SyncService:
         with self.store.transaction():
             last = self.store.last_seq()
             position, seq = self._open_cursor(device, request.cursor, last)
-            rows = self.store.db.execute(
-                "SELECT max(c.seq, a.since_seq) AS p, c.seq, c.raw, c.order_stamp FROM access a"
-                " JOIN changes c ON c.record_type = a.record_type AND c.record_id = a.record_id"
-                " WHERE a.user_id = ? AND (max(c.seq, a.since_seq) > ?"
-                " OR (max(c.seq, a.since_seq) = ? AND c.seq > ?))"
-                " ORDER BY p, c.seq LIMIT ?",
-                [user_id, position, position, seq, limit + 1],
-            ).fetchall()
-            has_more = len(rows) > limit
-            rows = rows[:limit]
-            end, end_seq = (rows[-1][0], rows[-1][1]) if has_more else (last, last)
-            evictions = self.store.db.execute(
-                "SELECT seq, record_type, record_id, reason FROM evictions"
-                " WHERE user_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
-                [user_id, position, end],
-            ).fetchall()
+            page = read_page(self.store.db.conn, user_id, position, seq, limit, last)
+        rows, evictions, has_more, end, end_seq = page
         items: list[tuple[int, int, PulledChange | Eviction]] = [
             (p, 0, PulledChange(seq=s, change=raw, order=order)) for p, s, raw, order in rows
         ]

@@ -5,19 +5,45 @@ touched (and every record a touched case links or linked) gets its readers
 recomputed by `sync.access.readers`; new readers are granted from this
 sequence on (a pull then sends them the record's whole history), and lost
 readers get an eviction.
+
+Each step reads what it needs for the whole batch in one query per table
+(joined on a `VALUES` list of keys), so a batch costs a handful of queries
+rather than a few per record.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
 
+from schemas.state import RecordState
 from server.storage.sqlite import SqliteStore
-from sync.access import Scope, readers, scope
+from sync.access import LINK_FIELDS, Scope, readers, scope, within
 from sync.store import RecordKey
 
+# Keys per VALUES list: two bound parameters each, well under SQLite's limit.
+_CHUNK = 400
+# Only these types are ever linked by a case, so only they can have linking cases.
+LINKED_TYPES = frozenset(LINK_FIELDS.values())
+# The fields `sync.access.scope` reads. Each field's value is derived from its own
+# entries of the merge state alone, so the scope of a state cut down to these is
+# the scope of the whole state, without converting every note and visit of a case.
+SCOPE_FIELDS = frozenset({"location", "mediators", *LINK_FIELDS})
 
-def update_access(store: SqliteStore, touched: dict[RecordKey, int], creator: str | None) -> None:
-    """Recompute readers after a batch; `touched` maps each record to its last seq."""
+
+def update_access(
+    store: SqliteStore,
+    touched: dict[RecordKey, int],
+    creator: str | None,
+    states: Mapping[RecordKey, RecordState] | None = None,
+) -> None:
+    """Recompute readers after a batch; `touched` maps each record to its last seq.
+
+    `states` are record states the caller already holds (those the batch
+    wrote); any other state needed is read from the store.
+    """
     db = store.db
     if creator is not None:
         db.conn.executemany(
@@ -25,108 +51,165 @@ def update_access(store: SqliteStore, touched: dict[RecordKey, int], creator: st
             " AND created_by IS NULL",
             [(creator, t, i) for t, i in touched],
         )
-    states = store.states(touched)
-    scopes: dict[RecordKey, Scope] = {key: scope(state) for key, state in states.items()}
+    known = states or {}
+    fresh = {key: known[key] for key in touched if key in known}
+    fresh.update(store.states(key for key in touched if key not in fresh))
+    scopes: dict[RecordKey, Scope] = {key: _scope(state) for key, state in fresh.items()}
     due = dict(touched)
-    for (record_type, case_id), seq in touched.items():
-        if record_type != "case":
-            continue
-        old = {
-            tuple(row)
-            for row in db.execute(
-                "SELECT record_type, record_id FROM links WHERE case_id = ?", [case_id]
-            )
-        }
-        new = scopes[("case", case_id)].links
-        db.execute("DELETE FROM links WHERE case_id = ?", [case_id])
-        db.conn.executemany(
-            "INSERT INTO links (case_id, record_type, record_id) VALUES (?, ?, ?)",
-            [(case_id, t, i) for t, i in new],
-        )
-        for key in old | new:
-            due.setdefault(key, seq)
+    cases = [("case", case_id) for record_type, case_id in touched if record_type == "case"]
+    old_links: dict[str, set[RecordKey]] = defaultdict(set)
+    for case_id, record_type, record_id in _rows(
+        store,
+        "SELECT k.column2, t.record_type, t.record_id FROM {keys}"
+        " JOIN links t ON t.case_id = k.column2 AND k.column1 = 'case'",
+        cases,
+    ):
+        old_links[case_id].add((record_type, record_id))
+    dropped, added = [], []
+    for key in cases:
+        case_id = key[1]
+        old, new = old_links.get(case_id, set()), scopes[key].links
+        dropped += [(case_id, t, i) for t, i in old - new]
+        added += [(case_id, t, i) for t, i in new - old]
+        for linked in old | new:
+            due.setdefault(linked, touched[key])
+    db.conn.executemany(
+        "DELETE FROM links WHERE case_id = ? AND record_type = ? AND record_id = ?", dropped
+    )
+    db.conn.executemany(
+        "INSERT INTO links (case_id, record_type, record_id) VALUES (?, ?, ?)", added
+    )
+
+    keys = list(due)
+    linking: dict[RecordKey, list[str]] = defaultdict(list)
+    for record_type, record_id, case_id in _rows(
+        store,
+        "SELECT t.record_type, t.record_id, t.case_id FROM {keys}"
+        " JOIN links t ON t.record_type = k.column1 AND t.record_id = k.column2",
+        [key for key in keys if key[0] in LINKED_TYPES],
+    ):
+        linking[(record_type, record_id)].append(case_id)
+    linking_cases = {("case", case_id) for ids in linking.values() for case_id in ids}
+    unread = [key for key in {*keys, *linking_cases} if key not in scopes]
+    scopes.update((key, _scope(state)) for key, state in store.states(unread).items())
+    creators: dict[RecordKey, str | None] = {}
+    org_units: dict[RecordKey, str | None] = {}
+    current: dict[RecordKey, set[str]] = defaultdict(set)
+    for record_type, record_id, created_by, org_unit, user_id in _rows(
+        store,
+        "SELECT t.record_type, t.record_id, t.created_by, t.org_unit, a.user_id FROM {keys}"
+        " JOIN records t ON t.record_type = k.column1 AND t.record_id = k.column2"
+        " LEFT JOIN access a ON a.record_type = t.record_type AND a.record_id = t.record_id",
+        keys,
+    ):
+        creators[(record_type, record_id)] = created_by
+        org_units[(record_type, record_id)] = org_unit
+        if user_id is not None:
+            current[(record_type, record_id)].add(user_id)
+    for record_type, record_id, created_by in _rows(
+        store,
+        "SELECT t.record_type, t.record_id, t.created_by FROM {keys}"
+        " JOIN records t ON t.record_type = k.column1 AND t.record_id = k.column2",
+        linking_cases - set(keys),
+    ):
+        creators[(record_type, record_id)] = created_by
     supervisors = [
         (user_id, json.loads(units))
         for user_id, units in db.execute(
             "SELECT user_id, org_units FROM users WHERE role = 'supervisor'"
         )
     ]
+
+    # The supervisors whose org units hold any of `units`: what `readers` filters the
+    # list down to, worked out once per set of units rather than once per record.
+    @functools.cache
+    def seeing(units: frozenset[str]) -> list[tuple[str, list[str]]]:
+        return [pair for pair in supervisors if any(within(unit, pair[1]) for unit in units)]
+
+    moved, granted, lost = [], [], []
     for key, seq in due.items():
-        record_type, record_id = key
-        own = scopes.get(key) or _scope_of(store, key)
-        linking = [
-            (
-                _creator(store, ("case", case_id)),
-                scopes.get(("case", case_id)) or _scope_of(store, ("case", case_id)),
-            )
-            for (case_id,) in db.execute(
-                "SELECT case_id FROM links WHERE record_type = ? AND record_id = ?", key
-            ).fetchall()
-        ]
+        own = scopes.get(key)
         if own is None:
-            continue
-        now = readers(_creator(store, key), own, linking, supervisors)
-        org_unit = own.org_unit or next((s.org_unit for _, s in linking if s and s.org_unit), None)
-        db.execute(
-            "UPDATE records SET org_unit = ? WHERE record_type = ? AND record_id = ?",
-            [org_unit, record_type, record_id],
+            continue  # linked, but not (yet) a record
+        record_type, record_id = key
+        cases_linking = [
+            (creators.get(("case", case_id)), scopes.get(("case", case_id)))
+            for case_id in linking.get(key, ())
+        ]
+        # Links are written from a case's state, so a linking case always exists.
+        present = [(who, case) for who, case in cases_linking if case is not None]
+        units = {s.org_unit for s in (own, *(case for _, case in present)) if s.org_unit}
+        now = readers(creators.get(key), own, present, seeing(frozenset(units)))
+        org_unit = own.org_unit or next((s.org_unit for _, s in present if s.org_unit), None)
+        if org_unit != org_units.get(key):
+            moved.append((org_unit, record_type, record_id))
+        before = current.get(key, set())
+        granted += [(user, record_type, record_id, seq) for user in now - before]
+        lost += [(seq, user, record_type, record_id) for user in before - now]
+    db.conn.executemany(
+        "UPDATE records SET org_unit = ? WHERE record_type = ? AND record_id = ?", moved
+    )
+    db.conn.executemany(
+        "INSERT INTO access (user_id, record_type, record_id, since_seq) VALUES (?, ?, ?, ?)",
+        granted,
+    )
+    db.conn.executemany(
+        "DELETE FROM access WHERE user_id = ? AND record_type = ? AND record_id = ?",
+        [(user, record_type, record_id) for _, user, record_type, record_id in lost],
+    )
+    db.conn.executemany(
+        "INSERT OR IGNORE INTO evictions (seq, user_id, record_type, record_id, reason)"
+        " VALUES (?, ?, ?, ?, 'access_removed')",
+        lost,
+    )
+
+
+def presence(
+    store: SqliteStore, user_id: str, keys: list[RecordKey]
+) -> tuple[set[RecordKey], set[RecordKey]]:
+    """Which of `keys` are records already in the store, and which of those `user_id` may see."""
+    present: set[RecordKey] = set()
+    visible: set[RecordKey] = set()
+    for record_type, record_id, readable in _rows(
+        store,
+        "SELECT t.record_type, t.record_id, a.user_id IS NOT NULL FROM {keys}"
+        " JOIN records t ON t.record_type = k.column1 AND t.record_id = k.column2"
+        " LEFT JOIN access a ON a.user_id = ? AND a.record_type = t.record_type"
+        " AND a.record_id = t.record_id",
+        keys,
+        user_id,
+    ):
+        present.add((record_type, record_id))
+        if readable:
+            visible.add((record_type, record_id))
+    return present, visible
+
+
+def _scope(state: RecordState) -> Scope:
+    """`sync.access.scope(state)`, computed from the fields it reads only."""
+    return scope(
+        RecordState(
+            record_type=state.record_type,
+            record_id=state.record_id,
+            registers={f: w for f, w in state.registers.items() if f in SCOPE_FIELDS},
+            sets={f: w for f, w in state.sets.items() if f in SCOPE_FIELDS},
+            logs={f: w for f, w in state.logs.items() if f in SCOPE_FIELDS},
+            history={f: w for f, w in state.history.items() if f in SCOPE_FIELDS},
         )
-        before = {
-            user
-            for (user,) in db.execute(
-                "SELECT user_id FROM access WHERE record_type = ? AND record_id = ?", key
-            )
-        }
-        db.conn.executemany(
-            "INSERT INTO access (user_id, record_type, record_id, since_seq) VALUES (?, ?, ?, ?)",
-            [(user, record_type, record_id, seq) for user in now - before],
-        )
-        lost = before - now
-        db.conn.executemany(
-            "DELETE FROM access WHERE user_id = ? AND record_type = ? AND record_id = ?",
-            [(user, record_type, record_id) for user in lost],
-        )
-        db.conn.executemany(
-            "INSERT OR IGNORE INTO evictions (seq, user_id, record_type, record_id, reason)"
-            " VALUES (?, ?, ?, ?, 'access_removed')",
-            [(seq, user, record_type, record_id) for user in lost],
-        )
+    )
 
 
-def _creator(store: SqliteStore, key: RecordKey) -> str | None:
-    row = store.db.execute(
-        "SELECT created_by FROM records WHERE record_type = ? AND record_id = ?", key
-    ).fetchone()
-    return row[0] if row else None
+def _rows(store: SqliteStore, sql: str, keys: Iterable[RecordKey], *params: str) -> Iterator[tuple]:
+    """Run `sql`, whose `{keys}` is a `VALUES` list `k` of (record_type, record_id), per chunk.
 
-
-def _scope_of(store: SqliteStore, key: RecordKey) -> Scope | None:
-    state = store.states([key]).get(key)
-    return scope(state) if state else None
-
-
-def existing(store: SqliteStore, keys: list[RecordKey]) -> set[RecordKey]:
-    """Which of `keys` are records already in the store."""
-    return _present(store, "records t", "", keys)
-
-
-def readable(store: SqliteStore, user_id: str, keys: list[RecordKey]) -> set[RecordKey]:
-    """Which of `keys` `user_id` may see."""
-    return _present(store, "access t", " AND t.user_id = ?", keys, user_id)
-
-
-def _present(
-    store: SqliteStore, table: str, condition: str, keys: list[RecordKey], *params: str
-) -> set[RecordKey]:
-    found: set[RecordKey] = set()
-    for start in range(0, len(keys), 400):
-        chunk = keys[start : start + 400]
+    `params` are bound after the keys.
+    """
+    keys = list(keys)
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
         marks = ",".join("(?, ?)" for _ in chunk)
-        # A join on VALUES uses the primary key; `(a, b) IN (VALUES ...)` would scan.
-        rows = store.db.execute(
-            f"SELECT t.record_type, t.record_id FROM (VALUES {marks}) AS k JOIN {table}"
-            f" ON t.record_type = k.column1 AND t.record_id = k.column2{condition}",
+        # A join on VALUES uses the table's index; `(a, b) IN (VALUES ...)` would scan.
+        yield from store.db.execute(
+            sql.format(keys=f"(VALUES {marks}) AS k"),
             [*(part for key in chunk for part in key), *params],
         )
-        found.update((t, i) for t, i in rows)
-    return found

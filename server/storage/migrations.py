@@ -148,10 +148,21 @@ def _change_order(db: sqlite_utils.Database) -> None:
     db["changes"].add_column("order_stamp", int)
 
 
+def _access_indexes(db: sqlite_utils.Database) -> None:
+    """Read access by record (a record's readers, after every push) and by grant time.
+
+    Without them each push scanned the whole access table once per record it
+    touched, and each pull read every record the user may see.
+    """
+    db["access"].create_index(["record_type", "record_id"], index_name="access_record")
+    db["access"].create_index(["user_id", "since_seq"], index_name="access_user_since")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _initial),
     ("0002_directory", _directory),
     ("0003_change_order", _change_order),
+    ("0004_access_indexes", _access_indexes),
 ]
 
 

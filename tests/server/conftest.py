@@ -7,6 +7,7 @@ These devices build every request from PROTOCOL.md directly (not through
 import base64
 import hashlib
 import itertools
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import msgspec
@@ -20,6 +21,7 @@ from server.app import create_app
 from server.keys import OfficeKeys
 from server.settings import Settings
 from server.storage.directory import Directory
+from server.storage.sqlite import SqliteStore
 from sync import signing
 from sync.clock import Clock, pack
 from tests.conftest import WALL_MS
@@ -152,12 +154,14 @@ class Office:
         return digest.hexdigest()
 
 
-@pytest.fixture
-def office(store, tmp_path):
+@contextmanager
+def running_office(folder):
+    """A fresh office in `folder`, served in-process (for tests that need several)."""
+    store = SqliteStore(folder / "lianxin.db")
     wall = Wall()
     keys = OfficeKeys.generate()
     app = create_app(
-        Settings(data_dir=tmp_path, max_body_bytes=64 * 1024, max_batch_changes=50),
+        Settings(data_dir=folder, max_body_bytes=64 * 1024, max_batch_changes=50),
         store=store,
         keys=keys,
         clock=Clock(wall),
@@ -165,3 +169,10 @@ def office(store, tmp_path):
     )
     with TestClient(app) as http:
         yield Office(store, Directory(store), keys, http, wall)
+    store.close()
+
+
+@pytest.fixture
+def office(tmp_path):
+    with running_office(tmp_path) as running:
+        yield running

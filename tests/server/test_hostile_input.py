@@ -44,8 +44,10 @@ CHANGE_SHAPED = st.fixed_dictionaries(
 )
 # MessagePack maps whose strings are arbitrary bytes: invalid UTF-8 more often than not.
 BAD_UTF8 = st.lists(st.binary(min_size=1, max_size=20), min_size=2, max_size=6).map(
-    lambda parts: bytes([0x80 | len(parts) // 2])
-    + b"".join(bytes([0xA0 | len(p)]) + p for p in parts[: len(parts) // 2 * 2])
+    lambda parts: (
+        bytes([0x80 | len(parts) // 2])
+        + b"".join(bytes([0xA0 | len(p)]) + p for p in parts[: len(parts) // 2 * 2])
+    )
 )
 BODIES = st.one_of(
     st.binary(max_size=200),

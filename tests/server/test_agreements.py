@@ -1,0 +1,165 @@
+"""Agreements through the real app: each refusal has its own code, and execution is exact."""
+
+import msgspec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas import Add, Agreement, Append, Signature
+from sync import agreements
+from sync.merge import materialize
+from tests.server.conftest import running_office
+from tests.server.test_app import GONGSHU, decode
+
+SIGNERS = ["p-1", "p-2", "p-3"]
+TERMS = {"terms": "A grease trap within 14 days.", "required_signers": SIGNERS, "case": "k-1"}
+
+
+def open_agreement(office, mediators=1):
+    """A draft agreement on a Gongshu case, and the mediator phones assigned to it."""
+    supervisor = office.enroll("supervisor")
+    phones = [office.enroll("mediator", name=f"m{n}") for n in range(mediators)]
+    supervisor.push(
+        [
+            supervisor.change(
+                "case",
+                "k-1",
+                {"title": "Grease", "location": GONGSHU},
+                [
+                    *(Add(field="mediators", value=p.enrollment.user_id) for p in phones),
+                    Add(field="agreements", value="a-1"),
+                ],
+            ),
+            supervisor.change("agreement", "a-1", {**TERMS, "status": "draft"}),
+        ]
+    )
+    return phones
+
+
+def stored_agreement(office):
+    return materialize(office.store.states([("agreement", "a-1")])[("agreement", "a-1")])
+
+
+def attested(phone, signer, content=None, agreement_id="a-1"):
+    """A handwritten signature captured on `phone`, as its key attests it."""
+    draft = Agreement(case="k-1", terms=TERMS["terms"], required_signers=SIGNERS)
+    content = content or agreements.content_hash("a-1", draft)
+    unsigned = Signature(
+        signer=signer,
+        signed_at=agreements.moment(phone.wall.ms),
+        content_hash=content,
+        signature=b"",
+        witness=phone.enrollment.user_id,
+        handwriting_hash="ab" * 32,
+        device_id=phone.device_id,
+    )
+    message = agreements.signature_message(agreement_id, unsigned)
+    signed = msgspec.structs.replace(unsigned, signature=phone.key.sign(message))
+    return msgspec.to_builtins(signed)
+
+
+def sign(phone, *entries, batch_id):
+    ops = [Append(field="signatures", entry=e) for e in entries]
+    return decode(phone.push([phone.change("agreement", "a-1", ops=ops)], batch_id=batch_id))
+
+
+def test_the_last_required_signature_executes_with_an_office_receipt(office):
+    (mediator,) = open_agreement(office)
+    sign(mediator, attested(mediator, "p-1"), attested(mediator, "p-2"), batch_id="s-1")
+    assert stored_agreement(office).status == "collecting"
+    sign(mediator, attested(mediator, "p-3"), batch_id="s-2")
+    agreement = stored_agreement(office)
+    assert agreement.status == "executed"
+    receipt = agreement.receipt
+    message = agreements.receipt_message("a-1", receipt)
+    agreements.signing.verify(office.keys.signing_public, receipt.signature, message, "receipt")
+    (last_by_office,) = office.store.db.execute(
+        "SELECT max(seq) FROM changes WHERE device_id = ?", [office.keys.office_id]
+    ).fetchone()
+    assert receipt.seq == last_by_office
+
+
+def kept(office):
+    """What a refused change must not touch: records, the change log, who sees what."""
+    return [
+        office.store.db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
+        for t in ("records", "changes", "access")
+    ]
+
+
+def refused(office, phone, entry, batch_id):
+    before = kept(office)
+    (result,) = sign(phone, entry, batch_id=batch_id)["results"]
+    assert result["status"] == "rejected"
+    assert kept(office) == before
+    quarantined = {row.change_id: row.reason for row in office.store.quarantined()}
+    assert quarantined[result["change_id"]] == result["reason"]
+    return result["reason"]
+
+
+def test_each_bad_signature_is_refused_with_its_own_code(office):
+    (mediator,) = open_agreement(office)
+    forged = {**attested(mediator, "p-1"), "signature": bytes(64)}
+    assert refused(office, mediator, forged, "b-1") == "signature_invalid"
+    other = attested(mediator, "p-1", content="cd" * 32)
+    assert refused(office, mediator, other, "b-2") == "signature_content_mismatch"
+    stranger = attested(mediator, "p-9")
+    assert refused(office, mediator, stranger, "b-3") == "signer_not_required"
+
+
+def test_a_signature_from_a_device_revoked_before_it_arrived_is_refused(office):
+    (mediator,) = open_agreement(office)
+    entry = attested(mediator, "p-1")
+    other = office.enroll("mediator", name="Li")
+    office.directory.revoke(mediator.device_id, office.wall.ms)
+    # Relayed by another phone: the signature's own device is what counts.
+    reason = refused(office, other, {**entry}, "b-1")
+    assert reason in {"signature_invalid", "not_permitted"}
+
+
+def test_a_signature_stays_valid_when_its_device_is_revoked_later(office):
+    (mediator,) = open_agreement(office)
+    sign(mediator, attested(mediator, "p-1"), batch_id="s-1")
+    office.directory.revoke(mediator.device_id, office.wall.ms)
+    late = office.enroll("mediator", name="Li")
+    supervisor_view = stored_agreement(office)
+    assert [s.signer for s in supervisor_view.signatures] == ["p-1"]
+    del late
+
+
+def test_sealed_terms_refuse_an_edit_from_a_device_that_saw_a_signature(office):
+    (mediator,) = open_agreement(office)
+    sign(mediator, attested(mediator, "p-1"), batch_id="s-1")
+    state = office.store.states([("agreement", "a-1")])[("agreement", "a-1")]
+    edit = mediator.change("agreement", "a-1", {"terms": "No trap after all."}, seen=state.vv)
+    (result,) = decode(mediator.push([edit], batch_id="e-1"))["results"]
+    assert (result["status"], result["reason"]) == ("rejected", "agreement_sealed")
+    assert stored_agreement(office).terms == TERMS["terms"]
+
+
+SIGNATURE_ORDERS = st.permutations(SIGNERS).flatmap(
+    lambda order: st.tuples(st.just(order), st.lists(st.sampled_from(order), max_size=3))
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan=SIGNATURE_ORDERS)
+def test_any_delivery_order_with_duplicates_executes_once(tmp_path_factory, plan):
+    order, again = plan
+    with running_office(tmp_path_factory.mktemp("office")) as office:
+        sun, li = open_agreement(office, mediators=2)
+        captured = {signer: attested(sun, signer) for signer in SIGNERS}
+        # Each signature delivered by either phone, some twice, in any order.
+        for n, signer in enumerate([*order, *again]):
+            sign([sun, li][n % 2], captured[signer], batch_id=f"s-{n}")
+        agreement = stored_agreement(office)
+        by_office = office.store.db.execute(
+            "SELECT raw FROM changes WHERE device_id = ?", [office.keys.office_id]
+        ).fetchall()
+        executions = [
+            raw
+            for (raw,) in by_office
+            if msgspec.msgpack.decode(raw)["set"].get("status") == "executed"
+        ]
+    assert agreement.status == "executed"
+    assert sorted(s.signer for s in agreement.signatures) == SIGNERS
+    assert len(executions) == 1
