@@ -37,6 +37,7 @@ from schemas.records import (
     Receipt,
     Signature,
     Visit,
+    Withdrawal,
 )
 from schemas.state import RecordState, Write
 from schemas.wire import (
@@ -96,5 +97,6 @@ __all__ = [
     "Signature",
     "StatusMachine",
     "Visit",
+    "Withdrawal",
     "Write",
 ]

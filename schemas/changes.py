@@ -85,6 +85,7 @@ class Reason(enum.StrEnum):
     SIGNATURE_INVALID = "signature_invalid"
     CONTENT_MISMATCH = "signature_content_mismatch"
     SIGNER_NOT_REQUIRED = "signer_not_required"
+    WITHDRAWAL_AFTER_EXECUTION = "withdrawal_after_execution"
 
 
 class Candidate(msgspec.Struct, frozen=True, kw_only=True):

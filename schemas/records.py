@@ -68,6 +68,15 @@ class Signature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     device_id: Id | None = None
 
 
+class Withdrawal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A signer taking back their signature before execution (recorded, never erased)."""
+
+    signer: Id
+    withdrawn_at: datetime
+    reason: LongText = ""
+    witness: Id | None = None
+
+
 class Receipt(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The office's countersignature of an executed agreement."""
 
@@ -187,6 +196,7 @@ class Agreement(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     signatures: Annotated[list[Signature], Log(key="signer", repeats=True)] = []
     status: Annotated[AgreementStatus, AGREEMENT_STATUS] = "draft"
     receipt: Annotated[Receipt | None, LWW] = None
+    withdrawals: Annotated[list[Withdrawal], Log(key="signer", repeats=True)] = []
 
 
 RECORD_TYPES: dict[str, type[msgspec.Struct]] = {

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.changes import Append, Change
+from schemas.changes import Append, Change, Reason
 from schemas.records import Agreement, Receipt, Signature
 from schemas.state import RecordState
 from server.keys import OfficeKeys
@@ -25,6 +25,8 @@ from sync.engine import Vet, apply_batch
 from sync.merge import materialize
 from sync.store import RecordKey
 
+FINAL = ("executed", "superseded")
+
 
 def signature_vet(directory: Directory) -> Vet:
     """A `vet` for `apply_batch` that refuses agreement signatures that do not verify."""
@@ -32,6 +34,9 @@ def signature_vet(directory: Directory) -> Vet:
     def vet(change: Change, before: RecordState | None, after: RecordState) -> Any:
         if change.record_type != "agreement":
             return None
+        withdraws = any(isinstance(op, Append) and op.field == "withdrawals" for op in change.ops)
+        if withdraws and before is not None and materialize(before).status in FINAL:
+            return Reason.WITHDRAWAL_AFTER_EXECUTION, "an executed agreement binds its signers"
         entries = [
             op.entry for op in change.ops if isinstance(op, Append) and op.field == "signatures"
         ]

@@ -143,8 +143,13 @@ def receipt_message(agreement_id: str, receipt: Receipt) -> bytes:
 
 
 def is_complete(agreement: Agreement) -> bool:
-    """Whether every required signer has signed."""
-    signed = {s.signer for s in agreement.signatures}
+    """Whether every required signer has signed and not withdrawn.
+
+    A withdrawal is final for this version of the agreement: going on means
+    a new version that supersedes it.
+    """
+    withdrawn = {w.signer for w in agreement.withdrawals}
+    signed = {s.signer for s in agreement.signatures} - withdrawn
     return bool(agreement.required_signers) and signed >= set(agreement.required_signers)
 
 

@@ -31,6 +31,7 @@ from schemas import (
     Restore,
     Signature,
     Visit,
+    Withdrawal,
 )
 from tests.schemas.examples import EXAMPLES
 
@@ -140,6 +141,12 @@ agreements = st.builds(
     signatures=st.lists(signatures, max_size=3),
     status=st.sampled_from(["draft", "collecting", "executed", "superseded", "void"]),
     receipt=st.none() | receipts,
+    withdrawals=st.lists(
+        st.builds(
+            Withdrawal, signer=ids, withdrawn_at=moments, reason=text, witness=st.none() | ids
+        ),
+        max_size=2,
+    ),
 )
 parties = st.builds(
     Party,
@@ -282,6 +289,7 @@ def test_public_surface_is_pinned():
         "Signature",
         "StatusMachine",
         "Visit",
+        "Withdrawal",
         "Write",
     }
     assert all(hasattr(schemas, name) for name in schemas.__all__)

@@ -163,3 +163,34 @@ def test_any_delivery_order_with_duplicates_executes_once(tmp_path_factory, plan
     assert agreement.status == "executed"
     assert sorted(s.signer for s in agreement.signatures) == SIGNERS
     assert len(executions) == 1
+
+
+def withdrawal(phone, signer):
+    moment = agreements.moment(phone.wall.ms).isoformat()
+    entry = {"signer": signer, "withdrawn_at": moment, "reason": "changed their mind"}
+    return Append(field="withdrawals", entry={**entry, "witness": phone.enrollment.user_id})
+
+
+def test_a_withdrawal_before_execution_stops_it_and_is_refused_after(office):
+    sun, li = open_agreement(office, mediators=2)
+    sign(sun, attested(sun, "p-1"), attested(sun, "p-2"), batch_id="s-1")
+    (result,) = decode(
+        sun.push([sun.change("agreement", "a-1", ops=[withdrawal(sun, "p-2")])], batch_id="w-1")
+    )["results"]
+    assert result["status"] == "applied"
+    sign(li, attested(li, "p-3"), batch_id="s-2")
+    agreement = stored_agreement(office)
+    assert agreement.status == "collecting"  # p-2 withdrew: not every signer stands
+    assert [w.signer for w in agreement.withdrawals] == ["p-2"]
+    assert "p-2" in {s.signer for s in agreement.signatures}  # recorded, not erased
+
+
+def test_a_withdrawal_after_execution_is_refused(office):
+    (sun,) = open_agreement(office)
+    sign(sun, *(attested(sun, s) for s in SIGNERS), batch_id="s-1")
+    assert stored_agreement(office).status == "executed"
+    before = kept(office)
+    late = sun.change("agreement", "a-1", ops=[withdrawal(sun, "p-1")])
+    (result,) = decode(sun.push([late], batch_id="w-1"))["results"]
+    assert (result["status"], result["reason"]) == ("rejected", "withdrawal_after_execution")
+    assert kept(office) == before
