@@ -1,0 +1,996 @@
+"""HTTP sync benchmark: a real `lianxin serve` process, driven over 127.0.0.1.
+
+    uv run python -m bench.http_sync              # 50,000 changes, a few minutes
+    uv run python -m bench.http_sync --quick      # 5,000 changes, under a minute
+    uv run python -m bench.http_sync --record     # also append the table to docs/BENCHMARKS.md
+
+The script sets up an office in a temporary folder through the real command
+line (`init`, `user add`, `code`), starts `lianxin serve` on a free port, and
+stops it at the end, also on error. Devices enrol over HTTP; every sync
+request carries its request signature (PROTOCOL.md section 10) and every
+push its batch signature (section 11). Requests are built by hand from the
+protocol with httpx and `sync.signing`, so client-side cost stays small:
+what a phone prepares ahead (the change bytes, the batch body and its batch
+signature) is built before the clock starts; signing the request, the HTTP
+exchange and decoding the answer are timed.
+
+Measured, against DESIGN.md's "Numbers to reach":
+
+1. push: changes/s in batches of 500 from four mediators' devices: cases
+   created with their fields, location, parties and mediator, then edited
+   (fields, status moves, tags, notes), sent one request after another;
+2. pull: items/s for a supervisor device who sees every case, pulling the
+   whole log from no cursor in pages of 1,000 and of 5,000; and for a
+   supervisor added after the cases exist (every case enters their view at
+   one sequence, with its whole history);
+3. no-change sync: a signed pull with an up-to-date cursor, and a full
+   `sync.client.DeviceClient.sync()` with an empty outbox (median and p99);
+4. incremental pull: another supervisor's laptop pushes edits to 1,000
+   cases; the time of the first supervisor's pull of them;
+5. one-field edit: the bytes of a push of one change that sets one field,
+   serialised as httpx sends it (by h11) and answered over a raw socket.
+
+Baselines, measured in the same run: for push, `sync.engine.apply_batch` of
+the same changes into a fresh `SqliteStore` in this process; for pull, the
+server's own page query (`server.storage.pull.read_page`) on the server's file in
+this process; for round trips, an unsigned `GET /v1/office`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gc
+import os
+import platform
+import random
+import secrets
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import h11
+import httpx
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from schemas.changes import Add, Append, Change, Op
+from schemas.records import CASE_STATUS
+from schemas.wire import (
+    Enrollment,
+    EnrollRequest,
+    PullPage,
+    PullRequest,
+    PushRequest,
+    PushResponse,
+)
+from server.storage.pull import read_page
+from server.storage.sqlite import SqliteStore
+from sync import signing
+from sync.client import DeviceClient
+from sync.clock import Clock
+from sync.engine import apply_batch
+
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS_MD = ROOT / "docs" / "BENCHMARKS.md"
+HEADING = "## HTTP sync (bench/http_sync.py)"
+THEIR_RECORDED_RUNS = "## Recorded runs"  # bench/apply_changes.py appends to the file's end
+
+MSGPACK = "application/msgpack"
+PUSH, PULL, OFFICE = "/v1/sync/push", "/v1/sync/pull", "/v1/office"
+BATCH = 500
+CITY = "Hangzhou"
+DISTRICTS = ["Xihu", "Shangcheng", "Gongshu", "Binjiang"]  # one mediator each
+CATEGORIES = ["neighbour", "property", "labour", "family", "land", "tenancy", "consumer"]
+WORDS = (  # noqa: SIM905 - a list literal would be one word a line
+    "漏水 噪音 邻里 停车 物业 拆迁 工资 装修 宠物 排水 围墙 占道 租金 合同 赡养 宅基地"
+    " 楼上 楼下 业主 租户 施工 维修 协商 调解 现场 走访 双方 同意 补偿 赔偿 期限 复查"
+).split()
+TAGS = ["urgent-followup", "elderly", "repeat", "media", "legal-aid", "interpreter", "night"]
+PRIORITIES = ["low", "normal", "high", "urgent"]
+CREATE_SHARE = 0.2  # a fifth of the pushed changes create cases, the rest edit them
+
+# DESIGN.md, "Numbers to reach".
+PUSH_TARGET = 25_000  # changes/s
+PULL_TARGET = 40_000  # records/s
+NO_CHANGE_TARGET_MS = 2.0
+INCREMENTAL_TARGET_MS = 20.0
+ONE_FIELD_TARGET_BYTES = 300
+
+_encode = msgspec.msgpack.Encoder().encode
+
+
+class Mode(NamedTuple):
+    changes: int
+    pull_repeats: int
+    rounds: int  # no-change round trips
+    increments: int  # incremental pull rounds
+
+
+FULL = Mode(changes=50_000, pull_repeats=3, rounds=500, increments=15)
+QUICK = Mode(changes=5_000, pull_repeats=1, rounds=100, increments=3)
+
+
+# -- the office: a real server process set up through the real command line -------------
+
+
+def lianxin(data: Path, *args: str) -> str:
+    """Run the `lianxin` command line against `data`; its output, stripped."""
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "--data", str(data), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"lianxin {' '.join(args)} failed: {done.stdout}{done.stderr}")
+    return done.stdout.strip()
+
+
+def add_user(data: Path, name: str, role: str, org_unit: str) -> str:
+    return lianxin(data, "user", "add", name, "--role", role, "--org-unit", org_unit)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def serving(data: Path) -> Iterator[str]:
+    """`lianxin serve` on a free port of 127.0.0.1; yields its URL, stops it on the way out."""
+    port = free_port()
+    log_path = data / "server.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "--data", str(data), "serve", "--port", str(port)],
+            stdout=log,
+            stderr=log,
+            cwd=ROOT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited at start:\n{log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(url + OFFICE, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not start within 30 s")
+            time.sleep(0.1)
+        yield url
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+# -- devices that speak the protocol by hand -----------------------------------------------
+
+
+@dataclass
+class Phone:
+    """An enrolled device that signs its requests exactly as PROTOCOL.md says."""
+
+    http: httpx.Client
+    key: Ed25519PrivateKey
+    enrollment: Enrollment
+
+    @property
+    def device_id(self) -> str:
+        return self.enrollment.device_id
+
+    @property
+    def user_id(self) -> str:
+        return self.enrollment.user_id
+
+    def request(self, path: str, body: bytes) -> httpx.Request:
+        """A signed POST of `body` to `path`, stamped now."""
+        timestamp = int(time.time())
+        nonce = secrets.token_urlsafe(24)
+        message = signing.request_message("POST", path, timestamp, nonce, self.device_id, body)
+        headers = {
+            "Content-Type": MSGPACK,
+            "Lianxin-Device": self.device_id,
+            "Lianxin-Timestamp": str(timestamp),
+            "Lianxin-Nonce": nonce,
+            "Lianxin-Signature": base64.b64encode(self.key.sign(message)).decode(),
+        }
+        return self.http.build_request("POST", path, content=body, headers=headers)
+
+    def post(self, path: str, body: bytes, answer: type[T]) -> T:
+        response = self.http.send(self.request(path, body))
+        if response.status_code != 200:
+            raise RuntimeError(f"{path}: HTTP {response.status_code} {response.content[:300]!r}")
+        return msgspec.msgpack.decode(response.content, type=answer)
+
+    def pull(self, cursor: str | None, limit: int) -> PullPage:
+        return self.post(PULL, _encode(PullRequest(cursor=cursor, limit=limit)), PullPage)
+
+    def batch(self, changes: Sequence[Change]) -> bytes:
+        """The body of a push of `changes`, with its batch signature."""
+        raws = [_encode(change) for change in changes]
+        batch_id = uuid.uuid4().hex
+        manifest = signing.batch_message(self.device_id, batch_id, raws)
+        request = PushRequest(batch_id=batch_id, changes=raws, signature=self.key.sign(manifest))
+        return _encode(request)
+
+
+def enroll(http: httpx.Client, code: str, label: str) -> Phone:
+    key = Ed25519PrivateKey.generate()
+    signing_key = key.public_key().public_bytes_raw()
+    kem_key = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    proof = key.sign(signing.enroll_message(code, signing_key, kem_key))
+    request = EnrollRequest(
+        code=code, signing_key=signing_key, kem_key=kem_key, label=label, proof=proof
+    )
+    response = http.post("/v1/enroll", content=_encode(request), headers={"Content-Type": MSGPACK})
+    if response.status_code != 200:
+        raise RuntimeError(f"enrolment failed: HTTP {response.status_code} {response.content!r}")
+    return Phone(http, key, msgspec.msgpack.decode(response.content, type=Enrollment))
+
+
+# -- the workload --------------------------------------------------------------------------
+
+
+@dataclass
+class CaseBook:
+    """One mediator's phone making changes to its own cases, as the phone would."""
+
+    phone: Phone
+    district: str
+    rng: random.Random
+    clock: Clock = field(default_factory=Clock)
+    cases: list[str] = field(default_factory=list)
+    status: dict[str, str] = field(default_factory=dict)
+    last_stamp: dict[str, int] = field(default_factory=dict)
+    notes: Counter[str] = field(default_factory=Counter)
+
+    def _text(self, low: int, high: int) -> str:
+        return "".join(self.rng.choices(WORDS, k=self.rng.randint(low, high)))
+
+    def change(self, record_id: str, set: dict[str, Any], ops: Sequence[Op] = ()) -> Change:
+        """A change to one of this phone's cases, stamped by its clock; it has seen the rest."""
+        stamp = self.clock.now()
+        self.last_stamp[record_id] = stamp
+        return Change(
+            change_id=uuid.uuid4().hex,
+            record_type="case",
+            record_id=record_id,
+            device_id=self.phone.device_id,
+            hlc=stamp,
+            set=set,
+            ops=list(ops),
+        )
+
+    def create(self) -> Change:
+        record_id = f"case-{self.district.lower()}-{len(self.cases):06d}"
+        self.cases.append(record_id)
+        self.status[record_id] = "new"
+        fields = {
+            "category": self.rng.choice(CATEGORIES),
+            "title": self._text(3, 8),
+            "summary": self._text(20, 80),
+            "location": {
+                "city": CITY,
+                "district": self.district,
+                "street": f"street-{self.rng.randrange(40)}",
+                "community": f"community-{self.rng.randrange(300)}",
+                "address": f"{self.rng.randrange(1, 300)} {self._text(1, 2)} Road",
+            },
+            "priority": self.rng.choice(PRIORITIES),
+            "households": self.rng.randint(1, 12),
+            "status": "new",
+        }
+        ops: list[Op] = [Add(field="mediators", value=self.phone.user_id)]
+        ops += [
+            Add(field="parties", value=f"party-{self.rng.getrandbits(40):010x}")
+            for _ in range(self.rng.randint(1, 3))
+        ]
+        return self.change(record_id, fields, ops)
+
+    def edit(self) -> Change:
+        record_id = self.rng.choice(self.cases)
+        roll = self.rng.random()
+        if roll < 0.15:
+            moves = sorted(CASE_STATUS.transitions[self.status[record_id]])
+            if moves:
+                # Mostly forward: a case rarely ends as referred or withdrawn.
+                step = next((m for m in moves if m not in ("referred", "withdrawn")), moves[0])
+                self.status[record_id] = step
+                return self.change(record_id, {"status": step})
+        if roll < 0.30:
+            return self.change(record_id, {}, [Add(field="tags", value=self.rng.choice(TAGS))])
+        if roll < 0.55:
+            self.notes[record_id] += 1
+            entry = {
+                "entry_id": f"{record_id}.n{self.notes[record_id]}",
+                "at": datetime.now(UTC).isoformat(),
+                "by": self.phone.user_id,
+                "text": self._text(10, 60),
+            }
+            return self.change(record_id, {}, [Append(field="notes", entry=entry)])
+        name, value = self.rng.choice(
+            [
+                ("title", self._text(3, 8)),
+                ("summary", self._text(20, 80)),
+                ("priority", self.rng.choice(PRIORITIES)),
+                ("households", self.rng.randint(1, 60)),
+            ]
+        )
+        return self.change(record_id, {name: value})
+
+
+class PushBatch(NamedTuple):
+    phone: Phone
+    changes: list[Change]
+    body: bytes
+
+
+def build_push_batches(books: list[CaseBook], total: int) -> list[PushBatch]:
+    """Creations first, then edits; each device's batches in order, devices taking turns."""
+    per_device = total // len(books)
+    creations = int(per_device * CREATE_SHARE)
+    plan: list[list[list[Change]]] = []  # per device, its batches
+    for book in books:
+        made = [book.create() for _ in range(creations)]
+        made += [book.edit() for _ in range(per_device - creations)]
+        plan.append([made[start : start + BATCH] for start in range(0, len(made), BATCH)])
+    batches = []
+    for turn in range(max(len(device_batches) for device_batches in plan)):
+        for book, device_batches in zip(books, plan, strict=True):
+            if turn < len(device_batches):
+                changes = device_batches[turn]
+                batches.append(PushBatch(book.phone, changes, book.phone.batch(changes)))
+    return batches
+
+
+def supervisor_edits(
+    phone: Phone, clock: Clock, books: list[CaseBook], count: int, rng: random.Random
+) -> list[Change]:
+    """A supervisor triaging `count` distinct cases: a priority and a due date each.
+
+    Each change has seen the mediator's latest change to the case (the laptop
+    had pulled it), so nothing is concurrent and nothing conflicts.
+    """
+    cases = [(book, record_id) for book in books for record_id in book.cases]
+    changes = []
+    for book, record_id in rng.sample(cases, count):
+        due = date(2025, 1, 1) + timedelta(days=rng.randrange(365))
+        changes.append(
+            Change(
+                change_id=uuid.uuid4().hex,
+                record_type="case",
+                record_id=record_id,
+                device_id=phone.device_id,
+                hlc=clock.now(),
+                seen={book.phone.device_id: book.last_stamp[record_id]},
+                set={"priority": rng.choice(PRIORITIES), "due": due.isoformat()},
+            )
+        )
+    return changes
+
+
+# -- measuring -----------------------------------------------------------------------------
+
+
+class Latency(NamedTuple):
+    median_ms: float
+    p99_ms: float
+
+
+NOT_MEASURED = Latency(0.0, 0.0)
+
+
+def latency(samples: list[float]) -> Latency:
+    ms = sorted(s * 1000 for s in samples)
+    p99 = ms[min(len(ms) - 1, max(0, round(0.99 * len(ms)) - 1))]
+    return Latency(statistics.median(ms), p99)
+
+
+def timed(action: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+class TimedTransport(httpx.BaseTransport):
+    """httpx's own transport, adding up the seconds spent in HTTP exchanges."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.seconds = 0.0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        start = time.perf_counter()
+        response = self.inner.handle_request(request)
+        response.read()
+        self.seconds += time.perf_counter() - start
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def push_over_http(batches: list[PushBatch]) -> tuple[float, Counter[str]]:
+    statuses: Counter[str] = Counter()
+    start = time.perf_counter()
+    for phone, _, body in batches:
+        answer = phone.post(PUSH, body, PushResponse)
+        statuses.update(result.status for result in answer.results)
+    return time.perf_counter() - start, statuses
+
+
+def push_in_process(batches: list[PushBatch], path: Path) -> tuple[float, Counter[str]]:
+    """The same batches through `apply_batch` into a fresh store: the engine, no HTTP."""
+    # The exact bytes a server decodes, built before the clock starts.
+    work = [(changes, [_encode(change) for change in changes]) for _, changes, _ in batches]
+    store = SqliteStore(path)
+    clock = Clock()
+    statuses: Counter[str] = Counter()
+    start = time.perf_counter()
+    for changes, raws in work:
+        statuses.update(result.status for result in apply_batch(store, changes, clock, raws))
+    seconds = time.perf_counter() - start
+    store.close()
+    return seconds, statuses
+
+
+def pull_everything(phone: Phone, limit: int) -> tuple[float, int, str]:
+    """Seconds, items and the final cursor of a whole pull from no cursor."""
+    cursor: str | None = None
+    items = 0
+    start = time.perf_counter()
+    while True:
+        page = phone.pull(cursor, limit)
+        items += len(page.items)
+        cursor = page.cursor
+        if not page.has_more:
+            return time.perf_counter() - start, items, cursor
+
+
+def read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+
+
+def pull_sql(conn: sqlite3.Connection, user_id: str, limit: int, position: int = 0) -> int:
+    """The server's page query from `position` until no more: items read (no HTTP)."""
+    seq, items = position, 0
+    while True:
+        conn.execute("BEGIN")
+        last = conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+        page = read_page(conn, user_id, position, seq, limit, last)
+        conn.execute("COMMIT")
+        items += len(page.rows) + len(page.evictions)
+        position, seq = page.end, page.end_seq
+        if not page.has_more:
+            return items
+
+
+def cursor_position(cursor: str) -> int:
+    """Where a cursor stands (`v1.<position>.<seq>.<mac>`); for the SQL baseline only."""
+    return int(cursor.split(".")[1])
+
+
+class WireBytes(NamedTuple):
+    change: int
+    body: int
+    signature_headers: int
+    request: int
+    response: int
+    response_body: int
+    status: int
+
+
+def one_field_edit(phone: Phone, book: CaseBook, url: str) -> WireBytes:
+    """Push one change setting one field, as the exact bytes httpx would send, over a socket."""
+    change = book.change(book.cases[0], {"households": 7})
+    body = phone.batch([change])
+    request = phone.request(PUSH, body)
+    headers = list(request.headers.raw)
+    signature_headers = sum(
+        len(name) + 2 + len(value) + 2
+        for name, value in headers
+        if name.lower().startswith(b"lianxin-")
+    )
+    client = h11.Connection(h11.CLIENT)
+    wire = client.send(h11.Request(method="POST", target=request.url.raw_path, headers=headers))
+    wire = (wire or b"") + (client.send(h11.Data(data=body)) or b"")
+    wire += client.send(h11.EndOfMessage()) or b""
+    host, port = url.removeprefix("http://").split(":")
+    received = 0
+    response_body = b""
+    status = 0
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(wire)
+        while True:
+            event = client.next_event()
+            if event is h11.NEED_DATA:
+                data = sock.recv(65536)
+                received += len(data)
+                client.receive_data(data)
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                response_body += bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                break
+    answer = msgspec.msgpack.decode(response_body, type=PushResponse)
+    if status != 200 or answer.results[0].status != "applied":
+        raise RuntimeError(f"the one-field edit was not applied: {status} {answer}")
+    return WireBytes(
+        change=len(_encode(change)),
+        body=len(body),
+        signature_headers=signature_headers,
+        request=len(wire),
+        response=received,
+        response_body=len(response_body),
+        status=status,
+    )
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    changes: int = 0
+    cases: int = 0
+    push_rate: float = 0.0
+    push_engine_rate: float = 0.0
+    pull_rates: dict[int, float] = field(default_factory=dict)
+    pull_sql_rates: dict[int, float] = field(default_factory=dict)
+    late_pull_rate: float = 0.0
+    late_pull_sql_rate: float = 0.0
+    no_change_pull: Latency = NOT_MEASURED
+    no_change_sync: Latency = NOT_MEASURED
+    no_change_sync_local: Latency = NOT_MEASURED
+    office: Latency = NOT_MEASURED
+    client_initial_rate: float = 0.0
+    incremental: Latency = NOT_MEASURED
+    incremental_sql: Latency = NOT_MEASURED
+    wire: WireBytes | None = None
+    statuses: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+
+def run(mode: Mode, seed: int, say: Callable[[str], None]) -> Results:
+    results = Results()
+    started = time.perf_counter()
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory(prefix="lianxin-http-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        data = tmp / "office"
+        say(f"setting up an office in {data} through the command line")
+        lianxin(data, "init", "--admin", "Admin", "--org-unit", CITY)
+        supervisor = add_user(data, "Supervisor", "supervisor", CITY)
+        triage = add_user(data, "Triage", "supervisor", CITY)
+        mediators = [add_user(data, f"Mediator {d}", "mediator", f"{CITY}/{d}") for d in DISTRICTS]
+        codes = {
+            name: lianxin(data, "code", user)
+            for name, user in [
+                ("supervisor", supervisor),
+                ("supervisor-client", supervisor),
+                ("triage", triage),
+                *((f"mediator-{d}", m) for d, m in zip(DISTRICTS, mediators, strict=True)),
+            ]
+        }
+        with serving(data) as url, httpx.Client(base_url=url, timeout=120) as http:
+            say(f"serving on {url}")
+            phones = {
+                name: enroll(http, code, name)
+                for name, code in codes.items()
+                if name != "supervisor-client"
+            }
+            books = [
+                CaseBook(phones[f"mediator-{d}"], d, random.Random(rng.getrandbits(64)))
+                for d in DISTRICTS
+            ]
+            say(f"building {mode.changes:,} changes and their signed batches (untimed)")
+            batches = build_push_batches(books, mode.changes)
+            results.changes = sum(len(b.changes) for b in batches)
+            results.cases = sum(len(book.cases) for book in books)
+            gc.collect()
+            gc.freeze()  # keep the collector from walking the prepared workload
+
+            # 1. push
+            seconds, statuses = push_over_http(batches)
+            results.statuses = statuses
+            if set(statuses) - {"applied"}:
+                raise RuntimeError(f"unexpected push answers: {dict(statuses)}")
+            results.push_rate = results.changes / seconds
+            say(f"push: {results.changes:,} changes in {seconds:.2f} s over HTTP")
+            seconds, engine_statuses = push_in_process(batches, tmp / "engine.db")
+            if engine_statuses != statuses:
+                raise RuntimeError(f"in-process answers differ: {dict(engine_statuses)}")
+            results.push_engine_rate = results.changes / seconds
+            say(f"push baseline: apply_batch in-process in {seconds:.2f} s")
+
+            # 2. pull everything, as the supervisor
+            reader = phones["supervisor"]
+            store_path = data / "lianxin.db"
+            conn = read_only(store_path)
+            cursor = ""
+            for limit in (1000, 5000):
+                runs = [pull_everything(reader, limit) for _ in range(mode.pull_repeats)]
+                seconds = statistics.median(r[0] for r in runs)
+                items, cursor = runs[-1][1], runs[-1][2]
+                if items != results.changes:
+                    raise RuntimeError(f"pulled {items} items of {results.changes}")
+                results.pull_rates[limit] = items / seconds
+                sql_seconds = statistics.median(
+                    timed(lambda limit=limit: pull_sql(conn, reader.user_id, limit))
+                    for _ in range(mode.pull_repeats)
+                )
+                results.pull_sql_rates[limit] = items / sql_seconds
+                say(f"pull, pages of {limit:,}: {items:,} items in {seconds:.2f} s")
+            # A supervisor added after the cases exist: every case enters their view at one
+            # sequence, bringing its whole history there (PROTOCOL.md section 12).
+            late_user = add_user(data, "Late supervisor", "supervisor", CITY)
+            late = enroll(http, lianxin(data, "code", late_user), "late supervisor")
+            seconds, items, _ = pull_everything(late, 5000)
+            if items != results.changes:
+                raise RuntimeError(f"the late supervisor pulled {items} items of {results.changes}")
+            results.late_pull_rate = items / seconds
+            results.late_pull_sql_rate = items / timed(lambda: pull_sql(conn, late.user_id, 5000))
+            say(f"pull by a supervisor added later, pages of 5,000: {seconds:.2f} s")
+
+            # 3. no-change round trips: the signed pull and GET /v1/office, interleaved
+            pulls, offices = [], []
+            body = _encode(PullRequest(cursor=cursor, limit=1000))
+            for _ in range(mode.rounds):
+                offices.append(timed(lambda: http.get(OFFICE).raise_for_status()))
+                start = time.perf_counter()
+                page = reader.post(PULL, body, PullPage)
+                pulls.append(time.perf_counter() - start)
+                if page.items or page.has_more:
+                    raise RuntimeError("a no-change pull brought changes")
+            results.no_change_pull = latency(pulls)
+            results.office = latency(offices)
+            say(f"no-change pull: {mode.rounds} rounds")
+
+            transport = TimedTransport()
+            with (
+                httpx.Client(base_url=url, timeout=120, transport=transport) as client_http,
+                DeviceClient(tmp / "supervisor-laptop.db", client_http) as laptop,
+            ):
+                laptop.enroll(codes["supervisor-client"], label="supervisor laptop")
+                seconds = timed(laptop.pull)
+                results.client_initial_rate = results.changes / seconds
+                say(f"reference client's first pull: {results.changes:,} changes, {seconds:.1f} s")
+                syncs, local = [], []
+                for _ in range(mode.rounds):
+                    transport.seconds = 0.0
+                    syncs.append(timed(laptop.sync))
+                    local.append(syncs[-1] - transport.seconds)
+                results.no_change_sync = latency(syncs)
+                results.no_change_sync_local = latency(local)
+                say(f"no-change DeviceClient.sync(): {mode.rounds} rounds")
+
+            # 5. one-field edit on the wire (before the supervisor edits the cases too)
+            results.wire = one_field_edit(books[0].phone, books[0], url)
+
+            # 4. incremental pulls of 1,000 changed cases
+            writer, clock = phones["triage"], Clock()
+            _, _, cursor = pull_everything(reader, 1000)  # past the one-field edit
+            increments, increments_sql = [], []
+            for _ in range(mode.increments):
+                changes = supervisor_edits(writer, clock, books, 1000, rng)
+                for first in range(0, len(changes), BATCH):
+                    body = writer.batch(changes[first : first + BATCH])
+                    answer = writer.post(PUSH, body, PushResponse)
+                    if {r.status for r in answer.results} != {"applied"}:
+                        raise RuntimeError("a supervisor edit was not applied")
+                position = cursor_position(cursor)
+                start = time.perf_counter()
+                page = reader.pull(cursor, 1000)
+                increments.append(time.perf_counter() - start)
+                if len(page.items) != 1000 or page.has_more:
+                    raise RuntimeError(f"incremental pull gave {len(page.items)} items")
+                cursor = page.cursor
+                increments_sql.append(
+                    timed(lambda p=position: pull_sql(conn, reader.user_id, 1000, p))
+                )
+            results.incremental = latency(increments)
+            results.incremental_sql = latency(increments_sql)
+            say(f"incremental pulls: {mode.increments} rounds of 1,000 changed cases")
+            conn.close()
+            gc.unfreeze()
+    results.seconds = time.perf_counter() - started
+    return results
+
+
+# -- reporting -----------------------------------------------------------------------------
+
+
+class Row(NamedTuple):
+    metric: str
+    value: str
+    target: str
+    met: str
+    baseline: str
+    ratio: str
+
+
+def _met(ok: bool | None) -> str:
+    return "" if ok is None else ("met" if ok else "missed")
+
+
+def rows(r: Results) -> list[Row]:
+    table = [
+        Row(
+            f"push, batches of {BATCH} (changes/s)",
+            f"{r.push_rate:,.0f}",
+            f"≥ {PUSH_TARGET:,}",
+            _met(r.push_rate >= PUSH_TARGET),
+            f"apply_batch in-process {r.push_engine_rate:,.0f}",
+            f"{r.push_rate / r.push_engine_rate:.0%}",
+        )
+    ]
+    for limit, rate in r.pull_rates.items():
+        sql = r.pull_sql_rates[limit]
+        table.append(
+            Row(
+                f"pull everything, pages of {limit:,} (items/s)",
+                f"{rate:,.0f}",
+                f"≥ {PULL_TARGET:,}",
+                _met(rate >= PULL_TARGET),
+                f"page SQL in-process {sql:,.0f}",
+                f"{rate / sql:.0%}",
+            )
+        )
+    table.append(
+        Row(
+            "pull everything, supervisor added later, pages of 5,000 (items/s)",
+            f"{r.late_pull_rate:,.0f}",
+            f"≥ {PULL_TARGET:,}",
+            _met(r.late_pull_rate >= PULL_TARGET),
+            f"page SQL in-process {r.late_pull_sql_rate:,.0f}",
+            f"{r.late_pull_rate / r.late_pull_sql_rate:.0%}",
+        )
+    )
+    office = r.office
+    for name, lat in [
+        ("no-change signed pull", r.no_change_pull),
+        ("no-change DeviceClient.sync()", r.no_change_sync),
+    ]:
+        table.append(
+            Row(
+                f"{name}, median (ms)",
+                f"{lat.median_ms:.2f}",
+                f"≤ {NO_CHANGE_TARGET_MS:g}",
+                _met(lat.median_ms <= NO_CHANGE_TARGET_MS),
+                f"GET /v1/office {office.median_ms:.2f}",
+                f"{lat.median_ms / office.median_ms:.1f}×",
+            )
+        )
+        table.append(
+            Row(
+                f"{name}, p99 (ms)",
+                f"{lat.p99_ms:.2f}",
+                "",
+                "",
+                f"GET /v1/office {office.p99_ms:.2f}",
+                f"{lat.p99_ms / office.p99_ms:.1f}×",
+            )
+        )
+    table.append(
+        Row(
+            "no-change DeviceClient.sync(), outside HTTP, median (ms)",
+            f"{r.no_change_sync_local.median_ms:.2f}",
+            "",
+            "",
+            "the device's own file: reads, commits (synchronous = FULL)",
+            "",
+        )
+    )
+    inc, sql = r.incremental, r.incremental_sql
+    table.append(
+        Row(
+            "1,000-record incremental pull, median (ms)",
+            f"{inc.median_ms:.1f}",
+            f"≤ {INCREMENTAL_TARGET_MS:g}",
+            _met(inc.median_ms <= INCREMENTAL_TARGET_MS),
+            f"page SQL in-process {sql.median_ms:.1f}",
+            f"{inc.median_ms / sql.median_ms:.1f}×",
+        )
+    )
+    table.append(
+        Row(
+            "1,000-record incremental pull, worst (ms)",
+            f"{inc.p99_ms:.1f}",
+            "",
+            "",
+            f"page SQL in-process {sql.p99_ms:.1f}",
+            "",
+        )
+    )
+    w = r.wire
+    if w is not None:
+        edit = w.body + w.signature_headers
+        table += [
+            Row(
+                "one-field edit: body + signature headers (bytes)",
+                f"{edit}",
+                f"≤ {ONE_FIELD_TARGET_BYTES}",
+                _met(edit <= ONE_FIELD_TARGET_BYTES),
+                f"change {w.change}, body {w.body}, signature headers {w.signature_headers}",
+                "",
+            ),
+            Row("one-field edit: whole HTTP request (bytes)", f"{w.request}", "", "", "", ""),
+            Row(
+                "one-field edit: whole HTTP response (bytes)",
+                f"{w.response}",
+                "",
+                "",
+                f"body {w.response_body}",
+                "",
+            ),
+        ]
+    table.append(
+        Row(
+            "reference client's first pull (changes/s)",
+            f"{r.client_initial_rate:,.0f}",
+            "",
+            "",
+            "DeviceClient.pull(), merging each change locally",
+            "",
+        )
+    )
+    return table
+
+
+def markdown(table: list[Row]) -> str:
+    lines = [
+        "| metric | value | target | met | baseline (same run) | ratio |",
+        "|---|---:|---:|---|---|---:|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in table]
+    return "\n".join(lines) + "\n"
+
+
+def plain(table: list[Row]) -> str:
+    header = Row("metric", "value", "target", "met", "baseline (same run)", "ratio")
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
+    right = {1, 2, 5}
+
+    def line(row: Row) -> str:
+        cells = [
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([line(header), *(line(row) for row in table)])
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{len(os.sched_getaffinity(0))} × {model}, Python {platform.python_version()},"
+        f" SQLite {sqlite3.sqlite_version}"
+    )
+
+
+SECTION_INTRO = f"""{HEADING}
+
+A real `lianxin serve` process on 127.0.0.1, set up through the command line
+in a temporary folder, driven by a Python client on the same machine with
+request and batch signatures on (no HPKE sealing yet: it has not landed).
+Four mediators' phones push cases (created with their fields, then edited)
+in batches of 500; a supervisor who sees every case pulls the whole log, and
+so does one added after the cases exist (who gets every case's history at
+one position); no-change round trips are a signed pull with an up-to-date cursor and a full
+`DeviceClient.sync()` with an empty outbox; the incremental pull is a
+supervisor's pull of 1,000 cases another device has just edited; the
+one-field edit is a push of one change that sets one field, counted as h11
+writes it. Baselines come from the same run: `apply_batch` in-process (push),
+the server's page SQL in-process (pull), an unsigned `GET /v1/office` (round
+trips). See the docstring of `bench/http_sync.py`.
+"""
+
+
+def record(table: list[Row], command: str, note: str, path: Path = BENCHMARKS_MD) -> None:
+    """Add a dated table at the end of this benchmark's section, creating the section.
+
+    The section goes before bench/apply_changes.py's "Recorded runs" table,
+    which must stay at the end of the file (that script appends to the end).
+    """
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    title = f"### {when}" + (f" — {note}" if note else "")
+    block = f"{title}\n\nMachine: {machine()}.\n\n    {command}\n\n{markdown(table)}"
+    if HEADING not in text:
+        at = text.find("\n" + THEIR_RECORDED_RUNS + "\n")
+        section = SECTION_INTRO + "\n" + block
+        if at < 0:
+            text = text.rstrip("\n") + "\n\n" + section
+        else:
+            text = text[: at + 1] + section + "\n" + text[at + 1 :]
+    else:
+        start = text.index(HEADING) + len(HEADING)
+        end = text.find("\n## ", start)
+        if end < 0:
+            text = text.rstrip("\n") + "\n\n" + block
+        else:
+            text = text[:end].rstrip("\n") + "\n\n" + block + text[end:]
+    path.write_text(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.http_sync", description=(__doc__ or "").split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="a short run (5,000 changes)")
+    parser.add_argument("--changes", type=int, help="how many changes to push (50,000)")
+    parser.add_argument("--seed", type=int, default=7, help="workload seed (7)")
+    parser.add_argument(
+        "--record", action="store_true", help=f"append the table to docs/{BENCHMARKS_MD.name}"
+    )
+    parser.add_argument("--note", default="", help="a remark to record with the table")
+    args = parser.parse_args(argv)
+    mode = QUICK if args.quick else FULL
+    if args.changes is not None:
+        if args.changes < 4 * BATCH:
+            parser.error(f"--changes must be at least {4 * BATCH}")
+        mode = mode._replace(changes=args.changes)
+
+    # A SIGTERM unwinds like Ctrl-C, so the server process is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    results = run(mode, args.seed, lambda line: print(f"  {line}", flush=True))
+    table = rows(results)
+    print()
+    print(plain(table))
+    print()
+    s = results.statuses
+    print(
+        f"{results.changes:,} changes to {results.cases:,} cases pushed ({s['applied']:,}"
+        f" applied); whole run {results.seconds:.0f} s"
+    )
+    print(f"machine: {machine()}")
+    if args.record:
+        command = "uv run python -m bench.http_sync"
+        command += " --quick" if args.quick else ""
+        command += f" --changes {args.changes}" if args.changes is not None else ""
+        command += f" --seed {args.seed}" if args.seed != 7 else ""
+        command += " --record"
+        record(table, command, args.note)
+        print(f"recorded in {BENCHMARKS_MD}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
