@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Callable
 
 import msgspec
 
-from schemas.changes import Change, ChangeResult, Conflict
-from schemas.state import RecordState
+from schemas.changes import Change
 from schemas.wire import (
     Enrollment,
     EnrollRequest,
@@ -37,48 +35,10 @@ from server.storage.sqlite import SqliteStore
 from sync import signing
 from sync.access import WRITABLE_BY
 from sync.clock import Clock
-from sync.engine import apply_batch
+from sync.engine import apply
 from sync.errors import BadCursor, BatchReused, Forbidden, MalformedRequest, TooLarge
-from sync.store import BatchWrite, LoggedChange, QuarantineRow, RecordKey
 
 _decode_change = msgspec.msgpack.Decoder(Change).decode
-
-
-class _KeepsWrittenStates:
-    """The store as the engine sees it, keeping the record states a batch wrote.
-
-    Access is recomputed from those states right after; keeping them saves
-    reading and decoding every touched record a second time.
-    """
-
-    def __init__(self, store: SqliteStore) -> None:
-        self.store = store
-        self.written: dict[RecordKey, RecordState] = {}
-
-    def transaction(self) -> AbstractContextManager[None]:
-        return self.store.transaction()
-
-    def last_seq(self) -> int:
-        return self.store.last_seq()
-
-    def results(self, change_ids: Iterable[str]) -> dict[str, ChangeResult]:
-        return self.store.results(change_ids)
-
-    def states(self, keys: Iterable[RecordKey]) -> dict[RecordKey, RecordState]:
-        return self.store.states(keys)
-
-    def write(self, batch: BatchWrite) -> None:
-        self.store.write(batch)
-        self.written.update((key, state) for key, (state, _) in batch.records.items())
-
-    def changes_since(self, seq: int, limit: int) -> Iterator[LoggedChange]:
-        return self.store.changes_since(seq, limit)
-
-    def open_conflicts(self) -> list[Conflict]:
-        return self.store.open_conflicts()
-
-    def quarantined(self) -> list[QuarantineRow]:
-        return self.store.quarantined()
 
 
 class SyncService:
@@ -156,21 +116,20 @@ class SyncService:
                     return f"{user.role} {user.user_id} may not write {key[0]} {key[1]}"
                 return None
 
-            engine_store = _KeepsWrittenStates(self.store)
-            results = apply_batch(
-                engine_store, changes, self.clock, request.changes, authorize, self.signatures
+            results, records = apply(
+                self.store, changes, self.clock, request.changes, authorize, self.signatures
             )
-            applied = [
-                (change, result)
-                for change, result in zip(changes, results, strict=True)
-                if result.status in ("applied", "conflict")
-            ]
             self.store.db.conn.executemany(
                 "UPDATE changes SET batch_id = ? WHERE change_id = ?",
-                [(request.batch_id, change.change_id) for change, _ in applied],
+                [
+                    (request.batch_id, result.change_id)
+                    for result in results
+                    if result.status in ("applied", "conflict")
+                ],
             )
-            touched = {(c.record_type, c.record_id): r.seq for c, r in applied if r.seq}
-            update_access(self.store, touched, user.user_id, engine_store.written)
+            touched = {key: seq for key, (_, seq) in records.items()}
+            written = {key: state for key, (state, _) in records.items()}
+            update_access(self.store, touched, user.user_id, written)
             # Agreements the batch completed are executed in the same transaction.
             executed = execute_ready(
                 self.store, self.keys, self.clock, list(touched), self.wall_ms()

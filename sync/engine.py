@@ -10,6 +10,7 @@ device's outbox never jams.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import msgspec
 
@@ -30,6 +31,13 @@ _encode = msgspec.msgpack.Encoder().encode
 Vet = Callable[[Change, RecordState | None, RecordState], tuple[Reason, str] | None]
 
 
+class Applied(NamedTuple):
+    """A batch's answers, and the state and last seq of each record it changed."""
+
+    results: list[ChangeResult]
+    records: dict[RecordKey, tuple[RecordState, int]]
+
+
 def apply_batch(
     store: ChangeStore,
     changes: Sequence[Change],
@@ -38,6 +46,18 @@ def apply_batch(
     authorize: Callable[[Change], str | None] | None = None,
     vet: Vet | None = None,
 ) -> list[ChangeResult]:
+    """Apply `changes` in order as one transaction and answer each one (see `apply`)."""
+    return apply(store, changes, clock, raws, authorize, vet).results
+
+
+def apply(
+    store: ChangeStore,
+    changes: Sequence[Change],
+    clock: Clock,
+    raws: Sequence[bytes] | None = None,
+    authorize: Callable[[Change], str | None] | None = None,
+    vet: Vet | None = None,
+) -> Applied:
     """Apply `changes` in order as one transaction and answer each one.
 
     `raws` are the exact bytes each change arrived as (kept for signatures and
@@ -115,7 +135,7 @@ def apply_batch(
             known[change.change_id] = result
             answers.append(result)
         store.write(batch)
-    return answers
+    return Applied(answers, touched)
 
 
 def _conflict_updates(
