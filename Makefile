@@ -1,7 +1,7 @@
 # Two entry points, each of which sets everything up first (see README.md).
 UV := .tools/bin/uv
 
-.PHONY: demo test setup bench bench-http lint
+.PHONY: demo test setup bench bench-http bench-agreements lint
 
 demo: setup
 	$(UV) run lianxin demo
@@ -14,6 +14,9 @@ test: setup
 
 bench: setup
 	$(UV) run python -m bench.apply_changes
+
+bench-agreements: setup
+	$(UV) run python -m bench.agreements
 
 bench-http: setup
 	$(UV) run python -m bench.http_sync

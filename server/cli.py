@@ -18,8 +18,7 @@ from server.keys import OfficeKeys
 from server.settings import Settings, load_settings
 from server.storage.directory import ROLES, Directory, Role
 from server.storage.sqlite import SqliteStore
-from sync.agreements import Bundle, SigningDevice
-from sync.agreements import verify_bundle as verify_agreement_bundle
+from sync.agreements import Bundle, SigningDevice, export_bundle, verify_file
 from sync.clock import Clock, system_wall_ms
 from sync.engine import apply_batch
 from sync.merge import materialize
@@ -134,7 +133,7 @@ def export_agreement(settings: Settings, agreement_id: str, out: Path) -> int:
         office_id=keys.office_id,
         office_key=keys.signing_public,
     )
-    out.write_bytes(msgspec.json.format(msgspec.json.encode(bundle)))
+    out.write_bytes(export_bundle(bundle))
     print(f"Wrote {out} ({len(agreement.signatures)} signatures, status {agreement.status})")
     return 0
 
@@ -142,15 +141,16 @@ def export_agreement(settings: Settings, agreement_id: str, out: Path) -> int:
 def verify_agreement(path: Path) -> int:
     """Check an exported bundle offline; say exactly what is wrong, if anything."""
     try:
-        bundle = msgspec.json.decode(path.read_bytes(), type=Bundle)
-    except (OSError, msgspec.DecodeError, UnicodeDecodeError) as error:
-        print(f"lianxin: {path} is not an agreement bundle: {error}")
+        data = path.read_bytes()
+    except OSError as error:
+        print(f"lianxin: cannot read {path}: {error}")
         return 1
-    problems = verify_agreement_bundle(bundle)
+    problems = verify_file(data)
     for problem in problems:
         print(f"FAIL {problem}")
     if problems:
         return 1
+    bundle = msgspec.json.decode(data, type=Bundle)
     key = bundle.office_key.hex()
     print(
         f"OK {bundle.agreement_id}: {len(bundle.agreement.signatures)} signatures verified,"

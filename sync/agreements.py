@@ -175,6 +175,24 @@ class Bundle(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     office_key: bytes
 
 
+def export_bundle(bundle: Bundle) -> bytes:
+    """The bundle file's bytes: indented JSON, the one form `verify_file` accepts."""
+    return msgspec.json.format(msgspec.json.encode(bundle))
+
+
+def verify_file(data: bytes) -> list[str]:
+    """Every problem of an exported bundle file, down to a changed byte."""
+    try:
+        bundle = msgspec.json.decode(data, type=Bundle)
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+        return [f"not an agreement bundle: {error}"]
+    problems = verify_bundle(bundle)
+    if export_bundle(bundle) != data:
+        # Same meaning, other bytes (a non-canonical base64 digit, say): still a change.
+        problems.append("the file differs from its canonical form: changed after export")
+    return problems
+
+
 def verify_bundle(bundle: Bundle) -> list[str]:
     """Every problem found in `bundle`; an empty list means it verifies."""
     problems = []

@@ -1,6 +1,8 @@
 """DESIGN scenario 2: 66 households and one restaurant sign one agreement on two phones."""
 
 import random
+import subprocess
+import sys
 from contextlib import ExitStack
 
 import httpx
@@ -126,3 +128,14 @@ def test_scenario_2_one_agreement_with_67_signatures_from_two_offline_phones(ser
     assert lianxin(server.data, "agreement", "verify", str(out)).startswith("OK a-grease-1: 67")
     bundle = msgspec.json.decode(out.read_bytes())
     assert bundle["agreement"]["receipt"]["office_id"] == sun.identity.office.office_id
+    # One changed letter in the terms, and verification says exactly that.
+    tampered = tmp_path / "tampered.json"
+    tampered.write_bytes(out.read_bytes().replace(b"grease trap", b"grease tray"))
+    verdict = subprocess.run(
+        [sys.executable, "-m", "server.cli", "agreement", "verify", str(tampered)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verdict.returncode == 1
+    assert "other content than the agreement's" in verdict.stdout

@@ -131,8 +131,10 @@ def test_sealed_terms_refuse_an_edit_from_a_device_that_saw_a_signature(office):
     sign(mediator, attested(mediator, "p-1"), batch_id="s-1")
     state = office.store.states([("agreement", "a-1")])[("agreement", "a-1")]
     edit = mediator.change("agreement", "a-1", {"terms": "No trap after all."}, seen=state.vv)
+    before = kept(office)
     (result,) = decode(mediator.push([edit], batch_id="e-1"))["results"]
     assert (result["status"], result["reason"]) == ("rejected", "agreement_sealed")
+    assert kept(office) == before
     assert stored_agreement(office).terms == TERMS["terms"]
 
 
