@@ -107,7 +107,11 @@ def create_app(
     clock: Clock | None = None,
     wall_ms: Callable[[], int] = system_wall_ms,
 ) -> Litestar:
-    """Build the app; resources not given are opened from `settings.data_dir`."""
+    """Build the app; resources not given are opened from `settings.data_dir`.
+
+    The app closes on shutdown only the store it opened itself.
+    """
+    opened = store is None
     store = store or SqliteStore(settings.store_path)
     keys = keys or OfficeKeys.load(settings.keys_path)
     clock = clock or Clock(wall_ms, max_drift_ms=settings.max_clock_drift_ms)
@@ -118,5 +122,5 @@ def create_app(
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="Lianxin sync", version="1"),
         state=State({"service": service}),
-        on_shutdown=[store.close] if store is not None else [],
+        on_shutdown=[store.close] if opened else [],
     )

@@ -33,7 +33,7 @@ from server.storage.directory import Device, Directory
 from server.storage.pull import read_page
 from server.storage.sqlite import SqliteStore
 from sync import signing
-from sync.access import WRITABLE_BY
+from sync.access import WRITABLE_BY, changes_visibility
 from sync.clock import Clock
 from sync.engine import apply
 from sync.errors import BadCursor, BatchReused, Forbidden, MalformedRequest, TooLarge
@@ -127,12 +127,16 @@ class SyncService:
                     if result.status in ("applied", "conflict")
                 ],
             )
-            touched = {key: seq for key, (_, seq) in records.items()}
+            # Readers change only for new records or edits to a visibility field.
+            moved = {(c.record_type, c.record_id) for c in changes if changes_visibility(c)}
+            touched = {
+                key: seq for key, (_, seq) in records.items() if key not in present or key in moved
+            }
             written = {key: state for key, (state, _) in records.items()}
             update_access(self.store, touched, user.user_id, written)
             # Agreements the batch completed are executed in the same transaction.
             executed = execute_ready(
-                self.store, self.keys, self.clock, list(touched), self.wall_ms()
+                self.store, self.keys, self.clock, list(records), self.wall_ms()
             )
             update_access(self.store, executed, None)
         return PushResponse(batch_id=request.batch_id, results=results)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from schemas.changes import Change
 from schemas.state import RecordState
 from sync.merge import materialize
 
@@ -27,6 +28,15 @@ WRITABLE_BY = {
     "admin": frozenset(),
 }
 LINK_FIELDS = {"parties": "party", "agreements": "agreement", "warnings": "warning"}
+# The fields that decide who sees a record; a change to none of them keeps its readers.
+VISIBILITY_FIELDS = frozenset({"location", "mediators", *LINK_FIELDS})
+
+
+def changes_visibility(change: Change) -> bool:
+    """Whether `change` may change who sees its record (or those it links)."""
+    return not VISIBILITY_FIELDS.isdisjoint(change.set) or any(
+        getattr(op, "field", None) in VISIBILITY_FIELDS for op in change.ops
+    )
 
 
 class Scope(NamedTuple):
