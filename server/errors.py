@@ -17,6 +17,7 @@ log = logging.getLogger("lianxin")
 STATUS: dict[type[errors.LianxinError], int] = {
     errors.MalformedRequest: 400,
     errors.BadCursor: 400,
+    errors.EnvelopeError: 400,
     errors.AuthenticationError: 401,
     errors.RevokedDevice: 403,
     errors.Forbidden: 403,

@@ -14,6 +14,11 @@
     ├── EnrollmentRefused       enrollment_refused    code unknown, used or expired
     ├── BatchReused             batch_reused          a batch id sent again with other changes
     ├── BadCursor               bad_cursor            a pull cursor that this server never issued
+    ├── EnvelopeError
+    │   ├── BadEnvelope         bad_envelope          a sealed envelope that does not decode
+    │   ├── UnsupportedSuite    unsupported_suite     a suite id not accepted here (no downgrade)
+    │   ├── WrongKey            wrong_key             sealed to a key this office does not hold
+    │   └── Unsealable          unsealable            does not open: changed or not for us
     └── Unavailable             unavailable           storage busy or failing; retry later
 
 The engine and the client raise these; only `server/errors.py` turns them
@@ -82,6 +87,26 @@ class BatchReused(LianxinError):
 
 class BadCursor(LianxinError):
     code = "bad_cursor"
+
+
+class EnvelopeError(LianxinError):
+    code = "envelope"
+
+
+class BadEnvelope(EnvelopeError):
+    code = "bad_envelope"
+
+
+class UnsupportedSuite(EnvelopeError):
+    code = "unsupported_suite"
+
+
+class WrongKey(EnvelopeError):
+    code = "wrong_key"
+
+
+class Unsealable(EnvelopeError):
+    code = "unsealable"
 
 
 class Unavailable(LianxinError):

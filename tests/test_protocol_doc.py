@@ -7,6 +7,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from schemas import (
     RECORD_TYPES,
@@ -25,6 +26,7 @@ from schemas.wire import PullRequest
 from server.errors import status_of
 from sync import agreements, errors, merge, signing
 from sync.clock import pack
+from sync.envelope import SUITES, open_envelope
 from sync.merge import field_specs
 
 DOC = (Path(__file__).parent.parent / "docs" / "PROTOCOL.md").read_text()
@@ -128,7 +130,12 @@ def test_request_signature_vector():
 
 def test_every_error_code_is_documented_with_its_status():
     documented = {(int(row[0]), row[1]) for row in table_after("Every error is answered with")}
-    raised = [k for k in _subclasses(errors.LianxinError) if k is not errors.AuthenticationError]
+    # Envelope errors reach HTTP once sealed sync is wired in (section 14 says so).
+    raised = [
+        k
+        for k in _subclasses(errors.LianxinError)
+        if k is not errors.AuthenticationError and not issubclass(k, errors.EnvelopeError)
+    ]
     codes = {(status_of(kind()), kind.code) for kind in raised}
     from_http_layer = {
         (400, "bad_request"),
@@ -189,3 +196,15 @@ def test_agreement_vectors():
     )
     sealed = office.sign(agreements.receipt_message(aid, receipt))
     assert base64.b64encode(sealed).decode() == v["receipt_signature_b64"]
+
+
+def test_envelope_vector_opens_to_its_plaintext():
+    v = dict(line.split("=", 1) for line in vector("envelope").splitlines())
+    key = X25519PrivateKey.from_private_bytes(bytes.fromhex(v["recipient_key_seed"]))
+    assert key.public_key().public_bytes_raw().hex() == v["recipient_public_key"]
+    header, plaintext = open_envelope(bytes.fromhex(v["envelope_hex"]), {v["key_id"]: key})
+    assert plaintext == v["plaintext"].encode()
+    assert (header.suite, header.key_id, header.purpose) == (1, v["key_id"], "push")
+    # The documented suites are exactly those the code knows.
+    suites_table = DOC.split("| suite | KEM | KDF | AEAD |", 1)[1].split("\n\n", 1)[0]
+    assert {int(n) for n in re.findall(r"^\| (\d+) \|", suites_table, re.M)} == set(SUITES)

@@ -1,0 +1,100 @@
+"""Sealed envelopes: HPKE (RFC 9180) base mode, with the header bound through `info`.
+
+    envelope = seal(plaintext, header, recipient_public_key)
+    plaintext = open_envelope(envelope_bytes, private_keys_by_id, allowed_suites)
+
+An envelope is a MessagePack map `{header, sealed}`: `header` is the exact
+MessagePack bytes of a `Header` (version, suite, key id, device id, batch id,
+purpose) and `sealed` is HPKE's output (encapsulated key, then ciphertext and
+tag). HPKE's `info` is `"lianxin envelope v1\\n" + header`, so a header
+swapped onto another ciphertext, or a suite id changed in transit, fails to
+open. The suite id names the algorithms, so a post-quantum hybrid suite is a
+new id, not a new format (PROTOCOL.md section 14).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Annotated, Literal
+
+import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from schemas.records import Id
+from sync.errors import BadEnvelope, Unsealable, UnsupportedSuite, WrongKey
+
+INFO_PURPOSE = b"lianxin envelope v1\n"
+# Suite ids on the wire. Only suite 1 exists today; a hybrid ML-KEM-768 + X25519
+# suite would be added here with its own id, and offices choose which they accept.
+SUITES = {1: hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)}
+ENCAPSULATED_KEY_BYTES = {1: 32}
+TAG_BYTES = 16
+
+
+class Header(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the envelope says about itself; bound to the ciphertext, never encrypted."""
+
+    version: Literal[1] = 1
+    suite: int
+    key_id: Id
+    device_id: Id
+    batch_id: Id
+    purpose: Literal["push", "pull"]
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    header: Annotated[bytes, msgspec.Meta(max_length=1024)]
+    sealed: bytes
+
+
+_decode_header = msgspec.msgpack.Decoder(Header).decode
+_decode_envelope = msgspec.msgpack.Decoder(Envelope).decode
+
+
+def seal(plaintext: bytes, header: Header, recipient: X25519PublicKey) -> bytes:
+    """The envelope bytes carrying `plaintext` to the holder of `recipient`'s key."""
+    suite = SUITES.get(header.suite)
+    if suite is None:
+        raise UnsupportedSuite(f"suite {header.suite} is not one this code knows")
+    header_bytes = msgspec.msgpack.encode(header)
+    sealed = suite.encrypt(plaintext, recipient, info=INFO_PURPOSE + header_bytes)
+    return msgspec.msgpack.encode(Envelope(header=header_bytes, sealed=sealed))
+
+
+def read_header(data: bytes) -> tuple[Header, Envelope]:
+    """The envelope's header, decoded but not yet trusted (it is checked by opening)."""
+    try:
+        envelope = _decode_envelope(data)
+        return _decode_header(envelope.header), envelope
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+        raise BadEnvelope(str(error)) from None
+
+
+def open_envelope(
+    data: bytes,
+    keys: Mapping[str, X25519PrivateKey],
+    suites: Collection[int] = (1,),
+) -> tuple[Header, bytes]:
+    """The header and plaintext of an envelope sealed to one of `keys` (by key id).
+
+    Raises `BadEnvelope` (does not decode), `UnsupportedSuite` (a suite not in
+    `suites`: no downgrade), `WrongKey` (sealed to a key id not held here) or
+    `Unsealable` (any changed bit in header, key, ciphertext or tag).
+    """
+    header, envelope = read_header(data)
+    if header.suite not in suites or header.suite not in SUITES:
+        raise UnsupportedSuite(f"suite {header.suite} is not accepted here")
+    key = keys.get(header.key_id)
+    if key is None:
+        raise WrongKey(f"sealed to key {header.key_id}, which this office does not hold")
+    if len(envelope.sealed) < ENCAPSULATED_KEY_BYTES[header.suite] + TAG_BYTES:
+        raise Unsealable("the sealed part is shorter than a key and a tag")
+    try:
+        plaintext = SUITES[header.suite].decrypt(
+            envelope.sealed, key, info=INFO_PURPOSE + envelope.header
+        )
+    except (InvalidTag, ValueError):
+        raise Unsealable("the envelope does not open: changed in transit or not for us") from None
+    return header, plaintext
