@@ -66,7 +66,7 @@ import h11
 import httpx
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from schemas.changes import Add, Append, Change, Op
 from schemas.records import CASE_STATUS
@@ -84,6 +84,7 @@ from sync import signing
 from sync.client import DeviceClient
 from sync.clock import Clock
 from sync.engine import apply_batch
+from sync.envelope import ENVELOPE, Header, open_envelope, seal
 
 T = TypeVar("T")
 
@@ -201,6 +202,7 @@ class Phone:
     http: httpx.Client
     key: Ed25519PrivateKey
     enrollment: Enrollment
+    kem: X25519PrivateKey
 
     @property
     def device_id(self) -> str:
@@ -211,12 +213,24 @@ class Phone:
         return self.enrollment.user_id
 
     def request(self, path: str, body: bytes) -> httpx.Request:
-        """A signed POST of `body` to `path`, stamped now."""
+        """A sealed, signed POST of `body` to `path`, stamped now (PROTOCOL.md 10, 14)."""
+        office = self.enrollment.office
+        batch_id = (
+            msgspec.msgpack.decode(body, type=PushRequest).batch_id if path == PUSH else "pull"
+        )
+        header = Header(
+            suite=1,
+            key_id=office.kem_key_id,
+            device_id=self.device_id,
+            batch_id=batch_id,
+            purpose="push" if path == PUSH else "pull",
+        )
+        body = seal(body, header, X25519PublicKey.from_public_bytes(office.kem_key))
         timestamp = int(time.time())
         nonce = secrets.token_urlsafe(24)
         message = signing.request_message("POST", path, timestamp, nonce, self.device_id, body)
         headers = {
-            "Content-Type": MSGPACK,
+            "Content-Type": ENVELOPE,
             "Lianxin-Device": self.device_id,
             "Lianxin-Timestamp": str(timestamp),
             "Lianxin-Nonce": nonce,
@@ -228,7 +242,8 @@ class Phone:
         response = self.http.send(self.request(path, body))
         if response.status_code != 200:
             raise RuntimeError(f"{path}: HTTP {response.status_code} {response.content[:300]!r}")
-        return msgspec.msgpack.decode(response.content, type=answer)
+        _, plaintext = open_envelope(response.content, {self.device_id: self.kem})
+        return msgspec.msgpack.decode(plaintext, type=answer)
 
     def pull(self, cursor: str | None, limit: int) -> PullPage:
         return self.post(PULL, _encode(PullRequest(cursor=cursor, limit=limit)), PullPage)
@@ -245,7 +260,8 @@ class Phone:
 def enroll(http: httpx.Client, code: str, label: str) -> Phone:
     key = Ed25519PrivateKey.generate()
     signing_key = key.public_key().public_bytes_raw()
-    kem_key = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    kem = X25519PrivateKey.generate()
+    kem_key = kem.public_key().public_bytes_raw()
     proof = key.sign(signing.enroll_message(code, signing_key, kem_key))
     request = EnrollRequest(
         code=code, signing_key=signing_key, kem_key=kem_key, label=label, proof=proof
@@ -253,7 +269,7 @@ def enroll(http: httpx.Client, code: str, label: str) -> Phone:
     response = http.post("/v1/enroll", content=_encode(request), headers={"Content-Type": MSGPACK})
     if response.status_code != 200:
         raise RuntimeError(f"enrolment failed: HTTP {response.status_code} {response.content!r}")
-    return Phone(http, key, msgspec.msgpack.decode(response.content, type=Enrollment))
+    return Phone(http, key, msgspec.msgpack.decode(response.content, type=Enrollment), kem)
 
 
 # -- the workload --------------------------------------------------------------------------
@@ -513,6 +529,7 @@ def one_field_edit(phone: Phone, book: CaseBook, url: str) -> WireBytes:
     change = book.change(book.cases[0], {"households": 7})
     body = phone.batch([change])
     request = phone.request(PUSH, body)
+    body = request.content  # sealed, as it goes on the wire
     headers = list(request.headers.raw)
     signature_headers = sum(
         len(name) + 2 + len(value) + 2
@@ -541,7 +558,8 @@ def one_field_edit(phone: Phone, book: CaseBook, url: str) -> WireBytes:
                 response_body += bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 break
-    answer = msgspec.msgpack.decode(response_body, type=PushResponse)
+    _, plaintext = open_envelope(response_body, {phone.device_id: phone.kem})
+    answer = msgspec.msgpack.decode(plaintext, type=PushResponse)
     if status != 200 or answer.results[0].status != "applied":
         raise RuntimeError(f"the one-field edit was not applied: {status} {answer}")
     return WireBytes(

@@ -25,6 +25,8 @@ class OfficeInfo(msgspec.Struct, frozen=True, kw_only=True):
     signing_key: bytes
     kem_key: bytes
     server_time_ms: int
+    # The key id that envelopes sealed to `kem_key` name (PROTOCOL.md section 14).
+    kem_key_id: str = ""
 
 
 class EnrollRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

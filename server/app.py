@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
@@ -19,8 +20,10 @@ from server.service import SyncService
 from server.settings import Settings
 from server.storage.directory import Device
 from server.storage.sqlite import SqliteStore
+from sync import envelope
 from sync.clock import Clock, system_wall_ms
-from sync.errors import MalformedRequest
+from sync.envelope import ENVELOPE, Purpose
+from sync.errors import BadEnvelope, MalformedRequest
 
 T = TypeVar("T")
 
@@ -64,17 +67,20 @@ def request_target(request: Request) -> str:
     return (raw + (b"?" + query if query else b"")).decode("latin-1")
 
 
-async def signed(request: Request, kind: type[T], action: Callable[[Device, T], Any]) -> Response:
-    """Authenticate a signed sync request, decode its body, and answer with `action`.
+async def signed(
+    request: Request, kind: type[T], action: Callable[[Device, T], Any], purpose: Purpose
+) -> Response:
+    """Authenticate a signed sync request, open and decode its body, answer with `action`.
 
-    Authentication, decoding and `action` run in one worker thread: one hop
-    off the event loop per request rather than one per step.
+    A sealed request (PROTOCOL.md section 14) is answered sealed to the
+    device's own key. Everything runs in one worker thread: one hop off the
+    event loop per request rather than one per step.
     """
     service = service_of(request)
     body = await request.body()
     path = request_target(request)
 
-    def work() -> Any:
+    def work() -> Response:
         device = auth.authenticate(
             request.headers,
             request.method,
@@ -84,19 +90,42 @@ async def signed(request: Request, kind: type[T], action: Callable[[Device, T], 
             service.wall_ms(),
             service.settings.request_window_s,
         )
-        return action(device, decode(request, body, kind))
+        if not (request.headers.get("content-type") or "").startswith(ENVELOPE):
+            if service.settings.require_sealed:
+                raise BadEnvelope("this office accepts sealed sync requests only")
+            return reply(request, action(device, decode(request, body, kind)))
+        keys = {service.keys.kem_key_id: service.keys.kem}
+        header, plaintext = envelope.open_envelope(body, keys)
+        if header.device_id != device.device_id or header.purpose != purpose:
+            raise BadEnvelope("the envelope was sealed for another device or endpoint")
+        try:
+            message = msgspec.msgpack.decode(plaintext, type=kind)
+        except (msgspec.DecodeError, UnicodeDecodeError) as error:
+            raise MalformedRequest(str(error)) from None
+        if getattr(message, "batch_id", header.batch_id) != header.batch_id:
+            raise BadEnvelope("the envelope names another batch than the one inside")
+        answer = msgspec.msgpack.encode(action(device, message))
+        reply_header = envelope.Header(
+            suite=header.suite,
+            key_id=device.device_id,
+            device_id=device.device_id,
+            batch_id=header.batch_id,
+            purpose=purpose,
+        )
+        device_key = X25519PublicKey.from_public_bytes(device.kem_key)
+        return Response(envelope.seal(answer, reply_header, device_key), media_type=ENVELOPE)
 
-    return reply(request, await anyio.to_thread.run_sync(work))
+    return await anyio.to_thread.run_sync(work)
 
 
 @post("/v1/sync/push", status_code=200, summary="Push a signed batch of changes")
 async def push(request: Request) -> Response:
-    return await signed(request, PushRequest, service_of(request).push)
+    return await signed(request, PushRequest, service_of(request).push, "push")
 
 
 @post("/v1/sync/pull", status_code=200, summary="Pull the next page of changes this device may see")
 async def pull(request: Request) -> Response:
-    return await signed(request, PullRequest, service_of(request).pull)
+    return await signed(request, PullRequest, service_of(request).pull, "pull")
 
 
 def create_app(

@@ -35,6 +35,8 @@ class OfficeKeys:
         self.cursor_secret = file.cursor_secret
         self.signing_public = self.signing.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self.kem_public = self.kem.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        # Named in every envelope sealed to this key; a rotated key gets the next number.
+        self.kem_key_id = f"{self.office_id}.kem1"
 
     @classmethod
     def generate(cls) -> OfficeKeys:

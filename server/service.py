@@ -66,6 +66,7 @@ class SyncService:
             signing_key=self.keys.signing_public,
             kem_key=self.keys.kem_public,
             server_time_ms=self.wall_ms(),
+            kem_key_id=self.keys.kem_key_id,
         )
 
     def enroll(self, request: EnrollRequest) -> Enrollment:

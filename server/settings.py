@@ -26,6 +26,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_pull_limit: Annotated[int, msgspec.Meta(ge=1)] = 5000
     request_window_s: Annotated[int, msgspec.Meta(ge=1)] = 300
     max_clock_drift_ms: Annotated[int, msgspec.Meta(ge=0)] = 24 * 60 * 60 * 1000
+    # Refuse sync requests that are not sealed envelopes (PROTOCOL.md section 14).
+    require_sealed: bool = True
 
     @property
     def store_path(self) -> Path:

@@ -42,7 +42,7 @@ from typing import Any, NamedTuple, TypeVar
 import httpx
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from schemas.changes import Append, Change, ChangeResult, Conflict, Op, Reason
 from schemas.records import Agreement, Signature
@@ -59,8 +59,9 @@ from schemas.wire import (
     PushRequest,
     PushResponse,
 )
-from sync import agreements, merge, signing
+from sync import agreements, envelope, merge, signing
 from sync.clock import Clock, system_wall_ms
+from sync.envelope import ENVELOPE, Header, Purpose
 from sync.errors import LianxinError, StaleRequest
 from sync.replica_store import OutboxEntry, RecordKey, ReplicaStore
 
@@ -395,7 +396,7 @@ class DeviceClient:
         return batch_id, body
 
     def _send_batch(self, batch_id: str, body: bytes) -> list[ChangeResult]:
-        answer = self._signed_post("/v1/sync/push", body, PushResponse)
+        answer = self._signed_post("/v1/sync/push", body, PushResponse, batch_id)
         sent = self._store.batch_change_ids(batch_id)
         if answer.batch_id != batch_id or [r.change_id for r in answer.results] != sent:
             raise LianxinError(f"the answer to batch {batch_id} does not match the batch")
@@ -416,7 +417,7 @@ class DeviceClient:
             request = PullRequest(
                 cursor=cursor if isinstance(cursor, str) else None, limit=self._pull_limit
             )
-            page = self._signed_post("/v1/sync/pull", _encode(request), PullPage)
+            page = self._signed_post("/v1/sync/pull", _encode(request), PullPage, self._new_id())
             applied, skipped, evicted = self._apply_page(page)
             report = PullReport(
                 report.pages + 1,
@@ -468,7 +469,7 @@ class DeviceClient:
     def _learn_offset(self, server_time_ms: int) -> None:
         self._store.set_meta(SERVER_OFFSET, server_time_ms - self._wall_ms())
 
-    def _signed_post(self, path: str, body: bytes, answer_type: type[T]) -> T:
+    def _signed_post(self, path: str, body: bytes, answer_type: type[T], batch_id: str) -> T:
         """POST a signed request and decode the answer; errors raise as `sync.errors`.
 
         A `StaleRequest` means this device's clock is far from the server's:
@@ -477,17 +478,29 @@ class DeviceClient:
         refused request writes nothing.
         """
         try:
-            return self._post_once(path, body, answer_type)
+            return self._post_once(path, body, answer_type, batch_id)
         except StaleRequest:
             office = _answer(self._http.get("/v1/office"), OfficeInfo)
             with self._store.transaction():
                 self._learn_offset(office.server_time_ms)
-            return self._post_once(path, body, answer_type)
+            return self._post_once(path, body, answer_type, batch_id)
 
-    def _post_once(self, path: str, body: bytes, answer_type: type[T]) -> T:
-        device_id = self._enrolled().device_id
+    def _post_once(self, path: str, body: bytes, answer_type: type[T], batch_id: str) -> T:
+        """Seal `body` to the office (PROTOCOL.md section 14), sign, send, open the answer."""
+        identity = self._enrolled()
+        device_id = identity.device_id
+        purpose: Purpose = "push" if path.endswith("/push") else "pull"
+        header = Header(
+            suite=1,
+            key_id=identity.office.kem_key_id,
+            device_id=device_id,
+            batch_id=batch_id,
+            purpose=purpose,
+        )
+        office_key = X25519PublicKey.from_public_bytes(identity.office.kem_key)
+        body = envelope.seal(body, header, office_key)
         request = self._http.build_request(
-            "POST", path, content=body, headers={"Content-Type": MSGPACK}
+            "POST", path, content=body, headers={"Content-Type": ENVELOPE}
         )
         offset = self._store.meta(SERVER_OFFSET)
         corrected_ms = self._wall_ms() + (offset if isinstance(offset, int) else 0)
@@ -506,7 +519,18 @@ class DeviceClient:
                 ).decode(),
             }
         )
-        return _answer(self._http.send(request), answer_type)
+        response = self._http.send(request)
+        if not response.is_success or not response.headers.get("content-type", "").startswith(
+            ENVELOPE
+        ):
+            return _answer(response, answer_type)
+        reply, plaintext = envelope.open_envelope(response.content, {device_id: self._kem_key})
+        if (reply.batch_id, reply.purpose) != (batch_id, purpose):
+            raise LianxinError("the office's sealed answer is for another request")
+        try:
+            return msgspec.msgpack.decode(plaintext, type=answer_type)
+        except (msgspec.DecodeError, UnicodeDecodeError) as error:
+            raise LianxinError(f"the server's answer does not decode: {error}") from None
 
 
 def _fit(rows: list[tuple[str, bytes]], max_bytes: int) -> list[tuple[str, bytes]]:

@@ -26,6 +26,8 @@ from schemas.records import Id
 from sync.errors import BadEnvelope, Unsealable, UnsupportedSuite, WrongKey
 
 INFO_PURPOSE = b"lianxin envelope v1\n"
+ENVELOPE = "application/lianxin-envelope"  # the Content-Type of a sealed body
+Purpose = Literal["push", "pull"]
 # Suite ids on the wire. Only suite 1 exists today; a hybrid ML-KEM-768 + X25519
 # suite would be added here with its own id, and offices choose which they accept.
 SUITES = {1: hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)}
@@ -41,7 +43,7 @@ class Header(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     key_id: Id
     device_id: Id
     batch_id: Id
-    purpose: Literal["push", "pull"]
+    purpose: Purpose
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -155,13 +155,22 @@ class Office:
 
 
 @contextmanager
-def running_office(folder):
-    """A fresh office in `folder`, served in-process (for tests that need several)."""
+def running_office(folder, require_sealed=False):
+    """A fresh office in `folder`, served in-process (for tests that need several).
+
+    The hand-built phones here send plain bodies, so offices in these tests
+    accept unsealed sync unless `require_sealed` (the production default).
+    """
     store = SqliteStore(folder / "lianxin.db")
     wall = Wall()
     keys = OfficeKeys.generate()
     app = create_app(
-        Settings(data_dir=folder, max_body_bytes=64 * 1024, max_batch_changes=50),
+        Settings(
+            data_dir=folder,
+            max_body_bytes=64 * 1024,
+            max_batch_changes=50,
+            require_sealed=require_sealed,
+        ),
         store=store,
         keys=keys,
         clock=Clock(wall),
