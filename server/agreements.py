@@ -66,7 +66,9 @@ def execute_ready(
     store: SqliteStore, keys: OfficeKeys, clock: Clock, touched: list[RecordKey], now_ms: int
 ) -> dict[RecordKey, int]:
     """Move touched agreements along: collecting once signed, executed with a receipt
-    once every required signer has signed. Returns the records changed, by seq."""
+    once every required signer has signed; executing a new version supersedes the
+    version it names (voids it, if that one was never executed). Returns the
+    records changed, by seq."""
     changed: dict[RecordKey, int] = {}
     for key in touched:
         if key[0] != "agreement":
@@ -88,7 +90,25 @@ def execute_ready(
                 store, keys, clock, state, {"status": "executed", "receipt": receipt_value}
             )
             changed[key] = seq
+            if agreement.supersedes:
+                changed.update(_supersede(store, keys, clock, agreement.supersedes))
     return changed
+
+
+def _supersede(
+    store: SqliteStore, keys: OfficeKeys, clock: Clock, agreement_id: str
+) -> dict[RecordKey, int]:
+    key = ("agreement", agreement_id)
+    state = store.states([key]).get(key)
+    if state is None:
+        return {}
+    old = materialize(state)
+    assert isinstance(old, Agreement)
+    ends = {"executed": "superseded", "draft": "void", "collecting": "void"}
+    if old.status not in ends:
+        return {}  # already superseded or void
+    _, seq = _office_change(store, keys, clock, state, {"status": ends[old.status]})
+    return {key: seq}
 
 
 def _receipt(

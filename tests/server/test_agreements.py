@@ -196,3 +196,24 @@ def test_a_withdrawal_after_execution_is_refused(office):
     (result,) = decode(sun.push([late], batch_id="w-1"))["results"]
     assert (result["status"], result["reason"]) == ("rejected", "withdrawal_after_execution")
     assert kept(office) == before
+
+
+def test_executing_a_new_version_supersedes_the_old_one(office):
+    (sun,) = open_agreement(office)
+    sign(sun, *(attested(sun, s) for s in SIGNERS), batch_id="s-1")
+    assert stored_agreement(office).status == "executed"
+    supervisor = office.enroll("supervisor", name="Chen")
+    v2 = {**TERMS, "terms": "A grease trap within 30 days.", "version": 2, "supersedes": "a-1"}
+    supervisor.push(
+        [
+            supervisor.change("agreement", "a-2", {**v2, "status": "draft"}),
+            supervisor.change("case", "k-1", ops=[Add(field="agreements", value="a-2")]),
+        ]
+    )
+    content = agreements.content_hash("a-2", Agreement(**{k: v for k, v in v2.items()}))
+    entries = [attested(sun, s, content=content, agreement_id="a-2") for s in SIGNERS]
+    ops = [Append(field="signatures", entry=e) for e in entries]
+    decode(sun.push([sun.change("agreement", "a-2", ops=ops)], batch_id="s-2"))
+    new = materialize(office.store.states([("agreement", "a-2")])[("agreement", "a-2")])
+    assert new.status == "executed"
+    assert stored_agreement(office).status == "superseded"
