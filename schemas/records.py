@@ -17,6 +17,8 @@ from schemas.policy import LOG, LWW, SEALED, SET, Log, StatusMachine
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 ShortText = Annotated[str, msgspec.Meta(max_length=200)]
 LongText = Annotated[str, msgspec.Meta(max_length=20_000)]
+# Timestamps carry a time zone (RFC 3339 with Z or an offset): a naive one is refused.
+Moment = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 class Gps(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -37,7 +39,7 @@ class Location(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 class Visit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     entry_id: Id
-    at: datetime
+    at: Moment
     by: Id
     summary: LongText
     attendees: list[Id] = []
@@ -45,7 +47,7 @@ class Visit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
 class Note(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     entry_id: Id
-    at: datetime
+    at: Moment
     by: Id
     text: LongText
 
@@ -59,7 +61,7 @@ class Signature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     """
 
     signer: Id
-    signed_at: datetime
+    signed_at: Moment
     content_hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
     signature: Annotated[bytes, msgspec.Meta(max_length=64)]
     witness: Id | None = None
@@ -72,7 +74,7 @@ class Withdrawal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """A signer taking back their signature before execution (recorded, never erased)."""
 
     signer: Id
-    withdrawn_at: datetime
+    withdrawn_at: Moment
     reason: LongText = ""
     witness: Id | None = None
 
@@ -83,7 +85,7 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     office_id: Id
     content_hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
     signatures_hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
-    executed_at: datetime
+    executed_at: Moment
     seq: Annotated[int, msgspec.Meta(ge=1)]
     signature: Annotated[bytes, msgspec.Meta(max_length=64)]
 
@@ -173,7 +175,7 @@ class Case(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 class EarlyWarning(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A report of a brewing dispute (预警) from an informant."""
 
-    observed_at: Annotated[datetime | None, LWW] = None
+    observed_at: Annotated[Moment | None, LWW] = None
     location: Annotated[Location | None, LWW] = None
     category: Annotated[ShortText, LWW] = ""
     severity: Annotated[Literal["low", "medium", "high", "critical"], LWW] = "medium"

@@ -26,6 +26,26 @@ from sync.merge import materialize
 from sync.store import RecordKey
 
 FINAL = ("executed", "superseded")
+OFFICE_ONLY = ("executed", "superseded")
+
+
+def _appends(op: object, field: str) -> bool:
+    return isinstance(op, Append) and op.field == field
+
+
+def _check_withdrawal(
+    directory: Directory, change: Change, agreement: Agreement, entry: Any
+) -> tuple[Reason, str] | None:
+    """A withdrawal comes from the signer's own device or the witness of their signature."""
+    signer = str(entry["signer"])
+    device = directory.device(change.device_id)
+    user = device.user.user_id if device else None
+    witnesses = {s.witness for s in agreement.signatures if s.signer == signer}
+    if signer not in agreement.required_signers:
+        return Reason.SIGNER_NOT_REQUIRED, f"{signer} is not a required signer"
+    if user != signer and user not in witnesses:
+        return Reason.NOT_PERMITTED, f"only {signer} or the witness of their signature withdraws it"
+    return None
 
 
 def signature_vet(directory: Directory) -> Vet:
@@ -34,17 +54,21 @@ def signature_vet(directory: Directory) -> Vet:
     def vet(change: Change, before: RecordState | None, after: RecordState) -> Any:
         if change.record_type != "agreement":
             return None
-        withdraws = any(isinstance(op, Append) and op.field == "withdrawals" for op in change.ops)
-        if withdraws and before is not None and materialize(before).status in FINAL:
-            return Reason.WITHDRAWAL_AFTER_EXECUTION, "an executed agreement binds its signers"
-        entries = [
-            op.entry for op in change.ops if isinstance(op, Append) and op.field == "signatures"
-        ]
-        if not entries:
-            return None
+        was = materialize(before).status if before else "draft"  # type: ignore[attr-defined]
+        if "receipt" in change.set or change.set.get("status") in OFFICE_ONLY:
+            return Reason.NOT_PERMITTED, "only the office executes, supersedes and countersigns"
+        if change.set.get("status") == "void" and was in FINAL:
+            return Reason.NOT_PERMITTED, "an executed agreement cannot be voided"
         agreement = materialize(after)
         assert isinstance(agreement, Agreement)
-        for entry in entries:
+        withdrawals = [op.entry for op in change.ops if _appends(op, "withdrawals")]
+        if withdrawals and was in FINAL:
+            return Reason.WITHDRAWAL_AFTER_EXECUTION, "an executed agreement binds its signers"
+        for entry in withdrawals:
+            refused = _check_withdrawal(directory, change, agreement, entry)
+            if refused:
+                return refused
+        for entry in (op.entry for op in change.ops if _appends(op, "signatures")):
             signature = msgspec.convert(entry, Signature)
             device = directory.device(signature.device_id or "")
             usable = device is not None and device.revoked_at_ms is None
@@ -83,7 +107,7 @@ def execute_ready(
             agreement = materialize(state)
             assert isinstance(agreement, Agreement)
             changed[key] = seq
-        if agreement.status == "collecting" and agreements.is_complete(agreement):
+        if agreement.status == "collecting" and agreements.is_complete(key[1], agreement):
             receipt = _receipt(keys, key[1], agreement, store.last_seq() + 1, now_ms)
             receipt_value = msgspec.to_builtins(receipt)
             _, seq = _office_change(

@@ -33,7 +33,7 @@ from server.storage.directory import Device, Directory
 from server.storage.pull import read_page
 from server.storage.sqlite import SqliteStore
 from sync import signing
-from sync.access import WRITABLE_BY, changes_visibility
+from sync.access import WRITABLE_BY, changes_visibility, links_added
 from sync.clock import Clock
 from sync.engine import apply
 from sync.errors import BadCursor, BatchReused, Forbidden, MalformedRequest, TooLarge
@@ -106,8 +106,9 @@ class SyncService:
         user = device.user
         with self.store.transaction():
             self._remember_batch(device, request, manifest)
-            keys = list({(c.record_type, c.record_id) for c in changes})
-            present, visible = presence(self.store, user.user_id, keys)
+            keys = {(c.record_type, c.record_id) for c in changes}
+            targets = {link for c in changes for link in links_added(c)}
+            present, visible = presence(self.store, user.user_id, list(keys | targets))
 
             def authorize(change: Change) -> str | None:
                 if change.record_type not in WRITABLE_BY[user.role]:
@@ -115,6 +116,10 @@ class SyncService:
                 key = (change.record_type, change.record_id)
                 if key in present and key not in visible:
                     return f"{user.role} {user.user_id} may not write {key[0]} {key[1]}"
+                # Linking a record would show it to everyone who sees this one.
+                for target in links_added(change):
+                    if target in present and target not in visible:
+                        return f"{user.user_id} may not link {target[0]} {target[1]}"
                 return None
 
             results, records = apply(

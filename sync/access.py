@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from schemas.changes import Change
+from schemas.changes import Add, Change
 from schemas.state import RecordState
 from sync.merge import materialize
 
@@ -30,6 +30,15 @@ WRITABLE_BY = {
 LINK_FIELDS = {"parties": "party", "agreements": "agreement", "warnings": "warning"}
 # The fields that decide who sees a record; a change to none of them keeps its readers.
 VISIBILITY_FIELDS = frozenset({"location", "mediators", *LINK_FIELDS})
+
+
+def links_added(change: Change) -> list[tuple[str, str]]:
+    """The records `change` links to its record (each would inherit its readers)."""
+    return [
+        (LINK_FIELDS[op.field], str(op.value))
+        for op in change.ops
+        if isinstance(op, Add) and op.field in LINK_FIELDS and change.record_type == "case"
+    ]
 
 
 def changes_visibility(change: Change) -> bool:

@@ -142,14 +142,16 @@ def receipt_message(agreement_id: str, receipt: Receipt) -> bytes:
     return b"\n".join(lines)
 
 
-def is_complete(agreement: Agreement) -> bool:
-    """Whether every required signer has signed and not withdrawn.
+def is_complete(agreement_id: str, agreement: Agreement) -> bool:
+    """Whether every required signer has signed the current content and not withdrawn.
 
-    A withdrawal is final for this version of the agreement: going on means
-    a new version that supersedes it.
+    A signature over other content (the terms changed concurrently) does not
+    count. A withdrawal is final for this version of the agreement: going on
+    means a new version that supersedes it.
     """
+    current = content_hash(agreement_id, agreement)
     withdrawn = {w.signer for w in agreement.withdrawals}
-    signed = {s.signer for s in agreement.signatures} - withdrawn
+    signed = {s.signer for s in agreement.signatures if s.content_hash == current} - withdrawn
     return bool(agreement.required_signers) and signed >= set(agreement.required_signers)
 
 

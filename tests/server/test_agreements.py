@@ -217,3 +217,70 @@ def test_executing_a_new_version_supersedes_the_old_one(office):
     new = materialize(office.store.states([("agreement", "a-2")])[("agreement", "a-2")])
     assert new.status == "executed"
     assert stored_agreement(office).status == "superseded"
+
+
+def test_a_signature_over_terms_changed_since_does_not_count(office):
+    sun, li = open_agreement(office, mediators=2)
+    draft = office.store.states([("agreement", "a-1")])[("agreement", "a-1")]
+    sign(sun, attested(sun, "p-1"), batch_id="s-1")
+    # Li had not seen that signature: the terms change is concurrent, so it applies.
+    edit = li.change("agreement", "a-1", {"terms": "A grease trap within 7 days."}, seen=draft.vv)
+    assert decode(li.push([edit], batch_id="e-1"))["results"][0]["status"] == "applied"
+    new_terms = Agreement(
+        case="k-1", terms="A grease trap within 7 days.", required_signers=SIGNERS
+    )
+    content = agreements.content_hash("a-1", new_terms)
+    sign(
+        li,
+        attested(li, "p-2", content=content),
+        attested(li, "p-3", content=content),
+        batch_id="s-2",
+    )
+    # p-1 signed other terms: nothing is executed until p-1 signs these.
+    assert stored_agreement(office).status == "collecting"
+    sign(li, attested(li, "p-1", content=content), batch_id="s-3")
+    assert stored_agreement(office).status == "collecting"  # the earliest p-1 signature shows
+
+
+def current_vv(office):
+    return office.store.states([("agreement", "a-1")])[("agreement", "a-1")].vv
+
+
+def test_only_the_office_executes_countersigns_or_supersedes(office):
+    (sun,) = open_agreement(office)
+    sign(sun, attested(sun, "p-1"), batch_id="s-1")
+    # Moves the state machine allows from what the device saw, kept for the office alone.
+    for n, fields in enumerate([{"status": "executed"}, {"receipt": None}]):
+        change = sun.change("agreement", "a-1", fields, seen=current_vv(office))
+        (result,) = decode(sun.push([change], batch_id=f"x-{n}"))["results"]
+        assert (result["status"], result["reason"]) == ("rejected", "not_permitted"), fields
+    assert stored_agreement(office).status == "collecting"
+
+
+def test_an_executed_agreement_cannot_be_voided_by_a_device(office):
+    sun, li = open_agreement(office, mediators=2)
+    sign(sun, attested(sun, "p-1"), batch_id="s-1")
+    before_execution = current_vv(office)
+    sign(sun, attested(sun, "p-2"), attested(sun, "p-3"), batch_id="s-2")
+    # Li voids from a view taken before execution: legal for the machine, not for the office.
+    late = li.change("agreement", "a-1", {"status": "void"}, seen=before_execution)
+    (result,) = decode(li.push([late], batch_id="v-1"))["results"]
+    assert (result["status"], result["reason"]) == ("rejected", "not_permitted")
+    assert stored_agreement(office).status == "executed"
+
+
+def test_only_the_signer_or_their_witness_may_withdraw(office):
+    sun, li = open_agreement(office, mediators=2)
+    sign(sun, attested(sun, "p-1"), batch_id="s-1")
+    (result,) = decode(
+        li.push([li.change("agreement", "a-1", ops=[withdrawal(li, "p-1")])], batch_id="w-1")
+    )["results"]
+    assert (result["status"], result["reason"]) == ("rejected", "not_permitted")
+    assert stored_agreement(office).withdrawals == []
+
+
+def test_a_signature_without_a_time_zone_is_refused_not_a_crash(office):
+    (sun,) = open_agreement(office)
+    naive = {**attested(sun, "p-1"), "signed_at": "2026-01-01T00:00:00"}
+    (result,) = sign(sun, naive, batch_id="n-1")["results"]
+    assert (result["status"], result["reason"]) == ("rejected", "invalid_value")

@@ -110,3 +110,15 @@ def test_an_informant_never_receives_a_case_even_when_its_warning_is_linked(dist
     items, _ = informant.pull_all()
     record_types = {msgspec.msgpack.decode(i["change"])["record_type"] for i in items}
     assert record_types == {"warning"}
+
+
+def test_linking_a_record_out_of_sight_is_refused(district):
+    outsider = district["outsider"]  # a Xihu mediator who never saw Gongshu's records
+    change = outsider.change(
+        "case",
+        "k-xihu",
+        ops=[Add(field="parties", value="p-1"), Add(field="warnings", value="w-1")],
+    )
+    (result,) = decode(outsider.push([change], batch_id="link-1"))["results"]
+    assert (result["status"], result["reason"]) == ("rejected", "not_permitted")
+    assert pulled_records(outsider) == {("case", "k-xihu")}
