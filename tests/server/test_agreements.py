@@ -238,8 +238,10 @@ def test_a_signature_over_terms_changed_since_does_not_count(office):
     )
     # p-1 signed other terms: nothing is executed until p-1 signs these.
     assert stored_agreement(office).status == "collecting"
+    # Signing again does not replace p-1's first signature (the earliest shows): this
+    # version can no longer execute, and a new version that supersedes it is the way on.
     sign(li, attested(li, "p-1", content=content), batch_id="s-3")
-    assert stored_agreement(office).status == "collecting"  # the earliest p-1 signature shows
+    assert stored_agreement(office).status == "collecting"
 
 
 def current_vv(office):
