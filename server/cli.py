@@ -35,8 +35,11 @@ def demo(data: Path, reset: bool) -> int:
     data.mkdir(parents=True, exist_ok=True)
     store = SqliteStore(data / STORE_FILE)
     try:
-        if store.migrations_applied:
-            print(f"Created store {store.path} ({', '.join(store.migrations_applied)})")
+        applied = ", ".join(store.migrations_applied)
+        if "0001_initial" in store.migrations_applied:
+            print(f"Created store {store.path} ({applied})")
+        elif applied:
+            print(f"Reusing store {store.path}, migrated ({applied}); --reset starts over")
         else:
             print(f"Reusing store {store.path} (run with --reset to start over)")
         clock = Clock()
