@@ -54,7 +54,8 @@ def signature_vet(directory: Directory) -> Vet:
     def vet(change: Change, before: RecordState | None, after: RecordState) -> Any:
         if change.record_type != "agreement":
             return None
-        was = materialize(before).status if before else "draft"  # type: ignore[attr-defined]
+        previous = materialize(before) if before else None
+        was = previous.status if isinstance(previous, Agreement) else "draft"
         if "receipt" in change.set or change.set.get("status") in OFFICE_ONLY:
             return Reason.NOT_PERMITTED, "only the office executes, supersedes and countersigns"
         if change.set.get("status") == "void" and was in FINAL:
