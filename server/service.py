@@ -167,10 +167,10 @@ class SyncService:
         """The next page of what this device may see, after its cursor."""
         limit = min(request.limit, self.settings.max_pull_limit)
         user_id = device.user.user_id
-        with self.store.transaction():
-            last = self.store.last_seq()
+        with self.store.snapshot() as conn:
+            (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()
             position, seq = self._open_cursor(device, request.cursor, last)
-            page = read_page(self.store.db.conn, user_id, position, seq, limit, last)
+            page = read_page(conn, user_id, position, seq, limit, last)
         rows, evictions, has_more, end, end_seq = page
         items: list[tuple[int, int, PulledChange | Eviction]] = [
             (p, 0, PulledChange(seq=s, change=raw, order=order)) for p, s, raw, order in rows

@@ -37,7 +37,12 @@ def _chunks(items: list, size: int = _CHUNK) -> Iterator[list]:
 
 
 class SqliteStore:
-    """A `sync.store.ChangeStore` on one SQLite file."""
+    """A `sync.store.ChangeStore` on one SQLite file.
+
+    One writer connection behind `transaction()`; readers get their own
+    connection per thread from `snapshot()` and, in WAL mode, never wait for
+    the writer.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -49,9 +54,31 @@ class SqliteStore:
         self.migrations_applied = migrate(self.db)
         self._lock = threading.RLock()
         self._depth = 0
+        self._reader = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
 
     def close(self) -> None:
+        for reader in self._readers:
+            reader.close()
         self.db.conn.close()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """This thread's read connection, inside one read transaction: a consistent view."""
+        conn: sqlite3.Connection | None = getattr(self._reader, "conn", None)
+        if conn is None:
+            # Closed by `close()` from whichever thread owns the store.
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA query_only = ON")
+            self._reader.conn = conn
+            with self._readers_lock:  # not the writer's lock: readers never wait for it
+                self._readers.append(conn)
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

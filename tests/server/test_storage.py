@@ -97,3 +97,22 @@ def test_concurrent_writers_get_one_gapless_sequence(store, server_clock):
         thread.join()
     seqs = [c.seq for c in store.changes_since(0, 10_000)]
     assert seqs == list(range(1, 4 * 20 * 5 + 1))
+
+
+def test_readers_see_committed_state_without_waiting_for_the_writer(store, server_clock):
+    apply_batch(store, [change(1)], server_clock)
+    seen = []
+
+    def read():
+        with store.snapshot() as conn:
+            seen.append(conn.execute("SELECT count(*) FROM changes").fetchone()[0])
+
+    with store.transaction():
+        apply_batch(store, [change(2, "k-2")], server_clock)  # written, not yet committed
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(timeout=5)
+        assert not reader.is_alive(), "the reader waited for the writer"
+    assert seen == [1]
+    read()
+    assert seen == [1, 2]
