@@ -65,7 +65,7 @@ def seal(plaintext: bytes, header: Header, recipient: X25519PublicKey) -> bytes:
     return msgspec.msgpack.encode(Envelope(header=header_bytes, sealed=sealed))
 
 
-def read_header(data: bytes) -> tuple[Header, Envelope]:
+def _read(data: bytes) -> tuple[Header, Envelope]:
     """The envelope's header, decoded but not yet trusted (it is checked by opening)."""
     try:
         envelope = _decode_envelope(data)
@@ -85,7 +85,7 @@ def open_envelope(
     `suites`: no downgrade), `WrongKey` (sealed to a key id not held here) or
     `Unsealable` (any changed bit in header, key, ciphertext or tag).
     """
-    header, envelope = read_header(data)
+    header, envelope = _read(data)
     if header.suite not in suites or header.suite not in SUITES:
         raise UnsupportedSuite(f"suite {header.suite} is not accepted here")
     key = keys.get(header.key_id)

@@ -9,7 +9,7 @@ import uuid
 from typing import Literal, NamedTuple
 
 from server.storage.sqlite import SqliteStore
-from sync.errors import EnrollmentRefused, Replayed, RevokedDevice, UnknownDevice
+from sync.errors import EnrollmentRefused, Replayed
 
 Role = Literal["mediator", "informant", "supervisor", "admin"]
 ROLES: tuple[Role, ...] = ("mediator", "informant", "supervisor", "admin")
@@ -45,12 +45,8 @@ class Directory:
         self.store = store
         self.db = store.db
 
-    def add_org_unit(self, path: str) -> None:
-        """Add `city/district/street/community` (1–4 parts) and every parent."""
-        with self.store.transaction():
-            self._add_org_unit(path)
-
     def _add_org_unit(self, path: str) -> None:
+        """Add `city/district/street/community` (1–4 parts) and every parent."""
         parts = [p.strip() for p in path.split("/")]
         if not 1 <= len(parts) <= 4 or not all(parts):
             raise ValueError(
@@ -158,15 +154,6 @@ class Directory:
             return None
         user = User(row[5], row[6], row[7], json.loads(row[8]))
         return Device(row[0], user, row[1], row[2], row[3], row[4])
-
-    def active_device(self, device_id: str) -> Device:
-        """The device, or `UnknownDevice` / `RevokedDevice`."""
-        device = self.device(device_id)
-        if device is None:
-            raise UnknownDevice(f"no device {device_id}")
-        if device.revoked_at_ms is not None:
-            raise RevokedDevice(f"device {device_id} was revoked")
-        return device
 
     def revoke(self, device_id: str, now_ms: int) -> bool:
         """Revoke a device at once; False if it does not exist or was already revoked."""
