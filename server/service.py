@@ -123,15 +123,13 @@ class SyncService:
                 return None
 
             results, records = apply(
-                self.store, changes, self.clock, request.changes, authorize, self.signatures
-            )
-            self.store.db.conn.executemany(
-                "UPDATE changes SET batch_id = ? WHERE change_id = ?",
-                [
-                    (request.batch_id, result.change_id)
-                    for result in results
-                    if result.status in ("applied", "conflict")
-                ],
+                self.store,
+                changes,
+                self.clock,
+                request.changes,
+                authorize,
+                self.signatures,
+                request.batch_id,
             )
             # Readers change only for new records or edits to a visibility field.
             moved = {(c.record_type, c.record_id) for c in changes if changes_visibility(c)}

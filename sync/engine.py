@@ -45,9 +45,10 @@ def apply_batch(
     raws: Sequence[bytes] | None = None,
     authorize: Callable[[Change], str | None] | None = None,
     vet: Vet | None = None,
+    batch_id: str | None = None,
 ) -> list[ChangeResult]:
     """Apply `changes` in order as one transaction and answer each one (see `apply`)."""
-    return apply(store, changes, clock, raws, authorize, vet).results
+    return apply(store, changes, clock, raws, authorize, vet, batch_id).results
 
 
 def apply(
@@ -57,6 +58,7 @@ def apply(
     raws: Sequence[bytes] | None = None,
     authorize: Callable[[Change], str | None] | None = None,
     vet: Vet | None = None,
+    batch_id: str | None = None,
 ) -> Applied:
     """Apply `changes` in order as one transaction and answer each one.
 
@@ -66,7 +68,8 @@ def apply(
     flagged in its result. `authorize` may refuse a change by returning why;
     it is then quarantined as `not_permitted`. `vet` sees each change with the
     record before and after it and may refuse it with a reason of its own
-    (the server checks agreement signatures there).
+    (the server checks agreement signatures there). `batch_id` names the
+    signed batch the changes came in, stored with each accepted one.
     """
     raws = raws if raws is not None else [_encode(c) for c in changes]
     with store.transaction():
@@ -74,7 +77,7 @@ def apply(
         keys = {(c.record_type, c.record_id) for c in changes}
         states: dict[RecordKey, RecordState] = store.states(keys)
         touched: dict[RecordKey, tuple[RecordState, int]] = {}
-        batch = BatchWrite([], touched, [], [])
+        batch = BatchWrite([], touched, [], [], batch_id)
         # The open conflicts of each record's latest state in this batch, so they are
         # worked out once per change rather than again as the next change's "before".
         open_now: dict[RecordKey, list[Conflict]] = {}

@@ -54,6 +54,7 @@ class BatchWrite(NamedTuple):
     records: dict[RecordKey, tuple[RecordState, int]]
     quarantine: list[QuarantinedChange]
     conflicts: list[ConflictUpdate]
+    batch_id: str | None = None  # the signed batch these changes came in, if any
 
 
 class QuarantineRow(NamedTuple):

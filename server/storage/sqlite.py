@@ -136,7 +136,8 @@ class SqliteStore:
         execute_many = self.db.conn.executemany
         execute_many(
             "INSERT INTO changes (seq, change_id, record_type, record_id, device_id, hlc,"
-            " status, result, raw, order_stamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " status, result, raw, order_stamp, batch_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     seq,
@@ -149,6 +150,7 @@ class SqliteStore:
                     _encode(result),
                     raw,
                     order,
+                    batch.batch_id,
                 )
                 for seq, c, raw, result, order in batch.changes
             ],
