@@ -9,6 +9,7 @@ signatures valid (DESIGN scenario 4).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -21,7 +22,7 @@ from server.storage.directory import Directory
 from server.storage.sqlite import SqliteStore
 from sync import agreements
 from sync.clock import Clock
-from sync.engine import Vet, apply_batch
+from sync.engine import Vet, apply
 from sync.merge import materialize
 from sync.store import RecordKey
 
@@ -88,18 +89,20 @@ def signature_vet(directory: Directory) -> Vet:
 
 
 def execute_ready(
-    store: SqliteStore, keys: OfficeKeys, clock: Clock, touched: list[RecordKey], now_ms: int
+    store: SqliteStore,
+    keys: OfficeKeys,
+    clock: Clock,
+    written: Mapping[RecordKey, RecordState],
+    now_ms: int,
 ) -> dict[RecordKey, int]:
-    """Move touched agreements along: collecting once signed, executed with a receipt
-    once every required signer has signed; executing a new version supersedes the
-    version it names (voids it, if that one was never executed). Returns the
-    records changed, by seq."""
+    """Move the agreements a batch wrote along: collecting once signed, executed with
+    a receipt once every required signer has signed; executing a new version
+    supersedes the version it names (voids it, if that one was never executed).
+    `written` are the record states the batch wrote. Returns the records changed,
+    by seq."""
     changed: dict[RecordKey, int] = {}
-    for key in touched:
+    for key, state in written.items():
         if key[0] != "agreement":
-            continue
-        state = store.states([key]).get(key)
-        if state is None:
             continue
         agreement = materialize(state)
         assert isinstance(agreement, Agreement)
@@ -164,8 +167,8 @@ def _office_change(
         seen=dict(state.vv),
         set=fields,
     )
-    (result,) = apply_batch(store, [change], clock)
+    (result,), records = apply(store, [change], clock)
     if result.seq is None:
         raise RuntimeError(f"the office's own change was refused: {result.reason} {result.detail}")
-    after = store.states([(state.record_type, state.record_id)])
-    return after[(state.record_type, state.record_id)], result.seq
+    after, seq = records[(state.record_type, state.record_id)]
+    return after, seq
