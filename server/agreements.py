@@ -30,6 +30,11 @@ FINAL = ("executed", "superseded")
 OFFICE_ONLY = ("executed", "superseded")
 
 
+def _is_final(state: RecordState | None) -> bool:
+    agreement = materialize(state) if state else None
+    return isinstance(agreement, Agreement) and agreement.status in FINAL
+
+
 def _appends(op: object, field: str) -> bool:
     return isinstance(op, Append) and op.field == field
 
@@ -55,16 +60,16 @@ def signature_vet(directory: Directory) -> Vet:
     def vet(change: Change, before: RecordState | None, after: RecordState) -> Any:
         if change.record_type != "agreement":
             return None
-        previous = materialize(before) if before else None
-        was = previous.status if isinstance(previous, Agreement) else "draft"
         if "receipt" in change.set or change.set.get("status") in OFFICE_ONLY:
             return Reason.NOT_PERMITTED, "only the office executes, supersedes and countersigns"
-        if change.set.get("status") == "void" and was in FINAL:
+        withdrawals = [op.entry for op in change.ops if _appends(op, "withdrawals")]
+        # Only voids and withdrawals depend on the status before: read it for those alone.
+        was_final = (change.set.get("status") == "void" or withdrawals) and _is_final(before)
+        if change.set.get("status") == "void" and was_final:
             return Reason.NOT_PERMITTED, "an executed agreement cannot be voided"
         agreement = materialize(after)
         assert isinstance(agreement, Agreement)
-        withdrawals = [op.entry for op in change.ops if _appends(op, "withdrawals")]
-        if withdrawals and was in FINAL:
+        if withdrawals and was_final:
             return Reason.WITHDRAWAL_AFTER_EXECUTION, "an executed agreement binds its signers"
         for entry in withdrawals:
             refused = _check_withdrawal(directory, change, agreement, entry)
