@@ -24,19 +24,9 @@ from server.storage.directory import Directory
 from server.storage.sqlite import SqliteStore
 from sync import signing
 from sync.clock import Clock, pack
-from tests.conftest import WALL_MS
+from tests.conftest import Wall
 
 MSGPACK = {"content-type": "application/msgpack"}
-
-
-@dataclass
-class Wall:
-    """A wall clock the test moves by hand."""
-
-    ms: int = WALL_MS
-
-    def __call__(self) -> int:
-        return self.ms
 
 
 @dataclass

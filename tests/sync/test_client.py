@@ -27,24 +27,11 @@ from sync.client import MAX_BATCH, MAX_BATCH_BYTES, AlreadyEnrolled, DeviceClien
 from sync.envelope import open_envelope
 from sync.errors import BadCursor, EnrollmentRefused, RevokedDevice
 from sync.merge import Rejected
-from tests.conftest import WALL_MS
+from tests.conftest import Wall
 
 DAY_MS = 24 * 60 * 60 * 1000
 FUTIAN = "Shenzhen/Futian"
 XIANGMIHU = {"city": "Shenzhen", "district": "Futian", "street": "Xiangmihu"}
-
-
-class Wall:
-    """A wall clock the test moves by hand."""
-
-    def __init__(self, ms: int = WALL_MS) -> None:
-        self.ms = ms
-
-    def __call__(self) -> int:
-        return self.ms
-
-    def tick(self, ms: int = 1_000) -> None:
-        self.ms += ms
 
 
 class Office:

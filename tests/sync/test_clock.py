@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sync.clock import COUNTER_MASK, DEFAULT_MAX_DRIFT_MS, Clock, pack, wall_of
+from tests.conftest import WALL_MS, Wall
 
 settings.register_profile(
     "lianxin-clock-laws",
@@ -23,18 +24,7 @@ settings.register_profile(
 )
 clock_laws = settings(settings.get_profile("lianxin-clock-laws"))
 
-WALL_MS = 1_795_000_000_000  # 2026-11-18
 DAY_MS = 24 * 60 * 60 * 1000
-
-
-class Wall:
-    """An injected wall clock that the test sets by hand."""
-
-    def __init__(self, now_ms: int) -> None:
-        self.now_ms = now_ms
-
-    def __call__(self) -> int:
-        return self.now_ms
 
 
 def test_a_stamp_packs_wall_milliseconds_and_a_counter():
@@ -48,7 +38,7 @@ def test_now_follows_the_wall_clock_when_it_moves_forward():
     wall = Wall(WALL_MS)
     clock = Clock(wall)
     first = clock.now()
-    wall.now_ms += 5_000
+    wall.ms += 5_000
     second = clock.now()
     assert wall_of(first) == WALL_MS
     assert wall_of(second) == WALL_MS + 5_000
@@ -58,7 +48,7 @@ def test_now_keeps_increasing_when_the_wall_clock_jumps_back_hours():
     wall = Wall(WALL_MS)
     clock = Clock(wall)
     before = clock.now()
-    wall.now_ms -= 5 * 60 * 60 * 1000
+    wall.ms -= 5 * 60 * 60 * 1000
     after = [clock.now() for _ in range(3)]
     assert before < after[0] < after[1] < after[2]
 
@@ -144,24 +134,24 @@ def test_stamps_strictly_increase_and_absurd_remotes_are_clamped(script, start, 
     for operation, argument in operations:
         match operation:
             case "wall":
-                wall.now_ms = argument
+                wall.ms = argument
                 continue
             case "wall_by":
-                wall.now_ms = max(0, wall.now_ms + argument)
+                wall.ms = max(0, wall.ms + argument)
                 continue
             case "now":
                 stamp = clock.now()
             case _:
                 kind, value, counter = argument
-                remote = pack(wall.now_ms + value, counter) if kind == "near" else value
+                remote = pack(wall.ms + value, counter) if kind == "near" else value
                 remote = max(0, remote)
                 # A twin in the same state, given the highest stamp that is not absurd.
                 twin = Clock(wall, last=clock.last, max_drift_ms=max_drift_ms)
                 bound = twin.limit()
                 at_bound = twin.receive(bound)
                 stamp, clamped = clock.receive(remote)
-                absurd = wall_of(remote) > wall.now_ms + max_drift_ms
-                assert clamped == absurd, (remote, wall.now_ms)
+                absurd = wall_of(remote) > wall.ms + max_drift_ms
+                assert clamped == absurd, (remote, wall.ms)
                 if absurd:
                     # Clamped: treated as the highest acceptable stamp, never followed past it.
                     assert (stamp, clamped) == (at_bound.stamp, True)

@@ -11,18 +11,10 @@ from schemas import Add, Reason
 from sync import merge
 from sync.clock import Clock, pack
 from sync.device import Replica
+from tests.conftest import WALL_MS, Wall
 
-WALL_MS = 1_795_000_000_000  # 2026-11-18
 HOUR_MS = 60 * 60 * 1000
 CASE = ("case", "k-1")
-
-
-class Wall:
-    def __init__(self, now_ms: int) -> None:
-        self.now_ms = now_ms
-
-    def __call__(self) -> int:
-        return self.now_ms
 
 
 def replica(device_id: str, wall: Wall) -> Replica:
@@ -35,7 +27,7 @@ def test_an_edit_is_stamped_applied_locally_and_queued():
     phone = replica("dev-a", wall)
 
     first = phone.edit(*CASE, set={"title": "Drains overflow"})
-    wall.now_ms -= HOUR_MS  # the phone's clock is set back an hour
+    wall.ms -= HOUR_MS  # the phone's clock is set back an hour
     second = phone.edit(*CASE, ops=[Add(field="tags", value="drains")])
 
     assert (first.change_id, first.device_id, first.hlc) == ("dev-a.1", "dev-a", pack(WALL_MS))

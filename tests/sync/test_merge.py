@@ -18,9 +18,9 @@ from schemas.records import Note, Signature
 from schemas.state import RecordState
 from sync import merge
 from sync.clock import pack
+from tests.conftest import WALL_MS
 from tests.sync.causal import had_seen
 
-WALL_MS = 1_795_000_000_000  # 2026-11-18
 CASE = ("case", "k-1")
 AGREEMENT = ("agreement", "a-1")
 
