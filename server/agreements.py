@@ -99,49 +99,44 @@ def execute_ready(
     clock: Clock,
     written: Mapping[RecordKey, RecordState],
     now_ms: int,
-) -> dict[RecordKey, int]:
+) -> None:
     """Move the agreements a batch wrote along: collecting once signed, executed with
     a receipt once every required signer has signed; executing a new version
     supersedes the version it names (voids it, if that one was never executed).
-    `written` are the record states the batch wrote. Returns the records changed,
-    by seq."""
-    changed: dict[RecordKey, int] = {}
+    `written` are the record states the batch wrote.
+
+    The office's changes set only `status` and `receipt`, so they never change
+    who may see an agreement.
+    """
     for key, state in written.items():
         if key[0] != "agreement":
             continue
         agreement = materialize(state)
         assert isinstance(agreement, Agreement)
         if agreement.status == "draft" and agreement.signatures:
-            state, seq = _office_change(store, keys, clock, state, {"status": "collecting"})
+            state = _office_change(store, keys, clock, state, {"status": "collecting"})
             agreement = materialize(state)
             assert isinstance(agreement, Agreement)
-            changed[key] = seq
         if agreement.status == "collecting" and agreements.is_complete(key[1], agreement):
             receipt = _receipt(keys, key[1], agreement, store.last_seq() + 1, now_ms)
             receipt_value = msgspec.to_builtins(receipt)
-            _, seq = _office_change(
+            _office_change(
                 store, keys, clock, state, {"status": "executed", "receipt": receipt_value}
             )
-            changed[key] = seq
             if agreement.supersedes:
-                changed.update(_supersede(store, keys, clock, agreement.supersedes))
-    return changed
+                _supersede(store, keys, clock, agreement.supersedes)
 
 
-def _supersede(
-    store: SqliteStore, keys: OfficeKeys, clock: Clock, agreement_id: str
-) -> dict[RecordKey, int]:
+def _supersede(store: SqliteStore, keys: OfficeKeys, clock: Clock, agreement_id: str) -> None:
     key = ("agreement", agreement_id)
     state = store.states([key]).get(key)
     if state is None:
-        return {}
+        return
     old = materialize(state)
     assert isinstance(old, Agreement)
     ends = {"executed": "superseded", "draft": "void", "collecting": "void"}
-    if old.status not in ends:
-        return {}  # already superseded or void
-    _, seq = _office_change(store, keys, clock, state, {"status": ends[old.status]})
-    return {key: seq}
+    if old.status in ends:  # not already superseded or void
+        _office_change(store, keys, clock, state, {"status": ends[old.status]})
 
 
 def _receipt(
@@ -161,7 +156,7 @@ def _receipt(
 
 def _office_change(
     store: SqliteStore, keys: OfficeKeys, clock: Clock, state: RecordState, fields: dict[str, Any]
-) -> tuple[RecordState, int]:
+) -> RecordState:
     """Apply a change authored by the office, which has seen everything in the record."""
     change = Change(
         change_id=f"{keys.office_id}-{uuid.uuid4().hex}",
@@ -175,5 +170,5 @@ def _office_change(
     (result,), records = apply(store, [change], clock)
     if result.seq is None:
         raise RuntimeError(f"the office's own change was refused: {result.reason} {result.detail}")
-    after, seq = records[(state.record_type, state.record_id)]
-    return after, seq
+    after, _ = records[(state.record_type, state.record_id)]
+    return after

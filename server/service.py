@@ -139,8 +139,7 @@ class SyncService:
             written = {key: state for key, (state, _) in records.items()}
             update_access(self.store, touched, user.user_id, written)
             # Agreements the batch completed are executed in the same transaction.
-            executed = execute_ready(self.store, self.keys, self.clock, written, self.wall_ms())
-            update_access(self.store, executed, None)
+            execute_ready(self.store, self.keys, self.clock, written, self.wall_ms())
         return PushResponse(batch_id=request.batch_id, results=results)
 
     def _remember_batch(self, device: Device, request: PushRequest, manifest: bytes) -> None:

@@ -44,6 +44,8 @@ def update_access(
     `states` are record states the caller already holds (those the batch
     wrote); any other state needed is read from the store.
     """
+    if not touched:
+        return
     db = store.db
     if creator is not None:
         db.conn.executemany(
