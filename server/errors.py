@@ -24,6 +24,8 @@ STATUS: dict[type[errors.LianxinError], int] = {
     errors.EnrollmentRefused: 403,
     errors.BatchReused: 409,
     errors.TooLarge: 413,
+    errors.Erased: 410,
+    errors.Unreadable: 500,
     errors.Unavailable: 503,
 }
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}

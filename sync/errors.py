@@ -19,6 +19,8 @@
     │   ├── UnsupportedSuite    unsupported_suite     a suite id not accepted here (no downgrade)
     │   ├── WrongKey            wrong_key             sealed to a key this office does not hold
     │   └── Unsealable          unsealable            does not open: changed or not for us
+    ├── Erased                  erased                the record was lawfully erased (key destroyed)
+    ├── Unreadable              unreadable            stored bytes do not open (key, passphrase)
     └── Unavailable             unavailable           storage busy or failing; retry later
 
 The engine and the client raise these; only `server/errors.py` turns them
@@ -107,6 +109,14 @@ class WrongKey(EnvelopeError):
 
 class Unsealable(EnvelopeError):
     code = "unsealable"
+
+
+class Erased(LianxinError):
+    code = "erased"
+
+
+class Unreadable(LianxinError):
+    code = "unreadable"
 
 
 class Unavailable(LianxinError):
