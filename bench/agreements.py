@@ -28,7 +28,9 @@ from server.service import SyncService
 from server.settings import Settings
 from server.storage.directory import Device
 from server.storage.sqlite import SqliteStore
+from server.storage.vault import Vault
 from sync import agreements, signing
+from sync.atrest import KdfParams
 from sync.clock import Clock, pack
 
 WALL_MS = 1_795_000_000_000
@@ -84,11 +86,12 @@ class Phone:
 
 def one_run(folder: Path, check_signatures: bool) -> float:
     """Seconds the office spends on the signature pushes of one fresh office."""
-    store = SqliteStore(folder / "lianxin.db")
+    keys = OfficeKeys.generate("bench passphrase", KdfParams.new(n=2**10))
+    store = SqliteStore(folder / "lianxin.db", Vault(folder / "data-keys.db", keys))
     service = SyncService(
         Settings(data_dir=folder),
         store,
-        OfficeKeys.generate(),
+        keys,
         Clock(lambda: WALL_MS),
         lambda: WALL_MS,
     )

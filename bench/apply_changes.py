@@ -51,9 +51,12 @@ import sqlite_utils
 from schemas.changes import Add, Append, Change, Delete, Op, Remove, Restore
 from schemas.records import CASE_STATUS
 from schemas.state import RecordState
+from server.keys import OfficeKeys
 from server.storage.migrations import migrate
 from server.storage.sqlite import SqliteStore
+from server.storage.vault import Vault
 from sync import merge
+from sync.atrest import KdfParams
 from sync.clock import COUNTER_MASK, DEFAULT_MAX_DRIFT_MS, Clock, pack
 from sync.engine import apply_batch
 
@@ -462,7 +465,8 @@ def run_engine(
     workload: Workload, batch_size: int, path: Path
 ) -> tuple[Timing, SqliteStore, Answers]:
     """Apply the workload through the engine; return its timing, the store and its answers."""
-    store = SqliteStore(path)
+    keys = OfficeKeys.generate("bench passphrase", KdfParams.new(n=2**10))
+    store = SqliteStore(path, Vault(path.with_name(path.name + ".keys"), keys))
     clock = Clock(lambda: workload.server_wall_ms)
     changes, raws = workload.changes, workload.raws
     batches = list(zip(_batches(changes, batch_size), _batches(raws, batch_size), strict=True))
@@ -548,8 +552,8 @@ def verify(store: SqliteStore, workload: Workload, answers: Answers) -> Verified
     statuses = answers.statuses
     if answers.total != total or statuses["duplicate"] or statuses["rejected"] != quarantined:
         problems.append(f"unexpected answers: {dict(statuses)}")
-    rows = db.execute("SELECT record_type, record_id, state FROM records")
-    stored_states = {(record_type, record_id): blob for record_type, record_id, blob in rows}
+    encode = msgspec.msgpack.encode
+    stored_states = {(s.record_type, s.record_id): encode(s) for s in store.all_states()}
     if stored_states != workload.expected_states:
         differing = sum(
             stored_states.get(key) != blob for key, blob in workload.expected_states.items()
@@ -562,25 +566,41 @@ def verify(store: SqliteStore, workload: Workload, answers: Answers) -> Verified
         clamped=answers.clamped,
         open_conflicts=one("SELECT count(*) FROM conflicts WHERE settled_seq IS NULL"),
         conflict_rows=one("SELECT count(*) FROM conflicts"),
-        digest=store_digest(db),
+        digest=store_digest(store),
     )
 
 
-def store_digest(db: sqlite_utils.Database) -> str:
-    """A hash of everything the engine stored, to compare two versions of the code."""
+def store_digest(store: SqliteStore) -> str:
+    """A hash of everything the engine stored, opened, to compare two versions of the code.
+
+    Sealed columns are hashed as what they open to: their bytes differ from run to
+    run (fresh keys and nonces).
+    """
     digest = hashlib.sha256()
     encode = msgspec.msgpack.encode
-    for sql in (
+    db = store.db
+    rows = db.execute(
         "SELECT seq, change_id, record_type, record_id, device_id, hlc, status, result, raw"
-        " FROM changes ORDER BY seq",
-        "SELECT change_id, reason, detail, result, raw FROM quarantine ORDER BY id",
-        "SELECT record_type, record_id, seq, deleted, state FROM records"
-        " ORDER BY record_type, record_id",
-        "SELECT record_type, record_id, field, kind, conflict, opened_seq, updated_seq,"
-        " settled_seq FROM conflicts ORDER BY id",
+        " FROM changes ORDER BY seq"
+    ).fetchall()
+    opened = store.open_changes([(t, i, c, raw) for _, c, t, i, *_, raw in rows])
+    for row, raw in zip(rows, opened, strict=True):
+        digest.update(encode((*row[:-1], raw)))
+    for quarantined in store.quarantined():
+        digest.update(encode(quarantined))
+    for key_row in db.execute(
+        "SELECT record_type, record_id, seq, deleted FROM records ORDER BY record_type, record_id"
     ):
-        for row in db.execute(sql):
-            digest.update(encode(row))
+        digest.update(encode(key_row))
+    for state in store.all_states():
+        digest.update(encode(state))
+    for conflict_row in db.execute(
+        "SELECT record_type, record_id, field, kind, opened_seq, updated_seq, settled_seq"
+        " FROM conflicts ORDER BY id"
+    ):
+        digest.update(encode(conflict_row))
+    for conflict in store.open_conflicts():
+        digest.update(encode(conflict))
     return digest.hexdigest()[:16]
 
 

@@ -86,6 +86,7 @@ class Reason(enum.StrEnum):
     CONTENT_MISMATCH = "signature_content_mismatch"
     SIGNER_NOT_REQUIRED = "signer_not_required"
     WITHDRAWAL_AFTER_EXECUTION = "withdrawal_after_execution"
+    RECORD_ERASED = "record_erased"
 
 
 class Candidate(msgspec.Struct, frozen=True, kw_only=True):

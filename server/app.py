@@ -19,7 +19,7 @@ from server.keys import OfficeKeys
 from server.service import SyncService
 from server.settings import Settings
 from server.storage.directory import Device
-from server.storage.sqlite import SqliteStore
+from server.storage.sqlite import SqliteStore, open_store
 from sync import envelope
 from sync.clock import Clock, system_wall_ms
 from sync.envelope import ENVELOPE, Purpose
@@ -81,6 +81,7 @@ async def signed(
     path = request_target(request)
 
     def work() -> Response:
+        service.keys.reload()  # `lianxin keys rotate` may have changed the key file
         device = auth.authenticate(
             request.headers,
             request.method,
@@ -94,8 +95,8 @@ async def signed(
             if service.settings.require_sealed:
                 raise BadEnvelope("this office accepts sealed sync requests only")
             return reply(request, action(device, decode(request, body, kind)))
-        keys = {service.keys.kem_key_id: service.keys.kem}
-        header, plaintext = envelope.open_envelope(body, keys)
+        # Every KEM key not yet retired opens: devices move to a rotated key at their own pace.
+        header, plaintext = envelope.open_envelope(body, service.keys.kems)
         if header.device_id != device.device_id or header.purpose != purpose:
             raise BadEnvelope("the envelope was sealed for another device or endpoint")
         try:
@@ -131,18 +132,17 @@ async def pull(request: Request) -> Response:
 def create_app(
     settings: Settings,
     *,
+    keys: OfficeKeys,
     store: SqliteStore | None = None,
-    keys: OfficeKeys | None = None,
     clock: Clock | None = None,
     wall_ms: Callable[[], int] = system_wall_ms,
 ) -> Litestar:
-    """Build the app; resources not given are opened from `settings.data_dir`.
+    """Build the app for the office whose unlocked `keys` are given.
 
-    The app closes on shutdown only the store it opened itself.
+    Without a `store` the app opens the one `settings` name, and closes it on shutdown.
     """
     opened = store is None
-    store = store or SqliteStore(settings.store_path)
-    keys = keys or OfficeKeys.load(settings.keys_path)
+    store = store or open_store(settings, keys)
     clock = clock or Clock(wall_ms, max_drift_ms=settings.max_clock_drift_ms)
     service = SyncService(settings, store, keys, clock, wall_ms)
     return Litestar(

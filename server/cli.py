@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import getpass
+import os
 import shutil
 import sys
 from collections import Counter
@@ -17,23 +19,58 @@ from server import phone, seed
 from server.keys import OfficeKeys
 from server.settings import Settings, load_settings
 from server.storage.directory import ROLES, Directory, Role
-from server.storage.sqlite import SqliteStore
+from server.storage.sqlite import open_store
 from sync.agreements import Bundle, SigningDevice, export_bundle, verify_file
 from sync.clock import Clock, system_wall_ms
 from sync.engine import apply_batch
+from sync.errors import LianxinError
 from sync.merge import materialize
 
 STORE_FILE = "lianxin.db"
 CODE_TTL_MS = 24 * 3600_000
+PASSPHRASE_ENV = "LIANXIN_PASSPHRASE"
+DEMO_PASSPHRASE = "lianxin demo only"
 
 
-def demo(data: Path, reset: bool) -> int:
-    """Initialise an embedded store in `data` and load the seed scenarios into it."""
+def passphrase(confirm: bool = False) -> str:
+    """The office passphrase: from LIANXIN_PASSPHRASE, else typed at a terminal."""
+    given = os.environ.get(PASSPHRASE_ENV)
+    if given:
+        return given
+    if not sys.stdin.isatty():
+        raise SystemExit(f"lianxin: set {PASSPHRASE_ENV} or run in a terminal to type it")
+    typed = getpass.getpass("Office passphrase: ")
+    if confirm and getpass.getpass("Again: ") != typed:
+        raise SystemExit("lianxin: the passphrases differ")
+    if len(typed) < 12:
+        raise SystemExit("lianxin: use a passphrase of at least 12 characters")
+    return typed
+
+
+def unlock(settings: Settings) -> OfficeKeys:
+    """The office keys, unlocked with the passphrase; exits with a clear message if wrong."""
+    if not settings.keys_path.exists():
+        raise SystemExit(f"lianxin: no office in {settings.data_dir}; run `lianxin init` first")
+    try:
+        return OfficeKeys.load(settings.keys_path, passphrase())
+    except LianxinError as error:
+        raise SystemExit(f"lianxin: {error.detail}") from None
+
+
+def demo(settings: Settings, reset: bool) -> int:
+    """Initialise an embedded store and load the seed scenarios into it."""
+    data = settings.data_dir
     if reset and data.exists():
         shutil.rmtree(data)
         print(f"Removed {data}")
     data.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(data / STORE_FILE)
+    # A demo office is locked with a passphrase everyone knows, unless one is given.
+    secret = os.environ.get(PASSPHRASE_ENV) or DEMO_PASSPHRASE
+    if not settings.keys_path.exists():
+        OfficeKeys.generate(secret).save(settings.keys_path, new=True)
+        shown = f"${PASSPHRASE_ENV}" if secret != DEMO_PASSPHRASE else repr(secret)
+        print(f"Created demo office keys {settings.keys_path}, locked with {shown}")
+    store = open_store(settings, OfficeKeys.load(settings.keys_path, secret))
     try:
         applied = ", ".join(store.migrations_applied)
         if "0001_initial" in store.migrations_applied:
@@ -69,7 +106,7 @@ def init(settings: Settings, admin: str, org_units: list[str]) -> int:
         print(f"lianxin: {settings.keys_path} exists; this office is already initialised")
         return 1
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    OfficeKeys.generate().save(settings.keys_path)
+    OfficeKeys.generate(passphrase(confirm=True)).save(settings.keys_path, new=True)
     with _directory(settings) as directory:
         user = directory.add_user(admin, "admin", org_units, system_wall_ms())
         code = directory.issue_code(user.user_id, system_wall_ms(), CODE_TTL_MS)
@@ -108,8 +145,8 @@ def revoke_device(settings: Settings, device_id: str) -> int:
 
 def export_agreement(settings: Settings, agreement_id: str, out: Path) -> int:
     """Write a self-contained bundle that `agreement verify` checks with no server."""
-    keys = OfficeKeys.load(settings.keys_path)
     with _directory(settings) as directory:
+        keys = directory.store.vault.keys
         state = directory.store.states([("agreement", agreement_id)]).get(
             ("agreement", agreement_id)
         )
@@ -167,7 +204,7 @@ def serve(settings: Settings) -> int:
 
     from server.app import create_app
 
-    app = create_app(settings)
+    app = create_app(settings, keys=unlock(settings))
     print(f"Lianxin serving {settings.data_dir} on http://{settings.host}:{settings.port}")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     return 0
@@ -175,7 +212,7 @@ def serve(settings: Settings) -> int:
 
 @contextmanager
 def _directory(settings: Settings) -> Iterator[Directory]:
-    store = SqliteStore(settings.store_path)
+    store = open_store(settings, unlock(settings))
     try:
         yield Directory(store)
     finally:
@@ -267,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     match args.command, getattr(args, "action", None):
         case "demo", _:
-            return demo(settings.data_dir, args.reset)
+            return demo(settings, args.reset)
         case "init", _:
             return init(settings, args.admin, args.org_units)
         case "user", "add":

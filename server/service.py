@@ -61,6 +61,7 @@ class SyncService:
         self.wall_ms = wall_ms
 
     def office(self) -> OfficeInfo:
+        self.keys.reload()
         return OfficeInfo(
             office_id=self.keys.office_id,
             signing_key=self.keys.signing_public,
@@ -167,8 +168,11 @@ class SyncService:
             position, seq = self._open_cursor(device, request.cursor, last)
             page = read_page(conn, user_id, position, seq, limit, last)
         rows, evictions, has_more, end, end_seq = page
+        raws = self.store.open_changes([row[2:6] for row in rows])
         items: list[tuple[int, int, PulledChange | Eviction]] = [
-            (p, 0, PulledChange(seq=s, change=raw, order=order)) for p, s, raw, order in rows
+            (p, 0, PulledChange(seq=s, change=raw, order=order))
+            for (p, s, *_, order), raw in zip(rows, raws, strict=True)
+            if raw is not None  # erased since the page was read
         ]
         items += [
             (e, 1, Eviction(seq=e, record_type=t, record_id=i, reason=reason))

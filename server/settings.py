@@ -19,6 +19,8 @@ PREFIX = "LIANXIN_"
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     data_dir: Path = Path("lianxin-data")
+    # The data keys' store: back it up apart from the data (default: data_dir/keys).
+    keys_dir: Path | None = None
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8470
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 8 * 1024 * 1024
@@ -36,6 +38,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     @property
     def keys_path(self) -> Path:
         return self.data_dir / "office-keys.json"
+
+    @property
+    def key_store_path(self) -> Path:
+        return (self.keys_dir or self.data_dir / "keys") / "data-keys.db"
 
 
 def load_settings(

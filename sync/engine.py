@@ -76,6 +76,7 @@ def apply(
         known = store.results(c.change_id for c in changes)
         keys = {(c.record_type, c.record_id) for c in changes}
         states: dict[RecordKey, RecordState] = store.states(keys)
+        erased = store.erased(keys)
         touched: dict[RecordKey, tuple[RecordState, int]] = {}
         batch = BatchWrite([], touched, [], [], batch_id)
         # The open conflicts of each record's latest state in this batch, so they are
@@ -94,7 +95,9 @@ def apply(
             key = (change.record_type, change.record_id)
             before = states.get(key)
             denied = authorize(change) if authorize else None
-            if denied:
+            if key in erased:
+                outcome = merge.Outcome(None, merge.Rejected(Reason.RECORD_ERASED, "erased"))
+            elif denied:
                 outcome = merge.Outcome(None, merge.Rejected(Reason.NOT_PERMITTED, denied))
             else:
                 outcome = merge.apply_change(before, change, min(change.hlc, limit))

@@ -77,6 +77,9 @@ class ChangeStore(Protocol):
     def states(self, keys: Iterable[RecordKey]) -> dict[RecordKey, RecordState]:
         """The merge state of each existing record among `keys`."""
 
+    def erased(self, keys: Iterable[RecordKey]) -> set[RecordKey]:
+        """Which of `keys` were lawfully erased: nothing of them may be written again."""
+
     def write(self, batch: BatchWrite) -> None:
         """Write a batch; called inside `transaction()`."""
 

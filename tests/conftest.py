@@ -1,11 +1,36 @@
 """Fixtures shared by every test folder: real stores in temp dirs, fixed clocks."""
 
+import functools
+from pathlib import Path
+
 import pytest
 
+from server.keys import OfficeKeys
 from server.storage.sqlite import SqliteStore
+from server.storage.vault import Vault
+from sync.atrest import KdfParams
 from sync.clock import Clock
 
 WALL_MS = 1_795_000_000_000  # 2026-11-18, a fixed "now" for the server clock
+PASSPHRASE = "correct horse battery staple"
+# scrypt at a test cost: the production default costs 0.1 s per unlock.
+TEST_KDF = KdfParams(salt=bytes(16), n=2**4)
+
+
+def office_keys() -> OfficeKeys:
+    return OfficeKeys.generate(PASSPHRASE, TEST_KDF)
+
+
+@functools.cache
+def shared_keys() -> OfficeKeys:
+    """One office's keys for stores that need no office of their own (and reopen)."""
+    return office_keys()
+
+
+def make_store(path: Path, keys: OfficeKeys | None = None) -> SqliteStore:
+    """A store on `path` with its data keys beside it in `<name>.keys`."""
+    vault = Vault(path.with_name(path.name + ".keys"), keys or shared_keys())
+    return SqliteStore(path, vault)
 
 
 class Wall:
@@ -23,7 +48,7 @@ class Wall:
 
 @pytest.fixture
 def store(tmp_path):
-    store = SqliteStore(tmp_path / "lianxin.db")
+    store = make_store(tmp_path / "lianxin.db")
     yield store
     store.close()
 

@@ -34,7 +34,8 @@ import heapq
 import sqlite3
 from typing import NamedTuple
 
-Row = tuple[int, int, bytes, int | None]  # (position, seq, raw change, order stamp)
+# (position, seq, record type, record id, change id, sealed change, order stamp)
+Row = tuple[int, int, str, str, str, bytes, int | None]
 
 # Log rows walked before asking whether reading record by record is cheaper.
 MIN_LOG_WINDOW = 4096
@@ -47,11 +48,13 @@ RECORDS_PER_LOGGED_CHANGE = 1 / 8
 # to another to the records in view since before them (recent) or entering at
 # one position (entering); both in seq order.
 _WALK = {
-    "recent": "SELECT c.seq, c.seq, c.raw, c.order_stamp FROM changes c CROSS JOIN access a"
+    "recent": "SELECT c.seq, c.seq, c.record_type, c.record_id, c.change_id, c.raw, c.order_stamp"
+    " FROM changes c CROSS JOIN access a"
     " WHERE c.seq BETWEEN ? AND ? AND a.user_id = ? AND a.record_type = c.record_type"
     " AND a.record_id = c.record_id AND a.since_seq <= c.seq ORDER BY c.seq LIMIT ?",
-    "entering": "SELECT a.since_seq, c.seq, c.raw, c.order_stamp FROM changes c"
-    " CROSS JOIN access a WHERE c.seq BETWEEN ? AND ? AND a.user_id = ?"
+    "entering": "SELECT a.since_seq, c.seq, c.record_type, c.record_id, c.change_id, c.raw,"
+    " c.order_stamp FROM changes c CROSS JOIN access a"
+    " WHERE c.seq BETWEEN ? AND ? AND a.user_id = ?"
     " AND a.record_type = c.record_type AND a.record_id = c.record_id AND a.since_seq = ?"
     " ORDER BY c.seq LIMIT ?",
 }
@@ -82,7 +85,7 @@ _CHUNK = 500  # seqs per IN list
 
 
 class Page(NamedTuple):
-    """One pull page as rows: changes `(position, seq, raw, order)`, evictions, where it ends."""
+    """One pull page as rows: changes (see `Row`), evictions, and where it ends."""
 
     rows: list[Row]
     evictions: list[tuple[int, str, str, str]]
@@ -163,13 +166,15 @@ def _stretch(
 
 def _with_bodies(conn: sqlite3.Connection, keys: list[tuple[int, int]]) -> list[Row]:
     """The rows for `(position, seq)` keys, with each change's bytes and order stamp."""
-    bodies: dict[int, tuple[bytes, int | None]] = {}
+    bodies: dict[int, tuple[str, str, str, bytes, int | None]] = {}
     seqs = [seq for _, seq in keys]
     for start in range(0, len(seqs), _CHUNK):
         chunk = seqs[start : start + _CHUNK]
         marks = ",".join("?" * len(chunk))
         found = conn.execute(
-            f"SELECT seq, raw, order_stamp FROM changes WHERE seq IN ({marks})", chunk
+            "SELECT seq, record_type, record_id, change_id, raw, order_stamp FROM changes"
+            f" WHERE seq IN ({marks})",
+            chunk,
         )
-        bodies.update((seq, (raw, order)) for seq, raw, order in found)
+        bodies.update((seq, body) for seq, *body in found)
     return [(position, seq, *bodies[seq]) for position, seq in keys]

@@ -2,6 +2,13 @@
 
 All writes go through `transaction()`: a lock plus `BEGIN IMMEDIATE` on the one
 writer connection, so there is exactly one serializer of the change log.
+
+Whatever names or describes people is sealed under its record's data key
+(`server.storage.vault`): record states, the exact bytes of every change
+(logged or quarantined) and open conflicts' candidates. Ids, sequences,
+stamps, statuses, reason codes and answers without their conflicts stay
+readable, because routing, deduplication and queries need them
+(PROTOCOL.md, section 15).
 """
 
 from __future__ import annotations
@@ -17,7 +24,11 @@ import sqlite_utils
 
 from schemas.changes import Change, ChangeResult, Conflict
 from schemas.state import RecordState
+from server.keys import OfficeKeys
+from server.settings import Settings
 from server.storage.migrations import migrate
+from server.storage.vault import Vault
+from sync.atrest import open_sealed, seal
 from sync.merge import is_deleted
 from sync.store import BatchWrite, LoggedChange, QuarantineRow, RecordKey
 
@@ -36,6 +47,11 @@ def _chunks(items: list, size: int = _CHUNK) -> Iterator[list]:
         yield items[start : start + size]
 
 
+def bind(table: str, key: RecordKey, row: str = "") -> bytes:
+    """What a sealed value belongs to: its table, record and row (a change id, a field)."""
+    return f"{table}\x00{key[0]}\x00{key[1]}\x00{row}".encode()
+
+
 class SqliteStore:
     """A `sync.store.ChangeStore` on one SQLite file.
 
@@ -44,8 +60,9 @@ class SqliteStore:
     the writer.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, vault: Vault) -> None:
         self.path = Path(path)
+        self.vault = vault
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         self.db.execute("PRAGMA journal_mode = WAL")
@@ -62,6 +79,7 @@ class SqliteStore:
         for reader in self._readers:
             reader.close()
         self.db.conn.close()
+        self.vault.close()
 
     @contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
@@ -128,12 +146,52 @@ class SqliteStore:
                 f"SELECT r.record_type, r.record_id, r.state FROM (VALUES {marks}) AS k"
                 " JOIN records AS r ON r.record_type = k.column1 AND r.record_id = k.column2",
                 [part for key in chunk for part in key],
-            )
-            found.update(((t, i), _decode_state(blob)) for t, i, blob in rows)
+            ).fetchall()
+            found.update(self._open_states(rows))
         return found
+
+    def _open_states(
+        self, rows: list[tuple[str, str, bytes]]
+    ) -> Iterator[tuple[RecordKey, RecordState]]:
+        """Decoded states of `(type, id, sealed state)` rows; erased records are left out."""
+        keys = self.vault.data_keys((t, i) for t, i, _ in rows)
+        for record_type, record_id, sealed in rows:
+            key = (record_type, record_id)
+            data_key = keys.get(key)
+            if data_key is not None:
+                yield key, _decode_state(open_sealed(data_key, sealed, bind("records", key)))
+
+    def erased(self, keys: Iterable[RecordKey]) -> set[RecordKey]:
+        """Which of `keys` were erased (their data key destroyed)."""
+        return {key for key, data_key in self.vault.data_keys(keys).items() if data_key is None}
+
+    def open_changes(self, rows: list[tuple[str, str, str, bytes]]) -> list[bytes | None]:
+        """The exact bytes of logged changes `(type, id, change id, sealed)`; None if erased."""
+        keys = self.vault.data_keys((t, i) for t, i, _, _ in rows)
+        return [
+            None
+            if (data_key := keys[(t, i)]) is None
+            else open_sealed(data_key, sealed, bind("changes", (t, i), change_id))
+            for t, i, change_id, sealed in rows
+        ]
 
     def write(self, batch: BatchWrite) -> None:
         execute_many = self.db.conn.executemany
+        keys = self.vault.data_keys(
+            {
+                *((c.record_type, c.record_id) for _, c, *_ in batch.changes),
+                *batch.records,
+                *((c.record_type, c.record_id) for c, *_ in batch.quarantine),
+                *(key for key, *_ in batch.conflicts),
+            },
+            create=True,
+        )
+
+        def sealed(table: str, key: RecordKey, row: str, plain: bytes) -> bytes:
+            data_key = keys[key]
+            # A change to an erased record is refused and kept without its content.
+            return b"" if data_key is None else seal(data_key, plain, bind(table, key, row))
+
         execute_many(
             "INSERT INTO changes (seq, change_id, record_type, record_id, device_id, hlc,"
             " status, result, raw, order_stamp, batch_id)"
@@ -147,8 +205,9 @@ class SqliteStore:
                     c.device_id,
                     c.hlc,
                     result.status,
-                    _encode(result),
-                    raw,
+                    # Conflict candidates are people's words: they live sealed in `conflicts`.
+                    _encode(msgspec.structs.replace(result, conflicts=[])),
+                    sealed("changes", (c.record_type, c.record_id), c.change_id, raw),
                     order,
                     batch.batch_id,
                 )
@@ -160,8 +219,13 @@ class SqliteStore:
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (record_type, record_id) DO UPDATE SET"
             " seq = excluded.seq, deleted = excluded.deleted, state = excluded.state",
             [
-                (state.record_type, state.record_id, seq, is_deleted(state), _encode(state))
-                for state, seq in batch.records.values()
+                (
+                    *key,
+                    seq,
+                    is_deleted(state),
+                    sealed("records", key, "", _encode(state)),
+                )
+                for key, (state, seq) in batch.records.items()
             ],
         )
         execute_many(
@@ -176,12 +240,13 @@ class SqliteStore:
                     result.reason,
                     result.detail,
                     _encode(result),
-                    raw,
+                    sealed("quarantine", (c.record_type, c.record_id), c.change_id, raw),
                 )
                 for c, raw, result in batch.quarantine
             ],
         )
-        for (record_type, record_id), field, conflict, seq in batch.conflicts:
+        for key, field, conflict, seq in batch.conflicts:
+            record_type, record_id = key
             if conflict is None:
                 self.db.execute(
                     "UPDATE conflicts SET settled_seq = ? WHERE record_type = ?"
@@ -195,16 +260,28 @@ class SqliteStore:
                     " ON CONFLICT (record_type, record_id, field) WHERE settled_seq IS NULL"
                     " DO UPDATE SET conflict = excluded.conflict, kind = excluded.kind,"
                     " updated_seq = excluded.updated_seq",
-                    [record_type, record_id, field, conflict.kind, _encode(conflict), seq, seq],
+                    [
+                        record_type,
+                        record_id,
+                        field,
+                        conflict.kind,
+                        sealed("conflicts", key, field, _encode(conflict)),
+                        seq,
+                        seq,
+                    ],
                 )
 
     def changes_since(self, seq: int, limit: int) -> Iterator[LoggedChange]:
+        """Logged changes after `seq` but those of erased records; results without conflicts."""
         rows = self.db.execute(
-            "SELECT seq, raw, result, order_stamp FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, record_type, record_id, change_id, raw, result, order_stamp FROM changes"
+            " WHERE seq > ? ORDER BY seq LIMIT ?",
             [seq, limit],
-        )
-        for row_seq, raw, result, order in rows:
-            yield LoggedChange(row_seq, _decode_change(raw), raw, _decode_result(result), order)
+        ).fetchall()
+        raws = self.open_changes([row[1:5] for row in rows])
+        for (row_seq, *_, result, order), raw in zip(rows, raws, strict=True):
+            if raw is not None:
+                yield LoggedChange(row_seq, _decode_change(raw), raw, _decode_result(result), order)
 
     def record(self, record_type: str, record_id: str) -> RecordState | None:
         """The merge state of one record, or None."""
@@ -212,22 +289,40 @@ class SqliteStore:
 
     def all_states(self) -> Iterator[RecordState]:
         """Every record's merge state, in key order."""
-        rows = self.db.execute("SELECT state FROM records ORDER BY record_type, record_id")
-        for (blob,) in rows:
-            yield _decode_state(blob)
+        rows = self.db.execute(
+            "SELECT record_type, record_id, state FROM records ORDER BY record_type, record_id"
+        )
+        for chunk in _chunks(rows.fetchall()):
+            for _, state in self._open_states(chunk):
+                yield state
 
     def open_conflicts(self) -> list[Conflict]:
         rows = self.db.execute(
-            "SELECT conflict FROM conflicts WHERE settled_seq IS NULL ORDER BY id"
+            "SELECT record_type, record_id, field, conflict FROM conflicts"
+            " WHERE settled_seq IS NULL ORDER BY id"
         ).fetchall()
-        return [_decode_conflict(blob) for (blob,) in rows]
+        keys = self.vault.data_keys((t, i) for t, i, *_ in rows)
+        return [
+            _decode_conflict(open_sealed(data_key, sealed, bind("conflicts", (t, i), field)))
+            for t, i, field, sealed in rows
+            if (data_key := keys[(t, i)]) is not None
+        ]
 
     def quarantined(self) -> list[QuarantineRow]:
         rows = self.db.execute(
-            "SELECT change_id, reason, detail, raw FROM quarantine ORDER BY id"
+            "SELECT change_id, record_type, record_id, reason, detail, raw FROM quarantine"
+            " ORDER BY id"
         ).fetchall()
+        keys = self.vault.data_keys((t, i) for _, t, i, *_ in rows)
         return [
-            QuarantineRow(c, reason, detail, _decode_change(raw)) for c, reason, detail, raw in rows
+            QuarantineRow(
+                c,
+                reason,
+                detail,
+                _decode_change(open_sealed(data_key, sealed, bind("quarantine", (t, i), c))),
+            )
+            for c, t, i, reason, detail, sealed in rows
+            if (data_key := keys[(t, i)]) is not None and sealed
         ]
 
     def counts(self) -> dict[str, int]:
@@ -236,3 +331,9 @@ class SqliteStore:
             name: self.db.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
             for name in ("records", "changes", "quarantine", "conflicts")
         }
+
+
+def open_store(settings: Settings, keys: OfficeKeys) -> SqliteStore:
+    """The office's store and its data keys, from where the settings say they live."""
+    settings.key_store_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return SqliteStore(settings.store_path, Vault(settings.key_store_path, keys))

@@ -1,5 +1,6 @@
 """A real `lianxin serve` process on 127.0.0.1, set up through the real CLI."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -10,6 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import PASSPHRASE
+
+# What the office's operator would export before running `lianxin`.
+OFFICE_ENV = {**os.environ, "LIANXIN_PASSPHRASE": PASSPHRASE}
+
 
 def lianxin(data: Path, *args: str) -> str:
     """Run the `lianxin` command line against `data`; its output, stripped."""
@@ -18,6 +24,7 @@ def lianxin(data: Path, *args: str) -> str:
         capture_output=True,
         text=True,
         timeout=60,
+        env=OFFICE_ENV,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout.strip()
@@ -61,6 +68,7 @@ class Server:
                 ],
                 stdout=log,
                 stderr=log,
+                env=OFFICE_ENV,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -21,10 +21,9 @@ from server.app import create_app
 from server.keys import OfficeKeys
 from server.settings import Settings
 from server.storage.directory import Directory
-from server.storage.sqlite import SqliteStore
 from sync import signing
 from sync.clock import Clock, pack
-from tests.conftest import Wall
+from tests.conftest import Wall, make_store, office_keys
 
 MSGPACK = {"content-type": "application/msgpack"}
 
@@ -151,9 +150,9 @@ def running_office(folder, require_sealed=False):
     The hand-built phones here send plain bodies, so offices in these tests
     accept unsealed sync unless `require_sealed` (the production default).
     """
-    store = SqliteStore(folder / "lianxin.db")
+    keys = office_keys()
+    store = make_store(folder / "lianxin.db", keys)
     wall = Wall()
-    keys = OfficeKeys.generate()
     app = create_app(
         Settings(
             data_dir=folder,

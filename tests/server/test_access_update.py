@@ -14,11 +14,10 @@ import pytest
 from schemas.changes import Add, Append, Change, Remove
 from server.storage.access import _scope, update_access
 from server.storage.directory import Directory
-from server.storage.sqlite import SqliteStore
 from sync.access import readers, scope
 from sync.clock import Clock, pack
 from sync.engine import apply_batch
-from tests.conftest import WALL_MS
+from tests.conftest import WALL_MS, make_store
 
 
 def reference_update_access(store, touched, creator):
@@ -209,7 +208,7 @@ class Workload:
 @pytest.mark.parametrize("seed", range(12))
 def test_batched_readers_equal_the_per_record_reference(tmp_path, seed):
     rng = random.Random(seed)
-    stores = [SqliteStore(tmp_path / "batched.db"), SqliteStore(tmp_path / "reference.db")]
+    stores = [make_store(tmp_path / "batched.db"), make_store(tmp_path / "reference.db")]
     people = [
         ("Sun", "mediator", ["Hangzhou/Gongshu"]),
         ("Wang", "mediator", ["Hangzhou/Xihu"]),

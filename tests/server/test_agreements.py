@@ -154,13 +154,11 @@ def test_any_delivery_order_with_duplicates_executes_once(tmp_path_factory, plan
         for n, signer in enumerate([*order, *again]):
             sign([sun, li][n % 2], captured[signer], batch_id=f"s-{n}")
         agreement = stored_agreement(office)
-        by_office = office.store.db.execute(
-            "SELECT raw FROM changes WHERE device_id = ?", [office.keys.office_id]
-        ).fetchall()
         executions = [
-            raw
-            for (raw,) in by_office
-            if msgspec.msgpack.decode(raw)["set"].get("status") == "executed"
+            logged
+            for logged in office.store.changes_since(0, 10_000)
+            if logged.change.device_id == office.keys.office_id
+            and logged.change.set.get("status") == "executed"
         ]
     assert agreement.status == "executed"
     assert sorted(s.signer for s in agreement.signatures) == SIGNERS

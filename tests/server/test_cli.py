@@ -1,8 +1,24 @@
 """`lianxin demo`: a fresh store with the DESIGN scenarios, and idempotent when run again."""
 
-from server.cli import STORE_FILE, main
-from server.storage.sqlite import SqliteStore
+import pytest
+
+from server.cli import main
+from server.keys import OfficeKeys
+from server.settings import Settings
+from server.storage.sqlite import open_store
 from sync.merge import materialize
+from tests.conftest import PASSPHRASE
+
+
+@pytest.fixture(autouse=True)
+def passphrase(monkeypatch):
+    monkeypatch.setenv("LIANXIN_PASSPHRASE", PASSPHRASE)
+
+
+def opened(data):
+    """The store of the office in folder `data`, unlocked as the server would."""
+    settings = Settings(data_dir=data)
+    return open_store(settings, OfficeKeys.load(settings.keys_path, PASSPHRASE))
 
 
 def record(store, record_type, record_id):
@@ -15,7 +31,7 @@ def test_demo_loads_the_scenarios_and_prints_what_it_did(tmp_path, capsys):
     assert "Created store" in out and "0003_change_order" in out
     assert "1 open conflicts, 0 quarantined" in out
 
-    store = SqliteStore(tmp_path / "data" / STORE_FILE)
+    store = opened(tmp_path / "data")
     # Scenario 1: the warning became a case that was closed, and the warning was answered.
     warning = record(store, "warning", "w-drains")
     case = record(store, "case", "k-drains")
@@ -39,7 +55,7 @@ def test_demo_loads_the_scenarios_and_prints_what_it_did(tmp_path, capsys):
 def test_running_the_demo_again_reuses_the_store_and_writes_nothing_twice(tmp_path, capsys):
     data = tmp_path / "data"
     main(["--data", str(data), "demo"])
-    store = SqliteStore(data / STORE_FILE)
+    store = opened(data)
     counts = store.counts()
     capsys.readouterr()
 

@@ -5,12 +5,13 @@ import random
 import pytest
 
 from server.storage.pull import Page, read_page
-from server.storage.sqlite import SqliteStore
+from tests.conftest import make_store
 
 # The definition (PROTOCOL.md section 12), as one query that reads everything the user
 # may see: each change at position max(seq, since_seq), in (position, seq) order.
 REFERENCE = (
-    "SELECT max(c.seq, a.since_seq) AS p, c.seq, c.raw, c.order_stamp FROM access a"
+    "SELECT max(c.seq, a.since_seq) AS p, c.seq, c.record_type, c.record_id, c.change_id, c.raw,"
+    " c.order_stamp FROM access a"
     " JOIN changes c ON c.record_type = a.record_type AND c.record_id = a.record_id"
     " WHERE a.user_id = ? AND (max(c.seq, a.since_seq) > ?"
     " OR (max(c.seq, a.since_seq) = ? AND c.seq > ?))"
@@ -67,7 +68,7 @@ def random_log(conn, rng: random.Random) -> int:
 @pytest.mark.parametrize("seed", range(40))
 def test_every_page_equals_the_reference_query(tmp_path, seed):
     rng = random.Random(seed)
-    store = SqliteStore(tmp_path / "store.db")
+    store = make_store(tmp_path / "store.db")
     conn = store.db.conn
     last = random_log(conn, rng)
     for user in ("sparse", "dense", "late", "nobody"):

@@ -7,10 +7,9 @@ import pytest
 
 from schemas import Change
 from server.storage.migrations import MIGRATIONS
-from server.storage.sqlite import SqliteStore
 from sync.clock import pack
 from sync.engine import apply_batch
-from tests.conftest import WALL_MS
+from tests.conftest import WALL_MS, make_store
 
 
 def change(n, record_id="k-1", device="dev-a", **fields):
@@ -29,10 +28,10 @@ def table_rows(store, table):
 
 
 def test_migrations_run_once_and_are_recorded(tmp_path):
-    first = SqliteStore(tmp_path / "x.db")
+    first = make_store(tmp_path / "x.db")
     assert first.migrations_applied == [name for name, _ in MIGRATIONS]
     first.close()
-    again = SqliteStore(tmp_path / "x.db")
+    again = make_store(tmp_path / "x.db")
     assert again.migrations_applied == []
     names = [row[0] for row in again.db.execute("SELECT name FROM migrations")]
     assert names == [name for name, _ in MIGRATIONS]

@@ -40,6 +40,7 @@ from sync import merge
 from sync.clock import Clock
 from sync.device import Replica
 from sync.engine import apply_batch
+from tests.conftest import make_store
 
 HOUR_MS = 60 * 60 * 1000
 MINUTE_MS = 60 * 1000
@@ -440,7 +441,7 @@ class Server:
 def _migrated_empty_store() -> tuple[TemporaryDirectory, Path]:
     directory = TemporaryDirectory(prefix="lianxin-template-")
     path = Path(directory.name) / "empty.db"
-    SqliteStore(path).close()
+    make_store(path).close()
     return directory, path
 
 
@@ -454,7 +455,7 @@ def delivered(batches: list[list[Change]]) -> Iterator[Server]:
     with TemporaryDirectory(prefix="lianxin-delivery-") as directory:
         path = Path(directory) / "lianxin.db"
         shutil.copyfile(_migrated_empty_store()[1], path)
-        store = SqliteStore(path)
+        store = make_store(path)
         try:
             assert not store.migrations_applied, "the copied store is already migrated"
             # Durability across power loss is not under test here; fsync on a busy disk

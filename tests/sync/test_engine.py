@@ -4,11 +4,10 @@ import msgspec
 import pytest
 
 from schemas import Add, Append, Change, Reason
-from server.storage.sqlite import SqliteStore
 from sync.clock import pack, wall_of
 from sync.engine import apply_batch
 from sync.merge import materialize
-from tests.conftest import WALL_MS
+from tests.conftest import WALL_MS, make_store
 
 SIGNATURE = {
     "signer": "p-1",
@@ -61,9 +60,9 @@ def records(store):
 def test_each_bad_change_is_quarantined_with_its_reason_and_changes_nothing_else(
     tmp_path, server_clock
 ):
-    clean = SqliteStore(tmp_path / "clean.db")
+    clean = make_store(tmp_path / "clean.db")
     apply_batch(clean, GOOD, server_clock)
-    mixed = SqliteStore(tmp_path / "mixed.db")
+    mixed = make_store(tmp_path / "mixed.db")
     # Bad changes among good ones, in one batch.
     results = apply_batch(
         mixed,

@@ -1,0 +1,180 @@
+"""Per-record data keys, wrapped under the office master key, in a key store of their own.
+
+Every record gets a random 256-bit data key the first time anything of it is
+stored; its bodies are sealed under that key (`sync.atrest`) with the record
+and row bound in. The data keys are wrapped (AES-256-GCM) under the current
+master key of `server.keys` and kept in their own SQLite file, apart from the
+data and backed up apart from it: erasing a record destroys its key, which
+leaves every copy of its bodies unreadable, backups of the data included, and
+restoring an old data backup cannot bring the key back.
+
+    data_keys (record_type, record_id) → master_id, wrapped, erased_ms, reason
+              (an erased key keeps its row, with wrapped NULL)
+
+Unwrapped keys are cached in memory. Another process (the CLI erasing a
+record or re-wrapping keys after a rotation) commits to the same file; the
+cache is dropped whenever SQLite's `data_version` says someone else wrote.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from server.keys import OfficeKeys
+from sync.atrest import new_key, open_sealed, seal
+from sync.errors import Unreadable
+
+RecordKey = tuple[str, str]
+_CHUNK = 400
+
+
+def _bind(key: RecordKey) -> bytes:
+    return b"data key\x00%s\x00%s" % (key[0].encode(), key[1].encode())
+
+
+def _chunks(items: list[RecordKey]) -> Iterator[list[RecordKey]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+class Vault:
+    """The data keys of one office. Thread-safe: one connection behind a lock."""
+
+    def __init__(self, path: Path, keys: OfficeKeys, cache_size: int = 50_000) -> None:
+        self.path = path
+        self.keys = keys
+        self._cache: dict[RecordKey, AESGCM | None] = {}
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        # Keys are the one thing that must be on disk before the data they open.
+        self._db.execute("PRAGMA synchronous = FULL")
+        # Zero the bytes of a destroyed key instead of leaving them in a free page.
+        self._db.execute("PRAGMA secure_delete = ON")
+        self._db.execute("PRAGMA busy_timeout = 10000")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS data_keys (record_type TEXT NOT NULL,"
+            " record_id TEXT NOT NULL, master_id TEXT, wrapped BLOB,"
+            " erased_ms INTEGER, reason TEXT,"
+            " PRIMARY KEY (record_type, record_id))"
+        )
+        self._version = self._data_version()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _data_version(self) -> int:
+        version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
+        return version
+
+    def _fresh_cache(self) -> None:
+        version = self._data_version()
+        if version != self._version:
+            self._version = version
+            self._cache.clear()
+        if len(self._cache) > self._cache_size:
+            self._cache.clear()
+
+    def data_keys(
+        self, records: Iterable[RecordKey], create: bool = False
+    ) -> dict[RecordKey, AESGCM | None]:
+        """The data key of each record (None once erased); new keys for the rest if `create`.
+
+        New keys are committed before this returns, so data sealed under them
+        can never reach the disk without its key.
+        """
+        wanted = set(records)
+        with self._lock:
+            self._fresh_cache()
+            found = {k: self._cache[k] for k in wanted if k in self._cache}
+            missing = [k for k in wanted if k not in found]
+            for chunk in _chunks(missing):
+                marks = ",".join("(?, ?)" for _ in chunk)
+                rows = self._db.execute(
+                    f"SELECT d.record_type, d.record_id, d.master_id, d.wrapped"
+                    f" FROM (VALUES {marks}) AS k JOIN data_keys AS d"
+                    " ON d.record_type = k.column1 AND d.record_id = k.column2",
+                    [part for key in chunk for part in key],
+                )
+                for record_type, record_id, master_id, wrapped in rows:
+                    key = (record_type, record_id)
+                    found[key] = None if wrapped is None else self._unwrap(key, master_id, wrapped)
+            new = [k for k in missing if k not in found] if create else []
+            if new:
+                secrets = {k: new_key() for k in new}
+                master = self.keys.masters[self.keys.master_id]
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(
+                    "INSERT INTO data_keys (record_type, record_id, master_id, wrapped)"
+                    " VALUES (?, ?, ?, ?)",
+                    [(*k, self.keys.master_id, seal(master, secrets[k], _bind(k))) for k in new],
+                )
+                self._db.execute("COMMIT")
+                self._version = self._data_version()
+                found.update((k, AESGCM(secret)) for k, secret in secrets.items())
+            self._cache.update(found)
+        return found
+
+    def _unwrap(self, key: RecordKey, master_id: str, wrapped: bytes) -> AESGCM:
+        master = self.keys.masters.get(master_id)
+        if master is None and self.keys.reload():  # rotated by another process
+            master = self.keys.masters.get(master_id)
+        if master is None:
+            raise Unreadable(f"data key of {key[0]}/{key[1]} is under unknown key {master_id}")
+        return AESGCM(open_sealed(master, wrapped, _bind(key)))
+
+    def erase(self, key: RecordKey, reason: str, now_ms: int) -> bool:
+        """Destroy a record's data key for good; False if it had none or was erased already."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            done = self._db.execute(
+                "UPDATE data_keys SET wrapped = NULL, master_id = NULL, erased_ms = ?,"
+                " reason = ? WHERE record_type = ? AND record_id = ? AND wrapped IS NOT NULL",
+                [now_ms, reason, *key],
+            ).rowcount
+            self._db.execute("COMMIT")
+            # The WAL still holds the page with the key until a checkpoint rewrites it.
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._cache.pop(key, None)
+            self._version = self._data_version()
+        return bool(done)
+
+    def rewrap(self, limit: int = 1000) -> int:
+        """Re-wrap up to `limit` data keys still under an older master key; how many it did."""
+        with self._lock:
+            current = self.keys.master_id
+            rows = self._db.execute(
+                "SELECT record_type, record_id, master_id, wrapped FROM data_keys"
+                " WHERE wrapped IS NOT NULL AND master_id != ? LIMIT ?",
+                [current, limit],
+            ).fetchall()
+            master = self.keys.masters[current]
+            updates = []
+            for record_type, record_id, master_id, wrapped in rows:
+                key = (record_type, record_id)
+                secret = open_sealed(self.keys.masters[master_id], wrapped, _bind(key))
+                updates.append((current, seal(master, secret, _bind(key)), *key, master_id))
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "UPDATE data_keys SET master_id = ?, wrapped = ?"
+                " WHERE record_type = ? AND record_id = ? AND master_id = ?",
+                updates,
+            )
+            self._db.execute("COMMIT")
+            self._version = self._data_version()
+        return len(updates)
+
+    def count_under(self) -> dict[str, int]:
+        """How many live data keys each master key wraps."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT master_id, count(*) FROM data_keys WHERE wrapped IS NOT NULL"
+                " GROUP BY master_id"
+            )
+            return dict(rows.fetchall())
