@@ -77,7 +77,7 @@ class Eviction(msgspec.Struct, frozen=True, kw_only=True, tag="evict"):
     seq: int
     record_type: str
     record_id: str
-    reason: Literal["access_removed"]
+    reason: Literal["access_removed", "erased"]
 
 
 class PullPage(msgspec.Struct, frozen=True, kw_only=True):

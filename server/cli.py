@@ -15,9 +15,10 @@ from pathlib import Path
 import msgspec
 
 from schemas.records import Agreement
-from server import phone, seed
+from server import audit, erasure, phone, seed
 from server.keys import OfficeKeys
 from server.settings import Settings, load_settings
+from server.storage import people
 from server.storage.directory import ROLES, Directory, Role
 from server.storage.sqlite import open_store
 from sync.agreements import Bundle, SigningDevice, export_bundle, verify_file
@@ -29,6 +30,9 @@ from sync.merge import materialize
 STORE_FILE = "lianxin.db"
 CODE_TTL_MS = 24 * 3600_000
 PASSPHRASE_ENV = "LIANXIN_PASSPHRASE"
+# A request that read the key file just before a rotation may still wrap a data
+# key under the old master key; retiring it waits this long after a rotation.
+RETIRE_AFTER_MS = 60_000
 DEMO_PASSPHRASE = "lianxin demo only"
 
 
@@ -199,6 +203,98 @@ def verify_agreement(path: Path) -> int:
     return 0
 
 
+def erase_case(settings: Settings, case_id: str, reason: str) -> int:
+    """Erase a case for good (its parties that no other case names go with it)."""
+    with _directory(settings) as directory:
+        try:
+            erased = erasure.erase_case(
+                directory.store, case_id, reason, f"operator:{getpass.getuser()}", system_wall_ms()
+            )
+        except KeyError:
+            print(f"lianxin: no case {case_id}")
+            return 1
+    names = ", ".join(f"{t}/{i}" for t, i in erased.records)
+    print(f"Erased {names}; {erased.evicted_users} users' devices evict them on their next pull")
+    for record_type, record_id in erased.kept:
+        print(f"  kept {record_type}/{record_id}: linked, but another case names it or not a party")
+    return 0
+
+
+def case_repeats(settings: Settings, case_id: str) -> int:
+    """Other cases sharing a person with this one, by the blind index."""
+    with _directory(settings) as directory:
+        found = people.repeats(directory.store, case_id)
+    for repeat in found:
+        how = "match" if repeat.strong else "possible (name only)"
+        print(f"{repeat.case_id}\t{repeat.party_id}\t{how}: {', '.join(repeat.matched_by)}")
+    if not found:
+        print(f"No other case shares a person with {case_id}")
+    return 0
+
+
+def rotate_keys(settings: Settings, master: bool, kem: bool) -> int:
+    """New current keys; data keys re-wrapped while the server keeps serving."""
+    with _directory(settings) as directory:
+        keys = directory.store.vault.keys
+        keys.rotate(master=master, kem=kem, now_ms=system_wall_ms())
+        keys.save(settings.keys_path)  # a running server picks this up on its next request
+        print(f"Current keys: {keys.master_id}, {keys.kem_key_id}")
+        done = 0
+        while moved := directory.store.vault.rewrap():
+            done += moved
+        print(f"Re-wrapped {done} data keys under {keys.master_id}")
+    return 0
+
+
+def retire_key(settings: Settings, key_id: str) -> int:
+    """Forget an earlier key once nothing needs it."""
+    with _directory(settings) as directory:
+        vault = directory.store.vault
+        keys = vault.keys
+        newest = max(k.created_ms for k in [*keys.keyset.master_keys, *keys.keyset.kem_keys])
+        if system_wall_ms() - newest < RETIRE_AFTER_MS:
+            print("lianxin: the last rotation is under a minute old; requests begun before it")
+            print("may still use the old key. Retire it a little later.")
+            return 1
+        while vault.rewrap():
+            pass
+        if vault.count_under().get(key_id):
+            print(f"lianxin: data keys are still wrapped under {key_id}")
+            return 1
+        try:
+            keys.retire(key_id)
+        except ValueError as error:
+            print(f"lianxin: {error}")
+            return 1
+        keys.save(settings.keys_path)
+    print(f"Retired {key_id}")
+    return 0
+
+
+def key_status(settings: Settings) -> int:
+    with _directory(settings) as directory:
+        keys = directory.store.vault.keys
+        under = directory.store.vault.count_under()
+    for named in keys.keyset.master_keys:
+        current = " (current)" if named.key_id == keys.master_id else ""
+        print(f"{named.key_id}{current}: wraps {under.get(named.key_id, 0)} data keys")
+    for named in keys.keyset.kem_keys:
+        current = " (current)" if named.key_id == keys.kem_key_id else " (still accepted)"
+        print(f"{named.key_id}{current}")
+    return 0
+
+
+def verify_audit(settings: Settings) -> int:
+    with _directory(settings) as directory:
+        problems = audit.verify(directory.db)
+        count = len(audit.entries(directory.db))
+    for problem in problems:
+        print(f"FAIL {problem}")
+    if not problems:
+        print(f"OK audit log: {count} entries, chain intact")
+    return 1 if problems else 0
+
+
 def serve(settings: Settings) -> int:
     import uvicorn
 
@@ -291,6 +387,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify_parser = agreement_parser.add_parser("verify", help="check a bundle, offline")
     verify_parser.add_argument("file", type=Path)
 
+    case_parser = commands.add_parser("case", help="erase, find repeats").add_subparsers(
+        dest="action", required=True
+    )
+    erase_parser = case_parser.add_parser("erase", help="erase a case for good (lawful erasure)")
+    erase_parser.add_argument("case_id")
+    erase_parser.add_argument("--reason", required=True, help="the legal ground, for the audit")
+    repeats_parser = case_parser.add_parser("repeats", help="other cases of the same people")
+    repeats_parser.add_argument("case_id")
+
+    keys_parser = commands.add_parser("keys", help="rotate and retire keys").add_subparsers(
+        dest="action", required=True
+    )
+    rotate_parser = keys_parser.add_parser("rotate", help="new master and KEM keys, no downtime")
+    rotate_parser.add_argument("--master-only", action="store_true")
+    rotate_parser.add_argument("--kem-only", action="store_true")
+    retire_parser = keys_parser.add_parser("retire", help="forget an earlier key")
+    retire_parser.add_argument("key_id")
+    keys_parser.add_parser("status", help="which keys exist and what they wrap")
+
+    audit_parser = commands.add_parser("audit", help="check the audit log").add_subparsers(
+        dest="action", required=True
+    )
+    audit_parser.add_parser("verify", help="check the hash chain")
+
     serve_parser = commands.add_parser("serve", help="run the sync server")
     serve_parser.add_argument("--host")
     serve_parser.add_argument("--port", type=int)
@@ -319,6 +439,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return export_agreement(settings, args.agreement_id, args.out)
         case "agreement", "verify":
             return verify_agreement(args.file)
+        case "case", "erase":
+            return erase_case(settings, args.case_id, args.reason)
+        case "case", "repeats":
+            return case_repeats(settings, args.case_id)
+        case "keys", "rotate":
+            return rotate_keys(settings, master=not args.kem_only, kem=not args.master_only)
+        case "keys", "retire":
+            return retire_key(settings, args.key_id)
+        case "keys", "status":
+            return key_status(settings)
+        case "audit", "verify":
+            return verify_audit(settings)
         case "serve", _:
             return serve(settings)
     return 2

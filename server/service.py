@@ -30,6 +30,7 @@ from server.keys import OfficeKeys
 from server.settings import Settings
 from server.storage.access import presence, update_access
 from server.storage.directory import Device, Directory
+from server.storage.people import index_parties
 from server.storage.pull import read_page
 from server.storage.sqlite import SqliteStore
 from sync import signing
@@ -139,6 +140,7 @@ class SyncService:
             }
             written = {key: state for key, (state, _) in records.items()}
             update_access(self.store, touched, user.user_id, written)
+            index_parties(self.store, self.keys.index_key, written)
             # Agreements the batch completed are executed in the same transaction.
             execute_ready(self.store, self.keys, self.clock, written, self.wall_ms())
         return PushResponse(batch_id=request.batch_id, results=results)

@@ -158,11 +158,34 @@ def _access_indexes(db: sqlite_utils.Database) -> None:
     db["access"].create_index(["user_id", "since_seq"], index_name="access_user_since")
 
 
+def _confidentiality(db: sqlite_utils.Database) -> None:
+    """The hash-chained audit log, and keyed blind indexes of people (server.storage.people)."""
+    db["audit"].create(
+        {
+            "seq": int,
+            "at_ms": int,
+            "actor": str,
+            "action": str,
+            "subject": str,
+            "detail": str,
+            "hash": bytes,
+        },
+        pk="seq",
+        not_null={"at_ms", "actor", "action", "subject", "detail", "hash"},
+    )
+    db["people_index"].create(
+        {"kind": str, "digest": str, "record_type": str, "record_id": str},
+        pk=("kind", "digest", "record_type", "record_id"),
+    )
+    db["people_index"].create_index(["record_type", "record_id"])
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _initial),
     ("0002_directory", _directory),
     ("0003_change_order", _change_order),
     ("0004_access_indexes", _access_indexes),
+    ("0005_confidentiality", _confidentiality),
 ]
 
 
