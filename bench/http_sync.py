@@ -78,9 +78,12 @@ from schemas.wire import (
     PushRequest,
     PushResponse,
 )
+from server.keys import OfficeKeys
 from server.storage.pull import read_page
 from server.storage.sqlite import SqliteStore
+from server.storage.vault import Vault
 from sync import signing
+from sync.atrest import KdfParams
 from sync.client import DeviceClient
 from sync.clock import Clock
 from sync.engine import apply_batch
@@ -130,6 +133,9 @@ QUICK = Mode(changes=5_000, pull_repeats=1, rounds=100, increments=3)
 
 # -- the office: a real server process set up through the real command line -------------
 
+BENCH_PASSPHRASE = "bench office passphrase"
+OFFICE_ENV = {**os.environ, "LIANXIN_PASSPHRASE": BENCH_PASSPHRASE}
+
 
 def lianxin(data: Path, *args: str) -> str:
     """Run the `lianxin` command line against `data`; its output, stripped."""
@@ -139,6 +145,7 @@ def lianxin(data: Path, *args: str) -> str:
         text=True,
         timeout=120,
         cwd=ROOT,
+        env=OFFICE_ENV,
     )
     if done.returncode != 0:
         raise RuntimeError(f"lianxin {' '.join(args)} failed: {done.stdout}{done.stderr}")
@@ -166,6 +173,7 @@ def serving(data: Path) -> Iterator[str]:
             stdout=log,
             stderr=log,
             cwd=ROOT,
+            env=OFFICE_ENV,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -467,7 +475,8 @@ def push_in_process(batches: list[PushBatch], path: Path) -> tuple[float, Counte
     """The same batches through `apply_batch` into a fresh store: the engine, no HTTP."""
     # The exact bytes a server decodes, built before the clock starts.
     work = [(changes, [_encode(change) for change in changes]) for _, changes, _ in batches]
-    store = SqliteStore(path)
+    keys = OfficeKeys.generate(BENCH_PASSPHRASE, KdfParams.new(n=2**10))
+    store = SqliteStore(path, Vault(path.with_name(path.name + ".keys"), keys))
     clock = Clock()
     statuses: Counter[str] = Counter()
     start = time.perf_counter()
@@ -696,7 +705,9 @@ def run(mode: Mode, seed: int, say: Callable[[str], None]) -> Results:
             transport = TimedTransport()
             with (
                 httpx.Client(base_url=url, timeout=120, transport=transport) as client_http,
-                DeviceClient(tmp / "supervisor-laptop.db", client_http) as laptop,
+                DeviceClient(
+                    tmp / "supervisor-laptop.db", client_http, passphrase="bench laptop"
+                ) as laptop,
             ):
                 laptop.enroll(codes["supervisor-client"], label="supervisor laptop")
                 seconds = timed(laptop.pull)

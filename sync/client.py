@@ -1,6 +1,6 @@
 """The reference device client: what a phone does, written from PROTOCOL.md.
 
-    with DeviceClient("phone.db", httpx.Client(base_url=OFFICE_URL)) as device:
+    with DeviceClient("phone.db", httpx.Client(base_url=OFFICE_URL), passphrase=pin) as device:
         device.enroll("ABCD2345EFGH", label="Wang's phone")
         device.edit("case", "k-drains", set={"title": "Drains overflow", "status": "new"})
         device.sync()                       # push the outbox, then pull until done
@@ -21,8 +21,9 @@ retry resends the same bytes under the same batch id, and the server answers
 resumes after the last page applied.
 
 Keys: the device makes its own Ed25519 signing key and X25519 key when its
-file is created; the private halves never leave the file (in which they are
-not yet encrypted: that is a later issue).
+file is created; the private halves never leave the file. The file is sealed
+under the holder's passphrase (`sync.replica_store`): the keys, the identity,
+the records and the outbox are encrypted in it.
 
 Not thread-safe: one client per device file, used from one thread.
 """
@@ -60,6 +61,7 @@ from schemas.wire import (
     PushResponse,
 )
 from sync import agreements, envelope, merge, signing
+from sync.atrest import KdfParams
 from sync.clock import Clock, system_wall_ms
 from sync.envelope import ENVELOPE, Header, Purpose
 from sync.errors import LianxinError, StaleRequest
@@ -137,10 +139,12 @@ class SyncReport(NamedTuple):
 class DeviceClient:
     """One device: its SQLite replica and the sync protocol over an injected `httpx.Client`.
 
-    `http` carries the office's base URL. `wall_ms` is the device's wall clock
-    in milliseconds (stamps and request times come from it). `new_id` makes
-    change and batch ids; they must never repeat, also across restarts: the
-    server answers a known change id `duplicate` and drops the change.
+    `http` carries the office's base URL. `passphrase` opens the device file
+    (`Unreadable` if wrong); `kdf` sets the scrypt cost of a new file.
+    `wall_ms` is the device's wall clock in milliseconds (stamps and request
+    times come from it). `new_id` makes change and batch ids; they must never
+    repeat, also across restarts: the server answers a known change id
+    `duplicate` and drops the change.
     """
 
     def __init__(
@@ -148,13 +152,15 @@ class DeviceClient:
         path: str | Path,
         http: httpx.Client,
         *,
+        passphrase: str,
+        kdf: KdfParams | None = None,
         wall_ms: Callable[[], int] = system_wall_ms,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
         batch_size: int = MAX_BATCH,
         batch_bytes: int = MAX_BATCH_BYTES,
         pull_limit: int = 1000,
     ) -> None:
-        self._store = ReplicaStore(path)
+        self._store = ReplicaStore(path, passphrase, kdf=kdf)
         self._http = http
         self._wall_ms = wall_ms
         self._new_id = new_id
@@ -162,9 +168,9 @@ class DeviceClient:
         self._batch_bytes = batch_bytes
         self._pull_limit = pull_limit
         self._signing_key, self._kem_key = self._load_or_make_keys()
-        identity = self._store.meta(IDENTITY)
+        identity = self._store.sealed_meta(IDENTITY)
         self._identity = (
-            msgspec.msgpack.decode(identity, type=Identity) if isinstance(identity, bytes) else None
+            msgspec.msgpack.decode(identity, type=Identity) if identity is not None else None
         )
         last = self._store.meta(CLOCK_LAST)
         # Resume the clock where it stopped, so a restart never reissues a stamp.
@@ -184,14 +190,19 @@ class DeviceClient:
     ) -> None:
         self.close()
 
+    def change_passphrase(self, old: str, new: str) -> None:
+        """Lock the device file under `new` from now on; `Unreadable` if `old` is wrong."""
+        self._store.change_passphrase(old, new)
+
     def _load_or_make_keys(self) -> tuple[Ed25519PrivateKey, X25519PrivateKey]:
         with self._store.transaction():
-            signing_raw, kem_raw = self._store.meta(SIGNING_KEY), self._store.meta(KEM_KEY)
-            if not (isinstance(signing_raw, bytes) and isinstance(kem_raw, bytes)):
+            signing_raw = self._store.sealed_meta(SIGNING_KEY)
+            kem_raw = self._store.sealed_meta(KEM_KEY)
+            if signing_raw is None or kem_raw is None:
                 signing_raw = Ed25519PrivateKey.generate().private_bytes_raw()
                 kem_raw = X25519PrivateKey.generate().private_bytes_raw()
-                self._store.set_meta(SIGNING_KEY, signing_raw)
-                self._store.set_meta(KEM_KEY, kem_raw)
+                self._store.set_sealed_meta(SIGNING_KEY, signing_raw)
+                self._store.set_sealed_meta(KEM_KEY, kem_raw)
         return (
             Ed25519PrivateKey.from_private_bytes(signing_raw),
             X25519PrivateKey.from_private_bytes(kem_raw),
@@ -246,7 +257,7 @@ class DeviceClient:
             office=enrollment.office,
         )
         with self._store.transaction():
-            self._store.set_meta(IDENTITY, _encode(identity))
+            self._store.set_sealed_meta(IDENTITY, _encode(identity))
             self._learn_offset(enrollment.office.server_time_ms)
         self._identity = identity
         return enrollment

@@ -2,8 +2,9 @@
 
 Tables (schema version 1):
 
-    meta     key → value: private keys, identity from enrolment, pull cursor,
-             the clock's last stamp, the learned server clock offset
+    meta     key → value: the lock (below), private keys and identity from
+             enrolment, pull cursor, the clock's last stamp, the learned
+             server clock offset
     records  (record_type, record_id) → RecordState (msgpack): the *server
              layer*, exactly what pulls delivered and nothing the device made
              that the server has not sent back
@@ -23,26 +24,48 @@ reads; the flag drops when the server rejects it, when a pull brings it back
 Every multi-step update runs inside `transaction()`, so a process killed at
 any point leaves the file as it was before or after the step, never between.
 
-The private keys are stored in clear in `meta`. Encrypting them at rest
-(Android Keystore, iOS Keychain or a passphrase) is a later issue.
+A lost phone gives away no personal data: every value that may hold some is
+sealed (`sync.atrest`) under the *replica key*, a random key made with the file:
+
+    sealed   records.state, outbox.raw, outbox.detail, batches.body, and the
+             meta values written with `set_sealed_meta` (the client's private
+             keys and identity)
+    clear    ids, outbox states and reason codes, the cursor, clock stamps
+
+Each sealed value is bound to its table and row (`records/case/k-1`,
+`outbox/<change_id>`, `meta/signing_key`), so a value copied onto another row
+does not open. Ids stay in clear, so they must not carry personal data. The
+replica key is kept in meta under `lock`, wrapped under a key that scrypt
+derives from the holder's passphrase; changing the passphrase re-wraps that one
+key. `secure_delete` zeroes what deleted and rewritten rows leave behind.
+
+A short PIN alone falls to an offline guess (a million six-digit PINs at 0.1 s
+each is a day of one core): a real phone should wrap the replica key with its
+hardware keystore, which limits PIN tries.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import unicodedata
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 import msgspec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from schemas.changes import Change, ChangeResult
 from schemas.state import RecordState
+from sync.atrest import KdfParams, derive_key, new_key, open_sealed, seal
+from sync.errors import Unreadable
 
 RecordKey = tuple[str, str]
 OutboxState = Literal["pending", "sent", "applied", "conflict", "rejected", "duplicate"]
 MetaValue = str | int | bytes
+
+LOCK = "lock"  # the meta key of the wrapped replica key
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_state = msgspec.msgpack.Decoder(RecordState).decode
@@ -74,6 +97,13 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
 ]
 
 
+class Lock(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The replica key, sealed under the key that `kdf` derives from the passphrase."""
+
+    kdf: KdfParams
+    wrapped_key: bytes
+
+
 class OutboxEntry(NamedTuple):
     """One change of the outbox and what the server answered (None until it did)."""
 
@@ -95,16 +125,29 @@ def accepted(result: ChangeResult) -> bool:
 
 
 class ReplicaStore:
-    """One device's SQLite file. Not thread-safe: a device runs one client at a time."""
+    """One device's SQLite file, sealed under a passphrase. Not thread-safe.
 
-    def __init__(self, path: str | Path) -> None:
+    A new file gets a new replica key, wrapped with scrypt at `kdf`'s cost
+    (default `KdfParams.new()`); an existing file keeps its own cost and
+    ignores `kdf`. Raises `Unreadable` for a wrong passphrase (the file is
+    left as it was) and for a file written before encryption at rest.
+    """
+
+    def __init__(self, path: str | Path, passphrase: str, *, kdf: KdfParams | None = None) -> None:
         self.path = Path(path)
         self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        # A phone loses power without warning: a commit must be on disk when it returns.
-        self._db.execute("PRAGMA synchronous = FULL")
-        self._depth = 0
-        self._migrate()
+        try:
+            self._db.execute("PRAGMA journal_mode = WAL")
+            # A phone loses power without warning: a commit must be on disk when it returns.
+            self._db.execute("PRAGMA synchronous = FULL")
+            # An evicted record or a re-wrapped key leaves zeros behind, not its old bytes.
+            self._db.execute("PRAGMA secure_delete = ON")
+            self._depth = 0
+            self._migrate()
+            self._aead = AESGCM(self._unlock(passphrase, kdf))
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -139,6 +182,50 @@ class ReplicaStore:
                     self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {number}")
 
+    # -- the replica key ----------------------------------------------------------------
+
+    def _unlock(self, passphrase: str, kdf: KdfParams | None) -> bytes:
+        """The replica key: unwrapped from the stored lock, or made for a new file."""
+        with self.transaction():
+            stored = self.meta(LOCK)
+            if stored is not None:
+                return _unwrap(_decode_lock(stored), passphrase)
+            # Before encryption at rest the client kept its private keys in clear in meta.
+            if self._db.execute("SELECT 1 FROM meta").fetchone() is not None:
+                raise Unreadable(
+                    f"{self.path} was written before replicas were encrypted; enrol a new file"
+                )
+            replica_key = new_key()
+            self._lock(replica_key, passphrase, kdf or KdfParams.new())
+            return replica_key
+
+    def _lock(self, replica_key: bytes, passphrase: str, kdf: KdfParams) -> None:
+        if not passphrase:
+            raise ValueError("an empty passphrase protects nothing")
+        wrapped = seal(_passphrase_key(passphrase, kdf), replica_key, _bind(("meta", LOCK)))
+        self.set_meta(LOCK, _encode(Lock(kdf=kdf, wrapped_key=wrapped)))
+
+    def change_passphrase(self, old: str, new: str, *, kdf: KdfParams | None = None) -> None:
+        """Wrap the replica key under `new` (scrypt at `kdf`, default `KdfParams.new()`).
+
+        Raises `Unreadable` if `old` is wrong. Nothing else is re-encrypted.
+        """
+        with self.transaction():
+            replica_key = _unwrap(_decode_lock(self.meta(LOCK)), old)
+            self._lock(replica_key, new, kdf or KdfParams.new())
+        # Fold the write-ahead log into the file now, so the key wrapped under the
+        # old passphrase does not linger in the -wal file until the next checkpoint.
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _seal(self, value: bytes, *row: str) -> bytes:
+        return seal(self._aead, value, _bind(row))
+
+    def _open(self, sealed: bytes, *row: str) -> bytes:
+        try:
+            return open_sealed(self._aead, sealed, _bind(row))
+        except Unreadable as error:
+            raise Unreadable(f"{'/'.join(row)}: {error.detail}") from None
+
     # -- meta ---------------------------------------------------------------------------
 
     def meta(self, key: str) -> MetaValue | None:
@@ -146,11 +233,24 @@ class ReplicaStore:
         return None if row is None else row[0]
 
     def set_meta(self, key: str, value: MetaValue | None) -> None:
+        """Store a meta value in clear: ids, cursors and stamps only, never personal data."""
         self._db.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             [key, value],
         )
+
+    def sealed_meta(self, key: str) -> bytes | None:
+        """A value stored by `set_sealed_meta`; `Unreadable` if changed or copied from elsewhere."""
+        value = self.meta(key)
+        if value is None:
+            return None
+        if not isinstance(value, bytes):
+            raise Unreadable(f"meta/{key}: not a sealed value")
+        return self._open(value, "meta", key)
+
+    def set_sealed_meta(self, key: str, value: bytes) -> None:
+        self.set_meta(key, self._seal(value, "meta", key))
 
     # -- the server layer ---------------------------------------------------------------
 
@@ -159,13 +259,14 @@ class ReplicaStore:
         row = self._db.execute(
             "SELECT state FROM records WHERE record_type = ? AND record_id = ?", key
         ).fetchone()
-        return None if row is None else _decode_state(row[0])
+        return None if row is None else _decode_state(self._open(row[0], "records", *key))
 
     def put_state(self, state: RecordState) -> None:
+        key = (state.record_type, state.record_id)
         self._db.execute(
             "INSERT INTO records (record_type, record_id, state) VALUES (?, ?, ?)"
             " ON CONFLICT (record_type, record_id) DO UPDATE SET state = excluded.state",
-            [state.record_type, state.record_id, _encode(state)],
+            [*key, self._seal(_encode(state), "records", *key)],
         )
 
     def was_applied(self, change_id: str) -> bool:
@@ -202,17 +303,22 @@ class ReplicaStore:
         """Queue a change as `pending`; `raw` are the exact bytes that will be pushed."""
         self._db.execute(
             "INSERT INTO outbox (change_id, record_type, record_id, raw) VALUES (?, ?, ?, ?)",
-            [change.change_id, change.record_type, change.record_id, raw],
+            [
+                change.change_id,
+                change.record_type,
+                change.record_id,
+                self._seal(raw, "outbox", change.change_id),
+            ],
         )
 
     def overlay(self, key: RecordKey) -> list[bytes]:
         """The wire bytes of the own changes that local reads replay on `key`, in order."""
         rows = self._db.execute(
-            "SELECT raw FROM outbox WHERE record_type = ? AND record_id = ? AND overlay"
+            "SELECT change_id, raw FROM outbox WHERE record_type = ? AND record_id = ? AND overlay"
             " ORDER BY position",
             key,
         )
-        return [raw for (raw,) in rows]
+        return [self._open(raw, "outbox", change_id) for change_id, raw in rows]
 
     def unbatched(self, limit: int) -> list[tuple[str, bytes]]:
         """Up to `limit` pending changes (id, bytes), oldest first."""
@@ -220,11 +326,14 @@ class ReplicaStore:
             "SELECT change_id, raw FROM outbox WHERE state = 'pending' ORDER BY position LIMIT ?",
             [limit],
         )
-        return [(change_id, raw) for change_id, raw in rows]
+        return [(change_id, self._open(raw, "outbox", change_id)) for change_id, raw in rows]
 
     def add_batch(self, batch_id: str, change_ids: Sequence[str], body: bytes) -> None:
         """Assign changes to a batch and keep its request body; they become `sent`."""
-        self._db.execute("INSERT INTO batches (batch_id, body) VALUES (?, ?)", [batch_id, body])
+        self._db.execute(
+            "INSERT INTO batches (batch_id, body) VALUES (?, ?)",
+            [batch_id, self._seal(body, "batches", batch_id)],
+        )
         self._db.executemany(
             "UPDATE outbox SET state = 'sent', batch_id = ? WHERE change_id = ?",
             [(batch_id, change_id) for change_id in change_ids],
@@ -233,7 +342,7 @@ class ReplicaStore:
     def open_batches(self) -> list[tuple[str, bytes]]:
         """The batches still waiting for an answer (id, request body), oldest first."""
         rows = self._db.execute("SELECT batch_id, body FROM batches ORDER BY number")
-        return [(batch_id, body) for batch_id, body in rows]
+        return [(batch_id, self._open(body, "batches", batch_id)) for batch_id, body in rows]
 
     def batch_change_ids(self, batch_id: str) -> list[str]:
         rows = self._db.execute(
@@ -242,17 +351,64 @@ class ReplicaStore:
         return [change_id for (change_id,) in rows]
 
     def record_answers(self, batch_id: str, results: Sequence[ChangeResult]) -> None:
-        """Store the server's answer to every change of a batch and close the batch."""
+        """Store the server's answer to every change of a batch and close the batch.
+
+        The detail is sealed: the server's text may quote a refused value.
+        """
         self._db.executemany(
             "UPDATE outbox SET state = ?, seq = ?, reason = ?, detail = ?,"
             " overlay = overlay AND ? WHERE change_id = ?",
-            [(r.status, r.seq, r.reason, r.detail, accepted(r), r.change_id) for r in results],
+            [
+                (r.status, r.seq, r.reason, self._seal_detail(r), accepted(r), r.change_id)
+                for r in results
+            ],
         )
         self._db.execute("DELETE FROM batches WHERE batch_id = ?", [batch_id])
+
+    def _seal_detail(self, result: ChangeResult) -> bytes | None:
+        # Stored as a BLOB in the TEXT column: SQLite keeps a BLOB as it is in any column.
+        if result.detail is None:
+            return None
+        return self._seal(result.detail.encode(), "outbox", result.change_id, "detail")
 
     def outbox(self) -> list[OutboxEntry]:
         rows = self._db.execute(
             "SELECT change_id, record_type, record_id, state, seq, reason, detail, batch_id"
             " FROM outbox ORDER BY position"
         )
-        return [OutboxEntry(*row) for row in rows]
+        return [
+            OutboxEntry._make([*entry, self._open_detail(entry[0], detail), batch_id])
+            for *entry, detail, batch_id in rows
+        ]
+
+    def _open_detail(self, change_id: str, sealed: bytes | None) -> str | None:
+        if sealed is None:
+            return None
+        return self._open(sealed, "outbox", change_id, "detail").decode()
+
+
+def _bind(row: Sequence[str]) -> bytes:
+    """What a sealed value belongs to: its table and row key, NUL-separated."""
+    return "\x00".join(row).encode()
+
+
+def _passphrase_key(passphrase: str, kdf: KdfParams) -> AESGCM:
+    # NFC: the same passphrase typed with another input method may arrive in another form.
+    return AESGCM(derive_key(unicodedata.normalize("NFC", passphrase), kdf))
+
+
+def _decode_lock(stored: MetaValue | None) -> Lock:
+    if isinstance(stored, bytes):
+        with suppress(msgspec.DecodeError):
+            return msgspec.msgpack.decode(stored, type=Lock)
+    raise Unreadable("meta/lock: missing or damaged")
+
+
+def _unwrap(lock: Lock, passphrase: str) -> bytes:
+    """The replica key; `Unreadable` if the passphrase is wrong."""
+    try:
+        return open_sealed(
+            _passphrase_key(passphrase, lock.kdf), lock.wrapped_key, _bind(("meta", LOCK))
+        )
+    except Unreadable:
+        raise Unreadable("the replica does not open: wrong passphrase") from None

@@ -13,6 +13,8 @@ from sync import agreements
 from sync.client import DeviceClient
 from tests.e2e.conftest import lianxin
 
+PIN = "246810"
+
 BAIDI = {"city": "Hangzhou", "district": "Xihu", "street": "Beishan", "community": "Baidi"}
 HOUSEHOLDS = [f"p-household-{n:02d}" for n in range(1, 67)]
 SIGNERS = [*HOUSEHOLDS, "p-owner"]
@@ -53,7 +55,9 @@ def test_scenario_2_one_agreement_with_67_signatures_from_two_offline_phones(ser
 
         def phone(name, role, org_unit="Hangzhou/Xihu"):
             user_id = server.user(name, role, org_unit)
-            device = stack.enter_context(DeviceClient(tmp_path / f"{name}.db", flaky))
+            device = stack.enter_context(
+                DeviceClient(tmp_path / f"{name}.db", flaky, passphrase=PIN)
+            )
             device.enroll(server.code(user_id))
             return device
 

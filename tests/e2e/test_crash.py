@@ -16,8 +16,10 @@ import httpx
 import pytest
 
 from sync.client import DeviceClient
+from tests.conftest import TEST_KDF
 
 DAGUAN = {"city": "Hangzhou", "district": "Gongshu", "street": "Mishixiang"}
+PIN = "246810"
 
 
 def stored_change_ids(server):
@@ -36,7 +38,8 @@ def make_changes(device, count, prefix):
 def mediator(server, tmp_path):
     http = httpx.Client(base_url=server.url, timeout=10)
     user_id = server.user("Zhao", "mediator", "Hangzhou/Gongshu")
-    device = DeviceClient(tmp_path / "zhao.db", http, batch_size=100)
+    # A cheap scrypt cost, so the killed phone processes below spend their time syncing.
+    device = DeviceClient(tmp_path / "zhao.db", http, passphrase=PIN, kdf=TEST_KDF, batch_size=100)
     device.enroll(server.code(user_id))
     yield device
     device.close()
@@ -71,7 +74,8 @@ CLIENT = textwrap.dedent(
     """
     import sys, httpx
     from sync.client import DeviceClient
-    with DeviceClient(sys.argv[1], httpx.Client(base_url=sys.argv[2]), batch_size=50) as device:
+    http = httpx.Client(base_url=sys.argv[2])
+    with DeviceClient(sys.argv[1], http, passphrase=sys.argv[3], batch_size=50) as device:
         while True:
             device.edit("case", "k-phone", {"summary": "edit"})
             device.push()
@@ -84,11 +88,14 @@ def test_client_killed_between_push_and_answer_resumes_exactly_once(server, medi
     mediator.close()  # the phone process below owns the file now
     rng = random.Random(11)
     for _ in range(5):
-        phone = subprocess.Popen([sys.executable, "-c", CLIENT, path, server.url])
+        phone = subprocess.Popen([sys.executable, "-c", CLIENT, path, server.url, PIN])
         time.sleep(rng.uniform(0.3, 1.0))
         phone.kill()  # SIGKILL: mid-edit, mid-push or waiting for the answer
         phone.wait()
-    with httpx.Client(base_url=server.url) as http, DeviceClient(path, http) as device:
+    with (
+        httpx.Client(base_url=server.url) as http,
+        DeviceClient(path, http, passphrase=PIN) as device,
+    ):
         device.sync()
         made = [entry.change_id for entry in device.outbox()]
         assert made, "the phone made no change before it was killed"

@@ -10,6 +10,7 @@ from schemas import Add, Append
 from sync.client import DeviceClient
 from sync.errors import RevokedDevice
 
+PIN = "246810"
 DAGUAN = {"city": "Hangzhou", "district": "Gongshu", "street": "Mishixiang", "community": "Daguan"}
 
 
@@ -21,7 +22,9 @@ def phones(server, tmp_path):
 
         def phone(name, role, *org_units):
             user_id = server.user(name, role, *(org_units or ("Hangzhou/Gongshu",)))
-            device = stack.enter_context(DeviceClient(tmp_path / f"{name}.db", http))
+            device = stack.enter_context(
+                DeviceClient(tmp_path / f"{name}.db", http, passphrase=PIN)
+            )
             device.enroll(server.code(user_id), label=f"{name}'s phone")
             return device
 

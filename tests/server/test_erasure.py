@@ -97,7 +97,7 @@ def test_erasing_is_audited_in_a_chain_that_shows_tampering(office):
     erase_case(office.store, "k-1", "first", "operator:wang", 1)
     erase_case(office.store, "k-2", "second", "operator:wang", 2)
     assert audit.verify(office.store.db) == []
-    office.store.db.execute("UPDATE audit SET detail = '{\"reason\":\"other\"}' WHERE seq = 1")
+    office.store.db.execute('UPDATE audit SET detail = \'{"reason":"other"}\' WHERE seq = 1')
     assert audit.verify(office.store.db) == ["entry 1 (erase): hash does not match its content"]
     office.store.db.execute("DELETE FROM audit WHERE seq = 1")
     assert "entry 2: expected entry 1 (one is missing)" in audit.verify(office.store.db)

@@ -25,13 +25,15 @@ from server.storage.directory import Directory
 from server.storage.sqlite import SqliteStore
 from sync.client import MAX_BATCH, MAX_BATCH_BYTES, AlreadyEnrolled, DeviceClient, NotEnrolled
 from sync.envelope import open_envelope
-from sync.errors import BadCursor, EnrollmentRefused, RevokedDevice
+from sync.errors import BadCursor, EnrollmentRefused, RevokedDevice, Unreadable
 from sync.merge import Rejected
-from tests.conftest import Wall
+from tests.conftest import TEST_KDF, Wall, make_store, office_keys
+from tests.sync.test_replica_store import on_disk
 
 DAY_MS = 24 * 60 * 60 * 1000
 FUTIAN = "Shenzhen/Futian"
 XIANGMIHU = {"city": "Shenzhen", "district": "Futian", "street": "Xiangmihu"}
+PIN = "246810"
 
 
 class Office:
@@ -51,6 +53,8 @@ class Office:
     def open(self, name: str, **options: Any) -> DeviceClient:
         """A client on `name`'s device file (created on first use, reopened after)."""
         options.setdefault("wall_ms", self.wall)
+        options.setdefault("passphrase", PIN)
+        options.setdefault("kdf", TEST_KDF)
         client = DeviceClient(self.root / f"{name}.db", self.http, **options)
         self.devices.append(client)
         return client
@@ -71,8 +75,8 @@ class Office:
 @pytest.fixture
 def office(tmp_path: Path) -> Iterator[Office]:
     wall = Wall()
-    store = SqliteStore(tmp_path / "server.db")
-    keys = OfficeKeys.generate()
+    keys = office_keys()
+    store = make_store(tmp_path / "server.db", keys)
     app = create_app(Settings(data_dir=tmp_path), store=store, keys=keys, wall_ms=wall)
     with TestClient(app) as http:
         office = Office(tmp_path, http, store, keys, wall)
@@ -492,6 +496,75 @@ def test_an_error_answer_raises_the_matching_error(office):
     wang._store.set_meta("cursor", "v1.0.0.forged")
     with pytest.raises(BadCursor, match="not a cursor this server issued"):
         wang.pull()
+
+
+# -- at rest ---------------------------------------------------------------------------
+
+
+def test_a_lost_phone_file_shows_nothing_personal_and_opens_only_with_its_pin(office, monkeypatch):
+    party = {"name": "王秀英 Wang Xiuying", "phone": "13812345678", "address": "米市巷12号"}
+    grievance = "楼上漏水三个月 water through the ceiling for three months"
+    chen = office.device("chen", "supervisor")
+    wang = office.device("wang", "mediator")
+    chen.edit("party", "p-wang", set=party)
+    chen.edit(
+        "case",
+        "k-leak",
+        set={"title": "Leak", "status": "assigned", "summary": grievance, "location": XIANGMIHU},
+        ops=[
+            Add(field="parties", value="p-wang"),
+            Add(field="mediators", value=wang.identity.user_id),
+        ],
+    )
+    chen.sync()
+    assert wang.sync().pulled.applied == 2  # the case and its party, in wang's server layer
+    # Offline: one batch assigned but never answered, one change still pending.
+    wang.edit("party", "p-wang", set={"phone": "13998765432"})
+
+    def no_signal(send, request):
+        raise httpx.ConnectError("no signal", request=request)
+
+    intercept(office.http, monkeypatch, no_signal)
+    with pytest.raises(httpx.ConnectError):
+        wang.push()
+    wang.edit("party", "p-wang", set={"address": "Apartment 3, 12 Mishixiang Lane"})
+    assert states(wang) == [("sent", None), ("pending", None)]
+    # The identity says who holds the phone: it is sealed too.
+    personal = [
+        *party.values(),
+        grievance,
+        "13998765432",
+        "12 Mishixiang Lane",
+        wang.identity.user_id,
+    ]
+
+    shown = (wang.record("party", "p-wang"), wang.record("case", "k-leak"), wang.outbox())
+    path = wang._store.path
+    assert [text for text in personal if text.encode() in on_disk(path)] == []
+    wang.close()
+    assert [text for text in personal if text.encode() in on_disk(path)] == []
+
+    closed = on_disk(path)
+    with pytest.raises(Unreadable, match="wrong passphrase"):
+        office.open("wang", passphrase="135790")
+    assert on_disk(path) == closed
+    reopened = office.open("wang")
+    assert (
+        reopened.record("party", "p-wang"),
+        reopened.record("case", "k-leak"),
+        reopened.outbox(),
+    ) == shown
+    assert shown[0].phone == "13998765432" and shown[1].summary == grievance
+    monkeypatch.undo()
+    assert [r.status for r in reopened.push()] == ["applied", "applied"]
+
+    with pytest.raises(Unreadable, match="wrong passphrase"):
+        reopened.change_passphrase("135790", "8642 新的")
+    reopened.change_passphrase(PIN, "8642 新的")
+    reopened.close()
+    with pytest.raises(Unreadable, match="wrong passphrase"):
+        office.open("wang")
+    assert office.open("wang", passphrase="8642 新的").record("party", "p-wang") == shown[0]
 
 
 # -- server behaviour found while writing the client -----------------------------------
