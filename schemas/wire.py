@@ -43,6 +43,8 @@ class Enrollment(msgspec.Struct, frozen=True, kw_only=True):
     role: str
     org_units: list[str]
     office: OfficeInfo
+    # An informant's pseudonym: the only `informant` value its warnings may carry.
+    pseudonym: str = ""
 
 
 class PushRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -85,3 +87,6 @@ class PullPage(msgspec.Struct, frozen=True, kw_only=True):
     cursor: str
     has_more: bool
     server_time_ms: int
+    # The office's current KEM key: after a rotation, devices seal to it from now on.
+    kem_key_id: str = ""
+    kem_key: bytes = b""

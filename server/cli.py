@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 
 from schemas.records import Agreement
-from server import audit, erasure, phone, seed
+from server import audit, erasure, phone, pseudonyms, seed
 from server.keys import OfficeKeys
 from server.settings import Settings, load_settings
 from server.storage import people
@@ -295,6 +295,28 @@ def verify_audit(settings: Settings) -> int:
     return 1 if problems else 0
 
 
+def reveal_informant(settings: Settings, name: str, supervisor_id: str, reason: str) -> int:
+    """Tell a supervisor who is behind a pseudonym; audited, refused or not."""
+    with _directory(settings) as directory:
+        supervisor = directory.user(supervisor_id)
+        if supervisor is None:
+            print(f"lianxin: no user {supervisor_id}")
+            return 1
+        try:
+            keys = directory.store.vault.keys
+            found = pseudonyms.reidentify(
+                directory, keys.pseudonym_key, name, supervisor, reason, system_wall_ms()
+            )
+        except LianxinError as error:
+            print(f"lianxin: {error.detail} (the attempt is in the audit log)")
+            return 1
+    if found is None:
+        print(f"No informant has the pseudonym {name}")
+        return 1
+    print(f"{name} is {found.name} ({found.user_id}, {', '.join(found.org_units)}); audited")
+    return 0
+
+
 def serve(settings: Settings) -> int:
     import uvicorn
 
@@ -406,6 +428,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     retire_parser.add_argument("key_id")
     keys_parser.add_parser("status", help="which keys exist and what they wrap")
 
+    informant_parser = commands.add_parser("informant", help="re-identify").add_subparsers(
+        dest="action", required=True
+    )
+    reveal_parser = informant_parser.add_parser(
+        "reveal", help="who is behind a pseudonym (supervisors only; audited)"
+    )
+    reveal_parser.add_argument("pseudonym")
+    reveal_parser.add_argument("--supervisor", required=True, help="the asking supervisor's id")
+    reveal_parser.add_argument("--reason", required=True)
+
     audit_parser = commands.add_parser("audit", help="check the audit log").add_subparsers(
         dest="action", required=True
     )
@@ -449,6 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return retire_key(settings, args.key_id)
         case "keys", "status":
             return key_status(settings)
+        case "informant", "reveal":
+            return reveal_informant(settings, args.pseudonym, args.supervisor, args.reason)
         case "audit", "verify":
             return verify_audit(settings)
         case "serve", _:

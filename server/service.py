@@ -27,9 +27,10 @@ from schemas.wire import (
 )
 from server.agreements import execute_ready, signature_vet
 from server.keys import OfficeKeys
+from server.pseudonyms import pseudonym
 from server.settings import Settings
 from server.storage.access import presence, update_access
-from server.storage.directory import Device, Directory
+from server.storage.directory import Device, Directory, User
 from server.storage.people import index_parties
 from server.storage.pull import read_page
 from server.storage.sqlite import SqliteStore
@@ -84,7 +85,11 @@ class SyncService:
             role=device.user.role,
             org_units=device.user.org_units,
             office=self.office(),
+            pseudonym=self._pseudonym(device.user),
         )
+
+    def _pseudonym(self, user: User) -> str:
+        return pseudonym(self.keys.pseudonym_key, user.user_id) if user.role == "informant" else ""
 
     def push(self, device: Device, request: PushRequest) -> PushResponse:
         """Verify and apply one batch; every change gets an answer."""
@@ -106,6 +111,7 @@ class SyncService:
             changes.append(change)
 
         user = device.user
+        own_pseudonym = self._pseudonym(user) or None
         with self.store.transaction():
             self._remember_batch(device, request, manifest)
             keys = {(c.record_type, c.record_id) for c in changes}
@@ -115,6 +121,8 @@ class SyncService:
             def authorize(change: Change) -> str | None:
                 if change.record_type not in WRITABLE_BY[user.role]:
                     return f"a {user.role} may not write {change.record_type} records"
+                if "informant" in change.set and change.set["informant"] != own_pseudonym:
+                    return "a warning's informant is the pseudonym of the informant who sends it"
                 key = (change.record_type, change.record_id)
                 if key in present and key not in visible:
                     return f"{user.role} {user.user_id} may not write {key[0]} {key[1]}"
@@ -186,6 +194,8 @@ class SyncService:
             cursor=self._cursor(device, end, end_seq),
             has_more=has_more,
             server_time_ms=self.wall_ms(),
+            kem_key_id=self.keys.kem_key_id,
+            kem_key=self.keys.kem_public,
         )
 
     def _cursor(self, device: Device, position: int, seq: int) -> str:

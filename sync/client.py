@@ -64,7 +64,7 @@ from sync import agreements, envelope, merge, signing
 from sync.atrest import KdfParams
 from sync.clock import Clock, system_wall_ms
 from sync.envelope import ENVELOPE, Header, Purpose
-from sync.errors import LianxinError, StaleRequest
+from sync.errors import LianxinError, StaleRequest, WrongKey
 from sync.replica_store import OutboxEntry, RecordKey, ReplicaStore
 
 T = TypeVar("T")
@@ -456,6 +456,8 @@ class DeviceClient:
             self._store.set_meta(CURSOR, page.cursor)
             self._store.set_meta(CLOCK_LAST, self._clock.last)
             self._learn_offset(page.server_time_ms)
+            if page.kem_key_id:
+                self._learn_office_key(page.kem_key_id, page.kem_key)
         return applied, skipped, evicted
 
     def _apply_pulled(self, item: PulledChange) -> bool:
@@ -480,20 +482,32 @@ class DeviceClient:
     def _learn_offset(self, server_time_ms: int) -> None:
         self._store.set_meta(SERVER_OFFSET, server_time_ms - self._wall_ms())
 
+    def _learn_office_key(self, key_id: str, key: bytes) -> None:
+        """Seal to the office's rotated KEM key from now on; call inside a transaction."""
+        identity = self._enrolled()
+        if (key_id, key) == (identity.office.kem_key_id, identity.office.kem_key):
+            return
+        office = msgspec.structs.replace(identity.office, kem_key_id=key_id, kem_key=key)
+        identity = msgspec.structs.replace(identity, office=office)
+        self._store.set_sealed_meta(IDENTITY, _encode(identity))
+        self._identity = identity
+
     def _signed_post(self, path: str, body: bytes, answer_type: type[T], batch_id: str) -> T:
         """POST a signed request and decode the answer; errors raise as `sync.errors`.
 
-        A `StaleRequest` means this device's clock is far from the server's:
-        learn the server's time from `GET /v1/office` and sign once more with
-        the corrected time (PROTOCOL.md section 10). Retrying is safe: a
+        A `StaleRequest` means this device's clock is far from the server's,
+        and `WrongKey` that the office retired the KEM key this device seals
+        to: learn the server's time and current key from `GET /v1/office` and
+        send once more (PROTOCOL.md sections 10 and 14). Retrying is safe: a
         refused request writes nothing.
         """
         try:
             return self._post_once(path, body, answer_type, batch_id)
-        except StaleRequest:
+        except (StaleRequest, WrongKey):
             office = _answer(self._http.get("/v1/office"), OfficeInfo)
             with self._store.transaction():
                 self._learn_offset(office.server_time_ms)
+                self._learn_office_key(office.kem_key_id, office.kem_key)
             return self._post_once(path, body, answer_type, batch_id)
 
     def _post_once(self, path: str, body: bytes, answer_type: type[T], batch_id: str) -> T:

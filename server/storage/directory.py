@@ -68,7 +68,13 @@ class Directory:
             self.db.execute(
                 "INSERT INTO users (user_id, name, role, org_units, created_at_ms)"
                 " VALUES (?, ?, ?, ?, ?)",
-                [user.user_id, name, role, json.dumps(org_units), now_ms],
+                [
+                    user.user_id,
+                    self._seal_name(user.user_id, name),
+                    role,
+                    json.dumps(org_units),
+                    now_ms,
+                ],
             )
             if role == "supervisor":
                 self._grant_org_units(user.user_id, org_units)
@@ -86,11 +92,28 @@ class Directory:
                 [user_id, now, unit, len(unit) + 1, unit + "/"],
             )
 
+    def _seal_name(self, user_id: str, name: str) -> bytes:
+        # Informants' names above all must not be read off a copied database.
+        return self.store.seal_value("users", ("user", user_id), "name", name.encode())
+
+    def _user(self, user_id: str, name: bytes, role: Role, org_units: str) -> User:
+        opened = self.store.open_value("users", ("user", user_id), "name", name)
+        return User(user_id, opened.decode() if opened else "", role, json.loads(org_units))
+
     def user(self, user_id: str) -> User | None:
         row = self.db.execute(
             "SELECT user_id, name, role, org_units FROM users WHERE user_id = ?", [user_id]
         ).fetchone()
-        return User(row[0], row[1], row[2], json.loads(row[3])) if row else None
+        return self._user(*row) if row else None
+
+    def users(self, role: Role | None = None) -> list[User]:
+        """Every user (of `role`), in the order they were added."""
+        rows = self.db.execute(
+            "SELECT user_id, name, role, org_units FROM users"
+            " WHERE ? IS NULL OR role = ? ORDER BY created_at_ms, user_id",
+            [role, role],
+        ).fetchall()
+        return [self._user(*row) for row in rows]
 
     def issue_code(self, user_id: str, now_ms: int, ttl_ms: int) -> str:
         """A one-time enrolment code for `user_id`, valid for `ttl_ms`; only its hash is kept."""
@@ -152,7 +175,7 @@ class Directory:
         ).fetchone()
         if row is None:
             return None
-        user = User(row[5], row[6], row[7], json.loads(row[8]))
+        user = self._user(row[5], row[6], row[7], row[8])
         return Device(row[0], user, row[1], row[2], row[3], row[4])
 
     def revoke(self, device_id: str, now_ms: int) -> bool:

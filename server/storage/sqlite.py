@@ -29,6 +29,7 @@ from server.settings import Settings
 from server.storage.migrations import migrate
 from server.storage.vault import Vault
 from sync.atrest import open_sealed, seal
+from sync.errors import Erased
 from sync.merge import is_deleted
 from sync.store import BatchWrite, LoggedChange, QuarantineRow, RecordKey
 
@@ -164,6 +165,18 @@ class SqliteStore:
     def erased(self, keys: Iterable[RecordKey]) -> set[RecordKey]:
         """Which of `keys` were erased (their data key destroyed)."""
         return {key for key, data_key in self.vault.data_keys(keys).items() if data_key is None}
+
+    def seal_value(self, table: str, key: RecordKey, row: str, plain: bytes) -> bytes:
+        """`plain` sealed under `key`'s data key (made if new), bound to table and row."""
+        data_key = self.vault.data_keys([key], create=True)[key]
+        if data_key is None:
+            raise Erased(f"{key[0]}/{key[1]} was erased")
+        return seal(data_key, plain, bind(table, key, row))
+
+    def open_value(self, table: str, key: RecordKey, row: str, sealed: bytes) -> bytes | None:
+        """What `seal_value` sealed; None once `key` was erased."""
+        data_key = self.vault.data_keys([key])[key]
+        return None if data_key is None else open_sealed(data_key, sealed, bind(table, key, row))
 
     def open_changes(self, rows: list[tuple[str, str, str, bytes]]) -> list[bytes | None]:
         """The exact bytes of logged changes `(type, id, change id, sealed)`; None if erased."""

@@ -603,3 +603,22 @@ def test_a_device_shows_the_winner_the_server_chose_over_a_clamped_stamp(office)
     assert answer.conflicts[0].winner == "Drains overflow"
     sun.pull()
     assert sun.conflicts("case", "k-1")[0].winner == "Drains overflow"
+
+
+def test_devices_move_to_a_rotated_office_key_by_pull_or_when_the_old_one_is_retired(office):
+    pulls = office.device("chen", "supervisor")
+    offline = office.device("sun", "mediator")
+    old_key_id = office.keys.kem_key_id
+    office.keys.rotate(master=False, kem=True, now_ms=office.wall())
+    # The old key still opens while it overlaps: a device that has not heard pushes as before.
+    offline.edit("case", "k-1", set={"title": "Drains", "status": "new", "location": XIANGMIHU})
+    assert offline.identity.office.kem_key_id == old_key_id
+    assert [r.status for r in offline.push()] == ["applied"]
+    # A pull tells the device the new key, and it seals to it from then on.
+    pulls.pull()
+    assert pulls.identity.office.kem_key_id == office.keys.kem_key_id != old_key_id
+    # Once the old key is retired, a device still sealing to it learns the new one and retries.
+    office.keys.retire(old_key_id)
+    offline.edit("case", "k-1", set={"priority": "high"})
+    assert [r.status for r in offline.push()] == ["applied"]
+    assert offline.identity.office.kem_key_id == office.keys.kem_key_id
