@@ -22,8 +22,11 @@ from schemas import (
     Signature,
     StatusMachine,
 )
+from schemas.records import Party
 from schemas.wire import PullRequest
 from server.errors import status_of
+from server.pseudonyms import pseudonym
+from server.storage.people import digests
 from sync import agreements, errors, merge, signing
 from sync.clock import pack
 from sync.envelope import SUITES, open_envelope
@@ -204,3 +207,14 @@ def test_envelope_vector_opens_to_its_plaintext():
     # The documented suites are exactly those the code knows.
     suites_table = DOC.split("| suite | KEM | KDF | AEAD |", 1)[1].split("\n\n", 1)[0]
     assert {int(n) for n in re.findall(r"^\| (\d+) \|", suites_table, re.M)} == set(SUITES)
+
+
+def test_the_pseudonym_vector():
+    v = dict(line.split("=", 1) for line in vector("pseudonym").splitlines())
+    assert pseudonym(bytes.fromhex(v["pseudonym_key"]), v["user_id"]) == v["pseudonym"]
+
+
+def test_the_blind_index_vector():
+    v = dict(line.split("=", 1) for line in vector("blind-index").splitlines())
+    found = dict(digests(bytes.fromhex(v["index_key"]), Party(name=v["name"], phone=v["phone"])))
+    assert found == {"name": v["name_digest"], "phone": v["phone_digest"]}
