@@ -8,16 +8,22 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from litestar.testing import TestClient
 
 from server import seed
+from server.app import create_app
 from server.cli import main
 from server.keys import OfficeKeys
+from server.settings import Settings
+from server.storage.access import update_access
+from server.storage.directory import Directory
 from server.storage.sqlite import bind
 from sync.atrest import open_sealed
+from sync.client import DeviceClient
 from sync.clock import Clock
-from sync.engine import apply_batch
+from sync.engine import apply, apply_batch
 from sync.errors import Unreadable
-from tests.conftest import PASSPHRASE, TEST_KDF, make_store, office_keys
+from tests.conftest import PASSPHRASE, TEST_KDF, Wall, make_store, office_keys
 
 # The fields whose values name or describe people, their homes and their grievances.
 PERSONAL = {"name", "phone", "id_number", "address", "title", "summary", "text", "description"}
@@ -115,3 +121,29 @@ def test_the_key_file_opens_only_with_its_passphrase(tmp_path):
     # The salt and cost are stored beside the sealed keys; the default cost is scrypt's
     # interactive figure, tests use a cheap one.
     assert msgspec.json.decode(text)["kdf"]["n"] == TEST_KDF.n
+
+
+def test_a_supervisors_phone_holding_the_whole_seed_shows_none_of_it(tmp_path):
+    keys = office_keys()
+    (tmp_path / "office").mkdir()
+    store = make_store(tmp_path / "office" / "lianxin.db", keys)
+    wall = Wall()
+    clock = Clock(wall)
+    touched = {}
+    for scenario in seed.scenarios():
+        _, records = apply(store, scenario.changes, clock)
+        touched.update({key: seq for key, (_, seq) in records.items()})
+    directory = Directory(store)
+    supervisor = directory.add_user("Chen", "supervisor", ["Hangzhou"], wall.ms)
+    update_access(store, touched, None)
+    app = create_app(Settings(data_dir=tmp_path / "office"), keys=keys, store=store, wall_ms=wall)
+    with TestClient(app) as http:
+        code = directory.issue_code(supervisor.user_id, wall.ms, 60_000)
+        phone = DeviceClient(tmp_path / "phone.db", http, passphrase="246810", kdf=TEST_KDF)
+        phone.enroll(code)
+        assert phone.pull().applied == sum(len(s.changes) for s in seed.scenarios())
+        assert phone.record("party", "p-he").name == "He Jianguo"
+        assert leaks(tmp_path, seed_secrets()) == {}  # the phone file and the office's, open
+        phone.close()
+    store.close()
+    assert leaks(tmp_path, seed_secrets()) == {}
