@@ -18,6 +18,7 @@ import msgspec
 
 from schemas.changes import ChangeResult, Reason
 from server import audit
+from server.storage import index
 from server.storage.people import forget
 from server.storage.sqlite import SqliteStore
 from sync.store import RecordKey
@@ -86,6 +87,7 @@ def erase_case(store: SqliteStore, case_id: str, reason: str, actor: str, now_ms
                 targets,
             )
         forget(store, targets)
+        index.forget(store, targets)
         audit.append(
             db,
             now_ms,

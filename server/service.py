@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from schemas.changes import Change
+from schemas.changes import Change, ChangeResult
 from schemas.wire import (
     Enrollment,
     EnrollRequest,
@@ -31,6 +31,7 @@ from server.pseudonyms import pseudonym
 from server.settings import Settings
 from server.storage.access import presence, update_access
 from server.storage.directory import Device, Directory, User
+from server.storage.index import index_records
 from server.storage.people import index_parties
 from server.storage.pull import read_page
 from server.storage.sqlite import SqliteStore
@@ -39,6 +40,7 @@ from sync.access import WRITABLE_BY, changes_visibility, links_added
 from sync.clock import Clock
 from sync.engine import apply
 from sync.errors import BadCursor, BatchReused, Forbidden, MalformedRequest, TooLarge
+from sync.store import RecordKey
 
 _decode_change = msgspec.msgpack.Decoder(Change).decode
 
@@ -132,26 +134,48 @@ class SyncService:
                         return f"{user.user_id} may not link {target[0]} {target[1]}"
                 return None
 
-            results, records = apply(
-                self.store,
-                changes,
-                self.clock,
-                request.changes,
-                authorize,
-                self.signatures,
-                request.batch_id,
+            results = self._apply(
+                changes, user.user_id, present, request.changes, authorize, request.batch_id
             )
-            # Readers change only for new records or edits to a visibility field.
-            moved = {(c.record_type, c.record_id) for c in changes if changes_visibility(c)}
-            touched = {
-                key: seq for key, (_, seq) in records.items() if key not in present or key in moved
-            }
-            written = {key: state for key, (state, _) in records.items()}
-            update_access(self.store, touched, user.user_id, written)
-            index_parties(self.store, self.keys.index_key, written)
-            # Agreements the batch completed are executed in the same transaction.
-            execute_ready(self.store, self.keys, self.clock, written, self.wall_ms())
         return PushResponse(batch_id=request.batch_id, results=results)
+
+    def act(self, user: User, changes: list[Change]) -> list[ChangeResult]:
+        """Apply changes the office makes for a console user (settle, triage, assign).
+
+        The same path as a push after authentication: merged, then readers,
+        indexes and agreements brought up to date, in one transaction.
+        """
+        with self.store.transaction():
+            keys = [(c.record_type, c.record_id) for c in changes]
+            present, _ = presence(self.store, user.user_id, keys)
+            return self._apply(changes, user.user_id, present)
+
+    def _apply(
+        self,
+        changes: list[Change],
+        user_id: str,
+        present: set[RecordKey],
+        raws: list[bytes] | None = None,
+        authorize: Callable[[Change], str | None] | None = None,
+        batch_id: str | None = None,
+    ) -> list[ChangeResult]:
+        """Merge `changes` and bring everything that follows from them up to date."""
+        results, records = apply(
+            self.store, changes, self.clock, raws, authorize, self.signatures, batch_id
+        )
+        # Readers change only for new records or edits to a visibility field.
+        moved = {(c.record_type, c.record_id) for c in changes if changes_visibility(c)}
+        touched = {
+            key: seq for key, (_, seq) in records.items() if key not in present or key in moved
+        }
+        written = {key: state for key, (state, _) in records.items()}
+        now_ms = self.wall_ms()
+        update_access(self.store, touched, user_id, written)
+        index_parties(self.store, self.keys.index_key, written)
+        index_records(self.store, records, now_ms)
+        # Agreements the batch completed are executed in the same transaction.
+        execute_ready(self.store, self.keys, self.clock, written, now_ms)
+        return results
 
     def _remember_batch(self, device: Device, request: PushRequest, manifest: bytes) -> None:
         """Keep the signed manifest so each change stays attributable to its device."""

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from schemas.changes import Add, Change
+from schemas.records import Location
 from schemas.state import RecordState
 from sync.merge import materialize
 
@@ -59,18 +60,22 @@ class Scope(NamedTuple):
 def scope(state: RecordState) -> Scope:
     """The record's org unit, the users it names, and the records it links."""
     record = materialize(state)
-    location = getattr(record, "location", None)
-    org_unit = None
-    if location is not None:
-        parts = [location.city, location.district, location.street, location.community]
-        org_unit = "/".join(p for p in parts if p)
+    unit = org_unit(getattr(record, "location", None))
     named = frozenset(getattr(record, "mediators", ()))
     links = frozenset(
         (record_type, record_id)
         for field, record_type in LINK_FIELDS.items()
         for record_id in getattr(record, field, ())
     )
-    return Scope(org_unit, named, links)
+    return Scope(unit, named, links)
+
+
+def org_unit(location: Location | None) -> str | None:
+    """The org-unit path a location lies in: city/district/street/community."""
+    if location is None:
+        return None
+    parts = [location.city, location.district, location.street, location.community]
+    return "/".join(p for p in parts if p)
 
 
 def within(org_unit: str | None, units: Iterable[str]) -> bool:

@@ -180,12 +180,78 @@ def _confidentiality(db: sqlite_utils.Database) -> None:
     db["people_index"].create_index(["record_type", "record_id"])
 
 
+def _console(db: sqlite_utils.Database) -> None:
+    """Sign-in for the supervisor console, and the indexes its lists and statistics read.
+
+    `case_index` and `warning_index` hold only what lists filter and count by
+    (status, org unit, category, assignees, dates); titles and texts stay
+    sealed in the record states and are opened for the rows shown.
+    """
+    db["users"].add_column("password_hash", str)
+    db["users"].add_column("totp_secret", bytes)  # sealed under the user's data key
+    db["users"].add_column("language", str)
+    db["sessions"].create(
+        {
+            "token_hash": str,
+            "user_id": str,
+            "csrf": str,
+            "created_ms": int,
+            "seen_ms": int,
+        },
+        pk="token_hash",
+        not_null={"user_id", "csrf", "created_ms", "seen_ms"},
+        foreign_keys=[("user_id", "users", "user_id")],
+    )
+    db["sessions"].create_index(["user_id"])
+    db["login_failures"].create({"who": str, "at_ms": int}, not_null={"who", "at_ms"})
+    db["login_failures"].create_index(["who", "at_ms"])
+    db["case_index"].create(
+        {
+            "case_id": str,
+            "status": str,
+            "org_unit": str,
+            "category": str,
+            "mediators": str,  # JSON list of user ids
+            "households": int,
+            "priority": str,
+            "due": str,  # ISO date or NULL
+            "received_ms": int,
+            "resolved_ms": int,
+            "seq": int,
+        },
+        pk="case_id",
+        not_null={"status", "received_ms", "seq"},
+    )
+    for columns in (["status"], ["org_unit"], ["received_ms"], ["due"]):
+        db["case_index"].create_index(columns)
+    db["warning_index"].create(
+        {
+            "warning_id": str,
+            "status": str,
+            "org_unit": str,
+            "category": str,
+            "severity": str,
+            "informant": str,  # the pseudonym
+            "case_id": str,
+            "received_ms": int,
+            "seq": int,
+        },
+        pk="warning_id",
+        not_null={"status", "received_ms", "seq"},
+    )
+    db["warning_index"].create_index(["status", "received_ms"])
+    db["deadlines"].create({"category": str, "days": int}, pk="category", not_null={"days"})
+    db["quarantine"].add_column("acknowledged_ms", int)
+    db["quarantine"].add_column("acknowledged_by", str)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _initial),
     ("0002_directory", _directory),
     ("0003_change_order", _change_order),
     ("0004_access_indexes", _access_indexes),
     ("0005_confidentiality", _confidentiality),
+    ("0006_console", _console),
 ]
 
 

@@ -1,0 +1,100 @@
+"""`case_index` and `warning_index`: what the console lists and counts by, kept in step.
+
+Updated in the transaction of every batch (and every office action) from
+the record states it wrote. Only classifying fields are copied (status, org
+unit, category, assignees, household count, priority, due date) plus when
+the office first received the record and when it was last resolved; titles
+and texts stay sealed in the records.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from schemas.records import Case, EarlyWarning
+from schemas.state import RecordState
+from server.storage.sqlite import SqliteStore
+from sync.access import org_unit
+from sync.merge import materialize
+from sync.store import RecordKey
+
+RESOLVED = ("resolved", "closed")
+
+
+def index_records(
+    store: SqliteStore,
+    written: Mapping[RecordKey, tuple[RecordState, int]],
+    now_ms: int,
+) -> None:
+    """Bring the index rows of the cases and warnings among `written` (state, seq) up to date."""
+    cases, warnings = [], []
+    for (record_type, record_id), (state, seq) in written.items():
+        if record_type == "case":
+            case = materialize(state)
+            assert isinstance(case, Case)
+            cases.append(
+                (
+                    record_id,
+                    case.status,
+                    org_unit(case.location),
+                    case.category,
+                    json.dumps(sorted(case.mediators)),
+                    case.households,
+                    case.priority,
+                    case.due.isoformat() if case.due else None,
+                    now_ms,
+                    now_ms if case.status in RESOLVED else None,
+                    seq,
+                )
+            )
+        elif record_type == "warning":
+            warning = materialize(state)
+            assert isinstance(warning, EarlyWarning)
+            warnings.append(
+                (
+                    record_id,
+                    warning.status,
+                    org_unit(warning.location),
+                    warning.category,
+                    warning.severity,
+                    warning.informant,
+                    warning.case,
+                    now_ms,
+                    seq,
+                )
+            )
+    db = store.db.conn
+    # `received_ms` is when the office first heard of the record; `resolved_ms` when it
+    # last became resolved (kept while it stays resolved or closed, cleared if reopened).
+    db.executemany(
+        "INSERT INTO case_index (case_id, status, org_unit, category, mediators, households,"
+        " priority, due, received_ms, resolved_ms, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (case_id) DO UPDATE SET status = excluded.status,"
+        " org_unit = excluded.org_unit, category = excluded.category,"
+        " mediators = excluded.mediators, households = excluded.households,"
+        " priority = excluded.priority, due = excluded.due, seq = excluded.seq,"
+        " resolved_ms = CASE WHEN excluded.resolved_ms IS NULL THEN NULL"
+        " ELSE coalesce(case_index.resolved_ms, excluded.resolved_ms) END",
+        cases,
+    )
+    db.executemany(
+        "INSERT INTO warning_index (warning_id, status, org_unit, category, severity, informant,"
+        " case_id, received_ms, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (warning_id) DO UPDATE SET status = excluded.status,"
+        " org_unit = excluded.org_unit, category = excluded.category,"
+        " severity = excluded.severity, informant = excluded.informant,"
+        " case_id = excluded.case_id, seq = excluded.seq",
+        warnings,
+    )
+
+
+def forget(store: SqliteStore, keys: list[RecordKey]) -> None:
+    """Drop the index rows of erased records."""
+    db = store.db.conn
+    db.executemany(
+        "DELETE FROM case_index WHERE case_id = ?", [(i,) for t, i in keys if t == "case"]
+    )
+    db.executemany(
+        "DELETE FROM warning_index WHERE warning_id = ?", [(i,) for t, i in keys if t == "warning"]
+    )
