@@ -13,7 +13,7 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 
 from schemas.wire import EnrollRequest, PullRequest, PushRequest
-from server import auth
+from server import auth, console
 from server.errors import EXCEPTION_HANDLERS, encode_for
 from server.keys import OfficeKeys
 from server.service import SyncService
@@ -146,10 +146,10 @@ def create_app(
     clock = clock or Clock(wall_ms, max_drift_ms=settings.max_clock_drift_ms)
     service = SyncService(settings, store, keys, clock, wall_ms)
     return Litestar(
-        route_handlers=[office, enroll, push, pull],
+        route_handlers=[office, enroll, push, pull, *console.routes()],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="Lianxin sync", version="1"),
+        openapi_config=OpenAPIConfig(title="Lianxin sync and console API", version="1"),
         state=State({"service": service}),
         on_shutdown=[store.close] if opened else [],
     )

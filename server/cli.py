@@ -16,6 +16,7 @@ import msgspec
 
 from schemas.records import Agreement
 from server import audit, erasure, phone, pseudonyms, seed
+from server.console import signin
 from server.keys import OfficeKeys
 from server.settings import Settings, load_settings
 from server.storage import people
@@ -126,6 +127,33 @@ def add_user(settings: Settings, name: str, role: Role, org_units: list[str]) ->
     with _directory(settings) as directory:
         user = directory.add_user(name, role, org_units, system_wall_ms())
     print(user.user_id)
+    return 0
+
+
+def set_password(settings: Settings, user_id: str) -> int:
+    """Give a supervisor or admin a console password (LIANXIN_NEW_PASSWORD, else typed)."""
+    password = os.environ.get("LIANXIN_NEW_PASSWORD") or getpass.getpass("New password: ")
+    with _directory(settings) as directory:
+        if directory.user(user_id) is None:
+            print(f"lianxin: no user {user_id}")
+            return 1
+        try:
+            signin.set_password(directory, user_id, password)
+        except ValueError as error:
+            print(f"lianxin: {error}")
+            return 1
+    print(f"Password set for {user_id}")
+    return 0
+
+
+def enable_totp(settings: Settings, user_id: str) -> int:
+    """Turn on the second factor for a user; prints the URI to scan into an authenticator."""
+    with _directory(settings) as directory:
+        user = directory.user(user_id)
+        if user is None:
+            print(f"lianxin: no user {user_id}")
+            return 1
+        print(signin.enable_totp(directory, user))
     return 0
 
 
@@ -366,6 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="city/district/street/community (repeatable)",
     )
 
+    password_parser = user_parser.add_parser("password", help="set a console password")
+    password_parser.add_argument("user_id")
+    totp_parser = user_parser.add_parser("totp", help="require an authenticator code at sign-in")
+    totp_parser.add_argument("user_id")
+
     code_parser = commands.add_parser("code", help="issue a one-time enrolment code for a user")
     code_parser.add_argument("user_id")
     code_parser.add_argument("--ttl-hours", type=float, default=24.0)
@@ -461,6 +494,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return init(settings, args.admin, args.org_units)
         case "user", "add":
             return add_user(settings, args.name, args.role, args.org_units)
+        case "user", "password":
+            return set_password(settings, args.user_id)
+        case "user", "totp":
+            return enable_totp(settings, args.user_id)
         case "code", _:
             return issue_code(settings, args.user_id, args.ttl_hours)
         case "device", "revoke":

@@ -24,6 +24,12 @@ STATUS: dict[type[errors.LianxinError], int] = {
     errors.EnrollmentRefused: 403,
     errors.BatchReused: 409,
     errors.TooLarge: 413,
+    errors.ConsoleError: 400,
+    errors.NotSignedIn: 401,
+    errors.BadCredentials: 401,
+    errors.CsrfRefused: 403,
+    errors.UnknownRecord: 404,
+    errors.RateLimited: 429,
     errors.Erased: 410,
     errors.Unreadable: 500,
     errors.Unavailable: 503,
@@ -38,9 +44,11 @@ def status_of(error: errors.LianxinError) -> int:
 
 
 def encode_for(request: Request, body: object) -> tuple[bytes, str]:
-    """Answer in msgpack unless the client sent or asked for JSON."""
-    wants_json = "json" in (request.headers.get("content-type") or "") or (
-        "json" in (request.headers.get("accept") or "")
+    """Answer in msgpack unless the client sent or asked for JSON (the console API is JSON)."""
+    wants_json = (
+        request.url.path.startswith("/api/")
+        or "json" in (request.headers.get("content-type") or "")
+        or "json" in (request.headers.get("accept") or "")
     )
     if wants_json:
         return msgspec.json.encode(body), "application/json"
@@ -53,6 +61,10 @@ def answer(request: Request, status: int, code: str, detail: str) -> Response:
 
 
 def lianxin_error(request: Request, error: errors.LianxinError) -> Response:
+    if request.url.path.startswith("/console/"):
+        from server.console.web import error_page  # the console renders its own pages
+
+        return error_page(request, error, status_of(error))
     return answer(request, status_of(error), error.code, error.detail)
 
 

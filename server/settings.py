@@ -30,6 +30,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_clock_drift_ms: Annotated[int, msgspec.Meta(ge=0)] = 24 * 60 * 60 * 1000
     # Refuse sync requests that are not sealed envelopes (PROTOCOL.md section 14).
     require_sealed: bool = True
+    # The supervisor console: sessions end after this long idle, or this long in all.
+    session_idle_s: Annotated[int, msgspec.Meta(ge=60)] = 30 * 60
+    session_max_s: Annotated[int, msgspec.Meta(ge=60)] = 12 * 60 * 60
+    # Sign-in attempts allowed per user name (and per client address) in a window.
+    login_max_failures: Annotated[int, msgspec.Meta(ge=1)] = 5
+    login_window_s: Annotated[int, msgspec.Meta(ge=1)] = 15 * 60
+    # Session cookies only over HTTPS; switch off only to serve the console over plain
+    # HTTP on 127.0.0.1 (tests, the demo).
+    secure_cookies: bool = True
 
     @property
     def store_path(self) -> Path:

@@ -144,11 +144,13 @@ class Office:
 
 
 @contextmanager
-def running_office(folder, require_sealed=False):
+def running_office(folder, require_sealed=False, secure_cookies=False):
     """A fresh office in `folder`, served in-process (for tests that need several).
 
     The hand-built phones here send plain bodies, so offices in these tests
     accept unsealed sync unless `require_sealed` (the production default).
+    The test client talks plain HTTP, so console cookies are not `Secure`
+    unless asked for (the production default).
     """
     keys = office_keys()
     store = make_store(folder / "lianxin.db", keys)
@@ -159,6 +161,7 @@ def running_office(folder, require_sealed=False):
             max_body_bytes=64 * 1024,
             max_batch_changes=50,
             require_sealed=require_sealed,
+            secure_cookies=secure_cookies,
         ),
         store=store,
         keys=keys,

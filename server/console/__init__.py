@@ -1,0 +1,14 @@
+"""The supervisor console: server-rendered pages under /console and their JSON twins under /api.
+
+Each module holds one area's handlers and exports them as `ROUTES`.
+"""
+
+from __future__ import annotations
+
+from litestar.types import ControllerRouterHandler
+
+from server.console import account, cases
+
+
+def routes() -> list[ControllerRouterHandler]:
+    return [*account.ROUTES, *cases.ROUTES]

@@ -1,0 +1,121 @@
+"""Signing in and out, and the user's language."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.datastructures import Cookie
+
+from server.console import signin
+from server.console.web import (
+    COOKIE,
+    LANGUAGES,
+    back_to,
+    checked,
+    form_of,
+    now_ms,
+    render,
+    service_of,
+    signed_in,
+)
+from sync.errors import BadCredentials, InvalidAction, RateLimited
+
+
+class Me(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: str
+    name: str
+    role: str
+    org_units: list[str]
+    csrf: str
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this site: never an open redirect."""
+    if not target or urlsplit(target).netloc or not target.startswith("/console/"):
+        return "/console/cases"
+    return target
+
+
+@get("/console/login", sync_to_thread=True, include_in_schema=False)
+def login_page(request: Request) -> Response:
+    return render(request, None, "login.html", next=_safe_next(request.query_params.get("next")))
+
+
+@post("/console/login", include_in_schema=False)
+async def login(request: Request) -> Response:
+    fields = await form_of(request)
+    service = service_of(request)
+    client = request.client.host if request.client else "unknown"
+    try:
+        _, token = signin.sign_in(
+            service.directory,
+            service.settings,
+            fields.get("user_id", "").strip(),
+            fields.get("password", ""),
+            fields.get("code", ""),
+            client,
+            now_ms(request),
+        )
+    except (BadCredentials, RateLimited) as error:
+        status = 429 if isinstance(error, RateLimited) else 401
+        return render(
+            request, None, "login.html", status=status, failed=error, next=fields.get("next")
+        )
+    response = back_to(_safe_next(fields.get("next")))
+    response.cookies.append(
+        Cookie(
+            key=COOKIE,
+            value=token,
+            path="/",
+            httponly=True,
+            secure=service.settings.secure_cookies,
+            samesite="strict",
+        )
+    )
+    return response
+
+
+@post("/console/logout", include_in_schema=False)
+async def logout(request: Request) -> Response:
+    """Sign out here, or (`everywhere`) end every session of this user."""
+    current = signed_in(request)
+    fields = await form_of(request)
+    checked(request, current, fields)
+    signin.sign_out(service_of(request).directory, current, everywhere="everywhere" in fields)
+    response = back_to("/console/login")
+    response.cookies.append(Cookie(key=COOKIE, value="", path="/", max_age=0))
+    return response
+
+
+@post("/console/language", include_in_schema=False)
+async def language(request: Request) -> Response:
+    current = signed_in(request)
+    fields = await form_of(request)
+    checked(request, current, fields)
+    chosen = fields.get("language", "")
+    if chosen not in LANGUAGES:
+        raise InvalidAction(f"no language {chosen!r}")
+    service = service_of(request)
+    with service.store.transaction():
+        service.store.db.execute(
+            "UPDATE users SET language = ? WHERE user_id = ?", [chosen, current.user.user_id]
+        )
+    return back_to(_safe_next(fields.get("next")))
+
+
+@get("/api/me", sync_to_thread=True, summary="Who is signed in, and the CSRF token for writes")
+def me(request: Request) -> Me:
+    current = signed_in(request)
+    user = current.user
+    return Me(
+        user_id=user.user_id,
+        name=user.name,
+        role=user.role,
+        org_units=user.org_units,
+        csrf=current.csrf,
+    )
+
+
+ROUTES = [login_page, login, logout, language, me]

@@ -1,0 +1,271 @@
+"""Cases: the filtered list with counts, and one case with its whole signed timeline."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import msgspec
+from litestar import Request, Response, get
+from litestar.params import FromPath, FromQuery
+
+from schemas.changes import Conflict
+from schemas.console import CaseList, CasePage, CaseRow, Repeat, TimelineEntry
+from schemas.records import Case
+from server.console.web import render, service_of, signed_in
+from server.service import SyncService
+from server.storage import people
+from sync import signing
+from sync.errors import BadSignature, UnknownRecord
+from sync.merge import materialize
+
+PAGE = 50
+OPEN_STATUSES = ("new", "assigned", "in_mediation")
+# The due date a list shows: the case's own, else its category's deadline after receipt.
+DUE = "coalesce(ci.due, date(ci.received_ms / 1000, 'unixepoch', '+' || d.days || ' days'))"
+OVERDUE = f"({DUE} < :today AND ci.status IN {OPEN_STATUSES})"
+FROM = (
+    " FROM case_index ci JOIN access a ON a.user_id = :user AND a.record_type = 'case'"
+    " AND a.record_id = ci.case_id LEFT JOIN deadlines d ON d.category = ci.category"
+)
+FILTERS = {
+    "status": "ci.status = :status",
+    "org_unit": "(ci.org_unit = :org_unit OR substr(ci.org_unit, 1, length(:org_unit) + 1)"
+    " = :org_unit || '/')",
+    "category": "ci.category = :category",
+    "assignee": "EXISTS (SELECT 1 FROM json_each(ci.mediators) WHERE value = :assignee)",
+    "overdue": OVERDUE,
+    "group": "ci.households > 1",
+}
+
+
+def today(service: SyncService) -> str:
+    return datetime.fromtimestamp(service.wall_ms() / 1000, UTC).date().isoformat()
+
+
+def case_list(
+    service: SyncService, user_id: str, filters: dict[str, str], offset: int = 0
+) -> CaseList:
+    """The cases `user_id` may see that match `filters`, newest first, a page at a time."""
+    given = {k: v for k, v in filters.items() if k in FILTERS and v}
+    params = {**given, "user": user_id, "today": today(service)}
+    where = " AND ".join(["1", *(FILTERS[k] for k in given)])
+    db = service.store.db
+    (total,) = db.execute(f"SELECT count(*){FROM} WHERE {where}", params).fetchone()
+    others = " AND ".join(["1", *(FILTERS[k] for k in given if k != "status")])
+    by_status = dict(
+        db.execute(f"SELECT ci.status, count(*){FROM} WHERE {others} GROUP BY 1", params)
+    )
+    rows = db.execute(
+        f"SELECT ci.case_id, ci.status, ci.org_unit, ci.category, ci.mediators, ci.households,"
+        f" ci.priority, {DUE}, {OVERDUE}, ci.received_ms{FROM} WHERE {where}"
+        " ORDER BY ci.received_ms DESC, ci.case_id LIMIT :limit OFFSET :offset",
+        {**params, "limit": PAGE, "offset": offset},
+    ).fetchall()
+    states = service.store.states(("case", row[0]) for row in rows)
+    cases = []
+    for case_id, status, unit, category, mediators, households, priority, due, late, at in rows:
+        state = states.get(("case", case_id))
+        title = materialize(state).title if state else ""  # type: ignore[attr-defined]
+        cases.append(
+            CaseRow(
+                case_id=case_id,
+                title=title,
+                status=status,
+                org_unit=unit,
+                category=category or "",
+                mediators=json.loads(mediators or "[]"),
+                households=households or 0,
+                priority=priority or "normal",
+                due=due,
+                overdue=bool(late),
+                received_ms=at,
+            )
+        )
+    return CaseList(
+        cases=cases,
+        total=total,
+        by_status=by_status,
+        filters=given,
+        offset=offset,
+        limit=PAGE,
+    )
+
+
+def visible(service: SyncService, user_id: str, record_type: str, record_id: str) -> bool:
+    row = service.store.db.execute(
+        "SELECT 1 FROM access WHERE user_id = ? AND record_type = ? AND record_id = ?",
+        [user_id, record_type, record_id],
+    ).fetchone()
+    return row is not None
+
+
+def case_page(service: SyncService, user_id: str, case_id: str) -> CasePage:
+    """One case as the office holds it; `UnknownRecord` if it is not in the user's view."""
+    key = ("case", case_id)
+    state = service.store.states([key]).get(key)
+    if state is None or not visible(service, user_id, *key):
+        raise UnknownRecord(f"no case {case_id} in your view")
+    case = materialize(state)
+    assert isinstance(case, Case)
+    parties = service.store.states(("party", p) for p in case.parties)
+    db = service.store.db
+    due, overdue = db.execute(
+        f"SELECT {DUE}, {OVERDUE} FROM case_index ci LEFT JOIN deadlines d"
+        " ON d.category = ci.category WHERE ci.case_id = :case",
+        {"case": case_id, "today": today(service)},
+    ).fetchone() or (None, False)
+    return CasePage(
+        case_id=case_id,
+        case=msgspec.to_builtins(case),
+        parties={k[1]: msgspec.to_builtins(materialize(s)) for k, s in parties.items()},
+        due=due,
+        overdue=bool(overdue),
+        open_conflicts=[msgspec.to_builtins(c) for c in open_conflicts(service, key)],
+        timeline=timeline(service, key),
+        repeats=[
+            Repeat(
+                case_id=r.case_id,
+                party_id=r.party_id,
+                matched_by=list(r.matched_by),
+                strong=r.strong,
+            )
+            for r in people.repeats(service.store, case_id)
+        ],
+    )
+
+
+def open_conflicts(service: SyncService, key: tuple[str, str]) -> list[Conflict]:
+    """The record's unsettled conflicts, opened."""
+    rows = service.store.db.execute(
+        "SELECT field, conflict FROM conflicts WHERE record_type = ? AND record_id = ?"
+        " AND settled_seq IS NULL ORDER BY id",
+        list(key),
+    ).fetchall()
+    found = []
+    for field, sealed in rows:
+        plain = service.store.open_value("conflicts", key, field, sealed)
+        if plain is not None:
+            found.append(msgspec.msgpack.decode(plain, type=Conflict))
+    return found
+
+
+def timeline(service: SyncService, key: tuple[str, str]) -> list[TimelineEntry]:
+    """Every logged change of the record, oldest first, each with its batch signature checked."""
+    db = service.store.db
+    rows = db.execute(
+        "SELECT c.seq, c.change_id, c.device_id, c.hlc, c.status, c.batch_id, c.raw,"
+        " b.manifest, b.signature, d.signing_key, d.user_id FROM changes c"
+        " LEFT JOIN batches b ON b.device_id = c.device_id AND b.batch_id = c.batch_id"
+        " LEFT JOIN devices d ON d.device_id = c.device_id"
+        " WHERE c.record_type = ? AND c.record_id = ? AND c.status != 'erased' ORDER BY c.seq",
+        list(key),
+    ).fetchall()
+    raws = service.store.open_changes([(*key, row[1], row[6]) for row in rows])
+    names: dict[str, str | None] = {}
+    entries = []
+    for row, raw in zip(rows, raws, strict=True):
+        seq, change_id, device_id, hlc, status, batch_id, _, manifest, sig, public, user_id = row
+        if raw is None:
+            continue
+        change = msgspec.msgpack.decode(raw)
+        verified, why = _attributed(device_id, batch_id, raw, manifest, sig, public)
+        if user_id is not None and user_id not in names:
+            user = service.directory.user(user_id)
+            names[user_id] = user.name if user else None
+        entries.append(
+            TimelineEntry(
+                seq=seq,
+                change_id=change_id,
+                device_id=device_id,
+                user_id=user_id,
+                user_name=names.get(user_id) if user_id else None,
+                hlc=hlc,
+                status=status,
+                set=change.get("set", {}),
+                ops=change.get("ops", []),
+                signature_verified=verified,
+                why_not=why,
+            )
+        )
+    return entries
+
+
+def _attributed(
+    device_id: str,
+    batch_id: str | None,
+    raw: bytes,
+    manifest: bytes | None,
+    signature: bytes | None,
+    public_key: bytes | None,
+) -> tuple[bool, str]:
+    """Whether the change's device signed a manifest naming exactly these bytes."""
+    if batch_id is None or manifest is None or signature is None or public_key is None:
+        return False, "made by the office, not pushed by a device"
+    head = b"\n".join([signing.BATCH_PURPOSE, device_id.encode(), batch_id.encode()]) + b"\n"
+    hashes = manifest[len(head) :]
+    digest = signing.digest(raw)
+    if not manifest.startswith(head) or not any(
+        hashes[i : i + 32] == digest for i in range(0, len(hashes), 32)
+    ):
+        return False, "its bytes are not in the batch manifest"
+    try:
+        signing.verify(public_key, signature, manifest, "batch")
+    except BadSignature:
+        return False, "the batch signature does not verify"
+    return True, ""
+
+
+def _filters(request: Request) -> dict[str, str]:
+    return {k: request.query_params.get(k, "") for k in FILTERS}
+
+
+def _offset(request: Request) -> int:
+    text = request.query_params.get("offset", "0")
+    return int(text) if text.isdigit() else 0
+
+
+@get("/console/cases", sync_to_thread=True, include_in_schema=False)
+def cases_page(request: Request) -> Response:
+    current = signed_in(request, "supervisor")
+    data = case_list(service_of(request), current.user.user_id, _filters(request), _offset(request))
+    return render(request, current, "cases.html", data=data)
+
+
+@get("/api/cases", sync_to_thread=True, summary="Cases in view, filtered, with counts")
+def cases_api(
+    request: Request,
+    status: FromQuery[str] = "",
+    org_unit: FromQuery[str] = "",
+    category: FromQuery[str] = "",
+    assignee: FromQuery[str] = "",
+    overdue: FromQuery[str] = "",
+    group: FromQuery[str] = "",
+    offset: FromQuery[int] = 0,
+) -> CaseList:
+    current = signed_in(request, "supervisor")
+    filters = {
+        "status": status,
+        "org_unit": org_unit,
+        "category": category,
+        "assignee": assignee,
+        "overdue": overdue,
+        "group": group,
+    }
+    return case_list(service_of(request), current.user.user_id, filters, max(offset, 0))
+
+
+@get("/console/cases/{case_id:str}", sync_to_thread=True, include_in_schema=False)
+def case_page_html(request: Request, case_id: FromPath[str]) -> Response:
+    current = signed_in(request, "supervisor")
+    data = case_page(service_of(request), current.user.user_id, case_id)
+    return render(request, current, "case.html", data=data)
+
+
+@get("/api/cases/{case_id:str}", sync_to_thread=True, summary="One case with its timeline")
+def case_api(request: Request, case_id: FromPath[str]) -> CasePage:
+    current = signed_in(request, "supervisor")
+    return case_page(service_of(request), current.user.user_id, case_id)
+
+
+ROUTES = [cases_page, cases_api, case_page_html, case_api]

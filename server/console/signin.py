@@ -1,0 +1,195 @@
+"""Who is at the console: passwords, second factor, sessions, CSRF tokens and rate limits.
+
+- Passwords are argon2id hashes (argon2-cffi's defaults, RFC 9106's second
+  recommended setting), re-hashed on sign-in when the parameters change.
+- The optional second factor is TOTP (RFC 6238: 6 digits, 30 s, SHA-1, as
+  authenticator apps expect); its secret is sealed under the user's data key.
+- A session is a random 256-bit token in an HttpOnly, SameSite=Strict cookie;
+  only its SHA-256 is stored. It ends after `session_idle_s` idle or
+  `session_max_s` in all, at sign-out, or everywhere at once.
+- Every session has its own CSRF token, required on every form and API write.
+- Failed sign-ins are counted per user name and per client address; past
+  `login_max_failures` within `login_window_s` sign-in is refused for a while.
+Only supervisors and admins may sign in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import NamedTuple
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerifyMismatchError
+from cryptography.hazmat.primitives.hashes import SHA1
+from cryptography.hazmat.primitives.twofactor import InvalidToken
+from cryptography.hazmat.primitives.twofactor.totp import TOTP
+
+from server.settings import Settings
+from server.storage.directory import Directory, User
+from sync.errors import BadCredentials, CsrfRefused, NotSignedIn, RateLimited
+
+CONSOLE_ROLES = ("supervisor", "admin")
+_hasher = PasswordHasher()
+# Verifying against this when the user does not exist takes as long as a real check.
+_DUMMY_HASH = _hasher.hash("not a password")
+
+
+class Session(NamedTuple):
+    user: User
+    csrf: str
+    token_hash: str
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def set_password(directory: Directory, user_id: str, password: str) -> None:
+    if len(password) < 12:
+        raise ValueError("use a password of at least 12 characters")
+    with directory.store.transaction():
+        directory.db.execute(
+            "UPDATE users SET password_hash = ? WHERE user_id = ?",
+            [_hasher.hash(password), user_id],
+        )
+
+
+def _totp(secret: bytes) -> TOTP:
+    return TOTP(secret, 6, SHA1(), 30, enforce_key_length=False)
+
+
+def enable_totp(directory: Directory, user: User, issuer: str = "Lianxin") -> str:
+    """Give `user` a new TOTP secret; returns the otpauth:// URI for their app."""
+    secret = secrets.token_bytes(20)
+    sealed = directory.store.seal_value("users", ("user", user.user_id), "totp", secret)
+    with directory.store.transaction():
+        directory.db.execute(
+            "UPDATE users SET totp_secret = ? WHERE user_id = ?", [sealed, user.user_id]
+        )
+    return _totp(secret).get_provisioning_uri(user.user_id, issuer)
+
+
+def totp_code(secret: bytes, now_s: int) -> str:
+    return _totp(secret).generate(now_s).decode()
+
+
+def _totp_secret(directory: Directory, user_id: str) -> bytes | None:
+    row = directory.db.execute(
+        "SELECT totp_secret FROM users WHERE user_id = ?", [user_id]
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    return directory.store.open_value("users", ("user", user_id), "totp", row[0])
+
+
+def sign_in(
+    directory: Directory,
+    settings: Settings,
+    user_id: str,
+    password: str,
+    code: str,
+    client: str,
+    now_ms: int,
+) -> tuple[Session, str]:
+    """Check the credentials and open a session; returns it and the cookie token.
+
+    Raises `RateLimited` before checking anything once the user name or the
+    client address has too many recent failures, and `BadCredentials`
+    (counted as a failure) for a wrong user, role, password or code.
+    """
+    who = [f"user:{user_id}", f"client:{client}"]
+    _check_rate(directory, settings, who, now_ms)
+    row = directory.db.execute(
+        "SELECT password_hash FROM users WHERE user_id = ?", [user_id]
+    ).fetchone()
+    user = directory.user(user_id)
+    stored = row[0] if row and row[0] else None
+    try:
+        _hasher.verify(stored or _DUMMY_HASH, password)
+        ok = stored is not None and user is not None and user.role in CONSOLE_ROLES
+    except (VerifyMismatchError, InvalidHashError):
+        ok = False
+    if ok and user is not None:
+        secret = _totp_secret(directory, user_id)
+        ok = secret is None or _totp_ok(secret, code, now_ms // 1000)
+    if not ok or user is None:
+        with directory.store.transaction():
+            directory.db.conn.executemany(
+                "INSERT INTO login_failures (who, at_ms) VALUES (?, ?)", [(w, now_ms) for w in who]
+            )
+        raise BadCredentials("wrong user, password or code")
+    token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    with directory.store.transaction():
+        if stored and _hasher.check_needs_rehash(stored):
+            directory.db.execute(
+                "UPDATE users SET password_hash = ? WHERE user_id = ?",
+                [_hasher.hash(password), user_id],
+            )
+        directory.db.execute("DELETE FROM login_failures WHERE who = ?", [f"user:{user_id}"])
+        directory.db.execute(
+            "INSERT INTO sessions (token_hash, user_id, csrf, created_ms, seen_ms)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [_digest(token), user_id, csrf, now_ms, now_ms],
+        )
+    return Session(user, csrf, _digest(token)), token
+
+
+def _totp_ok(secret: bytes, code: str, now_s: int) -> bool:
+    # One step either side, for a phone clock a little off.
+    for step in (0, -30, 30):
+        try:
+            _totp(secret).verify(code.strip().encode(), now_s + step)
+            return True
+        except InvalidToken:
+            continue
+    return False
+
+
+def _check_rate(directory: Directory, settings: Settings, who: list[str], now_ms: int) -> None:
+    since = now_ms - settings.login_window_s * 1000
+    for name in who:
+        (failures,) = directory.db.execute(
+            "SELECT count(*) FROM login_failures WHERE who = ? AND at_ms > ?", [name, since]
+        ).fetchone()
+        if failures >= settings.login_max_failures:
+            raise RateLimited("too many failed sign-ins; try again later")
+
+
+def session(directory: Directory, settings: Settings, token: str | None, now_ms: int) -> Session:
+    """The live session of a cookie token; `NotSignedIn` if none, it expired, or access ended."""
+    if not token:
+        raise NotSignedIn("sign in first")
+    row = directory.db.execute(
+        "SELECT user_id, csrf, created_ms, seen_ms FROM sessions WHERE token_hash = ?",
+        [_digest(token)],
+    ).fetchone()
+    if row is None:
+        raise NotSignedIn("sign in first")
+    user_id, csrf, created_ms, seen_ms = row
+    user = directory.user(user_id)
+    idle = now_ms - seen_ms > settings.session_idle_s * 1000
+    old = now_ms - created_ms > settings.session_max_s * 1000
+    if user is None or user.role not in CONSOLE_ROLES or idle or old:
+        with directory.store.transaction():
+            directory.db.execute("DELETE FROM sessions WHERE token_hash = ?", [_digest(token)])
+        raise NotSignedIn("the session has expired; sign in again")
+    with directory.store.transaction():
+        directory.db.execute(
+            "UPDATE sessions SET seen_ms = ? WHERE token_hash = ?", [now_ms, _digest(token)]
+        )
+    return Session(user, csrf, _digest(token))
+
+
+def check_csrf(current: Session, given: str | None) -> None:
+    if not given or not hmac.compare_digest(given, current.csrf):
+        raise CsrfRefused("missing or wrong CSRF token; reload the page")
+
+
+def sign_out(directory: Directory, current: Session, everywhere: bool = False) -> None:
+    with directory.store.transaction():
+        if everywhere:
+            directory.db.execute("DELETE FROM sessions WHERE user_id = ?", [current.user.user_id])
+        else:
+            directory.db.execute("DELETE FROM sessions WHERE token_hash = ?", [current.token_hash])

@@ -1,0 +1,157 @@
+"""What every console page shares: the signed-in user, CSRF-checked forms, rendering.
+
+Pages live under `/console/...` and render Jinja templates in the user's
+language; each has a JSON twin under `/api/...` returning the same data (a
+msgspec Struct, so the OpenAPI documents it) with the same permissions.
+Both are sync handlers run in a worker thread: every one reads SQLite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gettext
+import io
+from collections.abc import Mapping
+from importlib.resources import files
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+from jinja2 import Environment, PackageLoader, select_autoescape
+from litestar import Request, Response
+from litestar.response import Redirect
+
+from server.console import signin
+from server.console.signin import Session
+from server.service import SyncService
+from sync.errors import Forbidden, LianxinError, NotSignedIn
+
+COOKIE = "lianxin_console"
+CSRF_HEADER = "x-csrf-token"
+LANGUAGES = {"zh-CN": "中文", "en": "English"}
+DEFAULT_LANGUAGE = "zh-CN"
+
+
+@functools.cache
+def translations(language: str) -> gettext.NullTranslations:
+    """The message catalog of `language` (English is the source language)."""
+    if language == "en":
+        return gettext.NullTranslations()
+    folder = language.replace("-", "_")
+    source = files("server.console") / "locale" / folder / "LC_MESSAGES" / "messages.po"
+    with source.open("rb") as po:
+        catalog = read_po(po, locale=folder)
+    compiled = io.BytesIO()
+    write_mo(compiled, catalog)
+    compiled.seek(0)
+    return gettext.GNUTranslations(compiled)
+
+
+@functools.cache
+def environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("server.console"),
+        autoescape=select_autoescape(default=True),
+        extensions=["jinja2.ext.i18n"],
+    )
+    return env
+
+
+def service_of(request: Request) -> SyncService:
+    service: SyncService = request.app.state.service
+    return service
+
+
+def now_ms(request: Request) -> int:
+    return service_of(request).wall_ms()
+
+
+def signed_in(request: Request, *roles: str) -> Session:
+    """The request's console session; `NotSignedIn` without one, `Forbidden` for other roles."""
+    service = service_of(request)
+    current = signin.session(
+        service.directory, service.settings, request.cookies.get(COOKIE), now_ms(request)
+    )
+    if roles and current.user.role not in roles:
+        raise Forbidden(f"a {current.user.role} may not open this page")
+    return current
+
+
+async def form_of(request: Request) -> dict[str, str]:
+    """The posted form's fields (last value of each)."""
+    data = await request.form()
+    return {key: str(value) for key, value in data.items()}
+
+
+def checked(request: Request, current: Session, fields: Mapping[str, str]) -> None:
+    """Refuse a write whose CSRF token (form field or header) is not the session's."""
+    signin.check_csrf(current, fields.get("csrf") or request.headers.get(CSRF_HEADER))
+
+
+def language_of(current: Session | None, request: Request) -> str:
+    if current is not None:
+        row = (
+            service_of(request)
+            .store.db.execute(
+                "SELECT language FROM users WHERE user_id = ?", [current.user.user_id]
+            )
+            .fetchone()
+        )
+        if row and row[0] in LANGUAGES:
+            return str(row[0])
+    return DEFAULT_LANGUAGE
+
+
+def render(
+    request: Request, current: Session | None, template: str, status: int = 200, **context: Any
+) -> Response:
+    """A page in the user's language, with what the layout needs."""
+    language = language_of(current, request)
+    words = translations(language)
+    env = environment()
+    page = env.get_template(template).render(
+        _=words.gettext,
+        ngettext=words.ngettext,
+        gettext=words.gettext,
+        language=language,
+        languages=LANGUAGES,
+        user=current.user if current else None,
+        csrf=current.csrf if current else "",
+        path=request.url.path,
+        **context,
+    )
+    headers = {
+        # The console is its own origin's only user: no framing, no outside scripts.
+        "content-security-policy": "default-src 'self'; style-src 'self' 'unsafe-inline';"
+        " img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+        "x-content-type-options": "nosniff",
+        "referrer-policy": "same-origin",
+        "cache-control": "no-store",
+    }
+    return Response(page, status_code=status, media_type="text/html", headers=headers)
+
+
+def api(value: msgspec.Struct) -> Response:
+    return Response(
+        msgspec.json.encode(value),
+        media_type="application/json",
+        headers={"cache-control": "no-store"},
+    )
+
+
+def back_to(path: str) -> Response:
+    """After a form: see the page again (POST, redirect, GET)."""
+    return Redirect(path, status_code=303)
+
+
+def error_page(request: Request, error: LianxinError, status: int) -> Response:
+    """A console error as a page; not signed in means the sign-in page."""
+    if isinstance(error, NotSignedIn):
+        return Redirect(f"/console/login?next={quote(request.url.path)}", status_code=303)
+    current = None
+    with contextlib.suppress(LianxinError):
+        current = signed_in(request)
+    return render(request, current, "error.html", status=status, error=error)

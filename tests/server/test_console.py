@@ -1,0 +1,91 @@
+"""The console through the real app: sign-in, the case list and a case page."""
+
+import re
+
+import pytest
+
+from schemas import Add
+from server.console import signin
+from tests.server.conftest import running_office
+from tests.server.test_app import GONGSHU, XIHU
+
+PASSWORD = "long enough password"
+
+
+@pytest.fixture
+def console(tmp_path):
+    with running_office(tmp_path) as office:
+        yield office
+
+
+def supervisor(office, org_units=("Hangzhou/Gongshu",), password=PASSWORD):
+    user = office.directory.add_user("Chen Jing", "supervisor", list(org_units), office.wall.ms)
+    signin.set_password(office.directory, user.user_id, password)
+    return user
+
+
+def sign_in(office, user, password=PASSWORD, code=""):
+    return office.http.post(
+        "/console/login",
+        data={"user_id": user.user_id, "password": password, "code": code},
+        follow_redirects=False,
+    )
+
+
+def csrf_of(page):
+    return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+
+
+def test_a_supervisor_signs_in_and_sees_the_cases_of_their_district(console):
+    sun = console.enroll("mediator")
+    sun.push(
+        [
+            sun.change("case", "k-1", {"title": "Drains overflow", "location": GONGSHU}),
+            sun.change("case", "k-2", {"title": "Far away", "location": XIHU}),
+            sun.change(
+                "case",
+                "k-3",
+                {"title": "Noise", "location": GONGSHU, "households": 12},
+                [Add(field="tags", value="noise")],
+            ),
+        ]
+    )
+    chen = supervisor(console)
+    answer = sign_in(console, chen)
+    assert answer.status_code == 303 and answer.headers["location"] == "/console/cases"
+    cookie = answer.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    page = console.http.get("/console/cases")
+    assert page.status_code == 200
+    assert "Drains overflow" in page.text and "Noise" in page.text
+    assert "Far away" not in page.text
+    listed = console.http.get("/api/cases", params={"group": "1"}).json()
+    assert [c["case_id"] for c in listed["cases"]] == ["k-3"]
+    assert listed["by_status"] == {"new": 1}
+    case = console.http.get("/api/cases/k-1").json()
+    assert case["case"]["title"] == "Drains overflow"
+    assert [e["signature_verified"] for e in case["timeline"]] == [True]
+    assert console.http.get("/api/cases/k-2").status_code == 404
+
+
+def test_wrong_passwords_are_refused_then_rate_limited(console):
+    chen = supervisor(console)
+    for _ in range(5):
+        assert sign_in(console, chen, "wrong password!").status_code == 401
+    limited = sign_in(console, chen)
+    assert limited.status_code == 429  # even the right password, for a while
+    console.wall.ms += 16 * 60 * 1000
+    assert sign_in(console, chen).status_code == 303
+
+
+def test_pages_refuse_anonymous_users(console):
+    page = console.http.get("/console/cases", follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"].startswith("/console/login")
+    assert console.http.get("/api/cases").json()["error"] == "not_signed_in"
+
+
+def test_session_cookies_are_secure_by_default(tmp_path):
+    with running_office(tmp_path, secure_cookies=True) as office:
+        answer = sign_in(office, supervisor(office))
+        assert answer.status_code == 303
+        assert "; secure" in answer.headers["set-cookie"].lower()
