@@ -19,6 +19,13 @@
     │   ├── UnsupportedSuite    unsupported_suite     a suite id not accepted here (no downgrade)
     │   ├── WrongKey            wrong_key             sealed to a key this office does not hold
     │   └── Unsealable          unsealable            does not open: changed or not for us
+    ├── ConsoleError
+    │   ├── NotSignedIn         not_signed_in         no console session, or it expired
+    │   ├── BadCredentials      bad_credentials       wrong user, password or second factor
+    │   ├── CsrfRefused         csrf_refused          a console write without its session token
+    │   ├── RateLimited         rate_limited          too many failed sign-ins; wait
+    │   ├── UnknownRecord       unknown_record        no such record (or not in your view)
+    │   └── InvalidAction       invalid_action        a console action that cannot apply as asked
     ├── Erased                  erased                the record was lawfully erased (key destroyed)
     ├── Unreadable              unreadable            stored bytes do not open (key, passphrase)
     └── Unavailable             unavailable           storage busy or failing; retry later
@@ -109,6 +116,34 @@ class WrongKey(EnvelopeError):
 
 class Unsealable(EnvelopeError):
     code = "unsealable"
+
+
+class ConsoleError(LianxinError):
+    code = "console"
+
+
+class NotSignedIn(ConsoleError):
+    code = "not_signed_in"
+
+
+class BadCredentials(ConsoleError):
+    code = "bad_credentials"
+
+
+class CsrfRefused(ConsoleError):
+    code = "csrf_refused"
+
+
+class RateLimited(ConsoleError):
+    code = "rate_limited"
+
+
+class UnknownRecord(ConsoleError):
+    code = "unknown_record"
+
+
+class InvalidAction(ConsoleError):
+    code = "invalid_action"
 
 
 class Erased(LianxinError):
