@@ -1,6 +1,7 @@
 """The supervisor console: server-rendered pages under /console and their JSON twins under /api.
 
-Each module holds one area's handlers and exports them as `ROUTES`.
+Each module holds one area's handlers and exports them as `ROUTES`; the API
+types of an area are in `schemas.console.<area>`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from litestar import Request, Response, get
 from litestar.params import FromPath, FromQuery
 
 from schemas.changes import Conflict
-from schemas.console import CaseList, CasePage, CaseRow, Repeat, TimelineEntry
+from schemas.console.cases import CaseList, CasePage, CaseRow, Repeat, TimelineEntry
 from schemas.records import Case
 from server.console.web import render, service_of, signed_in
 from server.service import SyncService

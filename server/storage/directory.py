@@ -196,5 +196,8 @@ class Directory:
                 "INSERT OR IGNORE INTO nonces (device_id, nonce, at_ms) VALUES (?, ?, ?)",
                 [device_id, nonce, now_ms],
             )
+            self.db.execute(
+                "UPDATE devices SET last_seen_ms = ? WHERE device_id = ?", [now_ms, device_id]
+            )
         if inserted.rowcount != 1:
             raise Replayed("this nonce was already used")

@@ -245,6 +245,11 @@ def _console(db: sqlite_utils.Database) -> None:
     db["quarantine"].add_column("acknowledged_by", str)
 
 
+def _device_last_seen(db: sqlite_utils.Database) -> None:
+    """When each device last made a signed request (the console's device list)."""
+    db["devices"].add_column("last_seen_ms", int)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _initial),
     ("0002_directory", _directory),
@@ -252,6 +257,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0004_access_indexes", _access_indexes),
     ("0005_confidentiality", _confidentiality),
     ("0006_console", _console),
+    ("0007_device_last_seen", _device_last_seen),
 ]
 
 

@@ -1,4 +1,4 @@
-"""What the supervisor console's JSON twins (`/api/...`) answer; the pages show the same."""
+"""The console's cases: the filtered list and one case with its timeline."""
 
 from __future__ import annotations
 

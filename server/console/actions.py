@@ -1,0 +1,66 @@
+"""Changes the office makes at a supervisor's hand: settling, triaging, assigning.
+
+Each is an ordinary change, merged like any device's, so it syncs to every
+device that holds the record. It is authored by the pseudo-device
+`console:<user id>` with the record's whole version vector as its causal
+context (the supervisor saw everything the office holds), so it supersedes
+every value it replaces, concurrent siblings included. Every action is also
+written to the audit log with the supervisor's reason.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from schemas.changes import Change, ChangeResult, Op
+from server import audit
+from server.service import SyncService
+from server.storage.directory import User
+from sync.errors import InvalidAction
+
+DEVICE_PREFIX = "console:"
+
+
+def console_device(user: User) -> str:
+    return f"{DEVICE_PREFIX}{user.user_id}"
+
+
+def office_change(
+    service: SyncService,
+    user: User,
+    record_type: str,
+    record_id: str,
+    action: str,
+    reason: str,
+    set: dict[str, Any] | None = None,
+    ops: list[Op] | None = None,
+) -> ChangeResult:
+    """Apply one change for `user` and audit it as `action`; `InvalidAction` if refused."""
+    if not reason.strip():
+        raise InvalidAction("a reason is required")
+    key = (record_type, record_id)
+    state = service.store.states([key]).get(key)
+    change = Change(
+        change_id=f"{console_device(user)}:{uuid.uuid4().hex}",
+        record_type=record_type,
+        record_id=record_id,
+        device_id=console_device(user),
+        hlc=service.clock.now(),
+        seen=dict(state.vv) if state else {},
+        set=set or {},
+        ops=ops or [],
+    )
+    with service.store.transaction():
+        (result,) = service.act(user, [change])
+        if result.status == "rejected":
+            raise InvalidAction(f"{result.reason}: {result.detail}")
+        audit.append(
+            service.store.db,
+            service.wall_ms(),
+            f"user:{user.user_id}",
+            action,
+            f"{record_type}/{record_id}",
+            {"reason": reason, "change_id": change.change_id, "fields": sorted(change.set)},
+        )
+    return result
