@@ -1,20 +1,26 @@
-"""HTTP sync benchmark: a real `lianxin serve` process, driven over 127.0.0.1.
+"""HTTP sync benchmark: real `lianxin serve` processes, driven over 127.0.0.1.
 
     uv run python -m bench.http_sync              # 50,000 changes, a few minutes
     uv run python -m bench.http_sync --quick      # 5,000 changes, under a minute
     uv run python -m bench.http_sync --record     # also append the table to docs/BENCHMARKS.md
 
 The script sets up an office in a temporary folder through the real command
-line (`init`, `user add`, `code`), starts `lianxin serve` on a free port, and
-stops it at the end, also on error. Devices enrol over HTTP; every sync
-request carries its request signature (PROTOCOL.md section 10) and every
-push its batch signature (section 11). Requests are built by hand from the
-protocol with httpx and `sync.signing`, so client-side cost stays small:
-what a phone prepares ahead (the change bytes, the batch body and its batch
-signature) is built before the clock starts; signing the request, the HTTP
-exchange and decoding the answer are timed.
+line (`init`, `user add`, `code`), copies the folder before any server has
+opened it, and serves both copies with `lianxin serve` on free ports: the
+original as in production (sealed sync requests only), the copy with
+`LIANXIN_REQUIRE_SEALED=false`. Both servers are stopped at the end, also on
+error. Devices enrol over HTTP; every sync request carries its request
+signature (PROTOCOL.md section 10) and every push its batch signature
+(section 11). Towards the first server each request body is sealed in an
+HPKE envelope to the office's key and each answer comes back sealed to the
+device's key (section 14); towards the second the same requests go as plain
+msgpack, signed the same way. Requests are built by hand from the protocol
+with httpx, `sync.signing` and `sync.envelope`, so client-side cost stays
+small: what a phone prepares ahead (the change bytes, the batch body and its
+batch signature) is built before the clock starts; sealing and signing the
+request, the HTTP exchange, opening and decoding the answer are timed.
 
-Measured, against DESIGN.md's "Numbers to reach":
+Measured, against DESIGN.md's "Numbers to reach" (sealed, as in production):
 
 1. push: changes/s in batches of 500 from four mediators' devices: cases
    created with their fields, location, parties and mediator, then edited
@@ -31,9 +37,19 @@ Measured, against DESIGN.md's "Numbers to reach":
    serialised as httpx sends it (by h11) and answered over a raw socket.
 
 Baselines, measured in the same run: for push, `sync.engine.apply_batch` of
-the same changes into a fresh `SqliteStore` in this process; for pull, the
-server's own page query (`server.storage.pull.read_page`) on the server's file in
-this process; for round trips, an unsigned `GET /v1/office`.
+the same changes into a fresh `SqliteStore` in this process (with its
+`Vault`, so personal fields are encrypted at rest there as on the server);
+for pull, the server's own page query (`server.storage.pull.read_page`) on
+the server's file in this process; for round trips, an unsigned
+`GET /v1/office`.
+
+What sealing costs: the same workload (the same cases and edits, from the
+same seed, by phones enrolled in the copy) is pushed to the unsealed server
+too, batch for batch in turn with the sealed one, and its supervisor pulls
+everything and makes no-change pulls in turn with the sealed supervisor, so
+a busy moment of the shared machine falls on both. The table gives the
+sealed figure against the unsealed one; one minus that ratio is what sealing
+costs, client and server work together.
 """
 
 from __future__ import annotations
@@ -45,6 +61,7 @@ import os
 import platform
 import random
 import secrets
+import shutil
 import signal
 import socket
 import sqlite3
@@ -127,7 +144,7 @@ class Mode(NamedTuple):
     increments: int  # incremental pull rounds
 
 
-FULL = Mode(changes=50_000, pull_repeats=3, rounds=500, increments=15)
+FULL = Mode(changes=50_000, pull_repeats=5, rounds=500, increments=15)
 QUICK = Mode(changes=5_000, pull_repeats=1, rounds=100, increments=3)
 
 
@@ -135,6 +152,8 @@ QUICK = Mode(changes=5_000, pull_repeats=1, rounds=100, increments=3)
 
 BENCH_PASSPHRASE = "bench office passphrase"
 OFFICE_ENV = {**os.environ, "LIANXIN_PASSPHRASE": BENCH_PASSPHRASE}
+# server/settings.py reads it at start-up; the production default is to require sealing.
+UNSEALED_ENV = {**OFFICE_ENV, "LIANXIN_REQUIRE_SEALED": "false"}
 
 
 def lianxin(data: Path, *args: str) -> str:
@@ -163,8 +182,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(data: Path) -> Iterator[str]:
-    """`lianxin serve` on a free port of 127.0.0.1; yields its URL, stops it on the way out."""
+def serving(data: Path, *, sealed: bool = True) -> Iterator[str]:
+    """`lianxin serve` on a free port of 127.0.0.1; yields its URL, stops it on the way out.
+
+    Unless `sealed`, the server also accepts plain msgpack sync requests.
+    """
     port = free_port()
     log_path = data / "server.log"
     with open(log_path, "ab") as log:
@@ -173,7 +195,7 @@ def serving(data: Path) -> Iterator[str]:
             stdout=log,
             stderr=log,
             cwd=ROOT,
-            env=OFFICE_ENV,
+            env=OFFICE_ENV if sealed else UNSEALED_ENV,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -205,12 +227,13 @@ def serving(data: Path) -> Iterator[str]:
 
 @dataclass
 class Phone:
-    """An enrolled device that signs its requests exactly as PROTOCOL.md says."""
+    """An enrolled device that signs (and unless told otherwise seals) as PROTOCOL.md says."""
 
     http: httpx.Client
     key: Ed25519PrivateKey
     enrollment: Enrollment
     kem: X25519PrivateKey
+    sealed: bool = True
 
     @property
     def device_id(self) -> str:
@@ -220,8 +243,8 @@ class Phone:
     def user_id(self) -> str:
         return self.enrollment.user_id
 
-    def request(self, path: str, body: bytes) -> httpx.Request:
-        """A sealed, signed POST of `body` to `path`, stamped now (PROTOCOL.md 10, 14)."""
+    def seal(self, path: str, body: bytes) -> bytes:
+        """`body` in an envelope to the office's key, for `path` (PROTOCOL.md 14)."""
         office = self.enrollment.office
         batch_id = (
             msgspec.msgpack.decode(body, type=PushRequest).batch_id if path == PUSH else "pull"
@@ -233,12 +256,28 @@ class Phone:
             batch_id=batch_id,
             purpose="push" if path == PUSH else "pull",
         )
-        body = seal(body, header, X25519PublicKey.from_public_bytes(office.kem_key))
+        return seal(body, header, X25519PublicKey.from_public_bytes(office.kem_key))
+
+    def open(self, answer: bytes) -> bytes:
+        """The msgpack of an answer: opened from its envelope if this phone seals."""
+        if not self.sealed:
+            return answer
+        _, plaintext = open_envelope(answer, {self.device_id: self.kem})
+        return plaintext
+
+    def request(self, path: str, body: bytes) -> httpx.Request:
+        """A signed POST of `body` to `path`, stamped now; sealed first if this phone seals.
+
+        The request signature covers the bytes sent (PROTOCOL.md sections 10, 14).
+        """
+        content_type = MSGPACK
+        if self.sealed:
+            body, content_type = self.seal(path, body), ENVELOPE
         timestamp = int(time.time())
         nonce = secrets.token_urlsafe(24)
         message = signing.request_message("POST", path, timestamp, nonce, self.device_id, body)
         headers = {
-            "Content-Type": ENVELOPE,
+            "Content-Type": content_type,
             "Lianxin-Device": self.device_id,
             "Lianxin-Timestamp": str(timestamp),
             "Lianxin-Nonce": nonce,
@@ -250,8 +289,7 @@ class Phone:
         response = self.http.send(self.request(path, body))
         if response.status_code != 200:
             raise RuntimeError(f"{path}: HTTP {response.status_code} {response.content[:300]!r}")
-        _, plaintext = open_envelope(response.content, {self.device_id: self.kem})
-        return msgspec.msgpack.decode(plaintext, type=answer)
+        return msgspec.msgpack.decode(self.open(response.content), type=answer)
 
     def pull(self, cursor: str | None, limit: int) -> PullPage:
         return self.post(PULL, _encode(PullRequest(cursor=cursor, limit=limit)), PullPage)
@@ -265,7 +303,7 @@ class Phone:
         return _encode(request)
 
 
-def enroll(http: httpx.Client, code: str, label: str) -> Phone:
+def enroll(http: httpx.Client, code: str, label: str, *, sealed: bool = True) -> Phone:
     key = Ed25519PrivateKey.generate()
     signing_key = key.public_key().public_bytes_raw()
     kem = X25519PrivateKey.generate()
@@ -277,7 +315,8 @@ def enroll(http: httpx.Client, code: str, label: str) -> Phone:
     response = http.post("/v1/enroll", content=_encode(request), headers={"Content-Type": MSGPACK})
     if response.status_code != 200:
         raise RuntimeError(f"enrolment failed: HTTP {response.status_code} {response.content!r}")
-    return Phone(http, key, msgspec.msgpack.decode(response.content, type=Enrollment), kem)
+    enrollment = msgspec.msgpack.decode(response.content, type=Enrollment)
+    return Phone(http, key, enrollment, kem, sealed)
 
 
 # -- the workload --------------------------------------------------------------------------
@@ -462,13 +501,25 @@ class TimedTransport(httpx.BaseTransport):
         self.inner.close()
 
 
-def push_over_http(batches: list[PushBatch]) -> tuple[float, Counter[str]]:
-    statuses: Counter[str] = Counter()
-    start = time.perf_counter()
-    for phone, _, body in batches:
-        answer = phone.post(PUSH, body, PushResponse)
-        statuses.update(result.status for result in answer.results)
-    return time.perf_counter() - start, statuses
+class Pushed(NamedTuple):
+    seconds: float
+    statuses: Counter[str]
+
+
+def push_over_http(*workloads: list[PushBatch]) -> list[Pushed]:
+    """Each workload to its own server, batch by batch in turn: the seconds and answers of each.
+
+    Taking turns, a busy moment of the shared machine falls on every workload alike.
+    """
+    seconds = [0.0 for _ in workloads]
+    statuses: list[Counter[str]] = [Counter() for _ in workloads]
+    for turn in zip(*workloads, strict=True):
+        for index, (phone, _, body) in enumerate(turn):
+            start = time.perf_counter()
+            answer = phone.post(PUSH, body, PushResponse)
+            seconds[index] += time.perf_counter() - start
+            statuses[index].update(result.status for result in answer.results)
+    return [Pushed(*each) for each in zip(seconds, statuses, strict=True)]
 
 
 def push_in_process(batches: list[PushBatch], path: Path) -> tuple[float, Counter[str]]:
@@ -498,6 +549,12 @@ def pull_everything(phone: Phone, limit: int) -> tuple[float, int, str]:
         cursor = page.cursor
         if not page.has_more:
             return time.perf_counter() - start, items, cursor
+
+
+def no_change_pull(phone: Phone, body: bytes) -> None:
+    page = phone.post(PULL, body, PullPage)
+    if page.items or page.has_more:
+        raise RuntimeError("a no-change pull brought changes")
 
 
 def read_only(path: Path) -> sqlite3.Connection:
@@ -538,7 +595,7 @@ def one_field_edit(phone: Phone, book: CaseBook, url: str) -> WireBytes:
     change = book.change(book.cases[0], {"households": 7})
     body = phone.batch([change])
     request = phone.request(PUSH, body)
-    body = request.content  # sealed, as it goes on the wire
+    body = request.content  # as it goes on the wire: sealed
     headers = list(request.headers.raw)
     signature_headers = sum(
         len(name) + 2 + len(value) + 2
@@ -567,8 +624,7 @@ def one_field_edit(phone: Phone, book: CaseBook, url: str) -> WireBytes:
                 response_body += bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 break
-    _, plaintext = open_envelope(response_body, {phone.device_id: phone.kem})
-    answer = msgspec.msgpack.decode(plaintext, type=PushResponse)
+    answer = msgspec.msgpack.decode(phone.open(response_body), type=PushResponse)
     if status != 200 or answer.results[0].status != "applied":
         raise RuntimeError(f"the one-field edit was not applied: {status} {answer}")
     return WireBytes(
@@ -591,11 +647,14 @@ class Results:
     cases: int = 0
     push_rate: float = 0.0
     push_engine_rate: float = 0.0
+    push_unsealed_rate: float = 0.0
     pull_rates: dict[int, float] = field(default_factory=dict)
     pull_sql_rates: dict[int, float] = field(default_factory=dict)
+    pull_unsealed_rates: dict[int, float] = field(default_factory=dict)
     late_pull_rate: float = 0.0
     late_pull_sql_rate: float = 0.0
     no_change_pull: Latency = NOT_MEASURED
+    no_change_pull_unsealed: Latency = NOT_MEASURED
     no_change_sync: Latency = NOT_MEASURED
     no_change_sync_local: Latency = NOT_MEASURED
     office: Latency = NOT_MEASURED
@@ -607,76 +666,140 @@ class Results:
     seconds: float = 0.0
 
 
+def set_up_office(data: Path) -> dict[str, str]:
+    """An office made through the command line: its enrolment codes, by device name."""
+    lianxin(data, "init", "--admin", "Admin", "--org-unit", CITY)
+    supervisor = add_user(data, "Supervisor", "supervisor", CITY)
+    triage = add_user(data, "Triage", "supervisor", CITY)
+    mediators = [add_user(data, f"Mediator {d}", "mediator", f"{CITY}/{d}") for d in DISTRICTS]
+    return {
+        name: lianxin(data, "code", user)
+        for name, user in [
+            ("supervisor", supervisor),
+            ("supervisor-client", supervisor),
+            ("triage", triage),
+            *((f"mediator-{d}", m) for d, m in zip(DISTRICTS, mediators, strict=True)),
+        ]
+    }
+
+
+# The devices also enrolled in the unsealed copy of the office: the pushers and the reader.
+UNSEALED_DEVICES = ("supervisor", *(f"mediator-{d}" for d in DISTRICTS))
+
+
+def case_books(phones: dict[str, Phone], seeds: Sequence[int]) -> list[CaseBook]:
+    return [
+        CaseBook(phones[f"mediator-{d}"], d, random.Random(seed))
+        for d, seed in zip(DISTRICTS, seeds, strict=True)
+    ]
+
+
+def measure_push(
+    results: Results,
+    batches: list[PushBatch],
+    unsealed_batches: list[PushBatch],
+    engine_path: Path,
+    say: Callable[[str], None],
+) -> None:
+    """Push to both servers in turn, then the same changes through `apply_batch` here."""
+    sealed, unsealed = push_over_http(batches, unsealed_batches)
+    for pushed in (sealed, unsealed):
+        if set(pushed.statuses) - {"applied"}:
+            raise RuntimeError(f"unexpected push answers: {dict(pushed.statuses)}")
+    results.statuses = sealed.statuses
+    results.push_rate = results.changes / sealed.seconds
+    results.push_unsealed_rate = results.changes / unsealed.seconds
+    say(
+        f"push: {results.changes:,} changes in {sealed.seconds:.2f} s over HTTP sealed,"
+        f" {unsealed.seconds:.2f} s unsealed"
+    )
+    seconds, engine_statuses = push_in_process(batches, engine_path)
+    if engine_statuses != sealed.statuses:
+        raise RuntimeError(f"in-process answers differ: {dict(engine_statuses)}")
+    results.push_engine_rate = results.changes / seconds
+    say(f"push baseline: apply_batch in-process in {seconds:.2f} s")
+
+
+def measure_pull_everything(
+    results: Results,
+    reader: Phone,
+    unsealed_reader: Phone,
+    conn: sqlite3.Connection,
+    repeats: int,
+    say: Callable[[str], None],
+) -> tuple[str, str]:
+    """Whole pulls from both servers in turn, and the page SQL here: the final cursors."""
+    cursors = ("", "")
+    for limit in (1000, 5000):
+        runs, unsealed_runs = [], []
+        for _ in range(repeats):
+            runs.append(pull_everything(reader, limit))
+            unsealed_runs.append(pull_everything(unsealed_reader, limit))
+        for _, items, _ in runs + unsealed_runs:
+            if items != results.changes:
+                raise RuntimeError(f"pulled {items} items of {results.changes}")
+        seconds = statistics.median(run[0] for run in runs)
+        unsealed_seconds = statistics.median(run[0] for run in unsealed_runs)
+        results.pull_rates[limit] = results.changes / seconds
+        results.pull_unsealed_rates[limit] = results.changes / unsealed_seconds
+        sql_seconds = statistics.median(
+            timed(lambda limit=limit: pull_sql(conn, reader.user_id, limit)) for _ in range(repeats)
+        )
+        results.pull_sql_rates[limit] = results.changes / sql_seconds
+        cursors = (runs[-1][2], unsealed_runs[-1][2])
+        say(
+            f"pull, pages of {limit:,}: {results.changes:,} items in {seconds:.2f} s sealed,"
+            f" {unsealed_seconds:.2f} s unsealed"
+        )
+    return cursors
+
+
 def run(mode: Mode, seed: int, say: Callable[[str], None]) -> Results:
     results = Results()
     started = time.perf_counter()
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="lianxin-http-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        data = tmp / "office"
+        data, unsealed_data = tmp / "office", tmp / "office-unsealed"
         say(f"setting up an office in {data} through the command line")
-        lianxin(data, "init", "--admin", "Admin", "--org-unit", CITY)
-        supervisor = add_user(data, "Supervisor", "supervisor", CITY)
-        triage = add_user(data, "Triage", "supervisor", CITY)
-        mediators = [add_user(data, f"Mediator {d}", "mediator", f"{CITY}/{d}") for d in DISTRICTS]
-        codes = {
-            name: lianxin(data, "code", user)
-            for name, user in [
-                ("supervisor", supervisor),
-                ("supervisor-client", supervisor),
-                ("triage", triage),
-                *((f"mediator-{d}", m) for d, m in zip(DISTRICTS, mediators, strict=True)),
-            ]
-        }
-        with serving(data) as url, httpx.Client(base_url=url, timeout=120) as http:
-            say(f"serving on {url}")
+        codes = set_up_office(data)
+        # Copied before either server opens it: the same keys, users and unspent codes.
+        shutil.copytree(data, unsealed_data)
+        with (
+            serving(data) as url,
+            serving(unsealed_data, sealed=False) as unsealed_url,
+            httpx.Client(base_url=url, timeout=120) as http,
+            httpx.Client(base_url=unsealed_url, timeout=120) as unsealed_http,
+        ):
+            say(f"serving on {url}, and unsealed on {unsealed_url}")
             phones = {
                 name: enroll(http, code, name)
                 for name, code in codes.items()
                 if name != "supervisor-client"
             }
-            books = [
-                CaseBook(phones[f"mediator-{d}"], d, random.Random(rng.getrandbits(64)))
-                for d in DISTRICTS
-            ]
-            say(f"building {mode.changes:,} changes and their signed batches (untimed)")
+            unsealed_phones = {
+                name: enroll(unsealed_http, codes[name], name, sealed=False)
+                for name in UNSEALED_DEVICES
+            }
+            seeds = [rng.getrandbits(64) for _ in DISTRICTS]
+            books = case_books(phones, seeds)
+            say(f"building {mode.changes:,} changes and their signed batches, twice (untimed)")
             batches = build_push_batches(books, mode.changes)
+            unsealed_batches = build_push_batches(case_books(unsealed_phones, seeds), mode.changes)
             results.changes = sum(len(b.changes) for b in batches)
             results.cases = sum(len(book.cases) for book in books)
             gc.collect()
             gc.freeze()  # keep the collector from walking the prepared workload
 
-            # 1. push
-            seconds, statuses = push_over_http(batches)
-            results.statuses = statuses
-            if set(statuses) - {"applied"}:
-                raise RuntimeError(f"unexpected push answers: {dict(statuses)}")
-            results.push_rate = results.changes / seconds
-            say(f"push: {results.changes:,} changes in {seconds:.2f} s over HTTP")
-            seconds, engine_statuses = push_in_process(batches, tmp / "engine.db")
-            if engine_statuses != statuses:
-                raise RuntimeError(f"in-process answers differ: {dict(engine_statuses)}")
-            results.push_engine_rate = results.changes / seconds
-            say(f"push baseline: apply_batch in-process in {seconds:.2f} s")
+            # 1. push, to both servers in turn
+            measure_push(results, batches, unsealed_batches, tmp / "engine.db", say)
 
-            # 2. pull everything, as the supervisor
-            reader = phones["supervisor"]
-            store_path = data / "lianxin.db"
-            conn = read_only(store_path)
-            cursor = ""
-            for limit in (1000, 5000):
-                runs = [pull_everything(reader, limit) for _ in range(mode.pull_repeats)]
-                seconds = statistics.median(r[0] for r in runs)
-                items, cursor = runs[-1][1], runs[-1][2]
-                if items != results.changes:
-                    raise RuntimeError(f"pulled {items} items of {results.changes}")
-                results.pull_rates[limit] = items / seconds
-                sql_seconds = statistics.median(
-                    timed(lambda limit=limit: pull_sql(conn, reader.user_id, limit))
-                    for _ in range(mode.pull_repeats)
-                )
-                results.pull_sql_rates[limit] = items / sql_seconds
-                say(f"pull, pages of {limit:,}: {items:,} items in {seconds:.2f} s")
+            # 2. pull everything, as the supervisor of each office in turn
+            reader, unsealed_reader = phones["supervisor"], unsealed_phones["supervisor"]
+            conn = read_only(data / "lianxin.db")
+            cursor, unsealed_cursor = measure_pull_everything(
+                results, reader, unsealed_reader, conn, mode.pull_repeats, say
+            )
             # A supervisor added after the cases exist: every case enters their view at one
             # sequence, bringing its whole history there (PROTOCOL.md section 12).
             late_user = add_user(data, "Late supervisor", "supervisor", CITY)
@@ -688,17 +811,17 @@ def run(mode: Mode, seed: int, say: Callable[[str], None]) -> Results:
             results.late_pull_sql_rate = items / timed(lambda: pull_sql(conn, late.user_id, 5000))
             say(f"pull by a supervisor added later, pages of 5,000: {seconds:.2f} s")
 
-            # 3. no-change round trips: the signed pull and GET /v1/office, interleaved
-            pulls, offices = [], []
+            # 3. no-change round trips: GET /v1/office, the signed pull sealed and unsealed,
+            # interleaved
+            pulls, unsealed_pulls, offices = [], [], []
             body = _encode(PullRequest(cursor=cursor, limit=1000))
+            unsealed_body = _encode(PullRequest(cursor=unsealed_cursor, limit=1000))
             for _ in range(mode.rounds):
                 offices.append(timed(lambda: http.get(OFFICE).raise_for_status()))
-                start = time.perf_counter()
-                page = reader.post(PULL, body, PullPage)
-                pulls.append(time.perf_counter() - start)
-                if page.items or page.has_more:
-                    raise RuntimeError("a no-change pull brought changes")
+                pulls.append(timed(lambda: no_change_pull(reader, body)))
+                unsealed_pulls.append(timed(lambda: no_change_pull(unsealed_reader, unsealed_body)))
             results.no_change_pull = latency(pulls)
+            results.no_change_pull_unsealed = latency(unsealed_pulls)
             results.office = latency(offices)
             say(f"no-change pull: {mode.rounds} rounds")
 
@@ -892,7 +1015,63 @@ def rows(r: Results) -> list[Row]:
             "",
         )
     )
+    return table + sealing_rows(r)
+
+
+def sealing_rows(r: Results) -> list[Row]:
+    """The sealed figures against the unsealed server's, measured in turn in the same run."""
+    table = [
+        Row(
+            f"push, batches of {BATCH}, sealed against unsealed (changes/s)",
+            f"{r.push_rate:,.0f}",
+            "",
+            "",
+            f"unsealed server {r.push_unsealed_rate:,.0f}",
+            f"{r.push_rate / r.push_unsealed_rate:.0%}",
+        )
+    ]
+    for limit, rate in r.pull_rates.items():
+        unsealed = r.pull_unsealed_rates[limit]
+        table.append(
+            Row(
+                f"pull everything, pages of {limit:,}, sealed against unsealed (items/s)",
+                f"{rate:,.0f}",
+                "",
+                "",
+                f"unsealed server {unsealed:,.0f}",
+                f"{rate / unsealed:.0%}",
+            )
+        )
+    sealed, unsealed_pull = r.no_change_pull, r.no_change_pull_unsealed
+    table.append(
+        Row(
+            "no-change signed pull, sealed against unsealed, median (ms)",
+            f"{sealed.median_ms:.2f}",
+            "",
+            "",
+            f"unsealed server {unsealed_pull.median_ms:.2f}",
+            f"{sealed.median_ms / unsealed_pull.median_ms:.1f}×",
+        )
+    )
     return table
+
+
+def cost(sealed: float, unsealed: float) -> str:
+    """The share of a rate that sealing takes, as a whole percentage (noise can make it < 0)."""
+    return f"{round(100 * (1 - sealed / unsealed))}%"  # round, not :.0%, which prints "-0%"
+
+
+def sealing_cost(r: Results) -> str:
+    """What sealing costs, in one sentence: the throughput it takes, the time it adds."""
+    pulls = " and ".join(
+        f"{cost(rate, r.pull_unsealed_rates[limit])} (pages of {limit:,})"
+        for limit, rate in r.pull_rates.items()
+    )
+    added = r.no_change_pull.median_ms - r.no_change_pull_unsealed.median_ms
+    return (
+        f"Sealing costs {cost(r.push_rate, r.push_unsealed_rate)} of push throughput"
+        f" and {pulls} of pull throughput; it adds {added:.2f} ms to a no-change pull (median)."
+    )
 
 
 def markdown(table: list[Row]) -> str:
@@ -938,7 +1117,8 @@ SECTION_INTRO = f"""{HEADING}
 
 A real `lianxin serve` process on 127.0.0.1, set up through the command line
 in a temporary folder, driven by a Python client on the same machine with
-request and batch signatures on (no HPKE sealing yet: it has not landed).
+request and batch signatures on and HPKE envelopes both ways; a second server
+on a copy of the office accepts the same requests unsealed, for comparison.
 Four mediators' phones push cases (created with their fields, then edited)
 in batches of 500; a supervisor who sees every case pulls the whole log, and
 so does one added after the cases exist (who gets every case's history at
@@ -952,16 +1132,19 @@ trips). See the docstring of `bench/http_sync.py`.
 """
 
 
-def record(table: list[Row], command: str, note: str, path: Path = BENCHMARKS_MD) -> None:
-    """Add a dated table at the end of this benchmark's section, creating the section.
+def record(
+    table: list[Row], command: str, note: str, summary: str = "", path: Path = BENCHMARKS_MD
+) -> None:
+    """Add a dated table, and `summary` under it, at the end of this benchmark's section.
 
-    The section goes before bench/apply_changes.py's "Recorded runs" table,
+    The section, created if missing, goes before bench/apply_changes.py's "Recorded runs" table,
     which must stay at the end of the file (that script appends to the end).
     """
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     title = f"### {when}" + (f" — {note}" if note else "")
     block = f"{title}\n\nMachine: {machine()}.\n\n    {command}\n\n{markdown(table)}"
+    block += f"\n{summary}\n" if summary else ""
     if HEADING not in text:
         at = text.find("\n" + THEIR_RECORDED_RUNS + "\n")
         section = SECTION_INTRO + "\n" + block
@@ -1009,6 +1192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{results.changes:,} changes to {results.cases:,} cases pushed ({s['applied']:,}"
         f" applied); whole run {results.seconds:.0f} s"
     )
+    print(sealing_cost(results))
     print(f"machine: {machine()}")
     if args.record:
         command = "uv run python -m bench.http_sync"
@@ -1016,7 +1200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command += f" --changes {args.changes}" if args.changes is not None else ""
         command += f" --seed {args.seed}" if args.seed != 7 else ""
         command += " --record"
-        record(table, command, args.note)
+        record(table, command, args.note, sealing_cost(results))
         print(f"recorded in {BENCHMARKS_MD}")
     return 0
 

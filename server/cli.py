@@ -5,28 +5,23 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
-import shutil
 import sys
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
 
-from schemas.records import Agreement
-from server import audit, erasure, phone, pseudonyms, seed
+from server import agreements, audit, demo, erasure, phone, pseudonyms
 from server.console import signin
 from server.keys import OfficeKeys
 from server.settings import Settings, load_settings
 from server.storage import people
 from server.storage.directory import ROLES, Directory, Role
 from server.storage.sqlite import open_store
-from sync.agreements import Bundle, SigningDevice, export_bundle, verify_file
-from sync.clock import Clock, system_wall_ms
-from sync.engine import apply_batch
+from sync.agreements import Bundle, export_bundle, verify_file
+from sync.clock import system_wall_ms
 from sync.errors import LianxinError
-from sync.merge import materialize
 
 STORE_FILE = "lianxin.db"
 CODE_TTL_MS = 24 * 3600_000
@@ -34,7 +29,6 @@ PASSPHRASE_ENV = "LIANXIN_PASSPHRASE"
 # A request that read the key file just before a rotation may still wrap a data
 # key under the old master key; retiring it waits this long after a rotation.
 RETIRE_AFTER_MS = 60_000
-DEMO_PASSPHRASE = "lianxin demo only"
 
 
 def passphrase(confirm: bool = False) -> str:
@@ -60,49 +54,6 @@ def unlock(settings: Settings) -> OfficeKeys:
         return OfficeKeys.load(settings.keys_path, passphrase())
     except LianxinError as error:
         raise SystemExit(f"lianxin: {error.detail}") from None
-
-
-def demo(settings: Settings, reset: bool) -> int:
-    """Initialise an embedded store and load the seed scenarios into it."""
-    data = settings.data_dir
-    if reset and data.exists():
-        shutil.rmtree(data)
-        print(f"Removed {data}")
-    data.mkdir(parents=True, exist_ok=True)
-    # A demo office is locked with a passphrase everyone knows, unless one is given.
-    secret = os.environ.get(PASSPHRASE_ENV) or DEMO_PASSPHRASE
-    if not settings.keys_path.exists():
-        OfficeKeys.generate(secret).save(settings.keys_path, new=True)
-        shown = f"${PASSPHRASE_ENV}" if secret != DEMO_PASSPHRASE else repr(secret)
-        print(f"Created demo office keys {settings.keys_path}, locked with {shown}")
-    store = open_store(settings, OfficeKeys.load(settings.keys_path, secret))
-    try:
-        applied = ", ".join(store.migrations_applied)
-        if "0001_initial" in store.migrations_applied:
-            print(f"Created store {store.path} ({applied})")
-        elif applied:
-            print(f"Reusing store {store.path}, migrated ({applied}); --reset starts over")
-        else:
-            print(f"Reusing store {store.path} (run with --reset to start over)")
-        clock = Clock()
-        for scenario in seed.scenarios():
-            results = apply_batch(store, scenario.changes, clock)
-            tally = Counter(r.status for r in results)
-            summary = ", ".join(f"{n} {status}" for status, n in sorted(tally.items()))
-            print(f"  {scenario.name}: {len(results)} changes: {summary}")
-        counts = store.counts()
-        print(
-            f"Store holds {counts['records']} records, {counts['changes']} changes in the log,"
-            f" {len(store.open_conflicts())} open conflicts, {counts['quarantine']} quarantined."
-        )
-        for conflict in store.open_conflicts():
-            values = " | ".join(f"{c.device_id}: {c.value!r}" for c in conflict.candidates)
-            print(
-                f"  conflict {conflict.record_type}/{conflict.record_id}.{conflict.field}: {values}"
-            )
-    finally:
-        store.close()
-    return 0
 
 
 def init(settings: Settings, admin: str, org_units: list[str]) -> int:
@@ -178,35 +129,13 @@ def revoke_device(settings: Settings, device_id: str) -> int:
 def export_agreement(settings: Settings, agreement_id: str, out: Path) -> int:
     """Write a self-contained bundle that `agreement verify` checks with no server."""
     with _directory(settings) as directory:
-        keys = directory.store.vault.keys
-        state = directory.store.states([("agreement", agreement_id)]).get(
-            ("agreement", agreement_id)
-        )
-        if state is None:
-            print(f"lianxin: no agreement {agreement_id}")
-            return 1
-        agreement = materialize(state)
-        assert isinstance(agreement, Agreement)
-        devices = []
-        for device_id in sorted({s.device_id for s in agreement.signatures if s.device_id}):
-            device = directory.device(device_id)
-            if device is not None:
-                devices.append(
-                    SigningDevice(
-                        device_id=device_id,
-                        user_id=device.user.user_id,
-                        signing_key=device.signing_key,
-                    )
-                )
-    bundle = Bundle(
-        agreement_id=agreement_id,
-        agreement=agreement,
-        devices=devices,
-        office_id=keys.office_id,
-        office_key=keys.signing_public,
-    )
+        bundle = agreements.bundle(directory, directory.store.vault.keys, agreement_id)
+    if bundle is None:
+        print(f"lianxin: no agreement {agreement_id}")
+        return 1
     out.write_bytes(export_bundle(bundle))
-    print(f"Wrote {out} ({len(agreement.signatures)} signatures, status {agreement.status})")
+    signatures, status = len(bundle.agreement.signatures), bundle.agreement.status
+    print(f"Wrote {out} ({signatures} signatures, status {status})")
     return 0
 
 
@@ -372,9 +301,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo_parser = commands.add_parser(
-        "demo", help="create a local store and load the seed scenarios"
+        "demo", help="a demo office with the DESIGN scenarios, served with its console"
     )
     demo_parser.add_argument("--reset", action="store_true", help="delete the data folder first")
+    demo_parser.add_argument("--no-serve", action="store_true", help="load the data and stop")
+    demo_parser.add_argument("--port", type=int)
 
     init_parser = commands.add_parser("init", help="create a new office and its first admin")
     init_parser.add_argument("--admin", required=True, help="the first admin's name")
@@ -489,7 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     match args.command, getattr(args, "action", None):
         case "demo", _:
-            return demo(settings, args.reset)
+            secret = os.environ.get(PASSPHRASE_ENV) or demo.PASSPHRASE
+            return demo.run(settings, secret, reset=args.reset, serve=not args.no_serve)
         case "init", _:
             return init(settings, args.admin, args.org_units)
         case "user", "add":

@@ -7,7 +7,6 @@ import re
 
 import pytest
 
-from schemas import Add
 from server.console import signin
 from tests.server.conftest import running_office
 from tests.server.test_app import GONGSHU, XIHU
