@@ -1,12 +1,14 @@
 # Two entry points, each of which sets everything up first (see README.md).
 UV := .tools/bin/uv
 
-.PHONY: demo test setup bench bench-http bench-agreements lint
+.PHONY: demo test setup browser bench bench-http bench-agreements lint
+# Root installs Debian packages itself; anyone else through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 demo: setup
 	$(UV) run lianxin demo
 
-test: setup
+test: setup browser
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
 	$(UV) run mypy
@@ -23,6 +25,13 @@ bench-http: setup
 
 setup: $(UV)
 	$(UV) sync --frozen --quiet
+
+# The console's browser tests drive Debian's Chromium (Playwright never downloads one),
+# with CJK fonts so the Chinese pages render (and their screenshots read).
+browser:
+	@command -v chromium >/dev/null && fc-list :lang=zh | grep -q . || { \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		$(SUDO) apt-get install -y -qq chromium fonts-noto-cjk >/dev/null; }
 
 .tools/bin/uv:
 	python3 -m pip install --quiet --target .tools/uv-pkg "uv==0.13.9"
