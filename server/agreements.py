@@ -1,4 +1,5 @@
-"""The office's side of agreements: check each signature on arrival, execute when complete.
+"""The office's side of agreements: check each signature on arrival, execute when complete,
+export as an offline-verifiable bundle.
 
 Runs inside the push transaction. A signature counts only if it verified when
 the office first received it (its device known and not revoked then); once
@@ -21,6 +22,7 @@ from server.keys import OfficeKeys
 from server.storage.directory import Directory
 from server.storage.sqlite import SqliteStore
 from sync import agreements
+from sync.agreements import Bundle, SigningDevice
 from sync.clock import Clock
 from sync.engine import Vet, apply
 from sync.merge import materialize
@@ -172,3 +174,34 @@ def _office_change(
         raise RuntimeError(f"the office's own change was refused: {result.reason} {result.detail}")
     after, _ = records[(state.record_type, state.record_id)]
     return after
+
+
+def bundle(directory: Directory, keys: OfficeKeys, agreement_id: str) -> Bundle | None:
+    """The agreement as a self-contained bundle that `sync.agreements.verify_file` checks
+    with no server (its signing devices' keys, revoked ones included, and the office's
+    key); None if the store holds no such agreement.
+
+    What `lianxin agreement export` writes and the console downloads.
+    """
+    key = ("agreement", agreement_id)
+    state = directory.store.states([key]).get(key)
+    if state is None:
+        return None
+    agreement = materialize(state)
+    assert isinstance(agreement, Agreement)
+    devices = []
+    for device_id in sorted({s.device_id for s in agreement.signatures if s.device_id}):
+        device = directory.device(device_id)
+        if device is not None:
+            devices.append(
+                SigningDevice(
+                    device_id=device_id, user_id=device.user.user_id, signing_key=device.signing_key
+                )
+            )
+    return Bundle(
+        agreement_id=agreement_id,
+        agreement=agreement,
+        devices=devices,
+        office_id=keys.office_id,
+        office_key=keys.signing_public,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -13,7 +14,7 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 
 from schemas.wire import EnrollRequest, PullRequest, PushRequest
-from server import auth, console
+from server import auth, console, ops
 from server.errors import EXCEPTION_HANDLERS, encode_for
 from server.keys import OfficeKeys
 from server.service import SyncService
@@ -23,7 +24,7 @@ from server.storage.sqlite import SqliteStore, open_store
 from sync import envelope
 from sync.clock import Clock, system_wall_ms
 from sync.envelope import ENVELOPE, Purpose
-from sync.errors import BadEnvelope, MalformedRequest
+from sync.errors import BadEnvelope, LianxinError, MalformedRequest
 
 T = TypeVar("T")
 
@@ -116,7 +117,20 @@ async def signed(
         device_key = X25519PublicKey.from_public_bytes(device.kem_key)
         return Response(envelope.seal(answer, reply_header, device_key), media_type=ENVELOPE)
 
-    return await anyio.to_thread.run_sync(work)
+    start = time.perf_counter()
+    outcome = "error"
+    try:
+        response = await anyio.to_thread.run_sync(work)
+        outcome = "ok"
+        return response
+    except LianxinError as error:
+        outcome = error.code
+        raise
+    finally:
+        seconds = time.perf_counter() - start
+        service.metrics.request(purpose, outcome, seconds)
+        device = request.headers.get(auth.DEVICE) if outcome == "ok" else None
+        ops.sync_logged(purpose, outcome, seconds, device)
 
 
 @post("/v1/sync/push", status_code=200, summary="Push a signed batch of changes")
@@ -146,7 +160,7 @@ def create_app(
     clock = clock or Clock(wall_ms, max_drift_ms=settings.max_clock_drift_ms)
     service = SyncService(settings, store, keys, clock, wall_ms)
     return Litestar(
-        route_handlers=[office, enroll, push, pull, *console.routes()],
+        route_handlers=[office, enroll, push, pull, *ops.ROUTES, *console.routes()],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="Lianxin sync and console API", version="1"),

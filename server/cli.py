@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from server import agreements, audit, demo, erasure, phone, pseudonyms
+from server import agreements, audit, demo, erasure, memory, ops, phone, pseudonyms
 from server.console import signin
 from server.keys import OfficeKeys
 from server.settings import Settings, load_settings
@@ -280,6 +280,8 @@ def serve(settings: Settings) -> int:
     from server.app import create_app
 
     app = create_app(settings, keys=unlock(settings))
+    memory.keep_freed_memory()
+    ops.configure_logging()
     print(f"Lianxin serving {settings.data_dir} on http://{settings.host}:{settings.port}")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     return 0

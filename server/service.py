@@ -27,6 +27,7 @@ from schemas.wire import (
 )
 from server.agreements import execute_ready, signature_vet
 from server.keys import OfficeKeys
+from server.ops import Metrics
 from server.pseudonyms import pseudonym
 from server.settings import Settings
 from server.storage.access import presence, update_access
@@ -61,6 +62,7 @@ class SyncService:
         self.directory = Directory(store)
         self.signatures = signature_vet(self.directory)
         self.keys = keys
+        self.metrics = Metrics()
         self.clock = clock
         self.wall_ms = wall_ms
 
@@ -113,31 +115,59 @@ class SyncService:
             changes.append(change)
 
         user = device.user
-        own_pseudonym = self._pseudonym(user) or None
         with self.store.transaction():
             self._remember_batch(device, request, manifest)
-            keys = {(c.record_type, c.record_id) for c in changes}
-            targets = {link for c in changes for link in links_added(c)}
-            present, visible = presence(self.store, user.user_id, list(keys | targets))
-
-            def authorize(change: Change) -> str | None:
-                if change.record_type not in WRITABLE_BY[user.role]:
-                    return f"a {user.role} may not write {change.record_type} records"
-                if "informant" in change.set and change.set["informant"] != own_pseudonym:
-                    return "a warning's informant is the pseudonym of the informant who sends it"
-                key = (change.record_type, change.record_id)
-                if key in present and key not in visible:
-                    return f"{user.role} {user.user_id} may not write {key[0]} {key[1]}"
-                # Linking a record would show it to everyone who sees this one.
-                for target in links_added(change):
-                    if target in present and target not in visible:
-                        return f"{user.user_id} may not link {target[0]} {target[1]}"
-                return None
-
+            present, authorize = self._device_rules(user, changes)
             results = self._apply(
                 changes, user.user_id, present, request.changes, authorize, request.batch_id
             )
+        self.metrics.results(r.status for r in results)
         return PushResponse(batch_id=request.batch_id, results=results)
+
+    def reapply(self, device: Device, raw: bytes, batch_id: str | None) -> ChangeResult:
+        """Apply a quarantined change's exact bytes again, as if `device` pushed it now.
+
+        For the console's quarantine, after a supervisor fixed the cause: the
+        rules of `push` authorize it for the device's user as they stand now,
+        and a rejection quarantines it again with the new reason. The caller
+        first removes the old quarantine row, in the same transaction (the
+        engine answers a change id it already holds as a duplicate).
+        `batch_id` is the signed batch the change came in, kept with it.
+        """
+        change = _decode_change(raw)
+        if change.device_id != device.device_id:
+            raise Forbidden("the change was made by another device")
+        with self.store.transaction():
+            present, authorize = self._device_rules(device.user, [change])
+            (result,) = self._apply(
+                [change], device.user.user_id, present, [raw], authorize, batch_id
+            )
+        return result
+
+    def _device_rules(
+        self, user: User, changes: list[Change]
+    ) -> tuple[set[RecordKey], Callable[[Change], str | None]]:
+        """Which records `changes` touch exist, and why one of them is refused to `user`."""
+        own_pseudonym = self._pseudonym(user) or None
+        keys = {(c.record_type, c.record_id) for c in changes}
+        targets = {link for c in changes for link in links_added(c)}
+        present, visible = presence(self.store, user.user_id, list(keys | targets))
+
+        def authorize(change: Change) -> str | None:
+            if change.record_type not in WRITABLE_BY[user.role]:
+                return f"a {user.role} may not write {change.record_type} records"
+            if "informant" in change.set and change.set["informant"] != own_pseudonym:
+                return "a warning's informant is the pseudonym of the informant who sends it"
+            key = (change.record_type, change.record_id)
+            if key in present and key not in visible:
+                return f"{user.role} {user.user_id} may not write {key[0]} {key[1]}"
+            # Linking a record would show it to everyone who sees this one.
+            for target in links_added(change):
+                if target in present and target not in visible:
+                    return f"{user.user_id} may not link {target[0]} {target[1]}"
+            return None
+
+        return present, authorize
 
     def act(self, user: User, changes: list[Change]) -> list[ChangeResult]:
         """Apply changes the office makes for a console user (settle, triage, assign).

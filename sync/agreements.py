@@ -4,6 +4,7 @@
     signature_message(agreement_id, sig)       what a signer's key signs
     check_signature(...)                       why a signature is refused, or None
     receipt_message(agreement_id, receipt)     what the office signs on execution
+    receipt_problems(...)                      every problem of an office receipt
     verify_bundle(bundle)                      every problem of an exported bundle
 
 Every message starts with its purpose line, so no signature made for one of
@@ -218,22 +219,29 @@ def verify_bundle(bundle: Bundle) -> list[str]:
     missing = set(agreement.required_signers) - {s.signer for s in agreement.signatures}
     if missing:
         problems.append(f"not signed by {', '.join(sorted(missing))}")
+    problems += receipt_problems(
+        bundle.agreement_id, agreement, bundle.office_id, bundle.office_key
+    )
+    return problems
+
+
+def receipt_problems(
+    agreement_id: str, agreement: Agreement, office_id: str, office_key: bytes
+) -> list[str]:
+    """Every problem of the agreement's receipt, checked with the office's signing key."""
     receipt = agreement.receipt
     if receipt is None:
-        problems.append("no office receipt: the agreement was not executed")
-        return problems
-    if receipt.office_id != bundle.office_id:
-        problems.append(f"the receipt is from {receipt.office_id}, not {bundle.office_id}")
-    if receipt.content_hash != content_hash(bundle.agreement_id, agreement):
+        return ["no office receipt: the agreement was not executed"]
+    problems = []
+    if receipt.office_id != office_id:
+        problems.append(f"the receipt is from {receipt.office_id}, not {office_id}")
+    if receipt.content_hash != content_hash(agreement_id, agreement):
         problems.append("the receipt is for other content than the agreement's")
-    if receipt.signatures_hash != signatures_hash(bundle.agreement_id, agreement.signatures):
+    if receipt.signatures_hash != signatures_hash(agreement_id, agreement.signatures):
         problems.append("the receipt seals another set of signatures")
     try:
         signing.verify(
-            bundle.office_key,
-            receipt.signature,
-            receipt_message(bundle.agreement_id, receipt),
-            "office receipt",
+            office_key, receipt.signature, receipt_message(agreement_id, receipt), "office receipt"
         )
     except BadSignature as error:
         problems.append(error.detail)

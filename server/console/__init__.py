@@ -8,8 +8,30 @@ from __future__ import annotations
 
 from litestar.types import ControllerRouterHandler
 
-from server.console import account, cases
+from server.console import (
+    account,
+    admin,
+    agreements,
+    assignment,
+    cases,
+    conflicts,
+    export,
+    quarantine,
+    stats,
+    triage,
+)
 
 
 def routes() -> list[ControllerRouterHandler]:
-    return [*account.ROUTES, *cases.ROUTES]
+    return [
+        *account.ROUTES,
+        *cases.ROUTES,
+        *conflicts.ROUTES,
+        *quarantine.ROUTES,
+        *triage.ROUTES,
+        *agreements.ROUTES,
+        *assignment.ROUTES,
+        *stats.ROUTES,
+        *export.ROUTES,
+        *admin.ROUTES,
+    ]

@@ -40,18 +40,20 @@ def office_change(
     if not reason.strip():
         raise InvalidAction("a reason is required")
     key = (record_type, record_id)
-    state = service.store.states([key]).get(key)
-    change = Change(
-        change_id=f"{console_device(user)}:{uuid.uuid4().hex}",
-        record_type=record_type,
-        record_id=record_id,
-        device_id=console_device(user),
-        hlc=service.clock.now(),
-        seen=dict(state.vv) if state else {},
-        set=set or {},
-        ops=ops or [],
-    )
     with service.store.transaction():
+        # Read inside the transaction: a push landing in between is seen, and superseded
+        # only knowingly.
+        state = service.store.states([key]).get(key)
+        change = Change(
+            change_id=f"{console_device(user)}:{uuid.uuid4().hex}",
+            record_type=record_type,
+            record_id=record_id,
+            device_id=console_device(user),
+            hlc=service.clock.now(),
+            seen=dict(state.vv) if state else {},
+            set=set or {},
+            ops=ops or [],
+        )
         (result,) = service.act(user, [change])
         if result.status == "rejected":
             raise InvalidAction(f"{result.reason}: {result.detail}")

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from schemas.records import Case, EarlyWarning
+from schemas.records import Agreement, Case, EarlyWarning
 from schemas.state import RecordState
 from server.storage.sqlite import SqliteStore
+from sync import agreements
 from sync.access import org_unit
 from sync.merge import materialize
 from sync.store import RecordKey
@@ -87,6 +88,47 @@ def index_records(
         " case_id = excluded.case_id, seq = excluded.seq",
         warnings,
     )
+    _index_agreements(store, written, now_ms)
+
+
+# -- agreements (migration 0010_stats): what the statistics count executed agreements by ---
+
+EXECUTED = ("executed", "superseded")  # a superseded agreement was executed first
+
+
+def _index_agreements(
+    store: SqliteStore, written: Mapping[RecordKey, tuple[RecordState, int]], now_ms: int
+) -> None:
+    """Each written agreement's status, and when the office first saw it executed."""
+    rows = []
+    for (record_type, record_id), (state, seq) in written.items():
+        if record_type == "agreement":
+            agreement = materialize(state)
+            assert isinstance(agreement, Agreement)
+            status = _status_after_office(record_id, agreement)
+            executed = now_ms if status in EXECUTED else None
+            rows.append((record_id, status, executed, seq))
+    store.db.conn.executemany(
+        "INSERT INTO agreement_index (agreement_id, status, executed_ms, seq) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (agreement_id) DO UPDATE SET status = excluded.status, seq = excluded.seq,"
+        " executed_ms = coalesce(agreement_index.executed_ms, excluded.executed_ms)",
+        rows,
+    )
+
+
+def _status_after_office(agreement_id: str, agreement: Agreement) -> str:
+    """The status `server.agreements.execute_ready` leaves a written agreement in.
+
+    It runs after the index, in the same transaction, through office changes
+    the index does not see: what it will do is worked out here by its rule
+    (tests/server/test_console_stats.py pins the two together).
+    """
+    status = agreement.status
+    if status == "draft" and agreement.signatures:
+        status = "collecting"
+    if status == "collecting" and agreements.is_complete(agreement_id, agreement):
+        status = "executed"
+    return status
 
 
 def forget(store: SqliteStore, keys: list[RecordKey]) -> None:
@@ -97,4 +139,8 @@ def forget(store: SqliteStore, keys: list[RecordKey]) -> None:
     )
     db.executemany(
         "DELETE FROM warning_index WHERE warning_id = ?", [(i,) for t, i in keys if t == "warning"]
+    )
+    db.executemany(
+        "DELETE FROM agreement_index WHERE agreement_id = ?",
+        [(i,) for t, i in keys if t == "agreement"],
     )

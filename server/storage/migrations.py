@@ -250,6 +250,45 @@ def _device_last_seen(db: sqlite_utils.Database) -> None:
     db["devices"].add_column("last_seen_ms", int)
 
 
+def _conflicts_quarantine(db: sqlite_utils.Database) -> None:
+    """The signed batch each quarantined change came in (the console's quarantine).
+
+    It dates the rejection (`batches.received_at_ms`) and, when a supervisor
+    re-applies the change, keeps it attributable to the batch signature.
+    Rows quarantined before this migration have none: the console shows no
+    time for them, and finds their batch by the change's hash among the
+    device's manifests when one is re-applied.
+    """
+    db["quarantine"].add_column("batch_id", str)
+
+
+def _stats(db: sqlite_utils.Database) -> None:
+    """What the console's statistics count by: resolution dates, repeats, executed agreements.
+
+    The indexes let the statistics read a half year of a city's cases from
+    indexes alone (bench/console.py): the cases resolved in a period with
+    what they are grouped by; each party's cases; each case's receipt time.
+    `agreement_index` holds each agreement's status and when it was first
+    executed (kept in step by `server.storage.index.index_records`), so
+    counting executed agreements opens no sealed state. Agreements written
+    before this migration enter it at their next write.
+    """
+    db["case_index"].create_index(
+        ["resolved_ms", "case_id", "received_ms", "category", "org_unit"],
+        index_name="case_index_resolved",
+    )
+    db["case_index"].create_index(
+        ["case_id", "received_ms"], index_name="case_index_received_by_id"
+    )
+    db["links"].create_index(["record_type", "record_id", "case_id"], index_name="links_by_record")
+    db["agreement_index"].create(
+        {"agreement_id": str, "status": str, "executed_ms": int, "seq": int},
+        pk="agreement_id",
+        not_null={"status", "seq"},
+    )
+    db["agreement_index"].create_index(["executed_ms"], index_name="agreement_index_executed")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _initial),
     ("0002_directory", _directory),
@@ -258,6 +297,8 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0005_confidentiality", _confidentiality),
     ("0006_console", _console),
     ("0007_device_last_seen", _device_last_seen),
+    ("0008_conflicts_quarantine", _conflicts_quarantine),
+    ("0010_stats", _stats),
 ]
 
 

@@ -243,7 +243,7 @@ class SqliteStore:
         )
         execute_many(
             "INSERT INTO quarantine (change_id, record_type, record_id, device_id, reason,"
-            " detail, result, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " detail, result, raw, batch_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     c.change_id,
@@ -254,6 +254,7 @@ class SqliteStore:
                     result.detail,
                     _encode(result),
                     sealed("quarantine", (c.record_type, c.record_id), c.change_id, raw),
+                    batch.batch_id,
                 )
                 for c, raw, result in batch.quarantine
             ],

@@ -5,7 +5,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -17,14 +17,15 @@ from tests.conftest import PASSPHRASE
 OFFICE_ENV = {**os.environ, "LIANXIN_PASSPHRASE": PASSPHRASE}
 
 
-def lianxin(data: Path, *args: str) -> str:
-    """Run the `lianxin` command line against `data`; its output, stripped."""
+def lianxin(data: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run the `lianxin` command line against `data` (`env` added to the office's);
+    its output, stripped."""
     done = subprocess.run(
         [sys.executable, "-m", "server.cli", "--data", str(data), *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env=OFFICE_ENV,
+        env={**OFFICE_ENV, **(env or {})},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout.strip()
@@ -41,6 +42,8 @@ class Server:
     data: Path
     url: str
     process: subprocess.Popen
+    # Added to the office's environment when the server (re)starts.
+    env: dict[str, str] = field(default_factory=dict)
 
     def user(self, name: str, role: str, *org_units: str) -> str:
         units = [arg for unit in org_units for arg in ("--org-unit", unit)]
@@ -68,7 +71,7 @@ class Server:
                 ],
                 stdout=log,
                 stderr=log,
-                env=OFFICE_ENV,
+                env={**OFFICE_ENV, **self.env},
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -138,8 +138,11 @@ class Office:
             "users",
             "enrollment_codes",
         ):
-            for row in self.store.db.execute(f"SELECT * FROM {table} ORDER BY 1, 2"):
-                digest.update(repr(row).encode())
+            cursor = self.store.db.execute(f"SELECT * FROM {table} ORDER BY 1, 2")
+            # When a device was last seen is bookkeeping of the request itself, like its nonce.
+            kept = [i for i, c in enumerate(cursor.description) if c[0] != "last_seen_ms"]
+            for row in cursor:
+                digest.update(repr([row[i] for i in kept]).encode())
         return digest.hexdigest()
 
 

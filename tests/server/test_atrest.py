@@ -85,7 +85,7 @@ def test_no_personal_value_in_the_store_its_wal_or_the_key_store(tmp_path):
 
 def test_no_personal_value_in_the_demo_office_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("LIANXIN_PASSPHRASE", PASSPHRASE)
-    assert main(["--data", str(tmp_path / "office"), "demo"]) == 0
+    assert main(["--data", str(tmp_path / "office"), "demo", "--no-serve"]) == 0
     assert leaks(tmp_path / "office", seed_secrets()) == {}
 
 

@@ -1,0 +1,69 @@
+"""The console's devices and users page (admins only): who is enrolled, codes, revocation."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class UserRow(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: str
+    name: str
+    role: str
+    org_units: list[str]
+    devices: int  # enrolled and not revoked
+    codes: int  # enrolment codes issued, used or not
+
+
+class CodeRow(msgspec.Struct, frozen=True, kw_only=True):
+    """An enrolment code issued (the code itself is never kept, only its hash)."""
+
+    user_id: str
+    user_name: str
+    role: str
+    expires_at_ms: int
+    used_at_ms: int | None
+    device_id: str | None  # the device it enrolled
+    state: str  # unused / used / expired
+
+
+class DeviceRow(msgspec.Struct, frozen=True, kw_only=True):
+    device_id: str
+    user_id: str
+    user_name: str
+    role: str
+    label: str  # what the device called itself at enrolment
+    enrolled_at_ms: int
+    last_seen_ms: int | None  # its last signed request (a sync): None if never
+    revoked_at_ms: int | None
+
+
+class AdminPage(msgspec.Struct, frozen=True, kw_only=True):
+    users: list[UserRow]
+    users_total: int
+    codes: list[CodeRow]  # the latest issued
+    devices: list[DeviceRow]  # active first, most recently seen first
+    devices_total: int
+    offset: int  # of both lists
+    limit: int
+    now_ms: int
+
+
+class CodeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    user_id: str
+
+
+class IssuedCode(msgspec.Struct, frozen=True, kw_only=True):
+    """A new one-time enrolment code: shown this once, never stored in clear."""
+
+    user_id: str
+    code: str
+    expires_at_ms: int
+
+
+class RevokeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    reason: str = ""
+
+
+class Revoked(msgspec.Struct, frozen=True, kw_only=True):
+    device_id: str
+    revoked_at_ms: int

@@ -1,0 +1,235 @@
+"""Devices and users, for admins: who is enrolled, enrolment codes, last sync, revocation.
+
+Admins see no case data (every case page refuses them); supervisors do not
+see this page. Two writes, each CSRF-checked and audited:
+
+- issue a one-time enrolment code for a user (action `issue_code`): the code
+  is shown once, in the answer to the request that made it, and only its
+  hash is kept (`Directory.issue_code`), as with `lianxin code`;
+- revoke a device (action `revoke`): from that moment every request it
+  signs is refused `revoked_device`, and nothing is sealed to it again;
+  what it pushed before stays valid and attributed (DESIGN scenario 4).
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import anyio.to_thread
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.params import FromPath, FromQuery
+
+from schemas.console.admin import (
+    AdminPage,
+    CodeRequest,
+    CodeRow,
+    DeviceRow,
+    IssuedCode,
+    Revoked,
+    RevokeRequest,
+    UserRow,
+)
+from server import audit
+from server.console.web import back_to, checked, form_of, render, service_of, signed_in
+from server.service import SyncService
+from server.storage.directory import User
+from sync.errors import MalformedRequest, UnknownRecord
+
+PAGE = 100
+LATEST_CODES = 50
+CODE_TTL_MS = 24 * 3600_000  # as `lianxin code` issues them
+T = TypeVar("T")
+
+
+def when(ms: int | None) -> str:
+    """A moment as the page shows it: UTC, to the minute."""
+    if ms is None:
+        return ""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def admin_page(service: SyncService, offset: int = 0) -> AdminPage:
+    """Users, the latest enrolment codes and devices, a page of each list at a time."""
+    db = service.store.db
+    now = service.wall_ms()
+    names: dict[str, str] = {}
+
+    def name_of(user_id: str) -> str:
+        if user_id not in names:
+            user = service.directory.user(user_id)
+            names[user_id] = user.name if user else ""
+        return names[user_id]
+
+    (users_total,) = db.execute("SELECT count(*) FROM users").fetchone()
+    users = [
+        UserRow(
+            user_id=user_id,
+            name=name_of(user_id),
+            role=role,
+            org_units=msgspec.json.decode(units),
+            devices=devices,
+            codes=codes,
+        )
+        for user_id, role, units, devices, codes in db.execute(
+            "SELECT u.user_id, u.role, u.org_units,"
+            " (SELECT count(*) FROM devices d WHERE d.user_id = u.user_id"
+            " AND d.revoked_at_ms IS NULL),"
+            " (SELECT count(*) FROM enrollment_codes e WHERE e.user_id = u.user_id)"
+            " FROM users u ORDER BY u.created_at_ms, u.user_id LIMIT ? OFFSET ?",
+            [PAGE, offset],
+        )
+    ]
+    codes = [
+        CodeRow(
+            user_id=user_id,
+            user_name=name_of(user_id),
+            role=role,
+            expires_at_ms=expires,
+            used_at_ms=used,
+            device_id=device_id,
+            state="used" if used is not None else "expired" if expires <= now else "unused",
+        )
+        for user_id, role, expires, used, device_id in db.execute(
+            "SELECT user_id, role, expires_at_ms, used_at_ms, device_id FROM enrollment_codes"
+            " ORDER BY expires_at_ms DESC, code_hash LIMIT ?",
+            [LATEST_CODES],
+        )
+    ]
+    (devices_total,) = db.execute("SELECT count(*) FROM devices").fetchone()
+    devices = [
+        DeviceRow(
+            device_id=device_id,
+            user_id=user_id,
+            user_name=name_of(user_id),
+            role=role,
+            label=label or "",
+            enrolled_at_ms=enrolled,
+            last_seen_ms=seen,
+            revoked_at_ms=revoked,
+        )
+        for device_id, user_id, role, label, enrolled, seen, revoked in db.execute(
+            "SELECT device_id, user_id, role, label, enrolled_at_ms, last_seen_ms, revoked_at_ms"
+            " FROM devices ORDER BY revoked_at_ms IS NOT NULL,"
+            " coalesce(last_seen_ms, enrolled_at_ms) DESC, device_id LIMIT ? OFFSET ?",
+            [PAGE, offset],
+        )
+    ]
+    return AdminPage(
+        users=users,
+        users_total=users_total,
+        codes=codes,
+        devices=devices,
+        devices_total=devices_total,
+        offset=offset,
+        limit=PAGE,
+        now_ms=now,
+    )
+
+
+def issue_code(service: SyncService, admin: User, user_id: str) -> IssuedCode:
+    """A new one-time enrolment code for `user_id`, audited; `UnknownRecord` if no such user."""
+    if service.directory.user(user_id) is None:
+        raise UnknownRecord(f"no user {user_id}")
+    now = service.wall_ms()
+    with service.store.transaction():
+        code = service.directory.issue_code(user_id, now, CODE_TTL_MS)
+        audit.append(
+            service.store.db,
+            now,
+            f"user:{admin.user_id}",
+            "issue_code",
+            f"user/{user_id}",
+            {"expires_at_ms": now + CODE_TTL_MS},
+        )
+    return IssuedCode(user_id=user_id, code=code, expires_at_ms=now + CODE_TTL_MS)
+
+
+def revoke(service: SyncService, admin: User, device_id: str, reason: str) -> Revoked:
+    """Revoke a device at once, audited; `UnknownRecord` if there is no such active device."""
+    now = service.wall_ms()
+    with service.store.transaction():
+        device = service.directory.device(device_id)
+        if device is None or not service.directory.revoke(device_id, now):
+            raise UnknownRecord(f"no active device {device_id}")
+        audit.append(
+            service.store.db,
+            now,
+            f"user:{admin.user_id}",
+            "revoke",
+            f"device/{device_id}",
+            {"reason": reason.strip(), "user_id": device.user.user_id},
+        )
+    return Revoked(device_id=device_id, revoked_at_ms=now)
+
+
+def _decode(body: bytes, kind: type[T]) -> T:
+    try:
+        return msgspec.json.decode(body or b"{}", type=kind)
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+        raise MalformedRequest(str(error)) from None
+
+
+@get("/console/admin", sync_to_thread=True, include_in_schema=False)
+def admin_html(request: Request, offset: FromQuery[int] = 0) -> Response:
+    current = signed_in(request, "admin")
+    data = admin_page(service_of(request), max(offset, 0))
+    return render(request, current, "admin.html", data=data, when=when, issued=None)
+
+
+@get("/api/admin", sync_to_thread=True, summary="Users, enrolment codes and devices (admins)")
+def admin_api(request: Request, offset: FromQuery[int] = 0) -> AdminPage:
+    signed_in(request, "admin")
+    return admin_page(service_of(request), max(offset, 0))
+
+
+@post("/console/admin/codes", include_in_schema=False)
+async def issue_code_form(request: Request) -> Response:
+    """Issue a code and show it on the page this once (no redirect: it must not be kept)."""
+    current = signed_in(request, "admin")
+    fields = await form_of(request)
+    checked(request, current, fields)
+    service = service_of(request)
+    work = functools.partial(issue_code, service, current.user, fields.get("user_id", "").strip())
+    issued = await anyio.to_thread.run_sync(work)
+    data = await anyio.to_thread.run_sync(admin_page, service)
+    return render(request, current, "admin.html", data=data, when=when, issued=issued)
+
+
+@post("/api/admin/codes", status_code=200, summary="Issue a one-time enrolment code (X-CSRF-Token)")
+async def issue_code_api(request: Request) -> IssuedCode:
+    current = signed_in(request, "admin")
+    checked(request, current, {})
+    asked = _decode(await request.body(), CodeRequest)
+    work = functools.partial(issue_code, service_of(request), current.user, asked.user_id)
+    return await anyio.to_thread.run_sync(work)
+
+
+@post("/console/admin/devices/{device_id:str}/revoke", include_in_schema=False)
+async def revoke_form(request: Request, device_id: FromPath[str]) -> Response:
+    current = signed_in(request, "admin")
+    fields = await form_of(request)
+    checked(request, current, fields)
+    work = functools.partial(
+        revoke, service_of(request), current.user, device_id, fields.get("reason", "")
+    )
+    await anyio.to_thread.run_sync(work)
+    return back_to("/console/admin")
+
+
+@post(
+    "/api/admin/devices/{device_id:str}/revoke",
+    status_code=200,
+    summary="Revoke a device at once (X-CSRF-Token)",
+)
+async def revoke_api(request: Request, device_id: FromPath[str]) -> Revoked:
+    current = signed_in(request, "admin")
+    checked(request, current, {})
+    asked = _decode(await request.body(), RevokeRequest)
+    work = functools.partial(revoke, service_of(request), current.user, device_id, asked.reason)
+    return await anyio.to_thread.run_sync(work)
+
+
+ROUTES = [admin_html, admin_api, issue_code_form, issue_code_api, revoke_form, revoke_api]

@@ -1,0 +1,523 @@
+"""Statistics of the cases in a supervisor's view: received, resolved, how fast, and repeats.
+
+The period is the last `WEEKS` weeks, Monday to Sunday in UTC (as the case
+list's dates), the current week included. For the cases in view:
+
+- received / resolved per week, and over the period: in total, by category
+  and by the org units directly below the supervisor's own;
+- the resolution rate: of the cases received in the period, the share
+  resolved or closed by now;
+- the median days from receipt to resolution of the cases resolved in the
+  period;
+- repeat petitions: cases received in the period that share a person (the
+  same phone or ID number in the blind index, or the same party record) with
+  a case the office received earlier, wherever that one is;
+- early warnings received in the period, and how many were turned into cases;
+- mediation agreements executed in the period.
+
+Small counts identify people (three resolved cases in one community this
+week), so nothing leaves this module exact. The rule (`publish`):
+
+- a count under 5 (0 included) is shown as "<5", never as its number;
+- every other count, totals included, is rounded to the nearest multiple of 5.
+  Rounding every cell, not only totals, is what stops subtraction: a total
+  minus the cells beside it is off by up to 2 per figure used, more than the
+  0–4 a suppressed cell hides in. Exact cells beside a rounded total would
+  not do: 97 beside a total of 100 (rounded from 98 to 102) leaves a "<5" of
+  1 to 4, but 99 beside 100 leaves 0 to 3, and so on down to one value;
+- rounding alone still has edges: two "<5" cells under a total of 10 can
+  only be 4 and 4, and a total rounded up beside cells rounded down can pin
+  a "<5" likewise; so can a week of 10 beside those two cells, since every
+  table (weeks, categories, org units) adds up to the same total. So for
+  each total and the tables that split it, the range each "<5" cell could
+  take given every published figure is worked out, and while one is down to
+  a single value the figure that bounds it is shown as "withheld": the total
+  first, then the cell of another table that gives the bound (`protect`);
+- a rate is worked out from the published counts only (so it tells nothing
+  they do not), and only when both are numbers;
+- a median only over 5 or more cases;
+- rows are in key order, not by size, so the order of "<5" rows says nothing.
+
+The same published figures feed the page, its JSON twin, its charts and the
+CSV exports; the exact `Figures` never leave the server.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import anyio.to_thread
+import msgspec
+from litestar import Request, Response, get
+
+from schemas.console.stats import SUPPRESSED, WITHHELD, Count, Row, Stats, Week
+from server.console import charts
+from server.console.web import render, service_of, signed_in
+from server.service import SyncService
+from server.storage.directory import User
+from server.storage.index import RESOLVED
+
+WEEKS = 26
+DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
+# The epoch was a Thursday: weeks counted from it start on Mondays three days later.
+MONDAY_MS = 3 * DAY_MS
+MINIMUM = 5
+STRONG_KINDS = ("phone", "id_number")
+FIGURES = ("received", "resolved", "received_resolved", "repeats")
+
+# Cases that share a person with a case the office received earlier, office-wide, in
+# one set-based pass over the blind index and the links: the people (a phone or ID
+# number digest; a name alone is only a possible match) and the party records that
+# more than one party or case holds, then every case holding one, ranked by when the
+# office received it (a case holding the same person twice ranks once): every case
+# but the first is a repeat. Only people held more than once are joined further, so
+# the work follows the repeats, not every party in the office. The receipt times come
+# from an index that holds them (pinned: SQLite would take the primary key's index and
+# read each case's row for its time, a third slower at 100,000 cases).
+REPEATS = f"""
+shared_people AS (
+  SELECT kind, digest, min(rowid) AS person FROM people_index
+  WHERE kind IN {STRONG_KINDS} AND record_type = 'party'
+  GROUP BY kind, digest HAVING count(*) > 1
+),
+shared_parties AS (
+  SELECT record_id, -min(rowid) AS person FROM links WHERE record_type = 'party'
+  GROUP BY record_id HAVING count(*) > 1
+),
+held AS (
+  SELECT s.person, l.case_id
+  FROM shared_people s
+  CROSS JOIN people_index p ON p.kind = s.kind AND p.digest = s.digest
+    AND p.record_type = 'party'
+  CROSS JOIN links l ON l.record_type = 'party' AND l.record_id = p.record_id
+  UNION ALL
+  SELECT s.person, l.case_id
+  FROM shared_parties s
+  CROSS JOIN links l ON l.record_type = 'party' AND l.record_id = s.record_id
+),
+ranked AS (
+  SELECT h.case_id, ci.received_ms, dense_rank() OVER (
+    PARTITION BY h.person ORDER BY ci.received_ms, h.case_id
+  ) AS nth
+  FROM held h CROSS JOIN case_index ci INDEXED BY case_index_received_by_id
+    ON ci.case_id = h.case_id
+),
+repeats AS (
+  SELECT DISTINCT case_id FROM ranked
+  WHERE nth > 1 AND received_ms >= :start AND received_ms < :end
+)
+"""
+IN_VIEW = (
+    " FROM case_index ci CROSS JOIN access a ON a.user_id = :user AND a.record_type = 'case'"
+    " AND a.record_id = ci.case_id"
+)
+# The cases in view received in the period, read once (materialised), counted by
+# category and org unit and by week. CROSS JOIN keeps SQLite reading the period's
+# range of the index first and looking each case up in `access`: a supervisor's view
+# holds every year of cases, the period only half a year of them.
+RECEIVED_SQL = f"""
+WITH fresh AS MATERIALIZED (
+  SELECT coalesce(ci.category, '') AS category, ci.org_unit AS unit,
+    (ci.received_ms - :start) / :week AS week, ci.status IN {RESOLVED} AS settled
+  {IN_VIEW} WHERE ci.received_ms >= :start AND ci.received_ms < :end
+)
+SELECT category, unit, NULL, count(*), sum(settled) FROM fresh GROUP BY category, unit
+UNION ALL
+SELECT NULL, NULL, week, count(*), 0 FROM fresh GROUP BY week
+"""
+# The cases in view resolved in the period, counted by category and org unit with how
+# long each took (a list, for the medians), and by week.
+RESOLVED_SQL = f"""
+WITH done AS MATERIALIZED (
+  SELECT coalesce(ci.category, '') AS category, ci.org_unit AS unit,
+    (ci.resolved_ms - :start) / :week AS week, ci.resolved_ms - ci.received_ms AS took
+  {IN_VIEW} WHERE ci.resolved_ms >= :start AND ci.resolved_ms < :end
+)
+SELECT category, unit, NULL, count(*), group_concat(took) FROM done GROUP BY category, unit
+UNION ALL
+SELECT NULL, NULL, week, count(*), NULL FROM done GROUP BY week
+"""
+# The repeats among the cases in view received in the period.
+REPEATS_SQL = f"""
+WITH {REPEATS}
+SELECT coalesce(ci.category, ''), ci.org_unit, count(*)
+FROM repeats r CROSS JOIN case_index ci ON ci.case_id = r.case_id
+CROSS JOIN access a ON a.user_id = :user AND a.record_type = 'case' AND a.record_id = ci.case_id
+WHERE ci.received_ms >= :start AND ci.received_ms < :end
+GROUP BY 1, 2
+"""
+WARNINGS_SQL = """
+SELECT count(*), coalesce(sum(wi.status = 'converted' OR wi.case_id IS NOT NULL
+  OR EXISTS (SELECT 1 FROM links l WHERE l.record_type = 'warning'
+    AND l.record_id = wi.warning_id)), 0)
+FROM warning_index wi JOIN access a ON a.user_id = :user
+  AND a.record_type = 'warning' AND a.record_id = wi.warning_id
+WHERE wi.received_ms >= :start AND wi.received_ms < :end
+"""
+AGREEMENTS_SQL = """
+SELECT count(*) FROM agreement_index ai JOIN access a ON a.user_id = :user
+  AND a.record_type = 'agreement' AND a.record_id = ai.agreement_id
+WHERE ai.executed_ms >= :start AND ai.executed_ms < :end
+"""
+
+
+def sub_unit(unit: str | None, own: list[str]) -> str:
+    """The org unit directly below one of `own` that holds `unit`; `unit` if it is one of
+    `own`; "" for no org unit or one outside them all (a case in view because the user
+    created it or is named on it)."""
+    if unit is None:
+        return ""
+    for mine in sorted(own, key=len, reverse=True):
+        if unit == mine:
+            return mine
+        if unit.startswith(mine + "/"):
+            return f"{mine}/{unit[len(mine) + 1 :].split('/')[0]}"
+    return ""
+
+
+# -- exact figures (never shown) ------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """Exact counts of one group of cases over the period."""
+
+    received: int = 0
+    resolved: int = 0
+    received_resolved: int = 0
+    repeats: int = 0
+    durations_ms: list[int] = field(default_factory=list)  # of the cases resolved
+
+
+@dataclass
+class Figures:
+    """Exact statistics of one user's view; `published` makes them fit to show."""
+
+    start_ms: int
+    end_ms: int
+    weeks: list[tuple[int, int, int]]  # (Monday's ms, received, resolved)
+    total: Tally
+    by_category: dict[str, Tally]
+    by_unit: dict[str, Tally]
+    warnings_received: int
+    warnings_converted: int
+    agreements_executed: int
+
+
+def week_start(ms: int) -> int:
+    """The Monday 00:00 UTC that begins the week holding `ms`."""
+    return (ms + MONDAY_MS) // WEEK_MS * WEEK_MS - MONDAY_MS
+
+
+Rows = list[tuple[Any, ...]]
+
+
+class Reads(NamedTuple):
+    """What the statistics read from the store, before any counting in Python."""
+
+    received: Rows
+    resolved: Rows
+    warnings: tuple[int, int]
+    agreements: int
+
+
+def _params(user: User, now_ms: int, weeks: int) -> dict[str, Any]:
+    end = week_start(now_ms) + WEEK_MS
+    return {"user": user.user_id, "start": end - weeks * WEEK_MS, "end": end, "week": WEEK_MS}
+
+
+def _read_cases(service: SyncService, params: dict[str, Any]) -> Reads:
+    """Everything but the repeats, in one snapshot on this thread's read connection (a long
+    read on the writer's connection would hold up every push behind it)."""
+    with service.store.snapshot() as conn:
+        return Reads(
+            received=conn.execute(RECEIVED_SQL, params).fetchall(),
+            resolved=conn.execute(RESOLVED_SQL, params).fetchall(),
+            warnings=conn.execute(WARNINGS_SQL, params).fetchone(),
+            agreements=conn.execute(AGREEMENTS_SQL, params).fetchone()[0],
+        )
+
+
+def _read_repeats(service: SyncService, params: dict[str, Any]) -> Rows:
+    with service.store.snapshot() as conn:
+        return conn.execute(REPEATS_SQL, params).fetchall()
+
+
+def figures(service: SyncService, user: User, now_ms: int, weeks: int = WEEKS) -> Figures:
+    """The exact statistics of the cases `user` may see, over the `weeks` weeks up to `now_ms`."""
+    params = _params(user, now_ms, weeks)
+    return _count(user, params, weeks, _read_cases(service, params), _read_repeats(service, params))
+
+
+async def figures_at_once(
+    service: SyncService, user: User, now_ms: int, weeks: int = WEEKS
+) -> Figures:
+    """`figures`, with the repeats (the office-wide part) read on a second worker thread and
+    read connection while the rest is read: SQLite runs one statement on one core.
+
+    The two reads are two snapshots: a batch committed in between may count in one and
+    not the other, as it would a moment later anyway. Every table that splits a figure
+    comes from the same read as its total, which is what `protect` relies on.
+    """
+    params = _params(user, now_ms, weeks)
+    cases: list[Reads] = []
+    repeats: list[Rows] = []
+
+    async def read_cases() -> None:
+        cases.append(await anyio.to_thread.run_sync(_read_cases, service, params))
+
+    async def read_repeats() -> None:
+        repeats.append(await anyio.to_thread.run_sync(_read_repeats, service, params))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(read_cases)
+        group.start_soon(read_repeats)
+    return _count(user, params, weeks, cases[0], repeats[0])
+
+
+def _count(
+    user: User, params: dict[str, Any], weeks: int, reads: Reads, repeat_rows: Rows
+) -> Figures:
+    """The rows read, added up by category, by sub-unit, by week and in all."""
+    start = params["start"]
+    total = Tally()
+    by_category: dict[str, Tally] = {}
+    by_unit: dict[str, Tally] = {}
+    units: dict[str | None, str] = {}
+
+    def tallies(category: str, unit: str | None) -> tuple[Tally, Tally, Tally]:
+        if unit not in units:
+            units[unit] = sub_unit(unit, user.org_units)
+        return (
+            total,
+            by_category.setdefault(category, Tally()),
+            by_unit.setdefault(units[unit], Tally()),
+        )
+
+    received_by_week: dict[int, int] = {}
+    for category, unit, week, count, settled in reads.received:
+        if category is None:
+            received_by_week[week] = count
+            continue
+        for tally in tallies(category, unit):
+            tally.received += count
+            tally.received_resolved += settled
+    resolved_by_week: dict[int, int] = {}
+    for category, unit, week, count, took in reads.resolved:
+        if category is None:
+            resolved_by_week[week] = count
+            continue
+        durations = [int(ms) for ms in took.split(",")]
+        for tally in tallies(category, unit):
+            tally.resolved += count
+            tally.durations_ms.extend(durations)
+    for category, unit, count in repeat_rows:
+        for tally in tallies(category, unit):
+            tally.repeats += count
+    warnings_received, warnings_converted = reads.warnings
+    return Figures(
+        start_ms=start,
+        end_ms=params["end"],
+        weeks=[
+            (start + n * WEEK_MS, received_by_week.get(n, 0), resolved_by_week.get(n, 0))
+            for n in range(weeks)
+        ],
+        total=total,
+        by_category=by_category,
+        by_unit=by_unit,
+        warnings_received=warnings_received,
+        warnings_converted=warnings_converted,
+        agreements_executed=reads.agreements,
+    )
+
+
+# -- published figures (what every page, API answer and export shows) -----------------------
+
+
+def published(count: int) -> Count:
+    """Show a count under 5 as "<5", any other rounded to the nearest multiple of 5."""
+    if count < MINIMUM:
+        return SUPPRESSED
+    return (count + 2) // 5 * 5
+
+
+UNBOUNDED = 2**62
+
+
+def _range(value: Count) -> tuple[int, int]:
+    """What an exact count can be, knowing only its published value."""
+    if value == SUPPRESSED:
+        return 0, MINIMUM - 1
+    if isinstance(value, str):  # withheld: anything
+        return 0, UNBOUNDED
+    return max(value - 2, MINIMUM), value + 2
+
+
+def _pinned(total: Count, tables: list[list[Count]]) -> tuple[str, int] | None:
+    """A "<5" cell that the published figures leave one value only, and why; else None.
+
+    Every table adds up to the total, exactly. So the total is at least the
+    largest of the lower ends (its own range's, and each table's sum of its
+    cells' lower ends) and at most the smallest of the upper ends; a cell is
+    then at least that lower bound less the most the other cells of its table
+    may be, and at most the upper bound less the least they may be. Returns
+    ("low" or "high": the bound that pins it, and its table) for the first one.
+    """
+    ranges = [[_range(cell) for cell in table] for table in tables]
+    sums = [(sum(r[0] for r in table), sum(r[1] for r in table)) for table in ranges]
+    own_low, own_high = _range(total)
+    for index, table in enumerate(tables):
+        # The table's own cells add nothing about the total that the cells do not.
+        low = max([own_low, *(s[0] for k, s in enumerate(sums) if k != index)])
+        high = min([own_high, *(s[1] for k, s in enumerate(sums) if k != index)])
+        table_low, table_high = sums[index]
+        for cell, (cell_low, cell_high) in zip(table, ranges[index], strict=True):
+            if cell != SUPPRESSED:
+                continue
+            least = max(cell_low, low - (table_high - cell_high))
+            most = min(cell_high, high - (table_low - cell_low))
+            if least >= most:
+                return ("low" if least > cell_low else "high"), index
+    return None
+
+
+def protect(total: Count, tables: list[list[Count]]) -> tuple[Count, list[list[Count]]]:
+    """Withhold the total, then cells of the tables splitting it, until no "<5" is pinned.
+
+    A cell pinned at its top (4) is pinned by a lower bound on the total from
+    elsewhere: the total itself, withheld first, then the cell of the table
+    giving that bound with the largest lower end. One pinned at 0 likewise by
+    an upper bound. Each round withholds one more figure, so this ends.
+    """
+    tables = [list(table) for table in tables]
+    while (found := _pinned(total, tables)) is not None:
+        side, index = found
+        if total != WITHHELD:
+            total = WITHHELD
+            continue
+        ranges = [[_range(cell) for cell in table] for table in tables]
+        end = 0 if side == "low" else 1
+        others = [k for k in range(len(tables)) if k != index]
+        bound = [sum(r[end] for r in ranges[k]) for k in others]
+        source = others[bound.index(max(bound) if side == "low" else min(bound))]
+        cells = [(r[end], n) for n, r in enumerate(ranges[source]) if tables[source][n] != WITHHELD]
+        _, cell = max(cells)
+        tables[source][cell] = WITHHELD
+    return total, tables
+
+
+def rate(part: Count, whole: Count) -> float | None:
+    """`part / whole` of two published counts, to a whole percent; None unless both are numbers."""
+    if isinstance(part, str) or isinstance(whole, str) or whole == 0:
+        return None
+    return round(part / whole, 2)
+
+
+def median_days(durations_ms: list[int]) -> float | None:
+    """The median in days (to 0.1), over at least `MINIMUM` cases; else None."""
+    if len(durations_ms) < MINIMUM:
+        return None
+    return round(statistics.median(durations_ms) / DAY_MS, 1)
+
+
+def _row(key: str, tally: Tally) -> Row:
+    received = published(tally.received)
+    received_resolved = published(tally.received_resolved)
+    return Row(
+        key=key,
+        received=received,
+        resolved=published(tally.resolved),
+        received_resolved=received_resolved,
+        resolution_rate=rate(received_resolved, received),
+        median_days=median_days(tally.durations_ms),
+        repeats=published(tally.repeats),
+    )
+
+
+def _day(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).date().isoformat()
+
+
+def _with(row: Row, **figures: Count) -> Row:
+    """`row` with some figures replaced (withheld), its rate worked out again."""
+    if all(getattr(row, name) == value for name, value in figures.items()):
+        return row
+    row = msgspec.structs.replace(row, **figures)
+    return msgspec.structs.replace(row, resolution_rate=rate(row.received_resolved, row.received))
+
+
+def publish(exact: Figures) -> Stats:
+    """The figures as they may be shown (see the module docstring for the rule)."""
+    weeks = [
+        Week(start=_day(at), received=published(received), resolved=published(resolved))
+        for at, received, resolved in exact.weeks
+    ]
+    by_category = [_row(k, t) for k, t in sorted(exact.by_category.items())]
+    by_unit = [_row(k, t) for k, t in sorted(exact.by_unit.items())]
+    total = _row("", exact.total)
+    # Each total and the tables that split it, protected together (see `protect`).
+    for name in FIGURES:
+        tables = [[getattr(r, name) for r in by_category], [getattr(r, name) for r in by_unit]]
+        if name in ("received", "resolved"):
+            tables.append([getattr(w, name) for w in weeks])
+        shown, tables = protect(getattr(total, name), tables)
+        total = _with(total, **{name: shown})
+        by_category = [_with(r, **{name: v}) for r, v in zip(by_category, tables[0], strict=True)]
+        by_unit = [_with(r, **{name: v}) for r, v in zip(by_unit, tables[1], strict=True)]
+        if len(tables) == 3:
+            weeks = [
+                msgspec.structs.replace(w, **{name: v})
+                for w, v in zip(weeks, tables[2], strict=True)
+            ]
+    return Stats(
+        since=_day(exact.start_ms),
+        until=_day(exact.end_ms - DAY_MS),
+        weeks=weeks,
+        total=total,
+        by_category=by_category,
+        by_unit=by_unit,
+        warnings_received=published(exact.warnings_received),
+        warnings_converted=published(exact.warnings_converted),
+        agreements_executed=published(exact.agreements_executed),
+    )
+
+
+def stats(service: SyncService, user: User) -> Stats:
+    """The published statistics of `user`'s view, now."""
+    return publish(figures(service, user, service.wall_ms()))
+
+
+# -- routes ---------------------------------------------------------------------------------
+
+
+async def published_now(service: SyncService, user: User) -> Stats:
+    """The published statistics of `user`'s view, now (read at once, counted off the loop)."""
+    exact = await figures_at_once(service, user, service.wall_ms())
+    return await anyio.to_thread.run_sync(publish, exact)
+
+
+# The two handlers are async, unlike the console's other reads: they wait on two worker
+# threads reading at once (`figures_at_once`). Each step that touches the store still
+# runs in a worker thread.
+
+
+@get("/console/stats", include_in_schema=False)
+async def stats_page(request: Request) -> Response:
+    current = await anyio.to_thread.run_sync(signed_in, request, "supervisor")
+    data = await published_now(service_of(request), current.user)
+    page = functools.partial(render, request, current, "stats.html", data=data, charts=charts)
+    return await anyio.to_thread.run_sync(page)
+
+
+@get("/api/stats", summary="Statistics of the cases in view, small counts hidden")
+async def stats_api(request: Request) -> Stats:
+    current = await anyio.to_thread.run_sync(signed_in, request, "supervisor")
+    return await published_now(service_of(request), current.user)
+
+
+ROUTES = [stats_page, stats_api]

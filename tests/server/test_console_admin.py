@@ -1,0 +1,174 @@
+"""Devices and users through the real app: last sync, enrolment codes, revocation, refusals."""
+
+import re
+
+import pytest
+
+from server import audit
+from server.console import signin
+from tests.server.conftest import running_office
+from tests.server.test_app import GONGSHU, decode
+from tests.server.test_console import PASSWORD, csrf_of, sign_in, supervisor
+
+CODE = re.compile(r"\b[A-HJ-NP-Z2-9]{12}\b")
+
+
+@pytest.fixture
+def console(tmp_path):
+    with running_office(tmp_path) as office:
+        yield office
+
+
+def admin(office):
+    user = office.directory.add_user("Wang Li", "admin", ["Hangzhou"], office.wall.ms)
+    signin.set_password(office.directory, user.user_id, PASSWORD)
+    return user
+
+
+def signed_in_admin(office):
+    wang = admin(office)
+    assert sign_in(office, wang).status_code == 303
+    return wang, office.http.get("/api/me").json()["csrf"]
+
+
+def test_an_admin_sees_every_device_with_its_last_sync(console):
+    sun = console.enroll("mediator", name="Sun Li")
+    console.wall.tick(60_000)
+    assert (
+        sun.push([sun.change("case", "k-1", {"title": "Drains", "location": GONGSHU})]).status_code
+        == 200
+    )
+    synced_at = console.wall.ms
+    idle = console.enroll("informant", name="Zhao")
+    signed_in_admin(console)
+    page = console.http.get("/api/admin").json()
+    devices = {d["device_id"]: d for d in page["devices"]}
+    assert devices[sun.device_id]["last_seen_ms"] == synced_at
+    assert devices[sun.device_id]["user_name"] == "Sun Li"
+    assert devices[idle.device_id]["last_seen_ms"] is None
+    assert all(d["revoked_at_ms"] is None for d in devices.values())
+    html = console.http.get("/console/admin").text
+    assert "Sun Li" in html and "2026-11-18 11:07 UTC" in html  # the last sync, to the minute
+    assert "Drains" not in html  # no case data on this page
+
+
+def test_an_admin_issues_a_code_shown_once_that_enrols_a_phone(console):
+    he = console.directory.add_user("He Min", "mediator", ["Hangzhou/Gongshu"], console.wall.ms)
+    wang, csrf = signed_in_admin(console)
+    page = console.http.post("/console/admin/codes", data={"csrf": csrf, "user_id": he.user_id})
+    assert page.status_code == 200 and page.headers["cache-control"] == "no-store"
+    (code,) = CODE.findall(page.text)
+    # Only its hash is kept, and the page never shows it again.
+    assert code not in str(console.store.db.execute("SELECT * FROM enrollment_codes").fetchall())
+    assert code not in console.http.get("/console/admin").text
+    phone = console.enroll_with(code)
+    assert phone.enrollment.user_id == he.user_id
+    entry = audit.entries(console.store.db)[-1]
+    assert (entry.actor, entry.action, entry.subject) == (
+        f"user:{wang.user_id}",
+        "issue_code",
+        f"user/{he.user_id}",
+    )
+    assert code not in str(entry.detail)
+
+    issued = console.http.post(
+        "/api/admin/codes", json={"user_id": he.user_id}, headers={"x-csrf-token": csrf}
+    )
+    assert issued.status_code == 200 and CODE.fullmatch(issued.json()["code"])
+    assert console.enroll_with(issued.json()["code"]).enrollment.user_id == he.user_id
+    unknown = console.http.post(
+        "/api/admin/codes", json={"user_id": "u-nobody"}, headers={"x-csrf-token": csrf}
+    )
+    assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_record"
+
+
+def test_an_admin_revokes_a_device_and_its_next_request_is_refused(console):
+    sun = console.enroll("mediator")
+    assert (
+        sun.push([sun.change("case", "k-1", {"title": "Drains", "location": GONGSHU})]).status_code
+        == 200
+    )
+    _, csrf = signed_in_admin(console)
+    answer = console.http.post(
+        f"/console/admin/devices/{sun.device_id}/revoke",
+        data={"csrf": csrf, "reason": "phone lost on the bus"},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303 and answer.headers["location"] == "/console/admin"
+    refused = sun.pull()
+    assert refused.status_code == 403 and decode(refused)["error"] == "revoked_device"
+    entry = audit.entries(console.store.db)[-1]
+    assert (entry.action, entry.subject) == ("revoke", f"device/{sun.device_id}")
+    assert entry.detail == {"reason": "phone lost on the bus", "user_id": sun.enrollment.user_id}
+    # What it pushed before stays, attributed to it.
+    assert console.store.db.execute("SELECT device_id FROM changes").fetchall() == [
+        (sun.device_id,)
+    ]
+    listed = {d["device_id"]: d for d in console.http.get("/api/admin").json()["devices"]}
+    assert listed[sun.device_id]["revoked_at_ms"] == console.wall.ms
+    again = console.http.post(
+        f"/api/admin/devices/{sun.device_id}/revoke", json={}, headers={"x-csrf-token": csrf}
+    )
+    assert again.status_code == 404
+
+
+def test_the_json_twin_revokes_too(console):
+    li = console.enroll("informant")
+    _, csrf = signed_in_admin(console)
+    answer = console.http.post(
+        f"/api/admin/devices/{li.device_id}/revoke",
+        json={"reason": "left the office"},
+        headers={"x-csrf-token": csrf},
+    )
+    assert answer.status_code == 200
+    assert answer.json() == {"device_id": li.device_id, "revoked_at_ms": console.wall.ms}
+    assert decode(li.pull())["error"] == "revoked_device"
+
+
+@pytest.mark.parametrize("token", [None, "forged-token"], ids=["missing", "forged"])
+def test_writes_without_the_sessions_csrf_token_change_nothing(console, token):
+    sun = console.enroll("mediator")
+    he = console.directory.add_user("He Min", "mediator", ["Hangzhou"], console.wall.ms)
+    signed_in_admin(console)
+    stored = console.fingerprint()
+    logged = len(audit.entries(console.store.db))
+    headers = {"x-csrf-token": token} if token else {}
+    form = {"csrf": token} if token else {}
+    writes = [
+        ("/console/admin/codes", {"data": {**form, "user_id": he.user_id}}),
+        ("/api/admin/codes", {"json": {"user_id": he.user_id}, "headers": headers}),
+        (f"/console/admin/devices/{sun.device_id}/revoke", {"data": form}),
+        (f"/api/admin/devices/{sun.device_id}/revoke", {"json": {}, "headers": headers}),
+    ]
+    for path, options in writes:
+        answer = console.http.post(path, follow_redirects=False, **options)
+        assert answer.status_code == 403, (path, answer.text[:200])
+        assert console.fingerprint() == stored, path
+    assert len(audit.entries(console.store.db)) == logged
+    assert sun.pull().status_code == 200  # still enrolled
+
+
+def test_supervisors_are_refused_here_and_admins_on_case_data(console):
+    sun = console.enroll("mediator")
+    sun.push([sun.change("case", "k-1", {"title": "Drains", "location": GONGSHU})])
+    chen = supervisor(console)
+    sign_in(console, chen)
+    csrf = csrf_of(console.http.get("/console/cases"))
+    stored = console.fingerprint()
+    assert console.http.get("/console/admin").status_code == 403
+    assert console.http.get("/api/admin").json()["error"] == "forbidden"
+    revoke = console.http.post(
+        f"/console/admin/devices/{sun.device_id}/revoke", data={"csrf": csrf}
+    )
+    issue = console.http.post(
+        "/api/admin/codes", json={"user_id": chen.user_id}, headers={"x-csrf-token": csrf}
+    )
+    assert (revoke.status_code, issue.status_code) == (403, 403)
+    assert console.fingerprint() == stored
+
+    console.http.cookies.clear()
+    signed_in_admin(console)
+    for path in ("/console/cases", "/console/stats", "/api/stats", "/console/export/cases.csv"):
+        answer = console.http.get(path)
+        assert answer.status_code == 403, path
+        assert "Drains" not in answer.text
