@@ -171,7 +171,7 @@ def _apply(
     for name, (spec, value) in sets.items():
         match spec.policy:
             case StatusMachine() as machine:
-                _check_transition(state, change, name, machine, value)
+                _check_transition(state, change, name, machine, value, spec.default)
             case Sealed(by=by) if any(seen_by(w, change) for w in _appends(state, by)):
                 raise Rejected(Reason.AGREEMENT_SEALED, f"{name} is sealed by a signature")
             case Lww() | Sealed():
@@ -290,13 +290,23 @@ def _convert(value: Any, holder: type[Holder], name: str) -> Any:
 
 
 def _check_transition(
-    state: RecordState, change: Change, name: str, machine: StatusMachine, target: str
+    state: RecordState,
+    change: Change,
+    name: str,
+    machine: StatusMachine,
+    target: str,
+    default: str,
 ) -> None:
-    """Reject a status move that is illegal from the status the device had seen."""
+    """Reject a status move that is illegal from the status the device had seen.
+
+    A record whose status the device never saw set is in the field's default
+    (its first status): it may start in any initial status or move on from
+    the default, as a record created with its default status could.
+    """
     history = [w for w in state.history.get(name, ()) if seen_by(w, change)]
     current = _status_winner(machine, _maximal(history))
     if current is None:
-        if target not in machine.initial:
+        if target not in machine.initial and target not in machine.transitions[default]:
             raise Rejected(Reason.ILLEGAL_TRANSITION, f"{name}: a record cannot start as {target}")
     elif target != current.value and target not in machine.transitions[current.value]:
         raise Rejected(

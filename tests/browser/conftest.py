@@ -81,6 +81,7 @@ def demo(tmp_path_factory):
     yield Demo(url, data, supervisor, supervisor_password, admin, admin_password, process)
     process.terminate()
     process.wait(timeout=10)
+    process.stdout.close()
 
 
 @pytest.fixture(scope="module")

@@ -328,6 +328,19 @@ def test_the_case_state_machine_accepts_its_legal_path():
     assert merge.materialize(merged(changes)).status == "closed"
 
 
+def test_a_record_whose_status_was_never_set_moves_on_from_its_default():
+    warning = ("warning", "w-1")
+    reported = change("inf", 1, set={"description": "Blocked fire lane"}, record=warning)
+    converted = change("office", 2, saw=(reported,), set={"status": "converted"}, record=warning)
+    assert merge.materialize(merged([reported, converted])).status == "converted"
+    # A case never given a status is `new`: it may be referred, not yet mediated.
+    created = change("a", 1, set={"title": "Noise"})
+    referred = change("a", 2, set={"status": "referred"})
+    assert merge.materialize(merged([created, referred])).status == "referred"
+    too_far = change("a", 2, set={"status": "in_mediation"})
+    assert rejection(merged([created]), too_far) == Reason.ILLEGAL_TRANSITION
+
+
 @pytest.mark.parametrize(
     ("path", "target"),
     [
