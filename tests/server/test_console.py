@@ -89,3 +89,21 @@ def test_session_cookies_are_secure_by_default(tmp_path):
         answer = sign_in(office, supervisor(office))
         assert answer.status_code == 303
         assert "; secure" in answer.headers["set-cookie"].lower()
+
+
+def test_a_second_factor_is_required_once_enabled(console):
+    chen = supervisor(console)
+    uri = signin.enable_totp(console.directory, chen)
+    assert uri.startswith("otpauth://totp/") and "secret=" in uri
+    secret = signin._totp_secret(console.directory, chen.user_id)
+    assert secret is not None
+    # The secret is sealed in the store, not kept in clear.
+    (stored,) = console.store.db.execute(
+        "SELECT totp_secret FROM users WHERE user_id = ?", [chen.user_id]
+    ).fetchone()
+    assert secret not in bytes(stored)
+    assert sign_in(console, chen).status_code == 401  # password alone
+    right = signin.totp_code(secret, console.wall.ms // 1000)
+    wrong = f"{(int(right) + 1) % 1_000_000:06d}"
+    assert sign_in(console, chen, code=wrong).status_code == 401
+    assert sign_in(console, chen, code=right).status_code == 303
