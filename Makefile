@@ -22,6 +22,7 @@ bench-agreements: setup
 
 bench-http: setup
 	$(UV) run python -m bench.http_sync
+bench-console: setup ; $(UV) run python -m bench.console
 
 setup: $(UV)
 	$(UV) sync --frozen --quiet

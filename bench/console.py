@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import random
 import statistics
 import sys
@@ -46,7 +47,7 @@ from typing import Any, NamedTuple
 from litestar.testing import TestClient
 
 from bench.apply_changes import machine
-from schemas.changes import Add, Change
+from schemas.changes import Add, Change, Op
 from server.app import create_app
 from server.console import signin
 from server.keys import OfficeKeys
@@ -91,7 +92,14 @@ class Builder:
         self.stamp = 0
         self.phones: list[str] = []
 
-    def change(self, at_ms: int, record_type: str, record_id: str, fields: dict[str, Any], ops=()):
+    def change(
+        self,
+        at_ms: int,
+        record_type: str,
+        record_id: str,
+        fields: dict[str, Any],
+        ops: Sequence[Op] = (),
+    ) -> Change:
         self.stamp += 1
         return Change(
             change_id=f"bench-{self.stamp}",
@@ -299,7 +307,15 @@ def table(timings: Sequence[Timing]) -> str:
     ]
     for t in timings:
         target = f"< {TARGET_MS:.0f}" if t.target else ""
-        met = ("met" if t.p95_ms < TARGET_MS else "missed") if t.target else ""
+        met = ""
+        if t.target:
+            met = (
+                "met"
+                if t.p95_ms < TARGET_MS
+                else "median only"
+                if t.median_ms < TARGET_MS
+                else "missed"
+            )
         lines.append(f"| {t.name} | {t.median_ms:.1f} | {t.p95_ms:.1f} | {target} | {met} |")
     return "\n".join(lines) + "\n"
 
@@ -348,17 +364,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         (changes,) = db.execute("SELECT count(*) FROM changes").fetchone()
         built = time.perf_counter() - began
         print(f"built {in_view:,} cases in view ({changes:,} changes) in {built:.0f} s, untimed")
+        load = os.getloadavg()[0]  # the machine is shared: say how busy it was
         timings = measure(office, folder, args.renders)
         office.service.store.close()
     result = table(timings)
     print()
     print(result)
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; load average {load:.2f} when timing began")
     if args.record:
         when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         note = f" — {args.note}" if args.note else ""
         record(
-            f"### {when}{note}\n\nMachine: {machine()}. {in_view:,} cases in view,"
+            f"### {when}{note}\n\nMachine: {machine()}; load average {load:.2f}."
+            f" {in_view:,} cases in view,"
             f" {args.renders} renders each.\n\n    uv run python -m bench.console"
             f"{' --cases ' + str(args.cases) if args.cases != 100_000 else ''}\n\n{result}"
         )

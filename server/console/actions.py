@@ -22,6 +22,11 @@ from sync.errors import InvalidAction
 DEVICE_PREFIX = "console:"
 
 
+def _(message: str) -> str:
+    """Marks a message for translation; pages translate it when they show it."""
+    return message
+
+
 def console_device(user: User) -> str:
     return f"{DEVICE_PREFIX}{user.user_id}"
 
@@ -38,7 +43,7 @@ def office_change(
 ) -> ChangeResult:
     """Apply one change for `user` and audit it as `action`; `InvalidAction` if refused."""
     if not reason.strip():
-        raise InvalidAction("a reason is required")
+        raise InvalidAction(_("a reason is required"))
     key = (record_type, record_id)
     with service.store.transaction():
         # Read inside the transaction: a push landing in between is seen, and superseded

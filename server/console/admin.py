@@ -44,6 +44,11 @@ CODE_TTL_MS = 24 * 3600_000  # as `lianxin code` issues them
 T = TypeVar("T")
 
 
+def _(message: str) -> str:
+    """Marks a message for translation; pages translate it when they show it."""
+    return message
+
+
 def when(ms: int | None) -> str:
     """A moment as the page shows it: UTC, to the minute."""
     if ms is None:
@@ -132,7 +137,7 @@ def admin_page(service: SyncService, offset: int = 0) -> AdminPage:
 def issue_code(service: SyncService, admin: User, user_id: str) -> IssuedCode:
     """A new one-time enrolment code for `user_id`, audited; `UnknownRecord` if no such user."""
     if service.directory.user(user_id) is None:
-        raise UnknownRecord(f"no user {user_id}")
+        raise UnknownRecord(_("no such user"))
     now = service.wall_ms()
     with service.store.transaction():
         code = service.directory.issue_code(user_id, now, CODE_TTL_MS)
@@ -153,7 +158,7 @@ def revoke(service: SyncService, admin: User, device_id: str, reason: str) -> Re
     with service.store.transaction():
         device = service.directory.device(device_id)
         if device is None or not service.directory.revoke(device_id, now):
-            raise UnknownRecord(f"no active device {device_id}")
+            raise UnknownRecord(_("no such device, or it is revoked already"))
         audit.append(
             service.store.db,
             now,
@@ -195,7 +200,10 @@ async def issue_code_form(request: Request) -> Response:
     work = functools.partial(issue_code, service, current.user, fields.get("user_id", "").strip())
     issued = await anyio.to_thread.run_sync(work)
     data = await anyio.to_thread.run_sync(admin_page, service)
-    return render(request, current, "admin.html", data=data, when=when, issued=issued)
+    page = functools.partial(
+        render, request, current, "admin.html", data=data, when=when, issued=issued
+    )
+    return await anyio.to_thread.run_sync(page)
 
 
 @post("/api/admin/codes", status_code=200, summary="Issue a one-time enrolment code (X-CSRF-Token)")

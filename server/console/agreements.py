@@ -77,7 +77,7 @@ def _visible_agreement(service: SyncService, user_id: str, agreement_id: str) ->
     key = ("agreement", agreement_id)
     state = service.store.states([key]).get(key)
     if state is None or not visible(service, user_id, *key):
-        raise UnknownRecord(f"no agreement {agreement_id} in your view")
+        raise UnknownRecord(_("no such agreement in your view"))
     agreement = materialize(state)
     assert isinstance(agreement, Agreement)
     return agreement
@@ -131,7 +131,7 @@ def check(
     accepted the signature before, and that is what counts.
     """
     if device is None:
-        return UNKNOWN_DEVICE, f"device {signature.device_id} is not in the directory"
+        return UNKNOWN_DEVICE, _("its device is not in the office's directory")
     refused = agreements.check_signature(
         agreement_id, agreement, signature, device.signing_key, device.user.user_id
     )
@@ -218,7 +218,7 @@ def _refused_one(
         )
     device = service.directory.device(signature.device_id or "")
     if device is not None and device.revoked_at_ms is not None:
-        reason, detail = REVOKED_DEVICE, f"device {signature.device_id} is revoked"
+        reason, detail = REVOKED_DEVICE, _("its device is revoked")
     else:
         reason, detail = check(agreement_id, agreement, signature, device)
     if not reason:
@@ -316,7 +316,7 @@ def export(service: SyncService, user_id: str, agreement_id: str) -> bytes:
     _visible_agreement(service, user_id, agreement_id)
     bundle = office_agreements.bundle(service.directory, service.keys, agreement_id)
     if bundle is None:
-        raise UnknownRecord(f"no agreement {agreement_id} in your view")
+        raise UnknownRecord(_("no such agreement in your view"))
     data = agreements.export_bundle(bundle)
     with service.store.transaction():
         audit.append(

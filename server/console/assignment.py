@@ -78,7 +78,7 @@ def _visible_case(service: SyncService, user_id: str, case_id: str) -> Case:
     key = ("case", case_id)
     state = service.store.states([key]).get(key)
     if state is None or not visible(service, user_id, *key):
-        raise UnknownRecord(f"no case {case_id} in your view")
+        raise UnknownRecord(_("no such case in your view"))
     case = materialize(state)
     assert isinstance(case, Case)
     return case
@@ -124,10 +124,10 @@ def assign(
         allowed = {m.user_id for m in mediators_covering(service, org_unit(case.location))}
         for mediator in adding:
             if mediator not in allowed:
-                raise InvalidAction(f"{mediator} is not a mediator of this case's area")
+                raise InvalidAction(_("only a mediator of the case's area may be added"))
         for mediator in removing:
             if mediator not in case.mediators:
-                raise InvalidAction(f"{mediator} is not assigned to this case")
+                raise InvalidAction(_("only a mediator assigned to the case may be removed"))
         ops: list[Op] = [
             *(Add(field="mediators", value=m) for m in adding),
             *(Remove(field="mediators", value=m) for m in removing),

@@ -39,6 +39,11 @@ FILTERS = {
 }
 
 
+def _(message: str) -> str:
+    """Marks a message for translation; pages translate it when they show it."""
+    return message
+
+
 def today(service: SyncService) -> str:
     return datetime.fromtimestamp(service.wall_ms() / 1000, UTC).date().isoformat()
 
@@ -105,7 +110,7 @@ def case_page(service: SyncService, user_id: str, case_id: str) -> CasePage:
     key = ("case", case_id)
     state = service.store.states([key]).get(key)
     if state is None or not visible(service, user_id, *key):
-        raise UnknownRecord(f"no case {case_id} in your view")
+        raise UnknownRecord(_("no such case in your view"))
     case = materialize(state)
     assert isinstance(case, Case)
     parties = service.store.states(("party", p) for p in case.parties)
@@ -165,7 +170,7 @@ def timeline(service: SyncService, key: tuple[str, str]) -> list[TimelineEntry]:
     names: dict[str, str | None] = {}
     entries = []
     for row, raw in zip(rows, raws, strict=True):
-        seq, change_id, device_id, hlc, status, batch_id, _, manifest, sig, public, user_id = row
+        seq, change_id, device_id, hlc, status, batch_id, _raw, manifest, sig, public, user_id = row
         if raw is None:
             continue
         change = msgspec.msgpack.decode(raw)
@@ -201,18 +206,18 @@ def _attributed(
 ) -> tuple[bool, str]:
     """Whether the change's device signed a manifest naming exactly these bytes."""
     if batch_id is None or manifest is None or signature is None or public_key is None:
-        return False, "made by the office, not pushed by a device"
+        return False, _("made by the office, not pushed by a device")
     head = b"\n".join([signing.BATCH_PURPOSE, device_id.encode(), batch_id.encode()]) + b"\n"
     hashes = manifest[len(head) :]
     digest = signing.digest(raw)
     if not manifest.startswith(head) or not any(
         hashes[i : i + 32] == digest for i in range(0, len(hashes), 32)
     ):
-        return False, "its bytes are not in the batch manifest"
+        return False, _("its bytes are not in the batch manifest")
     try:
         signing.verify(public_key, signature, manifest, "batch")
     except BadSignature:
-        return False, "the batch signature does not verify"
+        return False, _("the batch signature does not verify")
     return True, ""
 
 

@@ -65,6 +65,9 @@ def weekly(weeks: Sequence[Week], _: Translate) -> Markup:
     values = [_number(v) for w in weeks for v in (w.received, w.resolved)]
     ceiling = nice_ceiling(max((v for v in values if v is not None), default=0))
     slot = plot_w / max(len(weeks), 1)
+    # Marked outside the f-strings below, where message extraction cannot see them.
+    received_word, resolved_word = escape(_("Received")), escape(_("Resolved"))
+    fewer_word = escape(_("fewer than 5"))
 
     def y(value: float) -> float:
         return top + plot_h - value / ceiling * plot_h
@@ -80,7 +83,7 @@ def weekly(weeks: Sequence[Week], _: Translate) -> Markup:
     for n, week in enumerate(weeks):
         x = left + n * slot
         received = _number(week.received)
-        tip = f"{escape(week.start)} · {escape(_('Received'))}: {escape(shown(week.received, _))}"
+        tip = f"{escape(week.start)} · {received_word}: {escape(shown(week.received, _))}"
         if week.received == WITHHELD:
             body.append(_withheld_mark(x + slot / 2, y(0), tip))
         elif received is None:
@@ -116,27 +119,27 @@ def weekly(weeks: Sequence[Week], _: Translate) -> Markup:
             )
             run = []
         if n < len(weeks) and weeks[n].resolved == SUPPRESSED:
-            tip = f"{escape(weeks[n].start)} · {escape(_('Resolved'))}: {SUPPRESSED}"
+            tip = f"{escape(weeks[n].start)} · {resolved_word}: {SUPPRESSED}"
             body.append(
                 f'<circle cx="{left + n * slot + slot / 2:.1f}" cy="{y(BAND / 2):.1f}" r="3"'
                 f' fill="#fff" stroke="{RESOLVED}"><title>{tip}</title></circle>'
             )
     for n, point in enumerate(points):
         if point is not None:
-            tip = f"{escape(weeks[n].start)} · {escape(_('Resolved'))}: {weeks[n].resolved}"
+            tip = f"{escape(weeks[n].start)} · {resolved_word}: {weeks[n].resolved}"
             body.append(
                 f'<circle cx="{point[0]:.1f}" cy="{point[1]:.1f}" r="3" fill="{RESOLVED}">'
                 f"<title>{tip}</title></circle>"
             )
     body.append(
         f'<rect x="{left}" y="6" width="12" height="12" fill="{RECEIVED}"/>'
-        f'<text x="{left + 16}" y="16" fill="{INK}">{escape(_("Received"))}</text>'
+        f'<text x="{left + 16}" y="16" fill="{INK}">{received_word}</text>'
         f'<line x1="{left + 110}" x2="{left + 130}" y1="12" y2="12" stroke="{RESOLVED}"'
         f' stroke-width="2"/><text x="{left + 136}" y="16" fill="{INK}">'
-        f"{escape(_('Resolved'))}</text>"
+        f"{resolved_word}</text>"
         f'<rect x="{left + 230}" y="6" width="12" height="12" fill="none" stroke="{RECEIVED}"'
         f' stroke-dasharray="3 2"/><text x="{left + 246}" y="16" fill="{INK}">'
-        f"{escape(_('fewer than 5'))}</text>"
+        f"{fewer_word}</text>"
     )
     return _svg(width, height, _("Cases received and resolved per week"), body)
 
@@ -149,12 +152,13 @@ def bars(rows: Sequence[Row], label: str, empty: str, _: Translate) -> Markup:
     plot_w = width - left - right
     numbers = [_number(row.received) for row in rows]
     ceiling = nice_ceiling(max((v for v in numbers if v is not None), default=0))
+    received_word = escape(_("Received"))  # marked outside the f-string, for extraction
     body = []
     for n, (row, value) in enumerate(zip(rows, numbers, strict=True)):
         y = top + n * row_h
         name = row.key or empty
         short = name if len(name) <= 28 else "…" + name[-27:]
-        tip = f"{escape(name)} · {escape(_('Received'))}: {escape(shown(row.received, _))}"
+        tip = f"{escape(name)} · {received_word}: {escape(shown(row.received, _))}"
         body.append(
             f'<text x="{left - 8}" y="{y + 16}" text-anchor="end" fill="{INK}">'
             f"<title>{escape(name)}</title>{escape(short)}</text>"

@@ -108,12 +108,14 @@ def case_listing(service: SyncService, current: Session, query: Mapping[str, str
     given = {name: value for name in cases.FILTERS if (value := query.get(name, ""))}
     params = {**given, "user": current.user.user_id, "today": cases.today(service)}
     where = " AND ".join(["1", *(cases.FILTERS[name] for name in given)])
-    found = service.store.db.execute(
-        f"SELECT ci.case_id, ci.status, ci.org_unit, ci.category, ci.mediators, ci.households,"
-        f" ci.priority, {cases.DUE}, {cases.OVERDUE}, ci.received_ms{cases.FROM} WHERE {where}"
-        " ORDER BY ci.received_ms DESC, ci.case_id",
-        params,
-    ).fetchall()
+    # On a read connection: a whole district's list must not hold up the writer meanwhile.
+    with service.store.snapshot() as conn:
+        found = conn.execute(
+            f"SELECT ci.case_id, ci.status, ci.org_unit, ci.category, ci.mediators, ci.households,"
+            f" ci.priority, {cases.DUE}, {cases.OVERDUE}, ci.received_ms{cases.FROM}"
+            f" WHERE {where} ORDER BY ci.received_ms DESC, ci.case_id",
+            params,
+        ).fetchall()
     return Listing(list(_case_rows(service, found)), given)
 
 
@@ -259,8 +261,8 @@ def conflicts_listing(service: SyncService, current: Session, query: Mapping[str
 
 def _author(author: Any) -> object:
     if author.office:
-        return Message("the office")
-    return author.user_name or Message("unknown user")
+        return _("the office")
+    return author.user_name or _("unknown user")
 
 
 def _candidates(conflict: Any) -> str:
@@ -355,7 +357,7 @@ def export(service: SyncService, current: Session, name: str, query: Mapping[str
     """The rows of list `name` for `current`, audited; `UnknownRecord` for no such list."""
     chosen = EXPORTS.get(name)
     if chosen is None:
-        raise UnknownRecord(f"no list {name!r} to export")
+        raise UnknownRecord(_("no such list to export"))
     listing = chosen.listing(service, current, query)
     with service.store.transaction():
         audit.append(
@@ -375,7 +377,7 @@ def export_csv(request: Request, name: FromPath[str]) -> Response:
     current = signed_in(request, "supervisor")
     list_name = name.removesuffix(".csv")
     if list_name == name:
-        raise UnknownRecord(f"no export {name!r}: ask for <list>.csv")
+        raise UnknownRecord(_("no such list to export"))
     service = service_of(request)
     query = {key: request.query_params.get(key, "") for key in request.query_params}
     listing = export(service, current, list_name, query)

@@ -36,6 +36,11 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("not a password")
 
 
+def _(message: str) -> str:
+    """Marks a message for translation; pages translate it when they show it."""
+    return message
+
+
 class Session(NamedTuple):
     user: User
     csrf: str
@@ -119,7 +124,7 @@ def sign_in(
             directory.db.conn.executemany(
                 "INSERT INTO login_failures (who, at_ms) VALUES (?, ?)", [(w, now_ms) for w in who]
             )
-        raise BadCredentials("wrong user, password or code")
+        raise BadCredentials(_("wrong user, password or code"))
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     with directory.store.transaction():
         if stored and _hasher.check_needs_rehash(stored):
@@ -154,19 +159,19 @@ def _check_rate(directory: Directory, settings: Settings, who: list[str], now_ms
             "SELECT count(*) FROM login_failures WHERE who = ? AND at_ms > ?", [name, since]
         ).fetchone()
         if failures >= settings.login_max_failures:
-            raise RateLimited("too many failed sign-ins; try again later")
+            raise RateLimited(_("too many failed sign-ins; try again later"))
 
 
 def session(directory: Directory, settings: Settings, token: str | None, now_ms: int) -> Session:
     """The live session of a cookie token; `NotSignedIn` if none, it expired, or access ended."""
     if not token:
-        raise NotSignedIn("sign in first")
+        raise NotSignedIn(_("sign in first"))
     row = directory.db.execute(
         "SELECT user_id, csrf, created_ms, seen_ms FROM sessions WHERE token_hash = ?",
         [_digest(token)],
     ).fetchone()
     if row is None:
-        raise NotSignedIn("sign in first")
+        raise NotSignedIn(_("sign in first"))
     user_id, csrf, created_ms, seen_ms = row
     user = directory.user(user_id)
     idle = now_ms - seen_ms > settings.session_idle_s * 1000
@@ -174,7 +179,7 @@ def session(directory: Directory, settings: Settings, token: str | None, now_ms:
     if user is None or user.role not in CONSOLE_ROLES or idle or old:
         with directory.store.transaction():
             directory.db.execute("DELETE FROM sessions WHERE token_hash = ?", [_digest(token)])
-        raise NotSignedIn("the session has expired; sign in again")
+        raise NotSignedIn(_("the session has expired; sign in again"))
     with directory.store.transaction():
         directory.db.execute(
             "UPDATE sessions SET seen_ms = ? WHERE token_hash = ?", [now_ms, _digest(token)]
@@ -184,7 +189,7 @@ def session(directory: Directory, settings: Settings, token: str | None, now_ms:
 
 def check_csrf(current: Session, given: str | None) -> None:
     if not given or not hmac.compare_digest(given, current.csrf):
-        raise CsrfRefused("missing or wrong CSRF token; reload the page")
+        raise CsrfRefused(_("missing or wrong CSRF token; reload the page"))
 
 
 def sign_out(directory: Directory, current: Session, everywhere: bool = False) -> None:

@@ -116,31 +116,31 @@ IN_VIEW = (
     " FROM case_index ci CROSS JOIN access a ON a.user_id = :user AND a.record_type = 'case'"
     " AND a.record_id = ci.case_id"
 )
-# The cases in view received in the period, read once (materialised), counted by
-# category and org unit and by week. CROSS JOIN keeps SQLite reading the period's
-# range of the index first and looking each case up in `access`: a supervisor's view
-# holds every year of cases, the period only half a year of them.
-RECEIVED_SQL = f"""
-WITH fresh AS MATERIALIZED (
+# The cases in view received or resolved in the period, read once (materialised) and
+# counted by category and org unit (with how long each resolved one took: a list, for
+# the medians) and by week. CROSS JOIN keeps SQLite reading the period's ranges of the
+# two indexes first and looking each case up in `access`: a supervisor's view holds
+# every year of cases, the period only half a year of them.
+PERIOD_SQL = f"""
+WITH period AS MATERIALIZED (
   SELECT coalesce(ci.category, '') AS category, ci.org_unit AS unit,
-    (ci.received_ms - :start) / :week AS week, ci.status IN {RESOLVED} AS settled
-  {IN_VIEW} WHERE ci.received_ms >= :start AND ci.received_ms < :end
+    ci.received_ms AS received_ms, ci.resolved_ms AS resolved_ms,
+    ci.status IN {RESOLVED} AS settled,
+    (ci.received_ms >= :start AND ci.received_ms < :end) AS fresh,
+    coalesce(ci.resolved_ms >= :start AND ci.resolved_ms < :end, 0) AS done
+  {IN_VIEW}
+  WHERE (ci.received_ms >= :start AND ci.received_ms < :end)
+    OR (ci.resolved_ms >= :start AND ci.resolved_ms < :end)
 )
-SELECT category, unit, NULL, count(*), sum(settled) FROM fresh GROUP BY category, unit
+SELECT category, unit, NULL, sum(fresh), sum(fresh AND settled), sum(done),
+  group_concat(CASE WHEN done THEN resolved_ms - received_ms END)
+FROM period GROUP BY category, unit
 UNION ALL
-SELECT NULL, NULL, week, count(*), 0 FROM fresh GROUP BY week
-"""
-# The cases in view resolved in the period, counted by category and org unit with how
-# long each took (a list, for the medians), and by week.
-RESOLVED_SQL = f"""
-WITH done AS MATERIALIZED (
-  SELECT coalesce(ci.category, '') AS category, ci.org_unit AS unit,
-    (ci.resolved_ms - :start) / :week AS week, ci.resolved_ms - ci.received_ms AS took
-  {IN_VIEW} WHERE ci.resolved_ms >= :start AND ci.resolved_ms < :end
-)
-SELECT category, unit, NULL, count(*), group_concat(took) FROM done GROUP BY category, unit
+SELECT NULL, 'received', (received_ms - :start) / :week, count(*), 0, 0, NULL
+FROM period WHERE fresh GROUP BY 3
 UNION ALL
-SELECT NULL, NULL, week, count(*), NULL FROM done GROUP BY week
+SELECT NULL, 'resolved', (resolved_ms - :start) / :week, count(*), 0, 0, NULL
+FROM period WHERE done GROUP BY 3
 """
 # The repeats among the cases in view received in the period.
 REPEATS_SQL = f"""
@@ -220,8 +220,7 @@ Rows = list[tuple[Any, ...]]
 class Reads(NamedTuple):
     """What the statistics read from the store, before any counting in Python."""
 
-    received: Rows
-    resolved: Rows
+    period: Rows
     warnings: tuple[int, int]
     agreements: int
 
@@ -236,8 +235,7 @@ def _read_cases(service: SyncService, params: dict[str, Any]) -> Reads:
     read on the writer's connection would hold up every push behind it)."""
     with service.store.snapshot() as conn:
         return Reads(
-            received=conn.execute(RECEIVED_SQL, params).fetchall(),
-            resolved=conn.execute(RESOLVED_SQL, params).fetchall(),
+            period=conn.execute(PERIOD_SQL, params).fetchall(),
             warnings=conn.execute(WARNINGS_SQL, params).fetchone(),
             agreements=conn.execute(AGREEMENTS_SQL, params).fetchone()[0],
         )
@@ -251,89 +249,97 @@ def _read_repeats(service: SyncService, params: dict[str, Any]) -> Rows:
 def figures(service: SyncService, user: User, now_ms: int, weeks: int = WEEKS) -> Figures:
     """The exact statistics of the cases `user` may see, over the `weeks` weeks up to `now_ms`."""
     params = _params(user, now_ms, weeks)
-    return _count(user, params, weeks, _read_cases(service, params), _read_repeats(service, params))
+    counted = _cases(service, user, params, weeks)
+    return _with_repeats(counted, user, _read_repeats(service, params))
 
 
 async def figures_at_once(
     service: SyncService, user: User, now_ms: int, weeks: int = WEEKS
 ) -> Figures:
     """`figures`, with the repeats (the office-wide part) read on a second worker thread and
-    read connection while the rest is read: SQLite runs one statement on one core.
+    read connection while the rest is read and counted: SQLite runs a statement on one core.
 
     The two reads are two snapshots: a batch committed in between may count in one and
     not the other, as it would a moment later anyway. Every table that splits a figure
     comes from the same read as its total, which is what `protect` relies on.
     """
     params = _params(user, now_ms, weeks)
-    cases: list[Reads] = []
+    counted: list[Figures] = []
     repeats: list[Rows] = []
 
-    async def read_cases() -> None:
-        cases.append(await anyio.to_thread.run_sync(_read_cases, service, params))
+    async def count_cases() -> None:
+        counted.append(await anyio.to_thread.run_sync(_cases, service, user, params, weeks))
 
     async def read_repeats() -> None:
         repeats.append(await anyio.to_thread.run_sync(_read_repeats, service, params))
 
     async with anyio.create_task_group() as group:
-        group.start_soon(read_cases)
+        group.start_soon(count_cases)
         group.start_soon(read_repeats)
-    return _count(user, params, weeks, cases[0], repeats[0])
+    return _with_repeats(counted[0], user, repeats[0])
 
 
-def _count(
-    user: User, params: dict[str, Any], weeks: int, reads: Reads, repeat_rows: Rows
-) -> Figures:
-    """The rows read, added up by category, by sub-unit, by week and in all."""
-    start = params["start"]
-    total = Tally()
-    by_category: dict[str, Tally] = {}
-    by_unit: dict[str, Tally] = {}
-    units: dict[str | None, str] = {}
+class _Groups:
+    """Adds rows of (category, org unit, ...) into the total, the category and the sub-unit."""
 
-    def tallies(category: str, unit: str | None) -> tuple[Tally, Tally, Tally]:
-        if unit not in units:
-            units[unit] = sub_unit(unit, user.org_units)
+    def __init__(self, user: User, figures: Figures) -> None:
+        self.user = user
+        self.figures = figures
+        self.units: dict[str | None, str] = {}
+
+    def __call__(self, category: str, unit: str | None) -> tuple[Tally, Tally, Tally]:
+        if unit not in self.units:
+            self.units[unit] = sub_unit(unit, self.user.org_units)
         return (
-            total,
-            by_category.setdefault(category, Tally()),
-            by_unit.setdefault(units[unit], Tally()),
+            self.figures.total,
+            self.figures.by_category.setdefault(category, Tally()),
+            self.figures.by_unit.setdefault(self.units[unit], Tally()),
         )
 
-    received_by_week: dict[int, int] = {}
-    for category, unit, week, count, settled in reads.received:
-        if category is None:
-            received_by_week[week] = count
-            continue
-        for tally in tallies(category, unit):
-            tally.received += count
-            tally.received_resolved += settled
-    resolved_by_week: dict[int, int] = {}
-    for category, unit, week, count, took in reads.resolved:
-        if category is None:
-            resolved_by_week[week] = count
-            continue
-        durations = [int(ms) for ms in took.split(",")]
-        for tally in tallies(category, unit):
-            tally.resolved += count
-            tally.durations_ms.extend(durations)
-    for category, unit, count in repeat_rows:
-        for tally in tallies(category, unit):
-            tally.repeats += count
+
+def _cases(service: SyncService, user: User, params: dict[str, Any], weeks: int) -> Figures:
+    """Everything but the repeats, read and added up (the durations sorted, for the medians)."""
+    reads = _read_cases(service, params)
+    start = params["start"]
     warnings_received, warnings_converted = reads.warnings
-    return Figures(
+    counted = Figures(
         start_ms=start,
         end_ms=params["end"],
-        weeks=[
-            (start + n * WEEK_MS, received_by_week.get(n, 0), resolved_by_week.get(n, 0))
-            for n in range(weeks)
-        ],
-        total=total,
-        by_category=by_category,
-        by_unit=by_unit,
+        weeks=[],
+        total=Tally(),
+        by_category={},
+        by_unit={},
         warnings_received=warnings_received,
         warnings_converted=warnings_converted,
         agreements_executed=reads.agreements,
     )
+    groups = _Groups(user, counted)
+    by_week: dict[str, dict[int, int]] = {"received": {}, "resolved": {}}
+    for category, unit, week, fresh, settled, done, took in reads.period:
+        if category is None:  # a week's count: `unit` says of what
+            by_week[unit][week] = fresh
+            continue
+        durations = [int(ms) for ms in took.split(",")] if took else []
+        for tally in groups(category, unit):
+            tally.received += fresh
+            tally.received_resolved += settled
+            tally.resolved += done
+            tally.durations_ms.extend(durations)
+    for tally in (counted.total, *counted.by_category.values(), *counted.by_unit.values()):
+        tally.durations_ms.sort()
+    counted.weeks = [
+        (start + n * WEEK_MS, by_week["received"].get(n, 0), by_week["resolved"].get(n, 0))
+        for n in range(weeks)
+    ]
+    return counted
+
+
+def _with_repeats(counted: Figures, user: User, repeat_rows: Rows) -> Figures:
+    groups = _Groups(user, counted)
+    for category, unit, count in repeat_rows:
+        for tally in groups(category, unit):
+            tally.repeats += count
+    return counted
 
 
 # -- published figures (what every page, API answer and export shows) -----------------------

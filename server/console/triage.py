@@ -172,7 +172,7 @@ def _visible_warning(service: SyncService, user_id: str, warning_id: str) -> Ear
     key = ("warning", warning_id)
     state = service.store.states([key]).get(key)
     if state is None or not visible(service, user_id, *key):
-        raise UnknownRecord(f"no warning {warning_id} in your view")
+        raise UnknownRecord(_("no such warning in your view"))
     warning = materialize(state)
     assert isinstance(warning, EarlyWarning)
     return warning
@@ -214,14 +214,12 @@ def _answerable(
     ids = list(dict.fromkeys([warning_id, *(a for a in also if a)]))
     warnings = {i: _visible_warning(service, user.user_id, i) for i in ids}
     first = warnings[warning_id]
-    for other, warning in warnings.items():
+    for warning in warnings.values():
         if warning.status not in NEW:
-            raise InvalidAction(f"warning {other} was answered already ({warning.status})")
+            raise InvalidAction(_("one of these warnings was answered already; reload the page"))
         same_place = org_unit(warning.location) == org_unit(first.location)
         if not same_place or warning.category != first.category:
-            raise InvalidAction(
-                f"warning {other} is of another place or category than {warning_id}"
-            )
+            raise InvalidAction(_("warnings answered together must be of one place and category"))
     return warnings
 
 

@@ -35,6 +35,11 @@ LANGUAGES = {"zh-CN": "中文", "en": "English"}
 DEFAULT_LANGUAGE = "zh-CN"
 
 
+def _(message: str) -> str:
+    """Marks a message for translation; pages translate it when they show it."""
+    return message
+
+
 @functools.cache
 def translations(language: str) -> gettext.NullTranslations:
     """The message catalog of `language` (English is the source language)."""
@@ -76,7 +81,7 @@ def signed_in(request: Request, *roles: str) -> Session:
         service.directory, service.settings, request.cookies.get(COOKIE), now_ms(request)
     )
     if roles and current.user.role not in roles:
-        raise Forbidden(f"a {current.user.role} may not open this page")
+        raise Forbidden(_("this page is not for your role"))
     return current
 
 
@@ -111,11 +116,16 @@ def render(
     """A page in the user's language, with what the layout needs."""
     language = language_of(current, request)
     words = translations(language)
+
+    def gettext(message: str) -> str:
+        # gettext("") answers the catalog's header: a value left empty shows empty.
+        return words.gettext(message) if message else message
+
     env = environment()
     page = env.get_template(template).render(
-        _=words.gettext,
+        _=gettext,
         ngettext=words.ngettext,
-        gettext=words.gettext,
+        gettext=gettext,
         language=language,
         languages=LANGUAGES,
         user=current.user if current else None,

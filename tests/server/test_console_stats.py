@@ -26,6 +26,15 @@ def console(tmp_path):
         yield office
 
 
+def read_in_english(office, user):
+    """Sign `user` in, reading the console in English (its default language is zh-CN)."""
+    with office.store.transaction():
+        office.store.db.execute(
+            "UPDATE users SET language = 'en' WHERE user_id = ?", [user.user_id]
+        )
+    sign_in(office, user)
+
+
 def service_of(office):
     return office.http.app.state.service
 
@@ -79,7 +88,7 @@ def test_weekly_counts_are_exact_inside_and_published_outside(console):
     }
     assert list(exact.by_unit) == ["Hangzhou/Gongshu/Mishixiang"]
 
-    sign_in(console, chen)
+    read_in_english(console, chen)
     answer = console.http.get("/api/stats").json()
     weeks = [(w["start"], w["received"], w["resolved"]) for w in answer["weeks"][-3:]]
     assert weeks == [("2026-11-02", 5, "<5"), ("2026-11-09", "<5", "<5"), ("2026-11-16", "<5", 5)]
@@ -95,7 +104,7 @@ def test_weekly_counts_are_exact_inside_and_published_outside(console):
 def test_counts_under_5_never_show_in_page_json_or_csv(console):
     known_weeks(console)
     chen = supervisor(console)
-    sign_in(console, chen)
+    read_in_english(console, chen)
     answer = console.http.get("/api/stats").json()
     shown = [answer["warnings_received"], answer["agreements_executed"], answer["total"]["repeats"]]
     for row in answer["by_category"] + answer["by_unit"] + [answer["total"]]:
@@ -123,7 +132,7 @@ def test_another_districts_cases_are_never_counted(console):
     exact = stats.figures(service_of(console), xihu, console.wall.ms)
     assert (exact.total.received, exact.total.resolved) == (1, 0)
     assert list(exact.by_unit) == ["Hangzhou/Xihu/Beishan"]
-    sign_in(console, xihu)
+    read_in_english(console, xihu)
     answer = console.http.get("/api/stats").json()
     assert answer["total"]["received"] == "<5"
     assert [row["key"] for row in answer["by_category"]] == ["noise"]
@@ -136,7 +145,7 @@ def test_a_total_that_would_reveal_its_small_cells_is_withheld(console):
     push_cases(sun, [f"k-a{n}" for n in range(4)], {"location": GONGSHU}, "b-1")
     push_cases(sun, [f"k-b{n}" for n in range(4)], {"location": XIAOHE}, "b-2")
     chen = supervisor(console)
-    sign_in(console, chen)
+    read_in_english(console, chen)
     answer = console.http.get("/api/stats").json()
     assert [row["received"] for row in answer["by_unit"]] == ["<5", "<5"]
     assert answer["total"]["received"] == "withheld"
@@ -333,3 +342,20 @@ def test_no_suppressed_cell_is_ever_recoverable_from_what_is_shown(data):
                 if any(t - v >= 0 and (rest is None or t - v in rest) for t in totals)
             }
             assert len(candidates) >= 2, (categories, units, weeks, shown)
+
+
+def test_the_charts_are_inline_svg_with_every_label_escaped(console):
+    sun = console.enroll("mediator", org_units=["Hangzhou"])
+    category = '<script>alert("x")</script>'
+    push_cases(
+        sun, [f"k-{n}" for n in range(6)], {"location": GONGSHU, "category": category}, "b-1"
+    )
+    chen = supervisor(console)
+    read_in_english(console, chen)
+    page = console.http.get("/console/stats")
+    assert page.status_code == 200
+    assert page.text.count("<svg") == 2 and "<script" not in page.text
+    assert "&lt;script&gt;" in page.text
+    # The page runs no script at all: the charts are drawn on the server.
+    assert "script-src" not in page.headers["content-security-policy"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]

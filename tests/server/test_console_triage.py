@@ -25,7 +25,11 @@ def supervisor(office, org_units=("Hangzhou/Gongshu",)):
 
 
 def sign_in(office, user):
-    """Sign `user` in to the console; the session's CSRF token."""
+    """Sign `user` in, reading the console in English (its default is zh-CN); the CSRF token."""
+    with office.store.transaction():
+        office.store.db.execute(
+            "UPDATE users SET language = 'en' WHERE user_id = ?", [user.user_id]
+        )
     office.http.cookies.clear()
     answer = office.http.post(
         "/console/login",
