@@ -20,6 +20,7 @@ from schemas.records import Agreement, Receipt, Signature
 from schemas.state import RecordState
 from server.keys import OfficeKeys
 from server.storage.directory import Directory
+from server.storage.index import index_records
 from server.storage.sqlite import SqliteStore
 from sync import agreements
 from sync.agreements import Bundle, SigningDevice
@@ -116,20 +117,21 @@ def execute_ready(
         agreement = materialize(state)
         assert isinstance(agreement, Agreement)
         if agreement.status == "draft" and agreement.signatures:
-            state = _office_change(store, keys, clock, state, {"status": "collecting"})
+            state = _office_change(store, keys, clock, state, {"status": "collecting"}, now_ms)
             agreement = materialize(state)
             assert isinstance(agreement, Agreement)
         if agreement.status == "collecting" and agreements.is_complete(key[1], agreement):
             receipt = _receipt(keys, key[1], agreement, store.last_seq() + 1, now_ms)
             receipt_value = msgspec.to_builtins(receipt)
-            _office_change(
-                store, keys, clock, state, {"status": "executed", "receipt": receipt_value}
-            )
+            executed = {"status": "executed", "receipt": receipt_value}
+            _office_change(store, keys, clock, state, executed, now_ms)
             if agreement.supersedes:
-                _supersede(store, keys, clock, agreement.supersedes)
+                _supersede(store, keys, clock, agreement.supersedes, now_ms)
 
 
-def _supersede(store: SqliteStore, keys: OfficeKeys, clock: Clock, agreement_id: str) -> None:
+def _supersede(
+    store: SqliteStore, keys: OfficeKeys, clock: Clock, agreement_id: str, now_ms: int
+) -> None:
     key = ("agreement", agreement_id)
     state = store.states([key]).get(key)
     if state is None:
@@ -138,7 +140,7 @@ def _supersede(store: SqliteStore, keys: OfficeKeys, clock: Clock, agreement_id:
     assert isinstance(old, Agreement)
     ends = {"executed": "superseded", "draft": "void", "collecting": "void"}
     if old.status in ends:  # not already superseded or void
-        _office_change(store, keys, clock, state, {"status": ends[old.status]})
+        _office_change(store, keys, clock, state, {"status": ends[old.status]}, now_ms)
 
 
 def _receipt(
@@ -157,9 +159,18 @@ def _receipt(
 
 
 def _office_change(
-    store: SqliteStore, keys: OfficeKeys, clock: Clock, state: RecordState, fields: dict[str, Any]
+    store: SqliteStore,
+    keys: OfficeKeys,
+    clock: Clock,
+    state: RecordState,
+    fields: dict[str, Any],
+    now_ms: int,
 ) -> RecordState:
-    """Apply a change authored by the office, which has seen everything in the record."""
+    """Apply a change authored by the office, which has seen everything in the record.
+
+    It sets only `status` and `receipt`, so readers stay as they are; the
+    console's indexes are brought up to date.
+    """
     change = Change(
         change_id=f"{keys.office_id}-{uuid.uuid4().hex}",
         record_type=state.record_type,
@@ -172,6 +183,7 @@ def _office_change(
     (result,), records = apply(store, [change], clock)
     if result.seq is None:
         raise RuntimeError(f"the office's own change was refused: {result.reason} {result.detail}")
+    index_records(store, records, now_ms)
     after, _ = records[(state.record_type, state.record_id)]
     return after
 

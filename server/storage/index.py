@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from schemas.records import Agreement, Case, EarlyWarning
 from schemas.state import RecordState
 from server.storage.sqlite import SqliteStore
-from sync import agreements
 from sync.access import org_unit
 from sync.merge import materialize
 from sync.store import RecordKey
@@ -105,30 +104,14 @@ def _index_agreements(
         if record_type == "agreement":
             agreement = materialize(state)
             assert isinstance(agreement, Agreement)
-            status = _status_after_office(record_id, agreement)
-            executed = now_ms if status in EXECUTED else None
-            rows.append((record_id, status, executed, seq))
+            executed = now_ms if agreement.status in EXECUTED else None
+            rows.append((record_id, agreement.status, executed, seq))
     store.db.conn.executemany(
         "INSERT INTO agreement_index (agreement_id, status, executed_ms, seq) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (agreement_id) DO UPDATE SET status = excluded.status, seq = excluded.seq,"
         " executed_ms = coalesce(agreement_index.executed_ms, excluded.executed_ms)",
         rows,
     )
-
-
-def _status_after_office(agreement_id: str, agreement: Agreement) -> str:
-    """The status `server.agreements.execute_ready` leaves a written agreement in.
-
-    It runs after the index, in the same transaction, through office changes
-    the index does not see: what it will do is worked out here by its rule
-    (tests/server/test_console_stats.py pins the two together).
-    """
-    status = agreement.status
-    if status == "draft" and agreement.signatures:
-        status = "collecting"
-    if status == "collecting" and agreements.is_complete(agreement_id, agreement):
-        status = "executed"
-    return status
 
 
 def forget(store: SqliteStore, keys: list[RecordKey]) -> None:
