@@ -120,8 +120,12 @@ def issue_code(settings: Settings, user_id: str, ttl_hours: float) -> int:
 
 
 def revoke_device(settings: Settings, device_id: str) -> int:
-    with _directory(settings) as directory:
-        revoked = directory.revoke(device_id, system_wall_ms())
+    with _directory(settings) as directory, directory.store.transaction():
+        now_ms = system_wall_ms()
+        revoked = directory.revoke(device_id, now_ms)
+        if revoked:
+            actor = f"operator:{getpass.getuser()}"
+            audit.append(directory.db, now_ms, actor, "revoke", f"device/{device_id}")
     print(f"Revoked {device_id}" if revoked else f"lianxin: no active device {device_id}")
     return 0 if revoked else 1
 

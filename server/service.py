@@ -25,6 +25,7 @@ from schemas.wire import (
     PushRequest,
     PushResponse,
 )
+from server import audit
 from server.agreements import execute_ready, signature_vet
 from server.keys import OfficeKeys
 from server.ops import Metrics
@@ -80,9 +81,20 @@ class SyncService:
         """Spend an enrolment code on the device that proves it holds `signing_key`."""
         message = signing.enroll_message(request.code, request.signing_key, request.kem_key)
         signing.verify(request.signing_key, request.proof, message, "enrolment proof")
-        device = self.directory.enroll(
-            request.code, request.signing_key, request.kem_key, request.label, self.wall_ms()
-        )
+        now_ms = self.wall_ms()
+        with self.store.transaction():
+            device = self.directory.enroll(
+                request.code, request.signing_key, request.kem_key, request.label, now_ms
+            )
+            # The label is the holder's words ("Wang's phone"): not in the clear log.
+            audit.append(
+                self.store.db,
+                now_ms,
+                f"device:{device.device_id}",
+                "enroll",
+                f"user/{device.user.user_id}",
+                {"role": device.user.role},
+            )
         return Enrollment(
             device_id=device.device_id,
             user_id=device.user.user_id,

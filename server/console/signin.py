@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor import InvalidToken
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
+from server import audit
 from server.settings import Settings
 from server.storage.directory import Directory, User
 from sync.errors import BadCredentials, CsrfRefused, NotSignedIn, RateLimited
@@ -124,6 +125,9 @@ def sign_in(
             directory.db.conn.executemany(
                 "INSERT INTO login_failures (who, at_ms) VALUES (?, ?)", [(w, now_ms) for w in who]
             )
+            audit.append(
+                directory.db, now_ms, f"client:{client}", "sign_in_refused", f"user/{user_id[:64]}"
+            )
         raise BadCredentials(_("wrong user, password or code"))
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     with directory.store.transaction():
@@ -138,6 +142,7 @@ def sign_in(
             " VALUES (?, ?, ?, ?, ?)",
             [_digest(token), user_id, csrf, now_ms, now_ms],
         )
+        audit.append(directory.db, now_ms, f"user:{user_id}", "sign_in", f"user/{user_id}")
     return Session(user, csrf, _digest(token)), token
 
 

@@ -5,6 +5,7 @@ import re
 import pytest
 
 from schemas import Add
+from server import audit
 from server.console import signin
 from tests.server.conftest import running_office
 from tests.server.test_app import GONGSHU, XIHU
@@ -76,6 +77,9 @@ def test_wrong_passwords_are_refused_then_rate_limited(console):
     assert limited.status_code == 429  # even the right password, for a while
     console.wall.ms += 16 * 60 * 1000
     assert sign_in(console, chen).status_code == 303
+    actions = [(e.action, e.subject) for e in audit.entries(console.store.db)]
+    assert actions.count(("sign_in_refused", f"user/{chen.user_id}")) == 5
+    assert actions[-1] == ("sign_in", f"user/{chen.user_id}")
 
 
 def test_pages_refuse_anonymous_users(console):

@@ -63,7 +63,12 @@ def test_an_admin_issues_a_code_shown_once_that_enrols_a_phone(console):
     assert code not in console.http.get("/console/admin").text
     phone = console.enroll_with(code)
     assert phone.enrollment.user_id == he.user_id
-    entry = audit.entries(console.store.db)[-1]
+    *_, entry, enrolled = audit.entries(console.store.db)
+    assert (enrolled.actor, enrolled.action, enrolled.subject) == (
+        f"device:{phone.device_id}",
+        "enroll",
+        f"user/{he.user_id}",
+    )
     assert (entry.actor, entry.action, entry.subject) == (
         f"user:{wang.user_id}",
         "issue_code",

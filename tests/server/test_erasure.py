@@ -72,7 +72,7 @@ def test_an_erased_case_opens_nowhere_and_every_device_evicts_it(office, tmp_pat
     late = office.enroll("supervisor", org_units=["Hangzhou"])
     assert items_of(late, None)[0] == []
 
-    (entry,) = audit.entries(office.store.db)
+    (entry,) = [e for e in audit.entries(office.store.db) if e.action == "erase"]
     assert (entry.action, entry.subject, entry.actor) == ("erase", "case/k-he", "operator:wang")
     assert entry.detail["reason"] == "court order 2026-17"
     assert audit.verify(office.store.db) == []
@@ -97,10 +97,12 @@ def test_erasing_is_audited_in_a_chain_that_shows_tampering(office):
     erase_case(office.store, "k-1", "first", "operator:wang", 1)
     erase_case(office.store, "k-2", "second", "operator:wang", 2)
     assert audit.verify(office.store.db) == []
-    office.store.db.execute('UPDATE audit SET detail = \'{"reason":"other"}\' WHERE seq = 1')
-    assert audit.verify(office.store.db) == ["entry 1 (erase): hash does not match its content"]
-    office.store.db.execute("DELETE FROM audit WHERE seq = 1")
-    assert "entry 2: expected entry 1 (one is missing)" in audit.verify(office.store.db)
+    first = next(e.seq for e in audit.entries(office.store.db) if e.action == "erase")
+    db = office.store.db
+    db.execute("UPDATE audit SET detail = ? WHERE seq = ?", ['{"reason":"other"}', first])
+    assert audit.verify(db) == [f"entry {first} (erase): hash does not match its content"]
+    db.execute("DELETE FROM audit WHERE seq = ?", [first])
+    assert f"entry {first + 1}: expected entry {first} (one is missing)" in audit.verify(db)
 
 
 def test_an_erased_party_leaves_the_blind_index(office):
