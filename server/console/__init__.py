@@ -6,7 +6,7 @@ types of an area are in `schemas.console.<area>`.
 
 from __future__ import annotations
 
-from litestar.types import ControllerRouterHandler
+from litestar.handlers import HTTPRouteHandler
 
 from server.console import (
     account,
@@ -22,8 +22,14 @@ from server.console import (
 )
 
 
-def routes() -> list[ControllerRouterHandler]:
-    return [
+def routes() -> list[HTTPRouteHandler]:
+    """Every console handler, writes before reads.
+
+    Litestar 2.25 wraps a `sync_to_thread` handler again each time another
+    handler joins its path, and a twice-wrapped one answers 500; registered
+    after the writes that share their paths, the (sync) pages are wrapped once.
+    """
+    handlers: list[HTTPRouteHandler] = [
         *account.ROUTES,
         *cases.ROUTES,
         *conflicts.ROUTES,
@@ -35,3 +41,4 @@ def routes() -> list[ControllerRouterHandler]:
         *export.ROUTES,
         *admin.ROUTES,
     ]
+    return sorted(handlers, key=lambda handler: "GET" in handler.http_methods)

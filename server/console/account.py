@@ -12,6 +12,7 @@ from server.console import signin
 from server.console.web import (
     COOKIE,
     LANGUAGES,
+    _,
     back_to,
     checked,
     form_of,
@@ -21,11 +22,6 @@ from server.console.web import (
     signed_in,
 )
 from sync.errors import BadCredentials, InvalidAction, RateLimited
-
-
-def _(message: str) -> str:
-    """Marks a message for translation; pages translate it when they show it."""
-    return message
 
 
 class Me(msgspec.Struct, frozen=True, kw_only=True):
@@ -43,8 +39,7 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
-# Async, unlike the other pages: it reads nothing, and Litestar 2.25 mishandles a sync
-# handler sharing its path with an async one (the POST below).
+# Async: it reads nothing, so it need not go to a worker thread.
 @get("/console/login", include_in_schema=False)
 async def login_page(request: Request) -> Response:
     return render(request, None, "login.html", next=_safe_next(request.query_params.get("next")))

@@ -15,16 +15,12 @@ from typing import Any
 
 from schemas.changes import Change, ChangeResult, Op
 from server import audit
+from server.console.web import _
 from server.service import SyncService
 from server.storage.directory import User
 from sync.errors import InvalidAction
 
 DEVICE_PREFIX = "console:"
-
-
-def _(message: str) -> str:
-    """Marks a message for translation; pages translate it when they show it."""
-    return message
 
 
 def console_device(user: User) -> str:

@@ -33,7 +33,7 @@ from schemas.console.admin import (
     UserRow,
 )
 from server import audit
-from server.console.web import back_to, checked, form_of, render, service_of, signed_in
+from server.console.web import _, back_to, checked, form_of, render, service_of, signed_in
 from server.service import SyncService
 from server.storage.directory import User
 from sync.errors import MalformedRequest, UnknownRecord
@@ -42,11 +42,6 @@ PAGE = 100
 LATEST_CODES = 50
 CODE_TTL_MS = 24 * 3600_000  # as `lianxin code` issues them
 T = TypeVar("T")
-
-
-def _(message: str) -> str:
-    """Marks a message for translation; pages translate it when they show it."""
-    return message
 
 
 def when(ms: int | None) -> str:

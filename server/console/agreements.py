@@ -33,18 +33,12 @@ from schemas.records import Agreement, Party, Signature
 from server import agreements as office_agreements
 from server import audit
 from server.console.cases import PAGE, visible
-from server.console.web import render, service_of, signed_in
+from server.console.web import _, render, service_of, signed_in
 from server.service import SyncService
 from server.storage.directory import Device
 from sync import agreements
 from sync.errors import UnknownRecord
 from sync.merge import materialize
-
-
-def _(message: str) -> str:
-    """Marks a message for translation; pages translate it when they show it."""
-    return message
-
 
 UNKNOWN_DEVICE = "unknown_device"
 REVOKED_DEVICE = "revoked_device"
@@ -239,7 +233,7 @@ def _party_names(service: SyncService, user_id: str, party_ids: list[str]) -> di
     """The names of those parties the user may see."""
     names = {}
     states = service.store.states(("party", p) for p in party_ids)
-    for (_, party_id), state in states.items():
+    for (_type, party_id), state in states.items():
         if visible(service, user_id, "party", party_id):
             party = materialize(state)
             assert isinstance(party, Party)

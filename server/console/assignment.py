@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from typing import TypeVar
 
 import anyio.to_thread
@@ -34,12 +33,20 @@ from schemas.console.assignment import (
     OverdueList,
     OverdueRow,
 )
-from schemas.console.cases import CaseRow
 from schemas.records import Case
 from server import audit
 from server.console.actions import office_change
-from server.console.cases import DUE, FROM, OVERDUE, PAGE, today, visible
-from server.console.web import back_to, checked, form_of, render, service_of, signed_in
+from server.console.cases import (
+    DUE,
+    FROM,
+    OVERDUE,
+    PAGE,
+    ROW_COLUMNS,
+    case_rows,
+    today,
+    visible,
+)
+from server.console.web import _, back_to, checked, form_of, render, service_of, signed_in
 from server.service import SyncService
 from server.storage.directory import User
 from sync.access import org_unit, within
@@ -48,11 +55,6 @@ from sync.merge import materialize
 
 MAX_DEADLINE_DAYS = 3650
 T = TypeVar("T")
-
-
-def _(message: str) -> str:
-    """Marks a message for translation; pages translate it when they show it."""
-    return message
 
 
 # -- mediators --------------------------------------------------------------------------
@@ -323,32 +325,15 @@ def overdue_list(service: SyncService, user_id: str, offset: int = 0) -> Overdue
     db = service.store.db
     (total,) = db.execute(f"SELECT count(*){FROM} WHERE {OVERDUE}", params).fetchone()
     rows = db.execute(
-        f"SELECT ci.case_id, ci.status, ci.org_unit, ci.category, ci.mediators, ci.households,"
-        f" ci.priority, {DUE}, ci.received_ms,"
-        f" CAST(julianday(:today) - julianday({DUE}) AS INTEGER)"
+        f"SELECT {ROW_COLUMNS}, CAST(julianday(:today) - julianday({DUE}) AS INTEGER)"
         f"{FROM} WHERE {OVERDUE} ORDER BY {DUE}, ci.received_ms, ci.case_id"
         " LIMIT :limit OFFSET :offset",
         {**params, "limit": PAGE, "offset": offset},
     ).fetchall()
-    states = service.store.states(("case", row[0]) for row in rows)
-    cases = []
-    for case_id, status, unit, category, mediators, households, priority, due, at, late in rows:
-        state = states.get(("case", case_id))
-        title = materialize(state).title if state else ""  # type: ignore[attr-defined]
-        row = CaseRow(
-            case_id=case_id,
-            title=title,
-            status=status,
-            org_unit=unit,
-            category=category or "",
-            mediators=json.loads(mediators or "[]"),
-            households=households or 0,
-            priority=priority or "normal",
-            due=due,
-            overdue=True,
-            received_ms=at,
-        )
-        cases.append(OverdueRow(case=row, days_overdue=late))
+    cases = [
+        OverdueRow(case=row, days_overdue=found[-1])
+        for row, found in zip(case_rows(service, rows), rows, strict=True)
+    ]
     return OverdueList(cases=cases, total=total, offset=offset, limit=PAGE, today=params["today"])
 
 
@@ -365,9 +350,6 @@ def overdue_api(request: Request, offset: FromQuery[int] = 0) -> OverdueList:
     return overdue_list(service_of(request), current.user.user_id, max(offset, 0))
 
 
-# The writes come first: Litestar 2.25 wraps a `sync_to_thread` handler again each time
-# another handler joins its path, and a twice-wrapped one answers 500; registered last,
-# the page is wrapped once.
 ROUTES = [
     assign_form,
     assign_api,

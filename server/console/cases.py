@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 from litestar import Request, Response, get
@@ -27,6 +28,11 @@ OVERDUE = f"({DUE} < :today AND ci.status IN {OPEN_STATUSES})"
 FROM = (
     " FROM case_index ci JOIN access a ON a.user_id = :user AND a.record_type = 'case'"
     " AND a.record_id = ci.case_id LEFT JOIN deadlines d ON d.category = ci.category"
+)
+# What a listed case shows, in `case_rows`' order (extra columns may follow).
+ROW_COLUMNS = (
+    "ci.case_id, ci.status, ci.org_unit, ci.category, ci.mediators, ci.households,"
+    f" ci.priority, {DUE}, {OVERDUE}, ci.received_ms"
 )
 FILTERS = {
     "status": "ci.status = :status",
@@ -62,20 +68,32 @@ def case_list(
         db.execute(f"SELECT ci.status, count(*){FROM} WHERE {others} GROUP BY 1", params)
     )
     rows = db.execute(
-        f"SELECT ci.case_id, ci.status, ci.org_unit, ci.category, ci.mediators, ci.households,"
-        f" ci.priority, {DUE}, {OVERDUE}, ci.received_ms{FROM} WHERE {where}"
+        f"SELECT {ROW_COLUMNS}{FROM} WHERE {where}"
         " ORDER BY ci.received_ms DESC, ci.case_id LIMIT :limit OFFSET :offset",
         {**params, "limit": PAGE, "offset": offset},
     ).fetchall()
+    return CaseList(
+        cases=case_rows(service, rows),
+        total=total,
+        by_status=by_status,
+        filters=given,
+        offset=offset,
+        limit=PAGE,
+    )
+
+
+def case_rows(service: SyncService, rows: list[tuple[Any, ...]]) -> list[CaseRow]:
+    """`CaseRow`s of rows that start with `ROW_COLUMNS`, titles opened from the states."""
     states = service.store.states(("case", row[0]) for row in rows)
     cases = []
-    for case_id, status, unit, category, mediators, households, priority, due, late, at in rows:
+    for case_id, status, unit, category, mediators, households, priority, due, late, at in (
+        row[:10] for row in rows
+    ):
         state = states.get(("case", case_id))
-        title = materialize(state).title if state else ""  # type: ignore[attr-defined]
         cases.append(
             CaseRow(
                 case_id=case_id,
-                title=title,
+                title=materialize(state).title if state else "",  # type: ignore[attr-defined]
                 status=status,
                 org_unit=unit,
                 category=category or "",
@@ -87,14 +105,7 @@ def case_list(
                 received_ms=at,
             )
         )
-    return CaseList(
-        cases=cases,
-        total=total,
-        by_status=by_status,
-        filters=given,
-        offset=offset,
-        limit=PAGE,
-    )
+    return cases
 
 
 def visible(service: SyncService, user_id: str, record_type: str, record_id: str) -> bool:

@@ -37,7 +37,7 @@ from schemas.console.conflicts import (
 from schemas.records import Agreement, Case, EarlyWarning, Party
 from server.console.actions import DEVICE_PREFIX, office_change
 from server.console.cases import visible
-from server.console.web import back_to, checked, form_of, render, service_of, signed_in
+from server.console.web import _, back_to, checked, form_of, render, service_of, signed_in
 from server.service import SyncService
 from server.storage.directory import Device, User
 from sync.errors import InvalidAction, MalformedRequest, UnknownRecord
@@ -50,11 +50,6 @@ PAGES = {"case": "cases", "warning": "warnings", "agreement": "agreements"}
 DELETION_CHOICES = {"restore": "settle_conflict_restore", "delete": "settle_conflict_keep_deleted"}
 _decode_conflict = msgspec.msgpack.Decoder(Conflict).decode
 _text = msgspec.json.Encoder(order="sorted")
-
-
-def _(message: str) -> str:
-    """Marks a message for translation; pages translate it when they show it."""
-    return message
 
 
 def when(ms: int) -> str:

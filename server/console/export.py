@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -35,7 +34,6 @@ from server.console.signin import Session
 from server.console.web import language_of, service_of, signed_in, translations
 from server.service import SyncService
 from sync.errors import UnknownRecord
-from sync.merge import materialize
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # Titles are opened from sealed states this many at a time.
@@ -111,8 +109,7 @@ def case_listing(service: SyncService, current: Session, query: Mapping[str, str
     # On a read connection: a whole district's list must not hold up the writer meanwhile.
     with service.store.snapshot() as conn:
         found = conn.execute(
-            f"SELECT ci.case_id, ci.status, ci.org_unit, ci.category, ci.mediators, ci.households,"
-            f" ci.priority, {cases.DUE}, {cases.OVERDUE}, ci.received_ms{cases.FROM}"
+            f"SELECT {cases.ROW_COLUMNS}{cases.FROM}"
             f" WHERE {where} ORDER BY ci.received_ms DESC, ci.case_id",
             params,
         ).fetchall()
@@ -121,24 +118,7 @@ def case_listing(service: SyncService, current: Session, query: Mapping[str, str
 
 def _case_rows(service: SyncService, found: list[tuple[Any, ...]]) -> Iterator[CaseRow]:
     for start in range(0, len(found), CHUNK):
-        chunk = found[start : start + CHUNK]
-        states = service.store.states(("case", row[0]) for row in chunk)
-        for case_id, status, unit, category, mediators, households, priority, *rest in chunk:
-            due, late, at = rest
-            state = states.get(("case", case_id))
-            yield CaseRow(
-                case_id=case_id,
-                title=materialize(state).title if state else "",  # type: ignore[attr-defined]
-                status=status,
-                org_unit=unit,
-                category=category or "",
-                mediators=json.loads(mediators or "[]"),
-                households=households or 0,
-                priority=priority or "normal",
-                due=due,
-                overdue=bool(late),
-                received_ms=at,
-            )
+        yield from cases.case_rows(service, found[start : start + CHUNK])
 
 
 CASE_COLUMNS = [

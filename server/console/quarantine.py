@@ -53,7 +53,7 @@ from schemas.console.quarantine import (
 from schemas.records import Location
 from server import audit
 from server.console.conflicts import Authors, link_of, title_of, when
-from server.console.web import back_to, checked, form_of, render, service_of, signed_in
+from server.console.web import _, back_to, checked, form_of, render, service_of, signed_in
 from server.service import SyncService
 from server.storage.directory import User
 from sync import signing
@@ -64,11 +64,6 @@ from sync.store import RecordKey
 
 PAGE = 50
 _decode_change = msgspec.msgpack.Decoder(Change).decode
-
-
-def _(message: str) -> str:
-    """Marks a message for translation; pages translate it when they show it."""
-    return message
 
 
 class Held(NamedTuple):
@@ -184,7 +179,7 @@ def quarantine_list(
     states = service.store.states({h.key for h, _ in page if h.present})
     authors = Authors(service)
     items = []
-    for h, (change, _) in page:
+    for h, (change, _raw) in page:
         state = states.get(h.key)
         items.append(
             QuarantinedView(

@@ -47,7 +47,7 @@ from schemas.state import RecordState
 from server.console.actions import office_change
 from server.console.assignment import decode_json, mediators_covering
 from server.console.cases import PAGE, visible
-from server.console.web import back_to, checked, form_of, render, service_of, signed_in
+from server.console.web import _, back_to, checked, form_of, render, service_of, signed_in
 from server.service import SyncService
 from server.storage.directory import User
 from sync.access import org_unit
@@ -66,11 +66,6 @@ FROM = (
     " AND a.record_id = wi.warning_id"
 )
 COLUMNS = "SELECT wi.warning_id, wi.received_ms"
-
-
-def _(message: str) -> str:
-    """Marks a message for translation; pages translate it when they show it."""
-    return message
 
 
 def _minute(epoch_ms: int) -> str:
