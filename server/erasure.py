@@ -18,7 +18,7 @@ import msgspec
 
 from schemas.changes import ChangeResult, Reason
 from server import audit
-from server.storage import index
+from server.storage import index, repeats
 from server.storage.people import forget
 from server.storage.sqlite import SqliteStore
 from sync.store import RecordKey
@@ -76,6 +76,7 @@ def erase_case(store: SqliteStore, case_id: str, reason: str, actor: str, now_ms
             " VALUES (?, ?, ?, ?, 'erased')",
             [(seq, *reader) for reader in readers],
         )
+        people = {(kind, value) for _, kind, value in repeats.holdings(db, [case_id])}
         for table in ("access", "conflicts", "links"):
             db.conn.executemany(
                 f"DELETE FROM {table} WHERE record_type = ? AND record_id = ?", targets
@@ -88,6 +89,7 @@ def erase_case(store: SqliteStore, case_id: str, reason: str, actor: str, now_ms
             )
         forget(store, targets)
         index.forget(store, targets)
+        repeats.refresh_around(db, set(), people)
         audit.append(
             db,
             now_ms,

@@ -31,6 +31,7 @@ from server.keys import OfficeKeys
 from server.ops import Metrics
 from server.pseudonyms import pseudonym
 from server.settings import Settings
+from server.storage import repeats
 from server.storage.access import presence, update_access
 from server.storage.directory import Device, Directory, User
 from server.storage.index import index_records
@@ -202,6 +203,7 @@ class SyncService:
         batch_id: str | None = None,
     ) -> list[ChangeResult]:
         """Merge `changes` and bring everything that follows from them up to date."""
+        watched = repeats.watch(self.store.db, changes)
         results, records = apply(
             self.store, changes, self.clock, raws, authorize, self.signatures, batch_id
         )
@@ -215,6 +217,7 @@ class SyncService:
         update_access(self.store, touched, user_id, written)
         index_parties(self.store, self.keys.index_key, written)
         index_records(self.store, records, now_ms)
+        repeats.update(self.store.db, watched)
         # Agreements the batch completed are executed in the same transaction.
         execute_ready(self.store, self.keys, self.clock, written, now_ms)
         return results

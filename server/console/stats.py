@@ -44,13 +44,11 @@ CSV exports; the exact `Figures` never leave the server.
 
 from __future__ import annotations
 
-import functools
 import statistics
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-import anyio.to_thread
 import msgspec
 from litestar import Request, Response, get
 
@@ -67,65 +65,23 @@ WEEK_MS = 7 * DAY_MS
 # The epoch was a Thursday: weeks counted from it start on Mondays three days later.
 MONDAY_MS = 3 * DAY_MS
 MINIMUM = 5
-STRONG_KINDS = ("phone", "id_number")
 FIGURES = ("received", "resolved", "received_resolved", "repeats")
 
-# Cases that share a person with a case the office received earlier, office-wide, in
-# one set-based pass over the blind index and the links: the people (a phone or ID
-# number digest; a name alone is only a possible match) and the party records that
-# more than one party or case holds, then every case holding one, ranked by when the
-# office received it (a case holding the same person twice ranks once): every case
-# but the first is a repeat. Only people held more than once are joined further, so
-# the work follows the repeats, not every party in the office. The receipt times come
-# from an index that holds them (pinned: SQLite would take the primary key's index and
-# read each case's row for its time, a third slower at 100,000 cases).
-REPEATS = f"""
-shared_people AS (
-  SELECT kind, digest, min(rowid) AS person FROM people_index
-  WHERE kind IN {STRONG_KINDS} AND record_type = 'party'
-  GROUP BY kind, digest HAVING count(*) > 1
-),
-shared_parties AS (
-  SELECT record_id, -min(rowid) AS person FROM links WHERE record_type = 'party'
-  GROUP BY record_id HAVING count(*) > 1
-),
-held AS (
-  SELECT s.person, l.case_id
-  FROM shared_people s
-  CROSS JOIN people_index p ON p.kind = s.kind AND p.digest = s.digest
-    AND p.record_type = 'party'
-  CROSS JOIN links l ON l.record_type = 'party' AND l.record_id = p.record_id
-  UNION ALL
-  SELECT s.person, l.case_id
-  FROM shared_parties s
-  CROSS JOIN links l ON l.record_type = 'party' AND l.record_id = s.record_id
-),
-ranked AS (
-  SELECT h.case_id, ci.received_ms, dense_rank() OVER (
-    PARTITION BY h.person ORDER BY ci.received_ms, h.case_id
-  ) AS nth
-  FROM held h CROSS JOIN case_index ci INDEXED BY case_index_received_by_id
-    ON ci.case_id = h.case_id
-),
-repeats AS (
-  SELECT DISTINCT case_id FROM ranked
-  WHERE nth > 1 AND received_ms >= :start AND received_ms < :end
-)
-"""
 IN_VIEW = (
     " FROM case_index ci CROSS JOIN access a ON a.user_id = :user AND a.record_type = 'case'"
     " AND a.record_id = ci.case_id"
 )
 # The cases in view received or resolved in the period, read once (materialised) and
 # counted by category and org unit (with how long each resolved one took: a list, for
-# the medians) and by week. CROSS JOIN keeps SQLite reading the period's ranges of the
+# the medians, and how many are repeats: `server.storage.repeats` keeps the flag) and by
+# week. CROSS JOIN keeps SQLite reading the period's ranges of the
 # two indexes first and looking each case up in `access`: a supervisor's view holds
 # every year of cases, the period only half a year of them.
 PERIOD_SQL = f"""
 WITH period AS MATERIALIZED (
   SELECT coalesce(ci.category, '') AS category, ci.org_unit AS unit,
     ci.received_ms AS received_ms, ci.resolved_ms AS resolved_ms,
-    ci.status IN {RESOLVED} AS settled,
+    ci.status IN {RESOLVED} AS settled, ci.repeat AS repeat,
     (ci.received_ms >= :start AND ci.received_ms < :end) AS fresh,
     coalesce(ci.resolved_ms >= :start AND ci.resolved_ms < :end, 0) AS done
   {IN_VIEW}
@@ -133,23 +89,14 @@ WITH period AS MATERIALIZED (
     OR (ci.resolved_ms >= :start AND ci.resolved_ms < :end)
 )
 SELECT category, unit, NULL, sum(fresh), sum(fresh AND settled), sum(done),
-  group_concat(CASE WHEN done THEN resolved_ms - received_ms END)
+  group_concat(CASE WHEN done THEN resolved_ms - received_ms END), sum(fresh AND repeat)
 FROM period GROUP BY category, unit
 UNION ALL
-SELECT NULL, 'received', (received_ms - :start) / :week, count(*), 0, 0, NULL
+SELECT NULL, 'received', (received_ms - :start) / :week, count(*), 0, 0, NULL, 0
 FROM period WHERE fresh GROUP BY 3
 UNION ALL
-SELECT NULL, 'resolved', (resolved_ms - :start) / :week, count(*), 0, 0, NULL
+SELECT NULL, 'resolved', (resolved_ms - :start) / :week, count(*), 0, 0, NULL, 0
 FROM period WHERE done GROUP BY 3
-"""
-# The repeats among the cases in view received in the period.
-REPEATS_SQL = f"""
-WITH {REPEATS}
-SELECT coalesce(ci.category, ''), ci.org_unit, count(*)
-FROM repeats r CROSS JOIN case_index ci ON ci.case_id = r.case_id
-CROSS JOIN access a ON a.user_id = :user AND a.record_type = 'case' AND a.record_id = ci.case_id
-WHERE ci.received_ms >= :start AND ci.received_ms < :end
-GROUP BY 1, 2
 """
 WARNINGS_SQL = """
 SELECT count(*), coalesce(sum(wi.status = 'converted' OR wi.case_id IS NOT NULL
@@ -231,8 +178,8 @@ def _params(user: User, now_ms: int, weeks: int) -> dict[str, Any]:
 
 
 def _read_cases(service: SyncService, params: dict[str, Any]) -> Reads:
-    """Everything but the repeats, in one snapshot on this thread's read connection (a long
-    read on the writer's connection would hold up every push behind it)."""
+    """Everything, in one snapshot on this thread's read connection (a long read on the
+    writer's connection would hold up every push behind it)."""
     with service.store.snapshot() as conn:
         return Reads(
             period=conn.execute(PERIOD_SQL, params).fetchall(),
@@ -241,42 +188,43 @@ def _read_cases(service: SyncService, params: dict[str, Any]) -> Reads:
         )
 
 
-def _read_repeats(service: SyncService, params: dict[str, Any]) -> Rows:
-    with service.store.snapshot() as conn:
-        return conn.execute(REPEATS_SQL, params).fetchall()
-
-
 def figures(service: SyncService, user: User, now_ms: int, weeks: int = WEEKS) -> Figures:
     """The exact statistics of the cases `user` may see, over the `weeks` weeks up to `now_ms`."""
     params = _params(user, now_ms, weeks)
-    counted = _cases(service, user, params, weeks)
-    return _with_repeats(counted, user, _read_repeats(service, params))
-
-
-async def figures_at_once(
-    service: SyncService, user: User, now_ms: int, weeks: int = WEEKS
-) -> Figures:
-    """`figures`, with the repeats (the office-wide part) read on a second worker thread and
-    read connection while the rest is read and counted: SQLite runs a statement on one core.
-
-    The two reads are two snapshots: a batch committed in between may count in one and
-    not the other, as it would a moment later anyway. Every table that splits a figure
-    comes from the same read as its total, which is what `protect` relies on.
-    """
-    params = _params(user, now_ms, weeks)
-    counted: list[Figures] = []
-    repeats: list[Rows] = []
-
-    async def count_cases() -> None:
-        counted.append(await anyio.to_thread.run_sync(_cases, service, user, params, weeks))
-
-    async def read_repeats() -> None:
-        repeats.append(await anyio.to_thread.run_sync(_read_repeats, service, params))
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(count_cases)
-        group.start_soon(read_repeats)
-    return _with_repeats(counted[0], user, repeats[0])
+    reads = _read_cases(service, params)
+    start = params["start"]
+    warnings_received, warnings_converted = reads.warnings
+    counted = Figures(
+        start_ms=start,
+        end_ms=params["end"],
+        weeks=[],
+        total=Tally(),
+        by_category={},
+        by_unit={},
+        warnings_received=warnings_received,
+        warnings_converted=warnings_converted,
+        agreements_executed=reads.agreements,
+    )
+    groups = _Groups(user, counted)
+    by_week: dict[str, dict[int, int]] = {"received": {}, "resolved": {}}
+    for category, unit, week, fresh, settled, done, took, repeats in reads.period:
+        if category is None:  # a week's count: `unit` says of what
+            by_week[unit][week] = fresh
+            continue
+        durations = [int(ms) for ms in took.split(",")] if took else []
+        for tally in groups(category, unit):
+            tally.received += fresh
+            tally.received_resolved += settled
+            tally.resolved += done
+            tally.repeats += repeats
+            tally.durations_ms.extend(durations)
+    for tally in (counted.total, *counted.by_category.values(), *counted.by_unit.values()):
+        tally.durations_ms.sort()
+    counted.weeks = [
+        (start + n * WEEK_MS, by_week["received"].get(n, 0), by_week["resolved"].get(n, 0))
+        for n in range(weeks)
+    ]
+    return counted
 
 
 class _Groups:
@@ -295,51 +243,6 @@ class _Groups:
             self.figures.by_category.setdefault(category, Tally()),
             self.figures.by_unit.setdefault(self.units[unit], Tally()),
         )
-
-
-def _cases(service: SyncService, user: User, params: dict[str, Any], weeks: int) -> Figures:
-    """Everything but the repeats, read and added up (the durations sorted, for the medians)."""
-    reads = _read_cases(service, params)
-    start = params["start"]
-    warnings_received, warnings_converted = reads.warnings
-    counted = Figures(
-        start_ms=start,
-        end_ms=params["end"],
-        weeks=[],
-        total=Tally(),
-        by_category={},
-        by_unit={},
-        warnings_received=warnings_received,
-        warnings_converted=warnings_converted,
-        agreements_executed=reads.agreements,
-    )
-    groups = _Groups(user, counted)
-    by_week: dict[str, dict[int, int]] = {"received": {}, "resolved": {}}
-    for category, unit, week, fresh, settled, done, took in reads.period:
-        if category is None:  # a week's count: `unit` says of what
-            by_week[unit][week] = fresh
-            continue
-        durations = [int(ms) for ms in took.split(",")] if took else []
-        for tally in groups(category, unit):
-            tally.received += fresh
-            tally.received_resolved += settled
-            tally.resolved += done
-            tally.durations_ms.extend(durations)
-    for tally in (counted.total, *counted.by_category.values(), *counted.by_unit.values()):
-        tally.durations_ms.sort()
-    counted.weeks = [
-        (start + n * WEEK_MS, by_week["received"].get(n, 0), by_week["resolved"].get(n, 0))
-        for n in range(weeks)
-    ]
-    return counted
-
-
-def _with_repeats(counted: Figures, user: User, repeat_rows: Rows) -> Figures:
-    groups = _Groups(user, counted)
-    for category, unit, count in repeat_rows:
-        for tally in groups(category, unit):
-            tally.repeats += count
-    return counted
 
 
 # -- published figures (what every page, API answer and export shows) -----------------------
@@ -501,29 +404,21 @@ def stats(service: SyncService, user: User) -> Stats:
 # -- routes ---------------------------------------------------------------------------------
 
 
-async def published_now(service: SyncService, user: User) -> Stats:
-    """The published statistics of `user`'s view, now (read at once, counted off the loop)."""
-    exact = await figures_at_once(service, user, service.wall_ms())
-    return await anyio.to_thread.run_sync(publish, exact)
+@get("/console/stats", sync_to_thread=True, include_in_schema=False)
+def stats_page(request: Request) -> Response:
+    current = signed_in(request, "supervisor")
+    data = stats(service_of(request), current.user)
+    return render(request, current, "stats.html", data=data, charts=charts)
 
 
-# The two handlers are async, unlike the console's other reads: they wait on two worker
-# threads reading at once (`figures_at_once`). Each step that touches the store still
-# runs in a worker thread.
-
-
-@get("/console/stats", include_in_schema=False)
-async def stats_page(request: Request) -> Response:
-    current = await anyio.to_thread.run_sync(signed_in, request, "supervisor")
-    data = await published_now(service_of(request), current.user)
-    page = functools.partial(render, request, current, "stats.html", data=data, charts=charts)
-    return await anyio.to_thread.run_sync(page)
-
-
-@get("/api/stats", summary="Statistics of the cases in view, small counts hidden")
-async def stats_api(request: Request) -> Stats:
-    current = await anyio.to_thread.run_sync(signed_in, request, "supervisor")
-    return await published_now(service_of(request), current.user)
+@get(
+    "/api/stats",
+    sync_to_thread=True,
+    summary="Statistics of the cases in view, small counts hidden",
+)
+def stats_api(request: Request) -> Stats:
+    current = signed_in(request, "supervisor")
+    return stats(service_of(request), current.user)
 
 
 ROUTES = [stats_page, stats_api]

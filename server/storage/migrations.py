@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 
 import sqlite_utils
 
+from server.storage import repeats
+
 
 def _initial(db: sqlite_utils.Database) -> None:
     db["records"].create(
@@ -289,6 +291,13 @@ def _stats(db: sqlite_utils.Database) -> None:
     db["agreement_index"].create_index(["executed_ms"], index_name="agreement_index_executed")
 
 
+def _repeat_flag(db: sqlite_utils.Database) -> None:
+    """Each case's repeat-petition flag (`server.storage.repeats`), worked out for every case
+    once here and then kept in step by every batch, for the statistics to count."""
+    db["case_index"].add_column("repeat", int, not_null_default=0)
+    repeats.refresh(db, None)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _initial),
     ("0002_directory", _directory),
@@ -299,6 +308,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0007_device_last_seen", _device_last_seen),
     ("0008_conflicts_quarantine", _conflicts_quarantine),
     ("0010_stats", _stats),
+    ("0011_repeat_flag", _repeat_flag),
 ]
 
 

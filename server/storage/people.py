@@ -21,11 +21,10 @@ from typing import NamedTuple
 
 from schemas.records import Party
 from schemas.state import RecordState
+from server.storage.repeats import STRONG
 from server.storage.sqlite import SqliteStore
 from sync.merge import materialize
 from sync.store import RecordKey
-
-STRONG = ("phone", "id_number")
 
 
 def normal_phone(text: str) -> str | None:
