@@ -304,6 +304,10 @@ def protect(total: Count, tables: list[list[Count]]) -> tuple[Count, list[list[C
     an upper bound. Each round withholds one more figure, so this ends.
     """
     tables = [list(table) for table in tables]
+    if not all(tables):
+        # A table with no rows: nothing was counted in the period, every figure is 0, and
+        # a count of no one singles no one out.
+        return total, tables
     while (found := _pinned(total, tables)) is not None:
         side, index = found
         if total != WITHHELD:

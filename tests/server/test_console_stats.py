@@ -126,6 +126,14 @@ def test_counts_under_5_never_show_in_page_json_or_csv(console):
     assert "2026-11-09,<5,<5" in weekly.splitlines()
 
 
+def test_an_office_with_no_cases_yet_has_statistics_of_nothing(console):
+    read_in_english(console, supervisor(console))
+    answer = console.http.get("/api/stats")
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["by_category"] == [] and answer.json()["total"]["received"] == "<5"
+    assert console.http.get("/console/stats").status_code == 200
+
+
 def test_another_districts_cases_are_never_counted(console):
     known_weeks(console)
     xihu = supervisor(console, org_units=["Hangzhou/Xihu"])
