@@ -440,42 +440,61 @@ class DeviceClient:
                 return report
 
     def _apply_page(self, page: PullPage) -> tuple[int, int, int]:
-        """Apply one page to the server layer; returns (applied, skipped, evicted)."""
-        applied = skipped = evicted = 0
+        """Apply one page to the server layer; returns (applied, skipped, evicted).
+
+        Items apply in order, on states read at once and written once per record at
+        the end of the page (a fresh phone's first pull is mostly this).
+        """
+        changes = [
+            _decode_change(item.change) if isinstance(item, PulledChange) else None
+            for item in page.items
+        ]
         with self._store.transaction():
-            for item in page.items:
-                match item:
-                    case PulledChange():
-                        if self._apply_pulled(item):
-                            applied += 1
-                        else:
-                            skipped += 1
-                    case Eviction(record_type=record_type, record_id=record_id):
-                        self._store.evict((record_type, record_id))
-                        evicted += 1
+            done = self._store.applied_among(c.change_id for c in changes if c is not None)
+            states: dict[RecordKey, RecordState | None] = dict(
+                self._store.states((c.record_type, c.record_id) for c in changes if c is not None)
+            )
+            written: set[RecordKey] = set()
+            applied: list[Change] = []
+            skipped = evicted = 0
+            for item, change in zip(page.items, changes, strict=True):
+                if isinstance(item, Eviction):
+                    key = (item.record_type, item.record_id)
+                    self._store.evict(key)
+                    states[key] = None
+                    written.discard(key)
+                    # Its history comes again if the record comes back into view.
+                    done -= {
+                        c.change_id for c in changes if c and (c.record_type, c.record_id) == key
+                    }
+                    applied = [c for c in applied if (c.record_type, c.record_id) != key]
+                    evicted += 1
+                    continue
+                assert isinstance(item, PulledChange) and change is not None
+                key = (change.record_type, change.record_id)
+                if change.change_id in done:
+                    skipped += 1
+                    continue
+                self._clock.receive(change.hlc)
+                # `order` is the server's clamped stamp for an absurd clock; rank as it did.
+                outcome = merge.apply_change(states.get(key), change, item.order)
+                if outcome.state is None:
+                    # The server applied it with this very code, so this cannot happen unless
+                    # the two disagree; keep pulling rather than jam, and leave the record.
+                    skipped += 1
+                    continue
+                states[key] = outcome.state
+                written.add(key)
+                done.add(change.change_id)
+                applied.append(change)
+            self._store.put_states(s for k in written if (s := states[k]) is not None)
+            self._store.mark_all_applied(applied)
             self._store.set_meta(CURSOR, page.cursor)
             self._store.set_meta(CLOCK_LAST, self._clock.last)
             self._learn_offset(page.server_time_ms)
             if page.kem_key_id:
                 self._learn_office_key(page.kem_key_id, page.kem_key)
-        return applied, skipped, evicted
-
-    def _apply_pulled(self, item: PulledChange) -> bool:
-        """Merge one pulled change into the server layer; False if it was applied before."""
-        change = _decode_change(item.change)
-        if self._store.was_applied(change.change_id):
-            return False
-        self._clock.receive(change.hlc)
-        key = (change.record_type, change.record_id)
-        # `order` is the server's clamped stamp for an absurd clock; rank as it did.
-        outcome = merge.apply_change(self._store.state(key), change, item.order)
-        if outcome.state is None:
-            # The server applied it with this very code, so this cannot happen unless the
-            # two disagree; keep pulling rather than jam, and leave the record as it was.
-            return False
-        self._store.put_state(outcome.state)
-        self._store.mark_applied(change)
-        return True
+        return len(applied), skipped, evicted
 
     # -- signed requests ----------------------------------------------------------------
 

@@ -46,9 +46,10 @@ hardware keystore, which limits PIN tries.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -261,25 +262,50 @@ class ReplicaStore:
         ).fetchone()
         return None if row is None else _decode_state(self._open(row[0], "records", *key))
 
-    def put_state(self, state: RecordState) -> None:
-        key = (state.record_type, state.record_id)
-        self._db.execute(
+    def states(self, keys: Iterable[RecordKey]) -> dict[RecordKey, RecordState]:
+        """The records among `keys` the device holds, read at once."""
+        wanted = json.dumps(sorted(set(keys)))
+        rows = self._db.execute(
+            "SELECT r.record_type, r.record_id, r.state FROM json_each(?) k"
+            " JOIN records r ON r.record_type = json_extract(k.value, '$[0]')"
+            " AND r.record_id = json_extract(k.value, '$[1]')",
+            [wanted],
+        )
+        return {(t, i): _decode_state(self._open(state, "records", t, i)) for t, i, state in rows}
+
+    def put_states(self, states: Iterable[RecordState]) -> None:
+        """Store the records as the server has sent them."""
+        self._db.executemany(
             "INSERT INTO records (record_type, record_id, state) VALUES (?, ?, ?)"
             " ON CONFLICT (record_type, record_id) DO UPDATE SET state = excluded.state",
-            [*key, self._seal(_encode(state), "records", *key)],
+            [
+                (
+                    s.record_type,
+                    s.record_id,
+                    self._seal(_encode(s), "records", s.record_type, s.record_id),
+                )
+                for s in states
+            ],
         )
 
-    def was_applied(self, change_id: str) -> bool:
-        row = self._db.execute("SELECT 1 FROM applied WHERE change_id = ?", [change_id])
-        return row.fetchone() is not None
+    def applied_among(self, change_ids: Iterable[str]) -> set[str]:
+        """Those of `change_ids` already applied to the server layer."""
+        wanted = json.dumps(list(change_ids))
+        rows = self._db.execute(
+            "SELECT a.change_id FROM json_each(?) k JOIN applied a ON a.change_id = k.value",
+            [wanted],
+        )
+        return {change_id for (change_id,) in rows}
 
-    def mark_applied(self, change: Change) -> None:
-        """Remember a pulled change; if it is this device's own, it stops overlaying."""
-        self._db.execute(
+    def mark_all_applied(self, changes: Sequence[Change]) -> None:
+        """Remember pulled changes; the device's own among them stop overlaying."""
+        self._db.executemany(
             "INSERT OR IGNORE INTO applied (change_id, record_type, record_id) VALUES (?, ?, ?)",
-            [change.change_id, change.record_type, change.record_id],
+            [(c.change_id, c.record_type, c.record_id) for c in changes],
         )
-        self._db.execute("UPDATE outbox SET overlay = 0 WHERE change_id = ?", [change.change_id])
+        self._db.executemany(
+            "UPDATE outbox SET overlay = 0 WHERE change_id = ?", [(c.change_id,) for c in changes]
+        )
 
     def evict(self, key: RecordKey) -> None:
         """Forget a record that left this device's view.
@@ -385,6 +411,10 @@ class ReplicaStore:
         if sealed is None:
             return None
         return self._open(sealed, "outbox", change_id, "detail").decode()
+
+
+def _key(state: RecordState) -> RecordKey:
+    return (state.record_type, state.record_id)
 
 
 def _bind(row: Sequence[str]) -> bytes:

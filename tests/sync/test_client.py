@@ -414,16 +414,12 @@ def test_a_pull_killed_while_applying_a_page_keeps_nothing_of_that_page(office, 
             "case", f"k-{n}", set={"title": f"Case {n}", "status": "new", "location": XIANGMIHU}
         )
     wang.sync()
-    real_mark = chen._store.mark_applied
-    calls = []
 
-    def die_after_one(change):
-        calls.append(change)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # the process is killed mid-page
-        real_mark(change)
+    def die_after_writing_the_records(changes):
+        assert chen._store.states([("case", "k-0")])  # written, not yet committed
+        raise KeyboardInterrupt  # the process is killed mid-page
 
-    monkeypatch.setattr(chen._store, "mark_applied", die_after_one)
+    monkeypatch.setattr(chen._store, "mark_all_applied", die_after_writing_the_records)
     with pytest.raises(KeyboardInterrupt):
         chen.pull()
     assert chen.record("case", "k-0") is None

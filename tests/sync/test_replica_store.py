@@ -68,7 +68,7 @@ def filled(tmp_path: Path) -> ReplicaStore:
     pulled, _ = party_change(
         "c-1", "p-1", 1, name=f"{PERSONAL[0]} {PERSONAL[1]}", phone=PERSONAL[2]
     )
-    store.put_state(merge.apply_change(None, pulled).state)
+    store.put_states([merge.apply_change(None, pulled).state])
     store.set_sealed_meta("identity", PERSONAL[3].encode())
     for n, text in enumerate(PERSONAL[4:], start=2):
         store.append(*party_change(f"c-{n}", "p-1", n, address=text))
@@ -130,7 +130,7 @@ def test_a_wrong_passphrase_is_refused_and_changes_nothing(filled):
 def test_a_value_copied_onto_another_row_does_not_open(
     filled, table, column, key, source, target, read
 ):
-    filled.put_state(merge.apply_change(None, party_change("c-9", "p-2", 9, name="x")[0]).state)
+    filled.put_states([merge.apply_change(None, party_change("c-9", "p-2", 9, name="x")[0]).state])
     filled.add_batch("b-3", [], b"another body")
     filled.set_sealed_meta("signing_key", b"a key")
     db = filled._db
