@@ -1,7 +1,7 @@
 # Two entry points, each of which sets everything up first (see README.md).
 UV := .tools/bin/uv
 
-.PHONY: demo test setup browser bench bench-http bench-agreements lint
+.PHONY: demo test setup browser bench bench-http bench-agreements lint bench-peer bench-initial-sync bench-memory
 # Root installs Debian packages itself; anyone else through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -23,6 +23,17 @@ bench-agreements: setup
 bench-http: setup
 	$(UV) run python -m bench.http_sync
 bench-console: setup ; $(UV) run python -m bench.console
+
+# Installs pouchdb-server with npm into .tools/pouchdb on first use (minutes: leveldown compiles).
+bench-peer: setup
+	$(UV) run python -m bench.peer
+
+bench-initial-sync: setup
+	$(UV) run python -m bench.initial_sync
+
+# Builds an office of 1,000,000 cases first (long); --store DIR keeps it for the next run.
+bench-memory: setup
+	$(UV) run python -m bench.memory
 
 setup: $(UV)
 	$(UV) sync --frozen --quiet

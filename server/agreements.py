@@ -18,6 +18,7 @@ import msgspec
 from schemas.changes import Append, Change, Reason
 from schemas.records import Agreement, Receipt, Signature
 from schemas.state import RecordState
+from server import audit
 from server.keys import OfficeKeys
 from server.storage.directory import Directory
 from server.storage.index import index_records
@@ -125,6 +126,20 @@ def execute_ready(
             receipt_value = msgspec.to_builtins(receipt)
             executed = {"status": "executed", "receipt": receipt_value}
             _office_change(store, keys, clock, state, executed, now_ms)
+            audit.append(
+                store.db,
+                now_ms,
+                f"office:{keys.office_id}",
+                "agreement_execute",
+                f"agreement/{key[1]}",
+                {
+                    "content_hash": receipt.content_hash,
+                    "signatures_hash": receipt.signatures_hash,
+                    "signatures": len(agreement.signatures),
+                    "receipt_seq": receipt.seq,
+                    "supersedes": agreement.supersedes,
+                },
+            )
             if agreement.supersedes:
                 _supersede(store, keys, clock, agreement.supersedes, now_ms)
 

@@ -6,17 +6,34 @@ The first entry chains to 32 zero bytes. Changing, dropping or reordering
 any entry breaks every hash after it, which `verify` reports. Entries name
 ids and reasons, never a person's data: the log is kept in clear so it can
 be checked without any key.
+
+A chain alone cannot show that its last entries were dropped, nor that it
+was rewritten whole with fresh hashes. So the office signs a checkpoint of
+the head (seq, hash, time) with its Ed25519 key every `CHECKPOINT_EVERY`
+entries or `CHECKPOINT_MAX_AGE_MS` (on a push) and on `lianxin audit
+checkpoint`: a checkpoint past the log's end, or over another hash, gives
+either away. `server.audit_verify` checks them with the rest of the store.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any, NamedTuple
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 import sqlite_utils
 
+from sync import signing
+from sync.errors import BadSignature
+
+if TYPE_CHECKING:
+    from server.keys import OfficeKeys
+
 GENESIS = bytes(32)
+CHECKPOINT_PURPOSE = b"lianxin audit checkpoint v1"
+CHECKPOINT_EVERY = 1000
+CHECKPOINT_MAX_AGE_MS = 3600_000
 _canonical = msgspec.json.Encoder(order="sorted").encode
 
 
@@ -64,22 +81,148 @@ def append(
     return Entry(seq, at_ms, actor, action, subject, detail, digest)
 
 
-def entries(db: sqlite_utils.Database) -> list[Entry]:
+def record_batch(
+    db: sqlite_utils.Database,
+    at_ms: int,
+    device_id: str,
+    batch_id: str,
+    manifest: bytes,
+    signature: bytes,
+    extra: dict[str, Any] | None = None,
+) -> Entry:
+    """Log an accepted push batch by the digests of its signed manifest and signature.
+
+    Together with the `batches` row they name, this keeps each batch
+    attributable: `server.audit_verify` re-verifies the signature and
+    checks it is the one logged here.
+    """
+    detail = {
+        "batch_id": batch_id,
+        "manifest_sha256": signing.digest(manifest).hex(),
+        "signature_sha256": signing.digest(signature).hex(),
+        "changes": (len(manifest) - len(batch_manifest_head(device_id, batch_id))) // 32,
+        **(extra or {}),
+    }
+    return append(db, at_ms, f"device:{device_id}", "push", f"batch/{batch_id}", detail)
+
+
+def batch_manifest_head(device_id: str, batch_id: str) -> bytes:
+    """What a batch manifest starts with, before its 32-byte change hashes."""
+    return signing.batch_message(device_id, batch_id, [])
+
+
+def entries(db: sqlite_utils.Database, action: str | None = None) -> list[Entry]:
+    """The log in order; only the entries of `action` if given."""
+    return list(_stream(db, action))
+
+
+def _stream(db: sqlite_utils.Database, action: str | None = None) -> Iterator[Entry]:
+    """The entries one at a time, so a city's log is checked without holding it all."""
+    where, parameters = ("WHERE action = ?", [action]) if action else ("", [])
     rows = db.execute(
-        "SELECT seq, at_ms, actor, action, subject, detail, hash FROM audit ORDER BY seq"
-    ).fetchall()
-    return [Entry(s, t, a, x, sub, msgspec.json.decode(d), h) for s, t, a, x, sub, d, h in rows]
+        f"SELECT seq, at_ms, actor, action, subject, detail, hash FROM audit {where} ORDER BY seq",
+        parameters,
+    )
+    for seq, at_ms, actor, act, subject, detail, digest in rows:
+        yield Entry(seq, at_ms, actor, act, subject, msgspec.json.decode(detail), digest)
 
 
 def verify(db: sqlite_utils.Database) -> list[str]:
     """Every break in the chain, precisely; empty when the log is whole."""
     problems = []
-    previous = GENESIS
-    for expected, entry in enumerate(entries(db), start=1):
-        if entry.seq != expected:
-            problems.append(f"entry {entry.seq}: expected entry {expected} (one is missing)")
+    previous, previous_seq = GENESIS, 0
+    for entry in _stream(db):
+        missing = entry.seq - previous_seq - 1
+        if missing:
+            how_many = "one is" if missing == 1 else f"{missing} are"
+            problems.append(
+                f"entry {entry.seq}: expected entry {previous_seq + 1} ({how_many} missing)"
+            )
+        previous_seq = entry.seq
         fields = entry[:6]
         if entry_hash(previous, *fields) != entry.hash:
             problems.append(f"entry {entry.seq} ({entry.action}): hash does not match its content")
         previous = entry.hash
+    return problems
+
+
+class Checkpoint(NamedTuple):
+    seq: int
+    hash: bytes
+    at_ms: int
+    signature: bytes
+
+
+def checkpoint_message(office_id: str, seq: int, hash: bytes, at_ms: int) -> bytes:
+    """What the office's key signs for a checkpoint of the chain head (PROTOCOL.md, "Audit log")."""
+    lines = [CHECKPOINT_PURPOSE, office_id.encode(), str(seq).encode(), hash.hex().encode()]
+    return b"\n".join([*lines, str(at_ms).encode()])
+
+
+def checkpoints(db: sqlite_utils.Database) -> list[Checkpoint]:
+    rows = db.execute("SELECT seq, hash, at_ms, signature FROM audit_checkpoints ORDER BY seq")
+    return [Checkpoint(*row) for row in rows.fetchall()]
+
+
+def checkpoint(db: sqlite_utils.Database, keys: OfficeKeys, at_ms: int) -> Checkpoint | None:
+    """Sign the chain head now; None if the log is empty or its head is signed already.
+
+    Call inside a transaction, so the head cannot move while it is signed.
+    """
+    head = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    if head is None or _last_checkpoint(db)[0] >= head[0]:
+        return None
+    seq, digest = head
+    signature = keys.signing.sign(checkpoint_message(keys.office_id, seq, digest, at_ms))
+    db.execute(
+        "INSERT INTO audit_checkpoints (seq, hash, at_ms, signature) VALUES (?, ?, ?, ?)",
+        [seq, digest, at_ms, signature],
+    )
+    return Checkpoint(seq, digest, at_ms, signature)
+
+
+def checkpoint_if_due(
+    db: sqlite_utils.Database,
+    keys: OfficeKeys,
+    at_ms: int,
+    every: int = CHECKPOINT_EVERY,
+    max_age_ms: int = CHECKPOINT_MAX_AGE_MS,
+) -> Checkpoint | None:
+    """A checkpoint once `every` entries or `max_age_ms` have passed since the last one."""
+    head = db.execute("SELECT max(seq) FROM audit").fetchone()[0] or 0
+    last_seq, last_ms = _last_checkpoint(db)
+    if head - last_seq >= every or (head > last_seq and at_ms - last_ms >= max_age_ms):
+        return checkpoint(db, keys, at_ms)
+    return None
+
+
+def _last_checkpoint(db: sqlite_utils.Database) -> tuple[int, int]:
+    row = db.execute(
+        "SELECT seq, at_ms FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"
+    ).fetchone()
+    return (row[0], row[1]) if row else (0, 0)
+
+
+def verify_checkpoints(db: sqlite_utils.Database, office_id: str, office_key: bytes) -> list[str]:
+    """Every checkpoint that the office's key did not sign or that the chain contradicts.
+
+    `office_key` is the office's public signing key, taken from the key file,
+    never from the store being checked.
+    """
+    problems = []
+    last = db.execute("SELECT coalesce(max(seq), 0) FROM audit").fetchone()[0]
+    for mark in checkpoints(db):
+        stored = db.execute("SELECT hash FROM audit WHERE seq = ?", [mark.seq]).fetchone()
+        where = f"checkpoint at entry {mark.seq}"
+        message = checkpoint_message(office_id, mark.seq, mark.hash, mark.at_ms)
+        try:
+            signing.verify(office_key, mark.signature, message, "checkpoint")
+        except BadSignature:
+            problems.append(f"{where}: its signature does not verify with the office key")
+        if mark.seq > last:
+            problems.append(f"{where}: the log ends at entry {last} (later entries were dropped)")
+        elif stored is None:
+            problems.append(f"{where}: entry {mark.seq} is missing")
+        elif stored[0] != mark.hash:
+            problems.append(f"{where}: the entry's hash differs from the signed one (rewritten)")
     return problems

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import getpass
 import os
 import sys
@@ -12,8 +13,21 @@ from pathlib import Path
 
 import msgspec
 
-from server import agreements, audit, demo, erasure, memory, ops, phone, pseudonyms
+from server import (
+    agreements,
+    audit,
+    audit_verify,
+    backup,
+    demo,
+    erasure,
+    memory,
+    ops,
+    phone,
+    pseudonyms,
+)
 from server.console import signin
+from server.fleet.simulate import add_arguments as fleet_arguments
+from server.fleet.simulate import main as simulate_fleet
 from server.keys import OfficeKeys
 from server.settings import Settings, load_settings
 from server.storage import people
@@ -131,13 +145,27 @@ def revoke_device(settings: Settings, device_id: str) -> int:
 
 
 def export_agreement(settings: Settings, agreement_id: str, out: Path) -> int:
-    """Write a self-contained bundle that `agreement verify` checks with no server."""
+    """Write a self-contained bundle that `agreement verify` checks with no server.
+
+    Refuses an `--out` inside the office's data or key folders (a bundle
+    written over `lianxin.db` or a key file would destroy the office) and an
+    existing file (issue 8: path traversal in exports).
+    """
+    target = out.resolve()
+    for folder in (settings.data_dir, settings.key_store_path.parent):
+        if target.is_relative_to(folder.resolve()):
+            print(f"lianxin: will not write {out} inside the office's folder {folder}")
+            return 1
+    if out.exists() or out.is_symlink():
+        print(f"lianxin: {out} exists; choose a new file")
+        return 1
     with _directory(settings) as directory:
         bundle = agreements.bundle(directory, directory.store.vault.keys, agreement_id)
     if bundle is None:
         print(f"lianxin: no agreement {agreement_id}")
         return 1
-    out.write_bytes(export_bundle(bundle))
+    with out.open("xb") as file:  # never through a link or over a file made meanwhile
+        file.write(export_bundle(bundle))
     signatures, status = len(bundle.agreement.signatures), bundle.agreement.status
     print(f"Wrote {out} ({signatures} signatures, status {status})")
     return 0
@@ -246,14 +274,30 @@ def key_status(settings: Settings) -> int:
 
 
 def verify_audit(settings: Settings) -> int:
+    """Check the audit chain, its checkpoints and every stored signature; 1 on any break."""
     with _directory(settings) as directory:
-        problems = audit.verify(directory.db)
-        count = len(audit.entries(directory.db))
-    for problem in problems:
+        report = audit_verify.verify_store(directory.store, directory.store.vault.keys)
+    for problem in report.problems:
         print(f"FAIL {problem}")
-    if not problems:
-        print(f"OK audit log: {count} entries, chain intact")
-    return 1 if problems else 0
+    if report.problems:
+        print(f"lianxin: {len(report.problems)} problems found")
+        return 1
+    print(f"OK {report.summary()}")
+    return 0
+
+
+def checkpoint_audit(settings: Settings) -> int:
+    """Have the office sign the audit chain's head now; print it to keep elsewhere too."""
+    with _directory(settings) as directory, directory.store.transaction():
+        keys = directory.store.vault.keys
+        mark = audit.checkpoint(directory.db, keys, system_wall_ms())
+    if mark is None:
+        print("lianxin: the audit log's head is signed already (or the log is empty)")
+        return 0
+    signature = base64.b64encode(mark.signature).decode()
+    print(f"Checkpoint at entry {mark.seq}: hash {mark.hash.hex()}, at {mark.at_ms} ms")
+    print(f"signature {signature}")
+    return 0
 
 
 def reveal_informant(settings: Settings, name: str, supervisor_id: str, reason: str) -> int:
@@ -275,6 +319,70 @@ def reveal_informant(settings: Settings, name: str, supervisor_id: str, reason: 
         print(f"No informant has the pseudonym {name}")
         return 1
     print(f"{name} is {found.name} ({found.user_id}, {', '.join(found.org_units)}); audited")
+    return 0
+
+
+def backup_office(settings: Settings, dest: Path, with_key_file: bool) -> int:
+    """Snapshot the office into `dest`, also while it serves; the key file only if asked."""
+    ops.configure_logging()  # the JSON log line that says a backup was taken
+    try:
+        manifest = backup.backup(
+            settings,
+            dest,
+            with_key_file=with_key_file,
+            actor=f"operator:{getpass.getuser()}",
+            now_ms=system_wall_ms(),
+        )
+    except (OSError, LianxinError) as error:
+        print(f"lianxin: backup failed: {getattr(error, 'detail', None) or error}")
+        return 1
+    files = ", ".join(f"{f.name} ({f.bytes} bytes)" for f in manifest.files)
+    print(f"Backed up {manifest.office_id} into {dest}: {files}, {backup.MANIFEST}")
+    if with_key_file:
+        print("The backup holds the office key file: anyone with it and the passphrase")
+        print("reads every case. Keep it as safe as the passphrase.")
+    else:
+        print(f"The office key file is NOT in the backup. Keep a copy of {settings.keys_path}")
+        print("apart from it (not on the same disk or tape): nothing in the backup opens")
+        print("without it, and `lianxin restore --key-file` asks for it.")
+    return 0
+
+
+def restore_office(
+    settings: Settings, src: Path, key_file: Path | None, data_keys: Path | None
+) -> int:
+    """Restore a backup into an empty data folder and prove it opens; 1 on any problem."""
+    ops.configure_logging()
+    restored = backup.restore(
+        src,
+        settings,
+        key_file=key_file,
+        passphrase=passphrase,
+        actor=f"operator:{getpass.getuser()}",
+        now_ms=system_wall_ms(),
+        data_keys=data_keys,
+    )
+    for problem in restored.problems:
+        print(f"FAIL {problem}")
+    if restored.problems or restored.manifest is None:
+        print(f"lianxin: restore refused; nothing of it is left in {settings.data_dir}")
+        return 1
+    manifest, opened = restored.manifest, restored.opened
+    print(f"Restored {manifest.office_id} (backup of {manifest.created_at})", end="")
+    print(f" into {settings.data_dir}")
+    print(f"OK files match the manifest; integrity_check ok on {backup.STORE_FILE} and key store")
+    if not restored.checked_records:
+        print("NOT CHECKED: no office key file, so no record was opened. Put it at")
+        print(f"{settings.keys_path}, then run `lianxin audit verify` before serving.")
+        return 0
+    print(
+        f"OK every sealed value opens: {opened['records']} records, {opened['changes']} changes,"
+        f" {opened['quarantine']} quarantined, {opened['conflicts']} conflicts,"
+        f" {opened['users']} user names; {restored.erased} erased values stay shut"
+    )
+    print(f"OK audit log: {restored.audit_entries} entries, chain intact")
+    for case_id in restored.erasures_finished:
+        print(f"Erased since the backup: case {case_id}; what the backup held of it is cleared")
     return 0
 
 
@@ -312,6 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo_parser.add_argument("--reset", action="store_true", help="delete the data folder first")
     demo_parser.add_argument("--no-serve", action="store_true", help="load the data and stop")
     demo_parser.add_argument("--port", type=int)
+    demo_parser.add_argument("--days", type=int, default=demo.WEEK.days, help="of field work")
+    demo_parser.add_argument("--devices", type=int, default=demo.WEEK.devices, help="phones")
 
     init_parser = commands.add_parser("init", help="create a new office and its first admin")
     init_parser.add_argument("--admin", required=True, help="the first admin's name")
@@ -408,10 +518,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     reveal_parser.add_argument("--supervisor", required=True, help="the asking supervisor's id")
     reveal_parser.add_argument("--reason", required=True)
 
+    backup_parser = commands.add_parser("backup", help="snapshot the office, also while it serves")
+    backup_parser.add_argument("dest", type=Path, help="a new or empty folder")
+    backup_parser.add_argument(
+        "--with-key-file",
+        action="store_true",
+        help="also copy the locked office key file (else keep it apart yourself)",
+    )
+    restore_parser = commands.add_parser(
+        "restore", help="restore a backup into an empty --data folder and verify it"
+    )
+    restore_parser.add_argument("src", type=Path, help="a folder written by `lianxin backup`")
+    restore_parser.add_argument(
+        "--key-file", type=Path, help="the office key file, if the backup does not hold it"
+    )
+    restore_parser.add_argument(
+        "--data-keys",
+        type=Path,
+        help="a newer data-keys.db (the live one, or the latest backup's): cases erased"
+        " since this backup stay erased",
+    )
+
     audit_parser = commands.add_parser("audit", help="check the audit log").add_subparsers(
         dest="action", required=True
     )
-    audit_parser.add_parser("verify", help="check the hash chain")
+    audit_parser.add_parser(
+        "verify", help="check the chain, checkpoints, batch and agreement signatures"
+    )
+    audit_parser.add_parser("checkpoint", help="sign the chain's head with the office key")
+
+    simulate_parser = commands.add_parser(
+        "simulate", help="a fleet of phones over a faulty network; checks nothing is lost"
+    )
+    fleet_arguments(simulate_parser)
 
     serve_parser = commands.add_parser("serve", help="run the sync server")
     serve_parser.add_argument("--host")
@@ -427,7 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     match args.command, getattr(args, "action", None):
         case "demo", _:
             secret = os.environ.get(PASSPHRASE_ENV) or demo.PASSPHRASE
-            return demo.run(settings, secret, reset=args.reset, serve=not args.no_serve)
+            week = msgspec.structs.replace(demo.WEEK, days=args.days, devices=args.devices)
+            return demo.run(settings, secret, reset=args.reset, serve=not args.no_serve, week=week)
         case "init", _:
             return init(settings, args.admin, args.org_units)
         case "user", "add":
@@ -458,8 +598,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return key_status(settings)
         case "informant", "reveal":
             return reveal_informant(settings, args.pseudonym, args.supervisor, args.reason)
+        case "backup", _:
+            return backup_office(settings, args.dest, args.with_key_file)
+        case "restore", _:
+            return restore_office(settings, args.src, args.key_file, args.data_keys)
         case "audit", "verify":
             return verify_audit(settings)
+        case "audit", "checkpoint":
+            return checkpoint_audit(settings)
+        case "simulate", _:
+            return simulate_fleet(args)
         case "serve", _:
             return serve(settings)
     return 2

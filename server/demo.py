@@ -3,25 +3,42 @@
 The office (keys locked with a passphrase everyone knows, unless
 LIANXIN_PASSPHRASE is set) gets a supervisor for Hangzhou with a console
 password and an admin; the seed scenarios are loaded through the office's
-own apply path (readers, indexes, agreements), and the server then runs on
-127.0.0.1 until Ctrl-C. Running it again reuses the folder, and answers every
-seed change as a duplicate; `--reset` starts over.
+own apply path (readers, indexes, agreements). The server then starts on
+127.0.0.1 and, on a fresh office, a simulated week of field work in three
+districts goes through it (`server.fleet`: phones enrolled with codes, signed
+and sealed sync over a lossy network, supervisors triaging and assigning,
+mediators visiting, concurrent edits becoming conflicts); a summary and the
+console's logins are printed and it serves until Ctrl-C. Running it again
+reuses the folder, answers every seed change as a duplicate and adds no
+second week; `--reset` starts over.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
+import signal
+import sys
+import threading
+import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import msgspec
+import uvicorn
+from rich.console import Console
 
-from server import seed
+from server import ops, seed
+from server.app import create_app
 from server.console import signin
+from server.fleet import simulate
+from server.fleet.office import Office
 from server.keys import OfficeKeys
 from server.service import SyncService
 from server.settings import Settings
 from server.storage.directory import Directory, Role, User
-from server.storage.sqlite import open_store
+from server.storage.sqlite import SqliteStore, open_store
 from sync.clock import Clock, system_wall_ms
 
 PASSPHRASE = "lianxin demo only"
@@ -39,8 +56,23 @@ def _user(directory: Directory, name: str, role: Role, password: str) -> User:
     return user
 
 
-def run(settings: Settings, passphrase: str, *, reset: bool, serve: bool) -> int:
-    """Set up (or reuse) the demo office in `settings.data_dir`; serve it unless `serve` is off."""
+# A week in three districts: a little loss and skew, as on a decent day in the field.
+WEEK = simulate.Options(
+    devices=30, days=7, loss=0.1, duplicate=0.02, skew_hours=2.0, offline=0.15, concurrent=0.2
+)
+
+
+def run(
+    settings: Settings,
+    passphrase: str,
+    *,
+    reset: bool,
+    serve: bool,
+    week: simulate.Options = WEEK,
+) -> int:
+    """Set up (or reuse) the demo office in `settings.data_dir`, serve it, and on a fresh
+    office run `week` of simulated field work through the server; keep serving until
+    Ctrl-C unless `serve` is off."""
     data = settings.data_dir
     if reset and data.exists():
         shutil.rmtree(data)
@@ -52,8 +84,9 @@ def run(settings: Settings, passphrase: str, *, reset: bool, serve: bool) -> int
         print(f"Created demo office keys {settings.keys_path}, locked with {shown}")
     keys = OfficeKeys.load(settings.keys_path, passphrase)
     store = open_store(settings, keys)
+    fresh = "0001_initial" in store.migrations_applied
     applied = ", ".join(store.migrations_applied)
-    if "0001_initial" in store.migrations_applied:
+    if fresh:
         print(f"Created store {store.path} ({applied})")
     elif applied:
         print(f"Reusing store {store.path}, migrated ({applied}); --reset starts over")
@@ -67,30 +100,105 @@ def run(settings: Settings, passphrase: str, *, reset: bool, serve: bool) -> int
         tally = Counter(r.status for r in results)
         summary = ", ".join(f"{n} {status}" for status, n in sorted(tally.items()))
         print(f"  {scenario.name}: {len(results)} changes: {summary}")
-    counts = store.counts()
-    conflicts = store.open_conflicts()
-    print(
-        f"Store holds {counts['records']} records, {counts['changes']} changes in the log,"
-        f" {len(conflicts)} open conflicts, {counts['quarantine']} quarantined."
-    )
-    for conflict in conflicts:
-        values = " | ".join(f"{c.device_id}: {c.value!r}" for c in conflict.candidates)
-        print(f"  conflict {conflict.record_type}/{conflict.record_id}.{conflict.field}: {values}")
-    if not serve:
-        store.close()
-        return 0
-    import uvicorn
-
-    from server.app import create_app
-
     url = f"http://{settings.host}:{settings.port}"
-    print(f"\nConsole: {url}/console/login")
-    print(f"  supervisor: user id {supervisor.user_id}, password {SUPERVISOR_PASSWORD!r}")
-    print(f"  admin:      user id {admin.user_id}, password {ADMIN_PASSWORD!r}")
-    print("Serving until Ctrl-C (plain HTTP on this machine, so cookies are not `Secure`).")
+    week_due = fresh and week.days > 0
+    if not fresh:
+        print("The simulated week is already in this store (--reset runs a new one).")
+    try:
+        with _serving(settings, keys, store) if serve or week_due else nullcontext() as serving:
+            synced = _field_week(settings, passphrase, url, week) if week_due else 0
+            _summary(store, synced)
+            print(f"\nConsole: {url}/console/login")
+            print(f"  supervisor: user id {supervisor.user_id}, password {SUPERVISOR_PASSWORD!r}")
+            print(f"  admin:      user id {admin.user_id}, password {ADMIN_PASSWORD!r}")
+            if serve and serving is not None:
+                signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: as Ctrl-C
+                print("Serving until Ctrl-C (plain HTTP here, so cookies are not `Secure`).")
+                sys.stdout.flush()
+                while serving.is_alive():
+                    serving.join(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        store.close()
+    return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _serving(
+    settings: Settings, keys: OfficeKeys, store: SqliteStore
+) -> Iterator[threading.Thread]:
+    """The office served on `settings`' address in a thread of this process, until exit."""
+    # Plain HTTP on this machine, so console cookies cannot be `Secure`.
     app = create_app(
         msgspec.structs.replace(settings, secure_cookies=False), keys=keys, store=store
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
-    store.close()
-    return 0
+    # The demo's printed story is its output: only problems are logged (as JSON lines).
+    ops.configure_logging(logging.WARNING)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")
+    )
+    serving = threading.Thread(target=server.run, name="lianxin-demo-server", daemon=True)
+    serving.start()
+    try:
+        while not server.started:
+            if not serving.is_alive():
+                raise SystemExit(f"lianxin: could not serve on port {settings.port} (in use?)")
+            time.sleep(0.05)
+        yield serving
+    finally:
+        server.should_exit = True
+        serving.join()
+
+
+def _field_week(settings: Settings, passphrase: str, url: str, week: simulate.Options) -> int:
+    """Work `week` in the field through the server at `url`; the body bytes synced."""
+    console = Console()
+    console.print(
+        f"Simulating {week.days} days of field work: {week.devices} phones in three districts"
+        f" (loss {week.loss:.0%}, clocks off by up to {week.skew_hours:g} h)"
+    )
+    office = Office(settings.data_dir, passphrase, url=url)
+    phones = simulate.phones_folder(settings.data_dir)
+    try:
+        devices, clock = simulate.field_days(week, office, phones, console)
+        simulate.settle(devices, clock)
+        counts: Counter[str] = Counter()
+        for device in devices:
+            counts.update(device.transport.counts)
+            device.close()
+    finally:
+        office.close()
+        shutil.rmtree(phones, ignore_errors=True)
+    return counts["body_bytes_sent"] + counts["body_bytes_received"]
+
+
+def _summary(store: SqliteStore, synced: int) -> None:
+    db = store.db
+    cases, warnings, open_conflicts, settled, executed = db.execute(
+        "SELECT (SELECT count(*) FROM case_index), (SELECT count(*) FROM warning_index),"
+        " (SELECT count(*) FROM conflicts WHERE settled_seq IS NULL),"
+        " (SELECT count(*) FROM conflicts WHERE settled_seq IS NOT NULL),"
+        " (SELECT count(*) FROM agreement_index WHERE executed_ms IS NOT NULL)"
+    ).fetchone()
+    counts = store.counts()
+    print(
+        f"\nThe office holds {cases} cases, {warnings} early warnings, {counts['records']} records"
+        f" and {counts['changes']} changes in the log; {counts['quarantine']} quarantined."
+    )
+    print(
+        f"Conflicts: {open_conflicts} open, {settled} settled."
+        f" Agreements executed: {executed}."
+        + (
+            f" Synced this run: {synced / 1e6:.1f} MB of request and answer bodies."
+            if synced
+            else ""
+        )
+    )
+    for conflict in store.open_conflicts()[:5]:
+        values = " | ".join(f"{c.device_id}: {c.value!r}" for c in conflict.candidates)
+        print(f"  conflict {conflict.record_type}/{conflict.record_id}.{conflict.field}: {values}")

@@ -24,6 +24,7 @@ STATUS: dict[type[errors.LianxinError], int] = {
     errors.EnrollmentRefused: 403,
     errors.BatchReused: 409,
     errors.TooLarge: 413,
+    errors.UnsupportedEncoding: 415,
     errors.ConsoleError: 400,
     errors.NotSignedIn: 401,
     errors.BadCredentials: 401,
@@ -34,6 +35,17 @@ STATUS: dict[type[errors.LianxinError], int] = {
     errors.Unreadable: 500,
     errors.Unavailable: 503,
 }
+# Seconds a client should wait before retrying (the `Retry-After` header).
+RETRY_AFTER_S: dict[type[errors.LianxinError], int] = {
+    errors.Unavailable: 5,
+    errors.StorageBusy: 1,
+    errors.StorageUnavailable: 30,
+}
+# SQLite primary result codes (sqlite3.h): another writer holds the store...
+SQLITE_BUSY = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
+# ...or the storage under it is failing: PERM, NOMEM, READONLY, IOERR, CORRUPT, FULL,
+# CANTOPEN, PROTOCOL, NOTADB.
+SQLITE_FAILING = {3, 7, 8, 10, 11, 13, 14, 15, 26}
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 MSGPACK = "application/msgpack"
 
@@ -60,12 +72,22 @@ def answer(request: Request, status: int, code: str, detail: str) -> Response:
     return Response(content, status_code=status, media_type=media_type)
 
 
+def retry_after(error: errors.LianxinError) -> int | None:
+    """Seconds to wait before retrying, for errors a retry can cure; else None."""
+    return next((RETRY_AFTER_S[k] for k in type(error).__mro__ if k in RETRY_AFTER_S), None)
+
+
 def lianxin_error(request: Request, error: errors.LianxinError) -> Response:
     if request.url.path.startswith("/console/"):
         from server.console.web import error_page  # the console renders its own pages
 
-        return error_page(request, error, status_of(error))
-    return answer(request, status_of(error), error.code, error.detail)
+        response = error_page(request, error, status_of(error))
+    else:
+        response = answer(request, status_of(error), error.code, error.detail)
+    seconds = retry_after(error)
+    if seconds is not None:
+        response.headers["Retry-After"] = str(seconds)
+    return response
 
 
 def http_error(request: Request, error: HTTPException) -> Response:
@@ -73,10 +95,29 @@ def http_error(request: Request, error: HTTPException) -> Response:
     return answer(request, error.status_code, code, str(error.detail))
 
 
+def storage_fault(error: sqlite3.Error) -> errors.Unavailable:
+    """What a SQLite error means to a client: the store busy, failing, or refusing.
+
+    The writer gate rolled the transaction back, so nothing was written and a
+    retry is safe. Busy must never reach a client as a 500 (issue 8).
+    """
+    primary = (getattr(error, "sqlite_errorcode", None) or 0) & 0xFF
+    if primary in SQLITE_BUSY:
+        return errors.StorageBusy("another writer holds the store; nothing was written; retry")
+    if primary in SQLITE_FAILING:
+        return errors.StorageUnavailable(
+            "storage is failing (I/O error or disk full); nothing was written; retry later"
+        )
+    return errors.Unavailable("storage refused the request; nothing was written; retry later")
+
+
 def storage_error(request: Request, error: sqlite3.Error) -> Response:
-    # Busy, locked, I/O error, disk full: the batch was rolled back; the client retries.
-    log.warning("storage error: %s", error)
-    return answer(request, 503, errors.Unavailable.code, "storage unavailable, retry later")
+    fault = storage_fault(error)
+    if type(fault) is errors.Unavailable:  # not a known fault of the storage: likely a bug
+        log.error("storage error on %s %s", request.method, request.url.path, exc_info=error)
+    else:
+        log.warning("storage error (%s): %s", fault.code, error)
+    return lianxin_error(request, fault)
 
 
 def internal_error(request: Request, error: Exception) -> Response:

@@ -42,7 +42,7 @@ from sync import signing
 from sync.access import WRITABLE_BY, changes_visibility, links_added
 from sync.clock import Clock
 from sync.engine import apply
-from sync.errors import BadCursor, BatchReused, Forbidden, MalformedRequest, TooLarge
+from sync.errors import BadCursor, BatchReused, Forbidden, MalformedRequest, TooDeep, TooLarge
 from sync.store import RecordKey
 
 _decode_change = msgspec.msgpack.Decoder(Change).decode
@@ -123,6 +123,8 @@ class SyncService:
                 change = _decode_change(raw)
             except (msgspec.DecodeError, UnicodeDecodeError) as error:
                 raise MalformedRequest(f"$.changes[{index}]: {error}") from None
+            except RecursionError:  # field values are `Any`: msgspec follows any nesting
+                raise TooDeep(f"$.changes[{index}] is nested too deeply to decode") from None
             if change.device_id != device.device_id:
                 raise Forbidden(f"$.changes[{index}] was made by another device")
             changes.append(change)
@@ -232,11 +234,18 @@ class SyncService:
             if row[0] != manifest:
                 raise BatchReused(f"batch {request.batch_id} was sent before with other changes")
             return
+        now_ms = self.wall_ms()
         self.store.db.execute(
             "INSERT INTO batches (device_id, batch_id, manifest, signature, received_at_ms)"
             " VALUES (?, ?, ?, ?, ?)",
-            [device.device_id, request.batch_id, manifest, request.signature, self.wall_ms()],
+            [device.device_id, request.batch_id, manifest, request.signature, now_ms],
         )
+        # In the batch's transaction: an applied batch is always in the log (issue 8).
+        db = self.store.db
+        audit.record_batch(
+            db, now_ms, device.device_id, request.batch_id, manifest, request.signature
+        )
+        audit.checkpoint_if_due(db, self.keys, now_ms)
 
     def pull(self, device: Device, request: PullRequest) -> PullPage:
         """The next page of what this device may see, after its cursor."""

@@ -3,6 +3,8 @@
     LianxinError
     ├── MalformedRequest        malformed             the body or a header cannot be decoded
     ├── TooLarge                too_large             body, batch or page over its limit
+    │   └── TooDeep             too_deep              a body nested deeper than the decoder follows
+    ├── UnsupportedEncoding     unsupported_encoding  a compressed body (Content-Encoding)
     ├── AuthenticationError
     │   ├── Unsigned            unsigned              no signature headers
     │   ├── BadSignature        bad_signature         the signature does not verify
@@ -28,7 +30,9 @@
     │   └── InvalidAction       invalid_action        a console action that cannot apply as asked
     ├── Erased                  erased                the record was lawfully erased (key destroyed)
     ├── Unreadable              unreadable            stored bytes do not open (key, passphrase)
-    └── Unavailable             unavailable           storage busy or failing; retry later
+    └── Unavailable             unavailable           storage refused the request; retry later
+        ├── StorageBusy         storage_busy          another writer holds the store; retry soon
+        └── StorageUnavailable  storage_unavailable   I/O error or disk full; retry later
 
 The engine and the client raise these; only `server/errors.py` turns them
 into HTTP answers. Rejected *changes* are not errors: they are answered per
@@ -52,6 +56,14 @@ class MalformedRequest(LianxinError):
 
 class TooLarge(LianxinError):
     code = "too_large"
+
+
+class TooDeep(TooLarge):
+    code = "too_deep"
+
+
+class UnsupportedEncoding(LianxinError):
+    code = "unsupported_encoding"
 
 
 class AuthenticationError(LianxinError):
@@ -156,3 +168,11 @@ class Unreadable(LianxinError):
 
 class Unavailable(LianxinError):
     code = "unavailable"
+
+
+class StorageBusy(Unavailable):
+    code = "storage_busy"
+
+
+class StorageUnavailable(Unavailable):
+    code = "storage_unavailable"

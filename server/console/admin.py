@@ -33,10 +33,21 @@ from schemas.console.admin import (
     UserRow,
 )
 from server import audit
-from server.console.web import _, back_to, checked, form_of, render, service_of, signed_in
+from server.console.web import (
+    _,
+    back_to,
+    checked,
+    documents_body,
+    form_of,
+    page_offset,
+    render,
+    service_of,
+    signed_in,
+)
 from server.service import SyncService
 from server.storage.directory import User
-from sync.errors import MalformedRequest, UnknownRecord
+from sync import decoding
+from sync.errors import UnknownRecord
 
 PAGE = 100
 LATEST_CODES = 50
@@ -166,23 +177,20 @@ def revoke(service: SyncService, admin: User, device_id: str, reason: str) -> Re
 
 
 def _decode(body: bytes, kind: type[T]) -> T:
-    try:
-        return msgspec.json.decode(body or b"{}", type=kind)
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
-        raise MalformedRequest(str(error)) from None
+    return decoding.decode(body or b"{}", kind, json=True)
 
 
 @get("/console/admin", sync_to_thread=True, include_in_schema=False)
 def admin_html(request: Request, offset: FromQuery[int] = 0) -> Response:
     current = signed_in(request, "admin")
-    data = admin_page(service_of(request), max(offset, 0))
+    data = admin_page(service_of(request), page_offset(offset))
     return render(request, current, "admin.html", data=data, when=when, issued=None)
 
 
 @get("/api/admin", sync_to_thread=True, summary="Users, enrolment codes and devices (admins)")
 def admin_api(request: Request, offset: FromQuery[int] = 0) -> AdminPage:
     signed_in(request, "admin")
-    return admin_page(service_of(request), max(offset, 0))
+    return admin_page(service_of(request), page_offset(offset))
 
 
 @post("/console/admin/codes", include_in_schema=False)
@@ -201,7 +209,12 @@ async def issue_code_form(request: Request) -> Response:
     return await anyio.to_thread.run_sync(page)
 
 
-@post("/api/admin/codes", status_code=200, summary="Issue a one-time enrolment code (X-CSRF-Token)")
+@post(
+    "/api/admin/codes",
+    status_code=200,
+    summary="Issue a one-time enrolment code (X-CSRF-Token)",
+    dependencies=documents_body(CodeRequest),
+)
 async def issue_code_api(request: Request) -> IssuedCode:
     current = signed_in(request, "admin")
     checked(request, current, {})
@@ -226,6 +239,7 @@ async def revoke_form(request: Request, device_id: FromPath[str]) -> Response:
     "/api/admin/devices/{device_id:str}/revoke",
     status_code=200,
     summary="Revoke a device at once (X-CSRF-Token)",
+    dependencies=documents_body(RevokeRequest),
 )
 async def revoke_api(request: Request, device_id: FromPath[str]) -> Revoked:
     current = signed_in(request, "admin")

@@ -33,7 +33,7 @@ from schemas.records import Agreement, Party, Signature
 from server import agreements as office_agreements
 from server import audit
 from server.console.cases import PAGE, visible
-from server.console.web import _, render, service_of, signed_in
+from server.console.web import _, page_offset, render, service_of, signed_in
 from server.service import SyncService
 from server.storage.directory import Device
 from sync import agreements
@@ -331,14 +331,14 @@ def export(service: SyncService, user_id: str, agreement_id: str) -> bytes:
 @get("/console/agreements", sync_to_thread=True, include_in_schema=False)
 def agreements_page(request: Request, offset: FromQuery[int] = 0) -> Response:
     current = signed_in(request, "supervisor")
-    data = agreement_list(service_of(request), current.user.user_id, max(offset, 0))
+    data = agreement_list(service_of(request), current.user.user_id, page_offset(offset))
     return render(request, current, "agreements.html", data=data)
 
 
 @get("/api/agreements", sync_to_thread=True, summary="Agreements in view: k of N signed")
 def agreements_api(request: Request, offset: FromQuery[int] = 0) -> AgreementList:
     current = signed_in(request, "supervisor")
-    return agreement_list(service_of(request), current.user.user_id, max(offset, 0))
+    return agreement_list(service_of(request), current.user.user_id, page_offset(offset))
 
 
 @get("/console/agreements/{agreement_id:str}", sync_to_thread=True, include_in_schema=False)

@@ -18,7 +18,6 @@ import functools
 from typing import TypeVar
 
 import anyio.to_thread
-import msgspec
 from litestar import Request, Response, get, post
 from litestar.params import FromPath, FromQuery
 
@@ -46,11 +45,22 @@ from server.console.cases import (
     today,
     visible,
 )
-from server.console.web import _, back_to, checked, form_of, render, service_of, signed_in
+from server.console.web import (
+    _,
+    back_to,
+    checked,
+    documents_body,
+    form_of,
+    page_offset,
+    render,
+    service_of,
+    signed_in,
+)
 from server.service import SyncService
 from server.storage.directory import User
+from sync import decoding
 from sync.access import org_unit, within
-from sync.errors import InvalidAction, MalformedRequest, UnknownRecord
+from sync.errors import InvalidAction, UnknownRecord
 from sync.merge import materialize
 
 MAX_DEADLINE_DAYS = 3650
@@ -179,6 +189,7 @@ async def assign_form(request: Request, case_id: FromPath[str]) -> Response:
     "/api/cases/{case_id:str}/mediators",
     status_code=200,
     summary="Add and remove a case's mediators (X-CSRF-Token header)",
+    dependencies=documents_body(AssignRequest),
 )
 async def assign_api(request: Request, case_id: FromPath[str]) -> Assignment:
     current = signed_in(request, "supervisor")
@@ -193,11 +204,8 @@ async def assign_api(request: Request, case_id: FromPath[str]) -> Assignment:
 
 
 def decode_json(body: bytes, kind: type[T]) -> T:
-    """A JSON request body as `kind`; `MalformedRequest` naming the bad path."""
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
-        raise MalformedRequest(str(error)) from None
+    """A JSON request body as `kind`; `MalformedRequest` naming the bad path, or `TooDeep`."""
+    return decoding.decode(body, kind, json=True)
 
 
 # -- deadlines --------------------------------------------------------------------------
@@ -261,7 +269,7 @@ def _days(text: str) -> int | None:
     text = text.strip()
     if not text:
         return None
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # int("²") raises
         raise InvalidAction(_("a deadline is a whole number of days"))
     return int(text)
 
@@ -303,6 +311,7 @@ async def deadline_form(request: Request) -> Response:
     "/api/deadlines",
     status_code=200,
     summary="Set or remove a category's deadline (X-CSRF-Token header)",
+    dependencies=documents_body(DeadlineRequest),
 )
 async def deadline_api(request: Request) -> DeadlineList:
     current = signed_in(request, "supervisor")
@@ -340,14 +349,14 @@ def overdue_list(service: SyncService, user_id: str, offset: int = 0) -> Overdue
 @get("/console/overdue", sync_to_thread=True, include_in_schema=False)
 def overdue_page(request: Request, offset: FromQuery[int] = 0) -> Response:
     current = signed_in(request, "supervisor")
-    data = overdue_list(service_of(request), current.user.user_id, max(offset, 0))
+    data = overdue_list(service_of(request), current.user.user_id, page_offset(offset))
     return render(request, current, "overdue.html", data=data)
 
 
 @get("/api/overdue", sync_to_thread=True, summary="Overdue cases in view, most overdue first")
 def overdue_api(request: Request, offset: FromQuery[int] = 0) -> OverdueList:
     current = signed_in(request, "supervisor")
-    return overdue_list(service_of(request), current.user.user_id, max(offset, 0))
+    return overdue_list(service_of(request), current.user.user_id, page_offset(offset))
 
 
 ROUTES = [

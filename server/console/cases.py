@@ -13,7 +13,7 @@ from litestar.params import FromPath, FromQuery
 from schemas.changes import Conflict
 from schemas.console.cases import CaseList, CasePage, CaseRow, Repeat, TimelineEntry
 from schemas.records import Case
-from server.console.web import render, service_of, signed_in
+from server.console.web import page_offset, render, service_of, signed_in
 from server.service import SyncService
 from server.storage import people
 from sync import signing
@@ -238,7 +238,8 @@ def _filters(request: Request) -> dict[str, str]:
 
 def _offset(request: Request) -> int:
     text = request.query_params.get("offset", "0")
-    return int(text) if text.isdigit() else 0
+    # ASCII only: "²".isdigit() holds, and int("²") raises.
+    return page_offset(int(text)) if text.isascii() and text.isdigit() else 0
 
 
 @get("/console/cases", sync_to_thread=True, include_in_schema=False)
@@ -268,7 +269,7 @@ def cases_api(
         "overdue": overdue,
         "group": group,
     }
-    return case_list(service_of(request), current.user.user_id, filters, max(offset, 0))
+    return case_list(service_of(request), current.user.user_id, filters, page_offset(offset))
 
 
 @get("/console/cases/{case_id:str}", sync_to_thread=True, include_in_schema=False)

@@ -37,10 +37,21 @@ from schemas.console.conflicts import (
 from schemas.records import Agreement, Case, EarlyWarning, Party
 from server.console.actions import DEVICE_PREFIX, office_change
 from server.console.cases import visible
-from server.console.web import _, back_to, checked, form_of, render, service_of, signed_in
+from server.console.web import (
+    _,
+    back_to,
+    checked,
+    documents_body,
+    form_of,
+    page_offset,
+    render,
+    service_of,
+    signed_in,
+)
 from server.service import SyncService
 from server.storage.directory import Device, User
-from sync.errors import InvalidAction, MalformedRequest, UnknownRecord
+from sync import decoding
+from sync.errors import InvalidAction, UnknownRecord
 from sync.merge import DELETED_FIELD, field_specs, materialize
 from sync.store import RecordKey
 
@@ -193,6 +204,10 @@ def _view(
     )
 
 
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def form_value(record_type: str, field: str, text: str) -> Any:
     """A value typed in the page's text box, for a field of any type.
 
@@ -210,7 +225,7 @@ def form_value(record_type: str, field: str, text: str) -> Any:
         pass
     try:
         return msgspec.json.decode(text)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # `[[[[…` a thousand deep is text too
         return text
 
 
@@ -280,7 +295,8 @@ def _decision(
         if typed:
             value = form_value(conflict.record_type, conflict.field, str(value or ""))
         return "settle_conflict", {conflict.field: value}, None
-    index = choice if isinstance(choice, int) else int(choice) if choice.isdigit() else -1
+    # ASCII digits only: "²".isdigit() holds, and int("²") raises.
+    index = choice if isinstance(choice, int) else int(choice) if _digits(choice) else -1
     if not 0 <= index < len(conflict.candidates):
         raise InvalidAction(_("choose one of the candidates or a value of your own"))
     return "settle_conflict", {conflict.field: conflict.candidates[index].value}, None
@@ -289,14 +305,14 @@ def _decision(
 @get("/console/conflicts", sync_to_thread=True, include_in_schema=False)
 def conflicts_page(request: Request, offset: FromQuery[int] = 0) -> Response:
     current = signed_in(request, "supervisor")
-    data = conflict_list(service_of(request), current.user.user_id, max(offset, 0))
+    data = conflict_list(service_of(request), current.user.user_id, page_offset(offset))
     return render(request, current, "conflicts.html", data=data)
 
 
 @get("/api/conflicts", sync_to_thread=True, summary="Open conflicts in view, with every candidate")
 def conflicts_api(request: Request, offset: FromQuery[int] = 0) -> ConflictList:
     current = signed_in(request, "supervisor")
-    return conflict_list(service_of(request), current.user.user_id, max(offset, 0))
+    return conflict_list(service_of(request), current.user.user_id, page_offset(offset))
 
 
 @post("/console/conflicts/settle", include_in_schema=False)
@@ -313,7 +329,7 @@ async def settle_form(request: Request) -> Response:
         choice=fields.get("choice", ""),
         value=fields.get("value", ""),
         reason=fields.get("reason", ""),
-        version=int(version) if version.isdigit() else None,
+        version=int(version) if _digits(version) else None,
     )
     try:
         await anyio.to_thread.run_sync(settle, service, current.user, wanted, True)
@@ -325,15 +341,16 @@ async def settle_form(request: Request) -> Response:
     return back_to("/console/conflicts")
 
 
-@post("/api/conflicts/settle", status_code=200, summary="Settle an open conflict (X-CSRF-Token)")
+@post(
+    "/api/conflicts/settle",
+    status_code=200,
+    summary="Settle an open conflict (X-CSRF-Token)",
+    dependencies=documents_body(SettleRequest),
+)
 async def settle_api(request: Request) -> Settled:
     current = signed_in(request, "supervisor")
     checked(request, current, {})
-    body = await request.body()
-    try:
-        wanted = msgspec.json.decode(body, type=SettleRequest)
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
-        raise MalformedRequest(str(error)) from None
+    wanted = decoding.decode(await request.body(), SettleRequest, json=True)
     return await anyio.to_thread.run_sync(settle, service_of(request), current.user, wanted)
 
 

@@ -53,12 +53,22 @@ from schemas.console.quarantine import (
 from schemas.records import Location
 from server import audit
 from server.console.conflicts import Authors, link_of, title_of, when
-from server.console.web import _, back_to, checked, form_of, render, service_of, signed_in
+from server.console.web import (
+    _,
+    back_to,
+    checked,
+    documents_body,
+    form_of,
+    page_offset,
+    render,
+    service_of,
+    signed_in,
+)
 from server.service import SyncService
 from server.storage.directory import User
-from sync import signing
+from sync import decoding, signing
 from sync.access import org_unit, within
-from sync.errors import InvalidAction, MalformedRequest, UnknownRecord
+from sync.errors import InvalidAction, UnknownRecord
 from sync.merge import materialize
 from sync.store import RecordKey
 
@@ -326,10 +336,7 @@ def _yes(text: str) -> bool:
 
 
 def _decode(body: bytes, kind: type[Any]) -> Any:
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
-        raise MalformedRequest(str(error)) from None
+    return decoding.decode(body, kind, json=True)
 
 
 @get("/console/quarantine", sync_to_thread=True, include_in_schema=False)
@@ -341,7 +348,7 @@ def quarantine_page(
 ) -> Response:
     current = signed_in(request, "supervisor")
     data = quarantine_list(
-        service_of(request), current.user, _yes(everything), max(offset, 0), reapplied
+        service_of(request), current.user, _yes(everything), page_offset(offset), reapplied
     )
     return render(request, current, "quarantine.html", data=data)
 
@@ -353,7 +360,7 @@ def quarantine_api(
     offset: FromQuery[int] = 0,
 ) -> QuarantineList:
     current = signed_in(request, "supervisor")
-    return quarantine_list(service_of(request), current.user, _yes(everything), max(offset, 0))
+    return quarantine_list(service_of(request), current.user, _yes(everything), page_offset(offset))
 
 
 @post("/console/quarantine/acknowledge", include_in_schema=False)
@@ -382,7 +389,12 @@ async def reapply_form(request: Request) -> Response:
     return back_to(f"/console/quarantine?reapplied={quote(done.change_id)}")
 
 
-@post("/api/quarantine/acknowledge", status_code=200, summary="Acknowledge a rejected change")
+@post(
+    "/api/quarantine/acknowledge",
+    status_code=200,
+    summary="Acknowledge a rejected change",
+    dependencies=documents_body(AcknowledgeRequest),
+)
 async def acknowledge_api(request: Request) -> Acknowledged:
     current = signed_in(request, "supervisor")
     checked(request, current, {})
@@ -392,7 +404,12 @@ async def acknowledge_api(request: Request) -> Acknowledged:
     )
 
 
-@post("/api/quarantine/reapply", status_code=200, summary="Apply a rejected change again")
+@post(
+    "/api/quarantine/reapply",
+    status_code=200,
+    summary="Apply a rejected change again",
+    dependencies=documents_body(ReapplyRequest),
+)
 async def reapply_api(request: Request) -> Reapplied:
     current = signed_in(request, "supervisor")
     checked(request, current, {})

@@ -47,7 +47,17 @@ from schemas.state import RecordState
 from server.console.actions import office_change
 from server.console.assignment import decode_json, mediators_covering
 from server.console.cases import PAGE, visible
-from server.console.web import _, back_to, checked, form_of, render, service_of, signed_in
+from server.console.web import (
+    _,
+    back_to,
+    checked,
+    documents_body,
+    form_of,
+    page_offset,
+    render,
+    service_of,
+    signed_in,
+)
 from server.service import SyncService
 from server.storage.directory import User
 from sync.access import org_unit
@@ -312,14 +322,14 @@ def dismiss(
 @get("/console/warnings", sync_to_thread=True, include_in_schema=False)
 def warnings_page(request: Request, offset: FromQuery[int] = 0) -> Response:
     current = signed_in(request, "supervisor")
-    data = warning_list(service_of(request), current.user.user_id, max(offset, 0))
+    data = warning_list(service_of(request), current.user.user_id, page_offset(offset))
     return render(request, current, "warnings.html", data=data)
 
 
 @get("/api/warnings", sync_to_thread=True, summary="Warnings in view: new ones grouped first")
 def warnings_api(request: Request, offset: FromQuery[int] = 0) -> WarningList:
     current = signed_in(request, "supervisor")
-    return warning_list(service_of(request), current.user.user_id, max(offset, 0))
+    return warning_list(service_of(request), current.user.user_id, page_offset(offset))
 
 
 @get("/console/warnings/{warning_id:str}", sync_to_thread=True, include_in_schema=False)
@@ -381,6 +391,7 @@ async def dismiss_form(request: Request, warning_id: FromPath[str]) -> Response:
     "/api/warnings/{warning_id:str}/convert",
     status_code=200,
     summary="Make a case of a warning (and of its group) for a mediator (X-CSRF-Token header)",
+    dependencies=documents_body(ConvertRequest),
 )
 async def convert_api(request: Request, warning_id: FromPath[str]) -> Triaged:
     current = signed_in(request, "supervisor")
@@ -403,6 +414,7 @@ async def convert_api(request: Request, warning_id: FromPath[str]) -> Triaged:
     "/api/warnings/{warning_id:str}/dismiss",
     status_code=200,
     summary="Dismiss a warning (and its group) with a reply (X-CSRF-Token header)",
+    dependencies=documents_body(DismissRequest),
 )
 async def dismiss_api(request: Request, warning_id: FromPath[str]) -> Triaged:
     current = signed_in(request, "supervisor")

@@ -22,6 +22,7 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from jinja2 import Environment, PackageLoader, select_autoescape
 from litestar import Request, Response
+from litestar.di import Provide
 from litestar.response import Redirect
 
 from server.console import signin
@@ -142,6 +143,32 @@ def render(
         "cache-control": "no-store",
     }
     return Response(page, status_code=status, media_type="text/html", headers=headers)
+
+
+def documents_body(kind: type[msgspec.Struct]) -> dict[str, Provide]:
+    """Route dependencies under which the OpenAPI documents `kind` as the JSON request body.
+
+    The handler never asks for this dependency, so Litestar never runs it:
+    the handler authenticates first (console session and CSRF token, or the
+    device's signature), and only then decodes the body as `kind` itself
+    (`sync.decoding`), so a stranger's body is never parsed and every error
+    keeps Lianxin's code.
+    """
+
+    def body(data: Any) -> None:
+        """Never called."""
+
+    body.__annotations__ = {"data": kind, "return": None}
+    return {"request_body": Provide(body, sync_to_thread=False)}
+
+
+# Past any real list; SQLite takes no larger OFFSET (a bigger one was an OverflowError, a 500).
+MAX_OFFSET = 2**31 - 1
+
+
+def page_offset(offset: int) -> int:
+    """A list's `?offset=` as a row offset SQLite accepts: negative is 0, huge is past the end."""
+    return min(max(offset, 0), MAX_OFFSET)
 
 
 def api(value: msgspec.Struct) -> Response:

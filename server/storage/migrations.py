@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import sqlite_utils
 
+from server import audit
 from server.storage import repeats
 
 
@@ -298,6 +299,29 @@ def _repeat_flag(db: sqlite_utils.Database) -> None:
     repeats.refresh(db, None)
 
 
+def _audit_checkpoints(db: sqlite_utils.Database) -> None:
+    """The office's signed checkpoints of the audit chain's head (`server.audit`).
+
+    Push batches are audited from now on; each batch stored before gets its
+    entry here, marked `backfilled`, so that every batch has exactly one
+    and `lianxin audit verify` can hold each to it.
+    """
+    db.execute("BEGIN IMMEDIATE")  # one transaction, however many batches there are
+    db["audit_checkpoints"].create(
+        {"seq": int, "hash": bytes, "at_ms": int, "signature": bytes},
+        pk="seq",
+        not_null={"hash", "at_ms", "signature"},
+    )
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    rows = db.execute(
+        "SELECT device_id, batch_id, manifest, signature, received_at_ms FROM batches"
+        " ORDER BY received_at_ms, rowid"
+    )
+    for device_id, batch_id, manifest, signature, received_ms in rows.fetchall():
+        backfilled = {"backfilled": True, "received_at_ms": received_ms}
+        audit.record_batch(db, now_ms, device_id, batch_id, manifest, signature, backfilled)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _initial),
     ("0002_directory", _directory),
@@ -309,6 +333,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0008_conflicts_quarantine", _conflicts_quarantine),
     ("0010_stats", _stats),
     ("0011_repeat_flag", _repeat_flag),
+    ("0012_audit_checkpoints", _audit_checkpoints),
 ]
 
 

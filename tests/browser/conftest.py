@@ -49,13 +49,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+# A short simulated week: the seed's cases stay on the first page of the case list.
+DEMO = ["--days", "3", "--devices", "15", "--port"]
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     data = tmp_path_factory.mktemp("demo")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "LIANXIN_PASSPHRASE"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "--data", str(data), "demo", "--port", str(port)],
+        [sys.executable, "-m", "server.cli", "--data", str(data), "demo", *DEMO, str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -76,6 +76,7 @@ CLIENT = textwrap.dedent(
     from sync.client import DeviceClient
     http = httpx.Client(base_url=sys.argv[2])
     with DeviceClient(sys.argv[1], http, passphrase=sys.argv[3], batch_size=50) as device:
+        print("editing", flush=True)
         while True:
             device.edit("case", "k-phone", {"summary": "edit"})
             device.push()
@@ -88,10 +89,15 @@ def test_client_killed_between_push_and_answer_resumes_exactly_once(server, medi
     mediator.close()  # the phone process below owns the file now
     rng = random.Random(11)
     for _ in range(5):
-        phone = subprocess.Popen([sys.executable, "-c", CLIENT, path, server.url, PIN])
-        time.sleep(rng.uniform(0.3, 1.0))
+        phone = subprocess.Popen(
+            [sys.executable, "-c", CLIENT, path, server.url, PIN], stdout=subprocess.PIPE
+        )
+        # Killed once it is at work, whatever its start-up took on a busy machine.
+        assert phone.stdout.readline() == b"editing\n"
+        time.sleep(rng.uniform(0.1, 0.6))
         phone.kill()  # SIGKILL: mid-edit, mid-push or waiting for the answer
         phone.wait()
+        phone.stdout.close()
     with (
         httpx.Client(base_url=server.url) as http,
         DeviceClient(path, http, passphrase=PIN) as device,

@@ -26,10 +26,10 @@ def record(store, record_type, record_id):
 
 
 def test_demo_loads_the_scenarios_and_prints_what_it_did(tmp_path, capsys):
-    assert main(["--data", str(tmp_path / "data"), "demo", "--no-serve"]) == 0
+    assert main(["--data", str(tmp_path / "data"), "demo", "--no-serve", "--days", "0"]) == 0
     out = capsys.readouterr().out
     assert "Created store" in out and "0003_change_order" in out
-    assert "1 open conflicts, 0 quarantined" in out
+    assert "0 quarantined" in out and "Conflicts: 1 open, 0 settled" in out
 
     store = opened(tmp_path / "data")
     # Scenario 1: the warning became a case that was closed, and the warning was answered.
@@ -54,18 +54,18 @@ def test_demo_loads_the_scenarios_and_prints_what_it_did(tmp_path, capsys):
 
 def test_running_the_demo_again_reuses_the_store_and_writes_nothing_twice(tmp_path, capsys):
     data = tmp_path / "data"
-    main(["--data", str(data), "demo", "--no-serve"])
+    main(["--data", str(data), "demo", "--no-serve", "--days", "0"])
     store = opened(data)
     counts = store.counts()
     capsys.readouterr()
 
-    main(["--data", str(data), "demo", "--no-serve"])
+    main(["--data", str(data), "demo", "--no-serve", "--days", "0"])
     out = capsys.readouterr().out
     assert "Reusing store" in out
     assert "applied" not in out and "duplicate" in out
     assert store.counts() == counts
 
-    main(["--data", str(data), "demo", "--reset", "--no-serve"])
+    main(["--data", str(data), "demo", "--reset", "--no-serve", "--days", "0"])
     assert "Created store" in capsys.readouterr().out
     store.close()
 

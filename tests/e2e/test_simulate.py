@@ -1,0 +1,85 @@
+"""Issue 6 point 2: `lianxin simulate` runs a small fleet against a real server and
+finds nothing lost, nothing taken twice and every replica equal to the server's view."""
+
+import io
+import shutil
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+from rich.console import Console
+
+from server.fleet.check import Accounting
+from server.fleet.office import Office
+from server.fleet.simulate import Options, Report, phones_folder, print_report, run
+from tests.conftest import PASSPHRASE
+from tests.e2e.conftest import OFFICE_ENV
+
+
+@pytest.fixture
+def office(server):
+    office = Office(server.data, PASSPHRASE, url=server.url)
+    yield office
+    office.close()
+
+
+def test_a_small_fleet_over_a_lossy_network_loses_nothing(office, tmp_path):
+    options = Options(devices=30, days=3, seed=5, loss=0.3, duplicate=0.05, concurrent=0.3)
+    output = io.StringIO()
+    console = Console(file=output, width=120)
+
+    phones = phones_folder(tmp_path)
+    try:
+        report = run(options, office, phones, console)
+    finally:
+        shutil.rmtree(phones, ignore_errors=True)
+    print_report(report, console)
+
+    assert report.roles == {"supervisor": 3, "mediator": 10, "informant": 17}
+    assert report.requests["requests"] > 500
+    assert report.requests["drop_request"] + report.requests["drop_response"] > 100
+    accounting = report.accounting
+    assert accounting.made > 100
+    assert (accounting.lost, accounting.duplicated) == ([], [])
+    assert (accounting.unanswered, accounting.disagreeing) == ([], [])
+    changed = accounting.applied + accounting.conflict + accounting.rejected.total()
+    assert changed == accounting.made
+    assert accounting.conflict > 0  # the concurrent edits did meet
+    assert report.consistent == report.replicas == 30
+    assert report.violations == []
+    assert "OK: 0 lost, 0 duplicated, every replica consistent" in output.getvalue()
+
+
+def test_any_violation_fails_the_run():
+    report = Report(
+        options=Options(),
+        roles={},
+        accounting=Accounting(made=2, applied=1, lost=["c-1"]),
+        requests=Counter(),
+        errors=Counter(),
+        refused_locally=0,
+        evicted=0,
+        open_conflicts=0,
+        replicas=2,
+        consistent=1,
+        differences=["dev-1: case/k-1: differs"],
+        unsettled=[],
+        seconds=1.0,
+    )
+    assert report.violations == ["1 changes lost", "1 replicas differ"]
+    output = io.StringIO()
+    print_report(report, Console(file=output, width=120))
+    assert "FAIL" in output.getvalue()
+
+
+def test_the_command_refuses_a_server_without_its_folder():
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "simulate", "--server", "http://127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=OFFICE_ENV,
+    )
+    assert done.returncode != 0
+    assert "--server needs the office's folder as --data" in done.stderr
