@@ -31,23 +31,25 @@ Person = tuple[str, str]  # ("party", record id) or (kind, digest)
 Holding = tuple[str, str, str]  # (case id, *person)
 
 # Every case's parties and their strong digests, for the cases (or people) in `?` (JSON).
+# CROSS JOIN fixes the order: from the few ids asked about through the indexes, never a
+# scan of every party's digests.
 BY_CASE = f"""
-SELECT case_id, 'party', record_id FROM links
-WHERE record_type = 'party' AND case_id IN (SELECT value FROM json_each(?))
+SELECT l.case_id, 'party', l.record_id FROM json_each(?) w
+CROSS JOIN links l ON l.case_id = w.value AND l.record_type = 'party'
 UNION ALL
-SELECT l.case_id, p.kind, p.digest FROM links l
-JOIN people_index p ON p.record_type = 'party' AND p.record_id = l.record_id
-WHERE l.record_type = 'party' AND p.kind IN {STRONG}
-  AND l.case_id IN (SELECT value FROM json_each(?))
+SELECT l.case_id, p.kind, p.digest FROM json_each(?) w
+CROSS JOIN links l ON l.case_id = w.value AND l.record_type = 'party'
+CROSS JOIN people_index p ON p.record_type = 'party' AND p.record_id = l.record_id
+WHERE p.kind IN {STRONG}
 """
-BY_PERSON = f"""
-SELECT case_id, 'party', record_id FROM links
-WHERE record_type = 'party' AND record_id IN (SELECT value FROM json_each(?))
+BY_PERSON = """
+SELECT l.case_id, 'party', l.record_id FROM json_each(?) w
+CROSS JOIN links l ON l.record_type = 'party' AND l.record_id = w.value
 UNION ALL
-SELECT l.case_id, p.kind, p.digest FROM people_index p
-JOIN links l ON l.record_type = 'party' AND l.record_id = p.record_id
-WHERE p.kind IN {STRONG} AND p.digest IN (SELECT value FROM json_each(?))
+SELECT l.case_id, p.kind, p.digest FROM json_each(?) w
+CROSS JOIN people_index p ON p.kind = w.value ->> 0 AND p.digest = w.value ->> 1
   AND p.record_type = 'party'
+CROSS JOIN links l ON l.record_type = 'party' AND l.record_id = p.record_id
 """
 
 
@@ -61,7 +63,7 @@ def holders(db: sqlite_utils.Database, people: Iterable[Person]) -> set[Holding]
     """Every case holding one of `people`, as (case, kind, value)."""
     people = set(people)
     parties = json.dumps(sorted(value for kind, value in people if kind == "party"))
-    digests = json.dumps(sorted(value for kind, value in people if kind != "party"))
+    digests = json.dumps(sorted([kind, value] for kind, value in people if kind != "party"))
     return set(db.execute(BY_PERSON, [parties, digests]).fetchall())
 
 
