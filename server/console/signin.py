@@ -60,6 +60,8 @@ def set_password(directory: Directory, user_id: str, password: str) -> None:
             "UPDATE users SET password_hash = ? WHERE user_id = ?",
             [_hasher.hash(password), user_id],
         )
+        # Whoever knew the old password (the reason it is being reset, often) is signed out.
+        directory.db.execute("DELETE FROM sessions WHERE user_id = ?", [user_id])
 
 
 def _totp(secret: bytes) -> TOTP:
@@ -72,7 +74,8 @@ def enable_totp(directory: Directory, user: User, issuer: str = "Lianxin") -> st
     sealed = directory.store.seal_value("users", ("user", user.user_id), "totp", secret)
     with directory.store.transaction():
         directory.db.execute(
-            "UPDATE users SET totp_secret = ? WHERE user_id = ?", [sealed, user.user_id]
+            "UPDATE users SET totp_secret = ?, totp_last_step = NULL WHERE user_id = ?",
+            [sealed, user.user_id],
         )
     return _totp(secret).get_provisioning_uri(user.user_id, issuer)
 
@@ -117,9 +120,12 @@ def sign_in(
         ok = stored is not None and user is not None and user.role in CONSOLE_ROLES
     except (VerifyMismatchError, InvalidHashError):
         ok = False
+    step = None
     if ok and user is not None:
         secret = _totp_secret(directory, user_id)
-        ok = secret is None or _totp_ok(secret, code, now_ms // 1000)
+        if secret is not None:
+            step = _totp_step(secret, code, now_ms // 1000)
+            ok = step is not None and step > _last_step(directory, user_id)
     if not ok or user is None:
         with directory.store.transaction():
             directory.db.conn.executemany(
@@ -137,6 +143,10 @@ def sign_in(
                 [_hasher.hash(password), user_id],
             )
         directory.db.execute("DELETE FROM login_failures WHERE who = ?", [f"user:{user_id}"])
+        if step is not None:  # a code opens one session: seen once, it is spent
+            directory.db.execute(
+                "UPDATE users SET totp_last_step = ? WHERE user_id = ?", [step, user_id]
+            )
         directory.db.execute(
             "INSERT INTO sessions (token_hash, user_id, csrf, created_ms, seen_ms)"
             " VALUES (?, ?, ?, ?, ?)",
@@ -146,15 +156,23 @@ def sign_in(
     return Session(user, csrf, _digest(token)), token
 
 
-def _totp_ok(secret: bytes, code: str, now_s: int) -> bool:
+def _totp_step(secret: bytes, code: str, now_s: int) -> int | None:
+    """The time step `code` belongs to, or None if it is no valid code now."""
     # One step either side, for a phone clock a little off.
-    for step in (0, -30, 30):
+    for shift in (0, -30, 30):
         try:
-            _totp(secret).verify(code.strip().encode(), now_s + step)
-            return True
+            _totp(secret).verify(code.strip().encode(), now_s + shift)
+            return (now_s + shift) // 30
         except InvalidToken:
             continue
-    return False
+    return None
+
+
+def _last_step(directory: Directory, user_id: str) -> int:
+    row = directory.db.execute(
+        "SELECT totp_last_step FROM users WHERE user_id = ?", [user_id]
+    ).fetchone()
+    return -1 if row is None or row[0] is None else int(row[0])
 
 
 def _check_rate(directory: Directory, settings: Settings, who: list[str], now_ms: int) -> None:

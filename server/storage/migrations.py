@@ -322,6 +322,12 @@ def _audit_checkpoints(db: sqlite_utils.Database) -> None:
         audit.record_batch(db, now_ms, device_id, batch_id, manifest, signature, backfilled)
 
 
+def _totp_replay(db: sqlite_utils.Database) -> None:
+    """The time step of each user's last accepted authenticator code: a code is spent once
+    used, so one read over a shoulder or from a proxy log cannot open a second session."""
+    db["users"].add_column("totp_last_step", int)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _initial),
     ("0002_directory", _directory),
@@ -334,6 +340,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0010_stats", _stats),
     ("0011_repeat_flag", _repeat_flag),
     ("0012_audit_checkpoints", _audit_checkpoints),
+    ("0013_totp_replay", _totp_replay),
 ]
 
 

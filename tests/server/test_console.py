@@ -111,3 +111,18 @@ def test_a_second_factor_is_required_once_enabled(console):
     wrong = f"{(int(right) + 1) % 1_000_000:06d}"
     assert sign_in(console, chen, code=wrong).status_code == 401
     assert sign_in(console, chen, code=right).status_code == 303
+    # Spent once used: the same code (read over a shoulder, say) opens nothing more.
+    assert sign_in(console, chen, code=right).status_code == 401
+    console.wall.ms += 30_000
+    assert (
+        sign_in(console, chen, code=signin.totp_code(secret, console.wall.ms // 1000)).status_code
+        == 303
+    )
+
+
+def test_a_new_password_signs_the_user_out_everywhere(console):
+    chen = supervisor(console)
+    assert sign_in(console, chen).status_code == 303
+    assert console.http.get("/api/me").status_code == 200
+    signin.set_password(console.directory, chen.user_id, "a brand new passphrase")
+    assert console.http.get("/api/me").status_code == 401
