@@ -7,7 +7,6 @@ sends four headers (PROTOCOL.md, "Signed requests").
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from collections.abc import Mapping
 
@@ -44,7 +43,7 @@ def authenticate(
         raise MalformedRequest("Lianxin-Nonce must be 16-64 characters of A-Z a-z 0-9 _ -")
     try:
         signature = base64.b64decode(signature_text, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, and a header with a non-ASCII character in it
         raise MalformedRequest("Lianxin-Signature must be base64") from None
     device = directory.device(device_id)
     if device is None:
