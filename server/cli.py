@@ -393,6 +393,7 @@ def serve(settings: Settings) -> int:
 
     app = create_app(settings, keys=unlock(settings))
     memory.keep_freed_memory()
+    memory.collect_less()
     ops.configure_logging()
     print(f"Lianxin serving {settings.data_dir} on http://{settings.host}:{settings.port}")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
