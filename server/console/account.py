@@ -12,13 +12,12 @@ from server.console import signin
 from server.console.web import (
     COOKIE,
     LANGUAGES,
-    _,
     back_to,
-    checked,
     form_of,
     now_ms,
     render,
     service_of,
+    signed_form,
     signed_in,
 )
 from sync.errors import BadCredentials, InvalidAction, RateLimited
@@ -82,9 +81,7 @@ async def login(request: Request) -> Response:
 @post("/console/logout", include_in_schema=False)
 async def logout(request: Request) -> Response:
     """Sign out here, or (`everywhere`) end every session of this user."""
-    current = signed_in(request)
-    fields = await form_of(request)
-    checked(request, current, fields)
+    current, fields, _ = await signed_form(request)
     signin.sign_out(service_of(request).directory, current, everywhere="everywhere" in fields)
     response = back_to("/console/login")
     response.cookies.append(Cookie(key=COOKIE, value="", path="/", max_age=0))
@@ -93,9 +90,7 @@ async def logout(request: Request) -> Response:
 
 @post("/console/language", include_in_schema=False)
 async def language(request: Request) -> Response:
-    current = signed_in(request)
-    fields = await form_of(request)
-    checked(request, current, fields)
+    current, fields, _ = await signed_form(request)
     chosen = fields.get("language", "")
     if chosen not in LANGUAGES:
         raise InvalidAction(_("no such language"))

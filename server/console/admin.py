@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 from datetime import UTC, datetime
-from typing import TypeVar
 
 import anyio.to_thread
 import msgspec
@@ -38,21 +37,20 @@ from server.console.web import (
     back_to,
     checked,
     documents_body,
-    form_of,
+    json_body,
     page_offset,
     render,
     service_of,
+    signed_form,
     signed_in,
 )
 from server.service import SyncService
 from server.storage.directory import User
-from sync import decoding
 from sync.errors import UnknownRecord
 
 PAGE = 100
 LATEST_CODES = 50
 CODE_TTL_MS = 24 * 3600_000  # as `lianxin code` issues them
-T = TypeVar("T")
 
 
 def when(ms: int | None) -> str:
@@ -176,10 +174,6 @@ def revoke(service: SyncService, admin: User, device_id: str, reason: str) -> Re
     return Revoked(device_id=device_id, revoked_at_ms=now)
 
 
-def _decode(body: bytes, kind: type[T]) -> T:
-    return decoding.decode(body or b"{}", kind, json=True)
-
-
 @get("/console/admin", sync_to_thread=True, include_in_schema=False)
 def admin_html(request: Request, offset: FromQuery[int] = 0) -> Response:
     current = signed_in(request, "admin")
@@ -196,9 +190,7 @@ def admin_api(request: Request, offset: FromQuery[int] = 0) -> AdminPage:
 @post("/console/admin/codes", include_in_schema=False)
 async def issue_code_form(request: Request) -> Response:
     """Issue a code and show it on the page this once (no redirect: it must not be kept)."""
-    current = signed_in(request, "admin")
-    fields = await form_of(request)
-    checked(request, current, fields)
+    current, fields, _ = await signed_form(request, "admin")
     service = service_of(request)
     work = functools.partial(issue_code, service, current.user, fields.get("user_id", "").strip())
     issued = await anyio.to_thread.run_sync(work)
@@ -218,16 +210,14 @@ async def issue_code_form(request: Request) -> Response:
 async def issue_code_api(request: Request) -> IssuedCode:
     current = signed_in(request, "admin")
     checked(request, current, {})
-    asked = _decode(await request.body(), CodeRequest)
+    asked = await json_body(request, CodeRequest, empty=b"{}")
     work = functools.partial(issue_code, service_of(request), current.user, asked.user_id)
     return await anyio.to_thread.run_sync(work)
 
 
 @post("/console/admin/devices/{device_id:str}/revoke", include_in_schema=False)
 async def revoke_form(request: Request, device_id: FromPath[str]) -> Response:
-    current = signed_in(request, "admin")
-    fields = await form_of(request)
-    checked(request, current, fields)
+    current, fields, _ = await signed_form(request, "admin")
     work = functools.partial(
         revoke, service_of(request), current.user, device_id, fields.get("reason", "")
     )
@@ -244,7 +234,7 @@ async def revoke_form(request: Request, device_id: FromPath[str]) -> Response:
 async def revoke_api(request: Request, device_id: FromPath[str]) -> Revoked:
     current = signed_in(request, "admin")
     checked(request, current, {})
-    asked = _decode(await request.body(), RevokeRequest)
+    asked = await json_body(request, RevokeRequest, empty=b"{}")
     work = functools.partial(revoke, service_of(request), current.user, device_id, asked.reason)
     return await anyio.to_thread.run_sync(work)
 

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import functools
-from typing import TypeVar
 
 import anyio.to_thread
 from litestar import Request, Response, get, post
@@ -50,21 +49,20 @@ from server.console.web import (
     back_to,
     checked,
     documents_body,
-    form_of,
+    json_body,
     page_offset,
     render,
     service_of,
+    signed_form,
     signed_in,
 )
 from server.service import SyncService
 from server.storage.directory import User
-from sync import decoding
 from sync.access import org_unit, within
 from sync.errors import InvalidAction, UnknownRecord
 from sync.merge import materialize
 
 MAX_DEADLINE_DAYS = 3650
-T = TypeVar("T")
 
 
 # -- mediators --------------------------------------------------------------------------
@@ -168,10 +166,7 @@ def assignment_api(request: Request, case_id: FromPath[str]) -> Assignment:
 
 @post("/console/cases/{case_id:str}/mediators", include_in_schema=False)
 async def assign_form(request: Request, case_id: FromPath[str]) -> Response:
-    current = signed_in(request, "supervisor")
-    fields = await form_of(request)
-    checked(request, current, fields)
-    form = await request.form()
+    current, fields, form = await signed_form(request, "supervisor")
     work = functools.partial(
         assign,
         service_of(request),
@@ -194,18 +189,13 @@ async def assign_form(request: Request, case_id: FromPath[str]) -> Response:
 async def assign_api(request: Request, case_id: FromPath[str]) -> Assignment:
     current = signed_in(request, "supervisor")
     checked(request, current, {})
-    asked = decode_json(await request.body(), AssignRequest)
+    asked = await json_body(request, AssignRequest)
     service = service_of(request)
     work = functools.partial(
         assign, service, current.user, case_id, asked.add, asked.remove, asked.reason
     )
     await anyio.to_thread.run_sync(work)
     return await anyio.to_thread.run_sync(assignment, service, current.user.user_id, case_id)
-
-
-def decode_json(body: bytes, kind: type[T]) -> T:
-    """A JSON request body as `kind`; `MalformedRequest` naming the bad path, or `TooDeep`."""
-    return decoding.decode(body, kind, json=True)
 
 
 # -- deadlines --------------------------------------------------------------------------
@@ -289,9 +279,7 @@ def deadlines_api(request: Request) -> DeadlineList:
 
 @post("/console/deadlines", include_in_schema=False)
 async def deadline_form(request: Request) -> Response:
-    current = signed_in(request, "supervisor")
-    fields = await form_of(request)
-    checked(request, current, fields)
+    current, fields, _ = await signed_form(request, "supervisor")
     days = None if "remove" in fields else _days(fields.get("days", ""))
     if days is None and "remove" not in fields:
         raise InvalidAction(_("give the number of days, or remove the deadline"))
@@ -316,7 +304,7 @@ async def deadline_form(request: Request) -> Response:
 async def deadline_api(request: Request) -> DeadlineList:
     current = signed_in(request, "supervisor")
     checked(request, current, {})
-    asked = decode_json(await request.body(), DeadlineRequest)
+    asked = await json_body(request, DeadlineRequest)
     service = service_of(request)
     work = functools.partial(
         set_deadline, service, current.user, asked.category, asked.days, asked.reason

@@ -42,15 +42,15 @@ from server.console.web import (
     back_to,
     checked,
     documents_body,
-    form_of,
+    json_body,
     page_offset,
     render,
     service_of,
+    signed_form,
     signed_in,
 )
 from server.service import SyncService
 from server.storage.directory import Device, User
-from sync import decoding
 from sync.errors import InvalidAction, UnknownRecord
 from sync.merge import DELETED_FIELD, field_specs, materialize
 from sync.store import RecordKey
@@ -317,9 +317,7 @@ def conflicts_api(request: Request, offset: FromQuery[int] = 0) -> ConflictList:
 
 @post("/console/conflicts/settle", include_in_schema=False)
 async def settle_form(request: Request) -> Response:
-    current = signed_in(request, "supervisor")
-    fields = await form_of(request)
-    checked(request, current, fields)
+    current, fields, _ = await signed_form(request, "supervisor")
     service = service_of(request)
     version = fields.get("version", "")
     wanted = SettleRequest(
@@ -350,7 +348,7 @@ async def settle_form(request: Request) -> Response:
 async def settle_api(request: Request) -> Settled:
     current = signed_in(request, "supervisor")
     checked(request, current, {})
-    wanted = decoding.decode(await request.body(), SettleRequest, json=True)
+    wanted = await json_body(request, SettleRequest)
     return await anyio.to_thread.run_sync(settle, service_of(request), current.user, wanted)
 
 

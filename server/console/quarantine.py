@@ -33,7 +33,7 @@ refuses that device from its revocation on.
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, NamedTuple
 from urllib.parse import quote
 
 import anyio.to_thread
@@ -58,15 +58,16 @@ from server.console.web import (
     back_to,
     checked,
     documents_body,
-    form_of,
+    json_body,
     page_offset,
     render,
     service_of,
+    signed_form,
     signed_in,
 )
 from server.service import SyncService
 from server.storage.directory import User
-from sync import decoding, signing
+from sync import signing
 from sync.access import org_unit, within
 from sync.errors import InvalidAction, UnknownRecord
 from sync.merge import materialize
@@ -335,10 +336,6 @@ def _yes(text: str) -> bool:
     return text.lower() in {"1", "true", "yes", "on"}
 
 
-def _decode(body: bytes, kind: type[Any]) -> Any:
-    return decoding.decode(body, kind, json=True)
-
-
 @get("/console/quarantine", sync_to_thread=True, include_in_schema=False)
 def quarantine_page(
     request: Request,
@@ -365,9 +362,7 @@ def quarantine_api(
 
 @post("/console/quarantine/acknowledge", include_in_schema=False)
 async def acknowledge_form(request: Request) -> Response:
-    current = signed_in(request, "supervisor")
-    fields = await form_of(request)
-    checked(request, current, fields)
+    current, fields, _ = await signed_form(request, "supervisor")
     service = service_of(request)
     await anyio.to_thread.run_sync(acknowledge, service, current.user, fields.get("change_id", ""))
     return back_to("/console/quarantine" + ("?all=1" if fields.get("all") else ""))
@@ -375,9 +370,7 @@ async def acknowledge_form(request: Request) -> Response:
 
 @post("/console/quarantine/reapply", include_in_schema=False)
 async def reapply_form(request: Request) -> Response:
-    current = signed_in(request, "supervisor")
-    fields = await form_of(request)
-    checked(request, current, fields)
+    current, fields, _ = await signed_form(request, "supervisor")
     service = service_of(request)
     change_id = fields.get("change_id", "")
     work = functools.partial(reapply, service, current.user, change_id, fields.get("reason", ""))
@@ -398,7 +391,7 @@ async def reapply_form(request: Request) -> Response:
 async def acknowledge_api(request: Request) -> Acknowledged:
     current = signed_in(request, "supervisor")
     checked(request, current, {})
-    wanted: AcknowledgeRequest = _decode(await request.body(), AcknowledgeRequest)
+    wanted: AcknowledgeRequest = await json_body(request, AcknowledgeRequest)
     return await anyio.to_thread.run_sync(
         acknowledge, service_of(request), current.user, wanted.change_id
     )
@@ -413,7 +406,7 @@ async def acknowledge_api(request: Request) -> Acknowledged:
 async def reapply_api(request: Request) -> Reapplied:
     current = signed_in(request, "supervisor")
     checked(request, current, {})
-    wanted: ReapplyRequest = _decode(await request.body(), ReapplyRequest)
+    wanted: ReapplyRequest = await json_body(request, ReapplyRequest)
     return await anyio.to_thread.run_sync(
         reapply, service_of(request), current.user, wanted.change_id, wanted.reason
     )

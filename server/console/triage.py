@@ -45,17 +45,18 @@ from schemas.console.triage import (
 from schemas.records import EarlyWarning
 from schemas.state import RecordState
 from server.console.actions import office_change
-from server.console.assignment import decode_json, mediators_covering
+from server.console.assignment import mediators_covering
 from server.console.cases import PAGE, visible
 from server.console.web import (
     _,
     back_to,
     checked,
     documents_body,
-    form_of,
+    json_body,
     page_offset,
     render,
     service_of,
+    signed_form,
     signed_in,
 )
 from server.service import SyncService
@@ -351,10 +352,7 @@ def warning_api(request: Request, warning_id: FromPath[str]) -> WarningPage:
 
 @post("/console/warnings/{warning_id:str}/convert", include_in_schema=False)
 async def convert_form(request: Request, warning_id: FromPath[str]) -> Response:
-    current = signed_in(request, "supervisor")
-    fields = await form_of(request)
-    checked(request, current, fields)
-    form = await request.form()
+    current, fields, form = await signed_form(request, "supervisor")
     work = functools.partial(
         convert,
         service_of(request),
@@ -371,10 +369,7 @@ async def convert_form(request: Request, warning_id: FromPath[str]) -> Response:
 
 @post("/console/warnings/{warning_id:str}/dismiss", include_in_schema=False)
 async def dismiss_form(request: Request, warning_id: FromPath[str]) -> Response:
-    current = signed_in(request, "supervisor")
-    fields = await form_of(request)
-    checked(request, current, fields)
-    form = await request.form()
+    current, fields, form = await signed_form(request, "supervisor")
     work = functools.partial(
         dismiss,
         service_of(request),
@@ -396,7 +391,7 @@ async def dismiss_form(request: Request, warning_id: FromPath[str]) -> Response:
 async def convert_api(request: Request, warning_id: FromPath[str]) -> Triaged:
     current = signed_in(request, "supervisor")
     checked(request, current, {})
-    asked = decode_json(await request.body(), ConvertRequest)
+    asked = await json_body(request, ConvertRequest)
     work = functools.partial(
         convert,
         service_of(request),
@@ -419,7 +414,7 @@ async def convert_api(request: Request, warning_id: FromPath[str]) -> Triaged:
 async def dismiss_api(request: Request, warning_id: FromPath[str]) -> Triaged:
     current = signed_in(request, "supervisor")
     checked(request, current, {})
-    asked = decode_json(await request.body(), DismissRequest)
+    asked = await json_body(request, DismissRequest)
     work = functools.partial(
         dismiss, service_of(request), current.user, warning_id, asked.reply, asked.also
     )

@@ -14,7 +14,7 @@ import gettext
 import io
 from collections.abc import Mapping
 from importlib.resources import files
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
 import msgspec
@@ -22,12 +22,14 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from jinja2 import Environment, PackageLoader, select_autoescape
 from litestar import Request, Response
+from litestar.datastructures import FormMultiDict
 from litestar.di import Provide
 from litestar.response import Redirect
 
 from server.console import signin
 from server.console.signin import Session
 from server.service import SyncService
+from sync import decoding
 from sync.errors import Forbidden, LianxinError, NotSignedIn
 
 COOKIE = "lianxin_console"
@@ -75,6 +77,9 @@ def now_ms(request: Request) -> int:
     return service_of(request).wall_ms()
 
 
+T = TypeVar("T")
+
+
 def signed_in(request: Request, *roles: str) -> Session:
     """The request's console session; `NotSignedIn` without one, `Forbidden` for other roles."""
     service = service_of(request)
@@ -95,6 +100,27 @@ async def form_of(request: Request) -> dict[str, str]:
 def checked(request: Request, current: Session, fields: Mapping[str, str]) -> None:
     """Refuse a write whose CSRF token (form field or header) is not the session's."""
     signin.check_csrf(current, fields.get("csrf") or request.headers.get(CSRF_HEADER))
+
+
+class Posted(NamedTuple):
+    current: Session
+    fields: dict[str, str]  # the last value of each field
+    form: FormMultiDict  # for a field given more than once (`getall`)
+
+
+async def signed_form(request: Request, *roles: str) -> Posted:
+    """A signed-in user's posted form, its CSRF token checked (`signed_in`, `checked`)."""
+    current = signed_in(request, *roles)
+    form = await request.form()
+    fields = {key: str(value) for key, value in form.items()}
+    checked(request, current, fields)
+    return Posted(current, fields, form)
+
+
+async def json_body(request: Request, kind: type[T], *, empty: bytes = b"") -> T:
+    """The request's JSON body as `kind` (`sync.decoding`: `malformed` or `too_deep`);
+    `empty` stands for a body with nothing in it."""
+    return decoding.decode(await request.body() or empty, kind, json=True)
 
 
 def language_of(current: Session | None, request: Request) -> str:
