@@ -55,6 +55,7 @@ from server.console.web import (
     service_of,
     signed_form,
     signed_in,
+    whole_number,
 )
 from server.service import SyncService
 from server.storage.directory import User
@@ -259,9 +260,10 @@ def _days(text: str) -> int | None:
     text = text.strip()
     if not text:
         return None
-    if not (text.isascii() and text.isdigit()):  # int("²") raises
+    days = whole_number(text)
+    if days is None:
         raise InvalidAction(_("a deadline is a whole number of days"))
-    return int(text)
+    return days
 
 
 @get("/console/deadlines", sync_to_thread=True, include_in_schema=False)

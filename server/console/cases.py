@@ -13,7 +13,7 @@ from litestar.params import FromPath, FromQuery
 from schemas.changes import Conflict
 from schemas.console.cases import CaseList, CasePage, CaseRow, Repeat, TimelineEntry
 from schemas.records import Case
-from server.console.web import page_offset, render, service_of, signed_in
+from server.console.web import page_offset, render, service_of, signed_in, whole_number
 from server.service import SyncService
 from server.storage import people
 from sync import signing
@@ -238,8 +238,7 @@ def _filters(request: Request) -> dict[str, str]:
 
 def _offset(request: Request) -> int:
     text = request.query_params.get("offset", "0")
-    # ASCII only: "²".isdigit() holds, and int("²") raises.
-    return page_offset(int(text)) if text.isascii() and text.isdigit() else 0
+    return page_offset(whole_number(text) or 0)
 
 
 @get("/console/cases", sync_to_thread=True, include_in_schema=False)

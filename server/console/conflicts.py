@@ -48,6 +48,7 @@ from server.console.web import (
     service_of,
     signed_form,
     signed_in,
+    whole_number,
 )
 from server.service import SyncService
 from server.storage.directory import Device, User
@@ -204,10 +205,6 @@ def _view(
     )
 
 
-def _digits(text: str) -> bool:
-    return text.isascii() and text.isdigit()
-
-
 def form_value(record_type: str, field: str, text: str) -> Any:
     """A value typed in the page's text box, for a field of any type.
 
@@ -295,9 +292,8 @@ def _decision(
         if typed:
             value = form_value(conflict.record_type, conflict.field, str(value or ""))
         return "settle_conflict", {conflict.field: value}, None
-    # ASCII digits only: "²".isdigit() holds, and int("²") raises.
-    index = choice if isinstance(choice, int) else int(choice) if _digits(choice) else -1
-    if not 0 <= index < len(conflict.candidates):
+    index = choice if isinstance(choice, int) else whole_number(choice)
+    if index is None or not 0 <= index < len(conflict.candidates):
         raise InvalidAction(_("choose one of the candidates or a value of your own"))
     return "settle_conflict", {conflict.field: conflict.candidates[index].value}, None
 
@@ -327,7 +323,7 @@ async def settle_form(request: Request) -> Response:
         choice=fields.get("choice", ""),
         value=fields.get("value", ""),
         reason=fields.get("reason", ""),
-        version=int(version) if _digits(version) else None,
+        version=whole_number(version),
     )
     try:
         await anyio.to_thread.run_sync(settle, service, current.user, wanted, True)

@@ -192,6 +192,12 @@ def documents_body(kind: type[msgspec.Struct]) -> dict[str, Provide]:
 MAX_OFFSET = 2**31 - 1
 
 
+def whole_number(text: str) -> int | None:
+    """`text` as a whole number if it is ASCII digits; None otherwise ("²".isdigit() holds,
+    and int("²") raises)."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def page_offset(offset: int) -> int:
     """A list's `?offset=` as a row offset SQLite accepts: negative is 0, huge is past the end."""
     return min(max(offset, 0), MAX_OFFSET)
