@@ -18,7 +18,6 @@ from server import (
     audit,
     audit_verify,
     backup,
-    demo,
     erasure,
     memory,
     ops,
@@ -26,8 +25,7 @@ from server import (
     pseudonyms,
 )
 from server.console import signin
-from server.fleet.simulate import add_arguments as fleet_arguments
-from server.fleet.simulate import main as simulate_fleet
+from server.fleet.options import add_arguments as fleet_arguments
 from server.keys import OfficeKeys
 from server.settings import Settings, load_settings
 from server.storage import people
@@ -421,8 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo_parser.add_argument("--reset", action="store_true", help="delete the data folder first")
     demo_parser.add_argument("--no-serve", action="store_true", help="load the data and stop")
     demo_parser.add_argument("--port", type=int)
-    demo_parser.add_argument("--days", type=int, default=demo.WEEK.days, help="of field work")
-    demo_parser.add_argument("--devices", type=int, default=demo.WEEK.devices, help="phones")
+    demo_parser.add_argument("--days", type=int, help="of simulated field work (7)")
+    demo_parser.add_argument("--devices", type=int, help="phones in the field (30)")
 
     init_parser = commands.add_parser("init", help="create a new office and its first admin")
     init_parser.add_argument("--admin", required=True, help="the first admin's name")
@@ -566,8 +564,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     match args.command, getattr(args, "action", None):
         case "demo", _:
+            from server import demo  # heavy (the app, uvicorn, the fleet): only when asked
+
+            sized = {"days": args.days, "devices": args.devices}
+            week = msgspec.structs.replace(
+                demo.WEEK, **{knob: n for knob, n in sized.items() if n is not None}
+            )
             secret = os.environ.get(PASSPHRASE_ENV) or demo.PASSPHRASE
-            week = msgspec.structs.replace(demo.WEEK, days=args.days, devices=args.devices)
             return demo.run(settings, secret, reset=args.reset, serve=not args.no_serve, week=week)
         case "init", _:
             return init(settings, args.admin, args.org_units)
@@ -608,6 +611,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         case "audit", "checkpoint":
             return checkpoint_audit(settings)
         case "simulate", _:
+            from server.fleet.simulate import main as simulate_fleet  # heavy: only when asked
+
             return simulate_fleet(args)
         case "serve", _:
             return serve(settings)

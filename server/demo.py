@@ -34,6 +34,7 @@ from server.app import create_app
 from server.console import signin
 from server.fleet import simulate
 from server.fleet.office import Office
+from server.fleet.options import Options
 from server.keys import OfficeKeys
 from server.service import SyncService
 from server.settings import Settings
@@ -57,7 +58,7 @@ def _user(directory: Directory, name: str, role: Role, password: str) -> User:
 
 
 # A week in three districts: a little loss and skew, as on a decent day in the field.
-WEEK = simulate.Options(
+WEEK = Options(
     devices=30, days=7, loss=0.1, duplicate=0.02, skew_hours=2.0, offline=0.15, concurrent=0.2
 )
 
@@ -68,7 +69,7 @@ def run(
     *,
     reset: bool,
     serve: bool,
-    week: simulate.Options = WEEK,
+    week: Options = WEEK,
 ) -> int:
     """Set up (or reuse) the demo office in `settings.data_dir`, serve it, and on a fresh
     office run `week` of simulated field work through the server; keep serving until
@@ -155,7 +156,7 @@ def _serving(
         serving.join()
 
 
-def _field_week(settings: Settings, passphrase: str, url: str, week: simulate.Options) -> int:
+def _field_week(settings: Settings, passphrase: str, url: str, week: Options) -> int:
     """Work `week` in the field through the server at `url`; the body bytes synced."""
     console = Console()
     console.print(

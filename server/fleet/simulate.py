@@ -41,6 +41,7 @@ from server.fleet.check import Accounting, account, differences
 from server.fleet.faults import Faults
 from server.fleet.field import DISTRICTS, PIN, FieldDevice, Registry, SimClock, moment
 from server.fleet.office import Office
+from server.fleet.options import Options
 from sync.atrest import KdfParams
 from sync.client import DeviceClient
 from sync.clock import system_wall_ms
@@ -50,19 +51,6 @@ DAY_MS = 24 * HOUR_MS
 PASSPHRASE = "lianxin simulation only"
 CITY = "Hangzhou"
 SETTLE_ATTEMPTS = 200  # tries per device to sync at the end, faults still on
-
-
-class Options(msgspec.Struct, frozen=True, kw_only=True):
-    devices: int = 30
-    days: int = 3
-    seed: int = 1
-    loss: float = 0.3
-    duplicate: float = 0.05
-    latency_ms: float = 80.0
-    skew_hours: float = 6.0
-    offline: float = 0.2
-    concurrent: float = 0.2
-    parts_of_day: int = 2  # work-then-sync rounds per simulated day
 
 
 class Report(msgspec.Struct, kw_only=True):
@@ -313,25 +301,6 @@ def phones_folder(data: Path) -> Path:
     folder = data / "simulated-phones"
     folder.mkdir(exist_ok=True)
     return folder
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = Options()
-    parser.add_argument("--devices", type=int, default=defaults.devices)
-    parser.add_argument("--days", type=int, default=defaults.days)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--loss", type=float, default=defaults.loss, help="share of requests lost")
-    parser.add_argument("--duplicate", type=float, default=defaults.duplicate)
-    parser.add_argument("--latency-ms", type=float, default=defaults.latency_ms)
-    parser.add_argument("--skew-hours", type=float, default=defaults.skew_hours)
-    parser.add_argument(
-        "--offline", type=float, default=defaults.offline, help="daily chance of going offline"
-    )
-    parser.add_argument("--concurrent", type=float, default=defaults.concurrent)
-    parser.add_argument(
-        "--server", help="a running office's URL (its folder is --data); default: start one"
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the temporary office folder")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -12,7 +12,8 @@ from rich.console import Console
 
 from server.fleet.check import Accounting
 from server.fleet.office import Office
-from server.fleet.simulate import Options, Report, phones_folder, print_report, run
+from server.fleet.options import Options
+from server.fleet.simulate import Report, phones_folder, print_report, run
 from tests.conftest import PASSPHRASE
 from tests.e2e.conftest import OFFICE_ENV
 
