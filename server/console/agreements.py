@@ -80,15 +80,19 @@ def _visible_agreement(service: SyncService, user_id: str, agreement_id: str) ->
 def agreement_list(service: SyncService, user_id: str, offset: int = 0) -> AgreementList:
     """The agreements `user_id` may see, most recently changed first, a page at a time."""
     db = service.store.db
+    # `records.seq` is the stored checkpoint's; `agreement_index.seq` is the last change's.
     joined = (
         " FROM records r JOIN access a ON a.user_id = ? AND a.record_type = 'agreement'"
-        " AND a.record_id = r.record_id WHERE r.record_type = 'agreement' AND NOT r.deleted"
+        " AND a.record_id = r.record_id"
+        " LEFT JOIN agreement_index x ON x.agreement_id = r.record_id"
+        " WHERE r.record_type = 'agreement' AND NOT r.deleted"
     )
     (total,) = db.execute(f"SELECT count(*){joined}", [user_id]).fetchone()
     ids = [
         agreement_id
         for (agreement_id,) in db.execute(
-            f"SELECT r.record_id{joined} ORDER BY r.seq DESC, r.record_id LIMIT ? OFFSET ?",
+            f"SELECT r.record_id{joined} ORDER BY coalesce(x.seq, r.seq) DESC, r.record_id"
+            " LIMIT ? OFFSET ?",
             [user_id, PAGE, offset],
         )
     ]

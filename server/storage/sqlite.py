@@ -3,6 +3,11 @@
 All writes go through `transaction()`: a lock plus `BEGIN IMMEDIATE` on the one
 writer connection, so there is exactly one serializer of the change log.
 
+`records.state` is a checkpoint, not necessarily the newest state: the change
+log is the truth, and `states()` merges a record's changes logged after its
+checkpoint on top (`server.storage.state_cache` says why and when checkpoints
+are written).
+
 Whatever names or describes people is sealed under its record's data key
 (`server.storage.vault`): record states, the exact bytes of every change
 (logged or quarantined) and open conflicts' candidates. Ids, sequences,
@@ -13,6 +18,7 @@ readable, because routing, deduplication and queries need them
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -27,7 +33,9 @@ from schemas.state import RecordState
 from server.keys import OfficeKeys
 from server.settings import Settings
 from server.storage.migrations import migrate
+from server.storage.state_cache import Cached, StateCache
 from server.storage.vault import Vault
+from sync import merge
 from sync.atrest import open_sealed, seal
 from sync.errors import Erased
 from sync.merge import is_deleted
@@ -41,6 +49,11 @@ _decode_conflict = msgspec.msgpack.Decoder(Conflict).decode
 
 # Keep IN (...) lists well under SQLite's bound-parameter limit.
 _CHUNK = 500
+# How many recently used records' newest states the writer keeps (about 10 KB each).
+CACHED_STATES = 2_000
+# A checkpoint is written after this many batches changed a record without one, which
+# bounds what a read merges again after a crash.
+MAX_PENDING = 16
 
 
 def _chunks(items: list, size: int = _CHUNK) -> Iterator[list]:
@@ -61,7 +74,7 @@ class SqliteStore:
     the writer.
     """
 
-    def __init__(self, path: str | Path, vault: Vault) -> None:
+    def __init__(self, path: str | Path, vault: Vault, cached_states: int = CACHED_STATES) -> None:
         self.path = Path(path)
         self.vault = vault
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -75,8 +88,14 @@ class SqliteStore:
         self._reader = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self._cache = StateCache(cached_states)
+        self._writer: int | None = None  # the thread inside `transaction()`
+        self._data_version = self._read_data_version()
 
     def close(self) -> None:
+        # On a full or failing disk this may not write: the change log holds every newer state.
+        with contextlib.suppress(sqlite3.Error):
+            self.flush()
         for reader in self._readers:
             reader.close()
         self.db.conn.close()
@@ -112,15 +131,30 @@ class SqliteStore:
                 return
             self.db.execute("BEGIN IMMEDIATE")
             self._depth = 1
+            self._writer = threading.get_ident()
             try:
+                self._fresh()
                 yield
                 self.db.execute("COMMIT")
             except BaseException:
+                # States cached in this transaction may never have been committed.
+                self._cache.clear()
                 if self.db.conn.in_transaction:
                     self.db.execute("ROLLBACK")
                 raise
             finally:
                 self._depth = 0
+                self._writer = None
+
+    def _read_data_version(self) -> int:
+        return self.db.execute("PRAGMA data_version").fetchone()[0]
+
+    def _fresh(self) -> None:
+        """Drop the cached states once another connection has committed: they may be old."""
+        version = self._read_data_version()
+        if version != self._data_version:
+            self._cache.clear()
+            self._data_version = version
 
     def last_seq(self) -> int:
         return self.db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
@@ -138,29 +172,103 @@ class SqliteStore:
         return found
 
     def states(self, keys: Iterable[RecordKey]) -> dict[RecordKey, RecordState]:
-        found = {}
-        for chunk in _chunks(list(keys)):
+        """The newest merge state of each existing record among `keys` (erased ones left out)."""
+        self._fresh()
+        wanted = set(keys)
+        hits = self._cache.get(wanted)
+        live = self.vault.data_keys(hits) if hits else {}
+        found = {key: c.state for key, c in hits.items() if live.get(key) is not None}
+        loaded = self._load([key for key in wanted if key not in hits])
+        # Only the writer caches what it read: its transaction can write what it pushes out.
+        if self._writer == threading.get_ident():
+            evicted = []
+            for key, cached in loaded.items():
+                evicted += self._cache.put(key, cached)
+            self._write_checkpoints(evicted)
+        found.update((key, cached.state) for key, cached in loaded.items())
+        return found
+
+    def _load(self, keys: list[RecordKey]) -> dict[RecordKey, Cached]:
+        """Each record's checkpoint with its changes logged after it merged on top."""
+        loaded = {}
+        for chunk in _chunks(keys):
+            # Joins on (VALUES ...), not `(record_type, record_id) IN (VALUES ...)`: SQLite
+            # plans that IN as a scan of the whole table, which made every batch O(records).
             marks = ",".join("(?, ?)" for _ in chunk)
-            # A join, not `(record_type, record_id) IN (VALUES ...)`: SQLite plans that
-            # IN as a scan of the whole table, which made every batch O(records).
             rows = self.db.execute(
-                f"SELECT r.record_type, r.record_id, r.state FROM (VALUES {marks}) AS k"
+                f"SELECT r.record_type, r.record_id, r.seq, r.deleted, r.state"
+                f" FROM (VALUES {marks}) AS k"
                 " JOIN records AS r ON r.record_type = k.column1 AND r.record_id = k.column2",
                 [part for key in chunk for part in key],
             ).fetchall()
-            found.update(self._open_states(rows))
-        return found
+            stored = {(t, i): (seq, bool(deleted), state) for t, i, seq, deleted, state in rows}
+            after = [(*key, stored[key][0] if key in stored else 0) for key in chunk]
+            logged = self.db.execute(
+                "SELECT c.record_type, c.record_id, c.seq, c.change_id, c.raw, c.order_stamp"
+                f" FROM (VALUES {','.join('(?, ?, ?)' for _ in after)}) AS k JOIN changes AS c"
+                " ON c.record_type = k.column1 AND c.record_id = k.column2 AND c.seq > k.column3"
+                " WHERE c.status != 'erased' ORDER BY c.seq",
+                [part for row in after for part in row],
+            ).fetchall()
+            data_keys = self.vault.data_keys(chunk)
+            newest: dict[RecordKey, Cached] = {}
+            for key, (seq, deleted, sealed) in stored.items():
+                data_key = data_keys.get(key)
+                if data_key is not None:
+                    state = _decode_state(open_sealed(data_key, sealed, bind("records", key)))
+                    newest[key] = Cached(state, seq, seq, deleted, 0)
+            for record_type, record_id, seq, change_id, sealed, order in logged:
+                key = (record_type, record_id)
+                data_key = data_keys.get(key)
+                if data_key is None:
+                    continue
+                raw = open_sealed(data_key, sealed, bind("changes", key, change_id))
+                change = _decode_change(raw)
+                before = newest.get(key)
+                outcome = merge.apply_change(
+                    before.state if before else None, change, change.hlc if order is None else order
+                )
+                if outcome.state is None:
+                    raise RuntimeError(f"logged change {change_id} does not apply again: {outcome}")
+                newest[key] = (
+                    Cached(outcome.state, seq, 0, False, 1)
+                    if before is None
+                    else before._replace(state=outcome.state, seq=seq, pending=before.pending + 1)
+                )
+            loaded.update(newest)
+        return loaded
 
-    def _open_states(
-        self, rows: list[tuple[str, str, bytes]]
-    ) -> Iterator[tuple[RecordKey, RecordState]]:
-        """Decoded states of `(type, id, sealed state)` rows; erased records are left out."""
-        keys = self.vault.data_keys((t, i) for t, i, _ in rows)
-        for record_type, record_id, sealed in rows:
-            key = (record_type, record_id)
-            data_key = keys.get(key)
-            if data_key is not None:
-                yield key, _decode_state(open_sealed(data_key, sealed, bind("records", key)))
+    def _write_checkpoints(self, entries: Iterable[tuple[RecordKey, Cached]]) -> None:
+        """Write these records' newest states as their checkpoints (inside `transaction()`)."""
+        entries = list(entries)
+        if not entries:
+            return
+        data_keys = self.vault.data_keys((key for key, _ in entries), create=True)
+        self.db.conn.executemany(
+            "INSERT INTO records (record_type, record_id, seq, deleted, state)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (record_type, record_id) DO UPDATE SET"
+            " seq = excluded.seq, deleted = excluded.deleted, state = excluded.state",
+            [
+                (
+                    *key,
+                    c.seq,
+                    is_deleted(c.state),
+                    seal(data_key, _encode(c.state), bind("records", key)),
+                )
+                for key, c in entries
+                if (data_key := data_keys[key]) is not None
+            ],
+        )
+
+    def flush(self) -> None:
+        """Write the checkpoint of every record whose newest state is only in the cache."""
+        with self.transaction():
+            dirty = self._cache.dirty()
+            self._write_checkpoints(dirty)
+            for key, c in dirty:
+                self._cache.put(
+                    key, c._replace(stored_seq=c.seq, stored_deleted=is_deleted(c.state), pending=0)
+                )
 
     def erased(self, keys: Iterable[RecordKey]) -> set[RecordKey]:
         """Which of `keys` were erased (their data key destroyed)."""
@@ -227,20 +335,7 @@ class SqliteStore:
                 for seq, c, raw, result, order in batch.changes
             ],
         )
-        execute_many(
-            "INSERT INTO records (record_type, record_id, seq, deleted, state)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (record_type, record_id) DO UPDATE SET"
-            " seq = excluded.seq, deleted = excluded.deleted, state = excluded.state",
-            [
-                (
-                    *key,
-                    seq,
-                    is_deleted(state),
-                    sealed("records", key, "", _encode(state)),
-                )
-                for key, (state, seq) in batch.records.items()
-            ],
-        )
+        self._write_states(batch.records)
         execute_many(
             "INSERT INTO quarantine (change_id, record_type, record_id, device_id, reason,"
             " detail, result, raw, batch_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -285,6 +380,33 @@ class SqliteStore:
                     ],
                 )
 
+    def _write_states(self, records: dict[RecordKey, tuple[RecordState, int]]) -> None:
+        """Cache a batch's new states; write checkpoints only where they are due.
+
+        A record gets its checkpoint written when it is new (its row must exist for
+        the access and index queries), when it was deleted or restored (`records.deleted`
+        is read by lists), after `MAX_PENDING` batches without one, and when the cache
+        pushes its newest state out.
+        """
+        cached = self._cache.get(records)
+        due = []
+        evicted = []
+        for key, (state, seq) in records.items():
+            deleted = is_deleted(state)
+            old = cached.get(key)
+            if (
+                old is None
+                or not old.stored_seq
+                or old.stored_deleted != deleted
+                or old.pending + 1 >= MAX_PENDING
+            ):
+                entry = Cached(state, seq, seq, deleted, 0)
+                due.append((key, entry))
+            else:
+                entry = old._replace(state=state, seq=seq, pending=old.pending + 1)
+            evicted += self._cache.put(key, entry)
+        self._write_checkpoints(due + evicted)
+
     def changes_since(self, seq: int, limit: int) -> Iterator[LoggedChange]:
         """Logged changes after `seq` but those of erased records; results without conflicts."""
         rows = self.db.execute(
@@ -302,13 +424,11 @@ class SqliteStore:
         return self.states([(record_type, record_id)]).get((record_type, record_id))
 
     def all_states(self) -> Iterator[RecordState]:
-        """Every record's merge state, in key order."""
-        rows = self.db.execute(
-            "SELECT record_type, record_id, state FROM records ORDER BY record_type, record_id"
-        )
+        """Every record's newest merge state, in key order."""
+        rows = self.db.execute("SELECT record_type, record_id FROM records ORDER BY 1, 2")
         for chunk in _chunks(rows.fetchall()):
-            for _, state in self._open_states(chunk):
-                yield state
+            states = self.states(chunk)
+            yield from (states[key] for key in chunk if key in states)
 
     def open_conflicts(self) -> list[Conflict]:
         rows = self.db.execute(
