@@ -59,7 +59,7 @@ class Scope(NamedTuple):
 
 def scope(state: RecordState) -> Scope:
     """The record's org unit, the users it names, and the records it links."""
-    record = materialize(state)
+    record = materialize(state, VISIBILITY_FIELDS)
     unit = org_unit(getattr(record, "location", None))
     named = frozenset(getattr(record, "mediators", ()))
     links = frozenset(

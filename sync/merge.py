@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import typing
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Annotated, Any, NamedTuple
 
 import msgspec
@@ -333,11 +333,18 @@ def is_deleted(state: RecordState) -> bool:
     return any(w.value for w in state.deleted)
 
 
-def materialize(state: RecordState) -> msgspec.Struct:
-    """The record as users see it: every field's winning value."""
+def materialize(state: RecordState, only: Collection[str] | None = None) -> msgspec.Struct:
+    """The record as users see it: every field's winning value.
+
+    With `only`, just those fields; the rest keep their defaults. Each field's
+    value comes from its own writes alone, so this is the cheap way for an
+    index to read a few fields of a case with many notes and visits.
+    """
     specs = field_specs(state.record_type)
     values: dict[str, Any] = {}
     for name, spec in specs.items():
+        if only is not None and name not in only:
+            continue
         match spec.policy:
             case Lww() | Sealed() if name in state.registers:
                 values[name] = max(state.registers[name], key=rank_key).value

@@ -27,10 +27,6 @@ from sync.store import RecordKey
 _CHUNK = 400
 # Only these types are ever linked by a case, so only they can have linking cases.
 LINKED_TYPES = frozenset(LINK_FIELDS.values())
-# The fields `sync.access.scope` reads. Each field's value is derived from its own
-# entries of the merge state alone, so the scope of a state cut down to these is
-# the scope of the whole state, without converting every note and visit of a case.
-SCOPE_FIELDS = frozenset({"location", "mediators", *LINK_FIELDS})
 
 
 def update_access(
@@ -56,7 +52,7 @@ def update_access(
     known = states or {}
     fresh = {key: known[key] for key in touched if key in known}
     fresh.update(store.states(key for key in touched if key not in fresh))
-    scopes: dict[RecordKey, Scope] = {key: _scope(state) for key, state in fresh.items()}
+    scopes: dict[RecordKey, Scope] = {key: scope(state) for key, state in fresh.items()}
     due = dict(touched)
     cases = [("case", case_id) for record_type, case_id in touched if record_type == "case"]
     old_links: dict[str, set[RecordKey]] = defaultdict(set)
@@ -93,7 +89,7 @@ def update_access(
         linking[(record_type, record_id)].append(case_id)
     linking_cases = {("case", case_id) for ids in linking.values() for case_id in ids}
     unread = [key for key in {*keys, *linking_cases} if key not in scopes]
-    scopes.update((key, _scope(state)) for key, state in store.states(unread).items())
+    scopes.update((key, scope(state)) for key, state in store.states(unread).items())
     creators: dict[RecordKey, str | None] = {}
     org_units: dict[RecordKey, str | None] = {}
     current: dict[RecordKey, set[str]] = defaultdict(set)
@@ -185,20 +181,6 @@ def presence(
         if readable:
             visible.add((record_type, record_id))
     return present, visible
-
-
-def _scope(state: RecordState) -> Scope:
-    """`sync.access.scope(state)`, computed from the fields it reads only."""
-    return scope(
-        RecordState(
-            record_type=state.record_type,
-            record_id=state.record_id,
-            registers={f: w for f, w in state.registers.items() if f in SCOPE_FIELDS},
-            sets={f: w for f, w in state.sets.items() if f in SCOPE_FIELDS},
-            logs={f: w for f, w in state.logs.items() if f in SCOPE_FIELDS},
-            history={f: w for f, w in state.history.items() if f in SCOPE_FIELDS},
-        )
-    )
 
 
 def _rows(store: SqliteStore, sql: str, keys: Iterable[RecordKey], *params: str) -> Iterator[tuple]:

@@ -20,6 +20,9 @@ from sync.merge import materialize
 from sync.store import RecordKey
 
 RESOLVED = ("resolved", "closed")
+# The fields each index copies; the rest of a record is never materialized here.
+CASE_FIELDS = ("status", "location", "category", "mediators", "households", "priority", "due")
+WARNING_FIELDS = ("status", "location", "category", "severity", "informant", "case")
 
 
 def index_records(
@@ -31,7 +34,7 @@ def index_records(
     cases, warnings = [], []
     for (record_type, record_id), (state, seq) in written.items():
         if record_type == "case":
-            case = materialize(state)
+            case = materialize(state, CASE_FIELDS)
             assert isinstance(case, Case)
             cases.append(
                 (
@@ -49,7 +52,7 @@ def index_records(
                 )
             )
         elif record_type == "warning":
-            warning = materialize(state)
+            warning = materialize(state, WARNING_FIELDS)
             assert isinstance(warning, EarlyWarning)
             warnings.append(
                 (
@@ -102,7 +105,7 @@ def _index_agreements(
     rows = []
     for (record_type, record_id), (state, seq) in written.items():
         if record_type == "agreement":
-            agreement = materialize(state)
+            agreement = materialize(state, ("status",))
             assert isinstance(agreement, Agreement)
             executed = now_ms if agreement.status in EXECUTED else None
             rows.append((record_id, agreement.status, executed, seq))
