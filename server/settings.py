@@ -15,6 +15,7 @@ from typing import Annotated
 import msgspec
 
 PREFIX = "LIANXIN_"
+CACHED_STATES = 2_000  # see Settings.cached_states
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -28,6 +29,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_pull_limit: Annotated[int, msgspec.Meta(ge=1)] = 5000
     request_window_s: Annotated[int, msgspec.Meta(ge=1)] = 300
     max_clock_drift_ms: Annotated[int, msgspec.Meta(ge=0)] = 24 * 60 * 60 * 1000
+    # Recently used records whose newest merge state the writer keeps (about 10 KB each).
+    cached_states: Annotated[int, msgspec.Meta(ge=1)] = CACHED_STATES
     # Refuse sync requests that are not sealed envelopes (PROTOCOL.md section 14).
     require_sealed: bool = True
     # The supervisor console: sessions end after this long idle, or this long in all.

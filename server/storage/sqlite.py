@@ -31,7 +31,7 @@ import sqlite_utils
 from schemas.changes import Change, ChangeResult, Conflict
 from schemas.state import RecordState
 from server.keys import OfficeKeys
-from server.settings import Settings
+from server.settings import CACHED_STATES, Settings
 from server.storage.migrations import migrate
 from server.storage.state_cache import Cached, StateCache
 from server.storage.vault import Vault
@@ -49,8 +49,6 @@ _decode_conflict = msgspec.msgpack.Decoder(Conflict).decode
 
 # Keep IN (...) lists well under SQLite's bound-parameter limit.
 _CHUNK = 500
-# How many recently used records' newest states the writer keeps (about 10 KB each).
-CACHED_STATES = 2_000
 # A checkpoint is written after this many batches changed a record without one, which
 # bounds what a read merges again after a crash.
 MAX_PENDING = 16
@@ -405,7 +403,12 @@ class SqliteStore:
             else:
                 entry = old._replace(state=state, seq=seq, pending=old.pending + 1)
             evicted += self._cache.put(key, entry)
-        self._write_checkpoints(due + evicted)
+        # A record pushed out before its turn in this loop left with its older state.
+        newest: dict[RecordKey, Cached] = {}
+        for key, entry in evicted + due:
+            if key not in newest or newest[key].seq < entry.seq:
+                newest[key] = entry
+        self._write_checkpoints(newest.items())
 
     def changes_since(self, seq: int, limit: int) -> Iterator[LoggedChange]:
         """Logged changes after `seq` but those of erased records; results without conflicts."""
@@ -470,4 +473,5 @@ class SqliteStore:
 def open_store(settings: Settings, keys: OfficeKeys) -> SqliteStore:
     """The office's store and its data keys, from where the settings say they live."""
     settings.key_store_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return SqliteStore(settings.store_path, Vault(settings.key_store_path, keys))
+    vault = Vault(settings.key_store_path, keys)
+    return SqliteStore(settings.store_path, vault, settings.cached_states)
