@@ -317,6 +317,12 @@ def _check_transition(
 def _maximal(history: Iterable[Write]) -> list[Write]:
     """The writes in `history` that no other write in it had seen."""
     writes = list(history)
+    # Usually the newest write had seen all the others: then it is the only one. (Two
+    # writes cannot each have seen the other, so nothing else can have seen it.)
+    if writes:
+        last = writes[-1]
+        if all(covers(w, last.device_id, last.hlc, last.seen) for w in writes[:-1]):
+            return [last]
     return [
         w
         for w in writes
