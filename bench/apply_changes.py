@@ -11,7 +11,8 @@ conflicts open and settle; a few changes are invalid and get quarantined; one
 device's clock runs days ahead and gets clamped. Every change is encoded to
 msgpack once and decoded back, so the engine gets what a server receives.
 
-Timed, in one process:
+Timed, in one process whose cyclic collector is tuned as `lianxin serve` tunes
+it (`server.memory.collect_less`; `--default-gc` keeps Python's thresholds):
 
 - engine: `sync.engine.apply_batch` over every batch into a fresh file-backed
   `SqliteStore` (dedupe, merge, conflicts, sequencing, quarantine, writes);
@@ -52,6 +53,7 @@ from schemas.changes import Add, Append, Change, Delete, Op, Remove, Restore
 from schemas.records import CASE_STATUS
 from schemas.state import RecordState
 from server.keys import OfficeKeys
+from server.memory import collect_less
 from server.storage.migrations import migrate
 from server.storage.sqlite import SqliteStore
 from server.storage.vault import Vault
@@ -670,6 +672,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--record", action="store_true", help=f"append the figures to {BENCHMARKS_MD.name}"
     )
     parser.add_argument("--note", default="", help="a remark to record with the figures")
+    parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="keep Python's collector thresholds (default: tuned as `lianxin serve` tunes them)",
+    )
     args = parser.parse_args(argv)
     if args.changes < 1 or args.batch_size < 1:
         parser.error("--changes and --batch-size must be positive")
@@ -684,9 +691,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="lianxin-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        # Keep the collector from walking the prepared workload during the timed runs.
+        # Keep the collector from walking the prepared workload during the timed runs, and
+        # collect as `lianxin serve` does (server/memory.py) unless told otherwise.
         gc.collect()
-        gc.freeze()
+        gc.freeze() if args.default_gc else collect_less()
         engine, store, answers = run_engine(workload, args.batch_size, tmp / "engine.db")
         columns, rows = stored_change_rows(store)
         gc.collect()
