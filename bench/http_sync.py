@@ -38,7 +38,8 @@ Measured, against DESIGN.md's "Numbers to reach" (sealed, as in production):
 
 Baselines, measured in the same run: for push, `sync.engine.apply_batch` of
 the same changes into a fresh `SqliteStore` in this process (with its
-`Vault`, so personal fields are encrypted at rest there as on the server);
+`Vault`, so personal fields are encrypted at rest there as on the server,
+and the cyclic collector tuned as the server tunes it);
 for pull, the server's own page query (`server.storage.pull.read_page`) on
 the server's file in this process; for round trips, an unsigned
 `GET /v1/office`.
@@ -96,6 +97,7 @@ from schemas.wire import (
     PushResponse,
 )
 from server.keys import OfficeKeys
+from server.memory import collect_less
 from server.storage.pull import read_page
 from server.storage.sqlite import SqliteStore
 from server.storage.vault import Vault
@@ -530,10 +532,14 @@ def push_in_process(batches: list[PushBatch], path: Path) -> tuple[float, Counte
     store = SqliteStore(path, Vault(path.with_name(path.name + ".keys"), keys))
     clock = Clock()
     statuses: Counter[str] = Counter()
+    thresholds = gc.get_threshold()
+    collect_less()  # as the server process collects (server/memory.py)
     start = time.perf_counter()
     for changes, raws in work:
         statuses.update(result.status for result in apply_batch(store, changes, clock, raws))
     seconds = time.perf_counter() - start
+    gc.set_threshold(*thresholds)
+    gc.unfreeze()
     store.close()
     return seconds, statuses
 
