@@ -260,6 +260,8 @@ class SqliteStore:
 
     def flush(self) -> None:
         """Write the checkpoint of every record whose newest state is only in the cache."""
+        if not self._cache.dirty():
+            return  # no write lock taken: a reading command closes without waiting on a writer
         with self.transaction():
             dirty = self._cache.dirty()
             self._write_checkpoints(dirty)
