@@ -14,7 +14,7 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 
 from schemas.wire import EnrollRequest, PullRequest, PushRequest
-from server import auth, console, ops
+from server import auth, console, logs, ops
 from server.console.web import documents_body
 from server.errors import EXCEPTION_HANDLERS, encode_for
 from server.keys import OfficeKeys
@@ -139,7 +139,7 @@ async def signed(
         seconds = time.perf_counter() - start
         service.metrics.request(purpose, outcome, seconds)
         device = request.headers.get(auth.DEVICE) if outcome == "ok" else None
-        ops.sync_logged(purpose, outcome, seconds, device)
+        logs.sync_logged(purpose, outcome, seconds, device)
 
 
 @post(

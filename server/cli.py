@@ -19,9 +19,8 @@ from server import (
     audit_verify,
     backup,
     erasure,
+    logs,
     memory,
-    ops,
-    phone,
     pseudonyms,
 )
 from server.console import signin
@@ -322,7 +321,7 @@ def reveal_informant(settings: Settings, name: str, supervisor_id: str, reason: 
 
 def backup_office(settings: Settings, dest: Path, with_key_file: bool) -> int:
     """Snapshot the office into `dest`, also while it serves; the key file only if asked."""
-    ops.configure_logging()  # the JSON log line that says a backup was taken
+    logs.configure_logging()  # the JSON log line that says a backup was taken
     try:
         manifest = backup.backup(
             settings,
@@ -350,7 +349,7 @@ def restore_office(
     settings: Settings, src: Path, key_file: Path | None, data_keys: Path | None
 ) -> int:
     """Restore a backup into an empty data folder and prove it opens; 1 on any problem."""
-    ops.configure_logging()
+    logs.configure_logging()
     restored = backup.restore(
         src,
         settings,
@@ -392,7 +391,7 @@ def serve(settings: Settings) -> int:
     app = create_app(settings, keys=unlock(settings))
     memory.keep_freed_memory()
     memory.collect_less()
-    ops.configure_logging()
+    logs.configure_logging()
     print(f"Lianxin serving {settings.data_dir} on http://{settings.host}:{settings.port}")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     return 0
@@ -585,6 +584,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         case "device", "revoke":
             return revoke_device(settings, args.device_id)
         case "device", action:
+            from server import phone  # the reference client and httpx: only for phone commands
+
             return phone.run(action, args.file, args.server, args)
         case "agreement", "export":
             return export_agreement(settings, args.agreement_id, args.out)

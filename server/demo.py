@@ -29,7 +29,7 @@ import msgspec
 import uvicorn
 from rich.console import Console
 
-from server import ops, seed
+from server import logs, seed
 from server.app import create_app
 from server.console import signin
 from server.fleet import simulate
@@ -139,7 +139,7 @@ def _serving(
         msgspec.structs.replace(settings, secure_cookies=False), keys=keys, store=store
     )
     # The demo's printed story is its output: only problems are logged (as JSON lines).
-    ops.configure_logging(logging.WARNING)
+    logs.configure_logging(logging.WARNING)
     server = uvicorn.Server(
         uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")
     )

@@ -1,28 +1,24 @@
-"""Operations: liveness and readiness probes, Prometheus metrics, structured logs.
+"""Operations: liveness and readiness probes, and Prometheus metrics.
 
     GET /healthz   the process answers
     GET /readyz    the store and the key store answer a query (503 otherwise)
     GET /metrics   Prometheus text: sync requests by endpoint and outcome, their
                    latency, changes by result, open conflicts, quarantine size
 
-Logs are one JSON object per line. They name endpoints, outcomes, codes,
-counts, durations and device ids; never a body, a value or a name, so a log
-shipped off the machine carries nothing about a person.
+The logs these go with are `server.logs`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterable
 
 from litestar import Request, Response, get
 
+from server.logs import log
+
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-log = logging.getLogger("lianxin.sync")
 
 
 class Metrics:
@@ -90,40 +86,6 @@ class Metrics:
             f"lianxin_quarantined {quarantined}",
         ]
         return "\n".join(lines) + "\n"
-
-
-class JsonLines(logging.Formatter):
-    """One JSON object per record: time, level, logger, message and the record's `fields`."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-            **getattr(record, "fields", {}),
-        }
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonLines())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # httpx and uvicorn's access lines would name full URLs and client addresses.
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-
-
-def sync_logged(endpoint: str, outcome: str, seconds: float, device_id: str | None) -> None:
-    fields = {"endpoint": endpoint, "outcome": outcome, "ms": round(seconds * 1000, 2)}
-    if device_id:
-        fields["device"] = device_id
-    log.info("sync %s %s", endpoint, outcome, extra={"fields": fields})
 
 
 @get("/healthz", summary="Liveness: the process answers", include_in_schema=True)

@@ -6,20 +6,10 @@ types of an area are in `schemas.console.<area>`.
 
 from __future__ import annotations
 
-from litestar.handlers import HTTPRouteHandler
+from typing import TYPE_CHECKING
 
-from server.console import (
-    account,
-    admin,
-    agreements,
-    assignment,
-    cases,
-    conflicts,
-    export,
-    quarantine,
-    stats,
-    triage,
-)
+if TYPE_CHECKING:
+    from litestar.handlers import HTTPRouteHandler
 
 
 def routes() -> list[HTTPRouteHandler]:
@@ -28,7 +18,22 @@ def routes() -> list[HTTPRouteHandler]:
     Litestar 2.25 wraps a `sync_to_thread` handler again each time another
     handler joins its path, and a twice-wrapped one answers 500; registered
     after the writes that share their paths, the (sync) pages are wrapped once.
+    Imported here, so that `lianxin` commands using `server.console.signin` do
+    not load the web framework.
     """
+    from server.console import (
+        account,
+        admin,
+        agreements,
+        assignment,
+        cases,
+        conflicts,
+        export,
+        quarantine,
+        stats,
+        triage,
+    )
+
     handlers: list[HTTPRouteHandler] = [
         *account.ROUTES,
         *cases.ROUTES,

@@ -15,6 +15,7 @@ Only supervisors and admins may sign in.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -33,8 +34,13 @@ from sync.errors import BadCredentials, CsrfRefused, NotSignedIn, RateLimited
 
 CONSOLE_ROLES = ("supervisor", "admin")
 _hasher = PasswordHasher()
-# Verifying against this when the user does not exist takes as long as a real check.
-_DUMMY_HASH = _hasher.hash("not a password")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verifying against this when the user does not exist takes as long as a real check.
+    Made on first use: hashing costs 0.1 s, too much for every command's start-up."""
+    return _hasher.hash("not a password")
 
 
 def _(message: str) -> str:
@@ -116,7 +122,7 @@ def sign_in(
     user = directory.user(user_id)
     stored = row[0] if row and row[0] else None
     try:
-        _hasher.verify(stored or _DUMMY_HASH, password)
+        _hasher.verify(stored or _dummy_hash(), password)
         ok = stored is not None and user is not None and user.role in CONSOLE_ROLES
     except (VerifyMismatchError, InvalidHashError):
         ok = False

@@ -3,7 +3,7 @@
 import json
 import logging
 
-from server.ops import JsonLines
+from server.logs import JsonLines
 from tests.server.test_app import GONGSHU, decode
 
 SECRETS = ["He Jianguo", "+86 138 0000 1234", "Ceiling stained at Daguan 3-401"]
