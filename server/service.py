@@ -34,7 +34,7 @@ from server.settings import Settings
 from server.storage import repeats
 from server.storage.access import presence, update_access
 from server.storage.directory import Device, Directory, User
-from server.storage.index import index_records
+from server.storage.index import index_records, reindexed
 from server.storage.people import index_parties
 from server.storage.pull import read_page
 from server.storage.sqlite import SqliteStore
@@ -218,7 +218,8 @@ class SyncService:
         now_ms = self.wall_ms()
         update_access(self.store, touched, user_id, written)
         index_parties(self.store, self.keys.index_key, written)
-        index_records(self.store, records, now_ms)
+        reindex = reindexed(changes, records.keys() - present)
+        index_records(self.store, {k: v for k, v in records.items() if k in reindex}, now_ms)
         repeats.update(self.store.db, watched)
         # Agreements the batch completed are executed in the same transaction.
         execute_ready(self.store, self.keys, self.clock, written, now_ms)

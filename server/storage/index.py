@@ -1,17 +1,20 @@
 """`case_index` and `warning_index`: what the console lists and counts by, kept in step.
 
 Updated in the transaction of every batch (and every office action) from
-the record states it wrote. Only classifying fields are copied (status, org
-unit, category, assignees, household count, priority, due date) plus when
-the office first received the record and when it was last resolved; titles
-and texts stay sealed in the records.
+the record states it wrote, for the records it created or whose indexed
+fields it edited (`reindexed`); `seq` is the change that last moved a row.
+Only classifying fields are copied (status, org unit, category, assignees,
+household count, priority, due date) plus when the office first received
+the record and when it was last resolved; titles and texts stay sealed in
+the records.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 
+from schemas.changes import Change
 from schemas.records import Agreement, Case, EarlyWarning
 from schemas.state import RecordState
 from server.storage.sqlite import SqliteStore
@@ -23,6 +26,25 @@ RESOLVED = ("resolved", "closed")
 # The fields each index copies; the rest of a record is never materialized here.
 CASE_FIELDS = ("status", "location", "category", "mediators", "households", "priority", "due")
 WARNING_FIELDS = ("status", "location", "category", "severity", "informant", "case")
+_INDEXED = {"case": frozenset(CASE_FIELDS), "warning": frozenset(WARNING_FIELDS)}
+
+
+def reindexed(changes: Iterable[Change], new: Collection[RecordKey]) -> set[RecordKey]:
+    """The records whose index rows `changes` may change: new records, records of
+    types indexed whole (agreements), and cases and warnings with an edit to a
+    field their index copies. A note or a summary leaves the row as it was."""
+    keys = set()
+    for change in changes:
+        key = (change.record_type, change.record_id)
+        fields = _INDEXED.get(change.record_type)
+        if (
+            key in new
+            or fields is None
+            or not fields.isdisjoint(change.set)
+            or any(getattr(op, "field", None) in fields for op in change.ops)
+        ):
+            keys.add(key)
+    return keys
 
 
 def index_records(
