@@ -209,6 +209,32 @@ def test_a_case_made_offline_reaches_the_supervisor_of_its_district(office):
     assert chen.sync().pulled.applied == 0
 
 
+def test_a_sync_with_nothing_new_writes_nothing_to_the_device_file(office):
+    """A phone that syncs every few minutes with nothing to do neither waits for a
+    durable commit nor wears its flash; the next real change still arrives."""
+    jitter = [0]  # how far the phone's clock is from the server's, in ms
+    wang = office.device("wang", "mediator")
+    chen = office.device("chen", "supervisor", (FUTIAN,), wall_ms=lambda: office.wall() + jitter[0])
+    wang.edit("case", "k-1", set={"title": "Drains", "status": "new", "location": XIANGMIHU})
+    wang.sync()
+    assert chen.sync().pulled.applied == 1
+    files = [office.root / "chen.db", office.root / "chen.db-wal"]
+
+    def written() -> list[bytes]:
+        return [f.read_bytes() if f.exists() else b"" for f in files]
+
+    before = written()
+    office.wall.tick(30_000)
+    jitter[0] = 400  # within the second that signed requests carry
+    assert chen.sync().pulled.applied == 0
+    assert written() == before  # not a byte written to the file or its log
+    wang.edit("case", "k-1", set={"title": "Drains overflow"})
+    wang.sync()
+    assert chen.sync().pulled.applied == 1
+    assert written() != before
+    assert chen.record("case", "k-1").title == "Drains overflow"
+
+
 def test_two_mediators_one_case_merge_silently_and_keep_a_conflict(office):
     """DESIGN scenario 3: different fields merge, the same field is a conflict until settled."""
     chen = office.device("chen", "supervisor")
