@@ -19,6 +19,8 @@ stopped, and the run checks:
 
 - `PRAGMA integrity_check` is `ok` on the store and on the data-key store;
 - `lianxin audit verify` passes;
+- every record's state, read as the server reads it (checkpoint and the changes
+  logged after it), equals its logged changes merged in order;
 - every change a phone holds an answer for is stored exactly once (in the
   change log or, if rejected, in quarantine), no stored change is unknown
   to the phones, and no phone holds a change without an answer;
@@ -51,15 +53,18 @@ from typing import Any
 
 import httpx
 
+from schemas.state import RecordState
 from server.keys import OfficeKeys
 from server.settings import Settings
 from server.storage.directory import Directory
 from server.storage.sqlite import open_store
+from sync import merge
 from sync.atrest import KdfParams
 from sync.client import DeviceClient
 from sync.clock import system_wall_ms
 from sync.errors import LianxinError, Unavailable
 from sync.replica_store import OutboxEntry
+from sync.store import RecordKey
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSPHRASE = "kill-run office passphrase (a bench, not a secret)"
@@ -296,6 +301,23 @@ def run_phone(crew: Crew, name: str, code: str, path: Path, seed: int) -> None:
         raise
 
 
+def states_against_the_log(data: Path) -> tuple[int, list[RecordKey]]:
+    """How many records there are, and those whose state as the store reads it is not
+    their logged changes merged in server order. Each kill fell wherever it fell, so
+    checkpoints were written, or not, at any moment; a read must not care."""
+    settings = Settings(data_dir=data)
+    store = open_store(settings, OfficeKeys.load(settings.keys_path, PASSPHRASE))
+    try:
+        folded: dict[RecordKey, RecordState | None] = {}
+        for logged in store.changes_since(0, 1 << 62):
+            key = (logged.change.record_type, logged.change.record_id)
+            folded[key] = merge.apply_change(folded.get(key), logged.change, logged.order).state
+        stored = store.states(folded)
+    finally:
+        store.close()
+    return len(folded), sorted(key for key, state in folded.items() if stored.get(key) != state)
+
+
 def check_store(server: ServerProcess, phones: list[Phone]) -> tuple[dict[str, Any], list[str]]:
     """The figures and the violations (empty if none) of the stopped server's store."""
     problems: list[str] = []
@@ -311,6 +333,11 @@ def check_store(server: ServerProcess, phones: list[Phone]) -> tuple[dict[str, A
     figures["audit verify"] = (audit.stdout + audit.stderr).strip().splitlines()[-1:]
     if audit.returncode != 0:
         problems.append(f"audit verify failed: {audit.stdout}{audit.stderr}")
+
+    records, wrong = states_against_the_log(server.data)
+    figures["record states"] = f"{records - len(wrong)} of {records} equal their log merged"
+    if wrong:
+        problems.append(f"{len(wrong)} of {records} record states differ from the log: {wrong[:3]}")
 
     with closing(sqlite3.connect(server.data / "lianxin.db")) as db:
         stored = Counter(
@@ -415,7 +442,7 @@ def kill_run(kills: int, devices: int, seed: int, max_up_s: float, folder: Path)
     print(f"duplicated: {figures['duplicated']}")
     print(f"5xx: {five_xx}")
     for name, value in figures.items():
-        if name.startswith(("integrity_check", "audit")):
+        if name.startswith(("integrity_check", "audit", "record states")):
             print(f"{name}: {value if isinstance(value, str) else ' '.join(value)}")
     for problem in problems:
         print(f"FAIL {problem}")
