@@ -2,11 +2,12 @@
 
 `records.state` is a checkpoint: a record's state as of `records.seq`. The
 change log is the truth, and a record's current state is its checkpoint with
-its later logged changes merged on top (`SqliteStore.states`). Rewriting every
-touched record's whole state on every batch cost more than the rest of the
-write path (docs/BENCHMARKS.md), and most records a batch touches were touched
-a few batches before, so the writer keeps their newest states here and writes
-a record's checkpoint only when it must (see `SqliteStore.write`).
+its later logged changes merged on top (`SqliteStore.states`). Reading and
+rewriting every touched record's whole state on every batch took about a
+third of the engine's time (docs/BENCHMARKS.md), and most records a batch
+touches were touched a few batches before, so the writer keeps their newest
+states here and writes a record's checkpoint only when it must (see
+`SqliteStore._write_states`).
 
 Losing this cache loses nothing: a crash, a rollback or another process's
 commit only means the next read merges the logged changes again.
@@ -30,7 +31,7 @@ class Cached(NamedTuple):
     seq: int  # the last logged change merged into `state`
     stored_seq: int  # the last change merged into the checkpoint (0: no row yet)
     stored_deleted: bool
-    pending: int  # logged changes merged here but not into the checkpoint
+    pending: int  # writes (batches, or changes merged on a read) not in the checkpoint
 
     @property
     def dirty(self) -> bool:
@@ -44,9 +45,6 @@ class StateCache:
         self.capacity = capacity
         self._entries: OrderedDict[RecordKey, Cached] = OrderedDict()
         self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def get(self, keys: Iterable[RecordKey]) -> dict[RecordKey, Cached]:
         """The cached entries among `keys`, each marked as just used."""
@@ -77,11 +75,6 @@ class StateCache:
     def dirty(self) -> list[tuple[RecordKey, Cached]]:
         with self._lock:
             return [(key, cached) for key, cached in self._entries.items() if cached.dirty]
-
-    def forget(self, keys: Iterable[RecordKey]) -> None:
-        with self._lock:
-            for key in keys:
-                self._entries.pop(key, None)
 
     def clear(self) -> None:
         with self._lock:
