@@ -28,6 +28,7 @@ class CaseList(msgspec.Struct, frozen=True, kw_only=True):
     filters: dict[str, str]
     offset: int
     limit: int
+    names: dict[str, str] = {}  # the display names of the mediators listed, by user id
 
 
 class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,3 +62,4 @@ class CasePage(msgspec.Struct, frozen=True, kw_only=True):
     open_conflicts: list[dict[str, Any]]
     timeline: list[TimelineEntry]
     repeats: list[Repeat]
+    names: dict[str, str] = {}  # the display names of the case's mediators, by user id

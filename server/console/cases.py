@@ -72,13 +72,15 @@ def case_list(
         " ORDER BY ci.received_ms DESC, ci.case_id LIMIT :limit OFFSET :offset",
         {**params, "limit": PAGE, "offset": offset},
     ).fetchall()
+    found = case_rows(service, rows)
     return CaseList(
-        cases=case_rows(service, rows),
+        cases=found,
         total=total,
         by_status=by_status,
         filters=given,
         offset=offset,
         limit=PAGE,
+        names=service.directory.names(m for row in found for m in row.mediators),
     )
 
 
@@ -148,6 +150,7 @@ def case_page(service: SyncService, user_id: str, case_id: str) -> CasePage:
             )
             for r in people.repeats(service.store, case_id)
         ],
+        names=service.directory.names(case.mediators),
     )
 
 

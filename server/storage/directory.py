@@ -6,6 +6,7 @@ import hashlib
 import json
 import secrets
 import uuid
+from collections.abc import Iterable
 from typing import Literal, NamedTuple
 
 from server.storage.sqlite import SqliteStore
@@ -105,6 +106,16 @@ class Directory:
             "SELECT user_id, name, role, org_units FROM users WHERE user_id = ?", [user_id]
         ).fetchone()
         return self._user(*row) if row else None
+
+    def names(self, user_ids: Iterable[str]) -> dict[str, str]:
+        """The display name of each of these users that exists, by user id."""
+        ids = sorted(set(user_ids))
+        rows = self.db.execute(
+            f"SELECT user_id, name, role, org_units FROM users"
+            f" WHERE user_id IN ({','.join('?' * len(ids))})",
+            ids,
+        ).fetchall()
+        return {row[0]: self._user(*row).name for row in rows}
 
     def users(self, role: Role | None = None) -> list[User]:
         """Every user (of `role`), in the order they were added."""

@@ -69,6 +69,30 @@ def test_a_supervisor_signs_in_and_sees_the_cases_of_their_district(console):
     assert console.http.get("/api/cases/k-2").status_code == 404
 
 
+def test_mediators_show_by_name_in_the_case_list_and_on_the_case_page(console):
+    sun = console.enroll("mediator", name="Sun Li")
+    mediator = sun.enrollment.user_id
+    sun.push(
+        [
+            sun.change(
+                "case",
+                "k-1",
+                {"title": "Drains", "location": GONGSHU},
+                [Add(field="mediators", value=mediator)],
+            )
+        ]
+    )
+    chen = supervisor(console)
+    sign_in(console, chen)
+    for path in ("/console/cases", "/console/cases/k-1"):
+        page = console.http.get(path).text
+        assert f'<span title="{mediator}">Sun Li</span>' in page
+    listed = console.http.get("/api/cases").json()
+    assert listed["cases"][0]["mediators"] == [mediator]  # the API keeps ids, and names them
+    assert listed["names"] == {mediator: "Sun Li"}
+    assert console.http.get("/api/cases/k-1").json()["names"] == {mediator: "Sun Li"}
+
+
 def test_wrong_passwords_are_refused_then_rate_limited(console):
     chen = supervisor(console)
     for _ in range(5):
