@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +31,14 @@ from sync.merge import Rejected
 CITY = "Hangzhou"
 DISTRICTS = ("Gongshu", "Xihu", "Binjiang")
 STREETS = ("Mishixiang", "Beishan", "Changhe", "Wenhui")
+CASE_CATEGORIES = ("neighbours", "family", "property", "labour", "environment", "infrastructure")
+# What a case made from a warning is filed under, by the warning's category.
+WARNING_CASES = {
+    "drains": "infrastructure",
+    "noise": "neighbours",
+    "wages": "labour",
+    "parking": "neighbours",
+}
 PIN = "246810"
 # Device files of simulated phones are thrown away: a cheap scrypt cost keeps
 # 200 of them from spending the run deriving keys.
@@ -217,7 +226,12 @@ class FieldDevice:
             self.edit(
                 "case",
                 case_id,
-                {"title": title, "location": self._location(), "status": "assigned"},
+                {
+                    "title": title,
+                    "category": category_of(case_id),
+                    "location": self._location(),
+                    "status": "assigned",
+                },
                 [Add(field="mediators", value=self.user_id)],
             )
             return
@@ -268,14 +282,20 @@ class FieldDevice:
             ops += [Add(field="mediators", value=m) for m in chosen]
             location = getattr(warning, "location", None)
             where = self._location() if location is None else _builtins(location)
-            self.edit("case", case_id, {"title": "From a warning", "location": where}, ops)
+            category = WARNING_CASES.get(getattr(warning, "category", ""), "neighbours")
+            fields = {"title": "From a warning", "category": category, "location": where}
+            self.edit("case", case_id, fields, ops)
             self.edit("warning", warning_id, {"status": "converted", "case": case_id}, [])
         elif roll < 0.55:
             case_id = self.new_id("k")
             chosen = self.rng.sample(mediators, min(2, len(mediators)))
             registry.new_case(self.district, case_id, self.user_id, chosen)
             ops = [Add(field="mediators", value=m) for m in chosen]
-            fields = {"title": "Walk-in petition", "location": self._location()}
+            fields = {
+                "title": "Walk-in petition",
+                "category": category_of(case_id),
+                "location": self._location(),
+            }
             self.edit("case", case_id, fields | {"status": "assigned"}, ops)
         else:
             cases = registry.cases[self.district]
@@ -310,3 +330,9 @@ def _builtins(value: object) -> Any:
 
 def moment(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def category_of(case_id: str) -> str:
+    """A category for a simulated case, from its id: no draw from the run's random stream,
+    so adding it changed no other decision of a seeded run."""
+    return CASE_CATEGORIES[zlib.crc32(case_id.encode()) % len(CASE_CATEGORIES)]
