@@ -21,12 +21,13 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
 import sqlite_utils
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from schemas.changes import Change, ChangeResult, Conflict
 from schemas.state import RecordState
@@ -236,12 +237,20 @@ class SqliteStore:
             loaded.update(newest)
         return loaded
 
-    def _write_checkpoints(self, entries: Iterable[tuple[RecordKey, Cached]]) -> None:
-        """Write these records' newest states as their checkpoints (inside `transaction()`)."""
+    def _write_checkpoints(
+        self,
+        entries: Iterable[tuple[RecordKey, Cached]],
+        known: Mapping[RecordKey, AESGCM | None] | None = None,
+    ) -> None:
+        """Write these records' newest states as their checkpoints (inside `transaction()`);
+        `known` are data keys the caller already holds."""
         entries = list(entries)
         if not entries:
             return
-        data_keys = self.vault.data_keys((key for key, _ in entries), create=True)
+        data_keys = dict(known or {})
+        missing = [key for key, _ in entries if key not in data_keys]
+        if missing:
+            data_keys.update(self.vault.data_keys(missing, create=True))
         self.db.conn.executemany(
             "INSERT INTO records (record_type, record_id, seq, deleted, state)"
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (record_type, record_id) DO UPDATE SET"
@@ -301,7 +310,6 @@ class SqliteStore:
         keys = self.vault.data_keys(
             {
                 *((c.record_type, c.record_id) for _, c, *_ in batch.changes),
-                *batch.records,
                 *((c.record_type, c.record_id) for c, *_ in batch.quarantine),
                 *(key for key, *_ in batch.conflicts),
             },
@@ -335,7 +343,7 @@ class SqliteStore:
                 for seq, c, raw, result, order in batch.changes
             ],
         )
-        self._write_states(batch.records)
+        self._write_states(batch.records, keys)
         execute_many(
             "INSERT INTO quarantine (change_id, record_type, record_id, device_id, reason,"
             " detail, result, raw, batch_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -380,7 +388,11 @@ class SqliteStore:
                     ],
                 )
 
-    def _write_states(self, records: dict[RecordKey, tuple[RecordState, int]]) -> None:
+    def _write_states(
+        self,
+        records: dict[RecordKey, tuple[RecordState, int]],
+        data_keys: Mapping[RecordKey, AESGCM | None],
+    ) -> None:
         """Cache a batch's new states; write checkpoints only where they are due.
 
         A record gets its checkpoint written when it is new (its row must exist for
@@ -410,7 +422,7 @@ class SqliteStore:
         for key, entry in evicted + due:
             if key not in newest or newest[key].seq < entry.seq:
                 newest[key] = entry
-        self._write_checkpoints(newest.items())
+        self._write_checkpoints(newest.items(), data_keys)
 
     def changes_since(self, seq: int, limit: int) -> Iterator[LoggedChange]:
         """Logged changes after `seq` but those of erased records; results without conflicts."""
