@@ -96,6 +96,7 @@ from schemas.wire import (
     PushRequest,
     PushResponse,
 )
+from server.fleet.office import stop_process
 from server.keys import OfficeKeys
 from server.memory import collect_less
 from server.storage.pull import read_page
@@ -215,13 +216,7 @@ def serving(data: Path, *, sealed: bool = True) -> Iterator[str]:
             time.sleep(0.1)
         yield url
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
 
 
 # -- devices that speak the protocol by hand -----------------------------------------------

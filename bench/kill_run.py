@@ -54,6 +54,7 @@ from typing import Any
 import httpx
 
 from schemas.state import RecordState
+from server.fleet.office import stop_process
 from server.keys import OfficeKeys
 from server.settings import Settings
 from server.storage.directory import Directory
@@ -167,13 +168,8 @@ class ServerProcess:
         self.process.wait()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout_s=20)
 
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]

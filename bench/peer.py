@@ -84,6 +84,7 @@ from bench.http_sync import (
 from bench.recording import dated_block, record
 from schemas.changes import Add, Change, Op
 from schemas.wire import PulledChange, PullPage, PullRequest, PushResponse
+from server.fleet.office import stop_process
 from sync.clock import Clock
 
 POUCHDB_VERSION = "4.2.0"
@@ -174,13 +175,7 @@ def pouchdb_serving(command: Path, folder: Path) -> Iterator[str]:
             time.sleep(0.2)
         yield url
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
 
 
 class CouchChange(msgspec.Struct):

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from server.fleet.office import stop_process
 from tests.conftest import PASSPHRASE
 
 # What the office's operator would export before running `lianxin`.
@@ -84,13 +85,7 @@ class Server:
         raise RuntimeError("the server did not start")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown handlers, no flush; what a power cut does."""
