@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
-import os
-import platform
 import random
 import sqlite3
 import sys
@@ -49,6 +47,7 @@ from typing import Any, NamedTuple
 import msgspec
 import sqlite_utils
 
+from bench.recording import machine
 from schemas.changes import Add, Append, Change, Delete, Op, Remove, Restore
 from schemas.records import CASE_STATUS
 from schemas.state import RecordState
@@ -606,21 +605,6 @@ def store_digest(store: SqliteStore) -> str:
     for conflict in store.open_conflicts():
         digest.update(encode(conflict))
     return digest.hexdigest()[:16]
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        model = platform.processor() or model
-    return (
-        f"{len(os.sched_getaffinity(0))} × {model}, Python {platform.python_version()},"
-        f" SQLite {sqlite3.sqlite_version}"
-    )
 
 
 def record_row(

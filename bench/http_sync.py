@@ -59,7 +59,6 @@ import argparse
 import base64
 import gc
 import os
-import platform
 import random
 import secrets
 import shutil
@@ -86,6 +85,8 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from bench import recording
+from bench.recording import BENCHMARKS_MD, Row, machine, plain
 from schemas.changes import Add, Append, Change, Op
 from schemas.records import CASE_STATUS
 from schemas.wire import (
@@ -112,9 +113,7 @@ from sync.envelope import ENVELOPE, Header, open_envelope, seal
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS_MD = ROOT / "docs" / "BENCHMARKS.md"
 HEADING = "## HTTP sync (bench/http_sync.py)"
-THEIR_RECORDED_RUNS = "## Recorded runs"  # bench/apply_changes.py appends to the file's end
 
 MSGPACK = "application/msgpack"
 PUSH, PULL, OFFICE = "/v1/sync/push", "/v1/sync/pull", "/v1/office"
@@ -882,15 +881,6 @@ def run(mode: Mode, seed: int, say: Callable[[str], None]) -> Results:
 # -- reporting -----------------------------------------------------------------------------
 
 
-class Row(NamedTuple):
-    metric: str
-    value: str
-    target: str
-    met: str
-    baseline: str
-    ratio: str
-
-
 def _met(ok: bool | None) -> str:
     return "" if ok is None else ("met" if ok else "missed")
 
@@ -1075,48 +1065,7 @@ def sealing_cost(r: Results) -> str:
     )
 
 
-def markdown(table: list[Row]) -> str:
-    lines = [
-        "| metric | value | target | met | baseline (same run) | ratio |",
-        "|---|---:|---:|---|---|---:|",
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in table]
-    return "\n".join(lines) + "\n"
-
-
-def plain(table: list[Row]) -> str:
-    header = Row("metric", "value", "target", "met", "baseline (same run)", "ratio")
-    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
-    right = {1, 2, 5}
-
-    def line(row: Row) -> str:
-        cells = [
-            cell.rjust(width) if i in right else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ]
-        return "  ".join(cells).rstrip()
-
-    return "\n".join([line(header), *(line(row) for row in table)])
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{len(os.sched_getaffinity(0))} × {model}, Python {platform.python_version()},"
-        f" SQLite {sqlite3.sqlite_version}"
-    )
-
-
-SECTION_INTRO = f"""{HEADING}
-
-A real `lianxin serve` process on 127.0.0.1, set up through the command line
+INTRO = """A real `lianxin serve` process on 127.0.0.1, set up through the command line
 in a temporary folder, driven by a Python client on the same machine with
 request and batch signatures on and HPKE envelopes both ways; a second server
 on a copy of the office accepts the same requests unsealed, for comparison.
@@ -1136,31 +1085,8 @@ trips). See the docstring of `bench/http_sync.py`.
 def record(
     table: list[Row], command: str, note: str, summary: str = "", path: Path = BENCHMARKS_MD
 ) -> None:
-    """Add a dated table, and `summary` under it, at the end of this benchmark's section.
-
-    The section, created if missing, goes before bench/apply_changes.py's "Recorded runs" table,
-    which must stay at the end of the file (that script appends to the end).
-    """
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    title = f"### {when}" + (f" — {note}" if note else "")
-    block = f"{title}\n\nMachine: {machine()}.\n\n    {command}\n\n{markdown(table)}"
-    block += f"\n{summary}\n" if summary else ""
-    if HEADING not in text:
-        at = text.find("\n" + THEIR_RECORDED_RUNS + "\n")
-        section = SECTION_INTRO + "\n" + block
-        if at < 0:
-            text = text.rstrip("\n") + "\n\n" + section
-        else:
-            text = text[: at + 1] + section + "\n" + text[at + 1 :]
-    else:
-        start = text.index(HEADING) + len(HEADING)
-        end = text.find("\n## ", start)
-        if end < 0:
-            text = text.rstrip("\n") + "\n\n" + block
-        else:
-            text = text[:end].rstrip("\n") + "\n\n" + block + text[end:]
-    path.write_text(text)
+    """Add a dated table, and `summary` under it, at the end of this benchmark's section."""
+    recording.record(HEADING, INTRO, recording.dated_block(command, table, note, summary), path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

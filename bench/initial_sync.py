@@ -52,17 +52,14 @@ from bench.http_sync import (
     PUSH,
     CaseBook,
     Phone,
-    Row,
     TimedTransport,
     case_books,
     enroll,
-    machine,
-    plain,
     pull_everything,
     serving,
     set_up_office,
 )
-from bench.recording import dated_block, record
+from bench.recording import Row, dated_block, machine, plain, record
 from schemas.wire import PushResponse
 from sync.client import DeviceClient
 

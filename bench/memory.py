@@ -53,11 +53,8 @@ from bench.http_sync import (
     BATCH,
     PULL,
     PUSH,
-    Row,
     enroll,
     lianxin,
-    machine,
-    plain,
     pull_everything,
     read_only,
     serving,
@@ -65,7 +62,7 @@ from bench.http_sync import (
 )
 from bench.initial_sync import fill, mediator_books
 from bench.peer import DISTRICT, documents
-from bench.recording import dated_block, record
+from bench.recording import Row, dated_block, machine, plain, record
 from schemas.wire import PullPage, PullRequest, PushResponse
 from sync.clock import Clock
 

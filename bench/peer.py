@@ -71,17 +71,14 @@ from bench.http_sync import (
     WORDS,
     Latency,
     Phone,
-    Row,
     enroll,
     free_port,
     latency,
-    machine,
-    plain,
     serving,
     set_up_office,
     timed,
 )
-from bench.recording import dated_block, record
+from bench.recording import Row, dated_block, machine, plain, record
 from schemas.changes import Add, Change, Op
 from schemas.wire import PulledChange, PullPage, PullRequest, PushResponse
 from server.fleet.office import stop_process

@@ -1,15 +1,64 @@
-"""Appending a benchmark's dated table to its own section of docs/BENCHMARKS.md.
-
-Shared by bench/peer.py, bench/initial_sync.py and bench/memory.py; the row
-and table formats are bench/http_sync.py's (`Row`, `plain`, `markdown`).
-"""
+"""Benchmark tables: their rows, printed and as Markdown, and their dated place in
+docs/BENCHMARKS.md. Shared by every script in bench/ that records a table."""
 
 from __future__ import annotations
 
+import os
+import platform
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
-from bench.http_sync import BENCHMARKS_MD, Row, machine, markdown
+BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
+
+
+class Row(NamedTuple):
+    metric: str
+    value: str
+    target: str
+    met: str
+    baseline: str
+    ratio: str
+
+
+def markdown(table: list[Row]) -> str:
+    lines = [
+        "| metric | value | target | met | baseline (same run) | ratio |",
+        "|---|---:|---:|---|---|---:|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in table]
+    return "\n".join(lines) + "\n"
+
+
+def plain(table: list[Row]) -> str:
+    header = Row("metric", "value", "target", "met", "baseline (same run)", "ratio")
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
+    right = {1, 2, 5}
+
+    def line(row: Row) -> str:
+        cells = [
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([line(header), *(line(row) for row in table)])
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{len(os.sched_getaffinity(0))} × {model}, Python {platform.python_version()},"
+        f" SQLite {sqlite3.sqlite_version}"
+    )
 
 
 def dated_block(command: str, table: list[Row], note: str = "", summary: str = "") -> str:
