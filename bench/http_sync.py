@@ -97,7 +97,7 @@ from schemas.wire import (
     PushRequest,
     PushResponse,
 )
-from server.fleet.office import stop_process
+from server.fleet.office import free_port, start_server, stop_process
 from server.keys import OfficeKeys
 from server.memory import collect_less
 from server.storage.pull import read_page
@@ -177,12 +177,6 @@ def add_user(data: Path, name: str, role: str, org_unit: str) -> str:
     return lianxin(data, "user", "add", name, "--role", role, "--org-unit", org_unit)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def serving(data: Path, *, sealed: bool = True) -> Iterator[str]:
     """`lianxin serve` on a free port of 127.0.0.1; yields its URL, stops it on the way out.
@@ -190,30 +184,9 @@ def serving(data: Path, *, sealed: bool = True) -> Iterator[str]:
     Unless `sealed`, the server also accepts plain msgpack sync requests.
     """
     port = free_port()
-    log_path = data / "server.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "--data", str(data), "serve", "--port", str(port)],
-            stdout=log,
-            stderr=log,
-            cwd=ROOT,
-            env=OFFICE_ENV if sealed else UNSEALED_ENV,
-        )
-    url = f"http://127.0.0.1:{port}"
+    process = start_server(data, port, OFFICE_ENV if sealed else UNSEALED_ENV, timeout_s=30)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited at start:\n{log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(url + OFFICE, timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not start within 30 s")
-            time.sleep(0.1)
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
         stop_process(process)
 

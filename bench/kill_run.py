@@ -37,7 +37,6 @@ import argparse
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -54,7 +53,7 @@ from typing import Any
 import httpx
 
 from schemas.state import RecordState
-from server.fleet.office import stop_process
+from server.fleet.office import free_port, start_server, stop_process
 from server.keys import OfficeKeys
 from server.settings import Settings
 from server.storage.directory import Directory
@@ -98,12 +97,6 @@ def lianxin_ok(data: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def set_up_office(data: Path, devices: int, prefix: str) -> list[tuple[str, str]]:
     """A new office (`lianxin init`) with a mediator and an enrolment code per device.
 
@@ -140,26 +133,8 @@ class ServerProcess:
     def start(self, timeout_s: float = 60) -> float:
         """Start and wait until `/v1/office` answers; the seconds it took."""
         began = time.monotonic()
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [*SERVE, "--data", str(self.data), "serve", "--port", str(self.port)],
-                stdout=log,
-                stderr=log,
-                cwd=ROOT,
-                env=self.env,
-            )
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited at start:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.url + "/v1/office", timeout=1).status_code == 200:
-                    return time.monotonic() - began
-            except httpx.TransportError:
-                pass
-            if time.monotonic() - began > timeout_s:
-                self.stop()
-                raise RuntimeError(f"the server did not start in {timeout_s} s")
-            time.sleep(0.02)
+        self.process = start_server(self.data, self.port, self.env, timeout_s)
+        return time.monotonic() - began
 
     def kill(self) -> None:
         """SIGKILL: no shutdown handlers, no flush."""

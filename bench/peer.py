@@ -72,7 +72,6 @@ from bench.http_sync import (
     Latency,
     Phone,
     enroll,
-    free_port,
     latency,
     serving,
     set_up_office,
@@ -81,7 +80,7 @@ from bench.http_sync import (
 from bench.recording import Row, dated_block, machine, plain, record
 from schemas.changes import Add, Change, Op
 from schemas.wire import PulledChange, PullPage, PullRequest, PushResponse
-from server.fleet.office import stop_process
+from server.fleet.office import free_port, stop_process
 from sync.clock import Clock
 
 POUCHDB_VERSION = "4.2.0"

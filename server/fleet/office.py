@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,6 +26,8 @@ from server.settings import Settings
 from server.storage.directory import Directory, Role
 from server.storage.sqlite import SqliteStore, open_store
 from sync.clock import system_wall_ms
+
+ROOT = Path(__file__).resolve().parents[2]  # where `python -m server.cli` is found
 
 CODE_TTL_MS = 24 * 3600_000
 
@@ -72,28 +75,14 @@ class Office:
 
     def start(self) -> None:
         """Serve the office with `lianxin serve` on a free port of 127.0.0.1."""
-        port = _free_port()
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        data = self.settings.data_dir
-        command = ["-m", "server.cli", "--data", str(data), "serve", "--port", str(port)]
-        with open(data / "server.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, *command],
-                stdout=log,
-                stderr=log,
-                env={**os.environ, "LIANXIN_PASSPHRASE": self.passphrase},
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            try:
-                if httpx.get(f"{self.url}/v1/office", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        self.close()
-        raise RuntimeError(f"the server did not start; see {data / 'server.log'}")
+        env = {**os.environ, "LIANXIN_PASSPHRASE": self.passphrase}
+        try:
+            self.process = start_server(self.settings.data_dir, port, env)
+        except RuntimeError:
+            self.close()
+            raise
 
     def logged(self) -> dict[str, list[Logged]]:
         """Every change id in the change log or the quarantine, with what became of it.
@@ -124,11 +113,38 @@ class Office:
             self._store = None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def start_server(
+    data: Path, port: int, env: Mapping[str, str], timeout_s: float = 60
+) -> subprocess.Popen[Any]:
+    """`lianxin serve` for `data` on 127.0.0.1:`port`, logging to `data/server.log`;
+    returns once `/v1/office` answers. If it exits or is not up within `timeout_s`, it
+    is stopped and `RuntimeError` carries the end of its log."""
+    log_path = data / "server.log"
+    command = [sys.executable, "-m", "server.cli", "--data", str(data), "serve"]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)], stdout=log, stderr=log, cwd=ROOT, env=dict(env)
+        )
+    url = f"http://127.0.0.1:{port}/v1/office"
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.02)
+    stop_process(process)
+    tail = log_path.read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"the server did not start within {timeout_s} s:\n{tail}")
 
 
 def stop_process(process: subprocess.Popen[Any], timeout_s: float = 10) -> None:

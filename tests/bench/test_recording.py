@@ -1,7 +1,6 @@
 """Recording a benchmark run in docs/BENCHMARKS.md (bench/recording.py)."""
 
-from bench.recording import Row
-from bench.recording import dated_block, record
+from bench.recording import Row, dated_block, record
 
 TABLE = [Row("push (docs/s)", "1,000", "≥ 2× peer", "met", "peer 400", "2.50×")]
 

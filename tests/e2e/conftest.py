@@ -1,17 +1,14 @@
 """A real `lianxin serve` process on 127.0.0.1, set up through the real CLI."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 
-from server.fleet.office import stop_process
+from server.fleet.office import free_port, start_server, stop_process
 from tests.conftest import PASSPHRASE
 
 # What the office's operator would export before running `lianxin`.
@@ -30,12 +27,6 @@ def lianxin(data: Path, *args: str, env: dict[str, str] | None = None) -> str:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout.strip()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -57,32 +48,8 @@ class Server:
         lianxin(self.data, "device", "revoke", device_id)
 
     def start(self) -> None:
-        port = self.url.rsplit(":", 1)[1]
-        with open(self.data / "server.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "server.cli",
-                    "--data",
-                    str(self.data),
-                    "serve",
-                    "--port",
-                    port,
-                ],
-                stdout=log,
-                stderr=log,
-                env={**OFFICE_ENV, **self.env},
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/v1/office", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("the server did not start")
+        port = int(self.url.rsplit(":", 1)[1])
+        self.process = start_server(self.data, port, {**OFFICE_ENV, **self.env}, timeout_s=30)
 
     def stop(self) -> None:
         stop_process(self.process)
