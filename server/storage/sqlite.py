@@ -172,14 +172,16 @@ class SqliteStore:
 
     def states(self, keys: Iterable[RecordKey]) -> dict[RecordKey, RecordState]:
         """The newest merge state of each existing record among `keys` (erased ones left out)."""
-        self._fresh()
+        writing = self._writer == threading.get_ident()
+        if not writing:  # the writer's transaction checked when it began
+            self._fresh()
         wanted = set(keys)
         hits = self._cache.get(wanted)
         live = self.vault.data_keys(hits) if hits else {}
         found = {key: c.state for key, c in hits.items() if live.get(key) is not None}
         loaded = self._load([key for key in wanted if key not in hits])
         # Only the writer caches what it read: its transaction can write what it pushes out.
-        if self._writer == threading.get_ident():
+        if writing:
             evicted = []
             for key, cached in loaded.items():
                 evicted += self._cache.put(key, cached)
