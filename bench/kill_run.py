@@ -69,7 +69,6 @@ from sync.store import RecordKey
 ROOT = Path(__file__).resolve().parent.parent
 PASSPHRASE = "kill-run office passphrase (a bench, not a secret)"
 OFFICE_ENV = {**os.environ, "LIANXIN_PASSPHRASE": PASSPHRASE}
-SERVE = [sys.executable, "-m", "server.cli"]
 PIN = "246810"
 # A cheap scrypt cost for the phones' files: the run measures the server, not the PIN.
 PHONE_KDF = KdfParams(salt=bytes(16), n=2**4)
@@ -145,9 +144,6 @@ class ServerProcess:
     def stop(self) -> None:
         if self.process is not None:
             stop_process(self.process, timeout_s=20)
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
 
 
 class Tally:
