@@ -413,10 +413,6 @@ class ReplicaStore:
         return self._open(sealed, "outbox", change_id, "detail").decode()
 
 
-def _key(state: RecordState) -> RecordKey:
-    return (state.record_type, state.record_id)
-
-
 def _bind(row: Sequence[str]) -> bytes:
     """What a sealed value belongs to: its table and row key, NUL-separated."""
     return "\x00".join(row).encode()
