@@ -217,7 +217,7 @@ class SqliteStore:
                 data_key = data_keys.get(key)
                 if data_key is not None:
                     state = _decode_state(open_sealed(data_key, sealed, bind("records", key)))
-                    newest[key] = Cached(state, seq, seq, deleted, 0)
+                    newest[key] = Cached(state, seq, deleted, 0)
             for record_type, record_id, seq, change_id, sealed, order in logged:
                 key = (record_type, record_id)
                 data_key = data_keys.get(key)
@@ -232,7 +232,8 @@ class SqliteStore:
                 if outcome.state is None:
                     raise RuntimeError(f"logged change {change_id} does not apply again: {outcome}")
                 newest[key] = (
-                    Cached(outcome.state, seq, 0, False, 1)
+                    # No row at all: due for one at the next write.
+                    Cached(outcome.state, seq, False, MAX_PENDING)
                     if before is None
                     else before._replace(state=outcome.state, seq=seq, pending=before.pending + 1)
                 )
@@ -277,9 +278,7 @@ class SqliteStore:
             dirty = self._cache.dirty()
             self._write_checkpoints(dirty)
             for key, c in dirty:
-                self._cache.put(
-                    key, c._replace(stored_seq=c.seq, stored_deleted=is_deleted(c.state), pending=0)
-                )
+                self._cache.put(key, c._replace(stored_deleted=is_deleted(c.state), pending=0))
 
     def erased(self, keys: Iterable[RecordKey]) -> set[RecordKey]:
         """Which of `keys` were erased (their data key destroyed)."""
@@ -408,13 +407,8 @@ class SqliteStore:
         for key, (state, seq) in records.items():
             deleted = is_deleted(state)
             old = cached.get(key)
-            if (
-                old is None
-                or not old.stored_seq
-                or old.stored_deleted != deleted
-                or old.pending + 1 >= MAX_PENDING
-            ):
-                entry = Cached(state, seq, seq, deleted, 0)
+            if old is None or old.stored_deleted != deleted or old.pending + 1 >= MAX_PENDING:
+                entry = Cached(state, seq, deleted, 0)
                 due.append((key, entry))
             else:
                 entry = old._replace(state=state, seq=seq, pending=old.pending + 1)

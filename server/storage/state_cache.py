@@ -29,7 +29,6 @@ class Cached(NamedTuple):
 
     state: RecordState
     seq: int  # the last logged change merged into `state`
-    stored_seq: int  # the last change merged into the checkpoint (0: no row yet)
     stored_deleted: bool
     pending: int  # writes (batches, or changes merged on a read) not in the checkpoint
 
