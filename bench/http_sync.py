@@ -70,7 +70,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -96,6 +95,7 @@ from schemas.wire import (
     PullRequest,
     PushRequest,
     PushResponse,
+    SignedPush,
 )
 from server.fleet.office import free_port, start_server, stop_process
 from server.keys import OfficeKeys
@@ -105,10 +105,11 @@ from server.storage.sqlite import SqliteStore
 from server.storage.vault import Vault
 from sync import signing
 from sync.atrest import KdfParams
+from sync.changes import encode_change
 from sync.client import DeviceClient
 from sync.clock import Clock
 from sync.engine import apply_batch
-from sync.envelope import ENVELOPE, Header, open_envelope, seal
+from sync.envelope import ENVELOPE, PUSH_ENVELOPE, Header, open_envelope, seal, seal_push
 
 T = TypeVar("T")
 
@@ -117,6 +118,7 @@ HEADING = "## HTTP sync (bench/http_sync.py)"
 
 MSGPACK = "application/msgpack"
 PUSH, PULL, OFFICE = "/v1/sync/push", "/v1/sync/pull", "/v1/office"
+PUSH_V2 = "/v2/sync/push"
 BATCH = 500
 CITY = "Hangzhou"
 DISTRICTS = ["Xihu", "Shangcheng", "Gongshu", "Binjiang"]  # one mediator each
@@ -263,10 +265,31 @@ class Phone:
     def pull(self, cursor: str | None, limit: int) -> PullPage:
         return self.post(PULL, _encode(PullRequest(cursor=cursor, limit=limit)), PullPage)
 
+    def push_v2(self, changes: Sequence[Change]) -> httpx.Request:
+        """A version 2 push of `changes` in compact form, signed now and sealed (PROTOCOL.md 11)."""
+        raws = [encode_change(change) for change in changes]
+        batch_id = secrets.token_urlsafe(16)
+        timestamp_ms = int(time.time() * 1000)
+        message = signing.push_message(self.device_id, batch_id, timestamp_ms, raws)
+        push = SignedPush(
+            device_id=self.device_id,
+            batch_id=batch_id,
+            timestamp_ms=timestamp_ms,
+            changes=raws,
+            signature=self.key.sign(message),
+        )
+        office = self.enrollment.office
+        body = seal_push(
+            _encode(push), office.kem_key_id, X25519PublicKey.from_public_bytes(office.kem_key)
+        )
+        return self.http.build_request(
+            "POST", PUSH_V2, content=body, headers={"Content-Type": PUSH_ENVELOPE}
+        )
+
     def batch(self, changes: Sequence[Change]) -> bytes:
         """The body of a push of `changes`, with its batch signature."""
         raws = [_encode(change) for change in changes]
-        batch_id = uuid.uuid4().hex
+        batch_id = secrets.token_urlsafe(16)
         manifest = signing.batch_message(self.device_id, batch_id, raws)
         request = PushRequest(batch_id=batch_id, changes=raws, signature=self.key.sign(manifest))
         return _encode(request)
@@ -312,7 +335,7 @@ class CaseBook:
         stamp = self.clock.now()
         self.last_stamp[record_id] = stamp
         return Change(
-            change_id=uuid.uuid4().hex,
+            change_id=secrets.token_urlsafe(16),  # as the reference client makes them
             record_type="case",
             record_id=record_id,
             device_id=self.phone.device_id,
@@ -417,7 +440,7 @@ def supervisor_edits(
         due = date(2025, 1, 1) + timedelta(days=rng.randrange(365))
         changes.append(
             Change(
-                change_id=uuid.uuid4().hex,
+                change_id=secrets.token_urlsafe(16),
                 record_type="case",
                 record_id=record_id,
                 device_id=phone.device_id,
@@ -564,11 +587,14 @@ class WireBytes(NamedTuple):
 
 
 def one_field_edit(phone: Phone, book: CaseBook, url: str) -> WireBytes:
-    """Push one change setting one field, as the exact bytes httpx would send, over a socket."""
+    """Push one change setting one field, as the exact bytes httpx would send, over a socket.
+
+    A version 2 push, as the reference client sends it: a compact change with a
+    22-character id, one signature inside the sealed body, no signature headers.
+    """
     change = book.change(book.cases[0], {"households": 7})
-    body = phone.batch([change])
-    request = phone.request(PUSH, body)
-    body = request.content  # as it goes on the wire: sealed
+    request = phone.push_v2([change])
+    body = request.content
     headers = list(request.headers.raw)
     signature_headers = sum(
         len(name) + 2 + len(value) + 2
@@ -601,7 +627,7 @@ def one_field_edit(phone: Phone, book: CaseBook, url: str) -> WireBytes:
     if status != 200 or answer.results[0].status != "applied":
         raise RuntimeError(f"the one-field edit was not applied: {status} {answer}")
     return WireBytes(
-        change=len(_encode(change)),
+        change=len(encode_change(change)),
         body=len(body),
         signature_headers=signature_headers,
         request=len(wire),

@@ -81,6 +81,7 @@ from bench.recording import Row, dated_block, machine, plain, record
 from schemas.changes import Add, Change, Op
 from schemas.wire import PulledChange, PullPage, PullRequest, PushResponse
 from server.fleet.office import free_port, stop_process
+from sync.changes import decode_change
 from sync.clock import Clock
 
 POUCHDB_VERSION = "4.2.0"
@@ -98,7 +99,6 @@ PULL_TARGET = 3.0
 NO_CHANGE_TARGET = 1.0  # Lianxin / peer, median ms: no slower
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode_change = msgspec.msgpack.Decoder(Change).decode
 _json = msgspec.json.Encoder().encode
 
 
@@ -293,7 +293,7 @@ def lianxin_pull_all(phone: Phone) -> tuple[float, int, str]:
         page = phone.pull(cursor, PAGE)
         for item in page.items:
             if isinstance(item, PulledChange):
-                _decode_change(item.change)
+                decode_change(item.change)
                 docs += 1
         cursor = page.cursor
         if not page.has_more:

@@ -6,6 +6,7 @@ from schemas.changes import (
     Candidate,
     Change,
     ChangeResult,
+    CompactChange,
     Conflict,
     Delete,
     Op,
@@ -51,6 +52,7 @@ from schemas.wire import (
     PullRequest,
     PushRequest,
     PushResponse,
+    SignedPush,
 )
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "Case",
     "Change",
     "ChangeResult",
+    "CompactChange",
     "Conflict",
     "Delete",
     "EarlyWarning",
@@ -95,6 +98,7 @@ __all__ = [
     "Restore",
     "Sealed",
     "Signature",
+    "SignedPush",
     "StatusMachine",
     "Visit",
     "Withdrawal",

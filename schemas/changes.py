@@ -69,6 +69,13 @@ class Change(msgspec.Struct, frozen=True, kw_only=True):
     ops: Annotated[list[Op], msgspec.Meta(max_length=1_000)] = []
 
 
+class CompactChange(Change, frozen=True, array_like=True):
+    """A `Change` encoded as an array in field order, without the keys (PROTOCOL.md section 4).
+
+    Devices may send either form; `sync.changes.decode_change` reads both.
+    """
+
+
 class Reason(enum.StrEnum):
     """Why a change was rejected; stable machine codes (PROTOCOL.md lists them)."""
 

@@ -55,6 +55,16 @@ class PushRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     signature: Signature64
 
 
+class SignedPush(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """Push version 2: a batch and its request in one signed array (PROTOCOL.md section 11)."""
+
+    device_id: Id
+    batch_id: Id
+    timestamp_ms: Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+    changes: list[bytes]
+    signature: Signature64
+
+
 class PushResponse(msgspec.Struct, frozen=True, kw_only=True):
     batch_id: str
     results: list[ChangeResult]

@@ -13,7 +13,7 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 
-from schemas.wire import EnrollRequest, PullRequest, PushRequest
+from schemas.wire import EnrollRequest, PullRequest, PushRequest, SignedPush
 from server import auth, console, logs, ops
 from server.console.web import documents_body
 from server.errors import EXCEPTION_HANDLERS, encode_for
@@ -86,14 +86,13 @@ async def signed(
     """Authenticate a signed sync request, open and decode its body, answer with `action`.
 
     A sealed request (PROTOCOL.md section 14) is answered sealed to the
-    device's own key. Everything runs in one worker thread: one hop off the
-    event loop per request rather than one per step.
+    device's own key.
     """
     service = service_of(request)
     body = await request.body()
     path = request_target(request)
 
-    def work() -> Response:
+    def work() -> tuple[Device, Response]:
         service.keys.reload()  # `lianxin keys rotate` may have changed the key file
         device = auth.authenticate(
             request.headers,
@@ -107,7 +106,7 @@ async def signed(
         if not (request.headers.get("content-type") or "").startswith(ENVELOPE):
             if service.settings.require_sealed:
                 raise BadEnvelope("this office accepts sealed sync requests only")
-            return reply(request, action(device, decode(request, body, kind)))
+            return device, reply(request, action(device, decode(request, body, kind)))
         # Every KEM key not yet retired opens: devices move to a rotated key at their own pace.
         header, plaintext = envelope.open_envelope(body, service.keys.kems)
         if header.device_id != device.device_id or header.purpose != purpose:
@@ -115,22 +114,41 @@ async def signed(
         message = decoding.decode(plaintext, kind)
         if getattr(message, "batch_id", header.batch_id) != header.batch_id:
             raise BadEnvelope("the envelope names another batch than the one inside")
-        answer = msgspec.msgpack.encode(action(device, message))
-        reply_header = envelope.Header(
-            suite=header.suite,
-            key_id=device.device_id,
-            device_id=device.device_id,
-            batch_id=header.batch_id,
-            purpose=purpose,
-        )
-        device_key = X25519PublicKey.from_public_bytes(device.kem_key)
-        return Response(envelope.seal(answer, reply_header, device_key), media_type=ENVELOPE)
+        answer = action(device, message)
+        return device, sealed_reply(answer, header.suite, device, header.batch_id, purpose)
 
+    return await answered(service, purpose, work)
+
+
+def sealed_reply(
+    answer: Any, suite: int, device: Device, batch_id: str, purpose: Purpose
+) -> Response:
+    """`answer` sealed to the device's own key, for the request it answers."""
+    header = envelope.Header(
+        suite=suite,
+        key_id=device.device_id,
+        device_id=device.device_id,
+        batch_id=batch_id,
+        purpose=purpose,
+    )
+    device_key = X25519PublicKey.from_public_bytes(device.kem_key)
+    sealed = envelope.seal(msgspec.msgpack.encode(answer), header, device_key)
+    return Response(sealed, media_type=ENVELOPE)
+
+
+async def answered(
+    service: SyncService, purpose: Purpose, work: Callable[[], tuple[Device, Response]]
+) -> Response:
+    """Run `work` in one worker thread, counted and logged.
+
+    One hop off the event loop per request rather than one per step.
+    """
     start = time.perf_counter()
     outcome = "error"
+    device_id = None
     try:
-        response = await anyio.to_thread.run_sync(work)
-        outcome = "ok"
+        device, response = await anyio.to_thread.run_sync(work)
+        outcome, device_id = "ok", device.device_id
         return response
     except LianxinError as error:
         outcome = error.code
@@ -138,8 +156,7 @@ async def signed(
     finally:
         seconds = time.perf_counter() - start
         service.metrics.request(purpose, outcome, seconds)
-        device = request.headers.get(auth.DEVICE) if outcome == "ok" else None
-        logs.sync_logged(purpose, outcome, seconds, device)
+        logs.sync_logged(purpose, outcome, seconds, device_id)
 
 
 @post(
@@ -162,6 +179,30 @@ async def pull(request: Request) -> Response:
     return await signed(request, PullRequest, service_of(request).pull, "pull")
 
 
+@post(
+    "/v2/sync/push",
+    status_code=200,
+    summary="Push a batch signed and sealed in one compact body (PROTOCOL.md section 11)",
+    dependencies=documents_body(envelope.PushEnvelope),
+)
+async def push_v2(request: Request) -> Response:
+    service = service_of(request)
+    body = await request.body()
+
+    def work() -> tuple[Device, Response]:
+        service.keys.reload()
+        suite, plaintext = envelope.open_push(body, service.keys.kems)
+        push = decoding.decode(plaintext, SignedPush)
+        window_s = service.settings.request_window_s
+        device, message = auth.authenticate_push(
+            push, service.directory, service.wall_ms(), window_s
+        )
+        answer = service.apply_batch(device, push.batch_id, push.changes, message, push.signature)
+        return device, sealed_reply(answer, suite, device, push.batch_id, "push")
+
+    return await answered(service, "push", work)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -179,7 +220,7 @@ def create_app(
     clock = clock or Clock(wall_ms, max_drift_ms=settings.max_clock_drift_ms)
     service = SyncService(settings, store, keys, clock, wall_ms)
     return Litestar(
-        route_handlers=[office, enroll, push, pull, *ops.ROUTES, *console.routes()],
+        route_handlers=[office, enroll, push, push_v2, pull, *ops.ROUTES, *console.routes()],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.max_body_bytes,
         before_request=refuse_encoded_bodies,

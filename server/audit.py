@@ -100,15 +100,10 @@ def record_batch(
         "batch_id": batch_id,
         "manifest_sha256": signing.digest(manifest).hex(),
         "signature_sha256": signing.digest(signature).hex(),
-        "changes": (len(manifest) - len(batch_manifest_head(device_id, batch_id))) // 32,
+        "changes": len(signing.signed_digests(manifest, device_id, batch_id) or b"") // 32,
         **(extra or {}),
     }
     return append(db, at_ms, f"device:{device_id}", "push", f"batch/{batch_id}", detail)
-
-
-def batch_manifest_head(device_id: str, batch_id: str) -> bytes:
-    """What a batch manifest starts with, before its 32-byte change hashes."""
-    return signing.batch_message(device_id, batch_id, [])
 
 
 def entries(db: sqlite_utils.Database, action: str | None = None) -> list[Entry]:

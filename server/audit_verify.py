@@ -131,10 +131,10 @@ def _check_batches(store: SqliteStore, report: Report) -> None:
 
 def _change_hashes(device_id: str, batch_id: str, manifest: bytes) -> set[bytes] | None:
     """The change hashes a manifest signs; None unless it is one for this device and batch."""
-    head = audit.batch_manifest_head(device_id, batch_id)
-    if not manifest.startswith(head) or (len(manifest) - len(head)) % _HASH:
+    digests = signing.signed_digests(manifest, device_id, batch_id)
+    if digests is None:
         return None
-    return {manifest[i : i + _HASH] for i in range(len(head), len(manifest), _HASH)}
+    return {digests[i : i + _HASH] for i in range(0, len(digests), _HASH)}
 
 
 # Changes filed under a device's batch (the office's and the console's have none).

@@ -1,7 +1,8 @@
 """Signed requests: which device sent this, and is it really that device, now, once?
 
 A device signs `sync.signing.request_message(...)` with its Ed25519 key and
-sends four headers (PROTOCOL.md, "Signed requests").
+sends four headers (PROTOCOL.md, "Signed requests"); a version 2 push carries
+its one signature inside its body instead (`authenticate_push`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import base64
 import re
 from collections.abc import Mapping
 
+from schemas.wire import SignedPush
 from server.storage.directory import Device, Directory
 from sync import signing
 from sync.errors import MalformedRequest, RevokedDevice, StaleRequest, UnknownDevice, Unsigned
@@ -45,15 +47,54 @@ def authenticate(
         signature = base64.b64decode(signature_text, validate=True)
     except ValueError:  # binascii.Error, and a header with a non-ASCII character in it
         raise MalformedRequest("Lianxin-Signature must be base64") from None
+    timestamp = int(timestamp_text)
+    message = signing.request_message(method, path, timestamp, nonce, device_id, body)
+    return _admit(
+        device_id, signature, message, timestamp * 1000, nonce, directory, now_ms, window_s
+    )
+
+
+def authenticate_push(
+    push: SignedPush, directory: Directory, now_ms: int, window_s: int
+) -> tuple[Device, bytes]:
+    """The device that signed this version 2 push, and the message it signed.
+
+    The signature covers the request and the batch at once; the batch id and
+    the signing time together are the push's nonce (PROTOCOL.md section 11).
+    """
+    message = signing.push_message(push.device_id, push.batch_id, push.timestamp_ms, push.changes)
+    nonce = f"{push.batch_id}.{push.timestamp_ms}"
+    device = _admit(
+        push.device_id,
+        push.signature,
+        message,
+        push.timestamp_ms,
+        nonce,
+        directory,
+        now_ms,
+        window_s,
+    )
+    return device, message
+
+
+def _admit(
+    device_id: str,
+    signature: bytes,
+    message: bytes,
+    timestamp_ms: int,
+    nonce: str,
+    directory: Directory,
+    now_ms: int,
+    window_s: int,
+) -> Device:
+    """Check, in the order PROTOCOL.md gives, that `device_id` signed `message` now, once."""
     device = directory.device(device_id)
     if device is None:
         raise UnknownDevice(f"no device {device_id}")
-    timestamp = int(timestamp_text)
-    message = signing.request_message(method, path, timestamp, nonce, device_id, body)
     signing.verify(device.signing_key, signature, message, "request")
     if device.revoked_at_ms is not None:
         raise RevokedDevice(f"device {device_id} was revoked")
-    if abs(now_ms - timestamp * 1000) > window_s * 1000:
+    if abs(now_ms - timestamp_ms) > window_s * 1000:
         raise StaleRequest(f"the request time is more than {window_s} s from the server's")
     directory.spend_nonce(device_id, nonce, now_ms, window_s * 1000)
     return device

@@ -40,12 +40,11 @@ from server.storage.pull import read_page
 from server.storage.sqlite import SqliteStore
 from sync import signing
 from sync.access import WRITABLE_BY, changes_visibility, links_added
+from sync.changes import decode_change
 from sync.clock import Clock
 from sync.engine import apply
 from sync.errors import BadCursor, BatchReused, Forbidden, MalformedRequest, TooDeep, TooLarge
 from sync.store import RecordKey
-
-_decode_change = msgspec.msgpack.Decoder(Change).decode
 
 
 class SyncService:
@@ -109,18 +108,22 @@ class SyncService:
         return pseudonym(self.keys.pseudonym_key, user.user_id) if user.role == "informant" else ""
 
     def push(self, device: Device, request: PushRequest) -> PushResponse:
-        """Verify and apply one batch; every change gets an answer."""
-        if len(request.changes) > self.settings.max_batch_changes:
-            raise TooLarge(
-                f"a batch holds at most {self.settings.max_batch_changes} changes,"
-                f" this one {len(request.changes)}"
-            )
+        """Verify and apply one version 1 batch; every change gets an answer."""
         manifest = signing.batch_message(device.device_id, request.batch_id, request.changes)
         signing.verify(device.signing_key, request.signature, manifest, "batch")
+        return self.apply_batch(
+            device, request.batch_id, request.changes, manifest, request.signature
+        )
+
+    def apply_batch(
+        self, device: Device, batch_id: str, raws: list[bytes], manifest: bytes, signature: bytes
+    ) -> PushResponse:
+        """Apply a batch whose `signature` over `manifest` has been verified."""
+        self._limit(raws)
         changes = []
-        for index, raw in enumerate(request.changes):
+        for index, raw in enumerate(raws):
             try:
-                change = _decode_change(raw)
+                change = decode_change(raw)
             except (msgspec.DecodeError, UnicodeDecodeError) as error:
                 raise MalformedRequest(f"$.changes[{index}]: {error}") from None
             except RecursionError:  # field values are `Any`: msgspec follows any nesting
@@ -131,13 +134,18 @@ class SyncService:
 
         user = device.user
         with self.store.transaction():
-            self._remember_batch(device, request, manifest)
+            self._remember_batch(device, batch_id, manifest, signature)
             present, authorize = self._device_rules(user, changes)
-            results = self._apply(
-                changes, user.user_id, present, request.changes, authorize, request.batch_id
-            )
+            results = self._apply(changes, user.user_id, present, raws, authorize, batch_id)
         self.metrics.results(r.status for r in results)
-        return PushResponse(batch_id=request.batch_id, results=results)
+        return PushResponse(batch_id=batch_id, results=results)
+
+    def _limit(self, raws: list[bytes]) -> None:
+        if len(raws) > self.settings.max_batch_changes:
+            raise TooLarge(
+                f"a batch holds at most {self.settings.max_batch_changes} changes,"
+                f" this one {len(raws)}"
+            )
 
     def reapply(self, device: Device, raw: bytes, batch_id: str | None) -> ChangeResult:
         """Apply a quarantined change's exact bytes again, as if `device` pushed it now.
@@ -149,7 +157,7 @@ class SyncService:
         engine answers a change id it already holds as a duplicate).
         `batch_id` is the signed batch the change came in, kept with it.
         """
-        change = _decode_change(raw)
+        change = decode_change(raw)
         if change.device_id != device.device_id:
             raise Forbidden("the change was made by another device")
         with self.store.transaction():
@@ -225,27 +233,33 @@ class SyncService:
         execute_ready(self.store, self.keys, self.clock, written, now_ms)
         return results
 
-    def _remember_batch(self, device: Device, request: PushRequest, manifest: bytes) -> None:
-        """Keep the signed manifest so each change stays attributable to its device."""
+    def _remember_batch(
+        self, device: Device, batch_id: str, manifest: bytes, signature: bytes
+    ) -> None:
+        """Keep the signed manifest so each change stays attributable to its device.
+
+        A retry is the same batch when it signs the same changes; a version 2
+        retry is signed at a later moment, so the first signature is the one kept.
+        """
+        device_id = device.device_id
         row = self.store.db.execute(
             "SELECT manifest FROM batches WHERE device_id = ? AND batch_id = ?",
-            [device.device_id, request.batch_id],
+            [device_id, batch_id],
         ).fetchone()
         if row is not None:
-            if row[0] != manifest:
-                raise BatchReused(f"batch {request.batch_id} was sent before with other changes")
+            stored = signing.signed_digests(row[0], device_id, batch_id)
+            if stored != signing.signed_digests(manifest, device_id, batch_id):
+                raise BatchReused(f"batch {batch_id} was sent before with other changes")
             return
         now_ms = self.wall_ms()
         self.store.db.execute(
             "INSERT INTO batches (device_id, batch_id, manifest, signature, received_at_ms)"
             " VALUES (?, ?, ?, ?, ?)",
-            [device.device_id, request.batch_id, manifest, request.signature, now_ms],
+            [device_id, batch_id, manifest, signature, now_ms],
         )
         # In the batch's transaction: an applied batch is always in the log (issue 8).
         db = self.store.db
-        audit.record_batch(
-            db, now_ms, device.device_id, request.batch_id, manifest, request.signature
-        )
+        audit.record_batch(db, now_ms, device_id, batch_id, manifest, signature)
         audit.checkpoint_if_due(db, self.keys, now_ms)
 
     def pull(self, device: Device, request: PullRequest) -> PullPage:

@@ -16,9 +16,10 @@ longer shows.
 The client is safe to kill at any point: an edit, a batch assignment, a
 batch's answers and each pulled page commit in one local transaction each.
 A batch is assigned and stored before it is sent, so after a lost answer the
-retry resends the same bytes under the same batch id, and the server answers
-`duplicate`. The pull cursor is stored with the page it ends, so a pull
-resumes after the last page applied.
+retry resends the same change bytes under the same batch id (signed anew: the
+signing time is part of a push's nonce), and the server answers `duplicate`.
+The pull cursor is stored with the page it ends, so a pull resumes after the
+last page applied.
 
 Keys: the device makes its own Ed25519 signing key and X25519 key when its
 file is created; the private halves never leave the file. The file is sealed
@@ -31,10 +32,10 @@ Not thread-safe: one client per device file, used from one thread.
 from __future__ import annotations
 
 import base64
+import functools
 import gc
 import hashlib
 import secrets
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -61,11 +62,13 @@ from schemas.wire import (
     PullRequest,
     PushRequest,
     PushResponse,
+    SignedPush,
 )
 from sync import agreements, envelope, merge, signing
 from sync.atrest import KdfParams
+from sync.changes import decode_change, encode_change
 from sync.clock import Clock, system_wall_ms
-from sync.envelope import ENVELOPE, Header, Purpose
+from sync.envelope import ENVELOPE, PUSH_ENVELOPE, Header, Purpose
 from sync.errors import LianxinError, StaleRequest, WrongKey
 from sync.replica_store import OutboxEntry, RecordKey, ReplicaStore
 
@@ -78,7 +81,7 @@ MAX_BATCH = 500  # changes per push; the server takes up to 1,000
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode_change = msgspec.msgpack.Decoder(Change).decode
+_decode_batch = msgspec.msgpack.Decoder(list[bytes] | PushRequest).decode
 
 # Meta keys in the device file.
 SIGNING_KEY = "signing_key"
@@ -87,6 +90,7 @@ IDENTITY = "identity"
 CURSOR = "cursor"
 CLOCK_LAST = "clock_last"
 SERVER_OFFSET = "server_offset_ms"
+PUSH_SIGNED_MS = "push_signed_ms"
 
 
 def _error_classes(root: type[LianxinError] = LianxinError) -> dict[str, type[LianxinError]]:
@@ -157,7 +161,7 @@ class DeviceClient:
         passphrase: str,
         kdf: KdfParams | None = None,
         wall_ms: Callable[[], int] = system_wall_ms,
-        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        new_id: Callable[[], str] = lambda: secrets.token_urlsafe(16),
         batch_size: int = MAX_BATCH,
         batch_bytes: int = MAX_BATCH_BYTES,
         pull_limit: int = 1000,
@@ -270,7 +274,7 @@ class DeviceClient:
         """The server layer with this device's not yet pulled back changes replayed on top."""
         state = self._store.state(key)
         for raw in self._store.overlay(key):
-            outcome = merge.apply_change(state, _decode_change(raw))
+            outcome = merge.apply_change(state, decode_change(raw))
             # A queued change the newer server layer refuses would be refused by the
             # server too: it shows nothing, and its answer will say why.
             if outcome.state is not None:
@@ -384,32 +388,26 @@ class DeviceClient:
         """
         results: list[ChangeResult] = []
         for batch_id, body in self._store.open_batches():
-            results += self._send_batch(batch_id, body)
+            stored = _decode_batch(body)  # a file from before push v2 holds whole v1 requests
+            raws = stored.changes if isinstance(stored, PushRequest) else stored
+            results += self._send_batch(batch_id, raws)
         while (batch := self._next_batch()) is not None:
             results += self._send_batch(*batch)
         return results
 
-    def _next_batch(self) -> tuple[str, bytes] | None:
+    def _next_batch(self) -> tuple[str, list[bytes]] | None:
         """Assign up to `batch_size` pending changes to a new, stored batch."""
-        device_id = self._enrolled().device_id
         with self._store.transaction():
             rows = _fit(self._store.unbatched(self._batch_size), self._batch_bytes)
             if not rows:
                 return None
             batch_id = self._new_id()
             raws = [raw for _, raw in rows]
-            manifest = signing.batch_message(device_id, batch_id, raws)
-            request = PushRequest(
-                batch_id=batch_id,
-                changes=raws,
-                signature=signing.sign(self._signing_key, manifest),
-            )
-            body = _encode(request)
-            self._store.add_batch(batch_id, [change_id for change_id, _ in rows], body)
-        return batch_id, body
+            self._store.add_batch(batch_id, [change_id for change_id, _ in rows], _encode(raws))
+        return batch_id, raws
 
-    def _send_batch(self, batch_id: str, body: bytes) -> list[ChangeResult]:
-        answer = self._signed_post("/v1/sync/push", body, PushResponse, batch_id)
+    def _send_batch(self, batch_id: str, raws: list[bytes]) -> list[ChangeResult]:
+        answer = self._learning_office(functools.partial(self._push_once, batch_id, raws))
         sent = self._store.batch_change_ids(batch_id)
         if answer.batch_id != batch_id or [r.change_id for r in answer.results] != sent:
             raise LianxinError(f"the answer to batch {batch_id} does not match the batch")
@@ -430,7 +428,7 @@ class DeviceClient:
             request = PullRequest(
                 cursor=cursor if isinstance(cursor, str) else None, limit=self._pull_limit
             )
-            page = self._signed_post("/v1/sync/pull", _encode(request), PullPage, self._new_id())
+            page = self._learning_office(functools.partial(self._pull_once, _encode(request)))
             applied, skipped, evicted = self._apply_page(page)
             report = PullReport(
                 report.pages + 1,
@@ -450,7 +448,7 @@ class DeviceClient:
         if self._nothing_new(page):
             return 0, 0, 0
         changes = [
-            _decode_change(item.change) if isinstance(item, PulledChange) else None
+            decode_change(item.change) if isinstance(item, PulledChange) else None
             for item in page.items
         ]
         with self._store.transaction(), _collector_paused():
@@ -531,8 +529,8 @@ class DeviceClient:
         self._store.set_sealed_meta(IDENTITY, _encode(identity))
         self._identity = identity
 
-    def _signed_post(self, path: str, body: bytes, answer_type: type[T], batch_id: str) -> T:
-        """POST a signed request and decode the answer; errors raise as `sync.errors`.
+    def _learning_office(self, send: Callable[[], T]) -> T:
+        """`send()`, and once more after learning the office's time and key if it asks.
 
         A `StaleRequest` means this device's clock is far from the server's,
         and `WrongKey` that the office retired the KEM key this device seals
@@ -541,34 +539,66 @@ class DeviceClient:
         refused request writes nothing.
         """
         try:
-            return self._post_once(path, body, answer_type, batch_id)
+            return send()
         except (StaleRequest, WrongKey):
             office = _answer(self._http.get("/v1/office"), OfficeInfo)
             with self._store.transaction():
                 self._learn_offset(office.server_time_ms)
                 self._learn_office_key(office.kem_key_id, office.kem_key)
-            return self._post_once(path, body, answer_type, batch_id)
+                # A push signed by a clock that was ahead spent no nonce; sign by the new one.
+                self._store.set_meta(PUSH_SIGNED_MS, 0)
+            return send()
 
-    def _post_once(self, path: str, body: bytes, answer_type: type[T], batch_id: str) -> T:
+    def _server_ms(self) -> int:
+        """This device's clock, corrected by the offset the server's clock last showed."""
+        offset = self._store.meta(SERVER_OFFSET)
+        return self._wall_ms() + (offset if isinstance(offset, int) else 0)
+
+    def _push_once(self, batch_id: str, raws: list[bytes]) -> PushResponse:
+        """Sign, seal and send a version 2 push of a stored batch (PROTOCOL.md section 11).
+
+        The signing time is the push's nonce with the batch id, so a retry of
+        the batch is signed later than any try before it, also across restarts.
+        """
+        identity = self._enrolled()
+        last = self._store.meta(PUSH_SIGNED_MS)
+        timestamp_ms = max(self._server_ms(), last + 1 if isinstance(last, int) else 0)
+        with self._store.transaction():
+            self._store.set_meta(PUSH_SIGNED_MS, timestamp_ms)
+        device_id = identity.device_id
+        message = signing.push_message(device_id, batch_id, timestamp_ms, raws)
+        push = SignedPush(
+            device_id=device_id,
+            batch_id=batch_id,
+            timestamp_ms=timestamp_ms,
+            changes=raws,
+            signature=signing.sign(self._signing_key, message),
+        )
+        office_key = X25519PublicKey.from_public_bytes(identity.office.kem_key)
+        body = envelope.seal_push(_encode(push), identity.office.kem_key_id, office_key)
+        response = self._http.post(
+            "/v2/sync/push", content=body, headers={"Content-Type": PUSH_ENVELOPE}
+        )
+        return self._opened(response, PushResponse, batch_id, "push")
+
+    def _pull_once(self, body: bytes) -> PullPage:
         """Seal `body` to the office (PROTOCOL.md section 14), sign, send, open the answer."""
         identity = self._enrolled()
         device_id = identity.device_id
-        purpose: Purpose = "push" if path.endswith("/push") else "pull"
+        request_id = self._new_id()
         header = Header(
             suite=1,
             key_id=identity.office.kem_key_id,
             device_id=device_id,
-            batch_id=batch_id,
-            purpose=purpose,
+            batch_id=request_id,
+            purpose="pull",
         )
         office_key = X25519PublicKey.from_public_bytes(identity.office.kem_key)
         body = envelope.seal(body, header, office_key)
         request = self._http.build_request(
-            "POST", path, content=body, headers={"Content-Type": ENVELOPE}
+            "POST", "/v1/sync/pull", content=body, headers={"Content-Type": ENVELOPE}
         )
-        offset = self._store.meta(SERVER_OFFSET)
-        corrected_ms = self._wall_ms() + (offset if isinstance(offset, int) else 0)
-        timestamp = corrected_ms // 1000
+        timestamp = self._server_ms() // 1000
         nonce = secrets.token_urlsafe(24)  # 32 characters of A-Z a-z 0-9 _ -
         # Sign the path as sent, with the base URL's prefix if it has one.
         target = request.url.raw_path.decode("ascii")
@@ -583,12 +613,18 @@ class DeviceClient:
                 ).decode(),
             }
         )
-        response = self._http.send(request)
+        return self._opened(self._http.send(request), PullPage, request_id, "pull")
+
+    def _opened(
+        self, response: httpx.Response, answer_type: type[T], batch_id: str, purpose: Purpose
+    ) -> T:
+        """The answer to the request `batch_id`, opened with this device's key if sealed."""
         if not response.is_success or not response.headers.get("content-type", "").startswith(
             ENVELOPE
         ):
             return _answer(response, answer_type)
-        reply, plaintext = envelope.open_envelope(response.content, {device_id: self._kem_key})
+        keys = {self._enrolled().device_id: self._kem_key}
+        reply, plaintext = envelope.open_envelope(response.content, keys)
         if (reply.batch_id, reply.purpose) != (batch_id, purpose):
             raise LianxinError("the office's sealed answer is for another request")
         try:
@@ -630,8 +666,8 @@ def _wire_form(change: Change) -> tuple[bytes, Change]:
     batch as `malformed`, so it is rejected here, before it can jam the outbox.
     """
     try:
-        raw = _encode(change)
-        return raw, _decode_change(raw)
+        raw = encode_change(change)
+        return raw, decode_change(raw)
     except (TypeError, msgspec.EncodeError, msgspec.ValidationError) as error:
         raise merge.Rejected(Reason.INVALID_VALUE, str(error)) from None
 

@@ -10,6 +10,10 @@ tag). HPKE's `info` is `"lianxin envelope v1\\n" + header`, so a header
 swapped onto another ciphertext, or a suite id changed in transit, fails to
 open. The suite id names the algorithms, so a post-quantum hybrid suite is a
 new id, not a new format (PROTOCOL.md section 14).
+
+A version 2 push travels in a smaller envelope, `[suite, key_id, sealed]`
+(`seal_push`, `open_push`): who sent it and which batch it carries are
+inside, signed, so an onlooker sees neither.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from schemas.records import Id
 from sync.errors import BadEnvelope, Unsealable, UnsupportedSuite, WrongKey
 
 INFO_PURPOSE = b"lianxin envelope v1\n"
+PUSH_INFO_PURPOSE = b"lianxin push v2\n"
 ENVELOPE = "application/lianxin-envelope"  # the Content-Type of a sealed body
+PUSH_ENVELOPE = "application/lianxin-push"  # the Content-Type of a version 2 push
 Purpose = Literal["push", "pull"]
 # Suite ids on the wire. Only suite 1 exists today; a hybrid ML-KEM-768 + X25519
 # suite would be added here with its own id, and offices choose which they accept.
@@ -51,8 +57,17 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     sealed: bytes
 
 
+class PushEnvelope(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """A version 2 push: the HPKE output, and which office key opens it."""
+
+    suite: int
+    key_id: Annotated[str, msgspec.Meta(max_length=200)]
+    sealed: bytes
+
+
 _decode_header = msgspec.msgpack.Decoder(Header).decode
 _decode_envelope = msgspec.msgpack.Decoder(Envelope).decode
+_decode_push = msgspec.msgpack.Decoder(PushEnvelope).decode
 
 
 def seal(plaintext: bytes, header: Header, recipient: X25519PublicKey) -> bytes:
@@ -86,17 +101,50 @@ def open_envelope(
     `Unsealable` (any changed bit in header, key, ciphertext or tag).
     """
     header, envelope = _read(data)
-    if header.suite not in suites or header.suite not in SUITES:
-        raise UnsupportedSuite(f"suite {header.suite} is not accepted here")
-    key = keys.get(header.key_id)
+    info = INFO_PURPOSE + envelope.header
+    return header, _open(header.suite, header.key_id, envelope.sealed, info, keys, suites)
+
+
+def seal_push(plaintext: bytes, key_id: str, recipient: X25519PublicKey, suite: int = 1) -> bytes:
+    """A version 2 push envelope carrying `plaintext` to the office key `key_id`."""
+    if suite not in SUITES:
+        raise UnsupportedSuite(f"suite {suite} is not one this code knows")
+    sealed = SUITES[suite].encrypt(plaintext, recipient, info=_push_info(suite, key_id))
+    return msgspec.msgpack.encode(PushEnvelope(suite=suite, key_id=key_id, sealed=sealed))
+
+
+def open_push(
+    data: bytes, keys: Mapping[str, X25519PrivateKey], suites: Collection[int] = (1,)
+) -> tuple[int, bytes]:
+    """The suite and plaintext of a version 2 push envelope; refused as `open_envelope` refuses."""
+    try:
+        push = _decode_push(data)
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+        raise BadEnvelope(str(error)) from None
+    info = _push_info(push.suite, push.key_id)
+    return push.suite, _open(push.suite, push.key_id, push.sealed, info, keys, suites)
+
+
+def _push_info(suite: int, key_id: str) -> bytes:
+    return PUSH_INFO_PURPOSE + f"{suite}\n{key_id}".encode()
+
+
+def _open(
+    suite: int,
+    key_id: str,
+    sealed: bytes,
+    info: bytes,
+    keys: Mapping[str, X25519PrivateKey],
+    suites: Collection[int],
+) -> bytes:
+    if suite not in suites or suite not in SUITES:
+        raise UnsupportedSuite(f"suite {suite} is not accepted here")
+    key = keys.get(key_id)
     if key is None:
-        raise WrongKey(f"sealed to key {header.key_id}, which this office does not hold")
-    if len(envelope.sealed) < ENCAPSULATED_KEY_BYTES[header.suite] + TAG_BYTES:
+        raise WrongKey(f"sealed to key {key_id}, which this office does not hold")
+    if len(sealed) < ENCAPSULATED_KEY_BYTES[suite] + TAG_BYTES:
         raise Unsealable("the sealed part is shorter than a key and a tag")
     try:
-        plaintext = SUITES[header.suite].decrypt(
-            envelope.sealed, key, info=INFO_PURPOSE + envelope.header
-        )
+        return SUITES[suite].decrypt(sealed, key, info=info)
     except (InvalidTag, ValueError):
         raise Unsealable("the envelope does not open: changed in transit or not for us") from None
-    return header, plaintext

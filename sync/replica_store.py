@@ -355,7 +355,7 @@ class ReplicaStore:
         return [(change_id, self._open(raw, "outbox", change_id)) for change_id, raw in rows]
 
     def add_batch(self, batch_id: str, change_ids: Sequence[str], body: bytes) -> None:
-        """Assign changes to a batch and keep its request body; they become `sent`."""
+        """Assign changes to a batch and keep its body (its changes' bytes); they become `sent`."""
         self._db.execute(
             "INSERT INTO batches (batch_id, body) VALUES (?, ?)",
             [batch_id, self._seal(body, "batches", batch_id)],
@@ -366,7 +366,7 @@ class ReplicaStore:
         )
 
     def open_batches(self) -> list[tuple[str, bytes]]:
-        """The batches still waiting for an answer (id, request body), oldest first."""
+        """The batches still waiting for an answer (id, body), oldest first."""
         rows = self._db.execute("SELECT batch_id, body FROM batches ORDER BY number")
         return [(batch_id, self._open(body, "batches", batch_id)) for batch_id, body in rows]
 

@@ -17,6 +17,7 @@ from sync.errors import BadSignature
 
 REQUEST_PURPOSE = b"lianxin request v1"
 BATCH_PURPOSE = b"lianxin batch v1"
+PUSH_PURPOSE = b"lianxin push v2"
 ENROLL_PURPOSE = b"lianxin enroll v1"
 
 
@@ -44,6 +45,36 @@ def batch_message(device_id: str, batch_id: str, changes: Iterable[bytes]) -> by
     """What a device signs for a push batch: its manifest of change hashes."""
     head = b"\n".join([BATCH_PURPOSE, device_id.encode(), batch_id.encode()]) + b"\n"
     return head + b"".join(digest(change) for change in changes)
+
+
+def push_message(
+    device_id: str, batch_id: str, timestamp_ms: int, changes: Iterable[bytes]
+) -> bytes:
+    """What a device signs for a version 2 push: the request and its batch's manifest at once."""
+    head = b"\n".join(
+        [PUSH_PURPOSE, device_id.encode(), batch_id.encode(), str(timestamp_ms).encode()]
+    )
+    return head + b"\n" + b"".join(digest(change) for change in changes)
+
+
+def signed_digests(manifest: bytes, device_id: str, batch_id: str) -> bytes | None:
+    """The change digests a stored batch or push message signs, one after another.
+
+    None unless `manifest` is a message of either kind for this device and
+    batch, so a retry of a batch compares by its changes alone, whatever
+    moment it was signed at.
+    """
+    v1_head = batch_message(device_id, batch_id, [])
+    v2_head = b"\n".join([PUSH_PURPOSE, device_id.encode(), batch_id.encode(), b""])
+    if manifest.startswith(v1_head):
+        digests = manifest[len(v1_head) :]
+    elif manifest.startswith(v2_head):
+        timestamp, newline, digests = manifest[len(v2_head) :].partition(b"\n")
+        if not (newline and timestamp.isdigit()):
+            return None
+    else:
+        return None
+    return digests if len(digests) % 32 == 0 else None
 
 
 def enroll_message(code: str, signing_key: bytes, kem_key: bytes) -> bytes:

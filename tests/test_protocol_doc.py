@@ -20,6 +20,7 @@ from schemas import (
     Receipt,
     Sealed,
     Signature,
+    SignedPush,
     StatusMachine,
 )
 from schemas.records import Party
@@ -28,8 +29,9 @@ from server.errors import status_of
 from server.pseudonyms import pseudonym
 from server.storage.people import digests
 from sync import agreements, errors, merge, signing
+from sync.changes import decode_change, encode_change
 from sync.clock import pack
-from sync.envelope import SUITES, open_envelope
+from sync.envelope import SUITES, open_envelope, open_push
 from sync.merge import field_specs
 
 DOC = (Path(__file__).parent.parent / "docs" / "PROTOCOL.md").read_text()
@@ -219,3 +221,34 @@ def test_the_blind_index_vector():
     v = dict(line.split("=", 1) for line in vector("blind-index").splitlines())
     found = dict(digests(bytes.fromhex(v["index_key"]), Party(name=v["name"], phone=v["phone"])))
     assert found == {"name": v["name_digest"], "phone": v["phone_digest"]}
+
+
+def test_the_compact_change_vector_is_the_example_change():
+    compact = bytes.fromhex(vector("change-compact"))
+    example = msgspec.json.decode(vector("change-json"), type=Change)
+    assert encode_change(example) == compact
+    assert decode_change(compact) == example
+
+
+def test_push_v2_vectors():
+    v = dict(line.split("=", 1) for line in vector("push-v2").splitlines())
+    key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(v["signing_key_seed"]))
+    change = bytes.fromhex(v["change_hex"])
+    assert change == bytes.fromhex(vector("change-compact"))
+    message = signing.push_message(v["device_id"], v["batch_id"], int(v["timestamp_ms"]), [change])
+    assert message.hex() == v["message_hex"]
+    signature = key.sign(message)
+    assert base64.b64encode(signature).decode() == v["signature_b64"]
+    push = SignedPush(
+        device_id=v["device_id"],
+        batch_id=v["batch_id"],
+        timestamp_ms=int(v["timestamp_ms"]),
+        changes=[change],
+        signature=signature,
+    )
+    assert msgspec.msgpack.encode(push).hex() == v["plaintext_hex"]
+
+    body = dict(line.split("=", 1) for line in vector("push-v2-body").splitlines())
+    recipient = X25519PrivateKey.from_private_bytes(bytes.fromhex(body["recipient_key_seed"]))
+    suite, plaintext = open_push(bytes.fromhex(body["body_hex"]), {body["key_id"]: recipient})
+    assert (suite, plaintext.hex()) == (1, v["plaintext_hex"])

@@ -69,12 +69,12 @@ from server.service import SyncService
 from server.storage.directory import User
 from sync import signing
 from sync.access import org_unit, within
+from sync.changes import decode_change
 from sync.errors import InvalidAction, UnknownRecord
 from sync.merge import materialize
 from sync.store import RecordKey
 
 PAGE = 50
-_decode_change = msgspec.msgpack.Decoder(Change).decode
 
 
 class Held(NamedTuple):
@@ -95,7 +95,7 @@ class Held(NamedTuple):
     def opened(self, service: SyncService) -> tuple[Change, bytes] | None:
         """The change and its exact bytes; None once its record was erased."""
         raw = service.store.open_value("quarantine", self.key, self.change_id, self.sealed)
-        return None if raw is None else (_decode_change(raw), raw)
+        return None if raw is None else (decode_change(raw), raw)
 
 
 def _held(
@@ -323,11 +323,8 @@ def _batch_of(service: SyncService, device_id: str, raw: bytes) -> str | None:
         "SELECT batch_id, manifest FROM batches WHERE device_id = ?", [device_id]
     )
     for batch_id, manifest in rows:
-        head = signing.batch_message(device_id, batch_id, [])
-        hashes = manifest[len(head) :]
-        if manifest.startswith(head) and any(
-            hashes[i : i + 32] == digest for i in range(0, len(hashes), 32)
-        ):
+        hashes = signing.signed_digests(manifest, device_id, batch_id) or b""
+        if any(hashes[i : i + 32] == digest for i in range(0, len(hashes), 32)):
             return str(batch_id)
     return None
 

@@ -29,7 +29,7 @@ import msgspec
 import sqlite_utils
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from schemas.changes import Change, ChangeResult, Conflict
+from schemas.changes import ChangeResult, Conflict
 from schemas.state import RecordState
 from server.keys import OfficeKeys
 from server.settings import CACHED_STATES, Settings
@@ -38,6 +38,7 @@ from server.storage.state_cache import Cached, StateCache
 from server.storage.vault import Vault
 from sync import merge
 from sync.atrest import open_sealed, seal
+from sync.changes import decode_change
 from sync.errors import Erased
 from sync.merge import is_deleted
 from sync.store import BatchWrite, LoggedChange, QuarantineRow, RecordKey
@@ -45,7 +46,6 @@ from sync.store import BatchWrite, LoggedChange, QuarantineRow, RecordKey
 _encode = msgspec.msgpack.Encoder().encode
 _decode_state = msgspec.msgpack.Decoder(RecordState).decode
 _decode_result = msgspec.msgpack.Decoder(ChangeResult).decode
-_decode_change = msgspec.msgpack.Decoder(Change).decode
 _decode_conflict = msgspec.msgpack.Decoder(Conflict).decode
 
 # Keep IN (...) lists well under SQLite's bound-parameter limit.
@@ -224,7 +224,7 @@ class SqliteStore:
                 if data_key is None:
                     continue
                 raw = open_sealed(data_key, sealed, bind("changes", key, change_id))
-                change = _decode_change(raw)
+                change = decode_change(raw)
                 before = newest.get(key)
                 outcome = merge.apply_change(
                     before.state if before else None, change, change.hlc if order is None else order
@@ -430,7 +430,7 @@ class SqliteStore:
         raws = self.open_changes([row[1:5] for row in rows])
         for (row_seq, *_, result, order), raw in zip(rows, raws, strict=True):
             if raw is not None:
-                yield LoggedChange(row_seq, _decode_change(raw), raw, _decode_result(result), order)
+                yield LoggedChange(row_seq, decode_change(raw), raw, _decode_result(result), order)
 
     def record(self, record_type: str, record_id: str) -> RecordState | None:
         """The merge state of one record, or None."""
@@ -466,7 +466,7 @@ class SqliteStore:
                 c,
                 reason,
                 detail,
-                _decode_change(open_sealed(data_key, sealed, bind("quarantine", (t, i), c))),
+                decode_change(open_sealed(data_key, sealed, bind("quarantine", (t, i), c))),
             )
             for c, t, i, reason, detail, sealed in rows
             if (data_key := keys[(t, i)]) is not None and sealed

@@ -30,7 +30,7 @@ class LosesPushAnswers(httpx.HTTPTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         response = super().handle_request(request)
-        if request.url.path == "/v1/sync/push" and self.rng.random() < self.rate:
+        if request.url.path == "/v2/sync/push" and self.rng.random() < self.rate:
             response.read()
             response.close()
             raise httpx.ReadError("the answer was lost on the way back")

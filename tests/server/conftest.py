@@ -13,16 +13,17 @@ from dataclasses import dataclass, field
 import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from litestar.testing import TestClient
 
-from schemas import Change, Enrollment, EnrollRequest, PullRequest, PushRequest
+from schemas import Change, Enrollment, EnrollRequest, PullRequest, PushRequest, SignedPush
 from server.app import create_app
 from server.keys import OfficeKeys
 from server.settings import Settings
 from server.storage.directory import Directory
 from sync import signing
 from sync.clock import Clock, pack
+from sync.envelope import seal_push
 from tests.conftest import Wall, make_store, office_keys
 
 MSGPACK = {"content-type": "application/msgpack"}
@@ -36,6 +37,7 @@ class Phone:
     key: Ed25519PrivateKey
     enrollment: Enrollment
     wall: Wall
+    kem: X25519PrivateKey
     nonces: itertools.count = field(default_factory=lambda: itertools.count(1))
     stamps: itertools.count = field(default_factory=lambda: itertools.count(1))
 
@@ -83,6 +85,27 @@ class Phone:
     def push(self, changes, batch_id="b-1"):
         return self.post("/v1/sync/push", self.push_body(changes, batch_id))
 
+    def push_v2_body(self, raws, batch_id="b-1", *, timestamp_ms=None, key=None, key_id=None):
+        """A version 2 push of `raws` (changes' bytes), signed and sealed by hand."""
+        timestamp_ms = self.wall.ms if timestamp_ms is None else timestamp_ms
+        message = signing.push_message(self.device_id, batch_id, timestamp_ms, raws)
+        push = SignedPush(
+            device_id=self.device_id,
+            batch_id=batch_id,
+            timestamp_ms=timestamp_ms,
+            changes=raws,
+            signature=(key or self.key).sign(message),
+        )
+        office = self.enrollment.office
+        return seal_push(
+            msgspec.msgpack.encode(push),
+            key_id or office.kem_key_id,
+            X25519PublicKey.from_public_bytes(office.kem_key),
+        )
+
+    def push_v2(self, body):
+        return self.http.post("/v2/sync/push", content=body)
+
     def pull(self, cursor=None, limit=1000):
         body = msgspec.msgpack.encode(PullRequest(cursor=cursor, limit=limit))
         return self.post("/v1/sync/pull", body)
@@ -114,14 +137,14 @@ class Office:
     def enroll_with(self, code):
         key = Ed25519PrivateKey.generate()
         public = key.public_key().public_bytes_raw()
-        kem = X25519PrivateKey.generate().public_key().public_bytes_raw()
+        kem_key = X25519PrivateKey.generate()
+        kem = kem_key.public_key().public_bytes_raw()
         proof = key.sign(signing.enroll_message(code, public, kem))
         body = EnrollRequest(code=code, signing_key=public, kem_key=kem, label="t", proof=proof)
         answer = self.http.post("/v1/enroll", content=msgspec.msgpack.encode(body), headers=MSGPACK)
         assert answer.status_code == 200, answer.content
-        return Phone(
-            self.http, key, msgspec.msgpack.decode(answer.content, type=Enrollment), self.wall
-        )
+        enrollment = msgspec.msgpack.decode(answer.content, type=Enrollment)
+        return Phone(self.http, key, enrollment, self.wall, kem_key)
 
     def fingerprint(self):
         """A hash of everything stored that a refused request must not change."""

@@ -14,17 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from litestar.testing import TestClient
 
-from schemas import Add, Reason, Remove
+from schemas import Add, PushRequest, Reason, Remove, SignedPush
 from server.app import create_app
 from server.keys import OfficeKeys
 from server.settings import Settings
 from server.storage.directory import Directory
 from server.storage.sqlite import SqliteStore
 from sync.client import MAX_BATCH, MAX_BATCH_BYTES, AlreadyEnrolled, DeviceClient, NotEnrolled
-from sync.envelope import open_envelope
+from sync.envelope import open_push
 from sync.errors import BadCursor, EnrollmentRefused, RevokedDevice, Unreadable
 from sync.merge import Rejected
 from tests.conftest import TEST_KDF, Wall, make_store, office_keys
@@ -342,7 +343,7 @@ def test_a_lost_push_answer_is_retried_as_the_same_batch_and_answered_duplicate(
 
     def lose_first_push_answer(send, request):
         response = send()  # the server handles it...
-        if request.url.path == "/v1/sync/push" and not lost:
+        if request.url.path == "/v2/sync/push" and not lost:
             lost.append(request.content)
             raise httpx.ReadTimeout("the answer was lost", request=request)  # ...we never hear
         return response
@@ -355,16 +356,17 @@ def test_a_lost_push_answer_is_retried_as_the_same_batch_and_answered_duplicate(
     pushed, _ = wang.sync()
     assert [r.status for r in pushed] == ["duplicate", "duplicate", "applied"]
     assert all(r.seq for r in pushed)
-    pushes = [r for r in sent if r.url.path == "/v1/sync/push"]
-    # The retry is the same batch, byte for byte, sent before the next one (in a new
-    # envelope: sealing is randomised, so only what is inside is compared).
+    pushes = [r for r in sent if r.url.path == "/v2/sync/push"]
+    # The retry is the same batch, byte for byte, sent before the next one, signed anew
+    # (in a new envelope: sealing is randomised, so only what is inside is compared).
     keys = {office.keys.kem_key_id: office.keys.kem}
-    inside = [
-        open_envelope(content, keys)[1]
+    first, retry, then = [
+        msgspec.msgpack.decode(open_push(content, keys)[1], type=SignedPush)
         for content in (lost[0], pushes[1].content, pushes[2].content)
     ]
-    assert inside[1] == inside[0] != inside[2]
-    assert pushes[1].headers["Lianxin-Nonce"] != pushes[0].headers["Lianxin-Nonce"]
+    assert (retry.batch_id, retry.changes) == (first.batch_id, first.changes)
+    assert retry.timestamp_ms > first.timestamp_ms
+    assert then.batch_id != first.batch_id and then.changes != first.changes
     assert states(wang) == [("duplicate", None), ("duplicate", None), ("applied", None)]
 
     device_id = wang.identity.device_id
@@ -376,7 +378,7 @@ def test_a_lost_push_answer_is_retried_as_the_same_batch_and_answered_duplicate(
 
 @pytest.mark.parametrize(
     ("options", "sizes"),
-    [({"batch_size": 2}, [2, 2, 1]), ({"batch_bytes": 600}, [3, 2])],
+    [({"batch_size": 2}, [2, 2, 1]), ({"batch_bytes": 300}, [3, 2])],
 )
 def test_push_splits_the_outbox_by_count_and_by_bytes(office, monkeypatch, options, sizes):
     assert (MAX_BATCH, MAX_BATCH_BYTES) == (500, 4 * 1024 * 1024)
@@ -510,7 +512,7 @@ def test_a_device_whose_clock_is_far_off_signs_with_the_server_time(office, monk
     wang.edit("case", "k-1", set={"title": "Drains overflow"})
     assert [r.status for r in wang.sync().pushed] == ["applied"]
     # Refused as stale once, it asked the server's time and signed again.
-    assert [r.url.path for r in sent][:3] == ["/v1/sync/push", "/v1/office", "/v1/sync/push"]
+    assert [r.url.path for r in sent][:3] == ["/v2/sync/push", "/v1/office", "/v2/sync/push"]
 
 
 def test_an_error_answer_raises_the_matching_error(office):
@@ -644,3 +646,19 @@ def test_devices_move_to_a_rotated_office_key_by_pull_or_when_the_old_one_is_ret
     offline.edit("case", "k-1", set={"priority": "high"})
     assert [r.status for r in offline.push()] == ["applied"]
     assert offline.identity.office.kem_key_id == office.keys.kem_key_id
+
+
+def test_a_batch_stored_by_a_version_1_client_is_still_sent_after_the_upgrade(office):
+    # Before push v2, a device file kept each open batch as its whole signed v1 request.
+    wang = office.device("wang", "mediator")
+    wang.edit("case", "k-1", set={"title": "Drains", "status": "new"})
+    with wang._store.transaction():
+        ((change_id, raw),) = wang._store.unbatched(10)
+        v1 = PushRequest(batch_id="b-old", changes=[raw], signature=bytes(64))
+        wang._store.add_batch("b-old", [change_id], msgspec.msgpack.encode(v1))
+
+    pushed, _ = wang.sync()
+
+    assert [r.status for r in pushed] == ["applied"]
+    assert states(wang) == [("applied", None)]
+    assert wang.record("case", "k-1").title == "Drains"

@@ -1,0 +1,42 @@
+"""A change's bytes: the keyed map of protocol v1, or the compact array; both decode.
+
+    raw = encode_change(change)     # the compact array form, what devices send now
+    change = decode_change(raw)     # either form, always a plain `Change`
+
+The server stores and serves each change as the exact bytes its device
+signed, so every reader of stored changes decodes through here.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from schemas.changes import Change, CompactChange
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_map = msgspec.msgpack.Decoder(Change).decode
+_decode_array = msgspec.msgpack.Decoder(CompactChange).decode
+# MessagePack's first byte says what follows: fixarray (0x90-0x9f), array 16 or array 32.
+_ARRAY_STARTS = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])
+
+
+def encode_change(change: Change) -> bytes:
+    """The change in its compact array form (PROTOCOL.md section 4)."""
+    return _encode(CompactChange(**msgspec.structs.asdict(change)))
+
+
+def decode_change(raw: bytes) -> Change:
+    """A change from its bytes in either form; msgspec's `DecodeError` names a bad path."""
+    if not raw or raw[0] not in _ARRAY_STARTS:
+        return _decode_map(raw)
+    compact = _decode_array(raw)
+    return Change(
+        change_id=compact.change_id,
+        record_type=compact.record_type,
+        record_id=compact.record_id,
+        device_id=compact.device_id,
+        hlc=compact.hlc,
+        seen=compact.seen,
+        set=compact.set,
+        ops=compact.ops,
+    )
