@@ -22,8 +22,9 @@ from server.keys import OfficeKeys
 from server.settings import Settings
 from server.storage.directory import Directory
 from sync import signing
+from sync.changes import encode_change
 from sync.clock import Clock, pack
-from sync.envelope import seal_push
+from sync.envelope import open_envelope, seal_push
 from tests.conftest import Wall, make_store, office_keys
 
 MSGPACK = {"content-type": "application/msgpack"}
@@ -105,6 +106,15 @@ class Phone:
 
     def push_v2(self, body):
         return self.http.post("/v2/sync/push", content=body)
+
+    def pushed(self, changes, batch_id="b-1", version=1):
+        """The decoded answer to a push of `changes` by protocol `version` (1 or 2)."""
+        if version == 1:
+            return msgspec.msgpack.decode(self.push(changes, batch_id).content)
+        answer = self.push_v2(self.push_v2_body([encode_change(c) for c in changes], batch_id))
+        assert answer.status_code == 200, answer.content
+        _, plaintext = open_envelope(answer.content, {self.device_id: self.kem})
+        return msgspec.msgpack.decode(plaintext)
 
     def pull(self, cursor=None, limit=1000):
         body = msgspec.msgpack.encode(PullRequest(cursor=cursor, limit=limit))

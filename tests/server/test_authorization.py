@@ -29,13 +29,13 @@ def test_office_info_is_public_and_enrolment_needs_no_signature(office, role):
     assert office.http.get("/v1/office").status_code == 200
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("record_type", list(CREATE))
-def test_push_creates_only_what_the_role_may_write(office, role, record_type):
+def test_push_creates_only_what_the_role_may_write(office, role, record_type, version):
     phone = office.enroll(role)
-    (result,) = decode(phone.push([phone.change(record_type, "r-1", CREATE[record_type])]))[
-        "results"
-    ]
+    change = phone.change(record_type, "r-1", CREATE[record_type])
+    (result,) = phone.pushed([change], version=version)["results"]
     if record_type in MAY_CREATE[role]:
         assert result["status"] == "applied"
     else:
@@ -112,13 +112,14 @@ def test_an_informant_never_receives_a_case_even_when_its_warning_is_linked(dist
     assert record_types == {"warning"}
 
 
-def test_linking_a_record_out_of_sight_is_refused(district):
+@pytest.mark.parametrize("version", [1, 2])
+def test_linking_a_record_out_of_sight_is_refused(district, version):
     outsider = district["outsider"]  # a Xihu mediator who never saw Gongshu's records
     change = outsider.change(
         "case",
         "k-xihu",
         ops=[Add(field="parties", value="p-1"), Add(field="warnings", value="w-1")],
     )
-    (result,) = decode(outsider.push([change], batch_id="link-1"))["results"]
+    (result,) = outsider.pushed([change], batch_id="link-1", version=version)["results"]
     assert (result["status"], result["reason"]) == ("rejected", "not_permitted")
     assert pulled_records(outsider) == {("case", "k-xihu")}
