@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from schemas import Change
+from schemas import Change, CompactChange, SignedPush
 from schemas.console.admin import CodeRequest, RevokeRequest
 from schemas.console.assignment import AssignRequest, DeadlineRequest
 from schemas.console.conflicts import SettleRequest
@@ -26,6 +26,7 @@ from schemas.wire import EnrollRequest, PullRequest, PushRequest
 from server import auth
 from server.storage.directory import Directory
 from sync import decoding, envelope, signing
+from sync.changes import decode_change
 from sync.errors import (
     AuthenticationError,
     EnvelopeError,
@@ -42,6 +43,10 @@ VALID = {
                     "label": "Wang's phone", "proof": bytes(64)},
     PushRequest: {"batch_id": "b-1", "changes": [b"\x80"], "signature": bytes(64)},
     PullRequest: {"cursor": "v1.3.3.abc", "limit": 100},
+    SignedPush: ["dev-a", "b-1", 1795000000123, [b"\x93"], bytes(64)],
+    CompactChange: ["c-1", "case", "k-1", "dev-a", 5, {"dev-b": 3},
+                    {"title": "DEEP", "location": {"city": "Hangzhou"}},
+                    [{"type": "add", "field": "tags", "value": "drains"}]],
     Change: {"change_id": "c-1", "record_type": "case", "record_id": "k-1",
              "device_id": "dev-a", "hlc": 5, "seen": {"dev-b": 3},
              "set": {"title": "DEEP", "location": {"city": "Hangzhou"}},
@@ -123,7 +128,9 @@ def test_every_body_type_decodes_or_is_refused_with_a_code(kind, as_json):
 
 
 @pytest.mark.parametrize("as_json", [False, True], ids=["msgpack", "json"])
-@pytest.mark.parametrize("kind", [Change, SettleRequest], ids=lambda kind: kind.__name__)
+@pytest.mark.parametrize(
+    "kind", [Change, CompactChange, SettleRequest], ids=lambda kind: kind.__name__
+)
 def test_a_value_nested_thousands_deep_is_too_deep_not_a_crash(kind, as_json):
     # Field values are `Any`: msgspec follows the nesting until Python's recursion limit.
     body = deepened(encoded(kind, as_json), 50_000, as_json)
@@ -165,6 +172,54 @@ def test_a_mangled_envelope_is_an_envelope_error(body):
         assert error.code in {"bad_envelope", "unsupported_suite", "wrong_key", "unsealable"}
     else:  # only an unchanged envelope opens: HPKE binds every bit of it
         assert (header, plaintext) == (HEADER, b"\x80")
+
+
+def change_bodies():
+    """Both forms of a change, mangled as `hostile` mangles any body."""
+    return st.one_of(hostile(Change, False), hostile(CompactChange, False))
+
+
+@MANY
+@given(raw=change_bodies())
+def test_a_mangled_change_in_either_form_is_a_decode_error(raw):
+    # The server answers these `malformed` (or `too_deep`) naming the change (server.service).
+    try:
+        change = decode_change(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return
+    assert type(change) is Change
+
+
+PUSH_SEALED = envelope.seal_push(b"\x95", "kem-1", OFFICE_KEM.public_key())
+
+
+@MANY
+@given(
+    body=st.one_of(
+        st.binary(max_size=300),
+        st.integers(0, len(PUSH_SEALED) - 1).map(lambda cut: PUSH_SEALED[:cut]),
+        st.tuples(st.integers(0, len(PUSH_SEALED) - 1), st.integers(1, 255)).map(
+            lambda at: (
+                PUSH_SEALED[: at[0]]
+                + bytes([PUSH_SEALED[at[0]] ^ at[1]])
+                + PUSH_SEALED[at[0] + 1 :]
+            )
+        ),
+        st.builds(
+            lambda suite, key_id, sealed: msgspec.msgpack.encode([suite, key_id, sealed]),
+            st.integers(-(2**63), 2**64 - 1),
+            st.text(max_size=300),
+            st.binary(max_size=100),
+        ),
+    )
+)
+def test_a_mangled_push_envelope_is_an_envelope_error(body):
+    try:
+        suite, plaintext = envelope.open_push(body, {"kem-1": OFFICE_KEM})
+    except EnvelopeError as error:
+        assert error.code in {"bad_envelope", "unsupported_suite", "wrong_key", "unsealable"}
+    else:
+        assert (suite, plaintext) == (1, b"\x95")
 
 
 HEADER_TEXT = st.one_of(
@@ -213,6 +268,31 @@ def test_garbage_signature_headers_are_refused_with_a_code(
     with pytest.raises((AuthenticationError, MalformedRequest)) as refused:
         auth.authenticate(headers, "POST", "/v1/sync/pull", b"", directory, WALL_MS, 300)
     assert isinstance(refused.value, LianxinError) and refused.value.code != "error"
+
+
+@MANY
+@given(
+    known_device=st.booleans(),
+    device=st.from_regex(r"[A-Za-z0-9_.:-]{1,64}", fullmatch=True),
+    batch_id=st.from_regex(r"[A-Za-z0-9_.:-]{1,64}", fullmatch=True),
+    timestamp_ms=st.integers(0, 2**53),
+    changes=st.lists(st.binary(max_size=40), max_size=3),
+    signature=st.binary(min_size=64, max_size=64),
+)
+def test_a_garbage_push_is_refused_with_a_code(
+    directory, known_device, device, batch_id, timestamp_ms, changes, signature
+):
+    directory, device_id, _ = directory
+    push = SignedPush(
+        device_id=device_id if known_device else device,
+        batch_id=batch_id,
+        timestamp_ms=timestamp_ms,
+        changes=changes,
+        signature=signature,
+    )
+    with pytest.raises(AuthenticationError) as refused:
+        auth.authenticate_push(push, directory, WALL_MS, 300)
+    assert refused.value.code in {"unknown_device", "bad_signature"}
 
 
 def test_a_well_signed_request_still_authenticates(directory):
