@@ -193,6 +193,7 @@ async def push_v2(request: Request) -> Response:
         service.keys.reload()
         suite, plaintext = envelope.open_push(body, service.keys.kems)
         push = decoding.decode(plaintext, SignedPush)
+        service.limit_batch(push.changes)
         window_s = service.settings.request_window_s
         device, message = auth.authenticate_push(
             push, service.directory, service.wall_ms(), window_s

@@ -100,7 +100,7 @@ def record_batch(
         "batch_id": batch_id,
         "manifest_sha256": signing.digest(manifest).hex(),
         "signature_sha256": signing.digest(signature).hex(),
-        "changes": len(signing.signed_digests(manifest, device_id, batch_id) or b"") // 32,
+        "changes": len(signing.signed_digests(manifest, device_id, batch_id) or []),
         **(extra or {}),
     }
     return append(db, at_ms, f"device:{device_id}", "push", f"batch/{batch_id}", detail)

@@ -31,7 +31,6 @@ from sync.atrest import open_sealed
 from sync.errors import BadSignature, LianxinError
 from sync.merge import materialize
 
-_HASH = 32
 _CHUNK = 500
 
 
@@ -132,9 +131,7 @@ def _check_batches(store: SqliteStore, report: Report) -> None:
 def _change_hashes(device_id: str, batch_id: str, manifest: bytes) -> set[bytes] | None:
     """The change hashes a manifest signs; None unless it is one for this device and batch."""
     digests = signing.signed_digests(manifest, device_id, batch_id)
-    if digests is None:
-        return None
-    return {digests[i : i + _HASH] for i in range(0, len(digests), _HASH)}
+    return None if digests is None else set(digests)
 
 
 # Changes filed under a device's batch (the office's and the console's have none).

@@ -109,6 +109,7 @@ class SyncService:
 
     def push(self, device: Device, request: PushRequest) -> PushResponse:
         """Verify and apply one version 1 batch; every change gets an answer."""
+        self.limit_batch(request.changes)
         manifest = signing.batch_message(device.device_id, request.batch_id, request.changes)
         signing.verify(device.signing_key, request.signature, manifest, "batch")
         return self.apply_batch(
@@ -118,8 +119,10 @@ class SyncService:
     def apply_batch(
         self, device: Device, batch_id: str, raws: list[bytes], manifest: bytes, signature: bytes
     ) -> PushResponse:
-        """Apply a batch whose `signature` over `manifest` has been verified."""
-        self._limit(raws)
+        """Apply a batch whose `signature` over `manifest` has been verified.
+
+        The caller has also checked its size with `limit_batch`.
+        """
         changes = []
         for index, raw in enumerate(raws):
             try:
@@ -140,7 +143,8 @@ class SyncService:
         self.metrics.results(r.status for r in results)
         return PushResponse(batch_id=batch_id, results=results)
 
-    def _limit(self, raws: list[bytes]) -> None:
+    def limit_batch(self, raws: list[bytes]) -> None:
+        """Refuse a batch over the size limit before any of it is hashed or decoded."""
         if len(raws) > self.settings.max_batch_changes:
             raise TooLarge(
                 f"a batch holds at most {self.settings.max_batch_changes} changes,"

@@ -57,8 +57,8 @@ def push_message(
     return head + b"\n" + b"".join(digest(change) for change in changes)
 
 
-def signed_digests(manifest: bytes, device_id: str, batch_id: str) -> bytes | None:
-    """The change digests a stored batch or push message signs, one after another.
+def signed_digests(manifest: bytes, device_id: str, batch_id: str) -> list[bytes] | None:
+    """The change digests a stored batch or push message signs, in order.
 
     None unless `manifest` is a message of either kind for this device and
     batch, so a retry of a batch compares by its changes alone, whatever
@@ -74,7 +74,9 @@ def signed_digests(manifest: bytes, device_id: str, batch_id: str) -> bytes | No
             return None
     else:
         return None
-    return digests if len(digests) % 32 == 0 else None
+    if len(digests) % 32:
+        return None
+    return [digests[i : i + 32] for i in range(0, len(digests), 32)]
 
 
 def enroll_message(code: str, signing_key: bytes, kem_key: bytes) -> bytes:

@@ -18,7 +18,7 @@ import msgspec
 from litestar import Request, Response, get
 from litestar.params import FromPath, FromQuery
 
-from schemas.changes import Reason
+from schemas.changes import Append, Reason
 from schemas.console.agreements import (
     AgreementList,
     AgreementPage,
@@ -37,6 +37,7 @@ from server.console.web import _, page_offset, render, service_of, signed_in
 from server.service import SyncService
 from server.storage.directory import Device
 from sync import agreements
+from sync.changes import decode_change
 from sync.errors import UnknownRecord
 from sync.merge import materialize
 
@@ -180,15 +181,14 @@ def _refused(
         if plain is None:
             continue
         try:
-            change = msgspec.msgpack.decode(plain)
+            change = decode_change(plain)
         except msgspec.DecodeError:
             continue
-        for op in change.get("ops", []):
-            if not (isinstance(op, dict) and op.get("type") == "append"):
-                continue
-            if op.get("field") != "signatures":
-                continue
-            found.append(_refused_one(service, agreement_id, agreement, change_id, refused_for, op))
+        for op in change.ops:
+            if isinstance(op, Append) and op.field == "signatures":
+                found.append(
+                    _refused_one(service, agreement_id, agreement, change_id, refused_for, op.entry)
+                )
     return found
 
 
@@ -198,9 +198,8 @@ def _refused_one(
     agreement: Agreement,
     change_id: str,
     refused_for: str,
-    op: dict[str, object],
+    entry: object,
 ) -> RefusedSignature:
-    entry = op.get("entry")
     try:
         signature = msgspec.convert(entry, Signature)
     except msgspec.ValidationError as error:

@@ -17,6 +17,7 @@ from server.console.web import page_offset, render, service_of, signed_in, whole
 from server.service import SyncService
 from server.storage import people
 from sync import signing
+from sync.changes import decode_change
 from sync.errors import BadSignature, UnknownRecord
 from sync.merge import materialize
 
@@ -187,7 +188,7 @@ def timeline(service: SyncService, key: tuple[str, str]) -> list[TimelineEntry]:
         seq, change_id, device_id, hlc, status, batch_id, _raw, manifest, sig, public, user_id = row
         if raw is None:
             continue
-        change = msgspec.msgpack.decode(raw)
+        change = decode_change(raw)
         verified, why = _attributed(device_id, batch_id, raw, manifest, sig, public)
         if user_id is not None and user_id not in names:
             user = service.directory.user(user_id)
@@ -201,8 +202,8 @@ def timeline(service: SyncService, key: tuple[str, str]) -> list[TimelineEntry]:
                 user_name=names.get(user_id) if user_id else None,
                 hlc=hlc,
                 status=status,
-                set=change.get("set", {}),
-                ops=change.get("ops", []),
+                set=change.set,
+                ops=msgspec.to_builtins(change.ops),
                 signature_verified=verified,
                 why_not=why,
             )
@@ -221,12 +222,7 @@ def _attributed(
     """Whether the change's device signed a manifest naming exactly these bytes."""
     if batch_id is None or manifest is None or signature is None or public_key is None:
         return False, _("made by the office, not pushed by a device")
-    head = b"\n".join([signing.BATCH_PURPOSE, device_id.encode(), batch_id.encode()]) + b"\n"
-    hashes = manifest[len(head) :]
-    digest = signing.digest(raw)
-    if not manifest.startswith(head) or not any(
-        hashes[i : i + 32] == digest for i in range(0, len(hashes), 32)
-    ):
+    if signing.digest(raw) not in (signing.signed_digests(manifest, device_id, batch_id) or []):
         return False, _("its bytes are not in the batch manifest")
     try:
         signing.verify(public_key, signature, manifest, "batch")

@@ -323,8 +323,7 @@ def _batch_of(service: SyncService, device_id: str, raw: bytes) -> str | None:
         "SELECT batch_id, manifest FROM batches WHERE device_id = ?", [device_id]
     )
     for batch_id, manifest in rows:
-        hashes = signing.signed_digests(manifest, device_id, batch_id) or b""
-        if any(hashes[i : i + 32] == digest for i in range(0, len(hashes), 32)):
+        if digest in (signing.signed_digests(manifest, device_id, batch_id) or []):
             return str(batch_id)
     return None
 

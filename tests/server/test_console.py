@@ -69,6 +69,24 @@ def test_a_supervisor_signs_in_and_sees_the_cases_of_their_district(console):
     assert console.http.get("/api/cases/k-2").status_code == 404
 
 
+def test_a_case_pushed_in_compact_form_by_push_v2_shows_signed_in_the_timeline(console):
+    sun = console.enroll("mediator")
+    first = sun.change("case", "k-1", {"title": "Drains", "location": GONGSHU})
+    second = sun.change("case", "k-1", {"priority": "high"}, [Add(field="tags", value="drains")])
+    v1_answer = sun.pushed([first], "b-1")
+    v2_answer = sun.pushed([second], "b-2", version=2)
+    assert [r["status"] for r in v1_answer["results"] + v2_answer["results"]] == ["applied"] * 2
+    sign_in(console, supervisor(console))
+    timeline = console.http.get("/api/cases/k-1").json()["timeline"]
+    assert [(e["change_id"], e["signature_verified"]) for e in timeline] == [
+        (first.change_id, True),
+        (second.change_id, True),
+    ]
+    assert timeline[1]["set"] == {"priority": "high"}
+    assert timeline[1]["ops"] == [{"type": "add", "field": "tags", "value": "drains"}]
+    assert "drains" in console.http.get("/console/cases/k-1").text
+
+
 def test_mediators_show_by_name_in_the_case_list_and_on_the_case_page(console):
     sun = console.enroll("mediator", name="Sun Li")
     mediator = sun.enrollment.user_id

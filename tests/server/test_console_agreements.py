@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from schemas import Agreement, Signature
+from schemas.changes import Append
 from server import agreements as office_agreements
 from server import audit
 from server.console.agreements import check
@@ -144,3 +145,18 @@ def test_another_districts_supervisor_gets_404_and_no_export(office, signing):
     assert office.http.get("/console/agreements/a-1").status_code == 404
     assert office.http.get("/console/agreements/a-1/export").status_code == 404
     assert [e for e in audit.entries(office.store.db) if e.action == "export"] == []
+
+
+def test_a_refused_signature_pushed_in_compact_form_shows_why(office):
+    (sun,) = open_agreement(office)
+    forged = {**attested(sun, "p-1"), "signature": bytes(64)}
+    change = sun.change("agreement", "a-1", ops=[Append(field="signatures", entry=forged)])
+    (refused,) = sun.pushed([change], "s-1", version=2)["results"]
+    assert refused["reason"] == "signature_invalid"
+    sign_in(office, supervisor(office))
+    (shown,) = office.http.get("/api/agreements/a-1").json()["refused"]
+    assert (shown["change_id"], shown["signer"], shown["reason"]) == (
+        change.change_id,
+        "p-1",
+        "signature_invalid",
+    )

@@ -62,6 +62,43 @@ def test_a_retry_signed_later_is_the_same_batch_and_answered_duplicate(office):
     assert verify_store(office.store, office.keys).problems == []
 
 
+def test_a_batch_first_pushed_by_version_1_and_retried_by_version_2_is_a_duplicate(office):
+    phone = office.enroll("mediator")
+    changes = [new_case(phone, f"k-{n}") for n in range(2)]
+    first = phone.pushed(changes, "b-1", version=1)
+    raws = [msgspec.msgpack.encode(c) for c in changes]  # the bytes version 1 signed
+    office.wall.tick()
+    retry = opened(phone, phone.push_v2(phone.push_v2_body(raws)))
+
+    assert [r["status"] for r in first["results"]] == ["applied", "applied"]
+    assert [r.status for r in retry.results] == ["duplicate", "duplicate"]
+    assert verify_store(office.store, office.keys).problems == []
+
+
+def test_a_changed_push_message_is_named_by_the_audit(office):
+    phone = office.enroll("mediator")
+    raw = encode_change(new_case(phone))
+    opened(phone, phone.push_v2(phone.push_v2_body([raw])))
+    (manifest,) = office.store.db.execute("SELECT manifest FROM batches").fetchone()
+    changed = manifest[:-1] + bytes([manifest[-1] ^ 1])
+    office.store.db.execute("UPDATE batches SET manifest = ?", [changed])
+
+    problems = verify_store(office.store, office.keys).problems
+
+    assert problems[0] == (
+        f"batch b-1 of {phone.device_id}: the device's signature does not verify over the"
+        " stored manifest"
+    )
+    assert problems[-1].endswith("its bytes are not in the manifest of batch b-1")
+
+
+def test_an_oversized_push_is_refused_before_its_sender_is_looked_up(office):
+    phone = office.enroll("mediator")
+    body = phone.push_v2_body([encode_change(new_case(phone))] * 51)
+    office.store.db.execute("DELETE FROM devices WHERE device_id = ?", [phone.device_id])
+    assert error_of(phone.push_v2(body)) == (413, "too_large")
+
+
 def test_both_forms_of_a_change_are_accepted_and_pulled_back_byte_for_byte(office):
     phone = office.enroll("mediator")
     compact = encode_change(new_case(phone, "k-1"))
