@@ -109,7 +109,15 @@ from sync.changes import encode_change
 from sync.client import DeviceClient
 from sync.clock import Clock
 from sync.engine import apply_batch
-from sync.envelope import ENVELOPE, PUSH_ENVELOPE, Header, open_envelope, seal, seal_push
+from sync.envelope import (
+    ENVELOPE,
+    PUSH_ENVELOPE,
+    Header,
+    open_envelope,
+    open_push_answer,
+    seal,
+    seal_push,
+)
 
 T = TypeVar("T")
 
@@ -265,7 +273,7 @@ class Phone:
     def pull(self, cursor: str | None, limit: int) -> PullPage:
         return self.post(PULL, _encode(PullRequest(cursor=cursor, limit=limit)), PullPage)
 
-    def push_v2(self, changes: Sequence[Change]) -> httpx.Request:
+    def push_v2(self, changes: Sequence[Change]) -> tuple[httpx.Request, SignedPush]:
         """A version 2 push of `changes` in compact form, signed now and sealed (PROTOCOL.md 11)."""
         raws = [encode_change(change) for change in changes]
         batch_id = secrets.token_urlsafe(16)
@@ -282,9 +290,10 @@ class Phone:
         body = seal_push(
             _encode(push), office.kem_key_id, X25519PublicKey.from_public_bytes(office.kem_key)
         )
-        return self.http.build_request(
+        request = self.http.build_request(
             "POST", PUSH_V2, content=body, headers={"Content-Type": PUSH_ENVELOPE}
         )
+        return request, push
 
     def batch(self, changes: Sequence[Change]) -> bytes:
         """The body of a push of `changes`, with its batch signature."""
@@ -593,7 +602,7 @@ def one_field_edit(phone: Phone, book: CaseBook, url: str) -> WireBytes:
     22-character id, one signature inside the sealed body, no signature headers.
     """
     change = book.change(book.cases[0], {"households": 7})
-    request = phone.push_v2([change])
+    request, push = phone.push_v2([change])
     body = request.content
     headers = list(request.headers.raw)
     signature_headers = sum(
@@ -623,7 +632,8 @@ def one_field_edit(phone: Phone, book: CaseBook, url: str) -> WireBytes:
                 response_body += bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 break
-    answer = msgspec.msgpack.decode(phone.open(response_body), type=PushResponse)
+    plaintext = open_push_answer(response_body, 1, push, phone.kem)
+    answer = msgspec.msgpack.decode(plaintext, type=PushResponse)
     if status != 200 or answer.results[0].status != "applied":
         raise RuntimeError(f"the one-field edit was not applied: {status} {answer}")
     return WireBytes(

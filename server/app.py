@@ -24,7 +24,7 @@ from server.storage.directory import Device
 from server.storage.sqlite import SqliteStore, open_store
 from sync import decoding, envelope
 from sync.clock import Clock, system_wall_ms
-from sync.envelope import ENVELOPE, Purpose
+from sync.envelope import ENVELOPE, PUSH_ENVELOPE, Purpose
 from sync.errors import BadEnvelope, LianxinError, UnsupportedEncoding
 
 T = TypeVar("T")
@@ -199,7 +199,10 @@ async def push_v2(request: Request) -> Response:
             push, service.directory, service.wall_ms(), window_s
         )
         answer = service.apply_batch(device, push.batch_id, push.changes, message, push.signature)
-        return device, sealed_reply(answer, suite, device, push.batch_id, "push")
+        device_key = X25519PublicKey.from_public_bytes(device.kem_key)
+        plaintext = msgspec.msgpack.encode(answer)
+        sealed = envelope.seal_push_answer(plaintext, suite, push, device_key)
+        return device, Response(sealed, media_type=PUSH_ENVELOPE)
 
     return await answered(service, "push", work)
 

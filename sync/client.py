@@ -68,7 +68,7 @@ from sync import agreements, envelope, merge, signing
 from sync.atrest import KdfParams
 from sync.changes import decode_change, encode_change
 from sync.clock import Clock, system_wall_ms
-from sync.envelope import ENVELOPE, PUSH_ENVELOPE, Header, Purpose
+from sync.envelope import ENVELOPE, PUSH_ENVELOPE, Header
 from sync.errors import LianxinError, StaleRequest, WrongKey
 from sync.replica_store import OutboxEntry, RecordKey, ReplicaStore
 
@@ -579,7 +579,12 @@ class DeviceClient:
         response = self._http.post(
             "/v2/sync/push", content=body, headers={"Content-Type": PUSH_ENVELOPE}
         )
-        return self._opened(response, PushResponse, batch_id, "push")
+        if not response.is_success:
+            return _answer(response, PushResponse)
+        if not response.headers.get("content-type", "").startswith(PUSH_ENVELOPE):
+            raise LianxinError("the office's answer to a push is not sealed")
+        plaintext = envelope.open_push_answer(response.content, 1, push, self._kem_key)
+        return _decoded(plaintext, PushResponse)
 
     def _pull_once(self, body: bytes) -> PullPage:
         """Seal `body` to the office (PROTOCOL.md section 14), sign, send, open the answer."""
@@ -613,24 +618,15 @@ class DeviceClient:
                 ).decode(),
             }
         )
-        return self._opened(self._http.send(request), PullPage, request_id, "pull")
-
-    def _opened(
-        self, response: httpx.Response, answer_type: type[T], batch_id: str, purpose: Purpose
-    ) -> T:
-        """The answer to the request `batch_id`, opened with this device's key if sealed."""
+        response = self._http.send(request)
         if not response.is_success or not response.headers.get("content-type", "").startswith(
             ENVELOPE
         ):
-            return _answer(response, answer_type)
-        keys = {self._enrolled().device_id: self._kem_key}
-        reply, plaintext = envelope.open_envelope(response.content, keys)
-        if (reply.batch_id, reply.purpose) != (batch_id, purpose):
+            return _answer(response, PullPage)
+        reply, plaintext = envelope.open_envelope(response.content, {device_id: self._kem_key})
+        if (reply.batch_id, reply.purpose) != (request_id, "pull"):
             raise LianxinError("the office's sealed answer is for another request")
-        try:
-            return msgspec.msgpack.decode(plaintext, type=answer_type)
-        except (msgspec.DecodeError, UnicodeDecodeError) as error:
-            raise LianxinError(f"the server's answer does not decode: {error}") from None
+        return _decoded(plaintext, PullPage)
 
 
 @contextmanager
@@ -670,6 +666,13 @@ def _wire_form(change: Change) -> tuple[bytes, Change]:
         return raw, decode_change(raw)
     except (TypeError, msgspec.EncodeError, msgspec.ValidationError) as error:
         raise merge.Rejected(Reason.INVALID_VALUE, str(error)) from None
+
+
+def _decoded(plaintext: bytes, answer_type: type[T]) -> T:
+    try:
+        return msgspec.msgpack.decode(plaintext, type=answer_type)
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+        raise LianxinError(f"the server's answer does not decode: {error}") from None
 
 
 def _answer(response: httpx.Response, answer_type: type[T]) -> T:

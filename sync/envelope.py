@@ -13,7 +13,9 @@ new id, not a new format (PROTOCOL.md section 14).
 
 A version 2 push travels in a smaller envelope, `[suite, key_id, sealed]`
 (`seal_push`, `open_push`): who sent it and which batch it carries are
-inside, signed, so an onlooker sees neither.
+inside, signed. Its answer is HPKE's output alone, bound through `info` to
+the push it answers (`seal_push_answer`, `open_push_answer`), so an onlooker
+learns neither from the request nor from the answer.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from schemas.records import Id
+from schemas.wire import SignedPush
 from sync.errors import BadEnvelope, Unsealable, UnsupportedSuite, WrongKey
 
 INFO_PURPOSE = b"lianxin envelope v1\n"
 PUSH_INFO_PURPOSE = b"lianxin push v2\n"
+PUSH_ANSWER_INFO_PURPOSE = b"lianxin push v2 answer\n"
 ENVELOPE = "application/lianxin-envelope"  # the Content-Type of a sealed body
-PUSH_ENVELOPE = "application/lianxin-push"  # the Content-Type of a version 2 push
+PUSH_ENVELOPE = "application/lianxin-push"  # the Content-Type of a version 2 push and answer
 Purpose = Literal["push", "pull"]
 # Suite ids on the wire. Only suite 1 exists today; a hybrid ML-KEM-768 + X25519
 # suite would be added here with its own id, and offices choose which they accept.
@@ -61,7 +65,7 @@ class PushEnvelope(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_
     """A version 2 push: the HPKE output, and which office key opens it."""
 
     suite: int
-    key_id: Annotated[str, msgspec.Meta(max_length=200)]
+    key_id: Id
     sealed: bytes
 
 
@@ -127,6 +131,26 @@ def open_push(
 
 def _push_info(suite: int, key_id: str) -> bytes:
     return PUSH_INFO_PURPOSE + f"{suite}\n{key_id}".encode()
+
+
+def seal_push_answer(
+    plaintext: bytes, suite: int, push: SignedPush, recipient: X25519PublicKey
+) -> bytes:
+    """The answer to the version 2 `push`, sealed to its device's key `recipient`."""
+    return SUITES[suite].encrypt(plaintext, recipient, info=_answer_info(suite, push))
+
+
+def open_push_answer(data: bytes, suite: int, push: SignedPush, key: X25519PrivateKey) -> bytes:
+    """The plaintext of the answer to `push`; `Unsealable` if it answers anything else."""
+    info = _answer_info(suite, push)
+    return _open(suite, push.device_id, data, info, {push.device_id: key}, (suite,))
+
+
+def _answer_info(suite: int, push: SignedPush) -> bytes:
+    # The signing time names this very push: an answer to an earlier try of the
+    # same batch does not open as the answer to this one.
+    fields = f"{suite}\n{push.device_id}\n{push.batch_id}\n{push.timestamp_ms}"
+    return PUSH_ANSWER_INFO_PURPOSE + fields.encode()
 
 
 def _open(

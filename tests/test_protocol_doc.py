@@ -14,8 +14,10 @@ from schemas import (
     AddRemoveSet,
     Agreement,
     Change,
+    ChangeResult,
     Log,
     Lww,
+    PushResponse,
     Reason,
     Receipt,
     Sealed,
@@ -31,7 +33,8 @@ from server.storage.people import digests
 from sync import agreements, errors, merge, signing
 from sync.changes import decode_change, encode_change
 from sync.clock import pack
-from sync.envelope import SUITES, open_envelope, open_push
+from sync.envelope import SUITES, open_envelope, open_push, open_push_answer
+from sync.errors import Unsealable
 from sync.merge import field_specs
 
 DOC = (Path(__file__).parent.parent / "docs" / "PROTOCOL.md").read_text()
@@ -252,3 +255,17 @@ def test_push_v2_vectors():
     recipient = X25519PrivateKey.from_private_bytes(bytes.fromhex(body["recipient_key_seed"]))
     suite, plaintext = open_push(bytes.fromhex(body["body_hex"]), {body["key_id"]: recipient})
     assert (suite, plaintext.hex()) == (1, v["plaintext_hex"])
+
+    answer = dict(line.split("=", 1) for line in vector("push-v2-answer").splitlines())
+    device = X25519PrivateKey.from_private_bytes(bytes.fromhex(answer["device_kem_seed"]))
+    assert device.public_key().public_bytes_raw().hex() == answer["device_kem_public"]
+    sealed = bytes.fromhex(answer["answer_hex"])
+    opened = open_push_answer(sealed, 1, push, device)
+    assert msgspec.msgpack.decode(opened, type=PushResponse) == PushResponse(
+        batch_id=v["batch_id"],
+        results=[ChangeResult(change_id="c-7f3a-0001", status="applied", seq=1)],
+    )
+    assert opened.hex() == answer["plaintext_hex"]
+    later = msgspec.structs.replace(push, timestamp_ms=push.timestamp_ms + 1)
+    with pytest.raises(Unsealable):
+        open_push_answer(sealed, 1, later, device)

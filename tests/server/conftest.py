@@ -24,7 +24,7 @@ from server.storage.directory import Directory
 from sync import signing
 from sync.changes import encode_change
 from sync.clock import Clock, pack
-from sync.envelope import open_envelope, seal_push
+from sync.envelope import PUSH_ENVELOPE, open_push_answer, seal_push
 from tests.conftest import Wall, make_store, office_keys
 
 MSGPACK = {"content-type": "application/msgpack"}
@@ -41,6 +41,7 @@ class Phone:
     kem: X25519PrivateKey
     nonces: itertools.count = field(default_factory=lambda: itertools.count(1))
     stamps: itertools.count = field(default_factory=lambda: itertools.count(1))
+    last_push: SignedPush | None = None  # the version 2 push built last, to open its answer
 
     @property
     def device_id(self) -> str:
@@ -97,6 +98,7 @@ class Phone:
             changes=raws,
             signature=(key or self.key).sign(message),
         )
+        self.last_push = push
         office = self.enrollment.office
         return seal_push(
             msgspec.msgpack.encode(push),
@@ -107,14 +109,18 @@ class Phone:
     def push_v2(self, body):
         return self.http.post("/v2/sync/push", content=body)
 
+    def push_v2_answer(self, answer):
+        """The plaintext of the sealed answer to the version 2 push built last."""
+        assert answer.status_code == 200, answer.content
+        assert answer.headers["content-type"].startswith(PUSH_ENVELOPE)
+        return open_push_answer(answer.content, 1, self.last_push, self.kem)
+
     def pushed(self, changes, batch_id="b-1", version=1):
         """The decoded answer to a push of `changes` by protocol `version` (1 or 2)."""
         if version == 1:
             return msgspec.msgpack.decode(self.push(changes, batch_id).content)
         answer = self.push_v2(self.push_v2_body([encode_change(c) for c in changes], batch_id))
-        assert answer.status_code == 200, answer.content
-        _, plaintext = open_envelope(answer.content, {self.device_id: self.kem})
-        return msgspec.msgpack.decode(plaintext)
+        return msgspec.msgpack.decode(self.push_v2_answer(answer))
 
     def pull(self, cursor=None, limit=1000):
         body = msgspec.msgpack.encode(PullRequest(cursor=cursor, limit=limit))

@@ -12,7 +12,8 @@ from schemas import PushResponse
 from server.audit_verify import verify_store
 from sync import signing
 from sync.changes import encode_change
-from sync.envelope import ENVELOPE, open_envelope, seal_push
+from sync.envelope import open_push_answer, seal_push
+from sync.errors import Unsealable
 
 
 def error_of(answer):
@@ -20,11 +21,7 @@ def error_of(answer):
 
 
 def opened(phone, answer):
-    assert answer.status_code == 200, answer.content
-    assert answer.headers["content-type"].startswith(ENVELOPE)
-    header, plaintext = open_envelope(answer.content, {phone.device_id: phone.kem})
-    assert (header.purpose, header.device_id) == ("push", phone.device_id)
-    return msgspec.msgpack.decode(plaintext, type=PushResponse)
+    return msgspec.msgpack.decode(phone.push_v2_answer(answer), type=PushResponse)
 
 
 def new_case(phone, record_id="k-1"):
@@ -35,10 +32,12 @@ def test_a_compact_push_is_applied_and_stored_as_sent(office):
     phone = office.enroll("mediator")
     raw = encode_change(new_case(phone))
     body = phone.push_v2_body([raw])
+    sealed = phone.push_v2(body)
     # An onlooker learns neither which device pushed nor which batch.
-    assert phone.device_id.encode() not in body and b"b-1" not in body
+    for seen in (body, sealed.content):
+        assert phone.device_id.encode() not in seen and b"b-1" not in seen
 
-    answer = opened(phone, phone.push_v2(body))
+    answer = opened(phone, sealed)
 
     assert [r.status for r in answer.results] == ["applied"]
     items, _ = phone.pull_all()
@@ -60,6 +59,20 @@ def test_a_retry_signed_later_is_the_same_batch_and_answered_duplicate(office):
     assert [r.seq for r in retry.results] == [r.seq for r in first.results]
     assert office.store.db.execute("SELECT count(*) FROM batches").fetchone() == (1,)
     assert verify_store(office.store, office.keys).problems == []
+
+
+def test_an_answer_opens_only_for_the_very_push_it_answers(office):
+    phone = office.enroll("mediator")
+    raws = [encode_change(new_case(phone))]
+    answer = phone.push_v2(phone.push_v2_body(raws))
+    first = phone.last_push
+    office.wall.tick()
+    phone.push_v2_body(raws)  # the same batch, signed a millisecond later
+    retry = phone.last_push
+
+    assert open_push_answer(answer.content, 1, first, phone.kem)
+    with pytest.raises(Unsealable):
+        open_push_answer(answer.content, 1, retry, phone.kem)
 
 
 def test_a_batch_first_pushed_by_version_1_and_retried_by_version_2_is_a_duplicate(office):
