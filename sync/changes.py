@@ -29,14 +29,4 @@ def decode_change(raw: bytes) -> Change:
     """A change from its bytes in either form; msgspec's `DecodeError` names a bad path."""
     if not raw or raw[0] not in _ARRAY_STARTS:
         return _decode_map(raw)
-    compact = _decode_array(raw)
-    return Change(
-        change_id=compact.change_id,
-        record_type=compact.record_type,
-        record_id=compact.record_id,
-        device_id=compact.device_id,
-        hlc=compact.hlc,
-        seen=compact.seen,
-        set=compact.set,
-        ops=compact.ops,
-    )
+    return Change(**msgspec.structs.asdict(_decode_array(raw)))

@@ -545,8 +545,11 @@ class DeviceClient:
             with self._store.transaction():
                 self._learn_offset(office.server_time_ms)
                 self._learn_office_key(office.kem_key_id, office.kem_key)
-                # A push signed by a clock that was ahead spent no nonce; sign by the new one.
-                self._store.set_meta(PUSH_SIGNED_MS, 0)
+                # A push signed by a clock that was ahead spent no nonce: come back
+                # to the server's time, but never below a try it may have accepted.
+                last = self._store.meta(PUSH_SIGNED_MS)
+                if isinstance(last, int):
+                    self._store.set_meta(PUSH_SIGNED_MS, min(last, self._server_ms()))
             return send()
 
     def _server_ms(self) -> int:
