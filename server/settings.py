@@ -11,6 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
@@ -42,6 +43,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Session cookies only over HTTPS; switch off only to serve the console over plain
     # HTTP on 127.0.0.1 (tests, the demo).
     secure_cookies: bool = True
+    # The office's clock (an IANA name): the console shows times and dates on it.
+    time_zone: str = "Asia/Shanghai"
+
+    def __post_init__(self) -> None:
+        try:
+            ZoneInfo(self.time_zone)
+        except (ValueError, ZoneInfoNotFoundError):
+            raise ValueError(f"time_zone {self.time_zone!r} is not a known time zone") from None
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)
 
     @property
     def store_path(self) -> Path:

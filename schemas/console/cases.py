@@ -38,6 +38,7 @@ class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True):
     user_id: str | None  # the device's user (None for the office's own changes)
     user_name: str | None
     hlc: int
+    made_at: str  # when its device made it, on the office's clock, to the minute
     status: str  # applied / conflict
     set: dict[str, Any]
     ops: list[dict[str, Any]]

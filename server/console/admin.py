@@ -14,7 +14,6 @@ see this page. Two writes, each CSRF-checked and audited:
 from __future__ import annotations
 
 import functools
-from datetime import UTC, datetime
 
 import anyio.to_thread
 import msgspec
@@ -51,13 +50,6 @@ from sync.errors import UnknownRecord
 PAGE = 100
 LATEST_CODES = 50
 CODE_TTL_MS = 24 * 3600_000  # as `lianxin code` issues them
-
-
-def when(ms: int | None) -> str:
-    """A moment as the page shows it: UTC, to the minute."""
-    if ms is None:
-        return ""
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def admin_page(service: SyncService, offset: int = 0) -> AdminPage:
@@ -178,7 +170,7 @@ def revoke(service: SyncService, admin: User, device_id: str, reason: str) -> Re
 def admin_html(request: Request, offset: FromQuery[int] = 0) -> Response:
     current = signed_in(request, "admin")
     data = admin_page(service_of(request), page_offset(offset))
-    return render(request, current, "admin.html", data=data, when=when, issued=None)
+    return render(request, current, "admin.html", data=data, issued=None)
 
 
 @get("/api/admin", sync_to_thread=True, summary="Users, enrolment codes and devices (admins)")
@@ -195,9 +187,7 @@ async def issue_code_form(request: Request) -> Response:
     work = functools.partial(issue_code, service, current.user, fields.get("user_id", "").strip())
     issued = await anyio.to_thread.run_sync(work)
     data = await anyio.to_thread.run_sync(admin_page, service)
-    page = functools.partial(
-        render, request, current, "admin.html", data=data, when=when, issued=issued
-    )
+    page = functools.partial(render, request, current, "admin.html", data=data, issued=issued)
     return await anyio.to_thread.run_sync(page)
 
 

@@ -41,7 +41,7 @@ from server.console.cases import (
     PAGE,
     ROW_COLUMNS,
     case_rows,
-    today,
+    dated,
     visible,
 )
 from server.console.web import (
@@ -320,7 +320,7 @@ async def deadline_api(request: Request) -> DeadlineList:
 
 def overdue_list(service: SyncService, user_id: str, offset: int = 0) -> OverdueList:
     """The open cases in view past their due date, most overdue first, a page at a time."""
-    params = {"user": user_id, "today": today(service)}
+    params = {"user": user_id, **dated(service)}
     db = service.store.db
     (total,) = db.execute(f"SELECT count(*){FROM} WHERE {OVERDUE}", params).fetchone()
     rows = db.execute(

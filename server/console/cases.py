@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -13,18 +12,24 @@ from litestar.params import FromPath, FromQuery
 from schemas.changes import Conflict
 from schemas.console.cases import CaseList, CasePage, CaseRow, Repeat, TimelineEntry
 from schemas.records import Case
+from server.console import times
 from server.console.web import page_offset, render, service_of, signed_in, whole_number
 from server.service import SyncService
 from server.storage import people
 from sync import signing
 from sync.changes import decode_change
+from sync.clock import wall_of
 from sync.errors import BadSignature, UnknownRecord
 from sync.merge import materialize
 
 PAGE = 50
 OPEN_STATUSES = ("new", "assigned", "in_mediation")
 # The due date a list shows: the case's own, else its category's deadline after receipt.
-DUE = "coalesce(ci.due, date(ci.received_ms / 1000, 'unixepoch', '+' || d.days || ' days'))"
+# Counted from the office's date the case came in (`:offset_ms`: its clock ahead of UTC).
+DUE = (
+    "coalesce(ci.due, date((ci.received_ms + :offset_ms) / 1000, 'unixepoch',"
+    " '+' || d.days || ' days'))"
+)
 OVERDUE = f"({DUE} < :today AND ci.status IN {OPEN_STATUSES})"
 FROM = (
     " FROM case_index ci JOIN access a ON a.user_id = :user AND a.record_type = 'case'"
@@ -52,7 +57,14 @@ def _(message: str) -> str:
 
 
 def today(service: SyncService) -> str:
-    return datetime.fromtimestamp(service.wall_ms() / 1000, UTC).date().isoformat()
+    """The office's date now: a case is overdue once its due date is past on its clock."""
+    return times.day(service.wall_ms(), service.settings.zone)
+
+
+def dated(service: SyncService) -> dict[str, Any]:
+    """The parameters `DUE` and `OVERDUE` need: the office's date and its clock's offset."""
+    now, zone = service.wall_ms(), service.settings.zone
+    return {"today": times.day(now, zone), "offset_ms": times.offset_ms(now, zone)}
 
 
 def case_list(
@@ -60,7 +72,7 @@ def case_list(
 ) -> CaseList:
     """The cases `user_id` may see that match `filters`, newest first, a page at a time."""
     given = {k: v for k, v in filters.items() if k in FILTERS and v}
-    params = {**given, "user": user_id, "today": today(service)}
+    params = {**given, "user": user_id, **dated(service)}
     where = " AND ".join(["1", *(FILTERS[k] for k in given)])
     db = service.store.db
     (total,) = db.execute(f"SELECT count(*){FROM} WHERE {where}", params).fetchone()
@@ -132,7 +144,7 @@ def case_page(service: SyncService, user_id: str, case_id: str) -> CasePage:
     due, overdue = db.execute(
         f"SELECT {DUE}, {OVERDUE} FROM case_index ci LEFT JOIN deadlines d"
         " ON d.category = ci.category WHERE ci.case_id = :case",
-        {"case": case_id, "today": today(service)},
+        {"case": case_id, **dated(service)},
     ).fetchone() or (None, False)
     return CasePage(
         case_id=case_id,
@@ -183,6 +195,7 @@ def timeline(service: SyncService, key: tuple[str, str]) -> list[TimelineEntry]:
     ).fetchall()
     raws = service.store.open_changes([(*key, row[1], row[6]) for row in rows])
     names: dict[str, str | None] = {}
+    zone = service.settings.zone
     entries = []
     for row, raw in zip(rows, raws, strict=True):
         seq, change_id, device_id, hlc, status, batch_id, _raw, manifest, sig, public, user_id = row
@@ -201,6 +214,7 @@ def timeline(service: SyncService, key: tuple[str, str]) -> list[TimelineEntry]:
                 user_id=user_id,
                 user_name=names.get(user_id) if user_id else None,
                 hlc=hlc,
+                made_at=times.minute(wall_of(hlc), zone),
                 status=status,
                 set=change.set,
                 ops=msgspec.to_builtins(change.ops),

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import anyio.to_thread
 import msgspec
@@ -35,6 +35,7 @@ from schemas.console.conflicts import (
     SettleRequest,
 )
 from schemas.records import Agreement, Case, EarlyWarning, Party
+from server.console import times
 from server.console.actions import DEVICE_PREFIX, office_change
 from server.console.cases import visible
 from server.console.web import (
@@ -62,11 +63,6 @@ PAGES = {"case": "cases", "warning": "warnings", "agreement": "agreements"}
 DELETION_CHOICES = {"restore": "settle_conflict_restore", "delete": "settle_conflict_keep_deleted"}
 _decode_conflict = msgspec.msgpack.Decoder(Conflict).decode
 _text = msgspec.json.Encoder(order="sorted")
-
-
-def when(ms: int) -> str:
-    """A wall time in milliseconds as a date-time in UTC (2026-11-18 09:30:00 UTC)."""
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def shown(value: Any) -> str:
@@ -150,6 +146,7 @@ def conflict_list(service: SyncService, user_id: str, offset: int = 0) -> Confli
     ).fetchall()
     states = service.store.states((t, i) for t, i, *_ in rows)
     authors = Authors(service)
+    zone = service.settings.zone
     views = []
     for record_type, record_id, field, sealed, opened, version in rows:
         key = (record_type, record_id)
@@ -159,12 +156,19 @@ def conflict_list(service: SyncService, user_id: str, offset: int = 0) -> Confli
             continue
         title = title_of(materialize(state))
         link = link_of(service, user_id, key)
-        views.append(_view(_decode_conflict(plain), title, link, version, opened, authors))
+        conflict = _decode_conflict(plain)
+        views.append(_view(conflict, title, link, version, opened, authors, zone))
     return ConflictList(conflicts=views, total=total, offset=offset, limit=PAGE)
 
 
 def _view(
-    conflict: Conflict, title: str, link: str | None, version: int, opened: int, authors: Authors
+    conflict: Conflict,
+    title: str,
+    link: str | None,
+    version: int,
+    opened: int,
+    authors: Authors,
+    zone: ZoneInfo,
 ) -> ConflictView:
     deletion = conflict.kind == "deleted"
 
@@ -182,7 +186,7 @@ def _view(
             change_id=candidate.change_id,
             hlc=candidate.hlc,
             at_ms=candidate.hlc >> 16,
-            at=when(candidate.hlc >> 16),
+            at=times.second(candidate.hlc >> 16, zone),
         )
         for index, candidate in enumerate(conflict.candidates)
     ]

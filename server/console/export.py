@@ -104,7 +104,7 @@ def case_listing(service: SyncService, current: Session, query: Mapping[str, str
     its page limit (which that function fixes at one page).
     """
     given = {name: value for name in cases.FILTERS if (value := query.get(name, ""))}
-    params = {**given, "user": current.user.user_id, "today": cases.today(service)}
+    params = {**given, "user": current.user.user_id, **cases.dated(service)}
     where = " AND ".join(["1", *(cases.FILTERS[name] for name in given)])
     # On a read connection: a whole district's list must not hold up the writer meanwhile.
     with service.store.snapshot() as conn:

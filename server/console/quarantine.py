@@ -52,7 +52,8 @@ from schemas.console.quarantine import (
 )
 from schemas.records import Location
 from server import audit
-from server.console.conflicts import Authors, link_of, title_of, when
+from server.console import times
+from server.console.conflicts import Authors, link_of, title_of
 from server.console.web import (
     _,
     back_to,
@@ -208,7 +209,7 @@ def quarantine_list(
                 hlc=change.hlc,
                 made_ms=change.hlc >> 16,
                 received_ms=h.received_ms,
-                received=when(h.received_ms) if h.received_ms is not None else "",
+                received=times.minute(h.received_ms, service.settings.zone),
                 acknowledged_ms=h.acknowledged_ms,
                 acknowledged_by=h.acknowledged_by,
             )

@@ -1,7 +1,7 @@
 """Statistics of the cases in a supervisor's view: received, resolved, how fast, and repeats.
 
-The period is the last `WEEKS` weeks, Monday to Sunday in UTC (as the case
-list's dates), the current week included. For the cases in view:
+The period is the last `WEEKS` weeks, Monday to Sunday on the office's clock
+(`Settings.time_zone`, as the case list's dates), the current week included. For the cases in view:
 
 - received / resolved per week, and over the period: in total, by category
   and by the org units directly below the supervisor's own;
@@ -46,14 +46,14 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo
 
 import msgspec
 from litestar import Request, Response, get
 
 from schemas.console.stats import SUPPRESSED, WITHHELD, Count, Row, Stats, Week
-from server.console import charts
+from server.console import charts, times
 from server.console.web import render, service_of, signed_in
 from server.service import SyncService
 from server.storage.directory import User
@@ -154,11 +154,14 @@ class Figures:
     warnings_received: int
     warnings_converted: int
     agreements_executed: int
+    zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))  # whose dates to show
 
 
-def week_start(ms: int) -> int:
-    """The Monday 00:00 UTC that begins the week holding `ms`."""
-    return (ms + MONDAY_MS) // WEEK_MS * WEEK_MS - MONDAY_MS
+def week_start(ms: int, offset_ms: int = 0) -> int:
+    """The Monday 00:00 that begins the week holding `ms`, on a clock `offset_ms` ahead
+    of UTC."""
+    local = ms + offset_ms
+    return (local + MONDAY_MS) // WEEK_MS * WEEK_MS - MONDAY_MS - offset_ms
 
 
 Rows = list[tuple[Any, ...]]
@@ -172,8 +175,8 @@ class Reads(NamedTuple):
     agreements: int
 
 
-def _params(user: User, now_ms: int, weeks: int) -> dict[str, Any]:
-    end = week_start(now_ms) + WEEK_MS
+def _params(user: User, now_ms: int, weeks: int, zone: ZoneInfo) -> dict[str, Any]:
+    end = week_start(now_ms, times.offset_ms(now_ms, zone)) + WEEK_MS
     return {"user": user.user_id, "start": end - weeks * WEEK_MS, "end": end, "week": WEEK_MS}
 
 
@@ -190,7 +193,8 @@ def _read_cases(service: SyncService, params: dict[str, Any]) -> Reads:
 
 def figures(service: SyncService, user: User, now_ms: int, weeks: int = WEEKS) -> Figures:
     """The exact statistics of the cases `user` may see, over the `weeks` weeks up to `now_ms`."""
-    params = _params(user, now_ms, weeks)
+    zone = service.settings.zone
+    params = _params(user, now_ms, weeks, zone)
     reads = _read_cases(service, params)
     start = params["start"]
     warnings_received, warnings_converted = reads.warnings
@@ -204,6 +208,7 @@ def figures(service: SyncService, user: User, now_ms: int, weeks: int = WEEKS) -
         warnings_received=warnings_received,
         warnings_converted=warnings_converted,
         agreements_executed=reads.agreements,
+        zone=zone,
     )
     groups = _Groups(user, counted)
     by_week: dict[str, dict[int, int]] = {"received": {}, "resolved": {}}
@@ -352,10 +357,6 @@ def _row(key: str, tally: Tally) -> Row:
     )
 
 
-def _day(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).date().isoformat()
-
-
 def _with(row: Row, **figures: Count) -> Row:
     """`row` with some figures replaced (withheld), its rate worked out again."""
     if all(getattr(row, name) == value for name, value in figures.items()):
@@ -367,7 +368,11 @@ def _with(row: Row, **figures: Count) -> Row:
 def publish(exact: Figures) -> Stats:
     """The figures as they may be shown (see the module docstring for the rule)."""
     weeks = [
-        Week(start=_day(at), received=published(received), resolved=published(resolved))
+        Week(
+            start=times.day(at, exact.zone),
+            received=published(received),
+            resolved=published(resolved),
+        )
         for at, received, resolved in exact.weeks
     ]
     by_category = [_row(k, t) for k, t in sorted(exact.by_category.items())]
@@ -388,8 +393,8 @@ def publish(exact: Figures) -> Stats:
                 for w, v in zip(weeks, tables[2], strict=True)
             ]
     return Stats(
-        since=_day(exact.start_ms),
-        until=_day(exact.end_ms - DAY_MS),
+        since=times.day(exact.start_ms, exact.zone),
+        until=times.day(exact.end_ms - DAY_MS, exact.zone),
         weeks=weeks,
         total=total,
         by_category=by_category,

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import functools
 import uuid
-from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import anyio.to_thread
 import msgspec
@@ -44,6 +44,7 @@ from schemas.console.triage import (
 )
 from schemas.records import EarlyWarning
 from schemas.state import RecordState
+from server.console import times
 from server.console.actions import office_change
 from server.console.assignment import mediators_covering
 from server.console.cases import PAGE, visible
@@ -79,10 +80,6 @@ FROM = (
 COLUMNS = "SELECT wi.warning_id, wi.received_ms"
 
 
-def _minute(epoch_ms: int) -> str:
-    return datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
-
-
 def _rows(service: SyncService, found: list[tuple[str, int]]) -> list[WarningRow]:
     """The warnings `(id, received_ms)` as rows, opened from their states."""
     states = service.store.states(("warning", warning_id) for warning_id, _ in found)
@@ -90,11 +87,11 @@ def _rows(service: SyncService, found: list[tuple[str, int]]) -> list[WarningRow
     for warning_id, received_ms in found:
         state = states.get(("warning", warning_id))
         if state is not None:
-            rows.append(_row(warning_id, state, received_ms))
+            rows.append(_row(warning_id, state, received_ms, service.settings.zone))
     return rows
 
 
-def _row(warning_id: str, state: RecordState, received_ms: int) -> WarningRow:
+def _row(warning_id: str, state: RecordState, received_ms: int, zone: ZoneInfo) -> WarningRow:
     warning = materialize(state)
     assert isinstance(warning, EarlyWarning)
     return WarningRow(
@@ -110,7 +107,7 @@ def _row(warning_id: str, state: RecordState, received_ms: int) -> WarningRow:
         response=warning.response,
         case_id=warning.case,
         received_ms=received_ms,
-        received_at=_minute(received_ms),
+        received_at=times.minute(received_ms, zone),
     )
 
 
@@ -198,7 +195,7 @@ def warning_page(service: SyncService, user_id: str, warning_id: str) -> Warning
         "SELECT received_ms FROM warning_index WHERE warning_id = ?", [warning_id]
     ).fetchone() or (service.wall_ms(),)
     state = service.store.states([("warning", warning_id)])[("warning", warning_id)]
-    row = _row(warning_id, state, received_ms)
+    row = _row(warning_id, state, received_ms, service.settings.zone)
     mates: list[WarningRow] = []
     if row.status in NEW:
         for found in warning_list(service, user_id).groups:

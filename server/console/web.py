@@ -26,7 +26,7 @@ from litestar.datastructures import FormMultiDict
 from litestar.di import Provide
 from litestar.response import Redirect
 
-from server.console import signin
+from server.console import signin, times
 from server.console.signin import Session
 from server.service import SyncService
 from sync import decoding
@@ -149,8 +149,11 @@ def render(
         return words.gettext(message) if message else message
 
     env = environment()
+    zone = service_of(request).settings.zone
     page = env.get_template(template).render(
         _=gettext,
+        when=functools.partial(times.minute, zone=zone),
+        time_zone=zone.key,
         ngettext=words.ngettext,
         gettext=gettext,
         language=language,

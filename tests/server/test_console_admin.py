@@ -48,7 +48,8 @@ def test_an_admin_sees_every_device_with_its_last_sync(console):
     assert devices[idle.device_id]["last_seen_ms"] is None
     assert all(d["revoked_at_ms"] is None for d in devices.values())
     html = console.http.get("/console/admin").text
-    assert "Sun Li" in html and "2026-11-18 11:07 UTC" in html  # the last sync, to the minute
+    # The last sync, to the minute, on the office's clock: 11:07 UTC is 19:07 in Hangzhou.
+    assert "Sun Li" in html and "2026-11-18 19:07" in html
     assert "Drains" not in html  # no case data on this page
 
 
