@@ -278,14 +278,7 @@ class Phone:
         raws = [encode_change(change) for change in changes]
         batch_id = secrets.token_urlsafe(16)
         timestamp_ms = int(time.time() * 1000)
-        message = signing.push_message(self.device_id, batch_id, timestamp_ms, raws)
-        push = SignedPush(
-            device_id=self.device_id,
-            batch_id=batch_id,
-            timestamp_ms=timestamp_ms,
-            changes=raws,
-            signature=self.key.sign(message),
-        )
+        push = signing.signed_push(self.key, self.device_id, batch_id, timestamp_ms, raws)
         office = self.enrollment.office
         body = seal_push(
             _encode(push), office.kem_key_id, X25519PublicKey.from_public_bytes(office.kem_key)

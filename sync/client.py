@@ -62,7 +62,6 @@ from schemas.wire import (
     PullRequest,
     PushRequest,
     PushResponse,
-    SignedPush,
 )
 from sync import agreements, envelope, merge, signing
 from sync.atrest import KdfParams
@@ -568,14 +567,8 @@ class DeviceClient:
         timestamp_ms = max(self._server_ms(), last + 1 if isinstance(last, int) else 0)
         with self._store.transaction():
             self._store.set_meta(PUSH_SIGNED_MS, timestamp_ms)
-        device_id = identity.device_id
-        message = signing.push_message(device_id, batch_id, timestamp_ms, raws)
-        push = SignedPush(
-            device_id=device_id,
-            batch_id=batch_id,
-            timestamp_ms=timestamp_ms,
-            changes=raws,
-            signature=signing.sign(self._signing_key, message),
+        push = signing.signed_push(
+            self._signing_key, identity.device_id, batch_id, timestamp_ms, raws
         )
         office_key = X25519PublicKey.from_public_bytes(identity.office.kem_key)
         body = envelope.seal_push(_encode(push), identity.office.kem_key_id, office_key)

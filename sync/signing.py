@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from schemas.wire import SignedPush
 from sync.errors import BadSignature
 
 REQUEST_PURPOSE = b"lianxin request v1"
@@ -55,6 +56,20 @@ def push_message(
         [PUSH_PURPOSE, device_id.encode(), batch_id.encode(), str(timestamp_ms).encode()]
     )
     return head + b"\n" + b"".join(digest(change) for change in changes)
+
+
+def signed_push(
+    key: Ed25519PrivateKey, device_id: str, batch_id: str, timestamp_ms: int, changes: list[bytes]
+) -> SignedPush:
+    """A version 2 push of `changes`, signed by the device's `key` at `timestamp_ms`."""
+    message = push_message(device_id, batch_id, timestamp_ms, changes)
+    return SignedPush(
+        device_id=device_id,
+        batch_id=batch_id,
+        timestamp_ms=timestamp_ms,
+        changes=changes,
+        signature=key.sign(message),
+    )
 
 
 def signed_digests(manifest: bytes, device_id: str, batch_id: str) -> list[bytes] | None:

@@ -90,14 +90,7 @@ class Phone:
     def push_v2_body(self, raws, batch_id="b-1", *, timestamp_ms=None, key=None, key_id=None):
         """A version 2 push of `raws` (changes' bytes), signed and sealed by hand."""
         timestamp_ms = self.wall.ms if timestamp_ms is None else timestamp_ms
-        message = signing.push_message(self.device_id, batch_id, timestamp_ms, raws)
-        push = SignedPush(
-            device_id=self.device_id,
-            batch_id=batch_id,
-            timestamp_ms=timestamp_ms,
-            changes=raws,
-            signature=(key or self.key).sign(message),
-        )
+        push = signing.signed_push(key or self.key, self.device_id, batch_id, timestamp_ms, raws)
         self.last_push = push
         office = self.enrollment.office
         return seal_push(

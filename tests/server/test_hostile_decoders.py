@@ -145,6 +145,16 @@ def test_every_valid_example_still_decodes():
             assert isinstance(decoding.decode(encoded(kind, as_json), kind, json=as_json), kind)
 
 
+def mangled(good: bytes):
+    """`good` cut short anywhere, or with one byte changed."""
+    return st.one_of(
+        st.integers(0, len(good) - 1).map(lambda cut: good[:cut]),
+        st.tuples(st.integers(0, len(good) - 1), st.integers(1, 255)).map(
+            lambda at: good[: at[0]] + bytes([good[at[0]] ^ at[1]]) + good[at[0] + 1 :]
+        ),
+    )
+
+
 OFFICE_KEM = X25519PrivateKey.generate()
 HEADER = envelope.Header(suite=1, key_id="kem-1", device_id="dev-a", batch_id="b-1", purpose="push")
 SEALED = envelope.seal(b"\x80", HEADER, OFFICE_KEM.public_key())
@@ -154,10 +164,7 @@ SEALED = envelope.seal(b"\x80", HEADER, OFFICE_KEM.public_key())
 @given(
     body=st.one_of(
         st.binary(max_size=300),
-        st.integers(0, len(SEALED) - 1).map(lambda cut: SEALED[:cut]),
-        st.tuples(st.integers(0, len(SEALED) - 1), st.integers(1, 255)).map(
-            lambda at: SEALED[: at[0]] + bytes([SEALED[at[0]] ^ at[1]]) + SEALED[at[0] + 1 :]
-        ),
+        mangled(SEALED),
         st.builds(
             lambda header, sealed: msgspec.msgpack.encode({"header": header, "sealed": sealed}),
             st.binary(max_size=2000),
@@ -197,14 +204,7 @@ PUSH_SEALED = envelope.seal_push(b"\x95", "kem-1", OFFICE_KEM.public_key())
 @given(
     body=st.one_of(
         st.binary(max_size=300),
-        st.integers(0, len(PUSH_SEALED) - 1).map(lambda cut: PUSH_SEALED[:cut]),
-        st.tuples(st.integers(0, len(PUSH_SEALED) - 1), st.integers(1, 255)).map(
-            lambda at: (
-                PUSH_SEALED[: at[0]]
-                + bytes([PUSH_SEALED[at[0]] ^ at[1]])
-                + PUSH_SEALED[at[0] + 1 :]
-            )
-        ),
+        mangled(PUSH_SEALED),
         st.builds(
             lambda suite, key_id, sealed: msgspec.msgpack.encode([suite, key_id, sealed]),
             st.integers(-(2**63), 2**64 - 1),
@@ -220,6 +220,22 @@ def test_a_mangled_push_envelope_is_an_envelope_error(body):
         assert error.code in {"bad_envelope", "unsupported_suite", "wrong_key", "unsealable"}
     else:
         assert (suite, plaintext) == (1, b"\x95")
+
+
+DEVICE_KEM = X25519PrivateKey.generate()
+ANSWERED = SignedPush(
+    device_id="dev-a", batch_id="b-1", timestamp_ms=WALL_MS, changes=[], signature=bytes(64)
+)
+ANSWER = envelope.seal_push_answer(b"\x82", 1, ANSWERED, DEVICE_KEM.public_key())
+
+
+@MANY
+@given(body=st.one_of(st.binary(max_size=300), mangled(ANSWER)))
+def test_a_mangled_push_answer_does_not_open(body):
+    # The device then sends its batch again: the server answers a retry as before.
+    with pytest.raises(EnvelopeError) as refused:
+        envelope.open_push_answer(body, 1, ANSWERED, DEVICE_KEM)
+    assert refused.value.code == "unsealable"
 
 
 HEADER_TEXT = st.one_of(
