@@ -625,9 +625,11 @@ def one_field_edit(phone: Phone, book: CaseBook, url: str) -> WireBytes:
                 response_body += bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 break
+    if status != 200:
+        raise RuntimeError(f"the one-field edit was refused: {status} {response_body!r}")
     plaintext = open_push_answer(response_body, 1, push, phone.kem)
     answer = msgspec.msgpack.decode(plaintext, type=PushResponse)
-    if status != 200 or answer.results[0].status != "applied":
+    if answer.results[0].status != "applied":
         raise RuntimeError(f"the one-field edit was not applied: {status} {answer}")
     return WireBytes(
         change=len(encode_change(change)),

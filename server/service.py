@@ -253,7 +253,7 @@ class SyncService:
         if row is not None:
             stored = signing.signed_digests(row[0], device_id, batch_id)
             if stored != signing.signed_digests(manifest, device_id, batch_id):
-                raise BatchReused(f"batch {batch_id} was sent before with other changes")
+                raise BatchReused("this batch id was sent before with other changes")
             return
         now_ms = self.wall_ms()
         self.store.db.execute(

@@ -544,11 +544,11 @@ class DeviceClient:
             with self._store.transaction():
                 self._learn_offset(office.server_time_ms)
                 self._learn_office_key(office.kem_key_id, office.kem_key)
-                # A push signed by a clock that was ahead spent no nonce: come back
-                # to the server's time, but never below a try it may have accepted.
-                last = self._store.meta(PUSH_SIGNED_MS)
-                if isinstance(last, int):
-                    self._store.set_meta(PUSH_SIGNED_MS, min(last, self._server_ms()))
+                # A push signed by a clock that was ahead spent no nonce: sign the next
+                # one by the server's time. (Should it land on the very millisecond of
+                # an earlier accepted try of the batch, it is refused `replayed` and
+                # the next sync signs later.)
+                self._store.set_meta(PUSH_SIGNED_MS, 0)
             return send()
 
     def _server_ms(self) -> int:
@@ -571,7 +571,8 @@ class DeviceClient:
             self._signing_key, identity.device_id, batch_id, timestamp_ms, raws
         )
         office_key = X25519PublicKey.from_public_bytes(identity.office.kem_key)
-        body = envelope.seal_push(_encode(push), identity.office.kem_key_id, office_key)
+        suite = 1
+        body = envelope.seal_push(_encode(push), identity.office.kem_key_id, office_key, suite)
         response = self._http.post(
             "/v2/sync/push", content=body, headers={"Content-Type": PUSH_ENVELOPE}
         )
@@ -579,7 +580,7 @@ class DeviceClient:
             return _answer(response, PushResponse)
         if not response.headers.get("content-type", "").startswith(PUSH_ENVELOPE):
             raise LianxinError("the office's answer to a push is not sealed")
-        plaintext = envelope.open_push_answer(response.content, 1, push, self._kem_key)
+        plaintext = envelope.open_push_answer(response.content, suite, push, self._kem_key)
         return _decoded(plaintext, PushResponse)
 
     def _pull_once(self, body: bytes) -> PullPage:

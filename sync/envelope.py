@@ -14,12 +14,13 @@ new id, not a new format (PROTOCOL.md section 14).
 A version 2 push travels in a smaller envelope, `[suite, key_id, sealed]`
 (`seal_push`, `open_push`): who sent it and which batch it carries are
 inside, signed. Its answer is HPKE's output alone, bound through `info` to
-the push it answers (`seal_push_answer`, `open_push_answer`), so an onlooker
-learns neither from the request nor from the answer.
+the push's signature (`seal_push_answer`, `open_push_answer`), so an onlooker
+learns neither from the request nor from the answer, and cannot forge one.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Mapping
 from typing import Annotated, Literal
 
@@ -137,20 +138,25 @@ def seal_push_answer(
     plaintext: bytes, suite: int, push: SignedPush, recipient: X25519PublicKey
 ) -> bytes:
     """The answer to the version 2 `push`, sealed to its device's key `recipient`."""
+    if suite not in SUITES:
+        raise UnsupportedSuite(f"suite {suite} is not one this code knows")
     return SUITES[suite].encrypt(plaintext, recipient, info=_answer_info(suite, push))
 
 
 def open_push_answer(data: bytes, suite: int, push: SignedPush, key: X25519PrivateKey) -> bytes:
     """The plaintext of the answer to `push`; `Unsealable` if it answers anything else."""
-    info = _answer_info(suite, push)
-    return _open(suite, push.device_id, data, info, {push.device_id: key}, (suite,))
+    if suite not in SUITES:
+        raise UnsupportedSuite(f"suite {suite} is not one this code knows")
+    return _decrypt(suite, key, data, _answer_info(suite, push))
 
 
 def _answer_info(suite: int, push: SignedPush) -> bytes:
-    # The signing time names this very push: an answer to an earlier try of the
-    # same batch does not open as the answer to this one.
-    fields = f"{suite}\n{push.device_id}\n{push.batch_id}\n{push.timestamp_ms}"
-    return PUSH_ANSWER_INFO_PURPOSE + fields.encode()
+    # The push's signature names this very push (device, batch, signing time, changes),
+    # and only the device and the office that opened the push know it: no one else can
+    # seal an answer that opens, nor pass off the answer to an earlier try.
+    return (
+        PUSH_ANSWER_INFO_PURPOSE + f"{suite}\n".encode() + hashlib.sha256(push.signature).digest()
+    )
 
 
 def _open(
@@ -166,6 +172,10 @@ def _open(
     key = keys.get(key_id)
     if key is None:
         raise WrongKey(f"sealed to key {key_id}, which this office does not hold")
+    return _decrypt(suite, key, sealed, info)
+
+
+def _decrypt(suite: int, key: X25519PrivateKey, sealed: bytes, info: bytes) -> bytes:
     if len(sealed) < ENCAPSULATED_KEY_BYTES[suite] + TAG_BYTES:
         raise Unsealable("the sealed part is shorter than a key and a tag")
     try:

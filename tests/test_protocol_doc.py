@@ -1,6 +1,7 @@
 """docs/PROTOCOL.md is normative: its tables and test vectors must match the code."""
 
 import base64
+import hashlib
 import re
 from pathlib import Path
 
@@ -259,6 +260,7 @@ def test_push_v2_vectors():
     answer = dict(line.split("=", 1) for line in vector("push-v2-answer").splitlines())
     device = X25519PrivateKey.from_private_bytes(bytes.fromhex(answer["device_kem_seed"]))
     assert device.public_key().public_bytes_raw().hex() == answer["device_kem_public"]
+    assert hashlib.sha256(push.signature).hexdigest() == answer["signature_sha256"]
     sealed = bytes.fromhex(answer["answer_hex"])
     opened = open_push_answer(sealed, 1, push, device)
     assert msgspec.msgpack.decode(opened, type=PushResponse) == PushResponse(
@@ -266,6 +268,6 @@ def test_push_v2_vectors():
         results=[ChangeResult(change_id="c-7f3a-0001", status="applied", seq=1)],
     )
     assert opened.hex() == answer["plaintext_hex"]
-    later = msgspec.structs.replace(push, timestamp_ms=push.timestamp_ms + 1)
-    with pytest.raises(Unsealable):
+    later = signing.signed_push(key, v["device_id"], v["batch_id"], push.timestamp_ms + 1, [change])
+    with pytest.raises(Unsealable):  # the same batch signed a millisecond later
         open_push_answer(sealed, 1, later, device)

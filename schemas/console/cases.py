@@ -45,6 +45,7 @@ class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True):
     # The change's bytes hash into the manifest its device signed for its batch.
     signature_verified: bool
     why_not: str = ""
+    readable: bool = True  # False: its bytes no longer decode as a change (shown as kept)
 
 
 class Repeat(msgspec.Struct, frozen=True, kw_only=True):

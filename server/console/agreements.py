@@ -182,7 +182,8 @@ def _refused(
             continue
         try:
             change = decode_change(plain)
-        except msgspec.DecodeError:
+        except msgspec.DecodeError as error:  # stored under an older, looser schema
+            found.append(_unreadable(change_id, refused_for, str(error)))
             continue
         for op in change.ops:
             if isinstance(op, Append) and op.field == "signatures":
@@ -190,6 +191,18 @@ def _refused(
                     _refused_one(service, agreement_id, agreement, change_id, refused_for, op.entry)
                 )
     return found
+
+
+def _unreadable(change_id: str, refused_for: str, detail: str) -> RefusedSignature:
+    return RefusedSignature(
+        change_id=change_id,
+        signer="",
+        device_id=None,
+        refused_for=refused_for,
+        reason=str(Reason.INVALID_VALUE),
+        why=_("not a signature"),
+        detail=detail,
+    )
 
 
 def _refused_one(
@@ -203,16 +216,9 @@ def _refused_one(
     try:
         signature = msgspec.convert(entry, Signature)
     except msgspec.ValidationError as error:
+        refused = _unreadable(change_id, refused_for, str(error))
         signer = str(entry.get("signer", "")) if isinstance(entry, dict) else ""
-        return RefusedSignature(
-            change_id=change_id,
-            signer=signer,
-            device_id=None,
-            refused_for=refused_for,
-            reason=str(Reason.INVALID_VALUE),
-            why=_("not a signature"),
-            detail=str(error),
-        )
+        return msgspec.structs.replace(refused, signer=signer)
     device = service.directory.device(signature.device_id or "")
     if device is not None and device.revoked_at_ms is not None:
         reason, detail = REVOKED_DEVICE, _("its device is revoked")

@@ -9,7 +9,7 @@ import msgspec
 from litestar import Request, Response, get
 from litestar.params import FromPath, FromQuery
 
-from schemas.changes import Conflict
+from schemas.changes import Change, Conflict
 from schemas.console.cases import CaseList, CasePage, CaseRow, Repeat, TimelineEntry
 from schemas.records import Case
 from server.console import times
@@ -201,7 +201,10 @@ def timeline(service: SyncService, key: tuple[str, str]) -> list[TimelineEntry]:
         seq, change_id, device_id, hlc, status, batch_id, _raw, manifest, sig, public, user_id = row
         if raw is None:
             continue
-        change = decode_change(raw)
+        try:
+            change: Change | None = decode_change(raw)
+        except msgspec.DecodeError:  # stored under an older, looser schema
+            change = None
         verified, why = _attributed(device_id, batch_id, raw, manifest, sig, public)
         if user_id is not None and user_id not in names:
             user = service.directory.user(user_id)
@@ -216,8 +219,9 @@ def timeline(service: SyncService, key: tuple[str, str]) -> list[TimelineEntry]:
                 hlc=hlc,
                 made_at=times.minute(wall_of(hlc), zone),
                 status=status,
-                set=change.set,
-                ops=msgspec.to_builtins(change.ops),
+                set=change.set if change else {},
+                ops=msgspec.to_builtins(change.ops) if change else [],
+                readable=change is not None,
                 signature_verified=verified,
                 why_not=why,
             )

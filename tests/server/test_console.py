@@ -2,6 +2,7 @@
 
 import re
 
+import msgspec
 import pytest
 
 from schemas import Add
@@ -168,3 +169,23 @@ def test_a_new_password_signs_the_user_out_everywhere(console):
     assert console.http.get("/api/me").status_code == 200
     signin.set_password(console.directory, chen.user_id, "a brand new passphrase")
     assert console.http.get("/api/me").status_code == 401
+
+
+def test_a_stored_change_that_no_longer_decodes_still_shows_in_the_timeline(console):
+    sun = console.enroll("mediator")
+    change = sun.change("case", "k-1", {"title": "Drains", "location": GONGSHU})
+    sun.push([change])
+    # As if stored under an older schema that today's no longer reads.
+    old = console.store.seal_value(
+        "changes", ("case", "k-1"), change.change_id, msgspec.msgpack.encode({"v": 0})
+    )
+    console.store.db.execute("UPDATE changes SET raw = ?", [old])
+    sign_in(console, supervisor(console))
+
+    (entry,) = console.http.get("/api/cases/k-1").json()["timeline"]
+
+    assert (entry["change_id"], entry["readable"], entry["set"]) == (change.change_id, False, {})
+    assert entry["signature_verified"] is False  # these are not the bytes its device signed
+    page = console.http.get("/console/cases/k-1")
+    # "...it does not read as a change in this version", in the console's default language.
+    assert page.status_code == 200 and "本版本无法将其读作一项修改" in page.text

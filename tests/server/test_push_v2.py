@@ -217,8 +217,11 @@ def test_a_spoiled_push_is_refused_precisely_and_changes_nothing(office, spoil, 
     body = spoil(office, phone, raws)
     stored = office.fingerprint()
 
-    assert error_of(phone.push_v2(body)) == (status, code)
+    answer = phone.push_v2(body)
 
+    assert error_of(answer) == (status, code)
+    # The refusal travels in the clear: it names neither the device nor the batch.
+    assert phone.device_id.split("-", 1)[1] not in answer.text and "b-1" not in answer.text
     assert office.fingerprint() == stored
     # ...and the office keeps serving: the device's next honest push applies.
     office.wall.tick()

@@ -18,7 +18,7 @@ import msgspec
 import pytest
 from litestar.testing import TestClient
 
-from schemas import Add, PushRequest, Reason, Remove, SignedPush
+from schemas import Add, PushRequest, PushResponse, Reason, Remove, SignedPush
 from server.app import create_app
 from server.keys import OfficeKeys
 from server.settings import Settings
@@ -26,7 +26,14 @@ from server.storage.directory import Directory
 from server.storage.sqlite import SqliteStore
 from sync.client import MAX_BATCH, MAX_BATCH_BYTES, AlreadyEnrolled, DeviceClient, NotEnrolled
 from sync.envelope import open_push
-from sync.errors import BadCursor, EnrollmentRefused, RevokedDevice, Unreadable
+from sync.errors import (
+    BadCursor,
+    EnrollmentRefused,
+    LianxinError,
+    RevokedDevice,
+    Unreadable,
+    Unsealable,
+)
 from sync.merge import Rejected
 from tests.conftest import TEST_KDF, Wall, make_store, office_keys
 from tests.sync.test_replica_store import on_disk
@@ -374,6 +381,47 @@ def test_a_lost_push_answer_is_retried_as_the_same_batch_and_answered_duplicate(
     assert sorted(stored) == sorted((e.change_id,) for e in wang.outbox())
     assert len(office.rows("SELECT * FROM batches WHERE device_id = ?", device_id)) == 2
     assert [wang.record("case", f"k-{n}").title for n in range(3)] == ["Case 0", "Case 1", "Case 2"]
+
+
+def test_an_answer_that_is_not_this_pushs_own_is_refused_and_the_batch_goes_again(
+    office, monkeypatch
+):
+    """A proxy that serves an earlier try's answer, or an unsealed one, changes nothing."""
+    wang = office.device("wang", "mediator")
+    wang.edit("case", "k-1", set={"title": "Drains", "status": "new"})
+    answers: list[httpx.Response] = []
+
+    def keep_first_answer(send, request):
+        response = send()
+        if request.url.path != "/v2/sync/push":
+            return response
+        answers.append(response)
+        if len(answers) == 1:
+            raise httpx.ReadTimeout("the answer was lost", request=request)
+        return answers[0]  # the retry is answered with the first try's answer
+
+    intercept(office.http, monkeypatch, keep_first_answer)
+    with pytest.raises(httpx.ReadTimeout):
+        wang.push()
+    with pytest.raises(Unsealable):
+        wang.push()
+    assert states(wang) == [("sent", None)]
+
+    def unsealed(send, request):
+        response = send()
+        if request.url.path != "/v2/sync/push":
+            return response
+        forged = PushResponse(batch_id="x", results=[])
+        return httpx.Response(200, content=msgspec.msgpack.encode(forged), request=request)
+
+    intercept(office.http, monkeypatch, unsealed)
+    with pytest.raises(LianxinError, match="not sealed"):
+        wang.push()
+    assert states(wang) == [("sent", None)]
+
+    monkeypatch.undo()
+    assert [r.status for r in wang.push()] == ["duplicate"]
+    assert states(wang) == [("duplicate", None)]
 
 
 @pytest.mark.parametrize(
