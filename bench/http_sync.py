@@ -114,9 +114,9 @@ from sync.envelope import (
     PUSH_ENVELOPE,
     Header,
     open_envelope,
-    open_push_answer,
+    open_v2_answer,
     seal,
-    seal_push,
+    seal_v2,
 )
 
 T = TypeVar("T")
@@ -280,8 +280,11 @@ class Phone:
         timestamp_ms = int(time.time() * 1000)
         push = signing.signed_push(self.key, self.device_id, batch_id, timestamp_ms, raws)
         office = self.enrollment.office
-        body = seal_push(
-            _encode(push), office.kem_key_id, X25519PublicKey.from_public_bytes(office.kem_key)
+        body = seal_v2(
+            "push",
+            _encode(push),
+            office.kem_key_id,
+            X25519PublicKey.from_public_bytes(office.kem_key),
         )
         request = self.http.build_request(
             "POST", PUSH_V2, content=body, headers={"Content-Type": PUSH_ENVELOPE}
@@ -627,7 +630,7 @@ def one_field_edit(phone: Phone, book: CaseBook, url: str) -> WireBytes:
                 break
     if status != 200:
         raise RuntimeError(f"the one-field edit was refused: {status} {response_body!r}")
-    plaintext = open_push_answer(response_body, 1, push, phone.kem)
+    plaintext = open_v2_answer("push", response_body, 1, push.signature, phone.kem)
     answer = msgspec.msgpack.decode(plaintext, type=PushResponse)
     if answer.results[0].status != "applied":
         raise RuntimeError(f"the one-field edit was not applied: {status} {answer}")

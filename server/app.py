@@ -183,7 +183,7 @@ async def pull(request: Request) -> Response:
     "/v2/sync/push",
     status_code=200,
     summary="Push a batch signed and sealed in one compact body (PROTOCOL.md section 11)",
-    dependencies=documents_body(envelope.PushEnvelope),
+    dependencies=documents_body(envelope.CompactEnvelope),
 )
 async def push_v2(request: Request) -> Response:
     service = service_of(request)
@@ -191,7 +191,7 @@ async def push_v2(request: Request) -> Response:
 
     def work() -> tuple[Device, Response]:
         service.keys.reload()
-        suite, plaintext = envelope.open_push(body, service.keys.kems)
+        suite, plaintext = envelope.open_v2("push", body, service.keys.kems)
         push = decoding.decode(plaintext, SignedPush)
         service.limit_batch(push.changes)
         window_s = service.settings.request_window_s
@@ -201,7 +201,7 @@ async def push_v2(request: Request) -> Response:
         answer = service.apply_batch(device, push.batch_id, push.changes, message, push.signature)
         device_key = X25519PublicKey.from_public_bytes(device.kem_key)
         plaintext = msgspec.msgpack.encode(answer)
-        sealed = envelope.seal_push_answer(plaintext, suite, push, device_key)
+        sealed = envelope.seal_v2_answer("push", plaintext, suite, push.signature, device_key)
         return device, Response(sealed, media_type=PUSH_ENVELOPE)
 
     return await answered(service, "push", work)

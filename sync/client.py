@@ -572,7 +572,9 @@ class DeviceClient:
         )
         office_key = X25519PublicKey.from_public_bytes(identity.office.kem_key)
         suite = 1
-        body = envelope.seal_push(_encode(push), identity.office.kem_key_id, office_key, suite)
+        body = envelope.seal_v2(
+            "push", _encode(push), identity.office.kem_key_id, office_key, suite
+        )
         response = self._http.post(
             "/v2/sync/push", content=body, headers={"Content-Type": PUSH_ENVELOPE}
         )
@@ -580,7 +582,9 @@ class DeviceClient:
             return _answer(response, PushResponse)
         if not response.headers.get("content-type", "").startswith(PUSH_ENVELOPE):
             raise LianxinError("the office's answer to a push is not sealed")
-        plaintext = envelope.open_push_answer(response.content, suite, push, self._kem_key)
+        plaintext = envelope.open_v2_answer(
+            "push", response.content, suite, push.signature, self._kem_key
+        )
         return _decoded(plaintext, PushResponse)
 
     def _pull_once(self, body: bytes) -> PullPage:

@@ -11,10 +11,10 @@ swapped onto another ciphertext, or a suite id changed in transit, fails to
 open. The suite id names the algorithms, so a post-quantum hybrid suite is a
 new id, not a new format (PROTOCOL.md section 14).
 
-A version 2 push travels in a smaller envelope, `[suite, key_id, sealed]`
-(`seal_push`, `open_push`): who sent it and which batch it carries are
-inside, signed. Its answer is HPKE's output alone, bound through `info` to
-the push's signature (`seal_push_answer`, `open_push_answer`), so an onlooker
+A version 2 push or pull travels in a smaller envelope, `[suite, key_id,
+sealed]` (`seal_v2`, `open_v2`): who sent it and what it asks are inside,
+signed. Its answer is HPKE's output alone, bound through `info` to the
+request's signature (`seal_v2_answer`, `open_v2_answer`), so an onlooker
 learns neither from the request nor from the answer, and cannot forge one.
 """
 
@@ -30,14 +30,13 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from schemas.records import Id
-from schemas.wire import SignedPush
 from sync.errors import BadEnvelope, Unsealable, UnsupportedSuite, WrongKey
 
 INFO_PURPOSE = b"lianxin envelope v1\n"
-PUSH_INFO_PURPOSE = b"lianxin push v2\n"
-PUSH_ANSWER_INFO_PURPOSE = b"lianxin push v2 answer\n"
 ENVELOPE = "application/lianxin-envelope"  # the Content-Type of a sealed body
-PUSH_ENVELOPE = "application/lianxin-push"  # the Content-Type of a version 2 push and answer
+# The Content-Types of version 2 requests and their answers.
+PUSH_ENVELOPE = "application/lianxin-push"
+PULL_ENVELOPE = "application/lianxin-pull"
 Purpose = Literal["push", "pull"]
 # Suite ids on the wire. Only suite 1 exists today; a hybrid ML-KEM-768 + X25519
 # suite would be added here with its own id, and offices choose which they accept.
@@ -62,8 +61,8 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     sealed: bytes
 
 
-class PushEnvelope(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
-    """A version 2 push: the HPKE output, and which office key opens it."""
+class CompactEnvelope(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """A version 2 request body: the HPKE output, and which office key opens it."""
 
     suite: int
     key_id: Id
@@ -72,7 +71,7 @@ class PushEnvelope(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_
 
 _decode_header = msgspec.msgpack.Decoder(Header).decode
 _decode_envelope = msgspec.msgpack.Decoder(Envelope).decode
-_decode_push = msgspec.msgpack.Decoder(PushEnvelope).decode
+_decode_compact = msgspec.msgpack.Decoder(CompactEnvelope).decode
 
 
 def seal(plaintext: bytes, header: Header, recipient: X25519PublicKey) -> bytes:
@@ -110,53 +109,63 @@ def open_envelope(
     return header, _open(header.suite, header.key_id, envelope.sealed, info, keys, suites)
 
 
-def seal_push(plaintext: bytes, key_id: str, recipient: X25519PublicKey, suite: int = 1) -> bytes:
-    """A version 2 push envelope carrying `plaintext` to the office key `key_id`."""
+def seal_v2(
+    purpose: Purpose, plaintext: bytes, key_id: str, recipient: X25519PublicKey, suite: int = 1
+) -> bytes:
+    """A version 2 request body for `purpose`, carrying `plaintext` to the office key `key_id`."""
     if suite not in SUITES:
         raise UnsupportedSuite(f"suite {suite} is not one this code knows")
-    sealed = SUITES[suite].encrypt(plaintext, recipient, info=_push_info(suite, key_id))
-    return msgspec.msgpack.encode(PushEnvelope(suite=suite, key_id=key_id, sealed=sealed))
+    sealed = SUITES[suite].encrypt(plaintext, recipient, info=_v2_info(purpose, suite, key_id))
+    return msgspec.msgpack.encode(CompactEnvelope(suite=suite, key_id=key_id, sealed=sealed))
 
 
-def open_push(
-    data: bytes, keys: Mapping[str, X25519PrivateKey], suites: Collection[int] = (1,)
+def open_v2(
+    purpose: Purpose,
+    data: bytes,
+    keys: Mapping[str, X25519PrivateKey],
+    suites: Collection[int] = (1,),
 ) -> tuple[int, bytes]:
-    """The suite and plaintext of a version 2 push envelope; refused as `open_envelope` refuses."""
+    """The suite and plaintext of a version 2 request body; refused as `open_envelope` refuses."""
     try:
-        push = _decode_push(data)
+        envelope = _decode_compact(data)
     except (msgspec.DecodeError, UnicodeDecodeError) as error:
         raise BadEnvelope(str(error)) from None
-    info = _push_info(push.suite, push.key_id)
-    return push.suite, _open(push.suite, push.key_id, push.sealed, info, keys, suites)
-
-
-def _push_info(suite: int, key_id: str) -> bytes:
-    return PUSH_INFO_PURPOSE + f"{suite}\n{key_id}".encode()
-
-
-def seal_push_answer(
-    plaintext: bytes, suite: int, push: SignedPush, recipient: X25519PublicKey
-) -> bytes:
-    """The answer to the version 2 `push`, sealed to its device's key `recipient`."""
-    if suite not in SUITES:
-        raise UnsupportedSuite(f"suite {suite} is not one this code knows")
-    return SUITES[suite].encrypt(plaintext, recipient, info=_answer_info(suite, push))
-
-
-def open_push_answer(data: bytes, suite: int, push: SignedPush, key: X25519PrivateKey) -> bytes:
-    """The plaintext of the answer to `push`; `Unsealable` if it answers anything else."""
-    if suite not in SUITES:
-        raise UnsupportedSuite(f"suite {suite} is not one this code knows")
-    return _decrypt(suite, key, data, _answer_info(suite, push))
-
-
-def _answer_info(suite: int, push: SignedPush) -> bytes:
-    # The push's signature names this very push (device, batch, signing time, changes),
-    # and only the device and the office that opened the push know it: no one else can
-    # seal an answer that opens, nor pass off the answer to an earlier try.
-    return (
-        PUSH_ANSWER_INFO_PURPOSE + f"{suite}\n".encode() + hashlib.sha256(push.signature).digest()
+    info = _v2_info(purpose, envelope.suite, envelope.key_id)
+    return envelope.suite, _open(
+        envelope.suite, envelope.key_id, envelope.sealed, info, keys, suites
     )
+
+
+def _v2_info(purpose: Purpose, suite: int, key_id: str) -> bytes:
+    return f"lianxin {purpose} v2\n{suite}\n{key_id}".encode()
+
+
+def seal_v2_answer(
+    purpose: Purpose, plaintext: bytes, suite: int, signature: bytes, recipient: X25519PublicKey
+) -> bytes:
+    """The answer to the version 2 request signed `signature`, sealed to its device's key."""
+    if suite not in SUITES:
+        raise UnsupportedSuite(f"suite {suite} is not one this code knows")
+    info = _answer_info(purpose, suite, signature)
+    return SUITES[suite].encrypt(plaintext, recipient, info=info)
+
+
+def open_v2_answer(
+    purpose: Purpose, data: bytes, suite: int, signature: bytes, key: X25519PrivateKey
+) -> bytes:
+    """The plaintext of the answer to the request signed `signature`; `Unsealable` if it
+    answers anything else."""
+    if suite not in SUITES:
+        raise UnsupportedSuite(f"suite {suite} is not one this code knows")
+    return _decrypt(suite, key, data, _answer_info(purpose, suite, signature))
+
+
+def _answer_info(purpose: Purpose, suite: int, signature: bytes) -> bytes:
+    # The request's signature names this very request (device, ids, signing time, body),
+    # and only the device and the office that opened it know it: no one else can seal
+    # an answer that opens, nor pass off the answer to an earlier try.
+    head = f"lianxin {purpose} v2 answer\n{suite}\n".encode()
+    return head + hashlib.sha256(signature).digest()
 
 
 def _open(

@@ -34,7 +34,7 @@ from server.storage.people import digests
 from sync import agreements, errors, merge, signing
 from sync.changes import decode_change, encode_change
 from sync.clock import pack
-from sync.envelope import SUITES, open_envelope, open_push, open_push_answer
+from sync.envelope import SUITES, open_envelope, open_v2, open_v2_answer
 from sync.errors import Unsealable
 from sync.merge import field_specs
 
@@ -254,7 +254,7 @@ def test_push_v2_vectors():
 
     body = dict(line.split("=", 1) for line in vector("push-v2-body").splitlines())
     recipient = X25519PrivateKey.from_private_bytes(bytes.fromhex(body["recipient_key_seed"]))
-    suite, plaintext = open_push(bytes.fromhex(body["body_hex"]), {body["key_id"]: recipient})
+    suite, plaintext = open_v2("push", bytes.fromhex(body["body_hex"]), {body["key_id"]: recipient})
     assert (suite, plaintext.hex()) == (1, v["plaintext_hex"])
 
     answer = dict(line.split("=", 1) for line in vector("push-v2-answer").splitlines())
@@ -262,7 +262,7 @@ def test_push_v2_vectors():
     assert device.public_key().public_bytes_raw().hex() == answer["device_kem_public"]
     assert hashlib.sha256(push.signature).hexdigest() == answer["signature_sha256"]
     sealed = bytes.fromhex(answer["answer_hex"])
-    opened = open_push_answer(sealed, 1, push, device)
+    opened = open_v2_answer("push", sealed, 1, push.signature, device)
     assert msgspec.msgpack.decode(opened, type=PushResponse) == PushResponse(
         batch_id=v["batch_id"],
         results=[ChangeResult(change_id="c-7f3a-0001", status="applied", seq=1)],
@@ -270,4 +270,4 @@ def test_push_v2_vectors():
     assert opened.hex() == answer["plaintext_hex"]
     later = signing.signed_push(key, v["device_id"], v["batch_id"], push.timestamp_ms + 1, [change])
     with pytest.raises(Unsealable):  # the same batch signed a millisecond later
-        open_push_answer(sealed, 1, later, device)
+        open_v2_answer("push", sealed, 1, later.signature, device)

@@ -24,7 +24,7 @@ from server.storage.directory import Directory
 from sync import signing
 from sync.changes import encode_change
 from sync.clock import Clock, pack
-from sync.envelope import PUSH_ENVELOPE, open_push_answer, seal_push
+from sync.envelope import PUSH_ENVELOPE, open_v2_answer, seal_v2
 from tests.conftest import Wall, make_store, office_keys
 
 MSGPACK = {"content-type": "application/msgpack"}
@@ -93,7 +93,8 @@ class Phone:
         push = signing.signed_push(key or self.key, self.device_id, batch_id, timestamp_ms, raws)
         self.last_push = push
         office = self.enrollment.office
-        return seal_push(
+        return seal_v2(
+            "push",
             msgspec.msgpack.encode(push),
             key_id or office.kem_key_id,
             X25519PublicKey.from_public_bytes(office.kem_key),
@@ -106,7 +107,7 @@ class Phone:
         """The plaintext of the sealed answer to the version 2 push built last."""
         assert answer.status_code == 200, answer.content
         assert answer.headers["content-type"].startswith(PUSH_ENVELOPE)
-        return open_push_answer(answer.content, 1, self.last_push, self.kem)
+        return open_v2_answer("push", answer.content, 1, self.last_push.signature, self.kem)
 
     def pushed(self, changes, batch_id="b-1", version=1):
         """The decoded answer to a push of `changes` by protocol `version` (1 or 2)."""

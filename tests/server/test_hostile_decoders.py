@@ -197,7 +197,7 @@ def test_a_mangled_change_in_either_form_is_a_decode_error(raw):
     assert type(change) is Change
 
 
-PUSH_SEALED = envelope.seal_push(b"\x95", "kem-1", OFFICE_KEM.public_key())
+PUSH_SEALED = envelope.seal_v2("push", b"\x95", "kem-1", OFFICE_KEM.public_key())
 
 
 @MANY
@@ -215,7 +215,7 @@ PUSH_SEALED = envelope.seal_push(b"\x95", "kem-1", OFFICE_KEM.public_key())
 )
 def test_a_mangled_push_envelope_is_an_envelope_error(body):
     try:
-        suite, plaintext = envelope.open_push(body, {"kem-1": OFFICE_KEM})
+        suite, plaintext = envelope.open_v2("push", body, {"kem-1": OFFICE_KEM})
     except EnvelopeError as error:
         assert error.code in {"bad_envelope", "unsupported_suite", "wrong_key", "unsealable"}
     else:
@@ -226,7 +226,7 @@ DEVICE_KEM = X25519PrivateKey.generate()
 ANSWERED = SignedPush(
     device_id="dev-a", batch_id="b-1", timestamp_ms=WALL_MS, changes=[], signature=bytes(64)
 )
-ANSWER = envelope.seal_push_answer(b"\x82", 1, ANSWERED, DEVICE_KEM.public_key())
+ANSWER = envelope.seal_v2_answer("push", b"\x82", 1, ANSWERED.signature, DEVICE_KEM.public_key())
 
 
 @MANY
@@ -234,7 +234,7 @@ ANSWER = envelope.seal_push_answer(b"\x82", 1, ANSWERED, DEVICE_KEM.public_key()
 def test_a_mangled_push_answer_does_not_open(body):
     # The device then sends its batch again: the server answers a retry as before.
     with pytest.raises(EnvelopeError) as refused:
-        envelope.open_push_answer(body, 1, ANSWERED, DEVICE_KEM)
+        envelope.open_v2_answer("push", body, 1, ANSWERED.signature, DEVICE_KEM)
     assert refused.value.code == "unsealable"
 
 

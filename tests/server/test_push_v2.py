@@ -12,7 +12,7 @@ from schemas import PushResponse
 from server.audit_verify import verify_store
 from sync import signing
 from sync.changes import encode_change
-from sync.envelope import open_push_answer, seal_push
+from sync.envelope import open_v2_answer, seal_v2
 from sync.errors import Unsealable
 
 
@@ -70,9 +70,9 @@ def test_an_answer_opens_only_for_the_very_push_it_answers(office):
     phone.push_v2_body(raws)  # the same batch, signed a millisecond later
     retry = phone.last_push
 
-    assert open_push_answer(answer.content, 1, first, phone.kem)
+    assert open_v2_answer("push", answer.content, 1, first.signature, phone.kem)
     with pytest.raises(Unsealable):
-        open_push_answer(answer.content, 1, retry, phone.kem)
+        open_v2_answer("push", answer.content, 1, retry.signature, phone.kem)
 
 
 def test_a_batch_first_pushed_by_version_1_and_retried_by_version_2_is_a_duplicate(office):
@@ -155,8 +155,8 @@ def refusals():
         return stranger.push_v2_body([encode_change(new_case(stranger, "k-9"))])
 
     def plaintext(data):
-        return lambda office, phone, raws: seal_push(
-            data, office.keys.kem_key_id, office_kem_public(office)
+        return lambda office, phone, raws: seal_v2(
+            "push", data, office.keys.kem_key_id, office_kem_public(office)
         )
 
     return [

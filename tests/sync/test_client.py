@@ -25,7 +25,7 @@ from server.settings import Settings
 from server.storage.directory import Directory
 from server.storage.sqlite import SqliteStore
 from sync.client import MAX_BATCH, MAX_BATCH_BYTES, AlreadyEnrolled, DeviceClient, NotEnrolled
-from sync.envelope import open_push
+from sync.envelope import open_v2
 from sync.errors import (
     BadCursor,
     EnrollmentRefused,
@@ -368,7 +368,7 @@ def test_a_lost_push_answer_is_retried_as_the_same_batch_and_answered_duplicate(
     # (in a new envelope: sealing is randomised, so only what is inside is compared).
     keys = {office.keys.kem_key_id: office.keys.kem}
     first, retry, then = [
-        msgspec.msgpack.decode(open_push(content, keys)[1], type=SignedPush)
+        msgspec.msgpack.decode(open_v2("push", content, keys)[1], type=SignedPush)
         for content in (lost[0], pushes[1].content, pushes[2].content)
     ]
     assert (retry.batch_id, retry.changes) == (first.batch_id, first.changes)
