@@ -52,6 +52,7 @@ from schemas.wire import (
     PullRequest,
     PushRequest,
     PushResponse,
+    SignedPull,
     SignedPush,
 )
 
@@ -98,6 +99,7 @@ __all__ = [
     "Restore",
     "Sealed",
     "Signature",
+    "SignedPull",
     "SignedPush",
     "StatusMachine",
     "Visit",

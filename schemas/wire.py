@@ -11,6 +11,10 @@ from schemas.records import Id
 
 Key32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 Signature64 = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+# A request's own id, used once: as random as the Lianxin-Nonce header of version 1.
+Nonce = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
+Millis = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+Cursor = Annotated[str, msgspec.Meta(max_length=200)]
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,7 +64,7 @@ class SignedPush(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fi
 
     device_id: Id
     batch_id: Id
-    timestamp_ms: Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+    timestamp_ms: Millis
     changes: list[bytes]
     signature: Signature64
 
@@ -71,8 +75,19 @@ class PushResponse(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PullRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    cursor: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    cursor: Cursor | None = None
     limit: Annotated[int, msgspec.Meta(ge=1)] = 1000
+
+
+class SignedPull(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """Pull version 2: a pull request signed in one array (PROTOCOL.md section 12)."""
+
+    device_id: Id
+    request_id: Nonce
+    timestamp_ms: Millis
+    cursor: Cursor | None
+    limit: Annotated[int, msgspec.Meta(ge=1)]
+    signature: Signature64
 
 
 class PulledChange(msgspec.Struct, frozen=True, kw_only=True, tag="change", omit_defaults=True):

@@ -13,7 +13,7 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 
-from schemas.wire import EnrollRequest, PullRequest, PushRequest, SignedPush
+from schemas.wire import EnrollRequest, PullRequest, PushRequest, SignedPull, SignedPush
 from server import auth, console, logs, ops
 from server.console.web import documents_body
 from server.errors import EXCEPTION_HANDLERS, encode_for
@@ -24,7 +24,7 @@ from server.storage.directory import Device
 from server.storage.sqlite import SqliteStore, open_store
 from sync import decoding, envelope
 from sync.clock import Clock, system_wall_ms
-from sync.envelope import ENVELOPE, PUSH_ENVELOPE, Purpose
+from sync.envelope import ENVELOPE, PULL_ENVELOPE, PUSH_ENVELOPE, Purpose
 from sync.errors import BadEnvelope, LianxinError, UnsupportedEncoding
 
 T = TypeVar("T")
@@ -207,6 +207,31 @@ async def push_v2(request: Request) -> Response:
     return await answered(service, "push", work)
 
 
+@post(
+    "/v2/sync/pull",
+    status_code=200,
+    summary="Pull a page, signed and sealed in one compact body (PROTOCOL.md section 12)",
+    dependencies=documents_body(envelope.CompactEnvelope),
+)
+async def pull_v2(request: Request) -> Response:
+    service = service_of(request)
+    body = await request.body()
+
+    def work() -> tuple[Device, Response]:
+        service.keys.reload()
+        suite, plaintext = envelope.open_v2("pull", body, service.keys.kems)
+        signed = decoding.decode(plaintext, SignedPull)
+        window_s = service.settings.request_window_s
+        device = auth.authenticate_pull(signed, service.directory, service.wall_ms(), window_s)
+        page = service.pull(device, PullRequest(cursor=signed.cursor, limit=signed.limit))
+        device_key = X25519PublicKey.from_public_bytes(device.kem_key)
+        plaintext = msgspec.msgpack.encode(page)
+        sealed = envelope.seal_v2_answer("pull", plaintext, suite, signed.signature, device_key)
+        return device, Response(sealed, media_type=PULL_ENVELOPE)
+
+    return await answered(service, "pull", work)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -224,7 +249,16 @@ def create_app(
     clock = clock or Clock(wall_ms, max_drift_ms=settings.max_clock_drift_ms)
     service = SyncService(settings, store, keys, clock, wall_ms)
     return Litestar(
-        route_handlers=[office, enroll, push, push_v2, pull, *ops.ROUTES, *console.routes()],
+        route_handlers=[
+            office,
+            enroll,
+            push,
+            push_v2,
+            pull,
+            pull_v2,
+            *ops.ROUTES,
+            *console.routes(),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.max_body_bytes,
         before_request=refuse_encoded_bodies,

@@ -2,7 +2,8 @@
 
 A device signs `sync.signing.request_message(...)` with its Ed25519 key and
 sends four headers (PROTOCOL.md, "Signed requests"); a version 2 push carries
-its one signature inside its body instead (`authenticate_push`).
+its one signature inside its body instead (`authenticate_push`), and so does a
+version 2 pull (`authenticate_pull`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import base64
 import re
 from collections.abc import Mapping
 
-from schemas.wire import SignedPush
+from schemas.wire import SignedPull, SignedPush
 from server.storage.directory import Device, Directory
 from sync import signing
 from sync.errors import MalformedRequest, RevokedDevice, StaleRequest, UnknownDevice, Unsigned
@@ -69,6 +70,25 @@ def authenticate_push(
     nonce = f"{push.batch_id}.{push.timestamp_ms}"
     _admit(device, push.signature, message, push.timestamp_ms, nonce, directory, now_ms, window_s)
     return device, message
+
+
+def authenticate_pull(pull: SignedPull, directory: Directory, now_ms: int, window_s: int) -> Device:
+    """The device that signed this version 2 pull; its request id is the nonce."""
+    device = _enrolled(pull.device_id, directory)
+    message = signing.pull_message(
+        pull.device_id, pull.request_id, pull.timestamp_ms, pull.cursor, pull.limit
+    )
+    _admit(
+        device,
+        pull.signature,
+        message,
+        pull.timestamp_ms,
+        pull.request_id,
+        directory,
+        now_ms,
+        window_s,
+    )
+    return device
 
 
 def _enrolled(device_id: str, directory: Directory) -> Device:

@@ -31,7 +31,6 @@ Not thread-safe: one client per device file, used from one thread.
 
 from __future__ import annotations
 
-import base64
 import functools
 import gc
 import hashlib
@@ -62,12 +61,14 @@ from schemas.wire import (
     PullRequest,
     PushRequest,
     PushResponse,
+    SignedPull,
+    SignedPush,
 )
 from sync import agreements, envelope, merge, signing
 from sync.atrest import KdfParams
 from sync.changes import decode_change, encode_change
 from sync.clock import Clock, system_wall_ms
-from sync.envelope import ENVELOPE, PUSH_ENVELOPE, Header
+from sync.envelope import PULL_ENVELOPE, PUSH_ENVELOPE, Purpose
 from sync.errors import LianxinError, StaleRequest, WrongKey
 from sync.replica_store import OutboxEntry, RecordKey, ReplicaStore
 
@@ -427,7 +428,7 @@ class DeviceClient:
             request = PullRequest(
                 cursor=cursor if isinstance(cursor, str) else None, limit=self._pull_limit
             )
-            page = self._learning_office(functools.partial(self._pull_once, _encode(request)))
+            page = self._learning_office(functools.partial(self._pull_once, request))
             applied, skipped, evicted = self._apply_page(page)
             report = PullReport(
                 report.pages + 1,
@@ -570,64 +571,39 @@ class DeviceClient:
         push = signing.signed_push(
             self._signing_key, identity.device_id, batch_id, timestamp_ms, raws
         )
-        office_key = X25519PublicKey.from_public_bytes(identity.office.kem_key)
-        suite = 1
-        body = envelope.seal_v2(
-            "push", _encode(push), identity.office.kem_key_id, office_key, suite
+        return self._send_v2("push", push, PushResponse)
+
+    def _pull_once(self, request: PullRequest) -> PullPage:
+        """Sign, seal and send a version 2 pull (PROTOCOL.md section 12)."""
+        identity = self._enrolled()
+        pull = signing.signed_pull(
+            self._signing_key,
+            identity.device_id,
+            secrets.token_urlsafe(16),  # the request's nonce: 22 characters, 128 bits
+            self._server_ms(),
+            request.cursor,
+            request.limit,
         )
+        return self._send_v2("pull", pull, PullPage)
+
+    def _send_v2(self, purpose: Purpose, signed: SignedPush | SignedPull, kind: type[T]) -> T:
+        """Seal `signed` to the office, post it, and open the answer sealed to this device."""
+        office = self._enrolled().office
+        suite = 1
+        office_key = X25519PublicKey.from_public_bytes(office.kem_key)
+        body = envelope.seal_v2(purpose, _encode(signed), office.kem_key_id, office_key, suite)
+        media_type = PUSH_ENVELOPE if purpose == "push" else PULL_ENVELOPE
         response = self._http.post(
-            "/v2/sync/push", content=body, headers={"Content-Type": PUSH_ENVELOPE}
+            f"/v2/sync/{purpose}", content=body, headers={"Content-Type": media_type}
         )
         if not response.is_success:
-            return _answer(response, PushResponse)
-        if not response.headers.get("content-type", "").startswith(PUSH_ENVELOPE):
-            raise LianxinError("the office's answer to a push is not sealed")
+            return _answer(response, kind)
+        if not response.headers.get("content-type", "").startswith(media_type):
+            raise LianxinError(f"the office's answer to a {purpose} is not sealed")
         plaintext = envelope.open_v2_answer(
-            "push", response.content, suite, push.signature, self._kem_key
+            purpose, response.content, suite, signed.signature, self._kem_key
         )
-        return _decoded(plaintext, PushResponse)
-
-    def _pull_once(self, body: bytes) -> PullPage:
-        """Seal `body` to the office (PROTOCOL.md section 14), sign, send, open the answer."""
-        identity = self._enrolled()
-        device_id = identity.device_id
-        request_id = self._new_id()
-        header = Header(
-            suite=1,
-            key_id=identity.office.kem_key_id,
-            device_id=device_id,
-            batch_id=request_id,
-            purpose="pull",
-        )
-        office_key = X25519PublicKey.from_public_bytes(identity.office.kem_key)
-        body = envelope.seal(body, header, office_key)
-        request = self._http.build_request(
-            "POST", "/v1/sync/pull", content=body, headers={"Content-Type": ENVELOPE}
-        )
-        timestamp = self._server_ms() // 1000
-        nonce = secrets.token_urlsafe(24)  # 32 characters of A-Z a-z 0-9 _ -
-        # Sign the path as sent, with the base URL's prefix if it has one.
-        target = request.url.raw_path.decode("ascii")
-        message = signing.request_message("POST", target, timestamp, nonce, device_id, body)
-        request.headers.update(
-            {
-                "Lianxin-Device": device_id,
-                "Lianxin-Timestamp": str(timestamp),
-                "Lianxin-Nonce": nonce,
-                "Lianxin-Signature": base64.b64encode(
-                    signing.sign(self._signing_key, message)
-                ).decode(),
-            }
-        )
-        response = self._http.send(request)
-        if not response.is_success or not response.headers.get("content-type", "").startswith(
-            ENVELOPE
-        ):
-            return _answer(response, PullPage)
-        reply, plaintext = envelope.open_envelope(response.content, {device_id: self._kem_key})
-        if (reply.batch_id, reply.purpose) != (request_id, "pull"):
-            raise LianxinError("the office's sealed answer is for another request")
-        return _decoded(plaintext, PullPage)
+        return _decoded(plaintext, kind)
 
 
 @contextmanager

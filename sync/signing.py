@@ -13,12 +13,13 @@ from collections.abc import Iterable
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from schemas.wire import SignedPush
+from schemas.wire import SignedPull, SignedPush
 from sync.errors import BadSignature
 
 REQUEST_PURPOSE = b"lianxin request v1"
 BATCH_PURPOSE = b"lianxin batch v1"
 PUSH_PURPOSE = b"lianxin push v2"
+PULL_PURPOSE = b"lianxin pull v2"
 ENROLL_PURPOSE = b"lianxin enroll v1"
 
 
@@ -68,6 +69,35 @@ def signed_push(
         batch_id=batch_id,
         timestamp_ms=timestamp_ms,
         changes=changes,
+        signature=key.sign(message),
+    )
+
+
+def pull_message(
+    device_id: str, request_id: str, timestamp_ms: int, cursor: str | None, limit: int
+) -> bytes:
+    """What a device signs for a version 2 pull; the cursor goes last, as it may hold
+    anything, and an empty one means none."""
+    fields = [device_id, request_id, str(timestamp_ms), str(limit), cursor or ""]
+    return PULL_PURPOSE + b"\n" + "\n".join(fields).encode()
+
+
+def signed_pull(
+    key: Ed25519PrivateKey,
+    device_id: str,
+    request_id: str,
+    timestamp_ms: int,
+    cursor: str | None,
+    limit: int,
+) -> SignedPull:
+    """A version 2 pull from `cursor`, signed by the device's `key` at `timestamp_ms`."""
+    message = pull_message(device_id, request_id, timestamp_ms, cursor, limit)
+    return SignedPull(
+        device_id=device_id,
+        request_id=request_id,
+        timestamp_ms=timestamp_ms,
+        cursor=cursor,
+        limit=limit,
         signature=key.sign(message),
     )
 
