@@ -16,7 +16,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from litestar.testing import TestClient
 
-from schemas import Change, Enrollment, EnrollRequest, PullRequest, PushRequest, SignedPush
+from schemas import (
+    Change,
+    Enrollment,
+    EnrollRequest,
+    PullRequest,
+    PushRequest,
+    SignedPull,
+    SignedPush,
+)
 from server.app import create_app
 from server.keys import OfficeKeys
 from server.settings import Settings
@@ -24,7 +32,7 @@ from server.storage.directory import Directory
 from sync import signing
 from sync.changes import encode_change
 from sync.clock import Clock, pack
-from sync.envelope import PUSH_ENVELOPE, open_v2_answer, seal_v2
+from sync.envelope import PULL_ENVELOPE, PUSH_ENVELOPE, open_v2_answer, seal_v2
 from tests.conftest import Wall, make_store, office_keys
 
 MSGPACK = {"content-type": "application/msgpack"}
@@ -41,7 +49,9 @@ class Phone:
     kem: X25519PrivateKey
     nonces: itertools.count = field(default_factory=lambda: itertools.count(1))
     stamps: itertools.count = field(default_factory=lambda: itertools.count(1))
-    last_push: SignedPush | None = None  # the version 2 push built last, to open its answer
+    # The version 2 push and pull built last, to open their answers.
+    last_push: SignedPush | None = None
+    last_pull: SignedPull | None = None
 
     @property
     def device_id(self) -> str:
@@ -92,10 +102,25 @@ class Phone:
         timestamp_ms = self.wall.ms if timestamp_ms is None else timestamp_ms
         push = signing.signed_push(key or self.key, self.device_id, batch_id, timestamp_ms, raws)
         self.last_push = push
+        return self.sealed_v2("push", push, key_id)
+
+    def pull_v2_body(
+        self, cursor=None, limit=1000, *, timestamp_ms=None, request_id=None, key=None, key_id=None
+    ):
+        """A version 2 pull from `cursor`, signed and sealed by hand."""
+        timestamp_ms = self.wall.ms if timestamp_ms is None else timestamp_ms
+        request_id = request_id or f"pull-{self.device_id[-8:]}-{next(self.nonces):08d}"
+        pull = signing.signed_pull(
+            key or self.key, self.device_id, request_id, timestamp_ms, cursor, limit
+        )
+        self.last_pull = pull
+        return self.sealed_v2("pull", pull, key_id)
+
+    def sealed_v2(self, purpose, signed, key_id=None):
         office = self.enrollment.office
         return seal_v2(
-            "push",
-            msgspec.msgpack.encode(push),
+            purpose,
+            msgspec.msgpack.encode(signed),
             key_id or office.kem_key_id,
             X25519PublicKey.from_public_bytes(office.kem_key),
         )
@@ -103,11 +128,21 @@ class Phone:
     def push_v2(self, body):
         return self.http.post("/v2/sync/push", content=body)
 
+    def pull_v2(self, body):
+        return self.http.post("/v2/sync/pull", content=body)
+
     def push_v2_answer(self, answer):
         """The plaintext of the sealed answer to the version 2 push built last."""
+        return self._v2_answer("push", PUSH_ENVELOPE, self.last_push, answer)
+
+    def pull_v2_answer(self, answer):
+        """The plaintext of the sealed answer to the version 2 pull built last."""
+        return self._v2_answer("pull", PULL_ENVELOPE, self.last_pull, answer)
+
+    def _v2_answer(self, purpose, media_type, signed, answer):
         assert answer.status_code == 200, answer.content
-        assert answer.headers["content-type"].startswith(PUSH_ENVELOPE)
-        return open_v2_answer("push", answer.content, 1, self.last_push.signature, self.kem)
+        assert answer.headers["content-type"].startswith(media_type)
+        return open_v2_answer(purpose, answer.content, 1, signed.signature, self.kem)
 
     def pushed(self, changes, batch_id="b-1", version=1):
         """The decoded answer to a push of `changes` by protocol `version` (1 or 2)."""
@@ -120,11 +155,17 @@ class Phone:
         body = msgspec.msgpack.encode(PullRequest(cursor=cursor, limit=limit))
         return self.post("/v1/sync/pull", body)
 
-    def pull_all(self):
+    def pulled(self, cursor=None, version=1):
+        """The decoded page a pull from `cursor` by protocol `version` (1 or 2) gets."""
+        if version == 1:
+            return msgspec.msgpack.decode(self.pull(cursor).content)
+        return msgspec.msgpack.decode(self.pull_v2_answer(self.pull_v2(self.pull_v2_body(cursor))))
+
+    def pull_all(self, version=1):
         """Every item this device may see, following cursors to the end."""
         items, cursor = [], None
         while True:
-            page = msgspec.msgpack.decode(self.pull(cursor).content)
+            page = self.pulled(cursor, version)
             items += page["items"]
             cursor = page["cursor"]
             if not page["has_more"]:

@@ -18,8 +18,8 @@ def error_of(answer):
     return answer.status_code, decode(answer)["error"]
 
 
-def pulled_records(phone):
-    items, _ = phone.pull_all()
+def pulled_records(phone, version=1):
+    items, _ = phone.pull_all(version)
     keys = set()
     for item in items:
         if item["type"] == "change":

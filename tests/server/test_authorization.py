@@ -80,9 +80,10 @@ SEES = {
 }
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("who", list(SEES))
-def test_pull_sends_each_role_exactly_what_it_may_see(district, who):
-    assert pulled_records(district[who]) == SEES[who]
+def test_pull_sends_each_role_exactly_what_it_may_see(district, who, version):
+    assert pulled_records(district[who], version) == SEES[who]
 
 
 @pytest.mark.parametrize("who", list(SEES))
@@ -105,9 +106,10 @@ def test_changing_an_existing_record_needs_sight_of_it(district, who):
         assert result["status"] == expected, (who, record_type, result)
 
 
-def test_an_informant_never_receives_a_case_even_when_its_warning_is_linked(district):
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_informant_never_receives_a_case_even_when_its_warning_is_linked(district, version):
     informant = district["informant"]
-    items, _ = informant.pull_all()
+    items, _ = informant.pull_all(version)
     record_types = {msgspec.msgpack.decode(i["change"])["record_type"] for i in items}
     assert record_types == {"warning"}
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from schemas import Change, CompactChange, SignedPush
+from schemas import Change, CompactChange, SignedPull, SignedPush
 from schemas.console.admin import CodeRequest, RevokeRequest
 from schemas.console.assignment import AssignRequest, DeadlineRequest
 from schemas.console.conflicts import SettleRequest
@@ -44,6 +44,7 @@ VALID = {
     PushRequest: {"batch_id": "b-1", "changes": [b"\x80"], "signature": bytes(64)},
     PullRequest: {"cursor": "v1.3.3.abc", "limit": 100},
     SignedPush: ["dev-a", "b-1", 1795000000123, [b"\x93"], bytes(64)],
+    SignedPull: ["dev-a", "KZ3c9vQm1L0pXw7rT2aYbA", 1795000000123, None, 1000, bytes(64)],
     CompactChange: ["c-1", "case", "k-1", "dev-a", 5, {"dev-b": 3},
                     {"title": "DEEP", "location": {"city": "Hangzhou"}},
                     [{"type": "add", "field": "tags", "value": "drains"}]],
@@ -308,6 +309,33 @@ def test_a_garbage_push_is_refused_with_a_code(
     )
     with pytest.raises(AuthenticationError) as refused:
         auth.authenticate_push(push, directory, WALL_MS, 300)
+    assert refused.value.code in {"unknown_device", "bad_signature"}
+
+
+@MANY
+@given(
+    known_device=st.booleans(),
+    device=st.from_regex(r"[A-Za-z0-9_.:-]{1,64}", fullmatch=True),
+    request_id=st.from_regex(r"[A-Za-z0-9_-]{16,64}", fullmatch=True),
+    timestamp_ms=st.integers(0, 2**53),
+    cursor=st.none() | st.text(max_size=200),
+    limit=st.integers(1, 2**63),
+    signature=st.binary(min_size=64, max_size=64),
+)
+def test_a_garbage_pull_is_refused_with_a_code(
+    directory, known_device, device, request_id, timestamp_ms, cursor, limit, signature
+):
+    directory, device_id, _ = directory
+    pull = SignedPull(
+        device_id=device_id if known_device else device,
+        request_id=request_id,
+        timestamp_ms=timestamp_ms,
+        cursor=cursor,
+        limit=limit,
+        signature=signature,
+    )
+    with pytest.raises(AuthenticationError) as refused:
+        auth.authenticate_pull(pull, directory, WALL_MS, 300)
     assert refused.value.code in {"unknown_device", "bad_signature"}
 
 

@@ -1,0 +1,127 @@
+"""Pull version 2 (PROTOCOL.md section 12): one signature inside a compact sealed body.
+
+Every refusal gets its own status and code, names no device, and leaves the
+store as it was.
+"""
+
+import msgspec
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from schemas import PullPage
+from sync.changes import decode_change
+from sync.envelope import open_v2_answer
+from sync.errors import Unsealable
+from tests.server.test_push_v2 import error_of, new_case
+
+
+def page_of(phone, answer):
+    return msgspec.msgpack.decode(phone.pull_v2_answer(answer), type=PullPage)
+
+
+def test_a_pull_gets_its_page_sealed_and_names_no_one_on_the_wire(office):
+    phone = office.enroll("mediator")
+    change = new_case(phone)
+    phone.push([change])
+    body = phone.pull_v2_body()
+    answer = phone.pull_v2(body)
+
+    page = page_of(phone, answer)
+
+    assert [decode_change(item.change) for item in page.items] == [change]
+    assert page.cursor and not page.has_more
+    for seen in (body, answer.content):
+        assert phone.device_id.encode() not in seen and b"k-1" not in seen
+    # The next pull from that cursor brings nothing new.
+    assert page_of(phone, phone.pull_v2(phone.pull_v2_body(page.cursor))).items == []
+
+
+def test_an_answer_opens_only_for_the_pull_it_answers(office):
+    phone = office.enroll("mediator")
+    answer = phone.pull_v2(phone.pull_v2_body())
+    first = phone.last_pull
+    phone.pull_v2_body()  # another pull, signed with another request id
+
+    assert open_v2_answer("pull", answer.content, 1, first.signature, phone.kem)
+    with pytest.raises(Unsealable):
+        open_v2_answer("pull", answer.content, 1, phone.last_pull.signature, phone.kem)
+    with pytest.raises(Unsealable):  # nor as the answer to a push signed alike
+        open_v2_answer("push", answer.content, 1, first.signature, phone.kem)
+
+
+def refusals():
+    """(name, how to make a spoiled pull, status, code)."""
+    other = Ed25519PrivateKey.generate()
+
+    def replayed(office, phone):
+        body = phone.pull_v2_body(request_id="the-same-request-id")
+        assert phone.pull_v2(body).status_code == 200
+        office.wall.tick()
+        return phone.pull_v2_body(request_id="the-same-request-id")
+
+    def revoked(office, phone):
+        office.directory.revoke(phone.device_id, office.wall.ms)
+        return phone.pull_v2_body()
+
+    def unknown_device(office, phone):
+        stranger = office.enroll("mediator", name="stranger")
+        office.store.db.execute("DELETE FROM devices WHERE device_id = ?", [stranger.device_id])
+        return stranger.pull_v2_body()
+
+    def flipped(office, phone):
+        body = phone.pull_v2_body()
+        return body[:-3] + bytes([body[-3] ^ 1]) + body[-2:]
+
+    def sealed_as_a_push(office, phone):
+        phone.pull_v2_body()
+        return phone.sealed_v2("push", phone.last_pull)
+
+    def plaintext(data):
+        return lambda office, phone: phone.sealed_v2("pull", msgspec.Raw(data))
+
+    return [
+        ("not-an-envelope", lambda o, p: b"\x93\x01", 400, "bad_envelope"),
+        ("flipped-bit", flipped, 400, "unsealable"),
+        ("sealed-as-a-push", sealed_as_a_push, 400, "unsealable"),
+        (
+            "other-office",
+            lambda o, p: p.pull_v2_body(key_id="office-elsewhere.kem1"),
+            400,
+            "wrong_key",
+        ),
+        ("plaintext-not-a-pull", plaintext(b"\x81\xa1a\x01"), 400, "malformed"),
+        ("short-request-id", lambda o, p: p.pull_v2_body(request_id="short"), 400, "malformed"),
+        ("bad-signature", lambda o, p: p.pull_v2_body(key=other), 401, "bad_signature"),
+        ("unknown-device", unknown_device, 401, "unknown_device"),
+        ("revoked-device", revoked, 403, "revoked_device"),
+        (
+            "stale",
+            lambda o, p: p.pull_v2_body(timestamp_ms=o.wall.ms - 301_000),
+            401,
+            "stale_request",
+        ),
+        ("replayed", replayed, 401, "replayed"),
+        ("forged-cursor", lambda o, p: p.pull_v2_body("v1.0.0.forged"), 400, "bad_cursor"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("spoil", "status", "code"),
+    [case[1:] for case in refusals()],
+    ids=[case[0] for case in refusals()],
+)
+def test_a_spoiled_pull_is_refused_precisely_and_changes_nothing(office, spoil, status, code):
+    phone = office.enroll("mediator")
+    phone.push([new_case(phone)])
+    body = spoil(office, phone)
+    stored = office.fingerprint()
+
+    answer = phone.pull_v2(body)
+
+    assert error_of(answer) == (status, code)
+    assert phone.device_id.split("-", 1)[1] not in answer.text
+    assert office.fingerprint() == stored
+    # ...and the office keeps serving: the device's next honest pull gets its page.
+    if code != "revoked_device":
+        office.wall.tick()
+        assert len(page_of(phone, phone.pull_v2(phone.pull_v2_body())).items) == 1
