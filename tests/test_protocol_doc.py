@@ -18,6 +18,7 @@ from schemas import (
     ChangeResult,
     Log,
     Lww,
+    PullPage,
     PushResponse,
     Reason,
     Receipt,
@@ -271,3 +272,22 @@ def test_push_v2_vectors():
     later = signing.signed_push(key, v["device_id"], v["batch_id"], push.timestamp_ms + 1, [change])
     with pytest.raises(Unsealable):  # the same batch signed a millisecond later
         open_v2_answer("push", sealed, 1, later.signature, device)
+
+
+def test_pull_v2_vectors():
+    v = dict(line.split("=", 1) for line in vector("pull-v2").splitlines())
+    key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(v["signing_key_seed"]))
+    args = (v["device_id"], v["request_id"], int(v["timestamp_ms"]), v["cursor"], int(v["limit"]))
+    assert signing.pull_message(*args).hex() == v["message_hex"]
+    pull = signing.signed_pull(key, *args)
+    assert base64.b64encode(pull.signature).decode() == v["signature_b64"]
+    assert msgspec.msgpack.encode(pull).hex() == v["plaintext_hex"]
+
+    answer = dict(line.split("=", 1) for line in vector("pull-v2-answer").splitlines())
+    seed = dict(line.split("=", 1) for line in vector("push-v2-answer").splitlines())
+    device = X25519PrivateKey.from_private_bytes(bytes.fromhex(seed["device_kem_seed"]))
+    assert hashlib.sha256(pull.signature).hexdigest() == answer["signature_sha256"]
+    opened = open_v2_answer("pull", bytes.fromhex(answer["answer_hex"]), 1, pull.signature, device)
+    assert opened.hex() == answer["plaintext_hex"]
+    page = msgspec.msgpack.decode(opened, type=PullPage)
+    assert (page.items, page.cursor, page.has_more) == ([], v["cursor"], False)
