@@ -29,7 +29,8 @@ Measured, against DESIGN.md's "Numbers to reach" (sealed, as in production):
    whole log from no cursor in pages of 1,000 and of 5,000; and for a
    supervisor added after the cases exist (every case enters their view at
    one sequence, with its whole history);
-3. no-change sync: a signed pull with an up-to-date cursor, and a full
+3. no-change sync: a signed pull with an up-to-date cursor (version 1, and
+   version 2 as the reference client sends it), and a full
    `sync.client.DeviceClient.sync()` with an empty outbox (median and p99);
 4. incremental pull: another supervisor's laptop pushes edits to 1,000
    cases; the time of the first supervisor's pull of them;
@@ -111,6 +112,7 @@ from sync.clock import Clock
 from sync.engine import apply_batch
 from sync.envelope import (
     ENVELOPE,
+    PULL_ENVELOPE,
     PUSH_ENVELOPE,
     Header,
     open_envelope,
@@ -126,7 +128,7 @@ HEADING = "## HTTP sync (bench/http_sync.py)"
 
 MSGPACK = "application/msgpack"
 PUSH, PULL, OFFICE = "/v1/sync/push", "/v1/sync/pull", "/v1/office"
-PUSH_V2 = "/v2/sync/push"
+PUSH_V2, PULL_V2 = "/v2/sync/push", "/v2/sync/pull"
 BATCH = 500
 CITY = "Hangzhou"
 DISTRICTS = ["Xihu", "Shangcheng", "Gongshu", "Binjiang"]  # one mediator each
@@ -272,6 +274,22 @@ class Phone:
 
     def pull(self, cursor: str | None, limit: int) -> PullPage:
         return self.post(PULL, _encode(PullRequest(cursor=cursor, limit=limit)), PullPage)
+
+    def pull_v2(self, cursor: str | None, limit: int) -> PullPage:
+        """A version 2 pull (PROTOCOL.md 12), signed now and sealed, and its opened answer."""
+        request_id = secrets.token_urlsafe(16)
+        timestamp_ms = int(time.time() * 1000)
+        pull = signing.signed_pull(
+            self.key, self.device_id, request_id, timestamp_ms, cursor, limit
+        )
+        office = self.enrollment.office
+        office_key = X25519PublicKey.from_public_bytes(office.kem_key)
+        body = seal_v2("pull", _encode(pull), office.kem_key_id, office_key)
+        response = self.http.post(PULL_V2, content=body, headers={"Content-Type": PULL_ENVELOPE})
+        if response.status_code != 200:
+            raise RuntimeError(f"{PULL_V2}: HTTP {response.status_code} {response.content[:300]!r}")
+        plaintext = open_v2_answer("pull", response.content, 1, pull.signature, self.kem)
+        return msgspec.msgpack.decode(plaintext, type=PullPage)
 
     def push_v2(self, changes: Sequence[Change]) -> tuple[httpx.Request, SignedPush]:
         """A version 2 push of `changes` in compact form, signed now and sealed (PROTOCOL.md 11)."""
@@ -553,7 +571,14 @@ def pull_everything(phone: Phone, limit: int) -> tuple[float, int, str]:
 
 
 def no_change_pull(phone: Phone, body: bytes) -> None:
-    page = phone.post(PULL, body, PullPage)
+    _nothing(phone.post(PULL, body, PullPage))
+
+
+def no_change_pull_v2(phone: Phone, cursor: str) -> None:
+    _nothing(phone.pull_v2(cursor, 1000))
+
+
+def _nothing(page: PullPage) -> None:
     if page.items or page.has_more:
         raise RuntimeError("a no-change pull brought changes")
 
@@ -662,6 +687,7 @@ class Results:
     late_pull_sql_rate: float = 0.0
     no_change_pull: Latency = NOT_MEASURED
     no_change_pull_unsealed: Latency = NOT_MEASURED
+    no_change_pull_v2: Latency = NOT_MEASURED
     no_change_sync: Latency = NOT_MEASURED
     no_change_sync_local: Latency = NOT_MEASURED
     office: Latency = NOT_MEASURED
@@ -820,14 +846,16 @@ def run(mode: Mode, seed: int, say: Callable[[str], None]) -> Results:
 
             # 3. no-change round trips: GET /v1/office, the signed pull sealed and unsealed,
             # interleaved
-            pulls, unsealed_pulls, offices = [], [], []
+            pulls, unsealed_pulls, pulls_v2, offices = [], [], [], []
             body = _encode(PullRequest(cursor=cursor, limit=1000))
             unsealed_body = _encode(PullRequest(cursor=unsealed_cursor, limit=1000))
             for _ in range(mode.rounds):
                 offices.append(timed(lambda: http.get(OFFICE).raise_for_status()))
                 pulls.append(timed(lambda: no_change_pull(reader, body)))
                 unsealed_pulls.append(timed(lambda: no_change_pull(unsealed_reader, unsealed_body)))
+                pulls_v2.append(timed(lambda: no_change_pull_v2(reader, cursor)))
             results.no_change_pull = latency(pulls)
+            results.no_change_pull_v2 = latency(pulls_v2)
             results.no_change_pull_unsealed = latency(unsealed_pulls)
             results.office = latency(offices)
             say(f"no-change pull: {mode.rounds} rounds")
@@ -928,6 +956,7 @@ def rows(r: Results) -> list[Row]:
     office = r.office
     for name, lat in [
         ("no-change signed pull", r.no_change_pull),
+        ("no-change signed pull, version 2", r.no_change_pull_v2),
         ("no-change DeviceClient.sync()", r.no_change_sync),
     ]:
         table.append(
@@ -1079,8 +1108,8 @@ on a copy of the office accepts the same requests unsealed, for comparison.
 Four mediators' phones push cases (created with their fields, then edited)
 in batches of 500; a supervisor who sees every case pulls the whole log, and
 so does one added after the cases exist (who gets every case's history at
-one position); no-change round trips are a signed pull with an up-to-date cursor and a full
-`DeviceClient.sync()` with an empty outbox; the incremental pull is a
+one position); no-change round trips are a signed pull with an up-to-date
+cursor (versions 1 and 2) and a full `DeviceClient.sync()` with an empty outbox; the incremental pull is a
 supervisor's pull of 1,000 cases another device has just edited; the
 one-field edit is a push of one change that sets one field, counted as h11
 writes it. Baselines come from the same run: `apply_batch` in-process (push),

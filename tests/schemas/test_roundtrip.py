@@ -288,6 +288,7 @@ def test_public_surface_is_pinned():
         "Restore",
         "Sealed",
         "Signature",
+        "SignedPull",
         "SignedPush",
         "StatusMachine",
         "Visit",
