@@ -1102,20 +1102,21 @@ def sealing_cost(r: Results) -> str:
     )
 
 
-INTRO = """A real `lianxin serve` process on 127.0.0.1, set up through the command line
-in a temporary folder, driven by a Python client on the same machine with
-request and batch signatures on and HPKE envelopes both ways; a second server
-on a copy of the office accepts the same requests unsealed, for comparison.
-Four mediators' phones push cases (created with their fields, then edited)
-in batches of 500; a supervisor who sees every case pulls the whole log, and
-so does one added after the cases exist (who gets every case's history at
-one position); no-change round trips are a signed pull with an up-to-date
-cursor (versions 1 and 2) and a full `DeviceClient.sync()` with an empty outbox; the incremental pull is a
+INTRO = """A real `lianxin serve` process on 127.0.0.1, set up through the
+command line in a temporary folder, driven by a Python client on the same
+machine with request and batch signatures on and HPKE envelopes both ways; a
+second server on a copy of the office accepts the same requests unsealed,
+for comparison. Four mediators' phones push cases (created with their
+fields, then edited) in batches of 500; a supervisor who sees every case
+pulls the whole log, and so does one added after the cases exist (who gets
+every case's history at one position); no-change round trips are a signed
+pull with an up-to-date cursor (versions 1 and 2) and a full
+`DeviceClient.sync()` with an empty outbox; the incremental pull is a
 supervisor's pull of 1,000 cases another device has just edited; the
 one-field edit is a push of one change that sets one field, counted as h11
-writes it. Baselines come from the same run: `apply_batch` in-process (push),
-the server's page SQL in-process (pull), an unsigned `GET /v1/office` (round
-trips). See the docstring of `bench/http_sync.py`.
+writes it. Baselines come from the same run: `apply_batch` in-process
+(push), the server's page SQL in-process (pull), an unsigned
+`GET /v1/office` (round trips). See the docstring of `bench/http_sync.py`.
 """
 
 

@@ -85,7 +85,7 @@ class SignedPull(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fi
     device_id: Id
     request_id: Nonce
     timestamp_ms: Millis
-    cursor: Cursor | None
+    cursor: Annotated[Cursor, msgspec.Meta(min_length=1)] | None  # null, never empty
     limit: Annotated[int, msgspec.Meta(ge=1)]
     signature: Signature64
 

@@ -303,7 +303,13 @@ class SyncService:
         if cursor is None:
             return 0, 0
         parts = cursor.split(".")
-        if len(parts) != 4 or parts[0] != "v1" or not (parts[1].isdigit() and parts[2].isdigit()):
+        # ASCII only: hmac.compare_digest refuses other text, and "²".isdigit() holds.
+        if (
+            not cursor.isascii()
+            or len(parts) != 4
+            or parts[0] != "v1"
+            or not (parts[1].isdigit() and parts[2].isdigit())
+        ):
             raise BadCursor("not a cursor this server issued")
         body = f"{parts[1]}.{parts[2]}"
         if not hmac.compare_digest(parts[3], self._mac(device, body)):

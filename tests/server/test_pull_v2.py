@@ -102,6 +102,8 @@ def refusals():
         ),
         ("replayed", replayed, 401, "replayed"),
         ("forged-cursor", lambda o, p: p.pull_v2_body("v1.0.0.forged"), 400, "bad_cursor"),
+        ("non-ascii-cursor", lambda o, p: p.pull_v2_body("v1.0.0.é"), 400, "bad_cursor"),
+        ("empty-cursor", lambda o, p: p.pull_v2_body(""), 400, "malformed"),
     ]
 
 
