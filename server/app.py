@@ -24,10 +24,11 @@ from server.storage.directory import Device
 from server.storage.sqlite import SqliteStore, open_store
 from sync import decoding, envelope
 from sync.clock import Clock, system_wall_ms
-from sync.envelope import ENVELOPE, PULL_ENVELOPE, PUSH_ENVELOPE, Purpose
+from sync.envelope import ENVELOPE, Purpose
 from sync.errors import BadEnvelope, LianxinError, UnsupportedEncoding
 
 T = TypeVar("T")
+S = TypeVar("S", SignedPush, SignedPull)  # a version 2 request
 
 
 def decode(request: Request, body: bytes, kind: type[T]) -> T:
@@ -186,25 +187,14 @@ async def pull(request: Request) -> Response:
     dependencies=documents_body(envelope.CompactEnvelope),
 )
 async def push_v2(request: Request) -> Response:
-    service = service_of(request)
-    body = await request.body()
+    return await compact(request, "push", SignedPush, _push_v2)
 
-    def work() -> tuple[Device, Response]:
-        service.keys.reload()
-        suite, plaintext = envelope.open_v2("push", body, service.keys.kems)
-        push = decoding.decode(plaintext, SignedPush)
-        service.limit_batch(push.changes)
-        window_s = service.settings.request_window_s
-        device, message = auth.authenticate_push(
-            push, service.directory, service.wall_ms(), window_s
-        )
-        answer = service.apply_batch(device, push.batch_id, push.changes, message, push.signature)
-        device_key = X25519PublicKey.from_public_bytes(device.kem_key)
-        plaintext = msgspec.msgpack.encode(answer)
-        sealed = envelope.seal_v2_answer("push", plaintext, suite, push.signature, device_key)
-        return device, Response(sealed, media_type=PUSH_ENVELOPE)
 
-    return await answered(service, "push", work)
+def _push_v2(service: SyncService, push: SignedPush) -> tuple[Device, Any]:
+    service.limit_batch(push.changes)
+    window_s = service.settings.request_window_s
+    device, message = auth.authenticate_push(push, service.directory, service.wall_ms(), window_s)
+    return device, service.apply_batch(device, push.batch_id, push.changes, message, push.signature)
 
 
 @post(
@@ -214,22 +204,38 @@ async def push_v2(request: Request) -> Response:
     dependencies=documents_body(envelope.CompactEnvelope),
 )
 async def pull_v2(request: Request) -> Response:
+    return await compact(request, "pull", SignedPull, _pull_v2)
+
+
+def _pull_v2(service: SyncService, pull: SignedPull) -> tuple[Device, Any]:
+    window_s = service.settings.request_window_s
+    device = auth.authenticate_pull(pull, service.directory, service.wall_ms(), window_s)
+    return device, service.pull(device, PullRequest(cursor=pull.cursor, limit=pull.limit))
+
+
+async def compact(
+    request: Request,
+    purpose: Purpose,
+    kind: type[S],
+    act: Callable[[SyncService, S], tuple[Device, Any]],
+) -> Response:
+    """Open and decode a version 2 request, let `act` authenticate and answer it, and seal
+    the answer to the device, bound to the request's signature (PROTOCOL.md 11, 12)."""
     service = service_of(request)
     body = await request.body()
 
     def work() -> tuple[Device, Response]:
         service.keys.reload()
-        suite, plaintext = envelope.open_v2("pull", body, service.keys.kems)
-        signed = decoding.decode(plaintext, SignedPull)
-        window_s = service.settings.request_window_s
-        device = auth.authenticate_pull(signed, service.directory, service.wall_ms(), window_s)
-        page = service.pull(device, PullRequest(cursor=signed.cursor, limit=signed.limit))
+        suite, plaintext = envelope.open_v2(purpose, body, service.keys.kems)
+        signed = decoding.decode(plaintext, kind)
+        device, answer = act(service, signed)
         device_key = X25519PublicKey.from_public_bytes(device.kem_key)
-        plaintext = msgspec.msgpack.encode(page)
-        sealed = envelope.seal_v2_answer("pull", plaintext, suite, signed.signature, device_key)
-        return device, Response(sealed, media_type=PULL_ENVELOPE)
+        sealed = envelope.seal_v2_answer(
+            purpose, msgspec.msgpack.encode(answer), suite, signed.signature, device_key
+        )
+        return device, Response(sealed, media_type=envelope.MEDIA_TYPES[purpose])
 
-    return await answered(service, "pull", work)
+    return await answered(service, purpose, work)
 
 
 def create_app(

@@ -68,7 +68,7 @@ from sync import agreements, envelope, merge, signing
 from sync.atrest import KdfParams
 from sync.changes import decode_change, encode_change
 from sync.clock import Clock, system_wall_ms
-from sync.envelope import PULL_ENVELOPE, PUSH_ENVELOPE, Purpose
+from sync.envelope import Purpose
 from sync.errors import LianxinError, StaleRequest, WrongKey
 from sync.replica_store import OutboxEntry, RecordKey, ReplicaStore
 
@@ -592,7 +592,7 @@ class DeviceClient:
         suite = 1
         office_key = X25519PublicKey.from_public_bytes(office.kem_key)
         body = envelope.seal_v2(purpose, _encode(signed), office.kem_key_id, office_key, suite)
-        media_type = PUSH_ENVELOPE if purpose == "push" else PULL_ENVELOPE
+        media_type = envelope.MEDIA_TYPES[purpose]
         response = self._http.post(
             f"/v2/sync/{purpose}", content=body, headers={"Content-Type": media_type}
         )

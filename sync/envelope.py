@@ -37,6 +37,7 @@ ENVELOPE = "application/lianxin-envelope"  # the Content-Type of a sealed body
 # The Content-Types of version 2 requests and their answers.
 PUSH_ENVELOPE = "application/lianxin-push"
 PULL_ENVELOPE = "application/lianxin-pull"
+MEDIA_TYPES = {"push": PUSH_ENVELOPE, "pull": PULL_ENVELOPE}
 Purpose = Literal["push", "pull"]
 # Suite ids on the wire. Only suite 1 exists today; a hybrid ML-KEM-768 + X25519
 # suite would be added here with its own id, and offices choose which they accept.
