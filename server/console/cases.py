@@ -63,8 +63,8 @@ def today(service: SyncService) -> str:
 
 def dated(service: SyncService) -> dict[str, Any]:
     """The parameters `DUE` and `OVERDUE` need: the office's date and its clock's offset."""
-    now, zone = service.wall_ms(), service.settings.zone
-    return {"today": times.day(now, zone), "offset_ms": times.offset_ms(now, zone)}
+    offset_ms = times.offset_ms(service.wall_ms(), service.settings.zone)
+    return {"today": today(service), "offset_ms": offset_ms}
 
 
 def case_list(
