@@ -16,7 +16,7 @@ from litestar.openapi import OpenAPIConfig
 from schemas.wire import EnrollRequest, PullRequest, PushRequest, SignedPull, SignedPush
 from server import auth, console, logs, ops
 from server.console.web import documents_body
-from server.errors import EXCEPTION_HANDLERS, encode_for
+from server.errors import EXCEPTION_HANDLERS, MSGPACK, encode_for, media_type
 from server.keys import OfficeKeys
 from server.service import SyncService
 from server.settings import Settings
@@ -25,7 +25,7 @@ from server.storage.sqlite import SqliteStore, open_store
 from sync import decoding, envelope
 from sync.clock import Clock, system_wall_ms
 from sync.envelope import ENVELOPE, Purpose
-from sync.errors import BadEnvelope, LianxinError, UnsupportedEncoding
+from sync.errors import BadEnvelope, LianxinError, UnsupportedEncoding, UnsupportedMediaType
 
 T = TypeVar("T")
 S = TypeVar("S", SignedPush, SignedPull)  # a version 2 request
@@ -33,7 +33,7 @@ S = TypeVar("S", SignedPush, SignedPull)  # a version 2 request
 
 def decode(request: Request, body: bytes, kind: type[T]) -> T:
     """Decode a body as msgpack, or JSON when the client says so; errors name the path."""
-    return decoding.decode(body, kind, json="json" in (request.headers.get("content-type") or ""))
+    return decoding.decode(body, kind, json="json" in media_type(request))
 
 
 async def refuse_encoded_bodies(request: Request) -> None:
@@ -45,6 +45,20 @@ async def refuse_encoded_bodies(request: Request) -> None:
     encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
     if encoding != "identity":
         raise UnsupportedEncoding(f"Content-Encoding {encoding[:40]!r}: send bodies uncompressed")
+
+
+# What the version 1 endpoints decode; a body sent without a Content-Type is MessagePack.
+PLAIN_MEDIA_TYPES = (MSGPACK, "application/json")
+
+
+def require_media_type(request: Request, accepted: tuple[str, ...], optional: bool) -> None:
+    """Refuse a body in a Content-Type other than `accepted` (or none, unless `optional`):
+    it would otherwise fail later as a less precise decoding error."""
+    sent = media_type(request)
+    if sent in accepted or (optional and not sent):
+        return
+    shown = repr(sent[:60]) if sent else "none"
+    raise UnsupportedMediaType(f"Content-Type {shown}: send {' or '.join(accepted)}")
 
 
 def reply(request: Request, message: Any) -> Response:
@@ -69,6 +83,7 @@ async def office(request: Request) -> Response:
     dependencies=documents_body(EnrollRequest),
 )
 async def enroll(request: Request) -> Response:
+    require_media_type(request, PLAIN_MEDIA_TYPES, optional=True)
     message = decode(request, await request.body(), EnrollRequest)
     service = service_of(request)
     return reply(request, await anyio.to_thread.run_sync(service.enroll, message))
@@ -94,6 +109,7 @@ async def signed(
     path = request_target(request)
 
     def work() -> tuple[Device, Response]:
+        require_media_type(request, (*PLAIN_MEDIA_TYPES, ENVELOPE), optional=True)
         service.keys.reload()  # `lianxin keys rotate` may have changed the key file
         device = auth.authenticate(
             request.headers,
@@ -104,7 +120,7 @@ async def signed(
             service.wall_ms(),
             service.settings.request_window_s,
         )
-        if not (request.headers.get("content-type") or "").startswith(ENVELOPE):
+        if media_type(request) != ENVELOPE:
             if service.settings.require_sealed:
                 raise BadEnvelope("this office accepts sealed sync requests only")
             return device, reply(request, action(device, decode(request, body, kind)))
@@ -225,6 +241,7 @@ async def compact(
     body = await request.body()
 
     def work() -> tuple[Device, Response]:
+        require_media_type(request, (envelope.MEDIA_TYPES[purpose],), optional=False)
         service.keys.reload()
         suite, plaintext = envelope.open_v2(purpose, body, service.keys.kems)
         signed = decoding.decode(plaintext, kind)

@@ -25,6 +25,7 @@ STATUS: dict[type[errors.LianxinError], int] = {
     errors.BatchReused: 409,
     errors.TooLarge: 413,
     errors.UnsupportedEncoding: 415,
+    errors.UnsupportedMediaType: 415,
     errors.ConsoleError: 400,
     errors.NotSignedIn: 401,
     errors.BadCredentials: 401,
@@ -55,12 +56,17 @@ def status_of(error: errors.LianxinError) -> int:
     return next(STATUS[kind] for kind in type(error).__mro__ if kind in STATUS)
 
 
+def media_type(request: Request) -> str:
+    """The request's Content-Type without its parameters, lower-cased ("" if none)."""
+    return (request.headers.get("content-type") or "").partition(";")[0].strip().lower()
+
+
 def encode_for(request: Request, body: object) -> tuple[bytes, str]:
     """Answer in msgpack unless the client sent or asked for JSON (the console API is JSON)."""
     wants_json = (
         request.url.path.startswith("/api/")
-        or "json" in (request.headers.get("content-type") or "")
-        or "json" in (request.headers.get("accept") or "")
+        or "json" in media_type(request)
+        or "json" in (request.headers.get("accept") or "").lower()
     )
     if wants_json:
         return msgspec.json.encode(body), "application/json"

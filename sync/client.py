@@ -535,8 +535,10 @@ class DeviceClient:
         A `StaleRequest` means this device's clock is far from the server's,
         and `WrongKey` that the office retired the KEM key this device seals
         to: learn the server's time and current key from `GET /v1/office` and
-        send once more (PROTOCOL.md sections 10 and 14). Retrying is safe: a
-        refused request writes nothing.
+        sign, seal and send once more, as PROTOCOL.md sections 11 and 12 say for
+        the version 2 push and pull that `send` makes (the clock offset itself is
+        section 10, the key rotation section 14). Retrying is safe: a refused
+        request writes nothing.
         """
         try:
             return send()

@@ -5,6 +5,7 @@
     ├── TooLarge                too_large             body, batch or page over its limit
     │   └── TooDeep             too_deep              a body nested deeper than the decoder follows
     ├── UnsupportedEncoding     unsupported_encoding  a compressed body (Content-Encoding)
+    ├── UnsupportedMediaType    unsupported_media_type  a Content-Type the endpoint does not take
     ├── AuthenticationError
     │   ├── Unsigned            unsigned              no signature headers
     │   ├── BadSignature        bad_signature         the signature does not verify
@@ -64,6 +65,10 @@ class TooDeep(TooLarge):
 
 class UnsupportedEncoding(LianxinError):
     code = "unsupported_encoding"
+
+
+class UnsupportedMediaType(LianxinError):
+    code = "unsupported_media_type"
 
 
 class AuthenticationError(LianxinError):

@@ -2,13 +2,15 @@
 
 import base64
 import hashlib
+import hmac
 import re
 from pathlib import Path
 
 import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from schemas import (
     RECORD_TYPES,
@@ -18,6 +20,7 @@ from schemas import (
     ChangeResult,
     Log,
     Lww,
+    PulledChange,
     PullPage,
     PushResponse,
     Reason,
@@ -35,7 +38,7 @@ from server.storage.people import digests
 from sync import agreements, errors, merge, signing
 from sync.changes import decode_change, encode_change
 from sync.clock import pack
-from sync.envelope import SUITES, open_envelope, open_v2, open_v2_answer
+from sync.envelope import SUITES, CompactEnvelope, open_envelope, open_v2, open_v2_answer
 from sync.errors import Unsealable
 from sync.merge import field_specs
 
@@ -53,6 +56,43 @@ def vector(name: str) -> str:
     match = re.search(rf"```\w+ vector:{name}\n(.*?)```", DOC, re.S)
     assert match, f"vector {name} missing from PROTOCOL.md"
     return match.group(1).strip()
+
+
+def fields(name: str) -> dict[str, str]:
+    """A vector of `key=value` lines."""
+    return dict(line.split("=", 1) for line in vector(name).splitlines())
+
+
+def seal_with_ephemeral(seed: bytes, recipient: bytes, info: bytes, plaintext: bytes) -> bytes:
+    """HPKE base mode, suite 1 (RFC 9180, sections 4.1 and 5), with the ephemeral key fixed.
+
+    The library draws the ephemeral key itself; fixing it here is what lets the
+    doc's sealed vectors be reproduced, and checked, byte for byte.
+    """
+
+    def extract(suite_id: bytes, salt: bytes, label: bytes, ikm: bytes) -> bytes:
+        return hmac.digest(salt, b"HPKE-v1" + suite_id + label + ikm, "sha256")
+
+    def expand(suite_id: bytes, prk: bytes, label: bytes, info: bytes, length: int) -> bytes:
+        labeled = length.to_bytes(2, "big") + b"HPKE-v1" + suite_id + label + info
+        return hmac.digest(prk, labeled + b"\x01", "sha256")[:length]  # one block is enough
+
+    kem = b"KEM\x00\x20"  # DHKEM(X25519, HKDF-SHA256)
+    hpke = b"HPKE\x00\x20\x00\x01\x00\x02"  # that KEM, HKDF-SHA256, AES-256-GCM
+    ephemeral = X25519PrivateKey.from_private_bytes(seed)
+    encapsulated = ephemeral.public_key().public_bytes_raw()
+    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient))
+    eae_prk = extract(kem, b"", b"eae_prk", shared)
+    secret = expand(kem, eae_prk, b"shared_secret", encapsulated + recipient, 32)
+    context = (
+        b"\x00"  # base mode
+        + extract(hpke, b"", b"psk_id_hash", b"")
+        + extract(hpke, b"", b"info_hash", info)
+    )
+    key_secret = extract(hpke, secret, b"secret", b"")
+    key = expand(hpke, key_secret, b"key", context, 32)
+    nonce = expand(hpke, key_secret, b"base_nonce", context, 12)
+    return encapsulated + AESGCM(key).encrypt(nonce, plaintext, None)
 
 
 def table_after(heading: str) -> list[list[str]]:
@@ -253,16 +293,23 @@ def test_push_v2_vectors():
     )
     assert msgspec.msgpack.encode(push).hex() == v["plaintext_hex"]
 
-    body = dict(line.split("=", 1) for line in vector("push-v2-body").splitlines())
+    body = fields("push-v2-body")
     recipient = X25519PrivateKey.from_private_bytes(bytes.fromhex(body["recipient_key_seed"]))
     suite, plaintext = open_v2("push", bytes.fromhex(body["body_hex"]), {body["key_id"]: recipient})
     assert (suite, plaintext.hex()) == (1, v["plaintext_hex"])
+    info = b"lianxin push v2\n1\n" + body["key_id"].encode()
+    assert body["info_hex"] == info.hex()
+    sealed_body = msgspec.msgpack.decode(bytes.fromhex(body["body_hex"]), type=CompactEnvelope)
+    assert SUITES[1].decrypt(sealed_body.sealed, recipient, info=info) == plaintext
 
-    answer = dict(line.split("=", 1) for line in vector("push-v2-answer").splitlines())
+    answer = fields("push-v2-answer")
     device = X25519PrivateKey.from_private_bytes(bytes.fromhex(answer["device_kem_seed"]))
     assert device.public_key().public_bytes_raw().hex() == answer["device_kem_public"]
     assert hashlib.sha256(push.signature).hexdigest() == answer["signature_sha256"]
+    answer_info = b"lianxin push v2 answer\n1\n" + hashlib.sha256(push.signature).digest()
+    assert answer["info_hex"] == answer_info.hex()
     sealed = bytes.fromhex(answer["answer_hex"])
+    assert SUITES[1].decrypt(sealed, device, info=answer_info).hex() == answer["plaintext_hex"]
     opened = open_v2_answer("push", sealed, 1, push.signature, device)
     assert msgspec.msgpack.decode(opened, type=PushResponse) == PushResponse(
         batch_id=v["batch_id"],
@@ -275,19 +322,53 @@ def test_push_v2_vectors():
 
 
 def test_pull_v2_vectors():
-    v = dict(line.split("=", 1) for line in vector("pull-v2").splitlines())
+    v = fields("pull-v2")
     key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(v["signing_key_seed"]))
     args = (v["device_id"], v["request_id"], int(v["timestamp_ms"]), v["cursor"], int(v["limit"]))
     assert signing.pull_message(*args).hex() == v["message_hex"]
     pull = signing.signed_pull(key, *args)
     assert base64.b64encode(pull.signature).decode() == v["signature_b64"]
-    assert msgspec.msgpack.encode(pull).hex() == v["plaintext_hex"]
+    plaintext = msgspec.msgpack.encode(pull)
+    assert plaintext.hex() == v["plaintext_hex"]
 
-    answer = dict(line.split("=", 1) for line in vector("pull-v2-answer").splitlines())
-    seed = dict(line.split("=", 1) for line in vector("push-v2-answer").splitlines())
-    device = X25519PrivateKey.from_private_bytes(bytes.fromhex(seed["device_kem_seed"]))
+    # The request body: sealed to the office key of the `envelope` vector.
+    body = fields("pull-v2-body")
+    office = X25519PrivateKey.from_private_bytes(bytes.fromhex(body["recipient_key_seed"]))
+    office_public = office.public_key().public_bytes_raw()
+    assert office_public.hex() == fields("envelope")["recipient_public_key"]
+    info = b"lianxin pull v2\n1\n" + body["key_id"].encode()
+    assert body["info_hex"] == info.hex()
+    seed = bytes.fromhex(body["ephemeral_key_seed"])
+    sealed = seal_with_ephemeral(seed, office_public, info, plaintext)
+    compact = CompactEnvelope(suite=1, key_id=body["key_id"], sealed=sealed)
+    assert msgspec.msgpack.encode(compact).hex() == body["body_hex"]
+    opened_body = open_v2("pull", bytes.fromhex(body["body_hex"]), {body["key_id"]: office})
+    assert opened_body == (1, plaintext)
+
+    # Its answer: a page of one change, sealed to the device key of `push-v2-answer`.
+    answer = fields("pull-v2-answer")
+    device_seed = bytes.fromhex(fields("push-v2-answer")["device_kem_seed"])
+    device = X25519PrivateKey.from_private_bytes(device_seed)
+    change = bytes.fromhex(vector("change-compact"))
+    page = PullPage(
+        items=[PulledChange(seq=int(answer["seq"]), change=change)],
+        cursor=answer["cursor"],
+        has_more=False,
+        server_time_ms=int(answer["server_time_ms"]),
+        kem_key_id=answer["kem_key_id"],
+        kem_key=bytes.fromhex(answer["kem_key"]),
+    )
+    assert (page.kem_key_id, page.kem_key) == (body["key_id"], office_public)
+    page_bytes = msgspec.msgpack.encode(page)
+    assert page_bytes.hex() == answer["plaintext_hex"]
     assert hashlib.sha256(pull.signature).hexdigest() == answer["signature_sha256"]
-    opened = open_v2_answer("pull", bytes.fromhex(answer["answer_hex"]), 1, pull.signature, device)
-    assert opened.hex() == answer["plaintext_hex"]
-    page = msgspec.msgpack.decode(opened, type=PullPage)
-    assert (page.items, page.cursor, page.has_more) == ([], v["cursor"], False)
+    answer_info = b"lianxin pull v2 answer\n1\n" + hashlib.sha256(pull.signature).digest()
+    assert answer["info_hex"] == answer_info.hex()
+    answer_seed = bytes.fromhex(answer["ephemeral_key_seed"])
+    device_public = device.public_key().public_bytes_raw()
+    sealed_answer = seal_with_ephemeral(answer_seed, device_public, answer_info, page_bytes)
+    assert sealed_answer.hex() == answer["answer_hex"]
+    assert open_v2_answer("pull", sealed_answer, 1, pull.signature, device) == page_bytes
+    assert msgspec.msgpack.decode(page_bytes, type=PullPage) == page
+    with pytest.raises(Unsealable):  # the answer is bound to its purpose too
+        open_v2_answer("push", sealed_answer, 1, pull.signature, device)

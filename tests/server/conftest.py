@@ -36,6 +36,8 @@ from sync.envelope import PULL_ENVELOPE, PUSH_ENVELOPE, open_v2_answer, seal_v2
 from tests.conftest import Wall, make_store, office_keys
 
 MSGPACK = {"content-type": "application/msgpack"}
+PUSH_V2 = {"content-type": PUSH_ENVELOPE}
+PULL_V2 = {"content-type": PULL_ENVELOPE}
 
 
 @dataclass
@@ -126,10 +128,10 @@ class Phone:
         )
 
     def push_v2(self, body):
-        return self.http.post("/v2/sync/push", content=body)
+        return self.http.post("/v2/sync/push", content=body, headers=PUSH_V2)
 
     def pull_v2(self, body):
-        return self.http.post("/v2/sync/pull", content=body)
+        return self.http.post("/v2/sync/pull", content=body, headers=PULL_V2)
 
     def push_v2_answer(self, answer):
         """The plaintext of the sealed answer to the version 2 push built last."""

@@ -22,6 +22,8 @@ from schemas.console.quarantine import AcknowledgeRequest, ReapplyRequest
 from schemas.console.triage import ConvertRequest, DismissRequest
 from server.console import signin
 from sync import decoding
+from sync.changes import encode_change
+from sync.envelope import PULL_ENVELOPE, PUSH_ENVELOPE
 from sync.errors import LianxinError
 from tests.server.conftest import running_office
 from tests.server.test_app import GONGSHU
@@ -202,6 +204,53 @@ def test_an_identity_encoding_is_no_compression(office):
     body = msgspec.msgpack.encode({"cursor": None, "limit": 5})
     headers = {**phone.headers("/v1/sync/pull", body), "content-encoding": "identity"}
     assert office.http.post("/v1/sync/pull", content=body, headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/v2/sync/push", None),
+        ("/v2/sync/push", "application/msgpack"),
+        ("/v2/sync/push", PULL_ENVELOPE),  # a pull's type on a push
+        ("/v2/sync/pull", PUSH_ENVELOPE),
+        ("/v1/sync/push", "text/plain"),
+        ("/v1/sync/pull", "application/x-www-form-urlencoded"),
+        ("/v1/enroll", "multipart/form-data; boundary=x"),
+    ],
+)
+def test_a_body_in_a_type_the_endpoint_does_not_take_is_refused(office, path, content_type):
+    phone = office.enroll("mediator")
+    if path == "/v2/sync/push":
+        body = phone.push_v2_body([encode_change(phone.change("case", "k-type", {"title": "A"}))])
+    elif path == "/v2/sync/pull":
+        body = phone.pull_v2_body()
+    else:
+        body = msgspec.msgpack.encode({"cursor": None, "limit": 5})
+    headers = phone.headers(path, body) if path.startswith("/v1/sync") else {}
+    headers = {k: v for k, v in headers.items() if k != "content-type"}
+    if content_type:
+        headers["content-type"] = content_type
+    stored = store_digest(office.store.db)
+
+    answer = office.http.post(path, content=body, headers=headers)
+
+    assert answer.status_code == 415
+    refusal = msgspec.msgpack.decode(answer.content)
+    assert refusal["error"] == "unsupported_media_type"
+    assert "send application/" in refusal["detail"]
+    assert store_digest(office.store.db) == stored
+
+
+def test_media_type_parameters_and_case_do_not_matter(office):
+    phone = office.enroll("mediator")
+    body = phone.pull_v2_body()
+    headers = {"content-type": f"{PULL_ENVELOPE.upper()}; charset=binary"}
+    assert office.http.post("/v2/sync/pull", content=body, headers=headers).status_code == 200
+    body = msgspec.json.encode({"limit": 5})
+    headers = {**phone.headers("/v1/sync/pull", body), "content-type": "Application/JSON; q=1"}
+    answer = office.http.post("/v1/sync/pull", content=body, headers=headers)
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["has_more"] is False
 
 
 SQL_TEXT = st.one_of(

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas import PullPage
 from sync.changes import decode_change
-from sync.envelope import open_v2_answer
+from sync.envelope import CompactEnvelope, open_v2_answer
 from sync.errors import Unsealable
 from tests.server.test_push_v2 import error_of, new_case
 
@@ -79,6 +79,21 @@ def refusals():
     def plaintext(data):
         return lambda office, phone: phone.sealed_v2("pull", msgspec.Raw(data))
 
+    def unknown_suite(office, phone):
+        # An honest pull, its body relabelled as sealed in a suite this office does not
+        # accept: refused as such, never opened with the suite it does accept.
+        sealed = msgspec.msgpack.decode(phone.pull_v2_body(), type=CompactEnvelope)
+        return msgspec.msgpack.encode(msgspec.structs.replace(sealed, suite=9))
+
+    def cursor_of_another_device(office, phone):
+        # The same user's second phone sees the same records, but a cursor is bound to
+        # the device it was issued to, not to its user (PROTOCOL.md section 12).
+        code = office.directory.issue_code(phone.enrollment.user_id, office.wall.ms, 3600_000)
+        sibling = office.enroll_with(code)
+        page = sibling.pulled(version=2)
+        assert len(page["items"]) == 1 and page["cursor"]  # good for the device it was issued to
+        return phone.pull_v2_body(page["cursor"])
+
     return [
         ("not-an-envelope", lambda o, p: b"\x93\x01", 400, "bad_envelope"),
         ("flipped-bit", flipped, 400, "unsealable"),
@@ -89,6 +104,7 @@ def refusals():
             400,
             "wrong_key",
         ),
+        ("unknown-suite", unknown_suite, 400, "unsupported_suite"),
         ("plaintext-not-a-pull", plaintext(b"\x81\xa1a\x01"), 400, "malformed"),
         ("short-request-id", lambda o, p: p.pull_v2_body(request_id="short"), 400, "malformed"),
         ("bad-signature", lambda o, p: p.pull_v2_body(key=other), 401, "bad_signature"),
@@ -102,6 +118,7 @@ def refusals():
         ),
         ("replayed", replayed, 401, "replayed"),
         ("forged-cursor", lambda o, p: p.pull_v2_body("v1.0.0.forged"), 400, "bad_cursor"),
+        ("another-devices-cursor", cursor_of_another_device, 400, "bad_cursor"),
         ("non-ascii-cursor", lambda o, p: p.pull_v2_body("v1.0.0.é"), 400, "bad_cursor"),
         ("empty-cursor", lambda o, p: p.pull_v2_body(""), 400, "malformed"),
     ]

@@ -16,16 +16,26 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from litestar.testing import TestClient
 
-from schemas import Add, PushRequest, PushResponse, Reason, Remove, SignedPush
+from schemas import (
+    Add,
+    PullPage,
+    PushRequest,
+    PushResponse,
+    Reason,
+    Remove,
+    SignedPull,
+    SignedPush,
+)
 from server.app import create_app
 from server.keys import OfficeKeys
 from server.settings import Settings
 from server.storage.directory import Directory
 from server.storage.sqlite import SqliteStore
 from sync.client import MAX_BATCH, MAX_BATCH_BYTES, AlreadyEnrolled, DeviceClient, NotEnrolled
-from sync.envelope import open_v2
+from sync.envelope import PULL_ENVELOPE, CompactEnvelope, open_v2, open_v2_answer
 from sync.errors import (
     BadCursor,
     EnrollmentRefused,
@@ -422,6 +432,134 @@ def test_an_answer_that_is_not_this_pushs_own_is_refused_and_the_batch_goes_agai
     monkeypatch.undo()
     assert [r.status for r in wang.push()] == ["duplicate"]
     assert states(wang) == [("duplicate", None)]
+
+
+def test_a_pull_goes_to_version_2_sealed_whole_and_resumes_from_each_pages_cursor(
+    office, monkeypatch
+):
+    wang = office.device("wang", "mediator", pull_limit=1)
+    for n in range(2):
+        wang.edit("case", f"k-{n}", set={"title": f"Case {n}", "status": "new"})
+    wang.push()
+    answers: list[httpx.Response] = []
+
+    def keep_answers(send, request):
+        answers.append(send())
+        return answers[-1]
+
+    sent = intercept(office.http, monkeypatch, keep_answers)
+    report = wang.pull()
+
+    assert (report.pages, report.applied) == (2, 2)
+    assert [r.url.path for r in sent] == ["/v2/sync/pull", "/v2/sync/pull"]
+    assert [r.headers["content-type"] for r in sent] == [PULL_ENVELOPE] * 2
+    assert [(a.status_code, a.headers["content-type"]) for a in answers] == [
+        (200, PULL_ENVELOPE)
+    ] * 2
+    # The office opens each as this device's signed pull; an onlooker sees no device id.
+    keys = {office.keys.kem_key_id: office.keys.kem}
+    first, second = [
+        msgspec.msgpack.decode(open_v2("pull", r.content, keys)[1], type=SignedPull) for r in sent
+    ]
+    device_id = wang.identity.device_id
+    assert (first.device_id, second.device_id) == (device_id, device_id)
+    assert all(device_id.encode() not in r.content for r in sent)
+    assert (first.cursor, first.limit) == (None, 1)
+    first_page = msgspec.msgpack.decode(
+        open_v2_answer("pull", answers[0].content, 1, first.signature, wang._kem_key),
+        type=PullPage,
+    )
+    assert first_page.has_more and second.cursor == first_page.cursor
+    assert [wang.record("case", f"k-{n}").title for n in range(2)] == ["Case 0", "Case 1"]
+
+
+def test_a_pull_answer_that_is_not_this_pulls_own_is_refused_and_nothing_is_applied(
+    office, monkeypatch
+):
+    """A proxy that serves an earlier pull's answer, or a forged unsealed page, changes
+    nothing: no record, no cursor, and above all no office key that the device would seal
+    to from then on."""
+    wang = office.device("wang", "mediator")
+    chen = office.device("chen", "supervisor")
+    wang.edit("case", "k-1", set={"title": "Drains", "status": "new", "location": XIANGMIHU})
+    wang.push()
+    answers: list[httpx.Response] = []
+
+    def keep_first_answer(send, request):
+        response = send()
+        if request.url.path != "/v2/sync/pull":
+            return response
+        answers.append(response)
+        if len(answers) == 1:
+            raise httpx.ReadTimeout("the answer was lost", request=request)
+        return answers[0]  # the next pull is answered with the first one's answer
+
+    intercept(office.http, monkeypatch, keep_first_answer)
+    with pytest.raises(httpx.ReadTimeout):
+        chen.pull()
+    with pytest.raises(Unsealable):
+        chen.pull()
+    assert chen.record("case", "k-1") is None
+    assert chen._store.meta("cursor") is None
+
+    office_key = chen.identity.office
+    forger = X25519PrivateKey.generate().public_key().public_bytes_raw()
+
+    def unsealed(send, request):
+        response = send()
+        if request.url.path != "/v2/sync/pull":
+            return response
+        forged = PullPage(
+            items=[],
+            cursor="v1.99.99.forged",
+            has_more=False,
+            server_time_ms=office.wall() + DAY_MS,
+            kem_key_id="office-forger.kem1",
+            kem_key=forger,
+        )
+        return httpx.Response(200, content=msgspec.msgpack.encode(forged), request=request)
+
+    intercept(office.http, monkeypatch, unsealed)
+    with pytest.raises(LianxinError, match="not sealed"):
+        chen.pull()
+    assert chen.identity.office == office_key
+    assert chen._store.meta("cursor") is None
+
+    monkeypatch.undo()
+    assert chen.pull().applied == 1
+    assert chen.record("case", "k-1") == wang.record("case", "k-1")
+
+
+def test_a_pull_sealed_to_a_retired_office_key_learns_the_new_key_and_goes_again(
+    office, monkeypatch
+):
+    wang = office.device("wang", "mediator")
+    wang.edit("case", "k-1", set={"title": "Drains", "status": "new"})
+    wang.push()  # a push answer names no office key: the device still seals to the old one
+    old_key_id = office.keys.kem_key_id
+    office.keys.rotate(master=False, kem=True, now_ms=office.wall())
+    office.keys.retire(old_key_id)
+    answers: list[httpx.Response] = []
+
+    def keep_answers(send, request):
+        answers.append(send())
+        return answers[-1]
+
+    sent = intercept(office.http, monkeypatch, keep_answers)
+    report = wang.pull()
+
+    assert report.applied == 1 and wang.record("case", "k-1").title == "Drains"
+    # Refused once for the retired key, it asked the office for its key and pulled again.
+    assert [r.url.path for r in sent] == ["/v2/sync/pull", "/v1/office", "/v2/sync/pull"]
+    assert answers[0].status_code == 400
+    assert msgspec.msgpack.decode(answers[0].content)["error"] == "wrong_key"
+    sealed_to = [
+        msgspec.msgpack.decode(r.content, type=CompactEnvelope).key_id
+        for r in sent
+        if r.url.path == "/v2/sync/pull"
+    ]
+    assert sealed_to == [old_key_id, office.keys.kem_key_id]
+    assert wang.identity.office.kem_key_id == office.keys.kem_key_id != old_key_id
 
 
 @pytest.mark.parametrize(
