@@ -31,6 +31,9 @@ class OfficeInfo(msgspec.Struct, frozen=True, kw_only=True):
     server_time_ms: int
     # The key id that envelopes sealed to `kem_key` name (PROTOCOL.md section 14).
     kem_key_id: str = ""
+    # The office's signature over its KEM key (`sync.signing.office_key_message`), so a
+    # device learns a rotated key only from the office it enrolled with.
+    kem_key_signature: bytes = b""
 
 
 class EnrollRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -68,13 +68,16 @@ class SyncService:
         self.wall_ms = wall_ms
 
     def office(self) -> OfficeInfo:
-        self.keys.reload()
+        keys = self.keys
+        keys.reload()
+        vouched = signing.office_key_message(keys.office_id, keys.kem_key_id, keys.kem_public)
         return OfficeInfo(
-            office_id=self.keys.office_id,
-            signing_key=self.keys.signing_public,
-            kem_key=self.keys.kem_public,
+            office_id=keys.office_id,
+            signing_key=keys.signing_public,
+            kem_key=keys.kem_public,
             server_time_ms=self.wall_ms(),
-            kem_key_id=self.keys.kem_key_id,
+            kem_key_id=keys.kem_key_id,
+            kem_key_signature=keys.signing.sign(vouched),
         )
 
     def enroll(self, request: EnrollRequest) -> Enrollment:

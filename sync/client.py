@@ -69,7 +69,7 @@ from sync.atrest import KdfParams
 from sync.changes import decode_change, encode_change
 from sync.clock import Clock, system_wall_ms
 from sync.envelope import Purpose
-from sync.errors import LianxinError, StaleRequest, WrongKey
+from sync.errors import BadSignature, LianxinError, StaleRequest, WrongKey
 from sync.replica_store import OutboxEntry, RecordKey, ReplicaStore
 
 T = TypeVar("T")
@@ -544,6 +544,7 @@ class DeviceClient:
             return send()
         except (StaleRequest, WrongKey):
             office = _answer(self._http.get("/v1/office"), OfficeInfo)
+            self._check_vouched(office)
             with self._store.transaction():
                 self._learn_offset(office.server_time_ms)
                 self._learn_office_key(office.kem_key_id, office.kem_key)
@@ -553,6 +554,19 @@ class DeviceClient:
                 # the next sync signs later.)
                 self._store.set_meta(PUSH_SIGNED_MS, 0)
             return send()
+
+    def _check_vouched(self, office: OfficeInfo) -> None:
+        """Refuse office information the office this device enrolled with did not sign.
+
+        `GET /v1/office` is unsigned and the refusal that sends a device there is
+        not sealed: without this, whoever sits on the path could answer both and
+        have the device seal its pushes to a key of their own.
+        """
+        enrolled = self._enrolled().office
+        if office.office_id != enrolled.office_id:
+            raise BadSignature(f"office {office.office_id!r} is not this device's office")
+        message = signing.office_key_message(office.office_id, office.kem_key_id, office.kem_key)
+        signing.verify(enrolled.signing_key, office.kem_key_signature, message, "office key")
 
     def _server_ms(self) -> int:
         """This device's clock, corrected by the offset the server's clock last showed."""

@@ -21,6 +21,7 @@ BATCH_PURPOSE = b"lianxin batch v1"
 PUSH_PURPOSE = b"lianxin push v2"
 PULL_PURPOSE = b"lianxin pull v2"
 ENROLL_PURPOSE = b"lianxin enroll v1"
+OFFICE_KEY_PURPOSE = b"lianxin office key v1"
 
 
 def digest(data: bytes) -> bytes:
@@ -128,6 +129,13 @@ def enroll_message(code: str, signing_key: bytes, kem_key: bytes) -> bytes:
     """What a device signs to prove it holds the key it enrols."""
     return b"\n".join(
         [ENROLL_PURPOSE, code.encode(), signing_key.hex().encode(), kem_key.hex().encode()]
+    )
+
+
+def office_key_message(office_id: str, kem_key_id: str, kem_key: bytes) -> bytes:
+    """What an office signs to vouch for its current KEM key (`OfficeInfo.kem_key_signature`)."""
+    return b"\n".join(
+        [OFFICE_KEY_PURPOSE, office_id.encode(), kem_key_id.encode(), kem_key.hex().encode()]
     )
 
 

@@ -372,3 +372,15 @@ def test_pull_v2_vectors():
     assert msgspec.msgpack.decode(page_bytes, type=PullPage) == page
     with pytest.raises(Unsealable):  # the answer is bound to its purpose too
         open_v2_answer("push", sealed_answer, 1, pull.signature, device)
+
+
+def test_office_key_vector():
+    v = fields("office-key")
+    office = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(v["office_signing_key_seed"]))
+    assert office.public_key().public_bytes_raw().hex() == v["office_signing_key"]
+    assert v["kem_key"] == fields("envelope")["recipient_public_key"]
+    message = signing.office_key_message(
+        v["office_id"], v["kem_key_id"], bytes.fromhex(v["kem_key"])
+    )
+    assert message.hex() == v["message_hex"]
+    assert base64.b64encode(office.sign(message)).decode() == v["kem_key_signature_b64"]

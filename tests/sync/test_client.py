@@ -16,11 +16,13 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from litestar.testing import TestClient
 
 from schemas import (
     Add,
+    OfficeInfo,
     PullPage,
     PushRequest,
     PushResponse,
@@ -34,10 +36,12 @@ from server.keys import OfficeKeys
 from server.settings import Settings
 from server.storage.directory import Directory
 from server.storage.sqlite import SqliteStore
+from sync import signing
 from sync.client import MAX_BATCH, MAX_BATCH_BYTES, AlreadyEnrolled, DeviceClient, NotEnrolled
 from sync.envelope import PULL_ENVELOPE, CompactEnvelope, open_v2, open_v2_answer
 from sync.errors import (
     BadCursor,
+    BadSignature,
     EnrollmentRefused,
     LianxinError,
     RevokedDevice,
@@ -560,6 +564,66 @@ def test_a_pull_sealed_to_a_retired_office_key_learns_the_new_key_and_goes_again
     ]
     assert sealed_to == [old_key_id, office.keys.kem_key_id]
     assert wang.identity.office.kem_key_id == office.keys.kem_key_id != old_key_id
+
+
+def test_a_key_the_office_did_not_sign_is_never_learned(office, monkeypatch):
+    """Someone on the path refuses a push `wrong_key` (refusals are not sealed) and
+    answers the unsigned `GET /v1/office` with a key of their own: the device keeps
+    sealing to its office."""
+    wang = office.device("wang", "mediator")
+    wang.edit("case", "k-1", set={"title": "Drains", "status": "new"})
+    enrolled = wang.identity.office
+    theirs = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    signer = Ed25519PrivateKey.generate()
+    lies = {
+        "unsigned": {},
+        "signed by someone else": {
+            "kem_key_signature": signer.sign(
+                signing.office_key_message(enrolled.office_id, "evil.kem1", theirs)
+            )
+        },
+        "another office, self-signed": {
+            "office_id": "office-evil",
+            "signing_key": signer.public_key().public_bytes_raw(),
+            "kem_key_signature": signer.sign(
+                signing.office_key_message("office-evil", "evil.kem1", theirs)
+            ),
+        },
+    }
+    for name, lie in lies.items():
+
+        def on_path(send, request, lie=lie):
+            if request.url.path == "/v1/office":
+                info = OfficeInfo(
+                    **{
+                        "office_id": enrolled.office_id,
+                        "signing_key": enrolled.signing_key,
+                        "kem_key": theirs,
+                        "kem_key_id": "evil.kem1",
+                        "server_time_ms": office.wall(),
+                        **lie,
+                    }
+                )
+                return httpx.Response(200, content=msgspec.msgpack.encode(info), request=request)
+            refusal = {"error": "wrong_key", "detail": "rotated"}
+            return httpx.Response(400, content=msgspec.msgpack.encode(refusal), request=request)
+
+        sent = intercept(office.http, monkeypatch, on_path)
+        with pytest.raises(BadSignature):
+            wang.push()
+        assert [r.url.path for r in sent] == ["/v2/sync/push", "/v1/office"], name
+        assert wang.identity.office == enrolled, name
+        monkeypatch.undo()
+
+    # The office itself is still reached, with the change the device held all along.
+    assert [r.status for r in wang.push()] == ["applied"]
+
+
+def test_a_rotated_key_is_learned_because_the_office_signed_it(office):
+    info = msgspec.msgpack.decode(office.http.get("/v1/office").content, type=OfficeInfo)
+    message = signing.office_key_message(info.office_id, info.kem_key_id, info.kem_key)
+    signing.verify(office.keys.signing_public, info.kem_key_signature, message, "office key")
+    assert (info.kem_key_id, info.kem_key) == (office.keys.kem_key_id, office.keys.kem_public)
 
 
 @pytest.mark.parametrize(
