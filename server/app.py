@@ -134,7 +134,7 @@ async def signed(
         answer = action(device, message)
         return device, sealed_reply(answer, header.suite, device, header.batch_id, purpose)
 
-    return await answered(service, purpose, work)
+    return await answered(service, f"/v1/sync/{purpose}", work)
 
 
 def sealed_reply(
@@ -154,9 +154,9 @@ def sealed_reply(
 
 
 async def answered(
-    service: SyncService, purpose: Purpose, work: Callable[[], tuple[Device, Response]]
+    service: SyncService, endpoint: str, work: Callable[[], tuple[Device, Response]]
 ) -> Response:
-    """Run `work` in one worker thread, counted and logged.
+    """Run `work` in one worker thread, counted and logged under `endpoint` (its path).
 
     One hop off the event loop per request rather than one per step.
     """
@@ -172,8 +172,8 @@ async def answered(
         raise
     finally:
         seconds = time.perf_counter() - start
-        service.metrics.request(purpose, outcome, seconds)
-        logs.sync_logged(purpose, outcome, seconds, device_id)
+        service.metrics.request(endpoint, outcome, seconds)
+        logs.sync_logged(endpoint, outcome, seconds, device_id)
 
 
 @post(
@@ -252,7 +252,7 @@ async def compact(
         )
         return device, Response(sealed, media_type=envelope.MEDIA_TYPES[purpose])
 
-    return await answered(service, purpose, work)
+    return await answered(service, f"/v2/sync/{purpose}", work)
 
 
 def create_app(

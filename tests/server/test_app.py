@@ -1,10 +1,15 @@
 """The sync endpoints through the real app: answers, stored state, and every refusal."""
 
+import re
+from pathlib import Path
+
 import msgspec
 import pytest
 
 from schemas import Add
 from tests.server.conftest import MSGPACK
+
+PROTOCOL_MD = Path(__file__).parents[2] / "docs" / "PROTOCOL.md"
 
 GONGSHU = {"city": "Hangzhou", "district": "Gongshu", "street": "Mishixiang", "community": "Daguan"}
 XIHU = {"city": "Hangzhou", "district": "Xihu", "street": "Beishan"}
@@ -285,6 +290,17 @@ def test_unknown_paths_and_methods_answer_with_codes(office):
     assert error_of(office.http.get("/v1/sync/push")) == (405, "method_not_allowed")
 
 
-def test_openapi_lists_every_endpoint(office):
+def test_openapi_lists_every_endpoint_of_the_protocol(office):
     paths = office.http.get("/schema/openapi.json").json()["paths"]
-    assert {"/v1/office", "/v1/enroll", "/v1/sync/push", "/v1/sync/pull"} <= set(paths)
+    documented = re.findall(r"^\| `(GET|POST) (/v\d/[^`]*)`", PROTOCOL_MD.read_text(), re.M)
+    assert {path for _, path in documented} == {
+        "/v1/office",
+        "/v1/enroll",
+        "/v1/sync/push",
+        "/v2/sync/push",
+        "/v1/sync/pull",
+        "/v2/sync/pull",
+    }
+    for method, path in documented:
+        assert method.lower() in paths[path], path
+    assert {p for p in paths if re.match(r"/v\d/", p)} == {path for _, path in documented}

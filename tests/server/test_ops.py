@@ -23,13 +23,15 @@ def test_metrics_count_requests_results_conflicts_and_quarantine(office):
     li.push([li.change("case", "k-1", {"title": "Drains!"}), li.change("case", "k-1", {})], "b-2")
     sun.pull()
     sun.post("/v1/sync/pull", b"not msgpack")
+    sun.pull_v2(sun.pull_v2_body())
     text = office.http.get("/metrics").text
-    assert 'lianxin_sync_requests_total{endpoint="push",outcome="ok"} 2' in text
-    assert 'lianxin_sync_requests_total{endpoint="pull",outcome="malformed"} 1' in text
+    assert 'lianxin_sync_requests_total{endpoint="/v1/sync/push",outcome="ok"} 2' in text
+    assert 'lianxin_sync_requests_total{endpoint="/v1/sync/pull",outcome="malformed"} 1' in text
+    assert 'lianxin_sync_requests_total{endpoint="/v2/sync/pull",outcome="ok"} 1' in text
     assert 'lianxin_changes_total{result="conflict"} 1' in text
     assert 'lianxin_changes_total{result="rejected"} 1' in text
     assert "lianxin_open_conflicts 1" in text and "lianxin_quarantined 1" in text
-    assert 'lianxin_sync_seconds_count{endpoint="push"} 2' in text
+    assert 'lianxin_sync_seconds_count{endpoint="/v1/sync/push"} 2' in text
 
 
 def test_log_lines_are_json_and_name_no_one(office, caplog):
@@ -42,7 +44,7 @@ def test_log_lines_are_json_and_name_no_one(office, caplog):
     decode(sun.pull())
     sun.post("/v1/sync/push", b"garbage " + SECRETS[0].encode())
     lines = [JsonLines().format(record) for record in caplog.records]
-    assert any(json.loads(line).get("endpoint") == "push" for line in lines)
+    assert any(json.loads(line).get("endpoint") == "/v1/sync/push" for line in lines)
     for line in lines:
         json.loads(line)  # every line is one JSON object
         for secret in SECRETS:
