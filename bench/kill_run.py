@@ -68,7 +68,12 @@ from sync.store import RecordKey
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSPHRASE = "kill-run office passphrase (a bench, not a secret)"
-OFFICE_ENV = {**os.environ, "LIANXIN_PASSPHRASE": PASSPHRASE}
+OFFICE_ENV = {
+    **os.environ,
+    "LIANXIN_PASSPHRASE": PASSPHRASE,
+    # Measures the server at full speed: no per-device request limit (a policy, not a cost).
+    "LIANXIN_SYNC_REQUESTS_PER_MINUTE": "0",
+}
 PIN = "246810"
 # A cheap scrypt cost for the phones' files: the run measures the server, not the PIN.
 PHONE_KDF = KdfParams(salt=bytes(16), n=2**4)

@@ -80,6 +80,8 @@ def answer(request: Request, status: int, code: str, detail: str) -> Response:
 
 def retry_after(error: errors.LianxinError) -> int | None:
     """Seconds to wait before retrying, for errors a retry can cure; else None."""
+    if isinstance(error, errors.RateLimited) and error.retry_after_s is not None:
+        return error.retry_after_s
     return next((RETRY_AFTER_S[k] for k in type(error).__mro__ if k in RETRY_AFTER_S), None)
 
 

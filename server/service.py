@@ -30,6 +30,7 @@ from server.agreements import execute_ready, signature_vet
 from server.keys import OfficeKeys
 from server.ops import Metrics
 from server.pseudonyms import pseudonym
+from server.ratelimit import DeviceRates
 from server.settings import Settings
 from server.storage import repeats
 from server.storage.access import presence, update_access
@@ -64,6 +65,7 @@ class SyncService:
         self.signatures = signature_vet(self.directory)
         self.keys = keys
         self.metrics = Metrics()
+        self.rates = DeviceRates(settings.sync_requests_per_minute)
         self.clock = clock
         self.wall_ms = wall_ms
 
@@ -126,6 +128,7 @@ class SyncService:
 
         The caller has also checked its size with `limit_batch`.
         """
+        self.rates.admit(device.device_id, self.wall_ms())
         changes = []
         for index, raw in enumerate(raws):
             try:
@@ -271,6 +274,7 @@ class SyncService:
 
     def pull(self, device: Device, request: PullRequest) -> PullPage:
         """The next page of what this device may see, after its cursor."""
+        self.rates.admit(device.device_id, self.wall_ms())
         limit = min(request.limit, self.settings.max_pull_limit)
         user_id = device.user.user_id
         with self.store.snapshot() as conn:

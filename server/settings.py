@@ -32,6 +32,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_clock_drift_ms: Annotated[int, msgspec.Meta(ge=0)] = 24 * 60 * 60 * 1000
     # Recently used records whose newest merge state the writer keeps (about 10 KB each).
     cached_states: Annotated[int, msgspec.Meta(ge=1)] = CACHED_STATES
+    # Sync requests a device may make a minute, in bursts of as many (0: no limit).
+    sync_requests_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 600
     # Refuse sync requests that are not sealed envelopes (PROTOCOL.md section 14).
     require_sealed: bool = True
     # The supervisor console: sessions end after this long idle, or this long in all.

@@ -26,9 +26,9 @@
     │   ├── NotSignedIn         not_signed_in         no console session, or it expired
     │   ├── BadCredentials      bad_credentials       wrong user, password or second factor
     │   ├── CsrfRefused         csrf_refused          a console write without its session token
-    │   ├── RateLimited         rate_limited          too many failed sign-ins; wait
     │   ├── UnknownRecord       unknown_record        no such record (or not in your view)
     │   └── InvalidAction       invalid_action        a console action that cannot apply as asked
+    ├── RateLimited             rate_limited          too many sync requests or failed sign-ins
     ├── Erased                  erased                the record was lawfully erased (key destroyed)
     ├── Unreadable              unreadable            stored bytes do not open (key, passphrase)
     └── Unavailable             unavailable           storage refused the request; retry later
@@ -151,8 +151,14 @@ class CsrfRefused(ConsoleError):
     code = "csrf_refused"
 
 
-class RateLimited(ConsoleError):
+class RateLimited(LianxinError):
+    """Too many requests; `retry_after_s`, when known, says when to try again."""
+
     code = "rate_limited"
+
+    def __init__(self, detail: str = "", retry_after_s: int | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
 
 
 class UnknownRecord(ConsoleError):

@@ -223,7 +223,7 @@ class Office:
 
 
 @contextmanager
-def running_office(folder, require_sealed=False, secure_cookies=False, time_zone="Asia/Shanghai"):
+def running_office(folder, require_sealed=False, secure_cookies=False, **settings):
     """A fresh office in `folder`, served in-process (for tests that need several).
 
     The hand-built phones here send plain bodies, so offices in these tests
@@ -241,7 +241,7 @@ def running_office(folder, require_sealed=False, secure_cookies=False, time_zone
             max_batch_changes=50,
             require_sealed=require_sealed,
             secure_cookies=secure_cookies,
-            time_zone=time_zone,
+            **settings,
         ),
         store=store,
         keys=keys,

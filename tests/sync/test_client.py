@@ -44,6 +44,7 @@ from sync.errors import (
     BadSignature,
     EnrollmentRefused,
     LianxinError,
+    RateLimited,
     RevokedDevice,
     Unreadable,
     Unsealable,
@@ -95,11 +96,13 @@ class Office:
 
 
 @pytest.fixture
-def office(tmp_path: Path) -> Iterator[Office]:
+def office(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Office]:
     wall = Wall()
     keys = office_keys()
     store = make_store(tmp_path / "server.db", keys)
-    app = create_app(Settings(data_dir=tmp_path), store=store, keys=keys, wall_ms=wall)
+    marker = request.node.get_closest_marker("office_settings")
+    settings = Settings(data_dir=tmp_path, **(marker.kwargs if marker else {}))
+    app = create_app(settings, store=store, keys=keys, wall_ms=wall)
     with TestClient(app) as http:
         office = Office(tmp_path, http, store, keys, wall)
         yield office
@@ -624,6 +627,22 @@ def test_a_rotated_key_is_learned_because_the_office_signed_it(office):
     message = signing.office_key_message(info.office_id, info.kem_key_id, info.kem_key)
     signing.verify(office.keys.signing_public, info.kem_key_signature, message, "office key")
     assert (info.kem_key_id, info.kem_key) == (office.keys.kem_key_id, office.keys.kem_public)
+
+
+@pytest.mark.office_settings(sync_requests_per_minute=2)
+def test_a_sync_held_back_by_the_office_keeps_the_outbox_and_resumes_later(office):
+    wang = office.device("wang", "mediator")
+    wang.edit("case", "k-1", set={"title": "Drains", "status": "new"})
+    wang.pull()  # a first pull spends one of the two requests of its minute
+
+    with pytest.raises(RateLimited, match="retry in 30 s"):
+        wang.sync()  # the push goes; the pull after it is held back
+
+    assert [entry.state for entry in wang.outbox()] == ["applied"]
+    office.wall.tick(30_000)
+    report = wang.sync()
+    # Its own change comes back from the server: the pull that was held back happened.
+    assert (report.pushed, report.pulled.applied) == ([], 1)
 
 
 @pytest.mark.parametrize(
