@@ -82,6 +82,10 @@ def init(settings: Settings, admin: str, org_units: list[str]) -> int:
         f" {settings.keys_path.name})"
     )
     print(f"Admin {admin}: user id {user.user_id}, enrolment code {code} (valid 24 h, once)")
+    print(
+        "Before the admin can sign in to the console: lianxin user password"
+        f" {user.user_id}, then lianxin user totp {user.user_id} (admins need both)"
+    )
     return 0
 
 

@@ -112,6 +112,7 @@ def run(
             print(f"\nConsole: {url}/console/login")
             print(f"  supervisor: user id {supervisor.user_id}, password {SUPERVISOR_PASSWORD!r}")
             print(f"  admin:      user id {admin.user_id}, password {ADMIN_PASSWORD!r}")
+            print("  (a real office's admins also need an authenticator: lianxin user totp)")
             if serve and serving is not None:
                 signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: as Ctrl-C
                 print("Serving until Ctrl-C (plain HTTP here, so cookies are not `Secure`).")
@@ -134,10 +135,10 @@ def _serving(
     settings: Settings, keys: OfficeKeys, store: SqliteStore
 ) -> Iterator[threading.Thread]:
     """The office served on `settings`' address in a thread of this process, until exit."""
-    # Plain HTTP on this machine, so console cookies cannot be `Secure`.
-    app = create_app(
-        msgspec.structs.replace(settings, secure_cookies=False), keys=keys, store=store
-    )
+    # Plain HTTP on this machine, so console cookies cannot be `Secure`; and the demo's
+    # admin signs in with the printed password alone (a real office's needs a code).
+    demo = msgspec.structs.replace(settings, secure_cookies=False, admin_second_factor=False)
+    app = create_app(demo, keys=keys, store=store)
     # The demo's printed story is its output: only problems are logged (as JSON lines).
     logs.configure_logging(logging.WARNING)
     server = uvicorn.Server(

@@ -42,6 +42,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Sign-in attempts allowed per user name (and per client address) in a window.
     login_max_failures: Annotated[int, msgspec.Meta(ge=1)] = 5
     login_window_s: Annotated[int, msgspec.Meta(ge=1)] = 15 * 60
+    # Admins sign in only with an authenticator code (`lianxin user totp`); off only for
+    # demos and tests.
+    admin_second_factor: bool = True
     # Session cookies only over HTTPS; switch off only to serve the console over plain
     # HTTP on 127.0.0.1 (tests, the demo).
     secure_cookies: bool = True

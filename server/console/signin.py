@@ -112,7 +112,8 @@ def sign_in(
 
     Raises `RateLimited` before checking anything once the user name or the
     client address has too many recent failures, and `BadCredentials`
-    (counted as a failure) for a wrong user, role, password or code.
+    (counted as a failure) for a wrong user, role, password or code, and for
+    an admin without a second factor unless `settings.admin_second_factor` is off.
     """
     who = [f"user:{user_id}", f"client:{client}"]
     _check_rate(directory, settings, who, now_ms)
@@ -127,19 +128,22 @@ def sign_in(
     except (VerifyMismatchError, InvalidHashError):
         ok = False
     step = None
+    refusal = "sign_in_refused"
     if ok and user is not None:
         secret = _totp_secret(directory, user_id)
         if secret is not None:
             step = _totp_step(secret, code, now_ms // 1000)
             ok = step is not None and step > _last_step(directory, user_id)
+        elif user.role == "admin" and settings.admin_second_factor:
+            # Answered like any failure, so the answer does not confirm the password; the
+            # audit log tells the office why (ASVS 4.3.1: admins need a second factor).
+            ok, refusal = False, "sign_in_refused_no_second_factor"
     if not ok or user is None:
         with directory.store.transaction():
             directory.db.conn.executemany(
                 "INSERT INTO login_failures (who, at_ms) VALUES (?, ?)", [(w, now_ms) for w in who]
             )
-            audit.append(
-                directory.db, now_ms, f"client:{client}", "sign_in_refused", f"user/{user_id[:64]}"
-            )
+            audit.append(directory.db, now_ms, f"client:{client}", refusal, f"user/{user_id[:64]}")
         raise BadCredentials(_("wrong user, password or code"))
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     with directory.store.transaction():

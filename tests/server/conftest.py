@@ -223,13 +223,16 @@ class Office:
 
 
 @contextmanager
-def running_office(folder, require_sealed=False, secure_cookies=False, **settings):
+def running_office(
+    folder, require_sealed=False, secure_cookies=False, admin_second_factor=False, **settings
+):
     """A fresh office in `folder`, served in-process (for tests that need several).
 
     The hand-built phones here send plain bodies, so offices in these tests
     accept unsealed sync unless `require_sealed` (the production default).
     The test client talks plain HTTP, so console cookies are not `Secure`
-    unless asked for (the production default).
+    unless asked for (the production default). Admins sign in with a
+    password alone unless `admin_second_factor` (the production default).
     """
     keys = office_keys()
     store = make_store(folder / "lianxin.db", keys)
@@ -241,6 +244,7 @@ def running_office(folder, require_sealed=False, secure_cookies=False, **setting
             max_batch_changes=50,
             require_sealed=require_sealed,
             secure_cookies=secure_cookies,
+            admin_second_factor=admin_second_factor,
             **settings,
         ),
         store=store,

@@ -163,6 +163,29 @@ def test_a_second_factor_is_required_once_enabled(console):
     )
 
 
+def test_an_admin_signs_in_only_with_a_second_factor_by_default(tmp_path):
+    with running_office(tmp_path, admin_second_factor=True) as office:
+        wang = office.directory.add_user("Wang Li", "admin", ["Hangzhou"], office.wall.ms)
+        signin.set_password(office.directory, wang.user_id, PASSWORD)
+        chen = supervisor(office)
+
+        refused = sign_in(office, wang)
+        # Told no more than for a wrong password: the answer does not confirm it.
+        assert refused.status_code == 401
+        assert refused.text == sign_in(office, wang, password="not the password").text
+        assert sign_in(office, chen).status_code == 303  # supervisors: the office's choice
+
+        signin.enable_totp(office.directory, wang)
+        secret = signin._totp_secret(office.directory, wang.user_id)
+        code = signin.totp_code(secret, office.wall.ms // 1000)
+        assert sign_in(office, wang, code=code).status_code == 303
+        actions = [(e.action, e.subject) for e in audit.entries(office.store.db)]
+        subject = f"user/{wang.user_id}"
+        assert actions.count(("sign_in_refused_no_second_factor", subject)) == 1
+        assert actions.count(("sign_in_refused", subject)) == 1
+        assert actions[-1] == ("sign_in", subject)
+
+
 def test_a_new_password_signs_the_user_out_everywhere(console):
     chen = supervisor(console)
     assert sign_in(console, chen).status_code == 303
