@@ -31,8 +31,10 @@ class OfficeInfo(msgspec.Struct, frozen=True, kw_only=True):
     server_time_ms: int
     # The key id that envelopes sealed to `kem_key` name (PROTOCOL.md section 14).
     kem_key_id: str = ""
-    # The office's signature over its KEM key (`sync.signing.office_key_message`), so a
-    # device learns a rotated key only from the office it enrolled with.
+    # Since when `kem_key` is current, and the office's signature over both
+    # (`sync.signing.office_key_message`): a device learns a rotated key only from the
+    # office it enrolled with, and never goes back to an older one.
+    kem_key_since_ms: int = 0
     kem_key_signature: bytes = b""
 
 
@@ -115,6 +117,9 @@ class PullPage(msgspec.Struct, frozen=True, kw_only=True):
     cursor: str
     has_more: bool
     server_time_ms: int
-    # The office's current KEM key: after a rotation, devices seal to it from now on.
+    # The office's current KEM key, vouched for as in `OfficeInfo`: after a rotation,
+    # devices seal to it from now on.
     kem_key_id: str = ""
     kem_key: bytes = b""
+    kem_key_since_ms: int = 0
+    kem_key_signature: bytes = b""

@@ -119,6 +119,7 @@ async def signed(
             service.directory,
             service.wall_ms(),
             service.settings.request_window_s,
+            service.rates,
         )
         if media_type(request) != ENVELOPE:
             if service.settings.require_sealed:
@@ -209,7 +210,9 @@ async def push_v2(request: Request) -> Response:
 def _push_v2(service: SyncService, push: SignedPush) -> tuple[Device, Any]:
     service.limit_batch(push.changes)
     window_s = service.settings.request_window_s
-    device, message = auth.authenticate_push(push, service.directory, service.wall_ms(), window_s)
+    device, message = auth.authenticate_push(
+        push, service.directory, service.wall_ms(), window_s, service.rates
+    )
     return device, service.apply_batch(device, push.batch_id, push.changes, message, push.signature)
 
 
@@ -225,7 +228,9 @@ async def pull_v2(request: Request) -> Response:
 
 def _pull_v2(service: SyncService, pull: SignedPull) -> tuple[Device, Any]:
     window_s = service.settings.request_window_s
-    device = auth.authenticate_pull(pull, service.directory, service.wall_ms(), window_s)
+    device = auth.authenticate_pull(
+        pull, service.directory, service.wall_ms(), window_s, service.rates
+    )
     return device, service.pull(device, PullRequest(cursor=pull.cursor, limit=pull.limit))
 
 

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 
 from schemas.wire import SignedPull, SignedPush
+from server.ratelimit import DeviceRates
 from server.storage.directory import Device, Directory
 from sync import signing
 from sync.errors import MalformedRequest, RevokedDevice, StaleRequest, UnknownDevice, Unsigned
@@ -32,8 +33,10 @@ def authenticate(
     directory: Directory,
     now_ms: int,
     window_s: int,
+    rates: DeviceRates | None = None,
 ) -> Device:
-    """The device that signed this request, or the precise reason it is refused."""
+    """The device that signed this request, or the precise reason it is refused
+    (`rates`, when given, refuses a device over its allowance)."""
     values = [headers.get(name) for name in (DEVICE, TIMESTAMP, NONCE, SIGNATURE)]
     if not all(values):
         raise Unsigned("a sync request needs Lianxin-Device, -Timestamp, -Nonce and -Signature")
@@ -51,12 +54,16 @@ def authenticate(
     timestamp = int(timestamp_text)
     device = _enrolled(device_id, directory)
     message = signing.request_message(method, path, timestamp, nonce, device_id, body)
-    _admit(device, signature, message, timestamp * 1000, nonce, directory, now_ms, window_s)
+    _admit(device, signature, message, timestamp * 1000, nonce, directory, now_ms, window_s, rates)
     return device
 
 
 def authenticate_push(
-    push: SignedPush, directory: Directory, now_ms: int, window_s: int
+    push: SignedPush,
+    directory: Directory,
+    now_ms: int,
+    window_s: int,
+    rates: DeviceRates | None = None,
 ) -> tuple[Device, bytes]:
     """The device that signed this version 2 push, and the message it signed.
 
@@ -68,11 +75,27 @@ def authenticate_push(
     device = _enrolled(push.device_id, directory)
     message = signing.push_message(push.device_id, push.batch_id, push.timestamp_ms, push.changes)
     nonce = f"{push.batch_id}.{push.timestamp_ms}"
-    _admit(device, push.signature, message, push.timestamp_ms, nonce, directory, now_ms, window_s)
+    _admit(
+        device,
+        push.signature,
+        message,
+        push.timestamp_ms,
+        nonce,
+        directory,
+        now_ms,
+        window_s,
+        rates,
+    )
     return device, message
 
 
-def authenticate_pull(pull: SignedPull, directory: Directory, now_ms: int, window_s: int) -> Device:
+def authenticate_pull(
+    pull: SignedPull,
+    directory: Directory,
+    now_ms: int,
+    window_s: int,
+    rates: DeviceRates | None = None,
+) -> Device:
     """The device that signed this version 2 pull; its request id is the nonce."""
     device = _enrolled(pull.device_id, directory)
     message = signing.pull_message(
@@ -87,6 +110,7 @@ def authenticate_pull(pull: SignedPull, directory: Directory, now_ms: int, windo
         directory,
         now_ms,
         window_s,
+        rates,
     )
     return device
 
@@ -108,11 +132,17 @@ def _admit(
     directory: Directory,
     now_ms: int,
     window_s: int,
+    rates: DeviceRates | None,
 ) -> None:
-    """Check, in the order PROTOCOL.md gives, that `device` signed `message` now, once."""
+    """Check, in the order PROTOCOL.md gives, that `device` signed `message` now, once,
+    and within its allowance."""
     signing.verify(device.signing_key, signature, message, "request")
     if device.revoked_at_ms is not None:
         raise RevokedDevice("this device was revoked")
     if abs(now_ms - timestamp_ms) > window_s * 1000:
         raise StaleRequest(f"the request time is more than {window_s} s from the server's")
+    if rates:
+        rates.check(device.device_id, now_ms)  # before the nonce costs a write
     directory.spend_nonce(device.device_id, nonce, now_ms, window_s * 1000)
+    if rates:
+        rates.take(device.device_id, now_ms)  # a replay was refused above: it spends nothing

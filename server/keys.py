@@ -73,6 +73,7 @@ class OfficeKeys:
         self.signing_public = self.signing.public_key().public_bytes_raw()
         self.kems = {k.key_id: X25519PrivateKey.from_private_bytes(k.secret) for k in keys.kem_keys}
         self.kem_key_id = keys.kem_keys[-1].key_id
+        self.kem_since_ms = keys.kem_keys[-1].created_ms
         self.kem = self.kems[self.kem_key_id]
         self.kem_public = self.kem.public_key().public_bytes_raw()
         self.masters = {k.key_id: AESGCM(k.secret) for k in keys.master_keys}

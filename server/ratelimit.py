@@ -3,9 +3,11 @@
 A phone back after months offline pushes and pulls a few hundred pages at
 once, so the bucket holds a whole minute's allowance; a device stuck in a
 loop (a client bug, a stolen phone scripted to hammer the office) is then
-held to the steady rate and cannot keep the one writer to itself. Only
-requests whose signature verified are counted, so nobody can spend a
-device's allowance in its name. A restart forgets the buckets: harmless.
+held to the steady rate. `server.auth` looks at the bucket once a request's
+signature, device and time have passed, before its nonce is spent (a write),
+and takes from it only once the nonce was new: a forged or replayed request
+spends nothing, so nobody can use up a device's allowance in its name. A
+restart forgets the buckets: harmless.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import threading
 from sync.errors import RateLimited
 
 MINUTE_MS = 60_000
+SWEEP_AT = 1_024  # buckets kept before the first sweep of full ones
 
 
 class DeviceRates:
@@ -25,22 +28,44 @@ class DeviceRates:
     def __init__(self, per_minute: int) -> None:
         self.per_minute = per_minute
         self._buckets: dict[str, tuple[float, int]] = {}  # device: (tokens, as of ms)
+        self._sweep_at = SWEEP_AT
         self._lock = threading.Lock()
 
-    def admit(self, device_id: str, now_ms: int) -> None:
-        """Take one request from the device's allowance, or raise `RateLimited`."""
+    def check(self, device_id: str, now_ms: int) -> None:
+        """Raise `RateLimited`, saying when to retry, if the device has nothing left."""
         if not self.per_minute:
             return
-        per_ms = self.per_minute / MINUTE_MS
         with self._lock:
-            tokens, since_ms = self._buckets.get(device_id, (self.per_minute, now_ms))
-            tokens = min(self.per_minute, tokens + max(0, now_ms - since_ms) * per_ms)
-            if tokens < 1:
-                self._buckets[device_id] = (tokens, now_ms)
-                wait_s = math.ceil((1 - tokens) / per_ms / 1000)
-                raise RateLimited(
-                    f"more than {self.per_minute} sync requests a minute from this device;"
-                    f" retry in {wait_s} s",
-                    retry_after_s=wait_s,
-                )
-            self._buckets[device_id] = (tokens - 1, now_ms)
+            tokens = self._tokens(device_id, now_ms)
+        if tokens < 1:
+            wait_s = math.ceil((1 - tokens) * MINUTE_MS / self.per_minute / 1000)
+            raise RateLimited(
+                f"more than {self.per_minute} sync requests a minute from this device;"
+                f" retry in {wait_s} s",
+                retry_after_s=wait_s,
+            )
+
+    def take(self, device_id: str, now_ms: int) -> None:
+        """Count one request against the device's allowance (after `check` let it through)."""
+        if not self.per_minute:
+            return
+        with self._lock:
+            self._buckets[device_id] = (self._tokens(device_id, now_ms) - 1, now_ms)
+            if len(self._buckets) > self._sweep_at:
+                # Full buckets are as good as none: memory stays with the devices active
+                # in about the last minute, at the cost of one pass per doubling.
+                self._buckets = {
+                    device: bucket
+                    for device, bucket in self._buckets.items()
+                    if self._refilled(bucket, now_ms) < self.per_minute
+                }
+                self._sweep_at = 2 * max(len(self._buckets), SWEEP_AT)
+
+    def _tokens(self, device_id: str, now_ms: int) -> float:
+        bucket = self._buckets.get(device_id)
+        return self.per_minute if bucket is None else self._refilled(bucket, now_ms)
+
+    def _refilled(self, bucket: tuple[float, int], now_ms: int) -> float:
+        tokens, since_ms = bucket
+        refill = max(0, now_ms - since_ms) * self.per_minute / MINUTE_MS
+        return min(self.per_minute, tokens + refill)

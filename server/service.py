@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -66,21 +67,34 @@ class SyncService:
         self.keys = keys
         self.metrics = Metrics()
         self.rates = DeviceRates(settings.sync_requests_per_minute)
+        self._statement: dict[str, Any] = {}
         self.clock = clock
         self.wall_ms = wall_ms
 
     def office(self) -> OfficeInfo:
-        keys = self.keys
-        keys.reload()
-        vouched = signing.office_key_message(keys.office_id, keys.kem_key_id, keys.kem_public)
+        self.keys.reload()
         return OfficeInfo(
-            office_id=keys.office_id,
-            signing_key=keys.signing_public,
-            kem_key=keys.kem_public,
+            office_id=self.keys.office_id,
+            signing_key=self.keys.signing_public,
             server_time_ms=self.wall_ms(),
-            kem_key_id=keys.kem_key_id,
-            kem_key_signature=keys.signing.sign(vouched),
+            **self._kem_key_statement(),
         )
+
+    def _kem_key_statement(self) -> dict[str, Any]:
+        """The current KEM key with the office's signature over it, as `OfficeInfo` and
+        `PullPage` carry it; signed once per key."""
+        keys = self.keys
+        if self._statement.get("kem_key_id") != keys.kem_key_id:
+            message = signing.office_key_message(
+                keys.office_id, keys.kem_key_id, keys.kem_since_ms, keys.kem_public
+            )
+            self._statement = {
+                "kem_key_id": keys.kem_key_id,
+                "kem_key": keys.kem_public,
+                "kem_key_since_ms": keys.kem_since_ms,
+                "kem_key_signature": keys.signing.sign(message),
+            }
+        return self._statement
 
     def enroll(self, request: EnrollRequest) -> Enrollment:
         """Spend an enrolment code on the device that proves it holds `signing_key`."""
@@ -128,7 +142,6 @@ class SyncService:
 
         The caller has also checked its size with `limit_batch`.
         """
-        self.rates.admit(device.device_id, self.wall_ms())
         changes = []
         for index, raw in enumerate(raws):
             try:
@@ -274,7 +287,6 @@ class SyncService:
 
     def pull(self, device: Device, request: PullRequest) -> PullPage:
         """The next page of what this device may see, after its cursor."""
-        self.rates.admit(device.device_id, self.wall_ms())
         limit = min(request.limit, self.settings.max_pull_limit)
         user_id = device.user.user_id
         with self.store.snapshot() as conn:
@@ -298,8 +310,7 @@ class SyncService:
             cursor=self._cursor(device, end, end_seq),
             has_more=has_more,
             server_time_ms=self.wall_ms(),
-            kem_key_id=self.keys.kem_key_id,
-            kem_key=self.keys.kem_public,
+            **self._kem_key_statement(),
         )
 
     def _cursor(self, device: Device, position: int, seq: int) -> str:

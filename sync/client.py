@@ -69,7 +69,7 @@ from sync.atrest import KdfParams
 from sync.changes import decode_change, encode_change
 from sync.clock import Clock, system_wall_ms
 from sync.envelope import Purpose
-from sync.errors import BadSignature, LianxinError, StaleRequest, WrongKey
+from sync.errors import BadSignature, LianxinError, RateLimited, StaleRequest, WrongKey
 from sync.replica_store import OutboxEntry, RecordKey, ReplicaStore
 
 T = TypeVar("T")
@@ -445,7 +445,8 @@ class DeviceClient:
         Items apply in order, on states read at once and written once per record at
         the end of the page (a fresh phone's first pull is mostly this).
         """
-        if self._nothing_new(page):
+        fresh_key = self._fresh_office_key(page)  # checked before anything is applied
+        if not fresh_key and self._nothing_new(page):
             return 0, 0, 0
         changes = [
             decode_change(item.change) if isinstance(item, PulledChange) else None
@@ -494,23 +495,17 @@ class DeviceClient:
             self._store.set_meta(CURSOR, page.cursor)
             self._store.set_meta(CLOCK_LAST, self._clock.last)
             self._learn_offset(page.server_time_ms)
-            if page.kem_key_id:
-                self._learn_office_key(page.kem_key_id, page.kem_key)
+            if fresh_key:
+                self._learn_office_key(page)
         return len(applied), skipped, evicted
 
     # -- signed requests ----------------------------------------------------------------
 
     def _nothing_new(self, page: PullPage) -> bool:
-        """Whether `page` is empty, ends at the stored cursor, names the office key this
-        device seals to and finds the server's clock where it was to the second (requests
-        carry whole seconds): then a sync with nothing to do writes nothing to the file."""
+        """Whether `page` is empty, ends at the stored cursor and finds the server's clock
+        where it was to the second (requests carry whole seconds): then a sync with
+        nothing to do writes nothing to the file."""
         if page.items or page.cursor != self._store.meta(CURSOR):
-            return False
-        office = self._enrolled().office
-        if page.kem_key_id and (page.kem_key_id, page.kem_key) != (
-            office.kem_key_id,
-            office.kem_key,
-        ):
             return False
         offset = self._store.meta(SERVER_OFFSET)
         moved = page.server_time_ms - self._wall_ms() - (offset if isinstance(offset, int) else 0)
@@ -519,12 +514,40 @@ class DeviceClient:
     def _learn_offset(self, server_time_ms: int) -> None:
         self._store.set_meta(SERVER_OFFSET, server_time_ms - self._wall_ms())
 
-    def _learn_office_key(self, key_id: str, key: bytes) -> None:
-        """Seal to the office's rotated KEM key from now on; call inside a transaction."""
+    def _fresh_office_key(self, said: OfficeInfo | PullPage) -> bool:
+        """Whether `said` names another KEM key than the one this device seals to, vouched
+        for by the office it enrolled with and newer (PROTOCOL.md section 14).
+
+        Raises `BadSignature` for a key its office did not sign or an older one:
+        neither `GET /v1/office` nor the refusal that sends a device there is
+        authenticated, and a page can be forged by whoever holds the key a request
+        was sealed to, which after a rotation may be the leaked one.
+        """
+        enrolled = self._enrolled().office
+        if not said.kem_key_id or (said.kem_key_id, said.kem_key) == (
+            enrolled.kem_key_id,
+            enrolled.kem_key,
+        ):
+            return False
+        message = signing.office_key_message(
+            enrolled.office_id, said.kem_key_id, said.kem_key_since_ms, said.kem_key
+        )
+        signing.verify(enrolled.signing_key, said.kem_key_signature, message, "office key")
+        if said.kem_key_since_ms <= enrolled.kem_key_since_ms:
+            raise BadSignature(f"office key {said.kem_key_id} is older than the one in use")
+        return True
+
+    def _learn_office_key(self, said: OfficeInfo | PullPage) -> None:
+        """Seal to the office's rotated KEM key from now on (checked by `_fresh_office_key`);
+        call inside a transaction."""
         identity = self._enrolled()
-        if (key_id, key) == (identity.office.kem_key_id, identity.office.kem_key):
-            return
-        office = msgspec.structs.replace(identity.office, kem_key_id=key_id, kem_key=key)
+        office = msgspec.structs.replace(
+            identity.office,
+            kem_key_id=said.kem_key_id,
+            kem_key=said.kem_key,
+            kem_key_since_ms=said.kem_key_since_ms,
+            kem_key_signature=said.kem_key_signature,
+        )
         identity = msgspec.structs.replace(identity, office=office)
         self._store.set_sealed_meta(IDENTITY, _encode(identity))
         self._identity = identity
@@ -544,29 +567,18 @@ class DeviceClient:
             return send()
         except (StaleRequest, WrongKey):
             office = _answer(self._http.get("/v1/office"), OfficeInfo)
-            self._check_vouched(office)
             with self._store.transaction():
+                # The time is not signed: a wrong one costs a refusal, nothing more.
                 self._learn_offset(office.server_time_ms)
-                self._learn_office_key(office.kem_key_id, office.kem_key)
                 # A push signed by a clock that was ahead spent no nonce: sign the next
                 # one by the server's time. (Should it land on the very millisecond of
                 # an earlier accepted try of the batch, it is refused `replayed` and
                 # the next sync signs later.)
                 self._store.set_meta(PUSH_SIGNED_MS, 0)
+            if self._fresh_office_key(office):
+                with self._store.transaction():
+                    self._learn_office_key(office)
             return send()
-
-    def _check_vouched(self, office: OfficeInfo) -> None:
-        """Refuse office information the office this device enrolled with did not sign.
-
-        `GET /v1/office` is unsigned and the refusal that sends a device there is
-        not sealed: without this, whoever sits on the path could answer both and
-        have the device seal its pushes to a key of their own.
-        """
-        enrolled = self._enrolled().office
-        if office.office_id != enrolled.office_id:
-            raise BadSignature(f"office {office.office_id!r} is not this device's office")
-        message = signing.office_key_message(office.office_id, office.kem_key_id, office.kem_key)
-        signing.verify(enrolled.signing_key, office.kem_key_signature, message, "office key")
 
     def _server_ms(self) -> int:
         """This device's clock, corrected by the offset the server's clock last showed."""
@@ -684,4 +696,8 @@ def _answer(response: httpx.Response, answer_type: type[T]) -> T:
     kind = ERROR_CLASSES.get(body.error)
     if kind is None:
         raise LianxinError(f"HTTP {response.status_code} {body.error}: {body.detail}")
-    raise kind(body.detail)
+    refusal = kind(body.detail)
+    wait = response.headers.get("retry-after", "")
+    if isinstance(refusal, RateLimited) and wait.isascii() and wait.isdigit():
+        refusal.retry_after_s = int(wait)
+    raise refusal

@@ -132,11 +132,11 @@ def enroll_message(code: str, signing_key: bytes, kem_key: bytes) -> bytes:
     )
 
 
-def office_key_message(office_id: str, kem_key_id: str, kem_key: bytes) -> bytes:
-    """What an office signs to vouch for its current KEM key (`OfficeInfo.kem_key_signature`)."""
-    return b"\n".join(
-        [OFFICE_KEY_PURPOSE, office_id.encode(), kem_key_id.encode(), kem_key.hex().encode()]
-    )
+def office_key_message(office_id: str, kem_key_id: str, since_ms: int, kem_key: bytes) -> bytes:
+    """What an office signs to vouch for its KEM key, current since `since_ms`
+    (`OfficeInfo.kem_key_signature`); the time lets a device refuse an older statement."""
+    fields = [office_id, kem_key_id, str(since_ms), kem_key.hex()]
+    return OFFICE_KEY_PURPOSE + b"\n" + "\n".join(fields).encode()
 
 
 def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:

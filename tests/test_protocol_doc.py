@@ -357,8 +357,20 @@ def test_pull_v2_vectors():
         server_time_ms=int(answer["server_time_ms"]),
         kem_key_id=answer["kem_key_id"],
         kem_key=bytes.fromhex(answer["kem_key"]),
+        kem_key_since_ms=int(answer["kem_key_since_ms"]),
+        kem_key_signature=base64.b64decode(answer["kem_key_signature_b64"]),
     )
     assert (page.kem_key_id, page.kem_key) == (body["key_id"], office_public)
+    # The page vouches for the key it names as OfficeInfo does (the `office-key` vector).
+    statement = signing.office_key_message(
+        fields("office-key")["office_id"], page.kem_key_id, page.kem_key_since_ms, page.kem_key
+    )
+    signing.verify(
+        bytes.fromhex(fields("office-key")["office_signing_key"]),
+        page.kem_key_signature,
+        statement,
+        "office key",
+    )
     page_bytes = msgspec.msgpack.encode(page)
     assert page_bytes.hex() == answer["plaintext_hex"]
     assert hashlib.sha256(pull.signature).hexdigest() == answer["signature_sha256"]
@@ -380,7 +392,7 @@ def test_office_key_vector():
     assert office.public_key().public_bytes_raw().hex() == v["office_signing_key"]
     assert v["kem_key"] == fields("envelope")["recipient_public_key"]
     message = signing.office_key_message(
-        v["office_id"], v["kem_key_id"], bytes.fromhex(v["kem_key"])
+        v["office_id"], v["kem_key_id"], int(v["kem_key_since_ms"]), bytes.fromhex(v["kem_key"])
     )
     assert message.hex() == v["message_hex"]
     assert base64.b64encode(office.sign(message)).decode() == v["kem_key_signature_b64"]

@@ -10,27 +10,39 @@ from tests.server.conftest import running_office
 from tests.server.test_hostile_requests import store_digest
 
 
+def admit(rates, device_id, now_ms):
+    rates.check(device_id, now_ms)
+    rates.take(device_id, now_ms)
+
+
 def test_a_minutes_allowance_comes_at_once_and_then_one_request_a_tick():
     rates = DeviceRates(per_minute=60)
     for _ in range(60):
-        rates.admit("dev-1", 0)
+        admit(rates, "dev-1", 0)
     with pytest.raises(RateLimited) as refused:
-        rates.admit("dev-1", 0)
+        rates.check("dev-1", 0)
     assert refused.value.retry_after_s == 1
-    rates.admit("dev-2", 0)  # another device has its own allowance
-    rates.admit("dev-1", 1_000)  # a second later, one more
+    admit(rates, "dev-2", 0)  # another device has its own allowance
+    admit(rates, "dev-1", 1_000)  # a second later, one more
     with pytest.raises(RateLimited):
-        rates.admit("dev-1", 1_000)
+        rates.check("dev-1", 1_000)
     for _ in range(60):  # an hour idle refills no more than a minute's worth
-        rates.admit("dev-1", 3_600_000)
+        admit(rates, "dev-1", 3_600_000)
     with pytest.raises(RateLimited):
-        rates.admit("dev-1", 3_600_000)
+        rates.check("dev-1", 3_600_000)
+
+
+def test_memory_stays_with_the_devices_active_in_the_last_minute():
+    rates = DeviceRates(per_minute=60)
+    for n in range(10_000):  # a thousand devices a minute, each seen once
+        admit(rates, f"dev-{n}", n * 60)
+    assert len(rates._buckets) <= 3 * 1_000
 
 
 def test_no_limit_when_set_to_zero():
     rates = DeviceRates(per_minute=0)
     for _ in range(10_000):
-        rates.admit("dev-1", 0)
+        admit(rates, "dev-1", 0)
 
 
 @pytest.fixture
@@ -43,20 +55,25 @@ def error_of(answer):
     return answer.status_code, msgspec.msgpack.decode(answer.content)["error"]
 
 
-def test_a_device_over_its_allowance_is_told_when_to_retry_and_nothing_is_applied(office):
+def nonces(office):
+    return office.store.db.execute("SELECT count(*) FROM nonces").fetchone()[0]
+
+
+def test_a_device_over_its_allowance_is_told_when_to_retry_and_nothing_is_written(office):
     phone = office.enroll("mediator")
     change = phone.change("case", "k-1", {"title": "Drains", "status": "new"})
     assert phone.pull().status_code == 200
     assert phone.pull_v2(phone.pull_v2_body()).status_code == 200
     assert phone.push([phone.change("case", "k-0", {"title": "Fence"})]).status_code == 200
-    stored = store_digest(office.store.db)
+    stored, spent = store_digest(office.store.db), nonces(office)
 
     push = phone.push_v2(phone.push_v2_body([encode_change(change)], batch_id="b-2"))
     pull = phone.pull()
 
     assert error_of(push) == (429, "rate_limited") == error_of(pull)
     assert push.headers["retry-after"] == "20"  # 3 a minute: one every 20 s
-    assert store_digest(office.store.db) == stored
+    # Refused before its nonce was spent: not even that was written.
+    assert (store_digest(office.store.db), nonces(office)) == (stored, spent)
     # Others are not held back, and the phone is welcome again once its time has come.
     other = office.enroll("mediator", name="other")
     assert other.pull().status_code == 200
@@ -64,11 +81,15 @@ def test_a_device_over_its_allowance_is_told_when_to_retry_and_nothing_is_applie
     assert phone.push_v2(phone.push_v2_body([encode_change(change)], "b-2")).status_code == 200
 
 
-def test_requests_that_fail_their_signature_spend_nothing_of_the_allowance(office):
+def test_forged_and_replayed_requests_spend_nothing_of_the_allowance(office):
     phone = office.enroll("mediator")
     forger = office.enroll("mediator", name="forger")
+    captured = phone.pull_v2_body()
+    assert phone.pull_v2(captured).status_code == 200  # one of the three
     for _ in range(10):
+        assert error_of(phone.pull_v2(captured)) == (401, "replayed")
         forged = phone.pull_v2_body(key=forger.key)
         assert error_of(phone.pull_v2(forged)) == (401, "bad_signature")
-    for _ in range(3):
-        assert phone.pull().status_code == 200
+    assert phone.pull().status_code == 200
+    assert phone.pull().status_code == 200
+    assert error_of(phone.pull()) == (429, "rate_limited")

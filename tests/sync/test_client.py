@@ -17,7 +17,7 @@ import httpx
 import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from litestar.testing import TestClient
 
 from schemas import (
@@ -38,7 +38,13 @@ from server.storage.directory import Directory
 from server.storage.sqlite import SqliteStore
 from sync import signing
 from sync.client import MAX_BATCH, MAX_BATCH_BYTES, AlreadyEnrolled, DeviceClient, NotEnrolled
-from sync.envelope import PULL_ENVELOPE, CompactEnvelope, open_v2, open_v2_answer
+from sync.envelope import (
+    PULL_ENVELOPE,
+    CompactEnvelope,
+    open_v2,
+    open_v2_answer,
+    seal_v2_answer,
+)
 from sync.errors import (
     BadCursor,
     BadSignature,
@@ -569,49 +575,44 @@ def test_a_pull_sealed_to_a_retired_office_key_learns_the_new_key_and_goes_again
     assert wang.identity.office.kem_key_id == office.keys.kem_key_id != old_key_id
 
 
+def on_path_to_the_office(office, answer_office_with):
+    """Someone on the path: refuses every sync request `wrong_key` (refusals are not
+    sealed) and answers the unsigned `GET /v1/office` with what they like."""
+
+    def hook(send, request):
+        if request.url.path == "/v1/office":
+            info = answer_office_with()
+            return httpx.Response(200, content=msgspec.msgpack.encode(info), request=request)
+        refusal = {"error": "wrong_key", "detail": "rotated"}
+        return httpx.Response(400, content=msgspec.msgpack.encode(refusal), request=request)
+
+    return hook
+
+
 def test_a_key_the_office_did_not_sign_is_never_learned(office, monkeypatch):
-    """Someone on the path refuses a push `wrong_key` (refusals are not sealed) and
-    answers the unsigned `GET /v1/office` with a key of their own: the device keeps
-    sealing to its office."""
     wang = office.device("wang", "mediator")
     wang.edit("case", "k-1", set={"title": "Drains", "status": "new"})
     enrolled = wang.identity.office
     theirs = X25519PrivateKey.generate().public_key().public_bytes_raw()
     signer = Ed25519PrivateKey.generate()
+    later = enrolled.kem_key_since_ms + 1
+
+    def statement(office_id=enrolled.office_id):
+        return signing.office_key_message(office_id, "evil.kem1", later, theirs)
+
     lies = {
         "unsigned": {},
-        "signed by someone else": {
-            "kem_key_signature": signer.sign(
-                signing.office_key_message(enrolled.office_id, "evil.kem1", theirs)
-            )
-        },
+        "signed by someone else": {"kem_key_signature": signer.sign(statement())},
         "another office, self-signed": {
             "office_id": "office-evil",
             "signing_key": signer.public_key().public_bytes_raw(),
-            "kem_key_signature": signer.sign(
-                signing.office_key_message("office-evil", "evil.kem1", theirs)
-            ),
+            "kem_key_signature": signer.sign(statement("office-evil")),
         },
     }
     for name, lie in lies.items():
-
-        def on_path(send, request, lie=lie):
-            if request.url.path == "/v1/office":
-                info = OfficeInfo(
-                    **{
-                        "office_id": enrolled.office_id,
-                        "signing_key": enrolled.signing_key,
-                        "kem_key": theirs,
-                        "kem_key_id": "evil.kem1",
-                        "server_time_ms": office.wall(),
-                        **lie,
-                    }
-                )
-                return httpx.Response(200, content=msgspec.msgpack.encode(info), request=request)
-            refusal = {"error": "wrong_key", "detail": "rotated"}
-            return httpx.Response(400, content=msgspec.msgpack.encode(refusal), request=request)
-
-        sent = intercept(office.http, monkeypatch, on_path)
+        fields = {"kem_key": theirs, "kem_key_id": "evil.kem1", "kem_key_since_ms": later}
+        lying = OfficeInfo(**{**msgspec.structs.asdict(enrolled), **fields, **lie})
+        sent = intercept(office.http, monkeypatch, on_path_to_the_office(office, lambda i=lying: i))
         with pytest.raises(BadSignature):
             wang.push()
         assert [r.url.path for r in sent] == ["/v2/sync/push", "/v1/office"], name
@@ -622,11 +623,65 @@ def test_a_key_the_office_did_not_sign_is_never_learned(office, monkeypatch):
     assert [r.status for r in wang.push()] == ["applied"]
 
 
-def test_a_rotated_key_is_learned_because_the_office_signed_it(office):
-    info = msgspec.msgpack.decode(office.http.get("/v1/office").content, type=OfficeInfo)
-    message = signing.office_key_message(info.office_id, info.kem_key_id, info.kem_key)
-    signing.verify(office.keys.signing_public, info.kem_key_signature, message, "office key")
-    assert (info.kem_key_id, info.kem_key) == (office.keys.kem_key_id, office.keys.kem_public)
+def test_an_older_statement_of_the_office_cannot_take_a_device_back_to_a_retired_key(
+    office, monkeypatch
+):
+    wang = office.device("wang", "mediator")
+    before = msgspec.msgpack.decode(office.http.get("/v1/office").content, type=OfficeInfo)
+    office.wall.tick(60_000)
+    office.keys.rotate(master=False, kem=True, now_ms=office.wall())
+    wang.pull()  # the page names the new key, vouched for: the device seals to it now
+    rotated = wang.identity.office
+    assert (rotated.kem_key_id, rotated.kem_key) == (office.keys.kem_key_id, office.keys.kem_public)
+    assert rotated.kem_key_since_ms > before.kem_key_since_ms
+
+    # Someone who kept the office's earlier answer (genuine, signed) plays it back.
+    intercept(office.http, monkeypatch, on_path_to_the_office(office, lambda: before))
+    wang.edit("case", "k-1", set={"title": "Drains", "status": "new"})
+    with pytest.raises(BadSignature, match="older"):
+        wang.push()
+    assert wang.identity.office == rotated
+
+
+def test_a_page_forged_by_whoever_holds_a_leaked_key_names_no_key_the_device_takes(
+    office, monkeypatch
+):
+    """The office rotates because its key leaked; a device that has not heard yet still
+    seals its pull to the leaked key, so its holder can read the request and seal an
+    answer to it. The key that answer names must still be the office's own."""
+    wang = office.device("wang", "mediator")
+    leaked_id, leaked = office.keys.kem_key_id, office.keys.kem
+    enrolled = wang.identity.office
+    office.keys.rotate(master=False, kem=True, now_ms=office.wall() + 60_000)
+    theirs = X25519PrivateKey.generate().public_key().public_bytes_raw()
+
+    def forge(send, request):
+        suite, plaintext = open_v2("pull", request.content, {leaked_id: leaked})
+        pull = msgspec.msgpack.decode(plaintext, type=SignedPull)
+        page = PullPage(
+            items=[],
+            cursor="v1.0.0.forged",
+            has_more=False,
+            server_time_ms=office.wall(),
+            kem_key_id="evil.kem1",
+            kem_key=theirs,
+            kem_key_since_ms=enrolled.kem_key_since_ms + 120_000,
+        )
+        sealed = seal_v2_answer(
+            "pull",
+            msgspec.msgpack.encode(page),
+            suite,
+            pull.signature,
+            X25519PublicKey.from_public_bytes(wang.kem_public_key),
+        )
+        answer_type = {"content-type": PULL_ENVELOPE}
+        return httpx.Response(200, content=sealed, headers=answer_type, request=request)
+
+    intercept(office.http, monkeypatch, forge)
+    with pytest.raises(BadSignature):
+        wang.pull()
+    assert wang.identity.office == enrolled
+    assert wang._store.meta("cursor") is None  # nothing of the page was applied
 
 
 @pytest.mark.office_settings(sync_requests_per_minute=2)
@@ -635,8 +690,9 @@ def test_a_sync_held_back_by_the_office_keeps_the_outbox_and_resumes_later(offic
     wang.edit("case", "k-1", set={"title": "Drains", "status": "new"})
     wang.pull()  # a first pull spends one of the two requests of its minute
 
-    with pytest.raises(RateLimited, match="retry in 30 s"):
+    with pytest.raises(RateLimited) as held:
         wang.sync()  # the push goes; the pull after it is held back
+    assert held.value.retry_after_s == 30  # from the answer's Retry-After
 
     assert [entry.state for entry in wang.outbox()] == ["applied"]
     office.wall.tick(30_000)
