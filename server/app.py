@@ -86,7 +86,8 @@ async def enroll(request: Request) -> Response:
     require_media_type(request, PLAIN_MEDIA_TYPES, optional=True)
     message = decode(request, await request.body(), EnrollRequest)
     service = service_of(request)
-    return reply(request, await anyio.to_thread.run_sync(service.enroll, message))
+    client = request.client.host if request.client else "unknown"
+    return reply(request, await anyio.to_thread.run_sync(service.enroll, message, client))
 
 
 def request_target(request: Request) -> str:

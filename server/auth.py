@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 
 from schemas.wire import SignedPull, SignedPush
-from server.ratelimit import DeviceRates
+from server.ratelimit import Allowance
 from server.storage.directory import Device, Directory
 from sync import signing
 from sync.errors import MalformedRequest, RevokedDevice, StaleRequest, UnknownDevice, Unsigned
@@ -33,7 +33,7 @@ def authenticate(
     directory: Directory,
     now_ms: int,
     window_s: int,
-    rates: DeviceRates | None = None,
+    rates: Allowance | None,
 ) -> Device:
     """The device that signed this request, or the precise reason it is refused
     (`rates`, when given, refuses a device over its allowance)."""
@@ -63,7 +63,7 @@ def authenticate_push(
     directory: Directory,
     now_ms: int,
     window_s: int,
-    rates: DeviceRates | None = None,
+    rates: Allowance | None,
 ) -> tuple[Device, bytes]:
     """The device that signed this version 2 push, and the message it signed.
 
@@ -94,7 +94,7 @@ def authenticate_pull(
     directory: Directory,
     now_ms: int,
     window_s: int,
-    rates: DeviceRates | None = None,
+    rates: Allowance | None,
 ) -> Device:
     """The device that signed this version 2 pull; its request id is the nonce."""
     device = _enrolled(pull.device_id, directory)
@@ -132,7 +132,7 @@ def _admit(
     directory: Directory,
     now_ms: int,
     window_s: int,
-    rates: DeviceRates | None,
+    rates: Allowance | None,
 ) -> None:
     """Check, in the order PROTOCOL.md gives, that `device` signed `message` now, once,
     and within its allowance."""
@@ -141,8 +141,8 @@ def _admit(
         raise RevokedDevice("this device was revoked")
     if abs(now_ms - timestamp_ms) > window_s * 1000:
         raise StaleRequest(f"the request time is more than {window_s} s from the server's")
-    if rates:
+    if rates is not None:
         rates.check(device.device_id, now_ms)  # before the nonce costs a write
     directory.spend_nonce(device.device_id, nonce, now_ms, window_s * 1000)
-    if rates:
+    if rates is not None:
         rates.take(device.device_id, now_ms)  # a replay was refused above: it spends nothing

@@ -397,6 +397,13 @@ def serve(settings: Settings) -> int:
     memory.collect_less()
     logs.configure_logging()
     print(f"Lianxin serving {settings.data_dir} on http://{settings.host}:{settings.port}")
+    if settings.admin_second_factor:
+        locked_out = signin.admins_without_second_factor(app.state.service.directory)
+        if locked_out:
+            print(
+                "Admins who cannot sign in to the console until they have a second factor"
+                f" (lianxin user totp USER): {', '.join(locked_out)}"
+            )
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     return 0
 

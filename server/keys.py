@@ -20,12 +20,14 @@ import os
 import secrets
 import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from sync import signing
 from sync.atrest import KdfParams, derive_key, new_key, open_sealed, seal
 from sync.errors import Unreadable
 
@@ -73,9 +75,20 @@ class OfficeKeys:
         self.signing_public = self.signing.public_key().public_bytes_raw()
         self.kems = {k.key_id: X25519PrivateKey.from_private_bytes(k.secret) for k in keys.kem_keys}
         self.kem_key_id = keys.kem_keys[-1].key_id
-        self.kem_since_ms = keys.kem_keys[-1].created_ms
         self.kem = self.kems[self.kem_key_id]
         self.kem_public = self.kem.public_key().public_bytes_raw()
+        since_ms = keys.kem_keys[-1].created_ms
+        vouched = signing.office_key_message(
+            self.office_id, self.kem_key_id, since_ms, self.kem_public
+        )
+        # One attribute, set at once: a request served during a reload never signs or
+        # shows a mix of the old key and the new.
+        self.kem_statement: dict[str, Any] = {
+            "kem_key_id": self.kem_key_id,
+            "kem_key": self.kem_public,
+            "kem_key_since_ms": since_ms,
+            "kem_key_signature": self.signing.sign(vouched),
+        }
         self.masters = {k.key_id: AESGCM(k.secret) for k in keys.master_keys}
         self.master_id = keys.master_keys[-1].key_id
         self.cursor_secret = keys.cursor_secret
@@ -155,7 +168,10 @@ class OfficeKeys:
 
 def _next(keys: list[NamedKey], prefix: str, now_ms: int) -> NamedKey:
     number = 1 + max(int(k.key_id.removeprefix(prefix)) for k in keys)
-    return NamedKey(key_id=f"{prefix}{number}", secret=new_key(), created_ms=now_ms)
+    # Later than every key before it even on a clock that went back: devices take a KEM
+    # key only if it is newer than theirs (PROTOCOL.md section 14).
+    created_ms = max(now_ms, 1 + max(k.created_ms for k in keys))
+    return NamedKey(key_id=f"{prefix}{number}", secret=new_key(), created_ms=created_ms)
 
 
 def _read(path: Path) -> LockedFile:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from typing import Any
 
 import msgspec
 
@@ -31,7 +30,7 @@ from server.agreements import execute_ready, signature_vet
 from server.keys import OfficeKeys
 from server.ops import Metrics
 from server.pseudonyms import pseudonym
-from server.ratelimit import DeviceRates
+from server.ratelimit import Allowance
 from server.settings import Settings
 from server.storage import repeats
 from server.storage.access import presence, update_access
@@ -45,7 +44,16 @@ from sync.access import WRITABLE_BY, changes_visibility, links_added
 from sync.changes import decode_change
 from sync.clock import Clock
 from sync.engine import apply
-from sync.errors import BadCursor, BatchReused, Forbidden, MalformedRequest, TooDeep, TooLarge
+from sync.errors import (
+    BadCursor,
+    BadSignature,
+    BatchReused,
+    EnrollmentRefused,
+    Forbidden,
+    MalformedRequest,
+    TooDeep,
+    TooLarge,
+)
 from sync.store import RecordKey
 
 
@@ -66,8 +74,10 @@ class SyncService:
         self.signatures = signature_vet(self.directory)
         self.keys = keys
         self.metrics = Metrics()
-        self.rates = DeviceRates(settings.sync_requests_per_minute)
-        self._statement: dict[str, Any] = {}
+        self.rates = Allowance(settings.sync_requests_per_minute, "sync requests from this device")
+        self.enrol_failures = Allowance(
+            settings.enrol_failures_per_minute, "refused enrolments from this address"
+        )
         self.clock = clock
         self.wall_ms = wall_ms
 
@@ -77,43 +87,33 @@ class SyncService:
             office_id=self.keys.office_id,
             signing_key=self.keys.signing_public,
             server_time_ms=self.wall_ms(),
-            **self._kem_key_statement(),
+            **self.keys.kem_statement,
         )
 
-    def _kem_key_statement(self) -> dict[str, Any]:
-        """The current KEM key with the office's signature over it, as `OfficeInfo` and
-        `PullPage` carry it; signed once per key."""
-        keys = self.keys
-        if self._statement.get("kem_key_id") != keys.kem_key_id:
-            message = signing.office_key_message(
-                keys.office_id, keys.kem_key_id, keys.kem_since_ms, keys.kem_public
-            )
-            self._statement = {
-                "kem_key_id": keys.kem_key_id,
-                "kem_key": keys.kem_public,
-                "kem_key_since_ms": keys.kem_since_ms,
-                "kem_key_signature": keys.signing.sign(message),
-            }
-        return self._statement
-
-    def enroll(self, request: EnrollRequest) -> Enrollment:
-        """Spend an enrolment code on the device that proves it holds `signing_key`."""
-        message = signing.enroll_message(request.code, request.signing_key, request.kem_key)
-        signing.verify(request.signing_key, request.proof, message, "enrolment proof")
+    def enroll(self, request: EnrollRequest, client: str) -> Enrollment:
+        """Spend an enrolment code on the device that proves it holds `signing_key`;
+        `client` (its address) is refused for a while after too many refusals."""
         now_ms = self.wall_ms()
-        with self.store.transaction():
-            device = self.directory.enroll(
-                request.code, request.signing_key, request.kem_key, request.label, now_ms
-            )
-            # The label is the holder's words ("Wang's phone"): not in the clear log.
-            audit.append(
-                self.store.db,
-                now_ms,
-                f"device:{device.device_id}",
-                "enroll",
-                f"user/{device.user.user_id}",
-                {"role": device.user.role},
-            )
+        self.enrol_failures.check(client, now_ms)
+        message = signing.enroll_message(request.code, request.signing_key, request.kem_key)
+        try:
+            signing.verify(request.signing_key, request.proof, message, "enrolment proof")
+            with self.store.transaction():
+                device = self.directory.enroll(
+                    request.code, request.signing_key, request.kem_key, request.label, now_ms
+                )
+                # The label is the holder's words ("Wang's phone"): not in the clear log.
+                audit.append(
+                    self.store.db,
+                    now_ms,
+                    f"device:{device.device_id}",
+                    "enroll",
+                    f"user/{device.user.user_id}",
+                    {"role": device.user.role},
+                )
+        except (BadSignature, EnrollmentRefused):
+            self.enrol_failures.take(client, now_ms)
+            raise
         return Enrollment(
             device_id=device.device_id,
             user_id=device.user.user_id,
@@ -310,7 +310,7 @@ class SyncService:
             cursor=self._cursor(device, end, end_seq),
             has_more=has_more,
             server_time_ms=self.wall_ms(),
-            **self._kem_key_statement(),
+            **self.keys.kem_statement,
         )
 
     def _cursor(self, device: Device, position: int, seq: int) -> str:

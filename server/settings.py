@@ -34,6 +34,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     cached_states: Annotated[int, msgspec.Meta(ge=1)] = CACHED_STATES
     # Sync requests a device may make a minute, in bursts of as many (0: no limit).
     sync_requests_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 600
+    # Refused enrolments an address may make a minute, in bursts of as many (0: no limit).
+    enrol_failures_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 10
     # Refuse sync requests that are not sealed envelopes (PROTOCOL.md section 14).
     require_sealed: bool = True
     # The supervisor console: sessions end after this long idle, or this long in all.

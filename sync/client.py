@@ -516,7 +516,8 @@ class DeviceClient:
 
     def _fresh_office_key(self, said: OfficeInfo | PullPage) -> bool:
         """Whether `said` names another KEM key than the one this device seals to, vouched
-        for by the office it enrolled with and newer (PROTOCOL.md section 14).
+        for by the office it enrolled with and newer (PROTOCOL.md section 14), or the
+        statement of the one it holds, kept from before statements were signed.
 
         Raises `BadSignature` for a key its office did not sign or an older one:
         neither `GET /v1/office` nor the refusal that sends a device there is
@@ -524,16 +525,15 @@ class DeviceClient:
         was sealed to, which after a rotation may be the leaked one.
         """
         enrolled = self._enrolled().office
-        if not said.kem_key_id or (said.kem_key_id, said.kem_key) == (
-            enrolled.kem_key_id,
-            enrolled.kem_key,
-        ):
+        same = (said.kem_key_id, said.kem_key) == (enrolled.kem_key_id, enrolled.kem_key)
+        # A key held from before statements were signed gets its statement once.
+        if not said.kem_key_id or (same and enrolled.kem_key_signature):
             return False
         message = signing.office_key_message(
             enrolled.office_id, said.kem_key_id, said.kem_key_since_ms, said.kem_key
         )
         signing.verify(enrolled.signing_key, said.kem_key_signature, message, "office key")
-        if said.kem_key_since_ms <= enrolled.kem_key_since_ms:
+        if not same and said.kem_key_since_ms <= enrolled.kem_key_since_ms:
             raise BadSignature(f"office key {said.kem_key_id} is older than the one in use")
         return True
 

@@ -86,6 +86,16 @@ def enable_totp(directory: Directory, user: User, issuer: str = "Lianxin") -> st
     return _totp(secret).get_provisioning_uri(user.user_id, issuer)
 
 
+def admins_without_second_factor(directory: Directory) -> list[str]:
+    """Admins with a password but no second factor: they cannot sign in while the office
+    requires one (`Settings.admin_second_factor`)."""
+    rows = directory.db.execute(
+        "SELECT user_id FROM users WHERE role = 'admin' AND password_hash IS NOT NULL"
+        " AND totp_secret IS NULL ORDER BY user_id"
+    )
+    return [user_id for (user_id,) in rows]
+
+
 def totp_code(secret: bytes, now_s: int) -> str:
     return _totp(secret).generate(now_s).decode()
 

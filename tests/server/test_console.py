@@ -169,6 +169,7 @@ def test_an_admin_signs_in_only_with_a_second_factor_by_default(tmp_path):
         signin.set_password(office.directory, wang.user_id, PASSWORD)
         chen = supervisor(office)
 
+        assert signin.admins_without_second_factor(office.directory) == [wang.user_id]
         refused = sign_in(office, wang)
         # Told no more than for a wrong password: the answer does not confirm it.
         assert refused.status_code == 401
@@ -179,6 +180,7 @@ def test_an_admin_signs_in_only_with_a_second_factor_by_default(tmp_path):
         secret = signin._totp_secret(office.directory, wang.user_id)
         code = signin.totp_code(secret, office.wall.ms // 1000)
         assert sign_in(office, wang, code=code).status_code == 303
+        assert signin.admins_without_second_factor(office.directory) == []
         actions = [(e.action, e.subject) for e in audit.entries(office.store.db)]
         subject = f"user/{wang.user_id}"
         assert actions.count(("sign_in_refused_no_second_factor", subject)) == 1

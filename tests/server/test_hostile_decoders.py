@@ -283,7 +283,7 @@ def test_garbage_signature_headers_are_refused_with_a_code(
         auth.SIGNATURE: signature.decode() if isinstance(signature, bytes) else signature,
     }
     with pytest.raises((AuthenticationError, MalformedRequest)) as refused:
-        auth.authenticate(headers, "POST", "/v1/sync/pull", b"", directory, WALL_MS, 300)
+        auth.authenticate(headers, "POST", "/v1/sync/pull", b"", directory, WALL_MS, 300, None)
     assert isinstance(refused.value, LianxinError) and refused.value.code != "error"
 
 
@@ -308,7 +308,7 @@ def test_a_garbage_push_is_refused_with_a_code(
         signature=signature,
     )
     with pytest.raises(AuthenticationError) as refused:
-        auth.authenticate_push(push, directory, WALL_MS, 300)
+        auth.authenticate_push(push, directory, WALL_MS, 300, None)
     assert refused.value.code in {"unknown_device", "bad_signature"}
 
 
@@ -335,7 +335,7 @@ def test_a_garbage_pull_is_refused_with_a_code(
         signature=signature,
     )
     with pytest.raises(AuthenticationError) as refused:
-        auth.authenticate_pull(pull, directory, WALL_MS, 300)
+        auth.authenticate_pull(pull, directory, WALL_MS, 300, None)
     assert refused.value.code in {"unknown_device", "bad_signature"}
 
 
@@ -349,5 +349,5 @@ def test_a_well_signed_request_still_authenticates(directory):
         auth.NONCE: nonce,
         auth.SIGNATURE: base64.b64encode(key.sign(message)).decode(),
     }
-    device = auth.authenticate(headers, "POST", "/v1/sync/pull", b"", directory, WALL_MS, 300)
+    device = auth.authenticate(headers, "POST", "/v1/sync/pull", b"", directory, WALL_MS, 300, None)
     assert device.device_id == device_id

@@ -109,3 +109,12 @@ def test_the_current_key_cannot_be_retired(office):
     with pytest.raises(ValueError, match="no key"):
         keys.retire("office-x.master9")
     vault.close()
+
+
+def test_a_rotated_kem_key_is_newer_even_when_the_clock_went_back(office):
+    before = office.keys.kem_statement
+    office.keys.rotate(master=False, kem=True, now_ms=before["kem_key_since_ms"] - 3_600_000)
+    after = office.keys.kem_statement
+    assert after["kem_key_id"] != before["kem_key_id"]
+    # Devices take a key only if it is newer than theirs (PROTOCOL.md section 14).
+    assert after["kem_key_since_ms"] > before["kem_key_since_ms"]

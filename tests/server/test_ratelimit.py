@@ -1,12 +1,17 @@
-"""How often a device may sync: a minute's allowance at once, then the steady rate."""
+"""How often a device may sync, and an address fail to enrol: a minute's allowance at
+once, then the steady rate."""
 
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from server.ratelimit import DeviceRates
+from schemas.wire import EnrollRequest
+from server.ratelimit import Allowance
+from sync import signing
 from sync.changes import encode_change
 from sync.errors import RateLimited
-from tests.server.conftest import running_office
+from tests.server.conftest import MSGPACK, running_office
 from tests.server.test_hostile_requests import store_digest
 
 
@@ -16,7 +21,7 @@ def admit(rates, device_id, now_ms):
 
 
 def test_a_minutes_allowance_comes_at_once_and_then_one_request_a_tick():
-    rates = DeviceRates(per_minute=60)
+    rates = Allowance(60, "requests")
     for _ in range(60):
         admit(rates, "dev-1", 0)
     with pytest.raises(RateLimited) as refused:
@@ -33,14 +38,14 @@ def test_a_minutes_allowance_comes_at_once_and_then_one_request_a_tick():
 
 
 def test_memory_stays_with_the_devices_active_in_the_last_minute():
-    rates = DeviceRates(per_minute=60)
+    rates = Allowance(60, "requests")
     for n in range(10_000):  # a thousand devices a minute, each seen once
         admit(rates, f"dev-{n}", n * 60)
     assert len(rates._buckets) <= 3 * 1_000
 
 
 def test_no_limit_when_set_to_zero():
-    rates = DeviceRates(per_minute=0)
+    rates = Allowance(0, "requests")
     for _ in range(10_000):
         admit(rates, "dev-1", 0)
 
@@ -93,3 +98,32 @@ def test_forged_and_replayed_requests_spend_nothing_of_the_allowance(office):
     assert phone.pull().status_code == 200
     assert phone.pull().status_code == 200
     assert error_of(phone.pull()) == (429, "rate_limited")
+
+
+def enrolment(code):
+    key, kem = Ed25519PrivateKey.generate(), X25519PrivateKey.generate()
+    public, kem_public = key.public_key().public_bytes_raw(), kem.public_key().public_bytes_raw()
+    proof = key.sign(signing.enroll_message(code, public, kem_public))
+    request = EnrollRequest(code=code, signing_key=public, kem_key=kem_public, proof=proof)
+    return msgspec.msgpack.encode(request)
+
+
+def test_an_address_that_keeps_guessing_codes_is_held_back_and_others_enrol(tmp_path):
+    with running_office(tmp_path, enrol_failures_per_minute=2) as office:
+        for _ in range(5):  # an office enrolling its phones through one address: no refusal
+            office.enroll("mediator")
+        user = office.directory.add_user("li", "mediator", ["Hangzhou"], office.wall.ms)
+        code = office.directory.issue_code(user.user_id, office.wall.ms, 3600_000)
+        for guess in ("guess-1", "guess-2"):
+            answer = office.http.post("/v1/enroll", content=enrolment(guess), headers=MSGPACK)
+            assert error_of(answer) == (403, "enrollment_refused")
+        stored = store_digest(office.store.db)
+
+        held = office.http.post("/v1/enroll", content=enrolment(code), headers=MSGPACK)
+
+        assert error_of(held) == (429, "rate_limited")
+        assert held.headers["retry-after"] == "30"  # 2 a minute
+        assert store_digest(office.store.db) == stored  # the code is still unused
+        office.wall.tick(30_000)
+        answer = office.http.post("/v1/enroll", content=enrolment(code), headers=MSGPACK)
+        assert answer.status_code == 200

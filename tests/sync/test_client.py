@@ -643,6 +643,35 @@ def test_an_older_statement_of_the_office_cannot_take_a_device_back_to_a_retired
     assert wang.identity.office == rotated
 
 
+def test_a_rotation_is_learned_from_a_page_with_nothing_else_new(office):
+    wang = office.device("wang", "mediator")
+    wang.pull()
+    office.wall.tick(60_000)
+    office.keys.rotate(master=False, kem=True, now_ms=office.wall())
+    report = wang.pull()
+    assert report.applied == 0
+    assert wang.identity.office.kem_key_id == office.keys.kem_key_id
+
+
+def test_a_key_held_from_before_statements_had_a_time_gets_its_time(office, monkeypatch):
+    wang = office.device("wang", "mediator")
+    current = wang.identity.office
+    # As a device enrolled by an earlier version stored it: the key, no time, no signature.
+    legacy = msgspec.structs.replace(current, kem_key_since_ms=0, kem_key_signature=b"")
+    with wang._store.transaction():
+        wang._learn_office_key(legacy)
+    wang.pull()
+    assert wang.identity.office == current
+    # So an older statement cannot be played back to it any more.
+    office.wall.tick(60_000)
+    office.keys.rotate(master=False, kem=True, now_ms=office.wall())
+    wang.pull()
+    intercept(office.http, monkeypatch, on_path_to_the_office(office, lambda: current))
+    wang.edit("case", "k-1", set={"title": "Drains", "status": "new"})
+    with pytest.raises(BadSignature, match="older"):
+        wang.push()
+
+
 def test_a_page_forged_by_whoever_holds_a_leaked_key_names_no_key_the_device_takes(
     office, monkeypatch
 ):
