@@ -64,8 +64,8 @@ class Allowance:
                 # Full buckets are as good as none: memory stays with the devices active
                 # in about the last minute, at the cost of one pass per doubling.
                 self._buckets = {
-                    key: bucket
-                    for key, bucket in self._buckets.items()
+                    held: bucket
+                    for held, bucket in self._buckets.items()
                     if self._refilled(bucket, now_ms) < self.per_minute
                 }
                 self._sweep_at = 2 * max(len(self._buckets), SWEEP_AT)
