@@ -653,7 +653,7 @@ def test_a_rotation_is_learned_from_a_page_with_nothing_else_new(office):
     assert wang.identity.office.kem_key_id == office.keys.kem_key_id
 
 
-def test_a_key_held_from_before_statements_had_a_time_gets_its_time(office, monkeypatch):
+def test_a_key_held_from_before_statements_were_signed_gets_its_statement(office, monkeypatch):
     wang = office.device("wang", "mediator")
     current = wang.identity.office
     # As a device enrolled by an earlier version stored it: the key, no time, no signature.
