@@ -117,6 +117,7 @@ from sync.envelope import (
     PULL_ENVELOPE,
     PUSH_ENVELOPE,
     Header,
+    Purpose,
     open_envelope,
     open_v2_answer,
     seal,
@@ -293,10 +294,7 @@ class Phone:
         office_key = X25519PublicKey.from_public_bytes(office.kem_key)
         body = seal_v2("pull", _encode(pull), office.kem_key_id, office_key)
         response = self.http.post(PULL_V2, content=body, headers={"Content-Type": PULL_ENVELOPE})
-        if response.status_code != 200:
-            raise RuntimeError(f"{PULL_V2}: HTTP {response.status_code} {response.content[:300]!r}")
-        plaintext = open_v2_answer("pull", response.content, 1, pull.signature, self.kem)
-        return msgspec.msgpack.decode(plaintext, type=PullPage)
+        return self.opened_v2("pull", response, pull.signature, PullPage)
 
     def push_v2(self, changes: Sequence[Change]) -> tuple[httpx.Request, SignedPush]:
         """A version 2 push of `changes` in compact form, signed now and sealed (PROTOCOL.md 11)."""
@@ -319,11 +317,17 @@ class Phone:
     def pushed_v2(self, changes: Sequence[Change]) -> PushResponse:
         """A version 2 push of `changes`, signed and sealed now, and its opened answer."""
         request, push = self.push_v2(changes)
-        response = self.http.send(request)
+        return self.opened_v2("push", self.http.send(request), push.signature, PushResponse)
+
+    def opened_v2(
+        self, purpose: Purpose, response: httpx.Response, signature: bytes, answer: type[T]
+    ) -> T:
+        """The answer to a version 2 request signed with `signature`, opened and decoded."""
         if response.status_code != 200:
-            raise RuntimeError(f"{PUSH_V2}: HTTP {response.status_code} {response.content[:300]!r}")
-        plaintext = open_v2_answer("push", response.content, 1, push.signature, self.kem)
-        return msgspec.msgpack.decode(plaintext, type=PushResponse)
+            path = response.request.url.path
+            raise RuntimeError(f"{path}: HTTP {response.status_code} {response.content[:300]!r}")
+        plaintext = open_v2_answer(purpose, response.content, 1, signature, self.kem)
+        return msgspec.msgpack.decode(plaintext, type=answer)
 
     def batch(self, changes: Sequence[Change]) -> bytes:
         """The body of a push of `changes`, with its batch signature."""

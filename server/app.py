@@ -16,7 +16,7 @@ from litestar.openapi import OpenAPIConfig
 from schemas.wire import EnrollRequest, PullRequest, PushRequest, SignedPull, SignedPush
 from server import auth, console, logs, ops
 from server.console.web import documents_body
-from server.errors import EXCEPTION_HANDLERS, MSGPACK, encode_for, media_type
+from server.errors import EXCEPTION_HANDLERS, MSGPACK, client_address, encode_for, media_type
 from server.keys import OfficeKeys
 from server.service import SyncService
 from server.settings import Settings
@@ -86,7 +86,7 @@ async def enroll(request: Request) -> Response:
     require_media_type(request, PLAIN_MEDIA_TYPES, optional=True)
     message = decode(request, await request.body(), EnrollRequest)
     service = service_of(request)
-    client = request.client.host if request.client else "unknown"
+    client = client_address(request)
     return reply(request, await anyio.to_thread.run_sync(service.enroll, message, client))
 
 

@@ -61,6 +61,11 @@ def media_type(request: Request) -> str:
     return (request.headers.get("content-type") or "").partition(";")[0].strip().lower()
 
 
+def client_address(request: Request) -> str:
+    """Where the request came from (the proxy's `X-Forwarded-For` when uvicorn trusts it)."""
+    return request.client.host if request.client else "unknown"
+
+
 def encode_for(request: Request, body: object) -> tuple[bytes, str]:
     """Answer in msgpack unless the client sent or asked for JSON (the console API is JSON)."""
     wants_json = (

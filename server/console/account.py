@@ -20,6 +20,7 @@ from server.console.web import (
     signed_form,
     signed_in,
 )
+from server.errors import client_address
 from sync.errors import BadCredentials, InvalidAction, RateLimited
 
 
@@ -48,7 +49,7 @@ async def login_page(request: Request) -> Response:
 async def login(request: Request) -> Response:
     fields = await form_of(request)
     service = service_of(request)
-    client = request.client.host if request.client else "unknown"
+    client = client_address(request)
     try:
         _, token = signin.sign_in(
             service.directory,

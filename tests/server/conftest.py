@@ -40,6 +40,15 @@ PUSH_V2 = {"content-type": PUSH_ENVELOPE}
 PULL_V2 = {"content-type": PULL_ENVELOPE}
 
 
+def enrolment(code):
+    """New device keys, and the body of an enrolment with `code` that proves them."""
+    key, kem_key = Ed25519PrivateKey.generate(), X25519PrivateKey.generate()
+    public, kem = key.public_key().public_bytes_raw(), kem_key.public_key().public_bytes_raw()
+    proof = key.sign(signing.enroll_message(code, public, kem))
+    body = EnrollRequest(code=code, signing_key=public, kem_key=kem, label="t", proof=proof)
+    return key, kem_key, msgspec.msgpack.encode(body)
+
+
 @dataclass
 class Phone:
     """A device that signs its requests exactly as PROTOCOL.md says."""
@@ -188,13 +197,8 @@ class Office:
         return self.enroll_with(code)
 
     def enroll_with(self, code):
-        key = Ed25519PrivateKey.generate()
-        public = key.public_key().public_bytes_raw()
-        kem_key = X25519PrivateKey.generate()
-        kem = kem_key.public_key().public_bytes_raw()
-        proof = key.sign(signing.enroll_message(code, public, kem))
-        body = EnrollRequest(code=code, signing_key=public, kem_key=kem, label="t", proof=proof)
-        answer = self.http.post("/v1/enroll", content=msgspec.msgpack.encode(body), headers=MSGPACK)
+        key, kem_key, body = enrolment(code)
+        answer = self.http.post("/v1/enroll", content=body, headers=MSGPACK)
         assert answer.status_code == 200, answer.content
         enrollment = msgspec.msgpack.decode(answer.content, type=Enrollment)
         return Phone(self.http, key, enrollment, self.wall, kem_key)

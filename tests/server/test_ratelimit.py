@@ -1,18 +1,14 @@
 """How often a device may sync, and an address fail to enrol: a minute's allowance at
 once, then the steady rate."""
 
-import msgspec
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from schemas.wire import EnrollRequest
 from server.ratelimit import Allowance
-from sync import signing
 from sync.changes import encode_change
 from sync.errors import RateLimited
-from tests.server.conftest import MSGPACK, running_office
+from tests.server.conftest import MSGPACK, enrolment, running_office
 from tests.server.test_hostile_requests import store_digest
+from tests.server.test_push_v2 import error_of
 
 
 def admit(rates, device_id, now_ms):
@@ -56,10 +52,6 @@ def office(tmp_path):
         yield running
 
 
-def error_of(answer):
-    return answer.status_code, msgspec.msgpack.decode(answer.content)["error"]
-
-
 def nonces(office):
     return office.store.db.execute("SELECT count(*) FROM nonces").fetchone()[0]
 
@@ -100,14 +92,6 @@ def test_forged_and_replayed_requests_spend_nothing_of_the_allowance(office):
     assert error_of(phone.pull()) == (429, "rate_limited")
 
 
-def enrolment(code):
-    key, kem = Ed25519PrivateKey.generate(), X25519PrivateKey.generate()
-    public, kem_public = key.public_key().public_bytes_raw(), kem.public_key().public_bytes_raw()
-    proof = key.sign(signing.enroll_message(code, public, kem_public))
-    request = EnrollRequest(code=code, signing_key=public, kem_key=kem_public, proof=proof)
-    return msgspec.msgpack.encode(request)
-
-
 def test_an_address_that_keeps_guessing_codes_is_held_back_and_others_enrol(tmp_path):
     with running_office(tmp_path, enrol_failures_per_minute=2) as office:
         for _ in range(5):  # an office enrolling its phones through one address: no refusal
@@ -115,15 +99,15 @@ def test_an_address_that_keeps_guessing_codes_is_held_back_and_others_enrol(tmp_
         user = office.directory.add_user("li", "mediator", ["Hangzhou"], office.wall.ms)
         code = office.directory.issue_code(user.user_id, office.wall.ms, 3600_000)
         for guess in ("guess-1", "guess-2"):
-            answer = office.http.post("/v1/enroll", content=enrolment(guess), headers=MSGPACK)
+            answer = office.http.post("/v1/enroll", content=enrolment(guess)[2], headers=MSGPACK)
             assert error_of(answer) == (403, "enrollment_refused")
         stored = store_digest(office.store.db)
 
-        held = office.http.post("/v1/enroll", content=enrolment(code), headers=MSGPACK)
+        held = office.http.post("/v1/enroll", content=enrolment(code)[2], headers=MSGPACK)
 
         assert error_of(held) == (429, "rate_limited")
         assert held.headers["retry-after"] == "30"  # 2 a minute
         assert store_digest(office.store.db) == stored  # the code is still unused
         office.wall.tick(30_000)
-        answer = office.http.post("/v1/enroll", content=enrolment(code), headers=MSGPACK)
+        answer = office.http.post("/v1/enroll", content=enrolment(code)[2], headers=MSGPACK)
         assert answer.status_code == 200

@@ -135,6 +135,36 @@ def intercept(
     return seen
 
 
+def first_answer_lost_then_replayed(path: str) -> Callable[..., httpx.Response]:
+    """A hook for `intercept`: the first answer to `path` is lost on the way, and every
+    later request to it is answered with that first answer."""
+    answers: list[httpx.Response] = []
+
+    def hook(send: Callable[[], httpx.Response], request: httpx.Request) -> httpx.Response:
+        response = send()
+        if request.url.path != path:
+            return response
+        answers.append(response)
+        if len(answers) == 1:
+            raise httpx.ReadTimeout("the answer was lost", request=request)
+        return answers[0]
+
+    return hook
+
+
+def answered_unsealed(path: str, forged: msgspec.Struct) -> Callable[..., httpx.Response]:
+    """A hook for `intercept`: requests to `path` reach the server, but the device is
+    answered `forged`, in the clear, as whoever sits on the path could."""
+
+    def hook(send: Callable[[], httpx.Response], request: httpx.Request) -> httpx.Response:
+        response = send()
+        if request.url.path != path:
+            return response
+        return httpx.Response(200, content=msgspec.msgpack.encode(forged), request=request)
+
+    return hook
+
+
 # -- enrolment -------------------------------------------------------------------------
 
 
@@ -412,32 +442,16 @@ def test_an_answer_that_is_not_this_pushs_own_is_refused_and_the_batch_goes_agai
     """A proxy that serves an earlier try's answer, or an unsealed one, changes nothing."""
     wang = office.device("wang", "mediator")
     wang.edit("case", "k-1", set={"title": "Drains", "status": "new"})
-    answers: list[httpx.Response] = []
-
-    def keep_first_answer(send, request):
-        response = send()
-        if request.url.path != "/v2/sync/push":
-            return response
-        answers.append(response)
-        if len(answers) == 1:
-            raise httpx.ReadTimeout("the answer was lost", request=request)
-        return answers[0]  # the retry is answered with the first try's answer
-
-    intercept(office.http, monkeypatch, keep_first_answer)
+    # The retry is answered with the first try's answer.
+    intercept(office.http, monkeypatch, first_answer_lost_then_replayed("/v2/sync/push"))
     with pytest.raises(httpx.ReadTimeout):
         wang.push()
     with pytest.raises(Unsealable):
         wang.push()
     assert states(wang) == [("sent", None)]
 
-    def unsealed(send, request):
-        response = send()
-        if request.url.path != "/v2/sync/push":
-            return response
-        forged = PushResponse(batch_id="x", results=[])
-        return httpx.Response(200, content=msgspec.msgpack.encode(forged), request=request)
-
-    intercept(office.http, monkeypatch, unsealed)
+    forged = PushResponse(batch_id="x", results=[])
+    intercept(office.http, monkeypatch, answered_unsealed("/v2/sync/push", forged))
     with pytest.raises(LianxinError, match="not sealed"):
         wang.push()
     assert states(wang) == [("sent", None)]
@@ -496,18 +510,8 @@ def test_a_pull_answer_that_is_not_this_pulls_own_is_refused_and_nothing_is_appl
     chen = office.device("chen", "supervisor")
     wang.edit("case", "k-1", set={"title": "Drains", "status": "new", "location": XIANGMIHU})
     wang.push()
-    answers: list[httpx.Response] = []
-
-    def keep_first_answer(send, request):
-        response = send()
-        if request.url.path != "/v2/sync/pull":
-            return response
-        answers.append(response)
-        if len(answers) == 1:
-            raise httpx.ReadTimeout("the answer was lost", request=request)
-        return answers[0]  # the next pull is answered with the first one's answer
-
-    intercept(office.http, monkeypatch, keep_first_answer)
+    # The next pull is answered with the first one's answer.
+    intercept(office.http, monkeypatch, first_answer_lost_then_replayed("/v2/sync/pull"))
     with pytest.raises(httpx.ReadTimeout):
         chen.pull()
     with pytest.raises(Unsealable):
@@ -518,21 +522,15 @@ def test_a_pull_answer_that_is_not_this_pulls_own_is_refused_and_nothing_is_appl
     office_key = chen.identity.office
     forger = X25519PrivateKey.generate().public_key().public_bytes_raw()
 
-    def unsealed(send, request):
-        response = send()
-        if request.url.path != "/v2/sync/pull":
-            return response
-        forged = PullPage(
-            items=[],
-            cursor="v1.99.99.forged",
-            has_more=False,
-            server_time_ms=office.wall() + DAY_MS,
-            kem_key_id="office-forger.kem1",
-            kem_key=forger,
-        )
-        return httpx.Response(200, content=msgspec.msgpack.encode(forged), request=request)
-
-    intercept(office.http, monkeypatch, unsealed)
+    forged = PullPage(
+        items=[],
+        cursor="v1.99.99.forged",
+        has_more=False,
+        server_time_ms=office.wall() + DAY_MS,
+        kem_key_id="office-forger.kem1",
+        kem_key=forger,
+    )
+    intercept(office.http, monkeypatch, answered_unsealed("/v2/sync/pull", forged))
     with pytest.raises(LianxinError, match="not sealed"):
         chen.pull()
     assert chen.identity.office == office_key
