@@ -122,7 +122,7 @@ def apply(
                 was_open = open_now.get(key)
                 if was_open is None:
                     was_open = merge.conflicts(before) if before is not None else []
-                now_open = open_now[key] = merge.conflicts(after)
+                now_open = open_now[key] = merge.conflicts_after(change, was_open, after)
                 batch.conflicts.extend(_conflict_updates(was_open, now_open, key, seq))
                 mine = [
                     c

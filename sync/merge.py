@@ -375,36 +375,11 @@ def conflicts(state: RecordState) -> list[Conflict]:
         and not is_deleted(state)
     ):
         return []
-    found = []
-
-    def conflict(name: str, kind: Any, winner: Any, ordered: list[Write]) -> Conflict:
-        return Conflict(
-            record_type=state.record_type,
-            record_id=state.record_id,
-            field=name,
-            kind=kind,
-            winner=winner,
-            candidates=[
-                Candidate(value=w.value, device_id=w.device_id, hlc=w.hlc, change_id=w.change_id)
-                for w in ordered
-            ],
-        )
-
-    for name, machine in _conflict_fields(state.record_type):
-        if machine is None:
-            siblings = state.registers.get(name, ())
-            if len(siblings) > 1 and _distinct(siblings):
-                ordered = sorted(siblings, key=rank_key)
-                found.append(conflict(name, "value", ordered[-1].value, ordered))
-        elif name in state.history:
-            history = state.history[name]
-            if len(history) == 1:  # one write is its own only head: nothing to settle
-                continue
-            heads = _maximal(history)
-            if _distinct(heads):
-                winner = _status_winner(machine, heads)
-                winner_value = winner.value if winner else None
-                found.append(conflict(name, "status", winner_value, sorted(heads, key=rank_key)))
+    found = [
+        conflict
+        for name, machine in _conflict_fields(state.record_type)
+        if (conflict := _field_conflict(state, name, machine)) is not None
+    ]
     if is_deleted(state):
         # Each candidate is {field: value}, so two fields written by one change stay apart,
         # and the order (stamp, device, field) does not depend on arrival.
@@ -417,8 +392,66 @@ def conflicts(state: RecordState) -> list[Conflict]:
             key=lambda w: (w.order, w.device_id, _encode(w.value)),
         )
         if unseen:
-            found.append(conflict(DELETED_FIELD, "deleted", True, unseen))
+            found.append(_conflict(state, DELETED_FIELD, "deleted", True, unseen))
     return found
+
+
+def conflicts_after(change: Change, before: list[Conflict], state: RecordState) -> list[Conflict]:
+    """The open conflicts of the record `change` made `state`, given those it had `before`;
+    the same as `conflicts(state)`, worked out only where the change can have moved them.
+
+    Only the fields a change sets can open, alter or settle a value or status
+    conflict. A conflict over a delete spans every live write, so a record that
+    is or was in one is worked out whole.
+    """
+    if is_deleted(state) or any(c.kind == "deleted" for c in before):
+        return conflicts(state)
+    if not change.set:
+        return before
+    kept = {c.field: c for c in before}
+    found = []
+    for name, machine in _conflict_fields(state.record_type):
+        now = _field_conflict(state, name, machine) if name in change.set else kept.get(name)
+        if now is not None:
+            found.append(now)
+    return found
+
+
+def _field_conflict(
+    state: RecordState, name: str, machine: StatusMachine | None
+) -> Conflict | None:
+    """The open conflict of one lww or sealed field (`machine` None) or status field."""
+    if machine is None:
+        siblings = state.registers.get(name, ())
+        if len(siblings) > 1 and _distinct(siblings):
+            ordered = sorted(siblings, key=rank_key)
+            return _conflict(state, name, "value", ordered[-1].value, ordered)
+        return None
+    history = state.history.get(name, ())
+    if len(history) < 2:  # one write is its own only head: nothing to settle
+        return None
+    heads = _maximal(history)
+    if not _distinct(heads):
+        return None
+    winner = _status_winner(machine, heads)
+    winner_value = winner.value if winner else None
+    return _conflict(state, name, "status", winner_value, sorted(heads, key=rank_key))
+
+
+def _conflict(
+    state: RecordState, name: str, kind: Any, winner: Any, ordered: list[Write]
+) -> Conflict:
+    return Conflict(
+        record_type=state.record_type,
+        record_id=state.record_id,
+        field=name,
+        kind=kind,
+        winner=winner,
+        candidates=[
+            Candidate(value=w.value, device_id=w.device_id, hlc=w.hlc, change_id=w.change_id)
+            for w in ordered
+        ],
+    )
 
 
 @functools.cache

@@ -251,3 +251,22 @@ def test_a_causally_later_edit_wins_even_from_a_clock_hours_behind(
                 assert not merge.is_deleted(states[case])
                 assert merge.DELETED_FIELD not in fields
         assert record.priority == "high"
+
+
+@merge_laws
+@given(data=st.data())
+def test_conflicts_kept_up_to_date_change_by_change_are_those_worked_out_whole(data):
+    # The engine follows each record's open conflicts through a batch with
+    # `merge.conflicts_after`, which looks only where a change can have moved them.
+    history = data.draw(histories(), label="history")
+    delivery = data.draw(deliveries(history.changes), label="delivery")
+    states: dict[tuple[str, str], Any] = {}
+    open_now: dict[tuple[str, str], list] = {}
+    for change in (change for batch in delivery for change in batch):
+        key = (change.record_type, change.record_id)
+        outcome = merge.apply_change(states.get(key), change)
+        if outcome.state is None:
+            continue
+        now = merge.conflicts_after(change, open_now.get(key, []), outcome.state)
+        assert now == merge.conflicts(outcome.state)
+        states[key], open_now[key] = outcome.state, now
