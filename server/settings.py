@@ -17,6 +17,7 @@ import msgspec
 
 PREFIX = "LIANXIN_"
 CACHED_STATES = 2_000  # see Settings.cached_states
+PACKED_STATES = 8_000  # see Settings.packed_states
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -32,6 +33,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_clock_drift_ms: Annotated[int, msgspec.Meta(ge=0)] = 24 * 60 * 60 * 1000
     # Recently used records whose newest merge state the writer keeps (about 10 KB each).
     cached_states: Annotated[int, msgspec.Meta(ge=1)] = CACHED_STATES
+    # And behind those, more kept encoded (about 2 KB each; server.storage.state_cache).
+    packed_states: Annotated[int, msgspec.Meta(ge=0)] = PACKED_STATES
     # Sync requests a device may make a minute, in bursts of as many (0: no limit).
     sync_requests_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 600
     # Refused enrolments an address may make a minute, in bursts of as many (0: no limit).

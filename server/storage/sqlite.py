@@ -32,9 +32,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from schemas.changes import ChangeResult, Conflict
 from schemas.state import RecordState
 from server.keys import OfficeKeys
-from server.settings import CACHED_STATES, Settings
+from server.settings import CACHED_STATES, PACKED_STATES, Settings
 from server.storage.migrations import migrate
-from server.storage.state_cache import Cached, StateCache
+from server.storage.state_cache import Cached, Checkpoint, StateCache, checkpoint
 from server.storage.vault import Vault
 from sync import merge
 from sync.atrest import open_sealed, seal
@@ -73,7 +73,13 @@ class SqliteStore:
     the writer.
     """
 
-    def __init__(self, path: str | Path, vault: Vault, cached_states: int = CACHED_STATES) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        vault: Vault,
+        cached_states: int = CACHED_STATES,
+        packed_states: int = PACKED_STATES,
+    ) -> None:
         self.path = Path(path)
         self.vault = vault
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -87,7 +93,7 @@ class SqliteStore:
         self._reader = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        self._cache = StateCache(cached_states)
+        self._cache = StateCache(cached_states, packed_states)
         self._writer: int | None = None  # the thread inside `transaction()`
         self._data_version = self._read_data_version()
 
@@ -242,16 +248,16 @@ class SqliteStore:
 
     def _write_checkpoints(
         self,
-        entries: Iterable[tuple[RecordKey, Cached]],
+        entries: Iterable[Checkpoint],
         known: Mapping[RecordKey, AESGCM | None] | None = None,
     ) -> None:
-        """Write these records' newest states as their checkpoints (inside `transaction()`);
-        `known` are data keys the caller already holds."""
+        """Write these checkpoints (inside `transaction()`); `known` are data keys the
+        caller already holds."""
         entries = list(entries)
         if not entries:
             return
         data_keys = dict(known or {})
-        missing = [key for key, _ in entries if key not in data_keys]
+        missing = [c.key for c in entries if c.key not in data_keys]
         if missing:
             data_keys.update(self.vault.data_keys(missing, create=True))
         self.db.conn.executemany(
@@ -259,14 +265,9 @@ class SqliteStore:
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (record_type, record_id) DO UPDATE SET"
             " seq = excluded.seq, deleted = excluded.deleted, state = excluded.state",
             [
-                (
-                    *key,
-                    c.seq,
-                    is_deleted(c.state),
-                    seal(data_key, _encode(c.state), bind("records", key)),
-                )
-                for key, c in entries
-                if (data_key := data_keys[key]) is not None
+                (*c.key, c.seq, c.deleted, seal(data_key, c.encoded, bind("records", c.key)))
+                for c in entries
+                if (data_key := data_keys[c.key]) is not None
             ],
         )
 
@@ -277,8 +278,7 @@ class SqliteStore:
         with self.transaction():
             dirty = self._cache.dirty()
             self._write_checkpoints(dirty)
-            for key, c in dirty:
-                self._cache.put(key, c._replace(stored_deleted=is_deleted(c.state), pending=0))
+            self._cache.stored(dirty)
 
     def erased(self, keys: Iterable[RecordKey]) -> set[RecordKey]:
         """Which of `keys` were erased (their data key destroyed)."""
@@ -401,7 +401,7 @@ class SqliteStore:
         is read by lists), after `MAX_PENDING` batches without one, and when the cache
         pushes its newest state out.
         """
-        cached = self._cache.get(records)
+        cached = self._cache.peek(records)
         due = []
         evicted = []
         for key, (state, seq) in records.items():
@@ -409,16 +409,16 @@ class SqliteStore:
             old = cached.get(key)
             if old is None or old.stored_deleted != deleted or old.pending + 1 >= MAX_PENDING:
                 entry = Cached(state, seq, deleted, 0)
-                due.append((key, entry))
+                due.append(checkpoint(key, entry))
             else:
-                entry = old._replace(state=state, seq=seq, pending=old.pending + 1)
+                entry = Cached(state, seq, old.stored_deleted, old.pending + 1)
             evicted += self._cache.put(key, entry)
         # A record pushed out before its turn in this loop left with its older state.
-        newest: dict[RecordKey, Cached] = {}
-        for key, entry in evicted + due:
-            if key not in newest or newest[key].seq < entry.seq:
-                newest[key] = entry
-        self._write_checkpoints(newest.items(), data_keys)
+        newest: dict[RecordKey, Checkpoint] = {}
+        for written in evicted + due:
+            if written.key not in newest or newest[written.key].seq < written.seq:
+                newest[written.key] = written
+        self._write_checkpoints(newest.values(), data_keys)
 
     def changes_since(self, seq: int, limit: int) -> Iterator[LoggedChange]:
         """Logged changes after `seq` but those of erased records; results without conflicts."""
@@ -484,4 +484,4 @@ def open_store(settings: Settings, keys: OfficeKeys) -> SqliteStore:
     """The office's store and its data keys, from where the settings say they live."""
     settings.key_store_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     vault = Vault(settings.key_store_path, keys)
-    return SqliteStore(settings.store_path, vault, settings.cached_states)
+    return SqliteStore(settings.store_path, vault, settings.cached_states, settings.packed_states)

@@ -9,6 +9,13 @@ touches were touched a few batches before, so the writer keeps their newest
 states here and writes a record's checkpoint only when it must (see
 `SqliteStore._write_states`).
 
+Two tiers: the most recently used states decoded, ready to merge into (about
+10 KB each), and behind them states pushed out of that tier kept encoded
+(msgpack, about 2 KB each). A record found in the second tier costs a decode
+instead of reading, opening and decoding its checkpoint and merging the
+changes after it; and a state leaves the cache, with its checkpoint written
+if it is newer, only when it falls out of the second tier as well.
+
 Losing this cache loses nothing: a crash, a rollback or another process's
 commit only means the next read merges the logged changes again.
 """
@@ -20,8 +27,14 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import NamedTuple
 
+import msgspec
+
 from schemas.state import RecordState
+from sync.merge import is_deleted
 from sync.store import RecordKey
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(RecordState).decode
 
 
 class Cached(NamedTuple):
@@ -37,44 +50,114 @@ class Cached(NamedTuple):
         return self.pending > 0
 
 
-class StateCache:
-    """At most `capacity` records by recent use; shared by the threads of one store."""
+class Packed(NamedTuple):
+    """A `Cached` whose state is kept encoded (the second tier)."""
 
-    def __init__(self, capacity: int) -> None:
+    encoded: bytes
+    deleted: bool  # whether the encoded state is deleted
+    seq: int
+    stored_deleted: bool
+    pending: int
+
+    def unpacked(self) -> Cached:
+        return Cached(_decode(self.encoded), self.seq, self.stored_deleted, self.pending)
+
+
+class Checkpoint(NamedTuple):
+    """A record's newest state, encoded, as its checkpoint row must hold it."""
+
+    key: RecordKey
+    seq: int
+    deleted: bool
+    encoded: bytes
+
+
+def checkpoint(key: RecordKey, entry: Cached | Packed) -> Checkpoint:
+    if isinstance(entry, Packed):
+        return Checkpoint(key, entry.seq, entry.deleted, entry.encoded)
+    return Checkpoint(key, entry.seq, is_deleted(entry.state), _encode(entry.state))
+
+
+class StateCache:
+    """At most `capacity` decoded states by recent use and `packed` encoded ones behind
+    them; shared by the threads of one store, filled only by its writer."""
+
+    def __init__(self, capacity: int, packed: int = 0) -> None:
         self.capacity = capacity
+        self.packed_capacity = packed
         self._entries: OrderedDict[RecordKey, Cached] = OrderedDict()
+        self._packed: OrderedDict[RecordKey, Packed] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, keys: Iterable[RecordKey]) -> dict[RecordKey, Cached]:
-        """The cached entries among `keys`, each marked as just used."""
+        """The cached entries among `keys`; decoded ones are marked as just used (an
+        encoded one moves up when the writer puts its next state)."""
         found = {}
+        packed = {}
         with self._lock:
             for key in keys:
                 cached = self._entries.get(key)
                 if cached is not None:
                     self._entries.move_to_end(key)
                     found[key] = cached
+                elif (entry := self._packed.get(key)) is not None:
+                    packed[key] = entry
+        # Bytes do not change: decode without holding the lock.
+        found.update((key, entry.unpacked()) for key, entry in packed.items())
         return found
 
-    def put(self, key: RecordKey, cached: Cached) -> list[tuple[RecordKey, Cached]]:
+    def peek(self, keys: Iterable[RecordKey]) -> dict[RecordKey, Cached | Packed]:
+        """The entries among `keys` as held (encoded ones left so), marking none as used."""
+        with self._lock:
+            return {
+                key: entry
+                for key in keys
+                if (entry := self._entries.get(key) or self._packed.get(key)) is not None
+            }
+
+    def put(self, key: RecordKey, cached: Cached) -> list[Checkpoint]:
         """Remember `cached` unless a newer state is here; return the dirty entries
-        pushed out to make room, whose checkpoints the caller must write."""
+        pushed out of the cache to make room, whose checkpoints the caller must write."""
         evicted = []
         with self._lock:
-            old = self._entries.get(key)
+            old = self._entries.get(key) or self._packed.get(key)
             if old is None or old.seq <= cached.seq:
+                self._packed.pop(key, None)
                 self._entries[key] = cached
                 self._entries.move_to_end(key)
             while len(self._entries) > self.capacity:
-                out = self._entries.popitem(last=False)
-                if out[1].dirty:
-                    evicted.append(out)
+                out_key, out = self._entries.popitem(last=False)
+                if self.packed_capacity:
+                    encoded = _encode(out.state)
+                    deleted = is_deleted(out.state)
+                    self._packed[out_key] = Packed(encoded, deleted, *out[1:])
+                elif out.dirty:
+                    evicted.append(checkpoint(out_key, out))
+            while len(self._packed) > self.packed_capacity:
+                out_key, packed = self._packed.popitem(last=False)
+                if packed.pending:
+                    evicted.append(checkpoint(out_key, packed))
         return evicted
 
-    def dirty(self) -> list[tuple[RecordKey, Cached]]:
+    def dirty(self) -> list[Checkpoint]:
+        """The checkpoint of every entry newer than the one stored."""
         with self._lock:
-            return [(key, cached) for key, cached in self._entries.items() if cached.dirty]
+            dirty: list[tuple[RecordKey, Cached | Packed]] = [
+                *((key, entry) for key, entry in self._packed.items() if entry.pending),
+                *((key, entry) for key, entry in self._entries.items() if entry.pending),
+            ]
+        return [checkpoint(key, entry) for key, entry in dirty]
+
+    def stored(self, written: Iterable[Checkpoint]) -> None:
+        """Mark entries clean whose checkpoint was just written (unless newer by now)."""
+        with self._lock:
+            for key, seq, deleted, _ in written:
+                if (cached := self._entries.get(key)) is not None and cached.seq == seq:
+                    self._entries[key] = cached._replace(stored_deleted=deleted, pending=0)
+                if (packed := self._packed.get(key)) is not None and packed.seq == seq:
+                    self._packed[key] = packed._replace(stored_deleted=deleted, pending=0)
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._packed.clear()

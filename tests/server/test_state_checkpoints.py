@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from schemas import Add, Append, Change, Delete, Remove, Restore
 from schemas.state import RecordState
 from server.storage import sqlite as sqlite_store
-from server.storage.sqlite import CACHED_STATES, SqliteStore, bind
+from server.storage.sqlite import CACHED_STATES, PACKED_STATES, SqliteStore, bind
 from server.storage.vault import Vault
 from sync import merge
 from sync.atrest import open_sealed
@@ -35,11 +35,12 @@ NOTE_AT = "2026-11-18T09:00:00Z"
 FUTURE_MS = 2 * 24 * 60 * 60 * 1000
 
 
-def open_store(path: Path, cached_states: int = CACHED_STATES) -> SqliteStore:
+def open_store(
+    path: Path, cached_states: int = CACHED_STATES, packed_states: int = PACKED_STATES
+) -> SqliteStore:
     """A store on `path` with its data keys beside it, as `tests.conftest.make_store`."""
-    return SqliteStore(
-        path, Vault(path.with_name(path.name + ".keys"), shared_keys()), cached_states
-    )
+    keys = Vault(path.with_name(path.name + ".keys"), shared_keys())
+    return SqliteStore(path, keys, cached_states, packed_states)
 
 
 def crash(store: SqliteStore) -> None:
@@ -258,6 +259,7 @@ def check(store: SqliteStore, model: Model, max_pending: int) -> None:
 @given(
     n_records=st.integers(2, 4),
     cached_states=st.integers(1, 2),
+    packed_states=st.integers(0, 2),
     max_pending=st.integers(2, 3),
     steps=st.lists(events, min_size=1, max_size=12),
 )
@@ -266,6 +268,7 @@ def check(store: SqliteStore, model: Model, max_pending: int) -> None:
 @example(
     n_records=2,
     cached_states=1,
+    packed_states=0,
     max_pending=2,
     steps=[
         ("batch", [(0, 0, "title", 0, False)]),
@@ -274,7 +277,7 @@ def check(store: SqliteStore, model: Model, max_pending: int) -> None:
     ],
 )
 def test_states_and_checkpoints_match_the_log_through_crashes_and_other_writers(
-    n_records, cached_states, max_pending, steps
+    n_records, cached_states, packed_states, max_pending, steps
 ):
     """Whatever batches, crashes, other writers and flushes happen, `states()` is the
     fold of the accepted changes in server order; every checkpoint is the record's state
@@ -285,7 +288,7 @@ def test_states_and_checkpoints_match_the_log_through_crashes_and_other_writers(
         path = Path(tmp) / "lianxin.db"
         clock = server_clock()
         model = Model(clock.limit())
-        store = open_store(path, cached_states)
+        store = open_store(path, cached_states, packed_states)
         # Records whose checkpoint may lag after a flush: their newer states were
         # in a cache that was lost (a crash) or dropped (another writer committed).
         lost: set[tuple[str, str]] = set()
@@ -293,7 +296,11 @@ def test_states_and_checkpoints_match_the_log_through_crashes_and_other_writers(
             for event in steps:
                 if event[0] in ("batch", "other"):
                     changes = [model.build(spec, n_records) for spec in event[1]]
-                    writer = store if event[0] == "batch" else open_store(path, cached_states)
+                    writer = (
+                        store
+                        if event[0] == "batch"
+                        else open_store(path, cached_states, packed_states)
+                    )
                     try:
                         expected = model.expect(changes, writer.last_seq())
                         results = apply_batch(writer, changes, server_clock())
@@ -306,7 +313,7 @@ def test_states_and_checkpoints_match_the_log_through_crashes_and_other_writers(
                     lost -= {(c.record_type, c.record_id) for c in changes}
                 elif event[0] == "crash":
                     crash(store)
-                    store = open_store(path, cached_states)
+                    store = open_store(path, cached_states, packed_states)
                     lost |= model.newest.keys()
                 else:
                     store.flush()
@@ -319,22 +326,23 @@ def test_states_and_checkpoints_match_the_log_through_crashes_and_other_writers(
             store.close()
 
 
-@pytest.mark.parametrize("cached_states", [1, 3])
+@pytest.mark.parametrize(("cached_states", "packed_states"), [(1, 0), (3, 0), (1, 1), (2, 3)])
 def test_a_checkpoint_due_in_a_batch_is_not_overwritten_by_its_evicted_older_state(
-    tmp_path, cached_states
+    tmp_path, cached_states, packed_states
 ):
     """A batch that creates as many records as the cache holds, pushing out a record whose
     newest state is only cached, and then deletes that record, must leave its row current
     and deleted: lists read `records.deleted`, and close() must not leave it behind."""
     path = tmp_path / "lianxin.db"
-    store = open_store(path, cached_states)
+    store = open_store(path, cached_states, packed_states)
     clock = server_clock()
     apply_batch(store, [change(1, title="Leak")], clock)  # new: its checkpoint is written
     apply_batch(store, [change(2, summary="Ceiling stained")], clock)  # cached only
-    new = [change(3 + i, ("case", f"k-new-{i}"), title="Noise") for i in range(cached_states)]
-    delete = change(3 + cached_states, ops=[Delete()])
+    room = cached_states + packed_states
+    new = [change(3 + i, ("case", f"k-new-{i}"), title="Noise") for i in range(room)]
+    delete = change(3 + room, ops=[Delete()])
     results = apply_batch(store, [*new, delete], clock)
-    delete_seq = 3 + cached_states
+    delete_seq = 3 + room
     newest_deleted = merge.is_deleted(store.record(*K1))
     seq, deleted, _ = checkpoints(store)[K1]
     store.close()
@@ -345,6 +353,30 @@ def test_a_checkpoint_due_in_a_batch_is_not_overwritten_by_its_evicted_older_sta
     assert newest_deleted
     assert (seq, deleted) == (delete_seq, True)
     assert (seq_after_close, deleted_after_close) == (delete_seq, True)
+
+
+def test_a_state_in_the_second_tier_is_answered_without_reading_the_store(tmp_path):
+    """A state pushed out of the decoded tier is kept encoded: reading it touches no
+    checkpoint, and its checkpoint is written only when it leaves the encoded tier too."""
+    store = open_store(tmp_path / "lianxin.db", cached_states=1, packed_states=2)
+    clock = server_clock()
+    k3, k4 = ("case", "k-3"), ("case", "k-4")
+    sent = [change(1, title="Leak"), change(2, summary="Ceiling stained")]
+    for c in sent:  # K1 new (checkpoint written), then edited (newer only in the cache)
+        apply_batch(store, [c], clock)
+    apply_batch(store, [change(3, K2, title="Noise")], clock)  # pushes K1 into the second tier
+    statements: list[str] = []
+    store.db.conn.set_trace_callback(statements.append)
+    assert store.states([K1]) == fold(sent)
+    store.db.conn.set_trace_callback(None)
+    assert not [s for s in statements if "records" in s or "changes" in s]
+    assert checkpoints(store)[K1][0] == 1  # still the first one
+    apply_batch(store, [change(4, k3, title="More")], clock)  # K2 joins K1 encoded
+    assert checkpoints(store)[K1][0] == 1
+    apply_batch(store, [change(5, k4, title="Most")], clock)  # K1 leaves the cache
+    seq, deleted, state = checkpoints(store)[K1]
+    assert (seq, deleted, state) == (2, False, fold(sent)[K1])
+    store.close()
 
 
 # --- 2. Rollback ------------------------------------------------------------------------
