@@ -56,6 +56,7 @@ def erase_case(store: SqliteStore, case_id: str, reason: str, actor: str, now_ms
     targets = [case, *(k for k in linked if k[0] == "party" and k not in shared)]
     for key in targets:
         store.vault.erase(key, reason, now_ms)
+    store.forget_cached(targets)
     with store.transaction():
         seq = store.last_seq() + 1
         marker = f"erasure-{uuid.uuid4().hex}"

@@ -401,8 +401,8 @@ def conflicts_after(change: Change, before: list[Conflict], state: RecordState) 
     the same as `conflicts(state)`, worked out only where the change can have moved them.
 
     Only the fields a change sets can open, alter or settle a value or status
-    conflict. A conflict over a delete spans every live write, so a record that
-    is or was in one is worked out whole.
+    conflict. A conflict over a delete spans every live write, so a deleted
+    record, or one that was in such a conflict, is worked out whole.
     """
     if is_deleted(state) or any(c.kind == "deleted" for c in before):
         return conflicts(state)

@@ -187,9 +187,11 @@ class SqliteStore:
         found = {key: c.state for key, c in hits.items() if live.get(key) is not None}
         loaded = self._load([key for key in wanted if key not in hits])
         # Only the writer caches what it read: its transaction can write what it pushes out.
+        # What it found in the cache goes in first, so that loading the rest cannot push out
+        # (and write the checkpoint of) a state the batch is about to write itself.
         if writing:
             evicted = []
-            for key, cached in loaded.items():
+            for key, cached in [*hits.items(), *loaded.items()]:
                 evicted += self._cache.put(key, cached)
             self._write_checkpoints(evicted)
         found.update((key, cached.state) for key, cached in loaded.items())
@@ -273,12 +275,16 @@ class SqliteStore:
 
     def flush(self) -> None:
         """Write the checkpoint of every record whose newest state is only in the cache."""
-        if not self._cache.dirty():
+        if not self._cache.has_dirty():
             return  # no write lock taken: a reading command closes without waiting on a writer
         with self.transaction():
             dirty = self._cache.dirty()
             self._write_checkpoints(dirty)
             self._cache.stored(dirty)
+
+    def forget_cached(self, keys: Iterable[RecordKey]) -> None:
+        """Drop these records' newest states from memory (after erasure)."""
+        self._cache.drop(keys)
 
     def erased(self, keys: Iterable[RecordKey]) -> set[RecordKey]:
         """Which of `keys` were erased (their data key destroyed)."""

@@ -14,7 +14,8 @@ Two tiers: the most recently used states decoded, ready to merge into (about
 (msgpack, about 2 KB each). A record found in the second tier costs a decode
 instead of reading, opening and decoding its checkpoint and merging the
 changes after it; and a state leaves the cache, with its checkpoint written
-if it is newer, only when it falls out of the second tier as well.
+if it is newer, only when it falls out of the second tier as well (with no
+second tier, when it falls out of the first).
 
 Losing this cache loses nothing: a crash, a rollback or another process's
 commit only means the next read merges the logged changes again.
@@ -44,10 +45,6 @@ class Cached(NamedTuple):
     seq: int  # the last logged change merged into `state`
     stored_deleted: bool
     pending: int  # writes (batches, or changes merged on a read) not in the checkpoint
-
-    @property
-    def dirty(self) -> bool:
-        return self.pending > 0
 
 
 class Packed(NamedTuple):
@@ -90,8 +87,8 @@ class StateCache:
         self._lock = threading.Lock()
 
     def get(self, keys: Iterable[RecordKey]) -> dict[RecordKey, Cached]:
-        """The cached entries among `keys`; decoded ones are marked as just used (an
-        encoded one moves up when the writer puts its next state)."""
+        """The cached entries among `keys`; decoded ones are marked as just used (the
+        writer puts encoded ones back decoded)."""
         found = {}
         packed = {}
         with self._lock:
@@ -131,13 +128,18 @@ class StateCache:
                     encoded = _encode(out.state)
                     deleted = is_deleted(out.state)
                     self._packed[out_key] = Packed(encoded, deleted, *out[1:])
-                elif out.dirty:
+                elif out.pending:
                     evicted.append(checkpoint(out_key, out))
             while len(self._packed) > self.packed_capacity:
                 out_key, packed = self._packed.popitem(last=False)
                 if packed.pending:
                     evicted.append(checkpoint(out_key, packed))
         return evicted
+
+    def has_dirty(self) -> bool:
+        with self._lock:
+            entries = (*self._entries.values(), *self._packed.values())
+            return any(entry.pending for entry in entries)
 
     def dirty(self) -> list[Checkpoint]:
         """The checkpoint of every entry newer than the one stored."""
@@ -156,6 +158,13 @@ class StateCache:
                     self._entries[key] = cached._replace(stored_deleted=deleted, pending=0)
                 if (packed := self._packed.get(key)) is not None and packed.seq == seq:
                     self._packed[key] = packed._replace(stored_deleted=deleted, pending=0)
+
+    def drop(self, keys: Iterable[RecordKey]) -> None:
+        """Forget these records' states (erased: nothing of them may stay in memory)."""
+        with self._lock:
+            for key in keys:
+                self._entries.pop(key, None)
+                self._packed.pop(key, None)
 
     def clear(self) -> None:
         with self._lock:

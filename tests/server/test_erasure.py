@@ -49,6 +49,8 @@ def test_an_erased_case_opens_nowhere_and_every_device_evicts_it(office, tmp_pat
     erased = erase_case(office.store, "k-he", "court order 2026-17", "operator:wang", 1)
     assert erased.records == [("case", "k-he"), ("party", "p-he")]
     assert erased.evicted_users == 2
+    # Nor does its newest state stay in the server's memory.
+    assert office.store._cache.peek(erased.records) == {}
 
     # Nothing of it opens: not in the store, not in the backup.
     assert office.store.states([("case", "k-he"), ("party", "p-he")]) == {}

@@ -379,6 +379,27 @@ def test_a_state_in_the_second_tier_is_answered_without_reading_the_store(tmp_pa
     store.close()
 
 
+def test_a_batch_writes_a_record_checkpoint_once_even_when_reading_it_from_the_second_tier(
+    tmp_path,
+):
+    """Reading a batch's uncached records must not push out, and write, the state of a
+    record the batch found encoded and is about to write itself (found in review)."""
+    store = open_store(tmp_path / "lianxin.db", cached_states=1, packed_states=1)
+    clock = server_clock()
+    a, c = ("case", "k-a"), ("case", "k-c")
+    apply_batch(store, [change(1, c, title="On file")], clock)
+    store._cache.clear()  # c has its row and is not cached, as after a restart
+    apply_batch(store, [change(2, a, title="Leak")], clock)  # new: its row written
+    apply_batch(store, [change(3, a, summary="Ceiling stained")], clock)  # newer than its row
+    apply_batch(store, [change(4, K2, title="Noise")], clock)  # a moves to the second tier
+    written: list[str] = []
+    store.db.conn.set_trace_callback(written.append)
+    apply_batch(store, [change(5, a, summary="Dripping"), change(6, c, summary="Dry")], clock)
+    store.db.conn.set_trace_callback(None)
+    assert [w for w in written if "INSERT INTO records" in w and "'k-a'" in w] == []
+    store.close()
+
+
 # --- 2. Rollback ------------------------------------------------------------------------
 
 
