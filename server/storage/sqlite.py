@@ -184,7 +184,8 @@ class SqliteStore:
         wanted = set(keys)
         hits = self._cache.get(wanted)
         live = self.vault.data_keys(hits) if hits else {}
-        found = {key: c.state for key, c in hits.items() if live.get(key) is not None}
+        hits = {key: c for key, c in hits.items() if live.get(key) is not None}  # not erased
+        found = {key: c.state for key, c in hits.items()}
         loaded = self._load([key for key in wanted if key not in hits])
         # Only the writer caches what it read: its transaction can write what it pushes out.
         # What it found in the cache goes in first, so that loading the rest cannot push out
