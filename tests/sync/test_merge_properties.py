@@ -61,6 +61,9 @@ def test_any_causal_delivery_gives_the_same_records_conflicts_and_quarantine(dat
         assert records_of(other.store.all_states()) == records_of(one.store.all_states())
         assert normalized(other.store.open_conflicts()) == normalized(one.store.open_conflicts())
         assert quarantine_of(other.store) == quarantine_of(one.store)
+        # The conflicts table, kept up to date change by change, is the records' conflicts.
+        worked_out = [c for state in one.store.all_states() for c in merge.conflicts(state)]
+        assert normalized(one.store.open_conflicts()) == normalized(worked_out)
 
 
 @merge_laws
