@@ -79,9 +79,6 @@ def apply(
         erased = store.erased(keys)
         touched: dict[RecordKey, tuple[RecordState, int]] = {}
         batch = BatchWrite([], touched, [], [], batch_id)
-        # The open conflicts of each record's latest state in this batch, so they are
-        # worked out once per change rather than again as the next change's "before".
-        open_now: dict[RecordKey, list[Conflict]] = {}
         seq = store.last_seq()
         answers = []
         for change, raw in zip(changes, raws, strict=True):
@@ -119,10 +116,8 @@ def apply(
                 assert after is not None
                 states[key] = after
                 touched[key] = (after, seq)
-                was_open = open_now.get(key)
-                if was_open is None:
-                    was_open = merge.conflicts(before) if before is not None else []
-                now_open = open_now[key] = merge.conflicts_after(change, was_open, after)
+                was_open = merge.conflicts_touching(change, before) if before is not None else []
+                now_open = merge.conflicts_touching(change, after)
                 batch.conflicts.extend(_conflict_updates(was_open, now_open, key, seq))
                 mine = [
                     c

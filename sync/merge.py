@@ -375,10 +375,23 @@ def conflicts(state: RecordState) -> list[Conflict]:
         and not is_deleted(state)
     ):
         return []
+    return _conflicts_of(state, None)
+
+
+def conflicts_touching(change: Change, state: RecordState) -> list[Conflict]:
+    """The open conflicts of the record that `change` can have opened, altered or
+    settled, in field order: those of the fields it sets (no other field's writes
+    change), and the conflict over a delete, which spans every live write."""
+    return _conflicts_of(state, change.set)
+
+
+def _conflicts_of(state: RecordState, names: Collection[str] | None) -> list[Conflict]:
+    """The open conflicts of these fields (None: all), and the conflict over a delete."""
     found = [
         conflict
         for name, machine in _conflict_fields(state.record_type)
-        if (conflict := _field_conflict(state, name, machine)) is not None
+        if (names is None or name in names)
+        and (conflict := _field_conflict(state, name, machine)) is not None
     ]
     if is_deleted(state):
         # Each candidate is {field: value}, so two fields written by one change stay apart,
@@ -393,27 +406,6 @@ def conflicts(state: RecordState) -> list[Conflict]:
         )
         if unseen:
             found.append(_conflict(state, DELETED_FIELD, "deleted", True, unseen))
-    return found
-
-
-def conflicts_after(change: Change, before: list[Conflict], state: RecordState) -> list[Conflict]:
-    """The open conflicts of the record `change` made `state`, given those it had `before`;
-    the same as `conflicts(state)`, worked out only where the change can have moved them.
-
-    Only the fields a change sets can open, alter or settle a value or status
-    conflict. A conflict over a delete spans every live write, so a deleted
-    record, or one that was in such a conflict, is worked out whole.
-    """
-    if is_deleted(state) or any(c.kind == "deleted" for c in before):
-        return conflicts(state)
-    if not change.set:
-        return before
-    kept = {c.field: c for c in before}
-    found = []
-    for name, machine in _conflict_fields(state.record_type):
-        now = _field_conflict(state, name, machine) if name in change.set else kept.get(name)
-        if now is not None:
-            found.append(now)
     return found
 
 

@@ -258,18 +258,28 @@ def test_a_causally_later_edit_wins_even_from_a_clock_hours_behind(
 
 @merge_laws
 @given(data=st.data())
-def test_conflicts_kept_up_to_date_change_by_change_are_those_worked_out_whole(data):
-    # The engine follows each record's open conflicts through a batch with
-    # `merge.conflicts_after`, which looks only where a change can have moved them.
+def test_a_change_moves_only_the_conflicts_of_its_fields_and_of_the_delete(data):
+    # The engine writes a change's conflict rows from `merge.conflicts_touching` of the
+    # record before and after it, so every other conflict must stay as it was.
     history = data.draw(histories(), label="history")
     delivery = data.draw(deliveries(history.changes), label="delivery")
     states: dict[tuple[str, str], Any] = {}
-    open_now: dict[tuple[str, str], list] = {}
     for change in (change for batch in delivery for change in batch):
         key = (change.record_type, change.record_id)
-        outcome = merge.apply_change(states.get(key), change)
+        before = states.get(key)
+        outcome = merge.apply_change(before, change)
         if outcome.state is None:
             continue
-        now = merge.conflicts_after(change, open_now.get(key, []), outcome.state)
-        assert now == merge.conflicts(outcome.state)
-        states[key], open_now[key] = outcome.state, now
+        after = outcome.state
+
+        def touched(conflict, change=change):
+            return conflict.field in change.set or conflict.field == merge.DELETED_FIELD
+
+        assert merge.conflicts_touching(change, after) == [
+            c for c in merge.conflicts(after) if touched(c)
+        ]
+        was = merge.conflicts(before) if before is not None else []
+        assert [c for c in merge.conflicts(after) if not touched(c)] == [
+            c for c in was if not touched(c)
+        ]
+        states[key] = after
