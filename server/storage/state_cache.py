@@ -138,8 +138,9 @@ class StateCache:
 
     def has_dirty(self) -> bool:
         with self._lock:
-            entries = (*self._entries.values(), *self._packed.values())
-            return any(entry.pending for entry in entries)
+            return any(e.pending for e in self._entries.values()) or any(
+                e.pending for e in self._packed.values()
+            )
 
     def dirty(self) -> list[Checkpoint]:
         """The checkpoint of every entry newer than the one stored."""

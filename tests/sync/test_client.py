@@ -152,6 +152,16 @@ def first_answer_lost_then_replayed(path: str) -> Callable[..., httpx.Response]:
     return hook
 
 
+def answers_kept(answers: list[httpx.Response]) -> Callable[..., httpx.Response]:
+    """A hook for `intercept`: every answer reaches the device and is kept in `answers`."""
+
+    def hook(send: Callable[[], httpx.Response], request: httpx.Request) -> httpx.Response:
+        answers.append(send())
+        return answers[-1]
+
+    return hook
+
+
 def answered_unsealed(path: str, forged: msgspec.Struct) -> Callable[..., httpx.Response]:
     """A hook for `intercept`: requests to `path` reach the server, but the device is
     answered `forged`, in the clear, as whoever sits on the path could."""
@@ -469,12 +479,7 @@ def test_a_pull_goes_to_version_2_sealed_whole_and_resumes_from_each_pages_curso
         wang.edit("case", f"k-{n}", set={"title": f"Case {n}", "status": "new"})
     wang.push()
     answers: list[httpx.Response] = []
-
-    def keep_answers(send, request):
-        answers.append(send())
-        return answers[-1]
-
-    sent = intercept(office.http, monkeypatch, keep_answers)
+    sent = intercept(office.http, monkeypatch, answers_kept(answers))
     report = wang.pull()
 
     assert (report.pages, report.applied) == (2, 2)
@@ -551,12 +556,7 @@ def test_a_pull_sealed_to_a_retired_office_key_learns_the_new_key_and_goes_again
     office.keys.rotate(master=False, kem=True, now_ms=office.wall())
     office.keys.retire(old_key_id)
     answers: list[httpx.Response] = []
-
-    def keep_answers(send, request):
-        answers.append(send())
-        return answers[-1]
-
-    sent = intercept(office.http, monkeypatch, keep_answers)
+    sent = intercept(office.http, monkeypatch, answers_kept(answers))
     report = wang.pull()
 
     assert report.applied == 1 and wang.record("case", "k-1").title == "Drains"
