@@ -183,8 +183,8 @@ class SqliteStore:
             self._fresh()
         wanted = set(keys)
         hits = self._cache.get(wanted)
-        live = self.vault.data_keys(hits) if hits else {}
-        hits = {key: c for key, c in hits.items() if live.get(key) is not None}  # not erased
+        erased = self.vault.erased(hits) if hits else set()
+        hits = {key: c for key, c in hits.items() if key not in erased}
         found = {key: c.state for key, c in hits.items()}
         loaded = self._load([key for key in wanted if key not in hits])
         # Only the writer caches what it read: its transaction can write what it pushes out.
@@ -289,7 +289,7 @@ class SqliteStore:
 
     def erased(self, keys: Iterable[RecordKey]) -> set[RecordKey]:
         """Which of `keys` were erased (their data key destroyed)."""
-        return {key for key, data_key in self.vault.data_keys(keys).items() if data_key is None}
+        return self.vault.erased(keys)
 
     def seal_value(self, table: str, key: RecordKey, row: str, plain: bytes) -> bytes:
         """`plain` sealed under `key`'s data key (made if new), bound to table and row."""

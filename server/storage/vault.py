@@ -11,9 +11,13 @@ restoring an old data backup cannot bring the key back.
     data_keys (record_type, record_id) → master_id, wrapped, erased_ms, reason
               (an erased key keeps its row, with wrapped NULL)
 
-Unwrapped keys are cached in memory. Another process (the CLI erasing a
-record or re-wrapping keys after a rotation) commits to the same file; the
-cache is dropped whenever SQLite's `data_version` says someone else wrote.
+Unwrapped keys are cached in memory as their 32 bytes, and each call gets
+fresh `AESGCM` objects for them: an `AESGCM` holds about 2.5 KB of OpenSSL
+state, so a cache of 50,000 of them took 125 MB, most of the server's
+memory after a supervisor's whole pull (docs/BENCHMARKS.md, session 9).
+Another process (the CLI erasing a record or re-wrapping keys after a
+rotation) commits to the same file; the cache is dropped whenever SQLite's
+`data_version` says someone else wrote.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ class Vault:
     def __init__(self, path: Path, keys: OfficeKeys, cache_size: int = 50_000) -> None:
         self.path = path
         self.keys = keys
-        self._cache: dict[RecordKey, AESGCM | None] = {}
+        self._cache: dict[RecordKey, bytes | None] = {}  # None: erased
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -89,6 +93,16 @@ class Vault:
         New keys are committed before this returns, so data sealed under them
         can never reach the disk without its key.
         """
+        found = self._secrets(records, create)
+        return {k: None if secret is None else AESGCM(secret) for k, secret in found.items()}
+
+    def erased(self, records: Iterable[RecordKey]) -> set[RecordKey]:
+        """Which of `records` had their data key destroyed."""
+        return {k for k, secret in self._secrets(records).items() if secret is None}
+
+    def _secrets(
+        self, records: Iterable[RecordKey], create: bool = False
+    ) -> dict[RecordKey, bytes | None]:
         wanted = set(records)
         with self._lock:
             self._fresh_cache()
@@ -117,17 +131,17 @@ class Vault:
                 )
                 self._db.execute("COMMIT")
                 self._version = self._data_version()
-                found.update((k, AESGCM(secret)) for k, secret in secrets.items())
+                found.update(secrets)
             self._cache.update(found)
         return found
 
-    def _unwrap(self, key: RecordKey, master_id: str, wrapped: bytes) -> AESGCM:
+    def _unwrap(self, key: RecordKey, master_id: str, wrapped: bytes) -> bytes:
         master = self.keys.masters.get(master_id)
         if master is None and self.keys.reload():  # rotated by another process
             master = self.keys.masters.get(master_id)
         if master is None:
             raise Unreadable(f"data key of {key[0]}/{key[1]} is under unknown key {master_id}")
-        return AESGCM(open_sealed(master, wrapped, _bind(key)))
+        return open_sealed(master, wrapped, _bind(key))
 
     def erase(self, key: RecordKey, reason: str, now_ms: int) -> bool:
         """Destroy a record's data key for good; False if it had none or was erased already."""
