@@ -11,10 +11,11 @@ restoring an old data backup cannot bring the key back.
     data_keys (record_type, record_id) → master_id, wrapped, erased_ms, reason
               (an erased key keeps its row, with wrapped NULL)
 
-Unwrapped keys are cached in memory as their 32 bytes, and each call gets
-fresh `AESGCM` objects for them: an `AESGCM` holds about 2.5 KB of OpenSSL
-state, so a cache of 50,000 of them took 125 MB, most of the server's
-memory after a supervisor's whole pull (docs/BENCHMARKS.md, session 9).
+Unwrapped keys are cached in memory as their 32 bytes (up to 50,000), and
+ready ciphers only for the most recently used few thousand records: an
+`AESGCM` holds about 2.5 KB of OpenSSL state, so caching 50,000 of them took
+125 MB, most of the server's memory after a supervisor's whole pull
+(docs/BENCHMARKS.md, session 9), while building one costs 1.5 µs a use.
 Another process (the CLI erasing a record or re-wrapping keys after a
 rotation) commits to the same file; the cache is dropped whenever SQLite's
 `data_version` says someone else wrote.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -35,6 +37,8 @@ from sync.errors import Unreadable
 
 RecordKey = tuple[str, str]
 _CHUNK = 400
+# About 10 MB of ciphers: the records a few batches and incremental pulls work on.
+CIPHERS = 4_096
 
 
 def _bind(key: RecordKey) -> bytes:
@@ -54,6 +58,7 @@ class Vault:
         self.keys = keys
         self._cache: dict[RecordKey, bytes | None] = {}  # None: erased
         self._cache_size = cache_size
+        self._ciphers: OrderedDict[RecordKey, AESGCM] = OrderedDict()
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode = WAL")
@@ -82,6 +87,7 @@ class Vault:
         if version != self._version:
             self._version = version
             self._cache.clear()
+            self._ciphers.clear()
         if len(self._cache) > self._cache_size:
             self._cache.clear()
 
@@ -93,46 +99,58 @@ class Vault:
         New keys are committed before this returns, so data sealed under them
         can never reach the disk without its key.
         """
-        found = self._secrets(records, create)
-        return {k: None if secret is None else AESGCM(secret) for k, secret in found.items()}
+        with self._lock:
+            found = self._secrets(records, create)
+            return {k: None if s is None else self._cipher(k, s) for k, s in found.items()}
+
+    def _cipher(self, key: RecordKey, secret: bytes) -> AESGCM:
+        cipher = self._ciphers.get(key)
+        if cipher is None:
+            cipher = self._ciphers[key] = AESGCM(secret)
+            if len(self._ciphers) > CIPHERS:
+                self._ciphers.popitem(last=False)
+        else:
+            self._ciphers.move_to_end(key)
+        return cipher
 
     def erased(self, records: Iterable[RecordKey]) -> set[RecordKey]:
         """Which of `records` had their data key destroyed."""
-        return {k for k, secret in self._secrets(records).items() if secret is None}
+        with self._lock:
+            return {k for k, secret in self._secrets(records).items() if secret is None}
 
     def _secrets(
         self, records: Iterable[RecordKey], create: bool = False
     ) -> dict[RecordKey, bytes | None]:
+        """What `data_keys` answers, as each key's 32 bytes; call with the lock held."""
         wanted = set(records)
-        with self._lock:
-            self._fresh_cache()
-            found = {k: self._cache[k] for k in wanted if k in self._cache}
-            missing = [k for k in wanted if k not in found]
-            for chunk in _chunks(missing):
-                marks = ",".join("(?, ?)" for _ in chunk)
-                rows = self._db.execute(
-                    f"SELECT d.record_type, d.record_id, d.master_id, d.wrapped"
-                    f" FROM (VALUES {marks}) AS k JOIN data_keys AS d"
-                    " ON d.record_type = k.column1 AND d.record_id = k.column2",
-                    [part for key in chunk for part in key],
-                )
-                for record_type, record_id, master_id, wrapped in rows:
-                    key = (record_type, record_id)
-                    found[key] = None if wrapped is None else self._unwrap(key, master_id, wrapped)
-            new = [k for k in missing if k not in found] if create else []
-            if new:
-                secrets = {k: new_key() for k in new}
-                master = self.keys.masters[self.keys.master_id]
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany(
-                    "INSERT INTO data_keys (record_type, record_id, master_id, wrapped)"
-                    " VALUES (?, ?, ?, ?)",
-                    [(*k, self.keys.master_id, seal(master, secrets[k], _bind(k))) for k in new],
-                )
-                self._db.execute("COMMIT")
-                self._version = self._data_version()
-                found.update(secrets)
-            self._cache.update(found)
+        self._fresh_cache()
+        found = {k: self._cache[k] for k in wanted if k in self._cache}
+        missing = [k for k in wanted if k not in found]
+        for chunk in _chunks(missing):
+            marks = ",".join("(?, ?)" for _ in chunk)
+            rows = self._db.execute(
+                f"SELECT d.record_type, d.record_id, d.master_id, d.wrapped"
+                f" FROM (VALUES {marks}) AS k JOIN data_keys AS d"
+                " ON d.record_type = k.column1 AND d.record_id = k.column2",
+                [part for key in chunk for part in key],
+            )
+            for record_type, record_id, master_id, wrapped in rows:
+                key = (record_type, record_id)
+                found[key] = None if wrapped is None else self._unwrap(key, master_id, wrapped)
+        new = [k for k in missing if k not in found] if create else []
+        if new:
+            secrets = {k: new_key() for k in new}
+            master = self.keys.masters[self.keys.master_id]
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO data_keys (record_type, record_id, master_id, wrapped)"
+                " VALUES (?, ?, ?, ?)",
+                [(*k, self.keys.master_id, seal(master, secrets[k], _bind(k))) for k in new],
+            )
+            self._db.execute("COMMIT")
+            self._version = self._data_version()
+            found.update(secrets)
+        self._cache.update(found)
         return found
 
     def _unwrap(self, key: RecordKey, master_id: str, wrapped: bytes) -> bytes:
@@ -156,6 +174,7 @@ class Vault:
             # The WAL still holds the page with the key until a checkpoint rewrites it.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._cache.pop(key, None)
+            self._ciphers.pop(key, None)
             self._version = self._data_version()
         return bool(done)
 
