@@ -17,8 +17,9 @@ store, its memory read from `/proc/<pid>/status` (VmRSS now, VmHWM the
 peak; RssAnon is the process's own heap, RssFile the mapped libraries)
 after start-up, after a supervisor's laptop pulls every record in pages of
 5,000 (the largest page the server gives), and after a mediator pushes
-5,000 new cases in batches of 500, the supervisor pulls them (pages of
-1,000) and makes 100 no-change pulls. Baseline in the same run: the same
+10,000 new cases in batches of 500 (as many as the writer's state cache
+holds in both tiers, so that it ends full), the supervisor pulls them
+(pages of 1,000) and makes 100 no-change pulls. Baseline in the same run: the same
 steps against a `lianxin serve` on an empty office.
 
 SQLite's page cache is at its default (`cache_size` -2000: at most about
@@ -64,12 +65,13 @@ from bench.initial_sync import fill, mediator_books
 from bench.peer import DISTRICT, documents
 from bench.recording import Row, dated_block, machine, plain, record
 from schemas.wire import PullPage, PullRequest, PushResponse
+from server.settings import CACHED_STATES, PACKED_STATES
 from sync.clock import Clock
 
 TARGET_MB = 150.0
 RECORDS = 1_000_000
 BIG_PAGE = 5000  # server/settings.py max_pull_limit
-PUSHED = 5000
+PUSHED = CACHED_STATES + PACKED_STATES  # the cache of record states ends full
 NO_CHANGE_ROUNDS = 100
 MB = 1024 * 1024
 
@@ -303,9 +305,10 @@ INTRO = """
 An office filled over HTTP through the real push path (one change a case,
 untimed), then a fresh `lianxin serve` on it with production defaults,
 its memory read from `/proc/<pid>/status` after start-up, after a
-supervisor pulls everything in pages of 5,000, and after 5,000 new cases
-are pushed, pulled back and followed by 100 no-change pulls; baseline: the
-same steps against a server on an empty office, in the same run. SQLite
+supervisor pulls everything in pages of 5,000, and after 10,000 new cases
+(enough to fill the state cache) are pushed, pulled back and followed by
+100 no-change pulls; baseline: the same steps against a server on an empty
+office, in the same run. SQLite
 runs with its default page cache (about 2 MB a connection) and no mmap.
 See the docstring of `bench/memory.py`.
 """

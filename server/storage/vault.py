@@ -12,7 +12,7 @@ restoring an old data backup cannot bring the key back.
               (an erased key keeps its row, with wrapped NULL)
 
 Unwrapped keys are cached in memory as their 32 bytes (up to 50,000), and
-ready ciphers only for the most recently used few thousand records: an
+ready ciphers only for the 2,048 most recently used records: an
 `AESGCM` holds about 2.5 KB of OpenSSL state, so caching 50,000 of them took
 125 MB, most of the server's memory after a supervisor's whole pull
 (docs/BENCHMARKS.md, session 9), while building one costs 1.5 µs a use.
@@ -37,8 +37,9 @@ from sync.errors import Unreadable
 
 RecordKey = tuple[str, str]
 _CHUNK = 400
-# About 10 MB of ciphers: the records a few batches and incremental pulls work on.
-CIPHERS = 4_096
+# About 5 MB of ciphers: as many records as the writer keeps decoded states of, more
+# than a batch or an incremental pull works on.
+CIPHERS = 2_048
 
 
 def _bind(key: RecordKey) -> bytes:

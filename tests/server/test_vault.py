@@ -17,7 +17,7 @@ def test_a_vault_holding_twenty_thousand_keys_stays_small(tmp_path):
     # A supervisor's whole pull opens a key for every record it carries, and the
     # vault keeps up to 50,000 of them: held as cipher objects (about 2.5 KB of
     # OpenSSL state each) 20,000 took 48 MB; as their 32 bytes, with ciphers for
-    # the 4,096 most recently used records only, 10 MB.
+    # the 2,048 most recently used records only, 6 MB.
     vault = Vault(tmp_path / "data-keys.db", office_keys())
     records = [("case", f"case-{n:05}") for n in range(20_000)]
     before = resident_mb()
