@@ -19,8 +19,8 @@ after start-up, after a supervisor's laptop pulls every record in pages of
 5,000 (the largest page the server gives), and after a mediator pushes
 10,000 new cases in batches of 500 (as many as the writer's state cache
 holds in both tiers, so that it ends full), the supervisor pulls them
-(pages of 1,000) and makes 100 no-change pulls. Baseline in the same run: the same
-steps against a `lianxin serve` on an empty office.
+(pages of 1,000) and makes 100 no-change pulls. Baseline in the same run:
+the same steps against a `lianxin serve` on an empty office.
 
 SQLite's page cache is at its default (`cache_size` -2000: at most about
 2 MB a connection; one writer connection and one reader a worker thread)
@@ -308,9 +308,8 @@ its memory read from `/proc/<pid>/status` after start-up, after a
 supervisor pulls everything in pages of 5,000, and after 10,000 new cases
 (enough to fill the state cache) are pushed, pulled back and followed by
 100 no-change pulls; baseline: the same steps against a server on an empty
-office, in the same run. SQLite
-runs with its default page cache (about 2 MB a connection) and no mmap.
-See the docstring of `bench/memory.py`.
+office, in the same run. SQLite runs with its default page cache (about
+2 MB a connection) and no mmap. See the docstring of `bench/memory.py`.
 """
 
 

@@ -12,9 +12,9 @@ restoring an old data backup cannot bring the key back.
               (an erased key keeps its row, with wrapped NULL)
 
 Unwrapped keys are cached in memory as their 32 bytes (up to 50,000), and
-ready ciphers only for the 2,048 most recently used records: an
-`AESGCM` holds about 2.5 KB of OpenSSL state, so caching 50,000 of them took
-125 MB, most of the server's memory after a supervisor's whole pull
+ready ciphers only for the 2,048 most recently used records: an `AESGCM`
+holds about 2.5 KB of OpenSSL state, so caching 50,000 of them took 125 MB,
+most of the server's memory after a supervisor's whole pull
 (docs/BENCHMARKS.md, session 9), while building one costs 1.5 µs a use.
 Another process (the CLI erasing a record or re-wrapping keys after a
 rotation) commits to the same file; the cache is dropped whenever SQLite's
