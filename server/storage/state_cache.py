@@ -125,9 +125,10 @@ class StateCache:
             while len(self._entries) > self.capacity:
                 out_key, out = self._entries.popitem(last=False)
                 if self.packed_capacity:
-                    encoded = _encode(out.state)
-                    deleted = is_deleted(out.state)
-                    self._packed[out_key] = Packed(encoded, deleted, *out[1:])
+                    out_encoded = checkpoint(out_key, out)
+                    self._packed[out_key] = Packed(
+                        out_encoded.encoded, out_encoded.deleted, *out[1:]
+                    )
                 elif out.pending:
                     evicted.append(checkpoint(out_key, out))
             while len(self._packed) > self.packed_capacity:
