@@ -25,11 +25,18 @@ exactly once (change log plus quarantine), sequences contiguous, every
 answer as expected and every record's merge state equal to the state the
 generator computed. A digest of the stored rows is printed so that two code
 versions can be shown to store exactly the same thing.
+
+`--free-merge` measures a ceiling: what the engine would reach if merging
+cost nothing. An untimed run records every answer of `merge.apply_change`
+and `merge.conflicts_touching`; the timed run gets them back in call order
+instead of merging, and stores exactly the same rows (same checks, same
+digest). Whatever the ratio is then, a faster merge alone cannot beat it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import hashlib
 import random
@@ -38,10 +45,11 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import msgspec
@@ -56,6 +64,7 @@ from server.memory import collect_less
 from server.storage.migrations import migrate
 from server.storage.sqlite import SqliteStore
 from server.storage.vault import Vault
+from sync import engine as engine_module
 from sync import merge
 from sync.atrest import KdfParams
 from sync.clock import COUNTER_MASK, DEFAULT_MAX_DRIFT_MS, Clock, pack
@@ -482,6 +491,40 @@ def run_engine(
     return Timing.since(start), store, tally
 
 
+@contextlib.contextmanager
+def merging_replayed(workload: Workload, batch_size: int, scratch: Path) -> Iterator[None]:
+    """Inside: the engine merges nothing; it gets back, in call order, the answers that
+    merging gave it in an untimed run of the same workload (the `--free-merge` ceiling)."""
+    answers: list[Any] = []
+
+    def recorded(function: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            answers.append(result := function(*args))
+            return result
+
+        return call
+
+    def stand_in(apply_change: Callable[..., Any], touching: Callable[..., Any]) -> Any:
+        return SimpleNamespace(
+            Outcome=merge.Outcome,
+            Rejected=merge.Rejected,
+            apply_change=apply_change,
+            conflicts_touching=touching,
+        )
+
+    try:
+        engine_module.merge = stand_in(
+            recorded(merge.apply_change), recorded(merge.conflicts_touching)
+        )
+        _, store, _ = run_engine(workload, batch_size, scratch)
+        store.close()
+        replay = iter(answers)
+        engine_module.merge = stand_in(lambda *_: next(replay), lambda *_: next(replay))
+        yield
+    finally:
+        engine_module.merge = merge
+
+
 def stored_change_rows(store: SqliteStore) -> tuple[list[str], list[tuple[Any, ...]]]:
     """The columns and every row of the engine's change log, as stored."""
     cursor = store.db.execute("SELECT * FROM changes ORDER BY seq")
@@ -657,6 +700,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--note", default="", help="a remark to record with the figures")
     parser.add_argument(
+        "--free-merge",
+        action="store_true",
+        help="the ceiling: the engine with merging and conflict detection free (replayed)",
+    )
+    parser.add_argument(
         "--default-gc",
         action="store_true",
         help="keep Python's collector thresholds (default: tuned as `lianxin serve` tunes them)",
@@ -664,6 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.changes < 1 or args.batch_size < 1:
         parser.error("--changes and --batch-size must be positive")
+    if args.free_merge and args.record:
+        parser.error("--free-merge measures a ceiling, not the engine: it is not recorded")
 
     workload = build_workload(args.changes, args.seed)
     kinds = ", ".join(f"{n} {kind}" for kind, n in workload.kinds.most_common())
@@ -679,7 +729,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # collect as `lianxin serve` does (server/memory.py) unless told otherwise.
         gc.collect()
         gc.freeze() if args.default_gc else collect_less()
-        engine, store, answers = run_engine(workload, args.batch_size, tmp / "engine.db")
+        with contextlib.ExitStack() as stack:
+            if args.free_merge:
+                stack.enter_context(merging_replayed(workload, args.batch_size, tmp / "scratch.db"))
+            engine, store, answers = run_engine(workload, args.batch_size, tmp / "engine.db")
         columns, rows = stored_change_rows(store)
         gc.collect()
         gc.freeze()
@@ -696,7 +749,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     heading = f"batches of {args.batch_size}"
     print(f"{heading:<22}{'rows':>9}{'seconds':>9}{'rows/s':>10}{'cpu s':>9}")
     for name, count, timing in (
-        ("engine (apply_batch)", total, engine),
+        ("engine, merging free" if args.free_merge else "engine (apply_batch)", total, engine),
         ("plain inserts", len(rows), plain),
     ):
         print(
