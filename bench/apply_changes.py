@@ -729,9 +729,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # collect as `lianxin serve` does (server/memory.py) unless told otherwise.
         gc.collect()
         gc.freeze() if args.default_gc else collect_less()
-        with contextlib.ExitStack() as stack:
-            if args.free_merge:
-                stack.enter_context(merging_replayed(workload, args.batch_size, tmp / "scratch.db"))
+        merging = (
+            merging_replayed(workload, args.batch_size, tmp / "scratch.db")
+            if args.free_merge
+            else contextlib.nullcontext()
+        )
+        with merging:
             engine, store, answers = run_engine(workload, args.batch_size, tmp / "engine.db")
         columns, rows = stored_change_rows(store)
         gc.collect()
