@@ -18,7 +18,10 @@ most of the server's memory after a supervisor's whole pull
 (docs/BENCHMARKS.md, session 9), while building one costs 1.5 µs a use.
 Another process (the CLI erasing a record or re-wrapping keys after a
 rotation) commits to the same file; the cache is dropped whenever SQLite's
-`data_version` says someone else wrote.
+`data_version` says someone else wrote. It never moves for this connection's
+own commits, so the vault must not read it afresh after them: that would
+swallow a commit another process made in between, and keep serving a key
+that process erased.
 """
 
 from __future__ import annotations
@@ -149,7 +152,6 @@ class Vault:
                 [(*k, self.keys.master_id, seal(master, secrets[k], _bind(k))) for k in new],
             )
             self._db.execute("COMMIT")
-            self._version = self._data_version()
             found.update(secrets)
         self._cache.update(found)
         return found
@@ -176,7 +178,6 @@ class Vault:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._cache.pop(key, None)
             self._ciphers.pop(key, None)
-            self._version = self._data_version()
         return bool(done)
 
     def rewrap(self, limit: int = 1000) -> int:
@@ -201,7 +202,6 @@ class Vault:
                 updates,
             )
             self._db.execute("COMMIT")
-            self._version = self._data_version()
         return len(updates)
 
     def count_under(self) -> dict[str, int]:

@@ -53,3 +53,27 @@ def test_erased_names_the_records_whose_key_was_destroyed_here_or_elsewhere(tmp_
     assert vault.erased([a, b, never]) == {a, b}
     assert vault.data_keys([a, b]) == {a: None, b: None}
     vault.close()
+
+
+def test_an_erasure_by_another_process_is_seen_after_this_vault_writes_too(tmp_path):
+    # SQLite's data_version moves only for other connections' commits. Reading it afresh
+    # after this vault's own commit (a new key, an erasure, a rewrap) swallowed an erasure
+    # the CLI had committed in between, and the server went on opening the erased record.
+    keys = office_keys()
+    vault = Vault(tmp_path / "data-keys.db", keys)
+    records = [("case", name) for name in ("a", "b", "c", "d")]
+    vault.data_keys(records, create=True)
+    cli = Vault(vault.path, keys)
+
+    def erased_elsewhere(record, then):
+        vault.data_keys(records)  # every key cached here
+        assert cli.erase(record, "asked by the party", now_ms=1)
+        then()
+        assert vault.data_keys([record]) == {record: None}
+        assert vault.erased([record]) == {record}
+
+    erased_elsewhere(records[0], lambda: vault.data_keys([("case", "new")], create=True))
+    erased_elsewhere(records[1], lambda: vault.erase(records[3], "asked by the party", now_ms=2))
+    erased_elsewhere(records[2], lambda: vault.rewrap())
+    cli.close()
+    vault.close()
