@@ -83,10 +83,12 @@ async def office(request: Request) -> Response:
     dependencies=documents_body(EnrollRequest),
 )
 async def enroll(request: Request) -> Response:
-    require_media_type(request, PLAIN_MEDIA_TYPES, optional=True)
-    message = decode(request, await request.body(), EnrollRequest)
     service = service_of(request)
     client = client_address(request)
+    # An address over its allowance is refused before anything it sent is read.
+    service.enrol_failures.check(client, service.wall_ms())
+    require_media_type(request, PLAIN_MEDIA_TYPES, optional=True)
+    message = decode(request, await request.body(), EnrollRequest)
     return reply(request, await anyio.to_thread.run_sync(service.enroll, message, client))
 
 

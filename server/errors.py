@@ -22,6 +22,7 @@ STATUS: dict[type[errors.LianxinError], int] = {
     errors.RevokedDevice: 403,
     errors.Forbidden: 403,
     errors.EnrollmentRefused: 403,
+    errors.WeakKey: 400,
     errors.BatchReused: 409,
     errors.TooLarge: 413,
     errors.UnsupportedEncoding: 415,

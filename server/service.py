@@ -39,7 +39,7 @@ from server.storage.index import index_records, reindexed
 from server.storage.people import index_parties
 from server.storage.pull import read_page
 from server.storage.sqlite import SqliteStore
-from sync import signing
+from sync import envelope, signing
 from sync.access import WRITABLE_BY, changes_visibility, links_added
 from sync.changes import decode_change
 from sync.clock import Clock
@@ -53,6 +53,7 @@ from sync.errors import (
     MalformedRequest,
     TooDeep,
     TooLarge,
+    WeakKey,
 )
 from sync.store import RecordKey
 
@@ -91,12 +92,17 @@ class SyncService:
         )
 
     def enroll(self, request: EnrollRequest, client: str) -> Enrollment:
-        """Spend an enrolment code on the device that proves it holds `signing_key`;
-        `client` (its address) is refused for a while after too many refusals."""
+        """Spend an enrolment code on the device that proves it holds `signing_key`.
+
+        A refusal counts against `client` (its address), which the handler checks
+        against `enrol_failures` before it reads the request.
+        """
         now_ms = self.wall_ms()
-        self.enrol_failures.check(client, now_ms)
         message = signing.enroll_message(request.code, request.signing_key, request.kem_key)
         try:
+            # Checked before the proof: a small-order signing key "verifies" a forged one.
+            signing.check_signing_key(request.signing_key)
+            envelope.check_kem_key(request.kem_key)
             signing.verify(request.signing_key, request.proof, message, "enrolment proof")
             with self.store.transaction():
                 device = self.directory.enroll(
@@ -111,7 +117,7 @@ class SyncService:
                     f"user/{device.user.user_id}",
                     {"role": device.user.role},
                 )
-        except (BadSignature, EnrollmentRefused):
+        except (BadSignature, EnrollmentRefused, WeakKey):
             self.enrol_failures.take(client, now_ms)
             raise
         return Enrollment(

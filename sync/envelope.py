@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from schemas.records import Id
-from sync.errors import BadEnvelope, Unsealable, UnsupportedSuite, WrongKey
+from sync.errors import BadEnvelope, Unsealable, UnsupportedSuite, WeakKey, WrongKey
 
 INFO_PURPOSE = b"lianxin envelope v1\n"
 ENVELOPE = "application/lianxin-envelope"  # the Content-Type of a sealed body
@@ -73,6 +73,16 @@ class CompactEnvelope(msgspec.Struct, frozen=True, array_like=True, forbid_unkno
 _decode_header = msgspec.msgpack.Decoder(Header).decode
 _decode_envelope = msgspec.msgpack.Decoder(Envelope).decode
 _decode_compact = msgspec.msgpack.Decoder(CompactEnvelope).decode
+
+
+def check_kem_key(public_key: bytes) -> None:
+    """Raise `WeakKey` for an X25519 public key of low order: every exchange with it gives
+    the all-zero secret, so nothing could be sealed to it for its holder alone (OpenSSL
+    refuses the exchange)."""
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public_key))
+    except ValueError:
+        raise WeakKey("the KEM key is a point of low order") from None
 
 
 def seal(plaintext: bytes, header: Header, recipient: X25519PublicKey) -> bytes:

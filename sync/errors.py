@@ -15,6 +15,7 @@
     │   └── RevokedDevice       revoked_device        the device was revoked
     ├── Forbidden               forbidden             the device's role may not do this
     ├── EnrollmentRefused       enrollment_refused    code unknown, used or expired
+    ├── WeakKey                 weak_key              a device key anyone could sign or seal with
     ├── BatchReused             batch_reused          a batch id sent again with other changes
     ├── BadCursor               bad_cursor            a pull cursor that this server never issued
     ├── EnvelopeError
@@ -105,6 +106,10 @@ class Forbidden(LianxinError):
 
 class EnrollmentRefused(LianxinError):
     code = "enrollment_refused"
+
+
+class WeakKey(LianxinError):
+    code = "weak_key"
 
 
 class BatchReused(LianxinError):

@@ -14,7 +14,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from schemas.wire import SignedPull, SignedPush
-from sync.errors import BadSignature
+from sync.errors import BadSignature, WeakKey
 
 REQUEST_PURPOSE = b"lianxin request v1"
 BATCH_PURPOSE = b"lianxin batch v1"
@@ -22,6 +22,20 @@ PUSH_PURPOSE = b"lianxin push v2"
 PULL_PURPOSE = b"lianxin pull v2"
 ENROLL_PURPOSE = b"lianxin enroll v1"
 OFFICE_KEY_PURPOSE = b"lianxin office key v1"
+
+_P = 2**255 - 19
+# The y coordinates of Ed25519's eight points of small order: the identity (1), order 2
+# (p - 1), order 4 (0, with x = ±sqrt(-1)) and order 8 (these two, each with both x).
+_SMALL_ORDER_Y = frozenset(
+    [0, 1, _P - 1]
+    + [
+        int.from_bytes(bytes.fromhex(y), "little")
+        for y in (
+            "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+            "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        )
+    ]
+)
 
 
 def digest(data: bytes) -> bytes:
@@ -143,9 +157,21 @@ def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:
     return key.sign(message)
 
 
+def check_signing_key(public_key: bytes) -> None:
+    """Raise `WeakKey` for an Ed25519 public key of small order or not canonically encoded.
+
+    OpenSSL verifies signatures for such keys, and for a small-order key one
+    signature, made without any private key, verifies for every message.
+    """
+    y = int.from_bytes(public_key, "little") & ((1 << 255) - 1)  # the top bit is x's sign
+    if y >= _P or y in _SMALL_ORDER_Y:
+        raise WeakKey("the signing key is a point of small order or not canonically encoded")
+
+
 def verify(public_key: bytes, signature: bytes, message: bytes, what: str) -> None:
-    """Raise `BadSignature` naming `what` unless `signature` verifies."""
+    """Raise `BadSignature` naming `what` unless `signature` verifies under a sound key."""
     try:
+        check_signing_key(public_key)
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
-    except (InvalidSignature, ValueError):
+    except (InvalidSignature, ValueError, WeakKey):
         raise BadSignature(f"the {what} signature does not verify") from None

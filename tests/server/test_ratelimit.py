@@ -1,9 +1,12 @@
 """How often a device may sync, and an address fail to enrol: a minute's allowance at
 once, then the steady rate."""
 
+import msgspec
 import pytest
 
+from schemas import EnrollRequest
 from server.ratelimit import Allowance
+from sync import signing
 from sync.changes import encode_change
 from sync.errors import RateLimited
 from tests.server.conftest import MSGPACK, enrolment, running_office
@@ -111,3 +114,38 @@ def test_an_address_that_keeps_guessing_codes_is_held_back_and_others_enrol(tmp_
         office.wall.tick(30_000)
         answer = office.http.post("/v1/enroll", content=enrolment(code)[2], headers=MSGPACK)
         assert answer.status_code == 200
+
+
+def test_weak_device_keys_are_refused_at_enrolment_and_count_as_refusals(tmp_path):
+    # A small-order signing key "verifies" one signature for every message, so anyone
+    # could act as the device; a low-order KEM key leaves nothing to seal answers to.
+    with running_office(tmp_path, enrol_failures_per_minute=2) as office:
+        user = office.directory.add_user("li", "mediator", ["Hangzhou"], office.wall.ms)
+        code = office.directory.issue_code(user.user_id, office.wall.ms, 3600_000)
+        identity = (1).to_bytes(32, "little")
+        key, kem, _ = enrolment(code)
+        kem_public = kem.public_key().public_bytes_raw()
+        public = key.public_key().public_bytes_raw()
+        stored = store_digest(office.store.db)
+
+        for signing_key, kem_key, proof in [
+            (identity, kem_public, identity + bytes(32)),  # no private key behind it
+            (public, bytes(32), key.sign(signing.enroll_message(code, public, bytes(32)))),
+        ]:
+            weak = EnrollRequest(
+                code=code, signing_key=signing_key, kem_key=kem_key, label="t", proof=proof
+            )
+            answer = office.http.post(
+                "/v1/enroll", content=msgspec.msgpack.encode(weak), headers=MSGPACK
+            )
+            assert error_of(answer) == (400, "weak_key")
+
+        assert store_digest(office.store.db) == stored  # no device, and the code unspent
+        # Both counted: the address is held back, before its body is even read.
+        held = office.http.post("/v1/enroll", content=b"\xc1", headers=MSGPACK)
+        assert error_of(held) == (429, "rate_limited")
+        office.wall.tick(30_000)
+        assert (
+            office.http.post("/v1/enroll", content=enrolment(code)[2], headers=MSGPACK).status_code
+            == 200
+        )

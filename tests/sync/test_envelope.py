@@ -4,8 +4,15 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from sync.envelope import Envelope, Header, open_envelope, seal
-from sync.errors import BadEnvelope, EnvelopeError, Unsealable, UnsupportedSuite, WrongKey
+from sync.envelope import Envelope, Header, check_kem_key, open_envelope, seal
+from sync.errors import (
+    BadEnvelope,
+    EnvelopeError,
+    Unsealable,
+    UnsupportedSuite,
+    WeakKey,
+    WrongKey,
+)
 
 OFFICE = X25519PrivateKey.generate()
 KEYS = {"office-1.k1": OFFICE}
@@ -64,3 +71,25 @@ def test_a_downgraded_or_unknown_suite_is_refused():
 def test_garbage_is_a_bad_envelope(garbage):
     with pytest.raises(BadEnvelope):
         open_envelope(garbage, KEYS)
+
+
+@pytest.mark.parametrize(
+    "u",
+    [
+        0,
+        1,
+        # the points of order 8 (RFC 7748's list of low-order inputs)
+        325606250916557431795983626356110631294008115727848805560023387167927233504,
+        39382357235489614581723060781553021112529911719440698176882885853963445705823,
+        2**255 - 20,  # p - 1
+        2**255 - 19,  # p, as 0
+        2**255 - 18,  # p + 1, as 1
+    ],
+)
+def test_a_kem_key_of_low_order_is_refused(u):
+    with pytest.raises(WeakKey):
+        check_kem_key(u.to_bytes(32, "little"))
+
+
+def test_a_fresh_kem_key_is_sound():
+    check_kem_key(X25519PrivateKey.generate().public_key().public_bytes_raw())
