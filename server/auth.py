@@ -42,9 +42,16 @@ def authenticate(
         raise Unsigned("a sync request needs Lianxin-Device, -Timestamp, -Nonce and -Signature")
     device_id, timestamp_text, nonce, signature_text = values
     assert device_id and timestamp_text and nonce and signature_text
-    # ASCII digits only: "²".isdigit() holds, and int("²") raises.
-    if not (timestamp_text.isascii() and timestamp_text.isdigit()) or len(timestamp_text) > 12:
-        raise MalformedRequest("Lianxin-Timestamp must be whole seconds since the epoch")
+    # ASCII digits only: "²".isdigit() holds, and int("²") raises. No leading zeros: the
+    # signature covers the header as sent, which must then be the number's one spelling.
+    if (
+        not (timestamp_text.isascii() and timestamp_text.isdigit())
+        or len(timestamp_text) > 12
+        or timestamp_text != str(int(timestamp_text))
+    ):
+        raise MalformedRequest(
+            "Lianxin-Timestamp must be whole seconds since the epoch, without leading zeros"
+        )
     if not NONCE_PATTERN.match(nonce):
         raise MalformedRequest("Lianxin-Nonce must be 16-64 characters of A-Z a-z 0-9 _ -")
     try:

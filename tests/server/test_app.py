@@ -180,6 +180,13 @@ REFUSALS = {
         "/v1/sync/pull", body, timestamp=p.wall.ms // 1000 - 301
     ),
     "malformed_header": lambda p, body: p.post("/v1/sync/pull", body, nonce="short"),
+    # The signature covers the timestamp as sent: a second spelling of it is refused.
+    "padded_timestamp": lambda p, body: p.http.post(
+        "/v1/sync/pull",
+        content=body,
+        headers=(h := p.headers("/v1/sync/pull", body))
+        | {"lianxin-timestamp": "0" + h["lianxin-timestamp"]},
+    ),
 }
 
 
@@ -190,6 +197,7 @@ REFUSALS = {
         ("bad_signature", 401, "bad_signature"),
         ("stale_request", 401, "stale_request"),
         ("malformed_header", 400, "malformed"),
+        ("padded_timestamp", 400, "malformed"),
     ],
 )
 def test_refused_requests_get_their_own_code_and_change_nothing(office, case, status, code):
