@@ -5,7 +5,10 @@ keys (`server.storage.vault`) is what erases: every copy of the sealed
 bodies, in this store and in any backup of it, stops opening. The store
 then drops what it still held of them (sealed blobs, conflicts, index
 entries), and every user who could read them gets an eviction at a new log
-position, so their devices delete their copies on the next pull. Running it
+position, so their devices delete their copies on the next pull. The linked
+records it keeps (a party another case names, a warning, an agreement) lose
+the case's readers as a push unlinking them would: at the same position,
+whoever may no longer see one gets an `access_removed` eviction. Running it
 again finishes an erasure that stopped half way.
 """
 
@@ -19,6 +22,7 @@ import msgspec
 from schemas.changes import ChangeResult, Reason
 from server import audit
 from server.storage import index, repeats
+from server.storage.access import update_access
 from server.storage.people import forget
 from server.storage.sqlite import SqliteStore
 from sync.store import RecordKey
@@ -83,6 +87,12 @@ def erase_case(store: SqliteStore, case_id: str, reason: str, actor: str, now_ms
                 f"DELETE FROM {table} WHERE record_type = ? AND record_id = ?", targets
             )
         db.execute("DELETE FROM links WHERE case_id = ?", [case_id])
+        # The kept records no longer have this case linking them: recompute their readers
+        # and org unit with the push path's rules, so that the erased case's mediator (or
+        # a supervisor of its unit only) is evicted from a shared party or a linked warning
+        # and gets none of its later changes, instead of following it for ever.
+        kept = [k for k in linked if k not in targets]
+        update_access(store, dict.fromkeys(kept, seq), None)
         for table, column in (("records", "state"), ("changes", "raw"), ("quarantine", "raw")):
             db.conn.executemany(
                 f"UPDATE {table} SET {column} = x'' WHERE record_type = ? AND record_id = ?",
@@ -103,5 +113,4 @@ def erase_case(store: SqliteStore, case_id: str, reason: str, actor: str, now_ms
                 "evicted_users": len({user for user, *_ in readers}),
             },
         )
-    kept = [k for k in linked if k not in targets]
     return Erasure(targets, len({user for user, *_ in readers}), kept)

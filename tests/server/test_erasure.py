@@ -10,7 +10,8 @@ from server.erasure import erase_case
 from server.storage.people import repeats
 from server.storage.sqlite import SqliteStore
 from server.storage.vault import Vault
-from tests.server.test_app import GONGSHU, decode
+from sync.changes import decode_change
+from tests.server.test_app import GONGSHU, XIHU, decode
 from tests.server.test_atrest import leaks
 
 HE = {"name": "He Jianguo", "phone": "+86 138 0000 1234", "address": "Daguan 3-401"}
@@ -32,6 +33,18 @@ def open_case(phone, case_id, party_id, party=HE):
 def items_of(phone, cursor):
     page = decode(phone.pull(cursor))
     return page["items"], page["cursor"]
+
+
+def seen(items):
+    """What a page tells a device: (item type, record type, record id[, eviction reason])."""
+    told = set()
+    for item in items:
+        if item["type"] == "evict":
+            told.add(("evict", item["record_type"], item["record_id"], item["reason"]))
+        else:
+            change = decode_change(item["change"])
+            told.add(("change", change.record_type, change.record_id))
+    return told
 
 
 def test_an_erased_case_opens_nowhere_and_every_device_evicts_it(office, tmp_path):
@@ -114,3 +127,91 @@ def test_an_erased_party_leaves_the_blind_index(office):
     assert [r.case_id for r in repeats(office.store, "k-2")] == ["k-1"]
     erase_case(office.store, "k-1", "request", "operator:wang", 1)
     assert repeats(office.store, "k-2") == []
+
+
+def test_records_an_erased_case_linked_leave_its_mediators_view(office):
+    # The erased case's mediator kept a shared party and a linked warning in view, and
+    # went on receiving every later change to them (a party's new phone number).
+    head = office.enroll("supervisor", org_units=["Hangzhou"])  # sees (and links) Xihu's party
+    gongshu = office.enroll("supervisor", org_units=["Hangzhou/Gongshu"])
+    informant = office.enroll("informant")
+    sun = office.enroll("mediator")  # k-1's mediator only
+    li = office.enroll("mediator")  # k-2's
+    informant.push(
+        [informant.change("warning", "w-1", {"description": "Damp", "location": GONGSHU})]
+    )
+    pushed = li.pushed(
+        [
+            li.change("party", "p-shared", HE),
+            li.change(
+                "case",
+                "k-2",
+                {"title": "Noise", "location": XIHU},
+                [Add(field="parties", value="p-shared")],
+            ),
+        ]
+    )
+    assert {r["status"] for r in pushed["results"]} == {"applied"}
+    pushed = head.pushed(
+        [
+            head.change(
+                "case",
+                "k-1",
+                {"title": "Water leak", "location": GONGSHU},
+                [
+                    Add(field="mediators", value=sun.enrollment.user_id),
+                    Add(field="parties", value="p-shared"),
+                    Add(field="warnings", value="w-1"),
+                ],
+            )
+        ],
+        "b-2",
+    )
+    assert pushed["results"][0]["status"] == "applied"
+    sun_items, sun_cursor = items_of(sun, None)
+    assert {("change", "party", "p-shared"), ("change", "warning", "w-1")} <= seen(sun_items)
+    _, gongshu_cursor = items_of(gongshu, None)
+    _, li_cursor = items_of(li, None)
+    _, informant_cursor = items_of(informant, None)
+
+    erased = erase_case(office.store, "k-1", "court order 2026-17", "operator:wang", 1)
+    assert erased.kept == [("party", "p-shared"), ("warning", "w-1")]
+
+    # Sun's next pull evicts the case and both records it linked.
+    sun_items, sun_cursor = items_of(sun, sun_cursor)
+    assert seen(sun_items) == {
+        ("evict", "case", "k-1", "erased"),
+        ("evict", "party", "p-shared", "access_removed"),
+        ("evict", "warning", "w-1", "access_removed"),
+    }
+    # All at the erasure's one log position.
+    assert len({item["seq"] for item in sun_items}) == 1
+    # The party now lies in k-2's unit only, so Gongshu's supervisor loses it too; the
+    # warning keeps its own location, and with it that supervisor.
+    gongshu_items, gongshu_cursor = items_of(gongshu, gongshu_cursor)
+    assert seen(gongshu_items) == {
+        ("evict", "case", "k-1", "erased"),
+        ("evict", "party", "p-shared", "access_removed"),
+    }
+    org_unit = office.store.db.execute(
+        "SELECT org_unit FROM records WHERE record_type = 'party' AND record_id = 'p-shared'"
+    ).fetchone()[0]
+    assert org_unit == "Hangzhou/Xihu/Beishan"
+    # The party's own mediator and the warning's informant lose nothing.
+    assert items_of(li, li_cursor)[0] == []
+    assert items_of(informant, informant_cursor)[0] == []
+
+    # Later changes reach those who still see the records, and not Sun.
+    new_phone = li.change("party", "p-shared", {"phone": "+86 139 0000 5678"})
+    assert li.pushed([new_phone], "b-3")["results"][0]["status"] == "applied"
+    worse = informant.change("warning", "w-1", {"description": "Damp, and worse"})
+    assert informant.pushed([worse], "b-4")["results"][0]["status"] == "applied"
+    assert items_of(sun, sun_cursor)[0] == []
+    assert seen(items_of(gongshu, gongshu_cursor)[0]) == {("change", "warning", "w-1")}
+    assert seen(items_of(li, li_cursor)[0]) == {("change", "party", "p-shared")}
+
+    # The audit entry names records by id only, and its chain holds.
+    (entry,) = [e for e in audit.entries(office.store.db) if e.action == "erase"]
+    assert entry.detail["records"] == ["case/k-1"]
+    assert "He Jianguo" not in str(entry.detail)
+    assert audit.verify(office.store.db) == []
