@@ -141,6 +141,7 @@ class SqliteStore:
                 self._fresh()
                 yield
                 self.db.execute("COMMIT")
+                self._cache.settle()
             except BaseException:
                 # States cached in this transaction may never have been committed.
                 self._cache.clear()
@@ -177,16 +178,25 @@ class SqliteStore:
         return found
 
     def states(self, keys: Iterable[RecordKey]) -> dict[RecordKey, RecordState]:
-        """The newest merge state of each existing record among `keys` (erased ones left out)."""
+        """The newest merge state of each existing record among `keys` (erased ones left out).
+
+        Inside `transaction()`, as that transaction sees them; from any other
+        thread, as committed.
+        """
         writing = self._writer == threading.get_ident()
         if not writing:  # the writer's transaction checked when it began
             self._fresh()
         wanted = set(keys)
-        hits = self._cache.get(wanted)
+        hits = self._cache.get(wanted, committed=not writing)
         erased = self.vault.erased(hits) if hits else set()
         hits = {key: c for key, c in hits.items() if key not in erased}
         found = {key: c.state for key, c in hits.items()}
-        loaded = self._load([key for key in wanted if key not in hits])
+        missing = [key for key in wanted if key not in hits]
+        if writing:
+            loaded = self._load(self.db.conn, missing)
+        else:  # not on the writer's connection: it may be inside an open transaction
+            with self.snapshot() as conn:
+                loaded = self._load(conn, missing)
         # Only the writer caches what it read: its transaction can write what it pushes out.
         # What it found in the cache goes in first, so that loading the rest cannot push out
         # (and write the checkpoint of) a state the batch is about to write itself.
@@ -198,14 +208,15 @@ class SqliteStore:
         found.update((key, cached.state) for key, cached in loaded.items())
         return found
 
-    def _load(self, keys: list[RecordKey]) -> dict[RecordKey, Cached]:
-        """Each record's checkpoint with its changes logged after it merged on top."""
+    def _load(self, conn: sqlite3.Connection, keys: list[RecordKey]) -> dict[RecordKey, Cached]:
+        """Each record's checkpoint with its changes logged after it merged on top, as
+        `conn` sees them."""
         loaded = {}
         for chunk in _chunks(keys):
             # Joins on (VALUES ...), not `(record_type, record_id) IN (VALUES ...)`: SQLite
             # plans that IN as a scan of the whole table, which made every batch O(records).
             marks = ",".join("(?, ?)" for _ in chunk)
-            rows = self.db.execute(
+            rows = conn.execute(
                 f"SELECT r.record_type, r.record_id, r.seq, r.deleted, r.state"
                 f" FROM (VALUES {marks}) AS k"
                 " JOIN records AS r ON r.record_type = k.column1 AND r.record_id = k.column2",
@@ -213,7 +224,7 @@ class SqliteStore:
             ).fetchall()
             stored = {(t, i): (seq, bool(deleted), state) for t, i, seq, deleted, state in rows}
             after = [(*key, stored[key][0] if key in stored else 0) for key in chunk]
-            logged = self.db.execute(
+            logged = conn.execute(
                 "SELECT c.record_type, c.record_id, c.seq, c.change_id, c.raw, c.order_stamp"
                 f" FROM (VALUES {','.join('(?, ?, ?)' for _ in after)}) AS k JOIN changes AS c"
                 " ON c.record_type = k.column1 AND c.record_id = k.column2 AND c.seq > k.column3"

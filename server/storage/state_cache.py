@@ -19,6 +19,11 @@ second tier, when it falls out of the first).
 
 Losing this cache loses nothing: a crash, a rollback or another process's
 commit only means the next read merges the logged changes again.
+
+The writer puts states here before its transaction commits, so the cache
+knows which records it holds uncommitted states of: another thread's read
+skips them (and reads what is committed) until `settle()` says the
+transaction committed.
 """
 
 from __future__ import annotations
@@ -84,15 +89,19 @@ class StateCache:
         self.packed_capacity = packed
         self._entries: OrderedDict[RecordKey, Cached] = OrderedDict()
         self._packed: OrderedDict[RecordKey, Packed] = OrderedDict()
+        self._uncommitted: set[RecordKey] = set()  # put since the last `settle()`
         self._lock = threading.Lock()
 
-    def get(self, keys: Iterable[RecordKey]) -> dict[RecordKey, Cached]:
+    def get(self, keys: Iterable[RecordKey], committed: bool = False) -> dict[RecordKey, Cached]:
         """The cached entries among `keys`; decoded ones are marked as just used (the
-        writer puts encoded ones back decoded)."""
+        writer puts encoded ones back decoded). With `committed`, none that the
+        writer's open transaction put here."""
         found = {}
         packed = {}
         with self._lock:
             for key in keys:
+                if committed and key in self._uncommitted:
+                    continue
                 cached = self._entries.get(key)
                 if cached is not None:
                     self._entries.move_to_end(key)
@@ -117,6 +126,7 @@ class StateCache:
         pushed out of the cache to make room, whose checkpoints the caller must write."""
         evicted = []
         with self._lock:
+            self._uncommitted.add(key)
             old = self._entries.get(key) or self._packed.get(key)
             if old is None or old.seq <= cached.seq:
                 self._packed.pop(key, None)
@@ -168,7 +178,13 @@ class StateCache:
                 self._entries.pop(key, None)
                 self._packed.pop(key, None)
 
+    def settle(self) -> None:
+        """The writer's transaction committed: what it put here is what others may read."""
+        with self._lock:
+            self._uncommitted.clear()
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
             self._packed.clear()
+            self._uncommitted.clear()

@@ -6,8 +6,10 @@ tests check what a user of the store sees: the newest state after crashes, rollb
 other writers and erasure, and checkpoints that stay consistent, bounded and current.
 """
 
+import contextlib
 import sqlite3
 import tempfile
+import threading
 from contextlib import closing
 from pathlib import Path
 
@@ -432,6 +434,49 @@ def test_a_rolled_back_batch_leaves_no_state_behind(tmp_path):
     again = open_store(tmp_path / "lianxin.db")
     assert again.states([K1, K2]) == fold(first + retry)
     again.close()
+
+
+@pytest.mark.parametrize("packed_states", [0, 8])
+@pytest.mark.parametrize("outcome", ["rolled back", "committed"])
+def test_another_thread_reads_only_committed_states_while_a_batch_is_open(
+    tmp_path, outcome, packed_states
+):
+    """A console page reads in a worker thread while a push's transaction is open: it
+    sees the states as committed, never the batch's (which may yet roll back), from
+    the cache or from the store; once the batch commits it sees the batch's."""
+    store = open_store(tmp_path / "lianxin.db", cached_states=1, packed_states=packed_states)
+    clock = server_clock()
+    first = [change(1, title="Leak"), change(2, K2, title="Drains")]
+    apply_batch(store, first, clock)
+    committed = store.states([K1, K2])
+    batch = [change(3, title="Not yet"), change(4, K2, title="Not yet either")]
+    seen: list = []
+    opened, read = threading.Event(), threading.Event()
+
+    def console_page():
+        opened.wait(5)
+        seen.append(store.states([K1, K2]))
+        read.set()
+
+    reader = threading.Thread(target=console_page)
+    reader.start()
+    with contextlib.suppress(Boom), store.transaction():
+        apply(store, batch, clock)
+        opened.set()
+        read.wait(5)
+        if outcome == "rolled back":
+            raise Boom
+    reader.join()
+
+    assert seen == [committed] == [fold(first)]
+    now = first + batch if outcome == "committed" else first
+    assert store.states([K1, K2]) == fold(now)
+    later: list = []
+    reader = threading.Thread(target=lambda: later.append(store.states([K1, K2])))
+    reader.start()
+    reader.join()
+    assert later == [fold(now)]
+    store.close()
 
 
 # --- 3. Another connection ----------------------------------------------------------------
