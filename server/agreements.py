@@ -140,6 +140,11 @@ def execute_ready(
                     "supersedes": agreement.supersedes,
                 },
             )
+            # No check of who may see the old version here: the change that executes
+            # is often another user's (a signer's own phone), and the office sees all.
+            # What matters is whether the user who set `supersedes` could write the
+            # agreement named, and only the push of that sealed field knows who that
+            # was: `SyncService._device_rules` refuses it then (`not_permitted`).
             if agreement.supersedes:
                 _supersede(store, keys, clock, agreement.supersedes, now_ms)
 

@@ -33,14 +33,20 @@ from server.pseudonyms import pseudonym
 from server.ratelimit import Allowance
 from server.settings import Settings
 from server.storage import repeats
-from server.storage.access import presence, update_access
+from server.storage.access import mediators_among, presence, update_access
 from server.storage.directory import Device, Directory, User
 from server.storage.index import index_records, reindexed
 from server.storage.people import index_parties
 from server.storage.pull import read_page
 from server.storage.sqlite import SqliteStore
 from sync import envelope, signing
-from sync.access import WRITABLE_BY, changes_visibility, links_added
+from sync.access import (
+    WRITABLE_BY,
+    changes_visibility,
+    links_added,
+    mediators_added,
+    superseded,
+)
 from sync.changes import decode_change
 from sync.clock import Clock
 from sync.engine import apply
@@ -203,7 +209,9 @@ class SyncService:
         own_pseudonym = self._pseudonym(user) or None
         keys = {(c.record_type, c.record_id) for c in changes}
         targets = {link for c in changes for link in links_added(c)}
-        present, visible = presence(self.store, user.user_id, list(keys | targets))
+        named = {old for c in changes if (old := superseded(c))}
+        present, visible = presence(self.store, user.user_id, list(keys | targets | named))
+        mediators = mediators_among(self.store, (m for c in changes for m in mediators_added(c)))
 
         def authorize(change: Change) -> str | None:
             if change.record_type not in WRITABLE_BY[user.role]:
@@ -217,6 +225,16 @@ class SyncService:
             for target in links_added(change):
                 if target in present and target not in visible:
                     return f"{user.user_id} may not link {target[0]} {target[1]}"
+            # Whoever `mediators` names reads the case and its parties: only mediators
+            # are assigned, never an informant or an admin (who get no case over sync).
+            for assignee in mediators_added(change):
+                if assignee not in mediators:
+                    return f"only mediators are assigned to cases: {assignee} is not a mediator"
+            # Executing this agreement will supersede the one it names, whoever signs
+            # last: so naming it is the moment to ask whether this user may write it.
+            old = superseded(change)
+            if old in present and old not in visible:
+                return f"{user.user_id} may not supersede agreement {old[1]}"
             return None
 
         return present, authorize

@@ -3,7 +3,9 @@
 - informant: the records it created (its warnings) — their answers arrive
   in the same record.
 - mediator: records it created, cases naming it in `mediators`, and the
-  parties, agreements and warnings those cases link.
+  parties, agreements and warnings those cases link. Only a user whose role
+  is mediator is assigned by `mediators`: anyone else named there sees nothing
+  by it.
 - supervisor: every record whose org unit lies inside one of theirs (a
   record without a location takes the org unit of a case linking it).
 - admin: no case data over sync.
@@ -14,7 +16,7 @@ role: informants write only warnings.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from typing import NamedTuple
 
 from schemas.changes import Add, Change
@@ -40,6 +42,17 @@ def links_added(change: Change) -> list[tuple[str, str]]:
         for op in change.ops
         if isinstance(op, Add) and op.field in LINK_FIELDS and change.record_type == "case"
     ]
+
+
+def mediators_added(change: Change) -> list[str]:
+    """The user ids `change` adds to its case's `mediators` (each would become a reader)."""
+    return [str(op.value) for op in change.ops if isinstance(op, Add) and op.field == "mediators"]
+
+
+def superseded(change: Change) -> tuple[str, str] | None:
+    """The agreement `change` names in `supersedes` (executing it ends that one), if any."""
+    old = change.set.get("supersedes") if change.record_type == "agreement" else None
+    return ("agreement", str(old)) if old else None
 
 
 def changes_visibility(change: Change) -> bool:
@@ -90,19 +103,28 @@ def readers(
     own: Scope,
     linking: Iterable[tuple[str | None, Scope]],
     supervisors: Iterable[tuple[str, list[str]]],
+    *,
+    mediators: Container[str],
 ) -> set[str]:
     """Every user who may see a record.
 
     `linking` are the (creator, scope) of the cases that link this record;
-    `supervisors` are (user id, org units) of every supervisor.
+    `supervisors` are (user id, org units) of every supervisor; `mediators`
+    holds the user ids whose role is mediator (at least those the scopes name).
     """
+
+    # An informant or admin named in `mediators` (pushed before the office refused
+    # that) must not read the case: "an informant can never read a case".
+    def assigned(case: Scope) -> set[str]:
+        return {user for user in case.named_users if user in mediators}
+
     users = {creator} if creator else set()
-    users |= own.named_users
+    users |= assigned(own)
     units = {own.org_unit} if own.org_unit else set()
     for case_creator, case_scope in linking:
         if case_creator:
             users.add(case_creator)
-        users |= case_scope.named_users
+        users |= assigned(case_scope)
         if case_scope.org_unit:
             units.add(case_scope.org_unit)
     users |= {user for user, theirs in supervisors if any(within(u, theirs) for u in units)}

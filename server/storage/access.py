@@ -117,6 +117,7 @@ def update_access(
             "SELECT user_id, org_units FROM users WHERE role = 'supervisor'"
         )
     ]
+    mediators = mediators_among(store, (user for s in scopes.values() for user in s.named_users))
 
     # The supervisors whose org units hold any of `units`: what `readers` filters the
     # list down to, worked out once per set of units rather than once per record.
@@ -137,7 +138,9 @@ def update_access(
         # Links are written from a case's state, so a linking case always exists.
         present = [(who, case) for who, case in cases_linking if case is not None]
         units = {s.org_unit for s in (own, *(case for _, case in present)) if s.org_unit}
-        now = readers(creators.get(key), own, present, seeing(frozenset(units)))
+        now = readers(
+            creators.get(key), own, present, seeing(frozenset(units)), mediators=mediators
+        )
         org_unit = own.org_unit or next((s.org_unit for _, s in present if s.org_unit), None)
         if org_unit != org_units.get(key):
             moved.append((org_unit, record_type, record_id))
@@ -160,6 +163,19 @@ def update_access(
         " VALUES (?, ?, ?, ?, 'access_removed')",
         lost,
     )
+
+
+def mediators_among(store: SqliteStore, user_ids: Iterable[str]) -> set[str]:
+    """Which of `user_ids` are users of this office whose role is mediator."""
+    ids = sorted(set(user_ids))
+    if not ids:
+        return set()
+    rows = store.db.execute(
+        "SELECT user_id FROM users WHERE role = 'mediator'"
+        " AND user_id IN (SELECT value FROM json_each(?))",
+        [json.dumps(ids)],
+    )
+    return {user_id for (user_id,) in rows}
 
 
 def presence(

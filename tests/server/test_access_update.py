@@ -2,7 +2,8 @@
 
 `update_access` reads what it needs for a whole batch in a few queries; the
 reference below is the version that queried record by record, kept verbatim
-(apart from its index-less reader query, which is what made it slow). Both
+(apart from its index-less reader query, which is what made it slow, and the
+mediator ids `readers` now takes, read the plain way). Both
 run over the same random pushes, and every table they keep must agree.
 """
 
@@ -55,6 +56,9 @@ def reference_update_access(store, touched, creator):
             "SELECT user_id, org_units FROM users WHERE role = 'supervisor'"
         )
     ]
+    mediators = {
+        user_id for (user_id,) in db.execute("SELECT user_id FROM users WHERE role = 'mediator'")
+    }
     for key, seq in due.items():
         record_type, record_id = key
         own = scopes.get(key) or _scope_of(store, key)
@@ -69,7 +73,7 @@ def reference_update_access(store, touched, creator):
         ]
         if own is None:
             continue
-        now = readers(_creator(store, key), own, linking, supervisors)
+        now = readers(_creator(store, key), own, linking, supervisors, mediators=mediators)
         org_unit = own.org_unit or next((s.org_unit for _, s in linking if s and s.org_unit), None)
         db.execute(
             "UPDATE records SET org_unit = ? WHERE record_type = ? AND record_id = ?",

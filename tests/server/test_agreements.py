@@ -217,6 +217,29 @@ def test_executing_a_new_version_supersedes_the_old_one(office):
     assert stored_agreement(office).status == "superseded"
 
 
+def test_naming_an_agreement_out_of_sight_in_supersedes_is_refused(office):
+    # Review finding: a Xihu mediator who never saw Gongshu's executed `a-1` made
+    # `a-x` superseding it, signed by a signer of its own, and `a-x`'s execution
+    # moved `a-1` to `superseded`.
+    (sun,) = open_agreement(office)
+    sign(sun, *(attested(sun, s) for s in SIGNERS), batch_id="s-1")
+    outsider = office.enroll("mediator", ["Hangzhou/Xihu"], name="outsider")
+    fields = {"terms": "Nothing.", "required_signers": ["p-own"], "supersedes": "a-1", "version": 2}
+    content = agreements.content_hash("a-x", Agreement(**fields))
+    entry = attested(outsider, "p-own", content=content, agreement_id="a-x")
+    change = outsider.change(
+        "agreement",
+        "a-x",
+        {**fields, "status": "draft"},
+        [Append(field="signatures", entry=entry)],
+    )
+    (result,) = decode(outsider.push([change], batch_id="x-1"))["results"]
+    assert (result["status"], result["reason"]) == ("rejected", "not_permitted")
+    assert result["detail"] == f"{outsider.enrollment.user_id} may not supersede agreement a-1"
+    assert stored_agreement(office).status == "executed"
+    assert office.store.states([("agreement", "a-x")]) == {}
+
+
 def test_a_signature_over_terms_changed_since_does_not_count(office):
     sun, li = open_agreement(office, mediators=2)
     draft = office.store.states([("agreement", "a-1")])[("agreement", "a-1")]

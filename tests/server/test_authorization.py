@@ -4,6 +4,10 @@ import msgspec
 import pytest
 
 from schemas import Add
+from server.storage.access import update_access
+from sync.changes import decode_change
+from sync.clock import Clock
+from sync.engine import apply_batch
 from tests.server.test_app import GONGSHU, XIHU, decode, pulled_records
 
 ROLES = ["informant", "mediator", "supervisor", "admin"]
@@ -125,3 +129,85 @@ def test_linking_a_record_out_of_sight_is_refused(district, version):
     (result,) = outsider.pushed([change], batch_id="link-1", version=version)["results"]
     assert (result["status"], result["reason"]) == ("rejected", "not_permitted")
     assert pulled_records(outsider) == {("case", "k-xihu")}
+
+
+def quarantined(office, change_id):
+    """The reason `change_id` is held in quarantine for, or None."""
+    row = office.store.db.execute(
+        "SELECT reason FROM quarantine WHERE change_id = ?", [change_id]
+    ).fetchone()
+    return row[0] if row else None
+
+
+def records_held(phone):
+    """The records a pull from the start sends `phone`, whichever form each change was pushed in."""
+    items, _ = phone.pull_all()
+    changes = [decode_change(i["change"]) for i in items if i["type"] == "change"]
+    return {(c.record_type, c.record_id) for c in changes}
+
+
+def a_case_naming(phone, user_id):
+    """A new Gongshu case that links a new party and names `user_id` in `mediators`."""
+    return [
+        phone.change("party", "p-1", {"name": "He Jianguo", "phone": "+86 138 0000 1234"}),
+        phone.change(
+            "case",
+            "k-1",
+            CREATE["case"],
+            [Add(field="parties", value="p-1"), Add(field="mediators", value=user_id)],
+        ),
+    ]
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("named", ["informant", "admin", "supervisor"])
+def test_only_a_mediator_may_be_named_in_a_cases_mediators(office, named, version):
+    # Review finding: a mediator named an informant in `mediators`, and the
+    # informant's next pull carried the case and its party's name and phone.
+    other = office.enroll(named, ["Hangzhou/Xihu"], name=named)
+    user_id = other.enrollment.user_id
+    mediator = office.enroll("mediator", name="med")
+    party, case = a_case_naming(mediator, user_id)
+    results = mediator.pushed([party, case], version=version)["results"]
+    assert [r["status"] for r in results] == ["applied", "rejected"]
+    assert results[1]["reason"] == "not_permitted"
+    assert (
+        results[1]["detail"] == f"only mediators are assigned to cases: {user_id} is not a mediator"
+    )
+    assert quarantined(office, case.change_id) == "not_permitted"
+    assert records_held(other) == set()
+    assert records_held(mediator) == {("party", "p-1")}
+
+
+def test_naming_a_user_the_office_does_not_know_in_mediators_is_refused(office):
+    mediator = office.enroll("mediator")
+    party, case = a_case_naming(mediator, "u-nobody")
+    results = mediator.pushed([party, case])["results"]
+    assert (results[1]["status"], results[1]["reason"]) == ("rejected", "not_permitted")
+
+
+def test_a_mediator_may_name_another_mediator_of_the_office(office):
+    mediator = office.enroll("mediator", name="med")
+    colleague = office.enroll("mediator", ["Hangzhou/Xihu"], name="colleague")
+    results = mediator.pushed(a_case_naming(mediator, colleague.enrollment.user_id))["results"]
+    assert [r["status"] for r in results] == ["applied", "applied"]
+    assert pulled_records(colleague) == {("case", "k-1"), ("party", "p-1")}
+
+
+@pytest.mark.parametrize("named", ["informant", "admin"])
+def test_an_informant_or_admin_named_before_the_rule_still_reads_no_case(office, named):
+    """A case stored before such pushes were refused keeps its `mediators`: the readers
+    computed from it still leave out whoever there is not a mediator."""
+    other = office.enroll(named, name=named)
+    mediator = office.enroll("mediator", name="med")
+    changes = a_case_naming(mediator, other.enrollment.user_id)
+    # Written as the server did before the fix: merged with no authorization.
+    with office.store.transaction():
+        results = apply_batch(office.store, changes, Clock(office.wall))
+        touched = {
+            (c.record_type, c.record_id): r.seq for c, r in zip(changes, results, strict=True)
+        }
+        update_access(office.store, touched, mediator.enrollment.user_id)
+    assert [r.status for r in results] == ["applied", "applied"]
+    assert pulled_records(other) == set()
+    assert pulled_records(mediator) == {("case", "k-1"), ("party", "p-1")}
