@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import sqlite3
 from collections.abc import Callable
 
 import msgspec
@@ -315,9 +316,10 @@ class SyncService:
         user_id = device.user.user_id
         with self.store.snapshot() as conn:
             (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()
-            position, seq = self._open_cursor(device, request.cursor, last)
+            position, seq = self._open_cursor(conn, device, request.cursor, last)
             page = read_page(conn, user_id, position, seq, limit, last)
-        rows, evictions, has_more, end, end_seq = page
+            cursor = self._cursor(conn, device, page.end, page.end_seq)
+        rows, evictions, has_more = page.rows, page.evictions, page.has_more
         raws = self.store.open_changes([row[2:6] for row in rows])
         items: list[tuple[int, int, PulledChange | Eviction]] = [
             (p, 0, PulledChange(seq=s, change=raw, order=order))
@@ -331,17 +333,19 @@ class SyncService:
         items.sort(key=lambda item: item[:2])
         return PullPage(
             items=[item for _, _, item in items],
-            cursor=self._cursor(device, end, end_seq),
+            cursor=cursor,
             has_more=has_more,
             server_time_ms=self.wall_ms(),
             **self.keys.kem_statement,
         )
 
-    def _cursor(self, device: Device, position: int, seq: int) -> str:
+    def _cursor(self, conn: sqlite3.Connection, device: Device, position: int, seq: int) -> str:
         body = f"{position}.{seq}"
-        return f"v1.{body}.{self._mac(device, body)}"
+        return f"v2.{body}.{self._mac(device, body, _log_marks(conn, position, seq))}"
 
-    def _open_cursor(self, device: Device, cursor: str | None, last: int) -> tuple[int, int]:
+    def _open_cursor(
+        self, conn: sqlite3.Connection, device: Device, cursor: str | None, last: int
+    ) -> tuple[int, int]:
         if cursor is None:
             return 0, 0
         parts = cursor.split(".")
@@ -349,18 +353,38 @@ class SyncService:
         if (
             not cursor.isascii()
             or len(parts) != 4
-            or parts[0] != "v1"
+            or parts[0] not in ("v1", "v2")
             or not (parts[1].isdigit() and parts[2].isdigit())
         ):
             raise BadCursor("not a cursor this server issued")
         body = f"{parts[1]}.{parts[2]}"
-        if not hmac.compare_digest(parts[3], self._mac(device, body)):
-            raise BadCursor("not a cursor this server issued to this device")
         position, seq = int(parts[1]), int(parts[2])
         if position > last:
             raise BadCursor("the cursor is ahead of this server's log (restored from a backup?)")
+        # Version 1 cursors (issued before the log was bound in) still open, unbound.
+        marks = _log_marks(conn, position, seq) if parts[0] == "v2" else None
+        if not hmac.compare_digest(parts[3], self._mac(device, body, marks)):
+            raise BadCursor(
+                "not a cursor this server issued to this device, or issued before the office"
+                " was restored from a backup: pull again from no cursor"
+            )
         return position, seq
 
-    def _mac(self, device: Device, body: str) -> str:
-        message = f"{device.device_id}.{body}".encode()
-        return hmac.new(self.keys.cursor_secret, message, hashlib.sha256).hexdigest()[:32]
+    def _mac(self, device: Device, body: str, marks: str | None) -> str:
+        message = f"{device.device_id}.{body}" + ("" if marks is None else f".{marks}")
+        return hmac.new(self.keys.cursor_secret, message.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _log_marks(conn: sqlite3.Connection, position: int, seq: int) -> str:
+    """The change ids logged at a cursor's two sequences.
+
+    A cursor's MAC covers them, so it opens only on the log it was read
+    from: an office restored from a backup logs other changes at the same
+    sequences, and a device pulling on with its old cursor would skip them.
+    """
+    ids = dict(
+        conn.execute(
+            "SELECT seq, change_id FROM changes WHERE seq IN (?, ?)", [position, seq]
+        ).fetchall()
+    )
+    return f"{ids.get(position, '')}.{ids.get(seq, '')}"

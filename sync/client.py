@@ -69,7 +69,14 @@ from sync.atrest import KdfParams
 from sync.changes import decode_change, encode_change
 from sync.clock import Clock, system_wall_ms
 from sync.envelope import Purpose
-from sync.errors import BadSignature, LianxinError, RateLimited, StaleRequest, WrongKey
+from sync.errors import (
+    BadCursor,
+    BadSignature,
+    LianxinError,
+    RateLimited,
+    StaleRequest,
+    WrongKey,
+)
 from sync.replica_store import OutboxEntry, RecordKey, ReplicaStore
 
 T = TypeVar("T")
@@ -420,6 +427,9 @@ class DeviceClient:
 
         Each page is applied, and the cursor after it stored, in one local
         transaction: a pull killed anywhere resumes after the last whole page.
+        A cursor the office refuses (it was restored from a backup, say) is
+        dropped, and everything is pulled again; changes already applied are
+        skipped.
         """
         self._enrolled()
         report = PullReport()
@@ -428,7 +438,14 @@ class DeviceClient:
             request = PullRequest(
                 cursor=cursor if isinstance(cursor, str) else None, limit=self._pull_limit
             )
-            page = self._learning_office(functools.partial(self._pull_once, request))
+            try:
+                page = self._learning_office(functools.partial(self._pull_once, request))
+            except BadCursor:
+                if request.cursor is None:
+                    raise
+                with self._store.transaction():
+                    self._store.set_meta(CURSOR, None)
+                continue
             applied, skipped, evicted = self._apply_page(page)
             report = PullReport(
                 report.pages + 1,

@@ -306,3 +306,29 @@ def test_a_manifest_of_an_unknown_format_is_refused(office, tmp_path):
     path.write_bytes(path.read_bytes().replace(b'"format": 1', b'"format": 9'))
     with pytest.raises(Unreadable, match="format 9"):
         backup.read_manifest(tmp_path / "backup")
+
+
+def test_a_cursor_issued_before_a_restore_is_refused_not_followed(office, tmp_path):
+    # A restored office logs new changes at the sequences the lost ones had. A phone that
+    # pulled the lost ones would, with its old cursor, skip the new ones for good.
+    sun = office.enroll("mediator")
+    push_case(sun, "k-1", "p-1", "b-1")
+    take(office, tmp_path / "backup")
+    push_case(sun, "k-2", "p-2", "b-lost")  # after the backup: lost with the disk
+    stale = decode(sun.pull())["cursor"]
+
+    target = folder(tmp_path, "restored")
+    assert bring_back(tmp_path / "backup", target).problems == []
+    store = reopen(target)
+    keys = OfficeKeys.load(target.keys_path, PASSPHRASE)
+    settings = msgspec.structs.replace(target, require_sealed=False, secure_cookies=False)
+    app = create_app(settings, store=store, keys=keys, clock=Clock(Wall()), wall_ms=office.wall)
+    with TestClient(app) as http:
+        sun.http = http
+        push_case(sun, "k-3", "p-3", "b-after")  # logged where k-2 and p-2 were
+        refused = sun.pull(stale)
+        assert refused.status_code == 400
+        assert decode(refused)["error"] == "bad_cursor"
+        from_scratch = [item["seq"] for item in decode(sun.pull())["items"]]
+        assert from_scratch == [1, 2, 3, 4]
+    store.close()

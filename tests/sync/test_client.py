@@ -786,6 +786,27 @@ def test_a_pull_killed_between_pages_resumes_from_the_stored_cursor(office, monk
     assert resumed.pull().skipped == 5
 
 
+def test_a_cursor_the_office_refuses_is_dropped_and_everything_pulled_again(office):
+    chen = office.device("chen", "supervisor")
+    wang = office.device("wang", "mediator")
+    for n in range(3):
+        wang.edit("case", f"k-{n}", set={"title": f"Case {n}", "location": XIANGMIHU})
+    wang.sync()
+    chen.sync()
+    # The office was restored from a backup: the cursor chen holds no longer opens there.
+    version, position, seq, _ = str(chen._store.meta("cursor")).split(".")
+    chen._store.set_meta("cursor", f"{version}.{position}.{seq}.{'0' * 32}")
+    wang.edit("case", "k-3", set={"title": "Case 3", "location": XIANGMIHU})
+    wang.sync()
+
+    report = chen.pull()
+
+    assert (report.applied, report.skipped) == (1, 3)
+    assert [chen.record("case", f"k-{n}").title for n in range(4)] == [
+        f"Case {n}" for n in range(4)
+    ]
+
+
 def test_a_pull_killed_while_applying_a_page_keeps_nothing_of_that_page(office, monkeypatch):
     chen = office.device("chen", "supervisor")
     wang = office.device("wang", "mediator")
