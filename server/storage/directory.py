@@ -82,15 +82,27 @@ class Directory:
         return user
 
     def _grant_org_units(self, user_id: str, org_units: list[str]) -> None:
-        """Let a supervisor see every record already in their org units, from now on."""
+        """Let a supervisor see every record already in their org units, and what the
+        cases there link, from now on: what `sync.access.readers` gives one at a push."""
         now = self.store.last_seq()
         for unit in org_units:
+            # A prefix test by path segment; LIKE would ignore case and wildcards.
+            inside = "(r.org_unit = ? OR substr(r.org_unit, 1, ?) = ?)"
+            where = [unit, len(unit) + 1, unit + "/"]
             self.db.execute(
                 "INSERT OR IGNORE INTO access (user_id, record_type, record_id, since_seq)"
-                " SELECT ?, record_type, record_id, ? FROM records"
-                # A prefix test by path segment; LIKE would ignore case and wildcards.
-                " WHERE org_unit = ? OR substr(org_unit, 1, ?) = ?",
-                [user_id, now, unit, len(unit) + 1, unit + "/"],
+                f" SELECT ?, r.record_type, r.record_id, ? FROM records AS r WHERE {inside}",
+                [user_id, now, *where],
+            )
+            # A warning located elsewhere, or a party, that a case here links.
+            self.db.execute(
+                "INSERT OR IGNORE INTO access (user_id, record_type, record_id, since_seq)"
+                " SELECT DISTINCT ?, l.record_type, l.record_id, ?"
+                " FROM records AS r JOIN links AS l ON l.case_id = r.record_id"
+                " JOIN records AS t ON t.record_type = l.record_type"
+                " AND t.record_id = l.record_id"
+                f" WHERE r.record_type = 'case' AND {inside}",
+                [user_id, now, *where],
             )
 
     def _seal_name(self, user_id: str, name: str) -> bytes:

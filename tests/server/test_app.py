@@ -127,6 +127,27 @@ def test_visibility_by_role(office):
     assert pulled_records(city) == {("case", "k-1"), ("warning", "w-1"), ("case", "k-xihu")}
 
 
+def test_a_supervisor_added_later_sees_what_one_there_all_along_sees(office):
+    # A warning located in Xihu, linked by a Gongshu case: the Gongshu supervisors see it
+    # with the case, whether they enrolled before the link or after.
+    before = office.enroll("supervisor", ["Hangzhou/Gongshu"], name="before")
+    xihu = office.enroll("supervisor", ["Hangzhou/Xihu"])
+    informant = office.enroll("informant", ["Hangzhou/Xihu"])
+    informant.push([informant.change("warning", "w-x", {"location": XIHU, "status": "open"})])
+    party = xihu.change("party", "p-1", {"name": "Wang"})
+    case = xihu.change(
+        "case",
+        "k-g",
+        {"title": "Drains", "location": GONGSHU},
+        [Add(field="warnings", value="w-x"), Add(field="parties", value="p-1")],
+    )
+    xihu.push([party, case])
+    after = office.enroll("supervisor", ["Hangzhou/Gongshu"], name="after")
+
+    expected = {("case", "k-g"), ("warning", "w-x"), ("party", "p-1")}
+    assert pulled_records(before) == pulled_records(after) == expected
+
+
 def test_unassigning_a_mediator_evicts_the_case_and_blocks_its_writes(office):
     supervisor = office.enroll("supervisor")
     mediator = office.enroll("mediator")
