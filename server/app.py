@@ -47,6 +47,14 @@ async def refuse_encoded_bodies(request: Request) -> None:
         raise UnsupportedEncoding(f"Content-Encoding {encoding[:40]!r}: send bodies uncompressed")
 
 
+async def not_for_caches(response: Response) -> Response:
+    """Whatever the office answers may name people or say who works which case: no
+    browser or proxy cache may keep it (pages set it themselves; the JSON twins of
+    the console and the sync answers get it here)."""
+    response.headers.setdefault("cache-control", "no-store")
+    return response
+
+
 # What the version 1 endpoints decode; a body sent without a Content-Type is MessagePack.
 PLAIN_MEDIA_TYPES = (MSGPACK, "application/json")
 
@@ -293,6 +301,7 @@ def create_app(
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.max_body_bytes,
         before_request=refuse_encoded_bodies,
+        after_request=not_for_caches,
         openapi_config=OpenAPIConfig(title="Lianxin sync and console API", version="1"),
         state=State({"service": service}),
         on_shutdown=[store.close] if opened else [],

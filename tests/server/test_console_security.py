@@ -165,3 +165,17 @@ def test_sessions_expire_when_idle_or_old_and_sign_out_ends_them_everywhere(offi
 
 def office_settings(office):
     return office.http.app.state.service.settings
+
+
+def test_no_cache_may_keep_a_console_page_or_its_json_twin(office):
+    seed(office)
+    sign_in(office, user(office, "supervisor", ["Hangzhou/Gongshu"]))
+    walked = 0
+    for method, path in console_routes(office):
+        if method != "GET" or path == "/console/logout":
+            continue
+        answer = call(office, method, path)
+        if answer.status_code == 200:
+            walked += 1
+            assert answer.headers.get("cache-control") == "no-store", path
+    assert walked > 20
