@@ -12,7 +12,7 @@ class Author(msgspec.Struct, frozen=True, kw_only=True):
 
     device_id: str
     user_id: str | None  # the device's user; for the office, the supervisor if known
-    user_name: str | None
+    user_name: str | None  # an informant shows as their pseudonym in both (never their name)
     office: bool  # made by the office itself, not pushed by a device
 
 

@@ -51,6 +51,7 @@ from server.console.web import (
     signed_in,
     whole_number,
 )
+from server.pseudonyms import pseudonym
 from server.service import SyncService
 from server.storage.directory import Device, User
 from sync.errors import InvalidAction, UnknownRecord
@@ -93,6 +94,11 @@ class Authors:
         if device_id == self.service.keys.office_id:  # agreement execution, receipts
             return Author(device_id=device_id, user_id=None, user_name=None, office=True)
         device = self.device(device_id)
+        if device is not None and device.user.role == "informant":
+            # Informants appear to supervisors as their pseudonym, as on their warnings
+            # (PROTOCOL.md section 15): only `reidentify`, audited, says who they are.
+            alias = pseudonym(self.service.keys.pseudonym_key, device.user.user_id)
+            return Author(device_id=device_id, user_id=alias, user_name=alias, office=False)
         return Author(
             device_id=device_id,
             user_id=device.user.user_id if device else None,

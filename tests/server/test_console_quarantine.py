@@ -66,6 +66,32 @@ def test_the_supervisor_sees_a_rejected_change_with_its_reason_author_and_time(o
         assert text in page.text
 
 
+def test_an_informants_rejected_change_shows_their_pseudonym_not_their_name(office):
+    # Informants appear to supervisors as pseudonyms; only an audited re-identification by
+    # a supervisor of theirs says who they are. The quarantine named them outright.
+    informant = office.enroll("informant", ["Hangzhou/Gongshu"], name="Li Xiuying")
+    alias = informant.enrollment.pseudonym
+    warning = {"description": "Shouting at night", "location": XIHU, "informant": alias}
+    informant.push([informant.change("warning", "w-1", warning)], "b-1")
+    theirs = informant.change("warning", "w-1", {"informant": "inf-someone-else"})
+    (result,) = decode(informant.push([theirs], "b-2"))["results"]
+    assert result["reason"] == "not_permitted"
+    sign_in(office, supervisor(office, org_units=("Hangzhou/Xihu",)))
+
+    (item,) = held(office)["items"]
+
+    assert item["author"] == {
+        "device_id": informant.device_id,
+        "user_id": alias,
+        "user_name": alias,
+        "office": False,
+    }
+    for page in ("/console/quarantine", "/console/export/quarantine.csv"):
+        shown = office.http.get(page).text
+        assert alias in shown and "Li Xiuying" not in shown, page
+        assert informant.enrollment.user_id not in shown, page
+
+
 def test_acknowledged_changes_leave_the_list_unless_all_are_asked_for(office):
     _, _, edit = an_unassigned_edit(office)
     chen = supervisor(office)
