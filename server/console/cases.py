@@ -162,6 +162,8 @@ def case_page(service: SyncService, user_id: str, case_id: str) -> CasePage:
                 strong=r.strong,
             )
             for r in people.repeats(service.store, case_id)
+            # Ids of cases out of view are not for this user (nor is whether there are any).
+            if visible(service, user_id, "case", r.case_id)
         ],
         names=service.directory.names(case.mediators),
     )

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from schemas import Add
 from server.console import signin
 from tests.server.conftest import running_office
 from tests.server.test_app import GONGSHU, XIHU
@@ -179,3 +180,27 @@ def test_no_cache_may_keep_a_console_page_or_its_json_twin(office):
             walked += 1
             assert answer.headers.get("cache-control") == "no-store", path
     assert walked > 20
+
+
+def test_a_case_page_names_only_the_repeat_petitions_in_view(office):
+    # The same person is a party in Gongshu and in Xihu: a Xihu supervisor's case page
+    # flags nothing it cannot open, and says nothing of the Gongshu case.
+    sun = office.enroll("mediator")
+    he = {"name": "He Jianguo", "phone": "+86 138 0000 1234"}
+    for district, location in (("gongshu", GONGSHU), ("xihu", XIHU)):
+        party = sun.change("party", f"p-{district}", he)
+        case = sun.change(
+            "case",
+            f"k-{district}",
+            {"title": f"{district} noise", "location": location},
+            [Add(field="parties", value=f"p-{district}")],
+        )
+        sun.push([party, case], f"b-{district}")
+    sign_in(office, user(office, "supervisor", ["Hangzhou"]))
+    assert [r["case_id"] for r in call(office, "GET", "/api/cases/k-xihu").json()["repeats"]] == [
+        "k-gongshu"
+    ]
+
+    sign_in(office, user(office, "supervisor", ["Hangzhou/Xihu"]))
+    assert call(office, "GET", "/api/cases/k-xihu").json()["repeats"] == []
+    assert "k-gongshu" not in call(office, "GET", "/console/cases/k-xihu").text
