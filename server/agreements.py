@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from schemas.changes import Append, Change, Reason
+from schemas.policy import Sealed
 from schemas.records import Agreement, Receipt, Signature
 from schemas.state import RecordState
 from server import audit
@@ -27,7 +28,7 @@ from sync import agreements
 from sync.agreements import Bundle, SigningDevice
 from sync.clock import Clock
 from sync.engine import Vet, apply
-from sync.merge import materialize
+from sync.merge import field_specs, materialize
 from sync.store import RecordKey
 
 FINAL = ("executed", "superseded")
@@ -71,6 +72,13 @@ def signature_vet(directory: Directory) -> Vet:
         was_final = (change.set.get("status") == "void" or withdrawals) and _is_final(before)
         if change.set.get("status") == "void" and was_final:
             return Reason.NOT_PERMITTED, "an executed agreement cannot be voided"
+        # A sealed field is sealed by the signatures its device had seen; one written
+        # offline beside the signatures that executed the agreement would change what
+        # its receipt vouches for. Once executed, the content is final.
+        specs = field_specs("agreement")
+        sealed = [name for name in change.set if isinstance(specs[name].policy, Sealed)]
+        if sealed and _is_final(before):
+            return Reason.AGREEMENT_SEALED, f"{', '.join(sealed)}: the agreement was executed"
         agreement = materialize(after)
         assert isinstance(agreement, Agreement)
         if withdrawals and was_final:

@@ -307,3 +307,21 @@ def test_a_signature_without_a_time_zone_is_refused_not_a_crash(office):
     naive = {**attested(sun, "p-1"), "signed_at": "2026-01-01T00:00:00"}
     (result,) = sign(sun, naive, batch_id="n-1")["results"]
     assert (result["status"], result["reason"]) == ("rejected", "invalid_value")
+
+
+def test_an_edit_made_beside_the_signatures_cannot_change_an_executed_agreement(office):
+    # Li edits the terms offline while Sun collects the signatures on the draft: the
+    # signatures arrive first and execute it; the office's receipt vouches for that text.
+    sun, li = open_agreement(office, mediators=2)
+    draft = office.store.states([("agreement", "a-1")])[("agreement", "a-1")]
+    sign(sun, *(attested(sun, s) for s in SIGNERS), batch_id="s-1")
+    executed = stored_agreement(office)
+    assert executed.status == "executed"
+
+    edit = li.change("agreement", "a-1", {"terms": "A grease trap within 7 days."}, seen=draft.vv)
+    (result,) = decode(li.push([edit], batch_id="e-1"))["results"]
+
+    assert (result["status"], result["reason"]) == ("rejected", "agreement_sealed")
+    assert stored_agreement(office) == executed
+    office_key = (office.keys.office_id, office.keys.signing_public)
+    assert agreements.receipt_problems("a-1", executed, *office_key) == []
