@@ -86,6 +86,9 @@ class SyncService:
         self.enrol_failures = Allowance(
             settings.enrol_failures_per_minute, "refused enrolments from this address"
         )
+        # Stamps rise strictly across restarts too: the office's next change to a record
+        # must rank after its last one, which a phone's fast clock may have set hours ahead.
+        clock.receive(store.last_stamp())
         self.clock = clock
         self.wall_ms = wall_ms
 

@@ -162,6 +162,13 @@ class SqliteStore:
             self._cache.clear()
             self._data_version = version
 
+    def last_stamp(self) -> int:
+        """The highest stamp in the change log, as it ranks (a clamped one as clamped)."""
+        stamp: int = self.db.execute(
+            "SELECT coalesce(max(coalesce(order_stamp, hlc)), 0) FROM changes"
+        ).fetchone()[0]
+        return stamp
+
     def last_seq(self) -> int:
         return self.db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
 

@@ -3,11 +3,17 @@
 import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from litestar.testing import TestClient
 
 from schemas import Add, Agreement, Append, Signature
+from server.app import create_app
+from server.settings import Settings
+from server.storage.directory import Directory
 from sync import agreements
+from sync.clock import Clock, pack
 from sync.merge import materialize
-from tests.server.conftest import running_office
+from tests.conftest import Wall, make_store, office_keys
+from tests.server.conftest import Office, running_office
 from tests.server.test_app import GONGSHU, decode
 
 SIGNERS = ["p-1", "p-2", "p-3"]
@@ -325,3 +331,35 @@ def test_an_edit_made_beside_the_signatures_cannot_change_an_executed_agreement(
     assert stored_agreement(office) == executed
     office_key = (office.keys.office_id, office.keys.signing_public)
     assert agreements.receipt_problems("a-1", executed, *office_key) == []
+
+
+def test_the_office_stamps_its_changes_after_its_last_one_when_restarted(tmp_path):
+    # A phone five hours fast (not clamped: within the drift bound) signs first; the office
+    # stamps its "collecting" move from that. Restarted with a right clock, its next move
+    # must still rank after it, or the push that executes the agreement fails.
+    keys, wall, hour = office_keys(), Wall(), 3_600_000
+    store = make_store(tmp_path / "lianxin.db", keys)
+    settings = Settings(data_dir=tmp_path, require_sealed=False, secure_cookies=False)
+
+    def serving():
+        app = create_app(settings, store=store, keys=keys, clock=Clock(wall), wall_ms=wall)
+        return TestClient(app)
+
+    with serving() as http:
+        office = Office(store, Directory(store), keys, http, wall)
+        sun, li = open_agreement(office, mediators=2)
+        first = Append(field="signatures", entry=attested(sun, "p-1"))
+        fast = msgspec.structs.replace(
+            sun.change("agreement", "a-1", ops=[first]), hlc=pack(wall.ms + 5 * hour, 1)
+        )
+        (result,) = decode(sun.push([fast], batch_id="s-1"))["results"]
+        assert result["status"] == "applied" and not result.get("clamped")
+        assert stored_agreement(office).status == "collecting"
+    wall.tick(60_000)
+    with serving() as http:
+        li.http = http
+        rest = [Append(field="signatures", entry=attested(li, signer)) for signer in ("p-2", "p-3")]
+        answer = li.push([li.change("agreement", "a-1", ops=rest)], batch_id="s-2")
+        assert answer.status_code == 200, answer.text
+        assert stored_agreement(office).status == "executed"
+    store.close()
