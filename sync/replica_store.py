@@ -312,15 +312,14 @@ class ReplicaStore:
 
         Its applied change ids go too: if the record comes back into view, the
         server sends its whole history again, and every change must then apply.
-        Own changes the server holds stop overlaying; unanswered ones stay
+        Own changes to it stop overlaying, whatever their state, or they would
+        show a copy of the record built from them alone; unanswered ones stay
         queued (the server will answer them, most likely `not_permitted`).
         """
         self._db.execute("DELETE FROM records WHERE record_type = ? AND record_id = ?", key)
         self._db.execute("DELETE FROM applied WHERE record_type = ? AND record_id = ?", key)
         self._db.execute(
-            "UPDATE outbox SET overlay = 0 WHERE record_type = ? AND record_id = ?"
-            " AND state IN ('applied', 'conflict', 'duplicate')",
-            key,
+            "UPDATE outbox SET overlay = 0 WHERE record_type = ? AND record_id = ?", key
         )
 
     # -- the outbox ---------------------------------------------------------------------

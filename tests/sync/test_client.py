@@ -785,6 +785,45 @@ def test_a_pull_killed_between_pages_resumes_from_the_stored_cursor(office, monk
     assert resumed.pull().skipped == 5
 
 
+@pytest.mark.parametrize("answer", ["pending", "lost"])
+def test_an_evicted_record_does_not_show_again_from_this_devices_own_changes(
+    office, monkeypatch, answer
+):
+    chen = office.device("chen", "supervisor")
+    sun = office.device("sun", "mediator")
+    chen.edit(
+        "case",
+        "k-1",
+        set={"title": "Drains", "status": "assigned", "location": XIANGMIHU},
+        ops=[Add(field="mediators", value=sun.identity.user_id)],
+    )
+    chen.sync()
+    sun.sync()
+    sun.edit("case", "k-1", set={"summary": "Met the households"})
+    if answer == "lost":  # the push lands, its answer does not
+        pushed = []
+
+        def lose_the_answer(send, request):
+            response = send()
+            if request.url.path == "/v2/sync/push" and not pushed:
+                pushed.append(request)
+                raise httpx.ReadTimeout("no signal", request=request)
+            return response
+
+        intercept(office.http, monkeypatch, lose_the_answer)
+        with pytest.raises(httpx.ReadTimeout):
+            sun.push()
+        monkeypatch.undo()
+    chen.edit("case", "k-1", ops=[Remove(field="mediators", value=sun.identity.user_id)])
+    chen.sync()
+
+    assert sun.pull().evicted == 1
+    assert sun.record("case", "k-1") is None
+    sun.sync()  # the retry is answered (duplicate, or not_permitted if it never landed)
+    sun.sync()
+    assert sun.record("case", "k-1") is None
+
+
 def test_a_cursor_the_office_refuses_is_dropped_and_everything_pulled_again(office):
     chen = office.device("chen", "supervisor")
     wang = office.device("wang", "mediator")
