@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from urllib.parse import urlsplit
 
+import anyio.to_thread
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie
@@ -50,16 +52,20 @@ async def login(request: Request) -> Response:
     fields = await form_of(request)
     service = service_of(request)
     client = client_address(request)
+    # In a worker thread: the password hash takes tens of milliseconds and the session is
+    # written behind the store's writer gate, either of which would stall every request.
+    attempt = functools.partial(
+        signin.sign_in,
+        service.directory,
+        service.settings,
+        fields.get("user_id", "").strip(),
+        fields.get("password", ""),
+        fields.get("code", ""),
+        client,
+        now_ms(request),
+    )
     try:
-        _, token = signin.sign_in(
-            service.directory,
-            service.settings,
-            fields.get("user_id", "").strip(),
-            fields.get("password", ""),
-            fields.get("code", ""),
-            client,
-            now_ms(request),
-        )
+        _, token = await anyio.to_thread.run_sync(attempt)
     except (BadCredentials, RateLimited) as error:
         status = 429 if isinstance(error, RateLimited) else 401
         return render(
@@ -83,7 +89,10 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     """Sign out here, or (`everywhere`) end every session of this user."""
     current, fields, _ = await signed_form(request)
-    signin.sign_out(service_of(request).directory, current, everywhere="everywhere" in fields)
+    end = functools.partial(
+        signin.sign_out, service_of(request).directory, current, everywhere="everywhere" in fields
+    )
+    await anyio.to_thread.run_sync(end)  # a write: it may wait for the writer gate
     response = back_to("/console/login")
     response.cookies.append(Cookie(key=COOKIE, value="", path="/", max_age=0))
     return response
@@ -96,10 +105,14 @@ async def language(request: Request) -> Response:
     if chosen not in LANGUAGES:
         raise InvalidAction(_("no such language"))
     service = service_of(request)
-    with service.store.transaction():
-        service.store.db.execute(
-            "UPDATE users SET language = ? WHERE user_id = ?", [chosen, current.user.user_id]
-        )
+
+    def remember() -> None:  # a write: it may wait for the writer gate
+        with service.store.transaction():
+            service.store.db.execute(
+                "UPDATE users SET language = ? WHERE user_id = ?", [chosen, current.user.user_id]
+            )
+
+    await anyio.to_thread.run_sync(remember)
     return back_to(_safe_next(fields.get("next")))
 
 

@@ -17,6 +17,7 @@ from importlib.resources import files
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
+import anyio.to_thread
 import msgspec
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
@@ -110,7 +111,9 @@ class Posted(NamedTuple):
 
 async def signed_form(request: Request, *roles: str) -> Posted:
     """A signed-in user's posted form, its CSRF token checked (`signed_in`, `checked`)."""
-    current = signed_in(request, *roles)
+    # In a worker thread: looking the session up records when it was last seen, a write
+    # that waits for the writer gate, and the event loop must not wait with it.
+    current = await anyio.to_thread.run_sync(functools.partial(signed_in, request, *roles))
     form = await request.form()
     fields = {key: str(value) for key, value in form.items()}
     checked(request, current, fields)

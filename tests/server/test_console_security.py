@@ -4,6 +4,8 @@ The routes are read from the app itself, so a page added later is walked too.
 """
 
 import re
+import threading
+import time
 
 import pytest
 
@@ -204,3 +206,33 @@ def test_a_case_page_names_only_the_repeat_petitions_in_view(office):
     sign_in(office, user(office, "supervisor", ["Hangzhou/Xihu"]))
     assert call(office, "GET", "/api/cases/k-xihu").json()["repeats"] == []
     assert "k-gongshu" not in call(office, "GET", "/console/cases/k-xihu").text
+
+
+def test_a_sign_in_waiting_for_the_writer_does_not_stall_other_requests(office):
+    # Signing in writes a session behind the store's writer gate. Done on the event loop,
+    # a sign-in during a long push stalled every other request until the push was done.
+    who = user(office, "supervisor", ["Hangzhou/Gongshu"])
+    writing, done, released = threading.Event(), threading.Event(), threading.Event()
+
+    def long_push():
+        with office.store.transaction():
+            writing.set()
+            done.wait(10)
+        released.set()
+
+    pusher = threading.Thread(target=long_push)
+    pusher.start()
+    writing.wait(5)
+    signing_in = threading.Thread(
+        target=lambda: office.http.post(
+            "/console/login", data={"user_id": who.user_id, "password": PASSWORD}
+        )
+    )
+    signing_in.start()
+    time.sleep(0.2)  # the sign-in is now waiting for the gate
+    answered = office.http.get("/v1/office")
+    still_writing = not released.is_set()
+    done.set()
+    pusher.join()
+    signing_in.join()
+    assert answered.status_code == 200 and still_writing
