@@ -34,12 +34,12 @@ from server import audit
 from server.console.web import (
     _,
     back_to,
-    checked,
     documents_body,
     json_body,
     page_offset,
     render,
     service_of,
+    signed_call,
     signed_form,
     signed_in,
 )
@@ -198,8 +198,7 @@ async def issue_code_form(request: Request) -> Response:
     dependencies=documents_body(CodeRequest),
 )
 async def issue_code_api(request: Request) -> IssuedCode:
-    current = signed_in(request, "admin")
-    checked(request, current, {})
+    current = await signed_call(request, "admin")
     asked = await json_body(request, CodeRequest, empty=b"{}")
     work = functools.partial(issue_code, service_of(request), current.user, asked.user_id)
     return await anyio.to_thread.run_sync(work)
@@ -222,8 +221,7 @@ async def revoke_form(request: Request, device_id: FromPath[str]) -> Response:
     dependencies=documents_body(RevokeRequest),
 )
 async def revoke_api(request: Request, device_id: FromPath[str]) -> Revoked:
-    current = signed_in(request, "admin")
-    checked(request, current, {})
+    current = await signed_call(request, "admin")
     asked = await json_body(request, RevokeRequest, empty=b"{}")
     work = functools.partial(revoke, service_of(request), current.user, device_id, asked.reason)
     return await anyio.to_thread.run_sync(work)

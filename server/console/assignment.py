@@ -47,12 +47,12 @@ from server.console.cases import (
 from server.console.web import (
     _,
     back_to,
-    checked,
     documents_body,
     json_body,
     page_offset,
     render,
     service_of,
+    signed_call,
     signed_form,
     signed_in,
     whole_number,
@@ -188,8 +188,7 @@ async def assign_form(request: Request, case_id: FromPath[str]) -> Response:
     dependencies=documents_body(AssignRequest),
 )
 async def assign_api(request: Request, case_id: FromPath[str]) -> Assignment:
-    current = signed_in(request, "supervisor")
-    checked(request, current, {})
+    current = await signed_call(request, "supervisor")
     asked = await json_body(request, AssignRequest)
     service = service_of(request)
     work = functools.partial(
@@ -304,8 +303,7 @@ async def deadline_form(request: Request) -> Response:
     dependencies=documents_body(DeadlineRequest),
 )
 async def deadline_api(request: Request) -> DeadlineList:
-    current = signed_in(request, "supervisor")
-    checked(request, current, {})
+    current = await signed_call(request, "supervisor")
     asked = await json_body(request, DeadlineRequest)
     service = service_of(request)
     work = functools.partial(

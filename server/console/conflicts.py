@@ -41,12 +41,12 @@ from server.console.cases import visible
 from server.console.web import (
     _,
     back_to,
-    checked,
     documents_body,
     json_body,
     page_offset,
     render,
     service_of,
+    signed_call,
     signed_form,
     signed_in,
     whole_number,
@@ -352,8 +352,7 @@ async def settle_form(request: Request) -> Response:
     dependencies=documents_body(SettleRequest),
 )
 async def settle_api(request: Request) -> Settled:
-    current = signed_in(request, "supervisor")
-    checked(request, current, {})
+    current = await signed_call(request, "supervisor")
     wanted = await json_body(request, SettleRequest)
     return await anyio.to_thread.run_sync(settle, service_of(request), current.user, wanted)
 

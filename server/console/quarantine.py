@@ -57,12 +57,12 @@ from server.console.conflicts import Authors, link_of, title_of
 from server.console.web import (
     _,
     back_to,
-    checked,
     documents_body,
     json_body,
     page_offset,
     render,
     service_of,
+    signed_call,
     signed_form,
     signed_in,
 )
@@ -386,8 +386,7 @@ async def reapply_form(request: Request) -> Response:
     dependencies=documents_body(AcknowledgeRequest),
 )
 async def acknowledge_api(request: Request) -> Acknowledged:
-    current = signed_in(request, "supervisor")
-    checked(request, current, {})
+    current = await signed_call(request, "supervisor")
     wanted: AcknowledgeRequest = await json_body(request, AcknowledgeRequest)
     return await anyio.to_thread.run_sync(
         acknowledge, service_of(request), current.user, wanted.change_id
@@ -401,8 +400,7 @@ async def acknowledge_api(request: Request) -> Acknowledged:
     dependencies=documents_body(ReapplyRequest),
 )
 async def reapply_api(request: Request) -> Reapplied:
-    current = signed_in(request, "supervisor")
-    checked(request, current, {})
+    current = await signed_call(request, "supervisor")
     wanted: ReapplyRequest = await json_body(request, ReapplyRequest)
     return await anyio.to_thread.run_sync(
         reapply, service_of(request), current.user, wanted.change_id, wanted.reason

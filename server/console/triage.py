@@ -51,12 +51,12 @@ from server.console.cases import PAGE, visible
 from server.console.web import (
     _,
     back_to,
-    checked,
     documents_body,
     json_body,
     page_offset,
     render,
     service_of,
+    signed_call,
     signed_form,
     signed_in,
 )
@@ -386,8 +386,7 @@ async def dismiss_form(request: Request, warning_id: FromPath[str]) -> Response:
     dependencies=documents_body(ConvertRequest),
 )
 async def convert_api(request: Request, warning_id: FromPath[str]) -> Triaged:
-    current = signed_in(request, "supervisor")
-    checked(request, current, {})
+    current = await signed_call(request, "supervisor")
     asked = await json_body(request, ConvertRequest)
     work = functools.partial(
         convert,
@@ -409,8 +408,7 @@ async def convert_api(request: Request, warning_id: FromPath[str]) -> Triaged:
     dependencies=documents_body(DismissRequest),
 )
 async def dismiss_api(request: Request, warning_id: FromPath[str]) -> Triaged:
-    current = signed_in(request, "supervisor")
-    checked(request, current, {})
+    current = await signed_call(request, "supervisor")
     asked = await json_body(request, DismissRequest)
     work = functools.partial(
         dismiss, service_of(request), current.user, warning_id, asked.reply, asked.also
