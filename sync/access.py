@@ -88,7 +88,11 @@ def org_unit(location: Location | None) -> str | None:
     if location is None:
         return None
     parts = [location.city, location.district, location.street, location.community]
-    return "/".join(p for p in parts if p)
+    # Only empty trailing steps go: dropping an empty district would move a street named
+    # like a district ("Hangzhou", "", "Xihu") into that district ("Hangzhou/Xihu").
+    while parts and not parts[-1]:
+        parts.pop()
+    return "/".join(parts)
 
 
 def within(org_unit: str | None, units: Iterable[str]) -> bool:

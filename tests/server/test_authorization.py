@@ -3,8 +3,9 @@
 import msgspec
 import pytest
 
-from schemas import Add
+from schemas import Add, Location
 from server.storage.access import update_access
+from sync.access import org_unit
 from sync.changes import decode_change
 from sync.clock import Clock
 from sync.engine import apply_batch
@@ -211,3 +212,26 @@ def test_an_informant_or_admin_named_before_the_rule_still_reads_no_case(office,
     assert [r.status for r in results] == ["applied", "applied"]
     assert pulled_records(other) == set()
     assert pulled_records(mediator) == {("case", "k-1"), ("party", "p-1")}
+
+
+def test_a_location_cannot_spell_another_districts_path(office):
+    # Xihu's supervisor sees what lies under Hangzhou/Xihu. A "/" inside a step, or an
+    # empty district before a street named Xihu, spelled that path from elsewhere.
+    xihu = office.enroll("supervisor", ["Hangzhou/Xihu"])
+    mediator = office.enroll("mediator")
+    slash = {"city": "Hangzhou/Xihu", "district": "Lingyin", "street": "Fayun"}
+    gap = {"city": "Hangzhou", "district": "", "street": "Xihu"}
+    answer = decode(
+        mediator.push(
+            [
+                mediator.change("case", "k-slash", {"title": "Noise", "location": slash}),
+                mediator.change("case", "k-gap", {"title": "Noise", "location": gap}),
+            ]
+        )
+    )
+    assert [(r["status"], r.get("reason")) for r in answer["results"]] == [
+        ("rejected", "invalid_value"),
+        ("applied", None),
+    ]
+    assert pulled_records(xihu) == set()
+    assert org_unit(Location(**gap)) == "Hangzhou//Xihu"
