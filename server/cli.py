@@ -36,6 +36,7 @@ from sync.errors import LianxinError
 
 STORE_FILE = "lianxin.db"
 CODE_TTL_MS = 24 * 3600_000
+MAX_CODE_HOURS = 720  # 30 days
 PASSPHRASE_ENV = "LIANXIN_PASSPHRASE"
 # A request that read the key file just before a rotation may still wrap a data
 # key under the old master key; retiring it waits this long after a rotation.
@@ -132,6 +133,17 @@ def issue_code(settings: Settings, user_id: str, ttl_hours: float) -> int:
             return 1
     print(code)
     return 0
+
+
+def _code_hours(text: str) -> float:
+    """An enrolment code's lifetime: a code is meant to be used soon, never for ever."""
+    try:
+        hours = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of hours: {text!r}") from None
+    if not 0 < hours <= MAX_CODE_HOURS:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"between 0 and {MAX_CODE_HOURS} hours, not {text}")
+    return hours
 
 
 def revoke_device(settings: Settings, device_id: str) -> int:
@@ -457,7 +469,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     code_parser = commands.add_parser("code", help="issue a one-time enrolment code for a user")
     code_parser.add_argument("user_id")
-    code_parser.add_argument("--ttl-hours", type=float, default=24.0)
+    code_parser.add_argument(
+        "--ttl-hours", type=_code_hours, default=24.0, help="how long it is valid (24; at most 720)"
+    )
 
     device_parser = commands.add_parser("device", help="manage devices").add_subparsers(
         dest="action", required=True

@@ -19,6 +19,7 @@ readable, because routing, deduplication and queries need them
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -507,6 +508,20 @@ class SqliteStore:
 
 def open_store(settings: Settings, keys: OfficeKeys) -> SqliteStore:
     """The office's store and its data keys, from where the settings say they live."""
-    settings.key_store_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Only the office's own account may read them: the store holds console password
+    # hashes, the audit log and blind-index digests in clear, the key store the keys.
+    for path in (settings.store_path, settings.key_store_path):
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.parent.chmod(0o700)
+        _private(path)
     vault = Vault(settings.key_store_path, keys)
     return SqliteStore(settings.store_path, vault, settings.cached_states, settings.packed_states)
+
+
+def _private(path: Path) -> None:
+    """Make `path` (a SQLite file) readable by its owner alone, creating it if new; SQLite
+    gives its -wal and -shm files the same mode."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
+        if file.exists():
+            file.chmod(0o600)

@@ -1,5 +1,7 @@
 """`lianxin demo`: a fresh store with the DESIGN scenarios, and idempotent when run again."""
 
+import os
+
 import pytest
 
 from server.cli import main
@@ -81,6 +83,34 @@ def test_init_creates_an_office_with_an_admin_and_a_one_time_code(tmp_path, caps
     before = keys.read_bytes()
     assert main(["--data", data, "init", "--admin", "Eve"]) == 1
     assert keys.read_bytes() == before
+
+
+def test_the_office_files_are_readable_by_its_account_alone(tmp_path):
+    # The store holds console password hashes and the audit log in clear; an operator's
+    # usual umask (022) made it and the data-key store readable by every local user.
+    data = tmp_path / "office"
+    old = os.umask(0o022)
+    try:
+        assert main(["--data", str(data), "init", "--admin", "Wang"]) == 0
+    finally:
+        os.umask(old)
+    settings = Settings(data_dir=data)
+    for folder in (data, settings.key_store_path.parent):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+    files = [p for p in data.rglob("*") if p.is_file()]
+    assert settings.store_path in files and settings.key_store_path in files
+    for path in files:
+        assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+@pytest.mark.parametrize("hours", ["inf", "nan", "0", "-1", "1e9", "soon"])
+def test_an_enrolment_code_lives_a_bounded_time(tmp_path, capsys, hours):
+    data = str(tmp_path / "office")
+    main(["--data", data, "init", "--admin", "Wang"])
+    with pytest.raises(SystemExit) as refused:
+        main(["--data", data, "code", "u-anyone", "--ttl-hours", hours])
+    assert refused.value.code == 2
+    assert "hours" in capsys.readouterr().err
 
 
 def test_users_codes_and_revocation_from_the_command_line(tmp_path, capsys):
