@@ -364,6 +364,8 @@ class SyncService:
         position, seq = int(parts[1]), int(parts[2])
         if position > last:
             raise BadCursor("the cursor is ahead of this server's log (restored from a backup?)")
+        if seq > position:  # never issued so; and the log is not read for a number that large
+            raise BadCursor("not a cursor this server issued")
         # Version 1 cursors (issued before the log was bound in) still open, unbound.
         marks = _log_marks(conn, position, seq) if parts[0] == "v2" else None
         if not hmac.compare_digest(parts[3], self._mac(device, body, marks)):

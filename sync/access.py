@@ -35,24 +35,35 @@ LINK_FIELDS = {"parties": "party", "agreements": "agreement", "warnings": "warni
 VISIBILITY_FIELDS = frozenset({"location", "mediators", *LINK_FIELDS})
 
 
+# Ids are strings; any other value is refused by merging (`invalid_value`), so the checks
+# below pass it by rather than spell it out (a value nested a thousand deep has no str()).
+
+
 def links_added(change: Change) -> list[tuple[str, str]]:
     """The records `change` links to its record (each would inherit its readers)."""
     return [
-        (LINK_FIELDS[op.field], str(op.value))
+        (LINK_FIELDS[op.field], op.value)
         for op in change.ops
-        if isinstance(op, Add) and op.field in LINK_FIELDS and change.record_type == "case"
+        if isinstance(op, Add)
+        and op.field in LINK_FIELDS
+        and change.record_type == "case"
+        and isinstance(op.value, str)
     ]
 
 
 def mediators_added(change: Change) -> list[str]:
     """The user ids `change` adds to its case's `mediators` (each would become a reader)."""
-    return [str(op.value) for op in change.ops if isinstance(op, Add) and op.field == "mediators"]
+    return [
+        op.value
+        for op in change.ops
+        if isinstance(op, Add) and op.field == "mediators" and isinstance(op.value, str)
+    ]
 
 
 def superseded(change: Change) -> tuple[str, str] | None:
     """The agreement `change` names in `supersedes` (executing it ends that one), if any."""
     old = change.set.get("supersedes") if change.record_type == "agreement" else None
-    return ("agreement", str(old)) if old else None
+    return ("agreement", old) if isinstance(old, str) and old else None
 
 
 def changes_visibility(change: Change) -> bool:

@@ -91,6 +91,8 @@ def test_pull_pages_are_resumable_and_cursors_bound_to_the_device(office):
     tampered = ".".join([version, str(int(position) + 1), seq, mac])
     assert error_of(phone.pull(tampered)) == (400, "bad_cursor")
     assert error_of(phone.pull("v1.999.999.0")) == (400, "bad_cursor")
+    huge = f"v2.0.{2**70}.{mac}"  # past what SQLite's integers hold: once a 500
+    assert error_of(phone.pull(huge)) == (400, "bad_cursor")
     # A version 1 cursor, as phones held them before cursors were bound to the log, opens.
     body = f"{position}.{seq}"
     legacy = hmac.new(office.keys.cursor_secret, f"{phone.device_id}.{body}".encode(), "sha256")

@@ -94,3 +94,23 @@ def test_any_change_in_a_well_signed_batch_gets_an_answer_or_a_precise_refusal(o
         assert result["change_id"] == change.change_id
     else:
         assert office.fingerprint() == stored
+
+
+def test_a_value_nested_near_the_decoders_limit_gets_an_answer_or_too_deep(office):
+    # Just under the depth the decoder follows, a value decoded but then broke the
+    # visibility checks a few frames deeper: 500 for a band of depths, every retry.
+    phone = office.enroll("mediator")
+    phone.push([phone.change("case", "k-1", {"title": "Drains"})])
+    answers = set()
+    for depth in range(900, 1040, 2):
+        value = b"\x91" * depth + b"\xa1x"  # [[...["x"]...]]
+        op = b"\x83\xa4type\xa3add\xa5field\xa7parties\xa5value" + value
+        head = msgspec.msgpack.encode(
+            {"change_id": f"c-{depth}", "record_type": "case", "record_id": "k-1"}
+            | {"device_id": phone.device_id, "hlc": phone.change("case", "k-1", {}).hlc}
+        )
+        raw = bytes([head[0] + 1]) + head[1:] + b"\xa3ops\x91" + op  # one more key: ops
+        answer = phone.post("/v1/sync/push", phone.push_body([], f"b-{depth}", raw=[raw]))
+        body = msgspec.msgpack.decode(answer.content)
+        answers.add((answer.status_code, body.get("error") or body["results"][0]["reason"]))
+    assert answers == {(200, "invalid_value"), (413, "too_deep")}
