@@ -33,13 +33,14 @@ refuses that device from its revocation on.
 from __future__ import annotations
 
 import functools
-from typing import Annotated, NamedTuple
+from typing import Annotated, Any, NamedTuple
 from urllib.parse import quote
 
 import anyio.to_thread
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.params import FromQuery, QueryParameter
+from msgspec.structs import asdict
 
 from schemas.changes import Change
 from schemas.console.quarantine import (
@@ -204,8 +205,8 @@ def quarantine_list(
                 author=authors(change.device_id),
                 reason=h.reason,
                 detail=h.detail,
-                set=change.set,
-                ops=[msgspec.to_builtins(op) for op in change.ops],
+                set=_shown(change.set),
+                ops=[_shown({"type": op.__struct_config__.tag, **asdict(op)}) for op in change.ops],
                 hlc=change.hlc,
                 made_ms=change.hlc >> 16,
                 received_ms=h.received_ms,
@@ -222,6 +223,30 @@ def quarantine_list(
         limit=PAGE,
         reapplied=_outcome(service, user, reapplied) if reapplied else None,
     )
+
+
+# A refused change may hold anything its device sent: values nested a thousand deep, map
+# keys that are not strings, MessagePack extension types. The page, its JSON twin and the
+# export show such values, so each is cut down to JSON's types first, never a 500.
+SHOWN_DEPTH = 16
+
+
+def _shown(value: Any, depth: int = 0) -> Any:
+    """`value` as the console can show it: JSON's types, string keys, `SHOWN_DEPTH` deep."""
+    if depth >= SHOWN_DEPTH:
+        return "…"
+    match value:
+        case None | bool() | int() | float() | str():
+            return value
+        case dict():
+            return {
+                key if isinstance(key, str) else f"<{type(key).__name__}>": _shown(item, depth + 1)
+                for key, item in value.items()
+            }
+        case list() | tuple():
+            return [_shown(item, depth + 1) for item in value]
+        case _:
+            return f"<{type(value).__name__}>"
 
 
 def _outcome(service: SyncService, user: User, change_id: str) -> Reapplied | None:

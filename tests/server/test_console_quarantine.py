@@ -92,6 +92,38 @@ def test_an_informants_rejected_change_shows_their_pseudonym_not_their_name(offi
         assert informant.enrollment.user_id not in shown, page
 
 
+def test_a_refused_change_holding_anything_at_all_leaves_the_quarantine_readable(office):
+    # A refused change is kept as its device sent it: an extension type, a map keyed by
+    # nil, a value nested far deeper than any record. Each made the quarantine page, its
+    # JSON twin and the export answer 500 on every load, for every supervisor.
+    sun = office.enroll("mediator")
+    sun.push([sun.change("case", "k-1", {"title": "Drains", "location": GONGSHU})], "b-0")
+    deep: object = "x"
+    for _ in range(900):
+        deep = [deep]
+    odd = [
+        sun.change("case", "k-1", {"title": msgspec.msgpack.Ext(5, b"\x01")}),
+        sun.change("case", "k-1", {"location": {None: 1, (1, 2): "pair"}}),
+        sun.change("case", "k-1", ops=[Add(field="tags", value=msgspec.msgpack.Ext(1, b""))]),
+        sun.change("case", "k-1", ops=[Add(field="parties", value=deep)]),
+    ]
+    for n, change in enumerate(odd):
+        (result,) = decode(sun.push([change], f"b-{n + 1}"))["results"]
+        assert result["status"] == "rejected", result
+    sign_in(office, supervisor(office))
+
+    listed = held(office)
+
+    assert listed["total"] == 4
+    shown = {item["change_id"]: item for item in listed["items"]}
+    assert shown[odd[0].change_id]["set"] == {"title": "<Ext>"}
+    assert shown[odd[1].change_id]["set"] == {"location": {"<NoneType>": 1, "<tuple>": "pair"}}
+    assert shown[odd[2].change_id]["ops"] == [{"type": "add", "field": "tags", "value": "<Ext>"}]
+    assert "…" in str(shown[odd[3].change_id]["ops"])
+    for page in ("/console/quarantine", "/console/export/quarantine.csv"):
+        assert office.http.get(page).status_code == 200, page
+
+
 def test_acknowledged_changes_leave_the_list_unless_all_are_asked_for(office):
     _, _, edit = an_unassigned_edit(office)
     chen = supervisor(office)
