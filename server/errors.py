@@ -81,7 +81,9 @@ def encode_for(request: Request, body: object) -> tuple[bytes, str]:
 
 def answer(request: Request, status: int, code: str, detail: str) -> Response:
     content, media_type = encode_for(request, ErrorBody(error=code, detail=detail))
-    return Response(content, status_code=status, media_type=media_type)
+    # As every answer (`server.app.not_for_caches`, which error answers do not pass).
+    headers = {"cache-control": "no-store"}
+    return Response(content, status_code=status, media_type=media_type, headers=headers)
 
 
 def retry_after(error: errors.LianxinError) -> int | None:

@@ -25,6 +25,7 @@ keeps the record in a `deleted` conflict until someone settles it.
 from __future__ import annotations
 
 import functools
+import re
 import typing
 from collections.abc import Collection, Iterable
 from typing import Annotated, Any, NamedTuple
@@ -47,6 +48,7 @@ from schemas.records import RECORD_TYPES
 from schemas.state import RecordState, Write
 
 DELETED_FIELD = "_record"
+_ENUM_VALUE = re.compile(r"^Invalid enum value .*(?= - at `[^`]*`$)", re.DOTALL)
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -286,6 +288,9 @@ def _convert(value: Any, holder: type[Holder], name: str) -> Any:
         return msgspec.to_builtins(msgspec.convert({"value": value}, holder).value)
     except msgspec.ValidationError as error:
         where = str(error).replace("`$.value", "`$")
+        # msgspec quotes a value a fixed choice refused ("Invalid enum value 'He Jianguo'"):
+        # a name typed in the wrong field. The detail is kept in clear, so it says no more.
+        where = _ENUM_VALUE.sub("Invalid enum value", where)
         raise Rejected(Reason.INVALID_VALUE, f"{name}: {where}") from None
 
 

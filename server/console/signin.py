@@ -125,7 +125,9 @@ def sign_in(
     (counted as a failure) for a wrong user, role, password or code, and for
     an admin without a second factor unless `settings.admin_second_factor` is off.
     """
-    who = [f"user:{user_id}", f"client:{client}"]
+    # What was typed as the user name may be a password typed in the wrong field: it is
+    # counted by its digest and never written down as it is.
+    who = [_failure_key(user_id), f"client:{client}"]
     _check_rate(directory, settings, who, now_ms)
     row = directory.db.execute(
         "SELECT password_hash FROM users WHERE user_id = ?", [user_id]
@@ -153,7 +155,8 @@ def sign_in(
             directory.db.conn.executemany(
                 "INSERT INTO login_failures (who, at_ms) VALUES (?, ?)", [(w, now_ms) for w in who]
             )
-            audit.append(directory.db, now_ms, f"client:{client}", refusal, f"user/{user_id[:64]}")
+            subject = f"user/{user_id}" if user is not None else "user/unknown"
+            audit.append(directory.db, now_ms, f"client:{client}", refusal, subject)
         raise BadCredentials(_("wrong user, password or code"))
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     with directory.store.transaction():
@@ -162,7 +165,7 @@ def sign_in(
                 "UPDATE users SET password_hash = ? WHERE user_id = ?",
                 [_hasher.hash(password), user_id],
             )
-        directory.db.execute("DELETE FROM login_failures WHERE who = ?", [f"user:{user_id}"])
+        directory.db.execute("DELETE FROM login_failures WHERE who = ?", [_failure_key(user_id)])
         if step is not None:  # a code opens one session: seen once, it is spent
             directory.db.execute(
                 "UPDATE users SET totp_last_step = ? WHERE user_id = ?", [step, user_id]
@@ -174,6 +177,10 @@ def sign_in(
         )
         audit.append(directory.db, now_ms, f"user:{user_id}", "sign_in", f"user/{user_id}")
     return Session(user, csrf, _digest(token)), token
+
+
+def _failure_key(user_id: str) -> str:
+    return f"user:{_digest(user_id)}"
 
 
 def _totp_step(secret: bytes, code: str, now_s: int) -> int | None:

@@ -79,6 +79,10 @@ FROM = (
 )
 COLUMNS = "SELECT wi.warning_id, wi.received_ms"
 
+# The audit log's reason for an answer. The reply itself is the informant's to read and
+# may name people: it is sealed in the warning's `response`, never put in the clear log.
+IN_RESPONSE = "answered the informant (the reply is in the warning's response)"
+
 
 def _rows(service: SyncService, found: list[tuple[str, int]]) -> list[WarningRow]:
     """The warnings `(id, received_ms)` as rows, opened from their states."""
@@ -276,7 +280,7 @@ def convert(
             Add(field="mediators", value=mediator),
             *(Add(field="warnings", value=w) for w in warnings),
         ]
-        office_change(service, user, "case", case_id, "convert_warning", reply, fields, ops)
+        office_change(service, user, "case", case_id, "convert_warning", IN_RESPONSE, fields, ops)
         for answered in warnings:
             office_change(
                 service,
@@ -284,7 +288,7 @@ def convert(
                 "warning",
                 answered,
                 "convert_warning",
-                reply,
+                IN_RESPONSE,
                 {"status": "converted", "case": case_id, "response": reply},
             )
     return Triaged(warnings=list(warnings), status="converted", case_id=case_id)
@@ -311,7 +315,7 @@ def dismiss(
                 "warning",
                 answered,
                 "dismiss_warning",
-                reply,
+                IN_RESPONSE,
                 {"status": "dismissed", "response": reply},
             )
     return Triaged(warnings=list(warnings), status="dismissed")

@@ -182,6 +182,8 @@ def test_no_cache_may_keep_a_console_page_or_its_json_twin(office):
             walked += 1
             assert answer.headers.get("cache-control") == "no-store", path
     assert walked > 20
+    refused = call(office, "GET", "/api/cases/k-nothing")  # error answers too
+    assert (refused.status_code, refused.headers.get("cache-control")) == (404, "no-store")
 
 
 def test_a_case_page_names_only_the_repeat_petitions_in_view(office):
@@ -236,3 +238,14 @@ def test_a_sign_in_waiting_for_the_writer_does_not_stall_other_requests(office):
     pusher.join()
     signing_in.join()
     assert answered.status_code == 200 and still_writing
+
+
+def test_a_password_typed_as_the_user_name_is_written_nowhere(office):
+    typed = "correct horse battery staple"
+    answer = office.http.post(
+        "/console/login", data={"user_id": typed, "password": "x"}, follow_redirects=False
+    )
+    assert answer.status_code == 401
+    for table in ("audit", "login_failures"):
+        rows = office.store.db.execute(f"SELECT * FROM {table}").fetchall()
+        assert rows and typed not in str(rows), table

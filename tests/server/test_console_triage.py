@@ -167,8 +167,8 @@ def test_convert_makes_one_case_for_the_mediator_and_answers_each_informant(offi
     assert ("convert_warning", f"case/{case_id}") in logged
     for warning_id in ("w-1", "w-2"):
         assert ("convert_warning", f"warning/{warning_id}") in logged
-    detail = next(e.detail for e in audit.entries(office.store.db) if e.subject == "warning/w-1")
-    assert detail["reason"] == REPLY
+    # The reply may name people: sealed in the warning, never in the clear audit log.
+    assert not [e for e in audit.entries(office.store.db) if REPLY in str(e.detail)]
 
     listed = office.http.get("/api/warnings").json()
     assert [[w["warning_id"] for w in g["warnings"]] for g in listed["groups"]] == [["w-noise"]]

@@ -603,6 +603,14 @@ def test_a_change_that_can_never_apply_gets_its_reason_and_changes_nothing(bad, 
     assert rejection(merged([CREATED]), bad) == reason
 
 
+def test_a_refused_choice_is_not_quoted_in_the_detail():
+    # The detail is kept in clear (quarantine), out of reach of erasure: a name typed into
+    # a fixed-choice field must not be copied there.
+    outcome = merge.apply_change(merged([CREATED]), later(set={"priority": "He Jianguo"}))
+    assert outcome.rejected is not None
+    assert outcome.rejected.detail == "priority: Invalid enum value - at `$`"
+
+
 def test_a_change_applies_whole_or_not_at_all():
     state = merged([CREATED])
     mixed = later(
