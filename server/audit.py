@@ -119,25 +119,43 @@ def _stream(db: sqlite_utils.Database, action: str | None = None) -> Iterator[En
         parameters,
     )
     for seq, at_ms, actor, act, subject, detail, digest in rows:
-        yield Entry(seq, at_ms, actor, act, subject, msgspec.json.decode(detail), digest)
+        yield Entry(seq, at_ms, actor, act, subject, _detail(detail) or {}, digest)
+
+
+def _detail(stored: str) -> dict[str, Any] | None:
+    """An entry's detail; None if the stored text is not a JSON object.
+
+    `append` never writes such a row, so it was written behind the log's
+    back: `verify` reports it, and readers of the log get an empty detail
+    rather than a traceback (a tampered backup must be refused, not crash
+    `lianxin restore` or `lianxin audit verify`).
+    """
+    try:
+        detail = msgspec.json.decode(stored)
+    except msgspec.DecodeError:
+        return None
+    return detail if isinstance(detail, dict) else None
 
 
 def verify(db: sqlite_utils.Database) -> list[str]:
     """Every break in the chain, precisely; empty when the log is whole."""
     problems = []
     previous, previous_seq = GENESIS, 0
-    for entry in _stream(db):
-        missing = entry.seq - previous_seq - 1
+    rows = db.execute(
+        "SELECT seq, at_ms, actor, action, subject, detail, hash FROM audit ORDER BY seq"
+    )
+    for seq, at_ms, actor, action, subject, stored, digest in rows:
+        missing = seq - previous_seq - 1
         if missing:
             how_many = "one is" if missing == 1 else f"{missing} are"
-            problems.append(
-                f"entry {entry.seq}: expected entry {previous_seq + 1} ({how_many} missing)"
-            )
-        previous_seq = entry.seq
-        fields = entry[:6]
-        if entry_hash(previous, *fields) != entry.hash:
-            problems.append(f"entry {entry.seq} ({entry.action}): hash does not match its content")
-        previous = entry.hash
+            problems.append(f"entry {seq}: expected entry {previous_seq + 1} ({how_many} missing)")
+        previous_seq = seq
+        detail = _detail(stored)
+        if detail is None:
+            problems.append(f"entry {seq} ({action}): its detail is not a JSON object")
+        elif entry_hash(previous, seq, at_ms, actor, action, subject, detail) != digest:
+            problems.append(f"entry {seq} ({action}): hash does not match its content")
+        previous = digest
     return problems
 
 

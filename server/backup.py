@@ -19,7 +19,10 @@ only the newest key stores, and restore old data with a newer key store
 (`data_keys`: the live one, if it survived, or the latest backup's): keys
 are only ever added or destroyed, so a newer key store opens every record
 of older data except those erased since, and the restore finishes their
-erasure again (`server.erasure`).
+erasure again (`server.erasure`): every record whose key is destroyed is
+cleared. That reads the records linked to them (to work out their readers
+again), so it needs the office key file; without one, such a restore is
+refused.
 
 The office key file is not copied by default: one folder holding the data,
 the data keys and the master keys that open them is a single point of
@@ -28,8 +31,8 @@ compromise, even with the key file locked under the passphrase.
 The manifest's hashes catch a damaged or altered copy before anything is
 written; they are not a signature (anyone who can write the backup can
 rewrite them). What an attacker cannot forge is caught by the restore's own
-checks: every sealed value must open under its data key, and the audit
-chain must verify.
+checks: every sealed value must open under its data key, the audit chain
+must verify, and so must its checkpoints, signed with the office key.
 """
 
 from __future__ import annotations
@@ -50,13 +53,14 @@ import msgspec
 import sqlite_utils
 
 from server import audit
-from server.erasure import erase_case
+from server.erasure import erase_records
 from server.keys import LockedFile, OfficeKeys
 from server.settings import Settings
 from server.storage.migrations import MIGRATIONS
 from server.storage.sqlite import SqliteStore, bind, open_store
 from sync.atrest import open_sealed
 from sync.errors import Unreadable
+from sync.store import RecordKey
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -98,6 +102,10 @@ class Restored(NamedTuple):
     # Cases erased after the backup was taken (their key is gone from the key store
     # restored with it): what the old data still held of them was cleared again.
     erasures_finished: tuple[str, ...] = ()
+    # Every record so cleared, as type/id: those cases, their parties, and any other
+    # record whose key is destroyed (a party erased with a case it alone was linked to
+    # then, though another case still names it in the old data).
+    records_cleared: tuple[str, ...] = ()
 
 
 # Every sealed column of the store, as (record type, record id, bound row, sealed bytes).
@@ -202,10 +210,12 @@ def read_manifest(src: Path) -> Manifest:
     """The manifest of the backup in `src`; `Unreadable` if missing or not a manifest."""
     try:
         manifest = msgspec.json.decode((src / MANIFEST).read_bytes(), type=Manifest)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # also a file given for the folder
         raise Unreadable(
             f"{src} holds no {MANIFEST}: not a Lianxin backup, or unfinished"
         ) from None
+    except OSError as error:
+        raise Unreadable(f"{src / MANIFEST} cannot be read: {error.strerror}") from None
     except msgspec.DecodeError as error:
         raise Unreadable(f"{src / MANIFEST} is not a backup manifest: {error}") from None
     if manifest.format != FORMAT:
@@ -250,10 +260,14 @@ def restore(
     Refuses (writing nothing) a non-empty target, a missing or changed file,
     a key file of another office. After copying: integrity_check on both
     databases, then, with a key file (the backup's or `key_file`), every
-    sealed value must open (erased records excepted) and the audit chain
-    must verify. On any problem the restored files are removed again, so a
-    broken restore can never be served. `passphrase` is asked only when a
-    key file is there to unlock.
+    sealed value must open (erased records excepted), the audit chain and
+    its signed checkpoints must verify, and every record whose data key is
+    destroyed is cleared (`finish_erasures`). Without a key file, a store
+    holding such records is refused: clearing them needs the key. On any
+    problem the restored files are removed again, so a broken restore can
+    never be served; an unexpected exception removes them too, then
+    propagates. `passphrase` is asked only when a key file is there to
+    unlock.
     """
     manifest, locked, problems = _refusals(src, settings, key_file)
     if data_keys is not None and not data_keys.is_file():
@@ -289,14 +303,37 @@ def restore(
                 "data_keys": "backup" if data_keys is None else "newer",
             }
             result = _open_everything(settings, manifest, secret, actor, now_ms, detail)
+        elif not result.problems:
+            result.problems.extend(_erasures_needing_the_key(settings))
     except (OSError, sqlite3.DatabaseError, Unreadable) as error:
         result.problems.append(f"restoring into {settings.data_dir} failed: {error}")
+    except BaseException:
+        # One no one foresaw still propagates, but leaves no half-checked restore to serve.
+        _remove([target for _, target in copies], created)
+        raise
     if result.problems:
         _remove([target for _, target in copies], created)
     else:
         fields = {"action": "restore", "backup": manifest.created_at, "office": manifest.office_id}
         log.info("backup restored", extra={"fields": fields})
     return result
+
+
+def _erasures_needing_the_key(settings: Settings) -> list[str]:
+    """Why a restore without the office key file must be refused, if it must."""
+    unfinished = unfinished_erasures(settings.store_path, settings.key_store_path)
+    if not unfinished:
+        return []
+    # Left as they are, the old data would serve records erased since (their index
+    # entries, links, readers and repeat flags) and no device would be told. Clearing
+    # them works out the readers of the records they link again, which opens those.
+    names = ", ".join(f"{t}/{i}" for (t, i), _ in unfinished[:5])
+    more = f" and {len(unfinished) - 5} more" if len(unfinished) > 5 else ""
+    return [
+        f"{len(unfinished)} records erased since this backup was taken are still in it"
+        f" ({names}{more}); clearing them needs the office key file:"
+        " restore again with --key-file"
+    ]
 
 
 def _refusals(
@@ -350,40 +387,93 @@ def _open_everything(
     try:
         opened, erased, problems = open_sealed_values(store)
         problems += audit.verify(store.db)
-        entries = len(audit.entries(store.db))
+        # The chain alone does not show its last entries cut off after a signed checkpoint.
+        problems += audit.verify_checkpoints(store.db, keys.office_id, keys.signing_public)
+        entries = store.db.execute("SELECT count(*) FROM audit").fetchone()[0]
         finished: list[str] = []
+        cleared: list[str] = []
         if not problems:
             # The restored office's log says where it came from; its chain goes on from there.
             with store.transaction():
                 audit.append(store.db, now_ms, actor, "restore", "office", detail)
-            finished = finish_erasures(store, actor, now_ms)
+            finished, cleared = finish_erasures(store, actor, now_ms)
     finally:
         store.close()
-    return Restored(manifest, opened, erased, entries, True, _capped(problems), tuple(finished))
+    return Restored(
+        manifest,
+        opened,
+        erased,
+        entries,
+        True,
+        _capped(problems),
+        tuple(finished),
+        tuple(cleared),
+    )
 
 
-def finish_erasures(store: SqliteStore, actor: str, now_ms: int) -> list[str]:
-    """Clear again what the store holds of cases whose key the key store has destroyed.
+# Each record whose data key is destroyed but of which the store still holds anything
+# an erasure drops: sealed bytes, links, readers, blind-index or case-index entries.
+_UNFINISHED = """
+SELECT d.record_type, d.record_id, coalesce(d.reason, '') FROM vault.data_keys d
+WHERE d.wrapped IS NULL AND (
+  EXISTS (SELECT 1 FROM records r WHERE r.record_type = d.record_type
+          AND r.record_id = d.record_id AND length(r.state) > 0)
+  OR EXISTS (SELECT 1 FROM changes c WHERE c.record_type = d.record_type
+             AND c.record_id = d.record_id AND length(c.raw) > 0)
+  OR EXISTS (SELECT 1 FROM links l WHERE l.record_type = d.record_type
+             AND l.record_id = d.record_id)
+  OR EXISTS (SELECT 1 FROM links l WHERE d.record_type = 'case' AND l.case_id = d.record_id)
+  OR EXISTS (SELECT 1 FROM access a WHERE a.record_type = d.record_type
+             AND a.record_id = d.record_id)
+  OR EXISTS (SELECT 1 FROM people_index p WHERE p.record_type = d.record_type
+             AND p.record_id = d.record_id)
+  OR EXISTS (SELECT 1 FROM case_index i WHERE d.record_type = 'case' AND i.case_id = d.record_id)
+)
+ORDER BY d.record_type, d.record_id
+"""
 
-    That is the state of old data restored with a newer key store: the case
-    does not open, but its sealed bytes, index entries and readers' access
-    are still there, and devices were never told. Erasing again, with the
-    key store's own reason, drops them and evicts it from every device.
+
+def unfinished_erasures(store_path: Path, key_store_path: Path) -> list[tuple[RecordKey, str]]:
+    """Each record the key store has erased that the store still holds, with the reason
+    the key store gives; empty when every erasure is finished. Needs no key."""
+    with closing(sqlite3.connect(store_path)) as conn:
+        conn.execute("ATTACH DATABASE ? AS vault", [str(key_store_path)])
+        rows = conn.execute(_UNFINISHED).fetchall()
+    return [((record_type, record_id), reason) for record_type, record_id, reason in rows]
+
+
+def finish_erasures(store: SqliteStore, actor: str, now_ms: int) -> tuple[list[str], list[str]]:
+    """Clear again what the store holds of records whose key the key store has destroyed.
+
+    That is the state of old data restored with a newer key store: the
+    records do not open, but their sealed bytes, index entries, links and
+    readers' access are still there, and devices were never told. Each such
+    case is erased again with the records it links whose key is destroyed
+    too, with the key store's own reason; every other such record (a party
+    erased live once no other case named it, still named in the old data)
+    on its own. Only those: a party the old data shows unshared may have been
+    shared, and kept, when its case was erased.
+
+    Returns the case ids so finished, and every record cleared as type/id.
     """
-    with closing(sqlite3.connect(store.vault.path)) as keys:
-        destroyed = keys.execute(
-            "SELECT record_id, reason FROM data_keys WHERE record_type = 'case' AND wrapped IS NULL"
+    unfinished = dict(unfinished_erasures(store.path, store.vault.path))
+    finished, cleared = [], []
+    for key, reason in list(unfinished.items()):
+        if key[0] != "case":
+            continue
+        linked = store.db.execute(
+            "SELECT record_type, record_id FROM links WHERE case_id = ? ORDER BY 1, 2", [key[1]]
         ).fetchall()
-    finished = []
-    for case_id, reason in destroyed:
-        row = store.db.execute(
-            "SELECT length(state) FROM records WHERE record_type = 'case' AND record_id = ?",
-            [case_id],
-        ).fetchone()
-        if row is not None and row[0] > 0:
-            erase_case(store, case_id, reason or "", actor, now_ms)
-            finished.append(case_id)
-    return finished
+        targets = [key, *(k for k in linked if k in unfinished)]
+        erase_records(store, targets, reason, actor, now_ms)
+        finished.append(key[1])
+        for target in targets:
+            unfinished.pop(target)
+            cleared.append("/".join(target))
+    for key, reason in unfinished.items():
+        erase_records(store, [key], reason, actor, now_ms)
+        cleared.append("/".join(key))
+    return finished, cleared
 
 
 def open_sealed_values(store: SqliteStore) -> tuple[dict[str, int], int, list[str]]:

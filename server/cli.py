@@ -393,9 +393,9 @@ def restore_office(
         f" {opened['quarantine']} quarantined, {opened['conflicts']} conflicts,"
         f" {opened['users']} user names; {restored.erased} erased values stay shut"
     )
-    print(f"OK audit log: {restored.audit_entries} entries, chain intact")
-    for case_id in restored.erasures_finished:
-        print(f"Erased since the backup: case {case_id}; what the backup held of it is cleared")
+    print(f"OK audit log: {restored.audit_entries} entries, chain and signed checkpoints intact")
+    for record in restored.records_cleared:
+        print(f"Erased since the backup: {record}; what the backup held of it is cleared")
     return 0
 
 

@@ -57,10 +57,30 @@ def erase_case(store: SqliteStore, case_id: str, reason: str, actor: str, now_ms
             "SELECT DISTINCT record_type, record_id FROM links WHERE case_id != ?", [case_id]
         )
     }
-    targets = [case, *(k for k in linked if k[0] == "party" and k not in shared)]
+    return erase_records(
+        store,
+        [case, *(k for k in linked if k[0] == "party" and k not in shared)],
+        reason,
+        actor,
+        now_ms,
+    )
+
+
+def erase_records(
+    store: SqliteStore, targets: list[RecordKey], reason: str, actor: str, now_ms: int
+) -> Erasure:
+    """Erase exactly `targets` (the first names the audit entry), as `erase_case` erases.
+
+    For a restore (`server.backup.finish_erasures`): old data restored with a
+    newer key store holds records whose key is destroyed already, each to be
+    cleared as its erasure cleared it live, and no record besides (a party
+    unshared in the old data may have been shared, and so kept, live).
+    """
+    db = store.db
     for key in targets:
         store.vault.erase(key, reason, now_ms)
     store.forget_cached(targets)
+    erased_cases = [i for t, i in targets if t == "case"]
     with store.transaction():
         seq = store.last_seq() + 1
         marker = f"erasure-{uuid.uuid4().hex}"
@@ -68,30 +88,46 @@ def erase_case(store: SqliteStore, case_id: str, reason: str, actor: str, now_ms
         # A log position of its own, after every cursor, for the evictions to sit at.
         db.execute(
             "INSERT INTO changes (seq, change_id, record_type, record_id, device_id, hlc, status,"
-            " result, raw) VALUES (?, ?, 'case', ?, ?, 0, 'erased', ?, x'')",
-            [seq, marker, case_id, actor, msgspec.msgpack.encode(result)],
+            " result, raw) VALUES (?, ?, ?, ?, ?, 0, 'erased', ?, x'')",
+            [seq, marker, *targets[0], actor, msgspec.msgpack.encode(result)],
         )
+        targets_sql = f"(record_type, record_id) IN (VALUES {','.join('(?, ?)' for _ in targets)})"
+        parts = [part for key in targets for part in key]
         readers = db.execute(
-            "SELECT user_id, record_type, record_id FROM access"
-            f" WHERE (record_type, record_id) IN (VALUES {','.join('(?, ?)' for _ in targets)})",
-            [part for key in targets for part in key],
+            f"SELECT user_id, record_type, record_id FROM access WHERE {targets_sql}", parts
         ).fetchall()
         db.conn.executemany(
             "INSERT OR IGNORE INTO evictions (seq, user_id, record_type, record_id, reason)"
             " VALUES (?, ?, ?, ?, 'erased')",
             [(seq, *reader) for reader in readers],
         )
-        people = {(kind, value) for _, kind, value in repeats.holdings(db, [case_id])}
+        # The records the erased cases link and keep, and the cases that link an erased
+        # record but stay (a party shared in restored old data): their flags move too.
+        linked = [
+            (t, i)
+            for case_id in erased_cases
+            for t, i in db.execute(
+                "SELECT record_type, record_id FROM links WHERE case_id = ? ORDER BY 1, 2",
+                [case_id],
+            )
+        ]
+        linking = {
+            case_id
+            for (case_id,) in db.execute(f"SELECT case_id FROM links WHERE {targets_sql}", parts)
+        } - set(erased_cases)
+        people = {
+            (kind, value) for _, kind, value in repeats.holdings(db, [*erased_cases, *linking])
+        }
         for table in ("access", "conflicts", "links"):
             db.conn.executemany(
                 f"DELETE FROM {table} WHERE record_type = ? AND record_id = ?", targets
             )
-        db.execute("DELETE FROM links WHERE case_id = ?", [case_id])
+        db.conn.executemany("DELETE FROM links WHERE case_id = ?", [(i,) for i in erased_cases])
         # The kept records no longer have this case linking them: recompute their readers
         # and org unit with the push path's rules, so that the erased case's mediator (or
         # a supervisor of its unit only) is evicted from a shared party or a linked warning
         # and gets none of its later changes, instead of following it for ever.
-        kept = [k for k in linked if k not in targets]
+        kept = [k for k in dict.fromkeys(linked) if k not in targets]
         update_access(store, dict.fromkeys(kept, seq), None)
         for table, column in (("records", "state"), ("changes", "raw"), ("quarantine", "raw")):
             db.conn.executemany(
@@ -100,13 +136,13 @@ def erase_case(store: SqliteStore, case_id: str, reason: str, actor: str, now_ms
             )
         forget(store, targets)
         index.forget(store, targets)
-        repeats.refresh_around(db, set(), people)
+        repeats.refresh_around(db, linking, people)
         audit.append(
             db,
             now_ms,
             actor,
             "erase",
-            f"case/{case_id}",
+            "/".join(targets[0]),
             {
                 "reason": reason,
                 "records": [f"{t}/{i}" for t, i in targets],

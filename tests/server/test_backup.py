@@ -8,18 +8,20 @@ import msgspec
 import pytest
 from litestar.testing import TestClient
 
-from server import audit, backup
+from schemas import Add, Remove
+from server import audit, audit_verify, backup
 from server.app import create_app
 from server.erasure import erase_case
 from server.keys import OfficeKeys
 from server.settings import Settings
+from server.storage import people
 from server.storage.directory import Directory
 from server.storage.sqlite import open_store
 from sync.clock import Clock
 from sync.errors import Unreadable
 from tests.conftest import PASSPHRASE, WALL_MS, Wall, office_keys
 from tests.server.conftest import Office
-from tests.server.test_app import decode
+from tests.server.test_app import GONGSHU, decode
 from tests.server.test_erasure import open_case
 
 
@@ -49,7 +51,11 @@ def office(tmp_path):
 
 
 def push_case(phone, case_id, party_id, batch_id):
-    answer = decode(phone.push(open_case(phone, case_id, party_id), batch_id))
+    push_applied(phone, open_case(phone, case_id, party_id), batch_id)
+
+
+def push_applied(phone, changes, batch_id):
+    answer = decode(phone.push(changes, batch_id))
     assert {r["status"] for r in answer["results"]} == {"applied"}
 
 
@@ -67,6 +73,62 @@ def bring_back(src, settings, key_file=None, secret=PASSPHRASE):
 
 def reopen(settings):
     return open_store(settings, OfficeKeys.load(settings.keys_path, PASSPHRASE))
+
+
+def bring_back_with_live_keys(office, src, settings, key_file):
+    """Old data restored with the office's own key store, which survived (the documented way)."""
+    return backup.restore(
+        src,
+        settings,
+        key_file=key_file,
+        passphrase=given(),
+        actor="operator:li",
+        now_ms=WALL_MS + 1,
+        data_keys=office.settings.key_store_path,
+    )
+
+
+def rehash(src):
+    """What anyone who can write a backup can do: make the manifest agree with its files."""
+    manifest = backup.read_manifest(src)
+    files = [backup._digest(src / f.name) for f in manifest.files]
+    (src / "manifest.json").write_bytes(
+        msgspec.json.encode(msgspec.structs.replace(manifest, files=files))
+    )
+
+
+def tamper(src, sql):
+    with closing(sqlite3.connect(src / "lianxin.db")) as db:
+        db.execute(sql)
+        db.commit()
+    rehash(src)
+
+
+def left_of(store, record_type, record_id):
+    """What an operator finds of an erased record: nothing but its empty shell."""
+    key = [record_type, record_id]
+    queries = {
+        "sealed state": "SELECT length(state) FROM records"
+        " WHERE record_type = ? AND record_id = ? AND length(state) > 0",
+        "people_index": "SELECT kind FROM people_index WHERE record_type = ? AND record_id = ?",
+        "links": "SELECT case_id FROM links WHERE record_type = ? AND record_id = ?",
+        "readers": "SELECT user_id FROM access WHERE record_type = ? AND record_id = ?",
+    }
+    found = {name: store.db.execute(sql, key).fetchall() for name, sql in queries.items()}
+    if record_type == "case":
+        for name, sql in (
+            ("case_index", "SELECT case_id FROM case_index WHERE case_id = ?"),
+            ("its links", "SELECT record_id FROM links WHERE case_id = ?"),
+        ):
+            found[name] = store.db.execute(sql, [record_id]).fetchall()
+    return {name: rows for name, rows in found.items() if rows}
+
+
+def evicted(store, record_type, record_id):
+    return store.db.execute(
+        "SELECT reason FROM evictions WHERE record_type = ? AND record_id = ?",
+        [record_type, record_id],
+    ).fetchall()
 
 
 def test_a_restored_office_opens_every_record_and_its_audit_chain_verifies(office, tmp_path):
@@ -332,3 +394,175 @@ def test_a_cursor_issued_before_a_restore_is_refused_not_followed(office, tmp_pa
         from_scratch = [item["seq"] for item in decode(sun.pull())["items"]]
         assert from_scratch == [1, 2, 3, 4]
     store.close()
+
+
+def test_old_data_and_a_newer_key_store_without_the_key_file_is_refused_not_half_erased(
+    office, tmp_path
+):
+    # The default flow: the key file kept apart from the backup, restored without it.
+    # Clearing the erased case works its linked records' readers out again, which opens
+    # them: without the key the restore must refuse, not serve what was erased.
+    sun = office.enroll("mediator")
+    push_case(sun, "k-he", "p-he", "b-1")
+    push_case(sun, "k-2", "p-2", "b-2")  # He again, on a party record of his own
+    take(office, tmp_path / "old", with_key_file=False)
+    erase_case(office.store, "k-he", "court order 2026-17", "operator:wang", WALL_MS)
+
+    target = folder(tmp_path, "restored")
+    restored = bring_back_with_live_keys(office, tmp_path / "old", target, key_file=None)
+    assert restored.problems == [
+        "2 records erased since this backup was taken are still in it (case/k-he, party/p-he);"
+        " clearing them needs the office key file: restore again with --key-file"
+    ]
+    assert not target.data_dir.exists()
+
+    # As the refusal says: with the key file the erasure is finished.
+    restored = bring_back_with_live_keys(
+        office, tmp_path / "old", target, key_file=office.settings.keys_path
+    )
+    assert restored.problems == []
+    assert restored.erasures_finished == ("k-he",)
+    assert restored.records_cleared == ("case/k-he", "party/p-he")
+    copy = reopen(target)
+    try:
+        assert left_of(copy, "case", "k-he") == {}
+        assert left_of(copy, "party", "p-he") == {}
+        assert evicted(copy, "case", "k-he") == [("erased",)]
+        assert people.repeats(copy, "k-2") == []
+        assert copy.db.execute(
+            "SELECT repeat FROM case_index WHERE case_id = 'k-2'"
+        ).fetchone() == (0,)
+    finally:
+        copy.close()
+
+    # A backup taken after the erasure holds nothing of it: it restores without the key.
+    take(office, tmp_path / "after", with_key_file=False)
+    bare = folder(tmp_path, "restored-after")
+    assert bring_back(tmp_path / "after", bare).problems == []
+
+
+def test_a_party_erased_live_but_shared_in_the_old_data_is_cleared_too(office, tmp_path):
+    # p-he was named by k-a and k-b when the backup was taken; k-b dropped it, then the
+    # erasure of k-a took p-he with it. The old data still links p-he to k-b.
+    sun = office.enroll("mediator")
+    push_case(sun, "k-a", "p-he", "b-1")
+    k_b = {"title": "Noise", "status": "new", "location": GONGSHU}
+    push_applied(sun, [sun.change("case", "k-b", k_b, [Add(field="parties", value="p-he")])], "b-2")
+    push_case(sun, "k-2", "p-2", "b-3")  # He again, on a party record of his own
+    take(office, tmp_path / "old")
+    seen = dict(office.store.record("case", "k-b").vv)
+    dropped = sun.change("case", "k-b", ops=[Remove(field="parties", value="p-he")], seen=seen)
+    push_applied(sun, [dropped], "b-4")
+    erased = erase_case(office.store, "k-a", "court order", "operator:wang", WALL_MS)
+    assert ("party", "p-he") in erased.records
+
+    target = folder(tmp_path, "restored")
+    restored = bring_back_with_live_keys(office, tmp_path / "old", target, key_file=None)
+    assert restored.problems == []
+    assert restored.records_cleared == ("case/k-a", "party/p-he")
+    copy = reopen(target)
+    try:
+        assert left_of(copy, "party", "p-he") == {}
+        assert evicted(copy, "party", "p-he") == [("erased",)]
+        assert all(repeat.case_id != "k-b" for repeat in people.repeats(copy, "k-2"))
+        assert copy.record("case", "k-b") is not None  # k-b itself is not erased
+    finally:
+        copy.close()
+
+
+def test_a_party_erased_apart_from_any_case_in_the_old_data_is_cleared_on_its_own(office, tmp_path):
+    # k-a, whose erasure took p-he, came after the backup: the old data links p-he to
+    # k-b only, and holds nothing of k-a.
+    sun = office.enroll("mediator")
+    k_b = {"title": "Noise", "status": "new", "location": GONGSHU}
+    he = sun.change("party", "p-he", {"name": "He Jianguo", "phone": "+86 138 0000 1234"})
+    push_applied(
+        sun, [he, sun.change("case", "k-b", k_b, [Add(field="parties", value="p-he")])], "b-1"
+    )
+    take(office, tmp_path / "old")
+    seen = dict(office.store.record("case", "k-b").vv)
+    dropped = sun.change("case", "k-b", ops=[Remove(field="parties", value="p-he")], seen=seen)
+    k_a = {"title": "Leak", "status": "new", "location": GONGSHU}
+    added = sun.change("case", "k-a", k_a, [Add(field="parties", value="p-he")])
+    push_applied(sun, [dropped, added], "b-2")
+    erase_case(office.store, "k-a", "court order", "operator:wang", WALL_MS)
+
+    target = folder(tmp_path, "restored")
+    restored = bring_back_with_live_keys(office, tmp_path / "old", target, key_file=None)
+    assert restored.problems == []
+    assert (restored.erasures_finished, restored.records_cleared) == ((), ("party/p-he",))
+    copy = reopen(target)
+    try:
+        assert left_of(copy, "party", "p-he") == {}
+        erasures = [(e.subject, e.detail["reason"]) for e in audit.entries(copy.db, "erase")]
+        assert erasures == [("party/p-he", "court order")]
+    finally:
+        copy.close()
+
+
+def test_finishing_an_erasure_keeps_a_party_that_was_shared_when_its_case_was_erased(
+    office, tmp_path
+):
+    # In the old data p-x is k-a's alone; k-c named it before k-a was erased, so the
+    # erasure kept it. Finishing k-a's erasure must not destroy p-x's key now.
+    sun = office.enroll("mediator")
+    push_case(sun, "k-a", "p-x", "b-1")
+    take(office, tmp_path / "old")
+    k_c = {"title": "Noise", "status": "new", "location": GONGSHU}
+    push_applied(sun, [sun.change("case", "k-c", k_c, [Add(field="parties", value="p-x")])], "b-2")
+    erased = erase_case(office.store, "k-a", "court order", "operator:wang", WALL_MS)
+    assert erased.records == [("case", "k-a")]
+
+    target = folder(tmp_path, "restored")
+    restored = bring_back_with_live_keys(office, tmp_path / "old", target, key_file=None)
+    assert restored.problems == []
+    assert restored.records_cleared == ("case/k-a",)
+    copy = reopen(target)
+    try:
+        assert list(copy.states([("party", "p-x")])) == [("party", "p-x")]
+        assert copy.erased([("party", "p-x")]) == set()
+    finally:
+        copy.close()
+
+
+def test_an_audit_entry_that_is_not_json_is_a_problem_reported_never_a_traceback(office, tmp_path):
+    push_case(office.enroll("mediator"), "k-1", "p-1", "b-1")
+    take(office, tmp_path / "backup")
+    tamper(tmp_path / "backup", "UPDATE audit SET detail = '{' WHERE seq = 1")
+
+    target = folder(tmp_path, "restored")
+    restored = bring_back(tmp_path / "backup", target)
+    (problem,) = restored.problems
+    assert problem.startswith("entry 1 (") and problem.endswith("its detail is not a JSON object")
+    assert not target.data_dir.exists()
+
+    # `lianxin audit verify` on a store so altered reports it too.
+    office.store.db.execute("UPDATE audit SET detail = 'x' WHERE seq = 1")
+    report = audit_verify.verify_store(office.store, office.keys)
+    assert problem in report.problems
+
+
+def test_a_log_cut_after_a_signed_checkpoint_is_refused(office, tmp_path):
+    sun = office.enroll("mediator")
+    push_case(sun, "k-1", "p-1", "b-1")
+    push_case(sun, "k-2", "p-2", "b-2")
+    with office.store.transaction():
+        mark = audit.checkpoint(office.store.db, office.keys, WALL_MS)
+    take(office, tmp_path / "backup")
+    # The chain of what is left still verifies: only the signed checkpoint shows the cut.
+    tamper(tmp_path / "backup", f"DELETE FROM audit WHERE seq = {mark.seq}")
+
+    target = folder(tmp_path, "restored")
+    restored = bring_back(tmp_path / "backup", target)
+    assert restored.problems == [
+        f"checkpoint at entry {mark.seq}: the log ends at entry {mark.seq - 1}"
+        " (later entries were dropped)"
+    ]
+    assert not target.data_dir.exists()
+
+
+def test_a_file_given_for_the_backup_folder_is_refused_with_a_message(tmp_path):
+    given_file = tmp_path / "backup.tar"
+    given_file.write_bytes(b"not a folder")
+    with pytest.raises(Unreadable, match="not a Lianxin backup"):
+        backup.read_manifest(given_file)
