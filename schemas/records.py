@@ -26,17 +26,13 @@ class Gps(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     lon: Annotated[float, msgspec.Meta(ge=-180, le=180)]
 
 
-# One step of an org-unit path: a "/" in it would make a path that lies in another unit.
-OrgUnitPart = Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[^/]*$")]
-
-
 class Location(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Org-unit path (city/district/street/community) plus optional address and GPS."""
 
-    city: OrgUnitPart
-    district: OrgUnitPart
-    street: OrgUnitPart
-    community: OrgUnitPart = ""
+    city: ShortText
+    district: ShortText
+    street: ShortText
+    community: ShortText = ""
     address: ShortText | None = None
     gps: Gps | None = None
 

@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 import msgspec
 
-from schemas.changes import Change, ChangeResult
+from schemas.changes import Change, ChangeResult, Reason
+from schemas.state import RecordState
 from schemas.wire import (
     Enrollment,
     EnrollRequest,
@@ -45,6 +46,7 @@ from sync.access import (
     WRITABLE_BY,
     changes_visibility,
     links_added,
+    location_refused,
     mediators_added,
     superseded,
 )
@@ -254,6 +256,12 @@ class SyncService:
             present, _ = presence(self.store, user.user_id, keys)
             return self._apply(changes, user.user_id, present)
 
+    def _vet(
+        self, change: Change, before: RecordState | None, after: RecordState
+    ) -> tuple[Reason, str] | None:
+        """The office's checks of a change beyond merging (`sync.engine.Vet`)."""
+        return location_refused(change) or self.signatures(change, before, after)
+
     def _apply(
         self,
         changes: list[Change],
@@ -266,7 +274,7 @@ class SyncService:
         """Merge `changes` and bring everything that follows from them up to date."""
         watched = repeats.watch(self.store.db, changes)
         results, records = apply(
-            self.store, changes, self.clock, raws, authorize, self.signatures, batch_id
+            self.store, changes, self.clock, raws, authorize, self._vet, batch_id
         )
         # Readers change only for new records or edits to a visibility field.
         moved = {(c.record_type, c.record_id) for c in changes if changes_visibility(c)}

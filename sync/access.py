@@ -16,10 +16,11 @@ role: informants write only warnings.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Container, Iterable
 from typing import NamedTuple
 
-from schemas.changes import Add, Change
+from schemas.changes import Add, Change, Reason
 from schemas.records import Location
 from schemas.state import RecordState
 from sync.merge import materialize
@@ -94,16 +95,28 @@ def scope(state: RecordState) -> Scope:
     return Scope(unit, named, links)
 
 
+def location_refused(change: Change) -> tuple[Reason, str] | None:
+    """Why a change's `location` cannot be taken, if it cannot: its steps would spell the
+    path of another unit. Checked on what devices send, not on stored states, which must
+    go on decoding as they are."""
+    location = change.set.get("location")
+    if not isinstance(location, dict):
+        return None  # merging judges its type
+    steps = [location.get(name) or "" for name in ("city", "district", "street", "community")]
+    if any(isinstance(step, str) and "/" in step for step in steps):
+        return Reason.INVALID_VALUE, "location: a step of the org-unit path cannot hold /"
+    if any(not step and later for step, later in itertools.pairwise(steps)):
+        # "Hangzhou", "", "Xihu" would lie in the district of Xihu.
+        return Reason.INVALID_VALUE, "location: an empty step cannot come before a named one"
+    return None
+
+
 def org_unit(location: Location | None) -> str | None:
     """The org-unit path a location lies in: city/district/street/community."""
     if location is None:
         return None
     parts = [location.city, location.district, location.street, location.community]
-    # Only empty trailing steps go: dropping an empty district would move a street named
-    # like a district ("Hangzhou", "", "Xihu") into that district ("Hangzhou/Xihu").
-    while parts and not parts[-1]:
-        parts.pop()
-    return "/".join(parts)
+    return "/".join(p for p in parts if p)
 
 
 def within(org_unit: str | None, units: Iterable[str]) -> bool:

@@ -61,15 +61,12 @@ values = st.recursive(
     max_leaves=10,
 )
 
-org_unit_part = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="/"), max_size=200
-)
 locations = st.builds(
     Location,
-    city=org_unit_part,
-    district=org_unit_part,
-    street=org_unit_part,
-    community=org_unit_part,
+    city=short,
+    district=short,
+    street=short,
+    community=short,
     address=st.none() | short,
     gps=st.none()
     | st.builds(
