@@ -33,6 +33,7 @@ from server.storage.directory import Directory, User
 from sync.errors import BadCredentials, CsrfRefused, NotSignedIn, RateLimited
 
 CONSOLE_ROLES = ("supervisor", "admin")
+SEEN_EVERY_MS = 60_000  # how finely the idle timeout is kept
 _hasher = PasswordHasher()
 
 
@@ -212,8 +213,14 @@ def _check_rate(directory: Directory, settings: Settings, who: list[str], now_ms
             raise RateLimited(_("too many failed sign-ins; try again later"))
 
 
-def session(directory: Directory, settings: Settings, token: str | None, now_ms: int) -> Session:
-    """The live session of a cookie token; `NotSignedIn` if none, it expired, or access ended."""
+def session(
+    directory: Directory, settings: Settings, token: str | None, now_ms: int, touch: bool = True
+) -> Session:
+    """The live session of a cookie token; `NotSignedIn` if none, it expired, or access ended.
+
+    With `touch`, the session is marked seen (at most once a minute: each mark is a write
+    behind the store's writer gate); without, nothing is written (error pages).
+    """
     if not token:
         raise NotSignedIn(_("sign in first"))
     row = directory.db.execute(
@@ -227,13 +234,15 @@ def session(directory: Directory, settings: Settings, token: str | None, now_ms:
     idle = now_ms - seen_ms > settings.session_idle_s * 1000
     old = now_ms - created_ms > settings.session_max_s * 1000
     if user is None or user.role not in CONSOLE_ROLES or idle or old:
-        with directory.store.transaction():
-            directory.db.execute("DELETE FROM sessions WHERE token_hash = ?", [_digest(token)])
+        if touch:
+            with directory.store.transaction():
+                directory.db.execute("DELETE FROM sessions WHERE token_hash = ?", [_digest(token)])
         raise NotSignedIn(_("the session has expired; sign in again"))
-    with directory.store.transaction():
-        directory.db.execute(
-            "UPDATE sessions SET seen_ms = ? WHERE token_hash = ?", [now_ms, _digest(token)]
-        )
+    if touch and now_ms - seen_ms >= SEEN_EVERY_MS:
+        with directory.store.transaction():
+            directory.db.execute(
+                "UPDATE sessions SET seen_ms = ? WHERE token_hash = ?", [now_ms, _digest(token)]
+            )
     return Session(user, csrf, _digest(token))
 
 

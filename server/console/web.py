@@ -81,11 +81,14 @@ def now_ms(request: Request) -> int:
 T = TypeVar("T")
 
 
-def signed_in(request: Request, *roles: str) -> Session:
-    """The request's console session; `NotSignedIn` without one, `Forbidden` for other roles."""
+def signed_in(request: Request, *roles: str, touch: bool = True) -> Session:
+    """The request's console session; `NotSignedIn` without one, `Forbidden` for other roles.
+
+    Without `touch` it writes nothing (`signin.session`), so it may run on the event loop.
+    """
     service = service_of(request)
     current = signin.session(
-        service.directory, service.settings, request.cookies.get(COOKIE), now_ms(request)
+        service.directory, service.settings, request.cookies.get(COOKIE), now_ms(request), touch
     )
     if roles and current.user.role not in roles:
         raise Forbidden(_("this page is not for your role"))
@@ -236,5 +239,5 @@ def error_page(request: Request, error: LianxinError, status: int) -> Response:
         return Redirect(f"/console/login?next={quote(request.url.path)}", status_code=303)
     current = None
     with contextlib.suppress(LianxinError):
-        current = signed_in(request)
+        current = signed_in(request, touch=False)  # on the event loop: no write
     return render(request, current, "error.html", status=status, error=error)
