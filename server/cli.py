@@ -73,7 +73,7 @@ def init(settings: Settings, admin: str, org_units: list[str]) -> int:
     if settings.keys_path.exists():
         print(f"lianxin: {settings.keys_path} exists; this office is already initialised")
         return 1
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     OfficeKeys.generate(passphrase(confirm=True)).save(settings.keys_path, new=True)
     with _directory(settings) as directory:
         user = directory.add_user(admin, "admin", org_units, system_wall_ms())

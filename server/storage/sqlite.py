@@ -510,9 +510,9 @@ def open_store(settings: Settings, keys: OfficeKeys) -> SqliteStore:
     """The office's store and its data keys, from where the settings say they live."""
     # Only the office's own account may read them: the store holds console password
     # hashes, the audit log and blind-index digests in clear, the key store the keys.
+    # (A folder that exists is the operator's to set: it may be shared with a backup agent.)
     for path in (settings.store_path, settings.key_store_path):
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.parent.chmod(0o700)
         _private(path)
     vault = Vault(settings.key_store_path, keys)
     return SqliteStore(settings.store_path, vault, settings.cached_states, settings.packed_states)
@@ -520,8 +520,8 @@ def open_store(settings: Settings, keys: OfficeKeys) -> SqliteStore:
 
 def _private(path: Path) -> None:
     """Make `path` (a SQLite file) readable by its owner alone, creating it if new; SQLite
-    gives its -wal and -shm files the same mode."""
+    gives its -wal and -shm files the same mode. A file of another account is left as is."""
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     for file in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
-        if file.exists():
+        if file.exists() and file.stat().st_uid == os.getuid():
             file.chmod(0o600)
