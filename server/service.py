@@ -66,6 +66,8 @@ from sync.errors import (
 )
 from sync.store import RecordKey
 
+MAX_SEQ = 2**63 - 1  # SQLite's largest integer: no cursor names a seq past it
+
 
 class SyncService:
     """The office's sync endpoints as plain methods."""
@@ -370,9 +372,7 @@ class SyncService:
             raise BadCursor("not a cursor this server issued")
         body = f"{parts[1]}.{parts[2]}"
         position, seq = int(parts[1]), int(parts[2])
-        if position > last:
-            raise BadCursor("the cursor is ahead of this server's log (restored from a backup?)")
-        if seq > position:  # never issued so; and the log is not read for a number that large
+        if seq > position or position > MAX_SEQ:  # never issued so, nor read from the log
             raise BadCursor("not a cursor this server issued")
         # Version 1 cursors (issued before the log was bound in) still open, unbound.
         marks = _log_marks(conn, position, seq) if parts[0] == "v2" else None
@@ -381,6 +381,9 @@ class SyncService:
                 "not a cursor this server issued to this device, or issued before the office"
                 " was restored from a backup: pull again from no cursor"
             )
+        # Said only of a cursor the server issued: a forged one learns nothing of the log.
+        if position > last:
+            raise BadCursor("the cursor is ahead of this server's log (restored from a backup?)")
         return position, seq
 
     def _mac(self, device: Device, body: str, marks: str | None) -> str:
