@@ -36,7 +36,7 @@ OFFICE_ONLY = ("executed", "superseded")
 
 
 def _is_final(state: RecordState | None) -> bool:
-    agreement = materialize(state) if state else None
+    agreement = materialize(state, ("status",)) if state else None  # the status alone
     return isinstance(agreement, Agreement) and agreement.status in FINAL
 
 

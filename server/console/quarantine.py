@@ -32,6 +32,7 @@ refuses that device from its revocation on.
 
 from __future__ import annotations
 
+import datetime
 import functools
 from typing import Annotated, Any, NamedTuple
 from urllib.parse import quote
@@ -245,6 +246,8 @@ def _shown(value: Any, depth: int = 0) -> Any:
             }
         case list() | tuple():
             return [_shown(item, depth + 1) for item in value]
+        case bytes() | datetime.datetime():
+            return msgspec.to_builtins(value)  # base64, ISO 8601
         case _:
             return f"<{type(value).__name__}>"
 
