@@ -428,8 +428,8 @@ class DeviceClient:
         Each page is applied, and the cursor after it stored, in one local
         transaction: a pull killed anywhere resumes after the last whole page.
         A cursor the office refuses (it was restored from a backup, say) is
-        dropped, and everything is pulled again; changes already applied are
-        skipped.
+        dropped with the server layer it led to, and everything is pulled again:
+        the device then holds what the office holds now, and nothing it lost.
         """
         self._enrolled()
         report = PullReport()
@@ -445,6 +445,7 @@ class DeviceClient:
                     raise
                 with self._store.transaction():
                     self._store.set_meta(CURSOR, None)
+                    self._store.forget_server_layer()
                 continue
             applied, skipped, evicted = self._apply_page(page)
             report = PullReport(

@@ -322,6 +322,12 @@ class ReplicaStore:
             "UPDATE outbox SET overlay = 0 WHERE record_type = ? AND record_id = ?", key
         )
 
+    def forget_server_layer(self) -> None:
+        """Drop every record and applied change id, for a pull from no cursor to build the
+        server layer again as the office now holds it; the outbox stays."""
+        self._db.execute("DELETE FROM records")
+        self._db.execute("DELETE FROM applied")
+
     # -- the outbox ---------------------------------------------------------------------
 
     def append(self, change: Change, raw: bytes) -> None:

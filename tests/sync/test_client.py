@@ -22,6 +22,7 @@ from litestar.testing import TestClient
 
 from schemas import (
     Add,
+    Change,
     OfficeInfo,
     PullPage,
     PushRequest,
@@ -36,7 +37,7 @@ from server.keys import OfficeKeys
 from server.settings import Settings
 from server.storage.directory import Directory
 from server.storage.sqlite import SqliteStore
-from sync import signing
+from sync import merge, signing
 from sync.client import MAX_BATCH, MAX_BATCH_BYTES, AlreadyEnrolled, DeviceClient, NotEnrolled
 from sync.envelope import (
     PULL_ENVELOPE,
@@ -831,18 +832,34 @@ def test_a_cursor_the_office_refuses_is_dropped_and_everything_pulled_again(offi
         wang.edit("case", f"k-{n}", set={"title": f"Case {n}", "location": XIANGMIHU})
     wang.sync()
     chen.sync()
-    # The office was restored from a backup: the cursor chen holds no longer opens there.
+    # The office was restored from a backup: the cursor chen holds no longer opens there,
+    # and a case chen had pulled was lost with the office's disk.
     version, position, seq, _ = str(chen._store.meta("cursor")).split(".")
     chen._store.set_meta("cursor", f"{version}.{position}.{seq}.{'0' * 32}")
+    lost_state = merge.apply_change(
+        None,
+        Change(
+            change_id="c-lost",
+            record_type="case",
+            record_id="k-lost",
+            device_id="dev-gone",
+            hlc=1,
+            set={"title": "Lost with the disk"},
+        ),
+    ).state
+    with chen._store.transaction():
+        chen._store.put_states([lost_state])
+    assert chen.record("case", "k-lost") is not None
     wang.edit("case", "k-3", set={"title": "Case 3", "location": XIANGMIHU})
     wang.sync()
 
     report = chen.pull()
 
-    assert (report.applied, report.skipped) == (1, 3)
+    assert (report.applied, report.skipped) == (4, 0)  # the server layer built again
     assert [chen.record("case", f"k-{n}").title for n in range(4)] == [
         f"Case {n}" for n in range(4)
     ]
+    assert chen.record("case", "k-lost") is None
 
 
 def test_a_pull_killed_while_applying_a_page_keeps_nothing_of_that_page(office, monkeypatch):
