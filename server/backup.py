@@ -413,6 +413,8 @@ def _open_everything(
 
 # Each record whose data key is destroyed but of which the store still holds anything
 # an erasure drops: sealed bytes, links, readers, blind-index or case-index entries.
+# An `access` row alone is no leftover: it lets no one read anything of an erased record
+# (and a supervisor added after an erasure was once given such rows).
 _UNFINISHED = """
 SELECT d.record_type, d.record_id, coalesce(d.reason, '') FROM vault.data_keys d
 WHERE d.wrapped IS NULL AND (
@@ -423,8 +425,6 @@ WHERE d.wrapped IS NULL AND (
   OR EXISTS (SELECT 1 FROM links l WHERE l.record_type = d.record_type
              AND l.record_id = d.record_id)
   OR EXISTS (SELECT 1 FROM links l WHERE d.record_type = 'case' AND l.case_id = d.record_id)
-  OR EXISTS (SELECT 1 FROM access a WHERE a.record_type = d.record_type
-             AND a.record_id = d.record_id)
   OR EXISTS (SELECT 1 FROM people_index p WHERE p.record_type = d.record_type
              AND p.record_id = d.record_id)
   OR EXISTS (SELECT 1 FROM case_index i WHERE d.record_type = 'case' AND i.case_id = d.record_id)

@@ -87,7 +87,8 @@ class Directory:
         now = self.store.last_seq()
         for unit in org_units:
             # A prefix test by path segment; LIKE would ignore case and wildcards.
-            inside = "(r.org_unit = ? OR substr(r.org_unit, 1, ?) = ?)"
+            # An erased record keeps its row, emptied: there is nothing of it to see.
+            inside = "length(r.state) > 0 AND (r.org_unit = ? OR substr(r.org_unit, 1, ?) = ?)"
             where = [unit, len(unit) + 1, unit + "/"]
             self.db.execute(
                 "INSERT OR IGNORE INTO access (user_id, record_type, record_id, since_seq)"
@@ -100,7 +101,7 @@ class Directory:
                 " SELECT DISTINCT ?, l.record_type, l.record_id, ?"
                 " FROM records AS r JOIN links AS l ON l.case_id = r.record_id"
                 " JOIN records AS t ON t.record_type = l.record_type"
-                " AND t.record_id = l.record_id"
+                " AND t.record_id = l.record_id AND length(t.state) > 0"
                 f" WHERE r.record_type = 'case' AND {inside}",
                 [user_id, now, *where],
             )

@@ -435,7 +435,9 @@ def test_old_data_and_a_newer_key_store_without_the_key_file_is_refused_not_half
     finally:
         copy.close()
 
-    # A backup taken after the erasure holds nothing of it: it restores without the key.
+    # A backup taken after the erasure holds nothing of it: it restores without the key,
+    # also once a supervisor of the erased case's district has been added since.
+    office.directory.add_user("Zhou", "supervisor", ["Hangzhou/Gongshu"], WALL_MS)
     take(office, tmp_path / "after", with_key_file=False)
     bare = folder(tmp_path, "restored-after")
     assert bring_back(tmp_path / "after", bare).problems == []
