@@ -258,10 +258,14 @@ class SyncService:
             present, _ = presence(self.store, user.user_id, keys)
             return self._apply(changes, user.user_id, present)
 
-    def _vet(
+    def _device_vet(
         self, change: Change, before: RecordState | None, after: RecordState
     ) -> tuple[Reason, str] | None:
-        """The office's checks of a change beyond merging (`sync.engine.Vet`)."""
+        """What the office checks of a device's change beyond merging (`sync.engine.Vet`).
+
+        The office's own changes get the signature checks alone: they copy stored
+        values (a warning's location into a case), which must go on applying.
+        """
         return location_refused(change) or self.signatures(change, before, after)
 
     def _apply(
@@ -275,9 +279,8 @@ class SyncService:
     ) -> list[ChangeResult]:
         """Merge `changes` and bring everything that follows from them up to date."""
         watched = repeats.watch(self.store.db, changes)
-        results, records = apply(
-            self.store, changes, self.clock, raws, authorize, self._vet, batch_id
-        )
+        vet = self._device_vet if authorize is not None else self.signatures
+        results, records = apply(self.store, changes, self.clock, raws, authorize, vet, batch_id)
         # Readers change only for new records or edits to a visibility field.
         moved = {(c.record_type, c.record_id) for c in changes if changes_visibility(c)}
         touched = {

@@ -9,6 +9,7 @@ import pytest
 
 from schemas.records import Case, EarlyWarning
 from server import audit
+from server import service as service_module
 from server.console import signin
 from sync.merge import materialize
 from tests.server.test_app import GONGSHU, XIHU
@@ -295,3 +296,26 @@ def test_an_informant_may_name_only_its_own_pseudonym(office):
     )
     (result,) = msgspec.msgpack.decode(answer.content)["results"]
     assert (result["status"], result["reason"]) == ("rejected", "not_permitted")
+
+
+def test_a_warning_stored_before_locations_were_checked_can_still_be_converted(office, monkeypatch):
+    # An older server took a location with an empty street before a named community, as
+    # devices now may not push it. The office's own case copies the warning's location:
+    # it must still apply, or the warning could only be dismissed.
+    liu = office.enroll("informant", name="Liu Informant")
+    zhao = office.enroll("mediator", name="Zhao Mediator")
+    gap = {"city": "Hangzhou", "district": "Gongshu", "street": "", "community": "Daguan"}
+    monkeypatch.setattr(service_module, "location_refused", lambda change: None)
+    report(liu, "w-gap", location=gap)
+    monkeypatch.undo()
+    answer = liu.push([liu.change("warning", "w-new", {"location": gap})], batch_id="b-new")
+    assert msgspec.msgpack.decode(answer.content)["results"][0]["reason"] == "invalid_value"
+
+    csrf = sign_in(office, supervisor(office))
+    form = {"csrf": csrf, "mediator": zhao.enrollment.user_id, "reply": REPLY, "title": "Gap"}
+    converted = office.http.post(
+        "/console/warnings/w-gap/convert", data=form, follow_redirects=False
+    )
+
+    assert converted.status_code == 303, converted.text
+    assert stored(office, "warning", "w-gap").status == "converted"
