@@ -324,9 +324,19 @@ class ReplicaStore:
 
     def forget_server_layer(self) -> None:
         """Drop every record and applied change id, for a pull from no cursor to build the
-        server layer again as the office now holds it; the outbox stays."""
+        server layer again as the office now holds it.
+
+        This device's changes the office had accepted go back to `pending`: a restored
+        office may have lost them, and sending them again costs nothing where it has
+        not (they are answered `duplicate`).
+        """
         self._db.execute("DELETE FROM records")
         self._db.execute("DELETE FROM applied")
+        self._db.execute(
+            "UPDATE outbox SET state = 'pending', overlay = 1, batch_id = NULL, seq = NULL,"
+            " reason = NULL, detail = NULL WHERE state IN ('applied', 'conflict')"
+            " OR (state = 'duplicate' AND reason IS NULL)"
+        )
 
     # -- the outbox ---------------------------------------------------------------------
 
