@@ -63,6 +63,7 @@ async def login(request: Request) -> Response:
         fields.get("code", ""),
         client,
         now_ms(request),
+        service.keys.index_key,
     )
     try:
         _, token = await anyio.to_thread.run_sync(attempt)

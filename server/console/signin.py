@@ -118,6 +118,7 @@ def sign_in(
     code: str,
     client: str,
     now_ms: int,
+    index_key: bytes,
 ) -> tuple[Session, str]:
     """Check the credentials and open a session; returns it and the cookie token.
 
@@ -125,10 +126,12 @@ def sign_in(
     client address has too many recent failures, and `BadCredentials`
     (counted as a failure) for a wrong user, role, password or code, and for
     an admin without a second factor unless `settings.admin_second_factor` is off.
+    Failures are counted by a keyed digest (`index_key`) of the typed user name.
     """
     # What was typed as the user name may be a password typed in the wrong field: it is
-    # counted by its digest and never written down as it is.
-    who = [_failure_key(user_id), f"client:{client}"]
+    # counted by a keyed digest and never written down as it is.
+    named = _failure_key(index_key, user_id)
+    who = [named, f"client:{client}"]
     _check_rate(directory, settings, who, now_ms)
     row = directory.db.execute(
         "SELECT password_hash FROM users WHERE user_id = ?", [user_id]
@@ -153,6 +156,9 @@ def sign_in(
             ok, refusal = False, "sign_in_refused_no_second_factor"
     if not ok or user is None:
         with directory.store.transaction():
+            # Failures older than the window count for nothing: they are not kept either.
+            since = now_ms - settings.login_window_s * 1000
+            directory.db.execute("DELETE FROM login_failures WHERE at_ms <= ?", [since])
             directory.db.conn.executemany(
                 "INSERT INTO login_failures (who, at_ms) VALUES (?, ?)", [(w, now_ms) for w in who]
             )
@@ -166,7 +172,7 @@ def sign_in(
                 "UPDATE users SET password_hash = ? WHERE user_id = ?",
                 [_hasher.hash(password), user_id],
             )
-        directory.db.execute("DELETE FROM login_failures WHERE who = ?", [_failure_key(user_id)])
+        directory.db.execute("DELETE FROM login_failures WHERE who = ?", [named])
         if step is not None:  # a code opens one session: seen once, it is spent
             directory.db.execute(
                 "UPDATE users SET totp_last_step = ? WHERE user_id = ?", [step, user_id]
@@ -180,8 +186,9 @@ def sign_in(
     return Session(user, csrf, _digest(token)), token
 
 
-def _failure_key(user_id: str) -> str:
-    return f"user:{_digest(user_id)}"
+def _failure_key(index_key: bytes, user_id: str) -> str:
+    digest = hmac.new(index_key, b"lianxin sign-in\n" + user_id.encode(), hashlib.sha256)
+    return f"user:{digest.hexdigest()}"
 
 
 def _totp_step(secret: bytes, code: str, now_s: int) -> int | None:
@@ -238,7 +245,8 @@ def session(
             with directory.store.transaction():
                 directory.db.execute("DELETE FROM sessions WHERE token_hash = ?", [_digest(token)])
         raise NotSignedIn(_("the session has expired; sign in again"))
-    if touch and now_ms - seen_ms >= SEEN_EVERY_MS:
+    # Marked often enough that the idle limit, however short an office sets it, holds.
+    if touch and now_ms - seen_ms >= min(SEEN_EVERY_MS, settings.session_idle_s * 250):
         with directory.store.transaction():
             directory.db.execute(
                 "UPDATE sessions SET seen_ms = ? WHERE token_hash = ?", [now_ms, _digest(token)]
