@@ -31,9 +31,13 @@ DUE = (
     " '+' || d.days || ' days'))"
 )
 OVERDUE = f"({DUE} < :today AND ci.status IN {OPEN_STATUSES})"
+# A deleted case (a tombstone, until restored) is in no list: `records.deleted` is kept
+# current for that.
 FROM = (
     " FROM case_index ci JOIN access a ON a.user_id = :user AND a.record_type = 'case'"
-    " AND a.record_id = ci.case_id LEFT JOIN deadlines d ON d.category = ci.category"
+    " AND a.record_id = ci.case_id JOIN records r ON r.record_type = 'case'"
+    " AND r.record_id = ci.case_id AND NOT r.deleted"
+    " LEFT JOIN deadlines d ON d.category = ci.category"
 )
 # What a listed case shows, in `case_rows`' order (extra columns may follow).
 ROW_COLUMNS = (

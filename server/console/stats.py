@@ -69,7 +69,8 @@ FIGURES = ("received", "resolved", "received_resolved", "repeats")
 
 IN_VIEW = (
     " FROM case_index ci CROSS JOIN access a ON a.user_id = :user AND a.record_type = 'case'"
-    " AND a.record_id = ci.case_id"
+    " AND a.record_id = ci.case_id CROSS JOIN records r ON r.record_type = 'case'"
+    " AND r.record_id = ci.case_id AND NOT r.deleted"  # a deleted case counts for nothing
 )
 # The cases in view received or resolved in the period, read once (materialised) and
 # counted by category and org unit (with how long each resolved one took: a list, for
@@ -104,11 +105,14 @@ SELECT count(*), coalesce(sum(wi.status = 'converted' OR wi.case_id IS NOT NULL
     AND l.record_id = wi.warning_id)), 0)
 FROM warning_index wi JOIN access a ON a.user_id = :user
   AND a.record_type = 'warning' AND a.record_id = wi.warning_id
+  JOIN records r ON r.record_type = 'warning' AND r.record_id = wi.warning_id AND NOT r.deleted
 WHERE wi.received_ms >= :start AND wi.received_ms < :end
 """
 AGREEMENTS_SQL = """
 SELECT count(*) FROM agreement_index ai JOIN access a ON a.user_id = :user
   AND a.record_type = 'agreement' AND a.record_id = ai.agreement_id
+  JOIN records r ON r.record_type = 'agreement' AND r.record_id = ai.agreement_id
+  AND NOT r.deleted
 WHERE ai.executed_ms >= :start AND ai.executed_ms < :end
 """
 

@@ -75,7 +75,8 @@ PRIORITY = {"low": "low", "medium": "normal", "high": "high", "critical": "urgen
 DAY_MS = 24 * 3600 * 1000
 FROM = (
     " FROM warning_index wi JOIN access a ON a.user_id = :user AND a.record_type = 'warning'"
-    " AND a.record_id = wi.warning_id"
+    " AND a.record_id = wi.warning_id JOIN records r ON r.record_type = 'warning'"
+    " AND r.record_id = wi.warning_id AND NOT r.deleted"  # a deleted warning waits for no one
 )
 COLUMNS = "SELECT wi.warning_id, wi.received_ms"
 

@@ -5,9 +5,9 @@ import re
 import msgspec
 import pytest
 
-from schemas import Add
+from schemas import Add, Delete, Restore
 from server import audit
-from server.console import signin
+from server.console import signin, stats
 from tests.server.conftest import running_office
 from tests.server.test_app import GONGSHU, XIHU
 
@@ -214,3 +214,29 @@ def test_a_stored_change_that_no_longer_decodes_still_shows_in_the_timeline(cons
     page = console.http.get("/console/cases/k-1")
     # "...it does not read as a change in this version", in the console's default language.
     assert page.status_code == 200 and "本版本无法将其读作一项修改" in page.text
+
+
+def test_a_deleted_case_leaves_the_lists_the_export_and_the_figures_until_restored(console):
+    sun = console.enroll("mediator")
+    late = {"location": GONGSHU, "category": "noise", "due": "2020-01-01", "status": "assigned"}
+    sun.push([sun.change("case", f"k-{n}", {"title": f"Case {n}", **late}) for n in range(3)])
+    sun.push([sun.change("case", "k-0", ops=[Delete()])], batch_id="b-delete")
+    chen = supervisor(console)
+    sign_in(console, chen)
+    service = console.http.app.state.service
+
+    def shown() -> tuple:
+        listed = console.http.get("/api/cases").json()
+        overdue = console.http.get("/api/overdue").json()
+        return (
+            sorted(c["case_id"] for c in listed["cases"]),
+            listed["total"],
+            sorted(c["case"]["case_id"] for c in overdue["cases"]),
+            "k-0" in console.http.get("/console/export/cases.csv").text,
+            stats.figures(service, chen, console.wall.ms).total.received,
+        )
+
+    assert shown() == (["k-1", "k-2"], 2, ["k-1", "k-2"], False, 2)
+    seen = dict(console.store.record("case", "k-0").vv)
+    sun.push([sun.change("case", "k-0", ops=[Restore()], seen=seen)], batch_id="b-restore")
+    assert shown() == (["k-0", "k-1", "k-2"], 3, ["k-0", "k-1", "k-2"], True, 3)
