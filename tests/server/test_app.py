@@ -93,6 +93,10 @@ def test_pull_pages_are_resumable_and_cursors_bound_to_the_device(office):
     assert error_of(phone.pull("v1.999.999.0")) == (400, "bad_cursor")
     huge = f"v2.0.{2**70}.{mac}"  # past what SQLite's integers hold: once a 500
     assert error_of(phone.pull(huge)) == (400, "bad_cursor")
+    # A forged cursor is refused alike wherever it points: it learns nothing of the log.
+    ahead = decode(phone.pull(f"v2.999999.999999.{mac}"))
+    inside = decode(phone.pull(f"v2.1.1.{mac}"))
+    assert ahead["detail"] == inside["detail"] and "ahead" not in ahead["detail"]
     # A version 1 cursor, as phones held them before cursors were bound to the log, opens.
     body = f"{position}.{seq}"
     legacy = hmac.new(office.keys.cursor_secret, f"{phone.device_id}.{body}".encode(), "sha256")

@@ -103,6 +103,17 @@ def test_the_office_files_are_readable_by_its_account_alone(tmp_path):
         assert path.stat().st_mode & 0o777 == 0o600, path
 
 
+def test_a_folder_the_operator_made_keeps_the_mode_they_gave_it(tmp_path):
+    # A data folder shared with a backup agent's group is the operator's call; the
+    # files the office writes there are still its account's alone.
+    data = tmp_path / "office"
+    data.mkdir(mode=0o750)
+    data.chmod(0o750)
+    assert main(["--data", str(data), "init", "--admin", "Wang"]) == 0
+    assert data.stat().st_mode & 0o777 == 0o750
+    assert Settings(data_dir=data).store_path.stat().st_mode & 0o777 == 0o600
+
+
 @pytest.mark.parametrize("hours", ["inf", "nan", "0", "-1", "1e9", "soon"])
 def test_an_enrolment_code_lives_a_bounded_time(tmp_path, capsys, hours):
     data = str(tmp_path / "office")

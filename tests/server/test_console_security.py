@@ -249,3 +249,20 @@ def test_a_password_typed_as_the_user_name_is_written_nowhere(office):
     for table in ("audit", "login_failures"):
         rows = office.store.db.execute(f"SELECT * FROM {table}").fetchall()
         assert rows and typed not in str(rows), table
+
+
+def test_a_session_is_marked_seen_once_a_minute_not_on_every_request(office):
+    # Each mark is a write behind the writer gate; the idle limit (30 minutes) needs no
+    # finer mark than a minute.
+    sign_in(office, user(office, "supervisor", ["Hangzhou/Gongshu"]))
+
+    def seen():
+        return office.store.db.execute("SELECT seen_ms FROM sessions").fetchone()[0]
+
+    signed_at = seen()
+    office.wall.tick(signin.SEEN_EVERY_MS - 1)
+    assert call(office, "GET", "/api/cases").status_code == 200
+    assert seen() == signed_at
+    office.wall.tick(1)
+    assert call(office, "GET", "/api/cases").status_code == 200
+    assert seen() == signed_at + signin.SEEN_EVERY_MS
