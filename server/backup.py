@@ -99,13 +99,17 @@ class Restored(NamedTuple):
     audit_entries: int
     checked_records: bool
     problems: list[str]
-    # Cases erased after the backup was taken (their key is gone from the key store
-    # restored with it): what the old data still held of them was cleared again.
-    erasures_finished: tuple[str, ...] = ()
-    # Every record so cleared, as type/id: those cases, their parties, and any other
-    # record whose key is destroyed (a party erased with a case it alone was linked to
-    # then, though another case still names it in the old data).
+    # Records erased after the backup was taken (their key is gone from the key store
+    # restored with it), as type/id: what the old data still held of them was cleared
+    # again. Cases, their parties, and any other record whose key is destroyed (a party
+    # erased with a case it alone was linked to then, though another case still names
+    # it in the old data).
     records_cleared: tuple[str, ...] = ()
+
+    @property
+    def erasures_finished(self) -> tuple[str, ...]:
+        """The ids of the cases among `records_cleared`."""
+        return tuple(r.removeprefix("case/") for r in self.records_cleared if r.startswith("case/"))
 
 
 # Every sealed column of the store, as (record type, record id, bound row, sealed bytes).
@@ -390,25 +394,15 @@ def _open_everything(
         # The chain alone does not show its last entries cut off after a signed checkpoint.
         problems += audit.verify_checkpoints(store.db, keys.office_id, keys.signing_public)
         entries = store.db.execute("SELECT count(*) FROM audit").fetchone()[0]
-        finished: list[str] = []
         cleared: list[str] = []
         if not problems:
             # The restored office's log says where it came from; its chain goes on from there.
             with store.transaction():
                 audit.append(store.db, now_ms, actor, "restore", "office", detail)
-            finished, cleared = finish_erasures(store, actor, now_ms)
+            cleared = finish_erasures(store, actor, now_ms)
     finally:
         store.close()
-    return Restored(
-        manifest,
-        opened,
-        erased,
-        entries,
-        True,
-        _capped(problems),
-        tuple(finished),
-        tuple(cleared),
-    )
+    return Restored(manifest, opened, erased, entries, True, _capped(problems), tuple(cleared))
 
 
 # Each record whose data key is destroyed but of which the store still holds anything
@@ -442,7 +436,7 @@ def unfinished_erasures(store_path: Path, key_store_path: Path) -> list[tuple[Re
     return [((record_type, record_id), reason) for record_type, record_id, reason in rows]
 
 
-def finish_erasures(store: SqliteStore, actor: str, now_ms: int) -> tuple[list[str], list[str]]:
+def finish_erasures(store: SqliteStore, actor: str, now_ms: int) -> list[str]:
     """Clear again what the store holds of records whose key the key store has destroyed.
 
     That is the state of old data restored with a newer key store: the
@@ -454,10 +448,10 @@ def finish_erasures(store: SqliteStore, actor: str, now_ms: int) -> tuple[list[s
     on its own. Only those: a party the old data shows unshared may have been
     shared, and kept, when its case was erased.
 
-    Returns the case ids so finished, and every record cleared as type/id.
+    Returns every record cleared, as type/id.
     """
     unfinished = dict(unfinished_erasures(store.path, store.vault.path))
-    finished, cleared = [], []
+    cleared = []
     for key, reason in list(unfinished.items()):
         if key[0] != "case":
             continue
@@ -466,14 +460,13 @@ def finish_erasures(store: SqliteStore, actor: str, now_ms: int) -> tuple[list[s
         ).fetchall()
         targets = [key, *(k for k in linked if k in unfinished)]
         erase_records(store, targets, reason, actor, now_ms)
-        finished.append(key[1])
         for target in targets:
             unfinished.pop(target)
             cleared.append("/".join(target))
     for key, reason in unfinished.items():
         erase_records(store, [key], reason, actor, now_ms)
         cleared.append("/".join(key))
-    return finished, cleared
+    return cleared
 
 
 def open_sealed_values(store: SqliteStore) -> tuple[dict[str, int], int, list[str]]:

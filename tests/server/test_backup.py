@@ -328,15 +328,7 @@ def test_old_data_restored_with_a_newer_key_store_keeps_an_erased_case_erased(of
 
     # The office's own key store survived (or a later backup's): it goes with the old data.
     target = folder(tmp_path, "restored")
-    restored = backup.restore(
-        tmp_path / "old",
-        target,
-        key_file=None,
-        passphrase=given(),
-        actor="operator:li",
-        now_ms=WALL_MS + 1,
-        data_keys=office.settings.key_store_path,
-    )
+    restored = bring_back_with_live_keys(office, tmp_path / "old", target, key_file=None)
     assert restored.problems == []
     assert restored.erasures_finished == ("k-he",)
     assert restored.opened["records"] == 2 and restored.erased > 0
