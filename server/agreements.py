@@ -68,16 +68,18 @@ def signature_vet(directory: Directory) -> Vet:
         if "receipt" in change.set or change.set.get("status") in OFFICE_ONLY:
             return Reason.NOT_PERMITTED, "only the office executes, supersedes and countersigns"
         withdrawals = [op.entry for op in change.ops if _appends(op, "withdrawals")]
-        # Only voids and withdrawals depend on the status before: read it for those alone.
-        was_final = (change.set.get("status") == "void" or withdrawals) and _is_final(before)
-        if change.set.get("status") == "void" and was_final:
+        specs = field_specs("agreement")
+        sealed = [name for name in change.set if isinstance(specs[name].policy, Sealed)]
+        voids = change.set.get("status") == "void"
+        # Only voids, withdrawals and content edits depend on the status before: read it
+        # for those alone.
+        was_final = (voids or withdrawals or sealed) and _is_final(before)
+        if voids and was_final:
             return Reason.NOT_PERMITTED, "an executed agreement cannot be voided"
         # A sealed field is sealed by the signatures its device had seen; one written
         # offline beside the signatures that executed the agreement would change what
         # its receipt vouches for. Once executed, the content is final.
-        specs = field_specs("agreement")
-        sealed = [name for name in change.set if isinstance(specs[name].policy, Sealed)]
-        if sealed and _is_final(before):
+        if sealed and was_final:
             return Reason.AGREEMENT_SEALED, f"{', '.join(sealed)}: the agreement was executed"
         agreement = materialize(after)
         assert isinstance(agreement, Agreement)

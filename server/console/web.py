@@ -112,11 +112,15 @@ class Posted(NamedTuple):
     form: FormMultiDict  # for a field given more than once (`getall`)
 
 
+async def _signed_in_off_loop(request: Request, *roles: str) -> Session:
+    # In a worker thread: looking the session up may record when it was last seen, a
+    # write that waits for the writer gate, and the event loop must not wait with it.
+    return await anyio.to_thread.run_sync(functools.partial(signed_in, request, *roles))
+
+
 async def signed_form(request: Request, *roles: str) -> Posted:
     """A signed-in user's posted form, its CSRF token checked (`signed_in`, `checked`)."""
-    # In a worker thread: looking the session up records when it was last seen, a write
-    # that waits for the writer gate, and the event loop must not wait with it.
-    current = await anyio.to_thread.run_sync(functools.partial(signed_in, request, *roles))
+    current = await _signed_in_off_loop(request, *roles)
     form = await request.form()
     fields = {key: str(value) for key, value in form.items()}
     checked(request, current, fields)
@@ -124,9 +128,8 @@ async def signed_form(request: Request, *roles: str) -> Posted:
 
 
 async def signed_call(request: Request, *roles: str) -> Session:
-    """A signed-in user's API write, its CSRF header checked (looked up in a worker
-    thread, as `signed_form` does)."""
-    current = await anyio.to_thread.run_sync(functools.partial(signed_in, request, *roles))
+    """A signed-in user's API write, its CSRF header checked."""
+    current = await _signed_in_off_loop(request, *roles)
     checked(request, current, {})
     return current
 
