@@ -380,7 +380,6 @@ def export_download(request: Request, agreement_id: FromPath[str]) -> Response:
         media_type="application/json",
         headers={
             "content-disposition": f'attachment; filename="agreement-{agreement_id}.json"',
-            "cache-control": "no-store",
             "x-content-type-options": "nosniff",
         },
     )

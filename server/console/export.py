@@ -369,7 +369,6 @@ def export_csv(request: Request, name: FromPath[str]) -> Response:
         media_type="text/csv; charset=utf-8",
         headers={
             "content-disposition": f'attachment; filename="lianxin-{list_name}-{day}.csv"',
-            "cache-control": "no-store",
             "x-content-type-options": "nosniff",
         },
     )

@@ -186,6 +186,7 @@ def render(
         " img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
         "x-content-type-options": "nosniff",
         "referrer-policy": "same-origin",
+        # Error pages come here too, and those skip `server.app.not_for_caches`.
         "cache-control": "no-store",
     }
     return Response(page, status_code=status, media_type="text/html", headers=headers)
@@ -221,14 +222,6 @@ def whole_number(text: str) -> int | None:
 def page_offset(offset: int) -> int:
     """A list's `?offset=` as a row offset SQLite accepts: negative is 0, huge is past the end."""
     return min(max(offset, 0), MAX_OFFSET)
-
-
-def api(value: msgspec.Struct) -> Response:
-    return Response(
-        msgspec.json.encode(value),
-        media_type="application/json",
-        headers={"cache-control": "no-store"},
-    )
 
 
 def back_to(path: str) -> Response:

@@ -182,6 +182,8 @@ def test_no_cache_may_keep_a_console_page_or_its_json_twin(office):
             walked += 1
             assert answer.headers.get("cache-control") == "no-store", path
     assert walked > 20
+    export = call(office, "GET", "/console/export/cases.csv")
+    assert (export.status_code, export.headers.get("cache-control")) == (200, "no-store")
     refused = call(office, "GET", "/api/cases/k-nothing")  # error answers too
     assert (refused.status_code, refused.headers.get("cache-control")) == (404, "no-store")
 
