@@ -7,6 +7,7 @@ commit together or not at all.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import sqlite3
@@ -67,6 +68,7 @@ from sync.errors import (
 from sync.store import RecordKey
 
 MAX_SEQ = 2**63 - 1  # SQLite's largest integer: no cursor names a seq past it
+Marks = Callable[[int, int], str]  # `_log_marks` of one read of the log
 
 
 class SyncService:
@@ -332,9 +334,11 @@ class SyncService:
         user_id = device.user.user_id
         with self.store.snapshot() as conn:
             (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()
-            position, seq = self._open_cursor(conn, device, request.cursor, last)
+            # A pull with nothing new ends where it began: the log is read for it once.
+            marks = functools.cache(functools.partial(_log_marks, conn))
+            position, seq = self._open_cursor(marks, device, request.cursor, last)
             page = read_page(conn, user_id, position, seq, limit, last)
-            cursor = self._cursor(conn, device, page.end, page.end_seq)
+            cursor = self._cursor(marks, device, page.end, page.end_seq)
         rows, evictions, has_more = page.rows, page.evictions, page.has_more
         raws = self.store.open_changes([row[2:6] for row in rows])
         items: list[tuple[int, int, PulledChange | Eviction]] = [
@@ -355,12 +359,12 @@ class SyncService:
             **self.keys.kem_statement,
         )
 
-    def _cursor(self, conn: sqlite3.Connection, device: Device, position: int, seq: int) -> str:
+    def _cursor(self, marks: Marks, device: Device, position: int, seq: int) -> str:
         body = f"{position}.{seq}"
-        return f"v2.{body}.{self._mac(device, body, _log_marks(conn, position, seq))}"
+        return f"v2.{body}.{self._mac(device, body, marks(position, seq))}"
 
     def _open_cursor(
-        self, conn: sqlite3.Connection, device: Device, cursor: str | None, last: int
+        self, marks: Marks, device: Device, cursor: str | None, last: int
     ) -> tuple[int, int]:
         if cursor is None:
             return 0, 0
@@ -378,8 +382,8 @@ class SyncService:
         if seq > position or position > MAX_SEQ:  # never issued so, nor read from the log
             raise BadCursor("not a cursor this server issued")
         # Version 1 cursors (issued before the log was bound in) still open, unbound.
-        marks = _log_marks(conn, position, seq) if parts[0] == "v2" else None
-        if not hmac.compare_digest(parts[3], self._mac(device, body, marks)):
+        bound = marks(position, seq) if parts[0] == "v2" else None
+        if not hmac.compare_digest(parts[3], self._mac(device, body, bound)):
             raise BadCursor(
                 "not a cursor this server issued to this device, or issued before the office"
                 " was restored from a backup: pull again from no cursor"
