@@ -54,80 +54,80 @@ CODE_TTL_MS = 24 * 3600_000  # as `lianxin code` issues them
 
 def admin_page(service: SyncService, offset: int = 0) -> AdminPage:
     """Users, the latest enrolment codes and devices, a page of each list at a time."""
-    db = service.store.db
-    now = service.wall_ms()
-    names: dict[str, str] = {}
+    with service.store.snapshot() as db:
+        now = service.wall_ms()
+        names: dict[str, str] = {}
 
-    def name_of(user_id: str) -> str:
-        if user_id not in names:
-            user = service.directory.user(user_id)
-            names[user_id] = user.name if user else ""
-        return names[user_id]
+        def name_of(user_id: str) -> str:
+            if user_id not in names:
+                user = service.directory.user(user_id)
+                names[user_id] = user.name if user else ""
+            return names[user_id]
 
-    (users_total,) = db.execute("SELECT count(*) FROM users").fetchone()
-    users = [
-        UserRow(
-            user_id=user_id,
-            name=name_of(user_id),
-            role=role,
-            org_units=msgspec.json.decode(units),
-            devices=devices,
+        (users_total,) = db.execute("SELECT count(*) FROM users").fetchone()
+        users = [
+            UserRow(
+                user_id=user_id,
+                name=name_of(user_id),
+                role=role,
+                org_units=msgspec.json.decode(units),
+                devices=devices,
+                codes=codes,
+            )
+            for user_id, role, units, devices, codes in db.execute(
+                "SELECT u.user_id, u.role, u.org_units,"
+                " (SELECT count(*) FROM devices d WHERE d.user_id = u.user_id"
+                " AND d.revoked_at_ms IS NULL),"
+                " (SELECT count(*) FROM enrollment_codes e WHERE e.user_id = u.user_id)"
+                " FROM users u ORDER BY u.created_at_ms, u.user_id LIMIT ? OFFSET ?",
+                [PAGE, offset],
+            )
+        ]
+        codes = [
+            CodeRow(
+                user_id=user_id,
+                user_name=name_of(user_id),
+                role=role,
+                expires_at_ms=expires,
+                used_at_ms=used,
+                device_id=device_id,
+                state="used" if used is not None else "expired" if expires <= now else "unused",
+            )
+            for user_id, role, expires, used, device_id in db.execute(
+                "SELECT user_id, role, expires_at_ms, used_at_ms, device_id FROM enrollment_codes"
+                " ORDER BY expires_at_ms DESC, code_hash LIMIT ?",
+                [LATEST_CODES],
+            )
+        ]
+        (devices_total,) = db.execute("SELECT count(*) FROM devices").fetchone()
+        devices = [
+            DeviceRow(
+                device_id=device_id,
+                user_id=user_id,
+                user_name=name_of(user_id),
+                role=role,
+                label=label or "",
+                enrolled_at_ms=enrolled,
+                last_seen_ms=seen,
+                revoked_at_ms=revoked,
+            )
+            for device_id, user_id, role, label, enrolled, seen, revoked in db.execute(
+                "SELECT device_id, user_id, role, label, enrolled_at_ms, last_seen_ms,"
+                " revoked_at_ms FROM devices ORDER BY revoked_at_ms IS NOT NULL,"
+                " coalesce(last_seen_ms, enrolled_at_ms) DESC, device_id LIMIT ? OFFSET ?",
+                [PAGE, offset],
+            )
+        ]
+        return AdminPage(
+            users=users,
+            users_total=users_total,
             codes=codes,
+            devices=devices,
+            devices_total=devices_total,
+            offset=offset,
+            limit=PAGE,
+            now_ms=now,
         )
-        for user_id, role, units, devices, codes in db.execute(
-            "SELECT u.user_id, u.role, u.org_units,"
-            " (SELECT count(*) FROM devices d WHERE d.user_id = u.user_id"
-            " AND d.revoked_at_ms IS NULL),"
-            " (SELECT count(*) FROM enrollment_codes e WHERE e.user_id = u.user_id)"
-            " FROM users u ORDER BY u.created_at_ms, u.user_id LIMIT ? OFFSET ?",
-            [PAGE, offset],
-        )
-    ]
-    codes = [
-        CodeRow(
-            user_id=user_id,
-            user_name=name_of(user_id),
-            role=role,
-            expires_at_ms=expires,
-            used_at_ms=used,
-            device_id=device_id,
-            state="used" if used is not None else "expired" if expires <= now else "unused",
-        )
-        for user_id, role, expires, used, device_id in db.execute(
-            "SELECT user_id, role, expires_at_ms, used_at_ms, device_id FROM enrollment_codes"
-            " ORDER BY expires_at_ms DESC, code_hash LIMIT ?",
-            [LATEST_CODES],
-        )
-    ]
-    (devices_total,) = db.execute("SELECT count(*) FROM devices").fetchone()
-    devices = [
-        DeviceRow(
-            device_id=device_id,
-            user_id=user_id,
-            user_name=name_of(user_id),
-            role=role,
-            label=label or "",
-            enrolled_at_ms=enrolled,
-            last_seen_ms=seen,
-            revoked_at_ms=revoked,
-        )
-        for device_id, user_id, role, label, enrolled, seen, revoked in db.execute(
-            "SELECT device_id, user_id, role, label, enrolled_at_ms, last_seen_ms, revoked_at_ms"
-            " FROM devices ORDER BY revoked_at_ms IS NOT NULL,"
-            " coalesce(last_seen_ms, enrolled_at_ms) DESC, device_id LIMIT ? OFFSET ?",
-            [PAGE, offset],
-        )
-    ]
-    return AdminPage(
-        users=users,
-        users_total=users_total,
-        codes=codes,
-        devices=devices,
-        devices_total=devices_total,
-        offset=offset,
-        limit=PAGE,
-        now_ms=now,
-    )
 
 
 def issue_code(service: SyncService, admin: User, user_id: str) -> IssuedCode:

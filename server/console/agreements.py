@@ -80,45 +80,45 @@ def _visible_agreement(service: SyncService, user_id: str, agreement_id: str) ->
 
 def agreement_list(service: SyncService, user_id: str, offset: int = 0) -> AgreementList:
     """The agreements `user_id` may see, most recently changed first, a page at a time."""
-    db = service.store.db
-    # `records.seq` is the stored checkpoint's; `agreement_index.seq` is the last change's.
-    joined = (
-        " FROM records r JOIN access a ON a.user_id = ? AND a.record_type = 'agreement'"
-        " AND a.record_id = r.record_id"
-        " LEFT JOIN agreement_index x ON x.agreement_id = r.record_id"
-        " WHERE r.record_type = 'agreement' AND NOT r.deleted"
-    )
-    (total,) = db.execute(f"SELECT count(*){joined}", [user_id]).fetchone()
-    ids = [
-        agreement_id
-        for (agreement_id,) in db.execute(
-            f"SELECT r.record_id{joined} ORDER BY coalesce(x.seq, r.seq) DESC, r.record_id"
-            " LIMIT ? OFFSET ?",
-            [user_id, PAGE, offset],
+    with service.store.snapshot() as db:
+        # `records.seq` is the stored checkpoint's; `agreement_index.seq` is the last change's.
+        joined = (
+            " FROM records r JOIN access a ON a.user_id = ? AND a.record_type = 'agreement'"
+            " AND a.record_id = r.record_id"
+            " LEFT JOIN agreement_index x ON x.agreement_id = r.record_id"
+            " WHERE r.record_type = 'agreement' AND NOT r.deleted"
         )
-    ]
-    states = service.store.states(("agreement", i) for i in ids)
-    rows = []
-    for agreement_id in ids:
-        state = states.get(("agreement", agreement_id))
-        if state is None:
-            continue
-        agreement = materialize(state)
-        assert isinstance(agreement, Agreement)
-        receipt = agreement.receipt
-        rows.append(
-            AgreementRow(
-                agreement_id=agreement_id,
-                case_id=agreement.case,
-                version=agreement.version,
-                status=agreement.status,
-                signed=len(counted(agreement_id, agreement)),
-                required=len(set(agreement.required_signers)),
-                withdrawn=len({w.signer for w in agreement.withdrawals}),
-                executed_at=receipt.executed_at.isoformat() if receipt else None,
+        (total,) = db.execute(f"SELECT count(*){joined}", [user_id]).fetchone()
+        ids = [
+            agreement_id
+            for (agreement_id,) in db.execute(
+                f"SELECT r.record_id{joined} ORDER BY coalesce(x.seq, r.seq) DESC, r.record_id"
+                " LIMIT ? OFFSET ?",
+                [user_id, PAGE, offset],
             )
-        )
-    return AgreementList(agreements=rows, total=total, offset=offset, limit=PAGE)
+        ]
+        states = service.store.states(("agreement", i) for i in ids)
+        rows = []
+        for agreement_id in ids:
+            state = states.get(("agreement", agreement_id))
+            if state is None:
+                continue
+            agreement = materialize(state)
+            assert isinstance(agreement, Agreement)
+            receipt = agreement.receipt
+            rows.append(
+                AgreementRow(
+                    agreement_id=agreement_id,
+                    case_id=agreement.case,
+                    version=agreement.version,
+                    status=agreement.status,
+                    signed=len(counted(agreement_id, agreement)),
+                    required=len(set(agreement.required_signers)),
+                    withdrawn=len({w.signer for w in agreement.withdrawals}),
+                    executed_at=receipt.executed_at.isoformat() if receipt else None,
+                )
+            )
+        return AgreementList(agreements=rows, total=total, offset=offset, limit=PAGE)
 
 
 def check(
@@ -170,11 +170,12 @@ def _refused(
 ) -> list[RefusedSignature]:
     """The signatures of the agreement's quarantined changes, each checked on its own."""
     key = ("agreement", agreement_id)
-    rows = service.store.db.execute(
-        "SELECT change_id, reason, raw FROM quarantine"
-        " WHERE record_type = ? AND record_id = ? ORDER BY id",
-        list(key),
-    ).fetchall()
+    with service.store.snapshot() as db:
+        rows = db.execute(
+            "SELECT change_id, reason, raw FROM quarantine"
+            " WHERE record_type = ? AND record_id = ? ORDER BY id",
+            list(key),
+        ).fetchall()
     found = []
     for change_id, refused_for, sealed in rows:
         plain = service.store.open_value("quarantine", key, change_id, sealed) if sealed else None

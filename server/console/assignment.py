@@ -203,20 +203,22 @@ async def assign_api(request: Request, case_id: FromPath[str]) -> Assignment:
 
 def deadline_list(service: SyncService, user_id: str) -> DeadlineList:
     """Every category's deadline, and the categories of cases in view that have none."""
-    db = service.store.db
-    deadlines = [
-        Deadline(category=category, days=days)
-        for category, days in db.execute("SELECT category, days FROM deadlines ORDER BY category")
-    ]
-    without = [
-        category
-        for (category,) in db.execute(
-            f"SELECT DISTINCT ci.category{FROM} WHERE d.category IS NULL"
-            " AND coalesce(ci.category, '') != '' ORDER BY 1",
-            {"user": user_id},
-        )
-    ]
-    return DeadlineList(deadlines=deadlines, without_deadline=without)
+    with service.store.snapshot() as db:
+        deadlines = [
+            Deadline(category=category, days=days)
+            for category, days in db.execute(
+                "SELECT category, days FROM deadlines ORDER BY category"
+            )
+        ]
+        without = [
+            category
+            for (category,) in db.execute(
+                f"SELECT DISTINCT ci.category{FROM} WHERE d.category IS NULL"
+                " AND coalesce(ci.category, '') != '' ORDER BY 1",
+                {"user": user_id},
+            )
+        ]
+        return DeadlineList(deadlines=deadlines, without_deadline=without)
 
 
 def set_deadline(
@@ -319,19 +321,21 @@ async def deadline_api(request: Request) -> DeadlineList:
 def overdue_list(service: SyncService, user_id: str, offset: int = 0) -> OverdueList:
     """The open cases in view past their due date, most overdue first, a page at a time."""
     params = {"user": user_id, **dated(service)}
-    db = service.store.db
-    (total,) = db.execute(f"SELECT count(*){FROM} WHERE {OVERDUE}", params).fetchone()
-    rows = db.execute(
-        f"SELECT {ROW_COLUMNS}, CAST(julianday(:today) - julianday({DUE}) AS INTEGER)"
-        f"{FROM} WHERE {OVERDUE} ORDER BY {DUE}, ci.received_ms, ci.case_id"
-        " LIMIT :limit OFFSET :offset",
-        {**params, "limit": PAGE, "offset": offset},
-    ).fetchall()
-    cases = [
-        OverdueRow(case=row, days_overdue=found[-1])
-        for row, found in zip(case_rows(service, rows), rows, strict=True)
-    ]
-    return OverdueList(cases=cases, total=total, offset=offset, limit=PAGE, today=params["today"])
+    with service.store.snapshot() as db:
+        (total,) = db.execute(f"SELECT count(*){FROM} WHERE {OVERDUE}", params).fetchone()
+        rows = db.execute(
+            f"SELECT {ROW_COLUMNS}, CAST(julianday(:today) - julianday({DUE}) AS INTEGER)"
+            f"{FROM} WHERE {OVERDUE} ORDER BY {DUE}, ci.received_ms, ci.case_id"
+            " LIMIT :limit OFFSET :offset",
+            {**params, "limit": PAGE, "offset": offset},
+        ).fetchall()
+        cases = [
+            OverdueRow(case=row, days_overdue=found[-1])
+            for row, found in zip(case_rows(service, rows), rows, strict=True)
+        ]
+        return OverdueList(
+            cases=cases, total=total, offset=offset, limit=PAGE, today=params["today"]
+        )
 
 
 @get("/console/overdue", sync_to_thread=True, include_in_schema=False)

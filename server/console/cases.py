@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from typing import Any
 
 import msgspec
@@ -78,18 +79,18 @@ def case_list(
     given = {k: v for k, v in filters.items() if k in FILTERS and v}
     params = {**given, "user": user_id, **dated(service)}
     where = " AND ".join(["1", *(FILTERS[k] for k in given)])
-    db = service.store.db
-    (total,) = db.execute(f"SELECT count(*){FROM} WHERE {where}", params).fetchone()
     others = " AND ".join(["1", *(FILTERS[k] for k in given if k != "status")])
-    by_status = dict(
-        db.execute(f"SELECT ci.status, count(*){FROM} WHERE {others} GROUP BY 1", params)
-    )
-    rows = db.execute(
-        f"SELECT {ROW_COLUMNS}{FROM} WHERE {where}"
-        " ORDER BY ci.received_ms DESC, ci.case_id LIMIT :limit OFFSET :offset",
-        {**params, "limit": PAGE, "offset": offset},
-    ).fetchall()
-    found = case_rows(service, rows)
+    with service.store.snapshot() as db:
+        (total,) = db.execute(f"SELECT count(*){FROM} WHERE {where}", params).fetchone()
+        by_status = dict(
+            db.execute(f"SELECT ci.status, count(*){FROM} WHERE {others} GROUP BY 1", params)
+        )
+        rows = db.execute(
+            f"SELECT {ROW_COLUMNS}{FROM} WHERE {where}"
+            " ORDER BY ci.received_ms DESC, ci.case_id LIMIT :limit OFFSET :offset",
+            {**params, "limit": PAGE, "offset": offset},
+        ).fetchall()
+        found = case_rows(service, rows)
     return CaseList(
         cases=found,
         total=total,
@@ -128,15 +129,23 @@ def case_rows(service: SyncService, rows: list[tuple[Any, ...]]) -> list[CaseRow
 
 
 def visible(service: SyncService, user_id: str, record_type: str, record_id: str) -> bool:
-    row = service.store.db.execute(
-        "SELECT 1 FROM access WHERE user_id = ? AND record_type = ? AND record_id = ?",
-        [user_id, record_type, record_id],
-    ).fetchone()
+    with service.store.snapshot() as db:
+        row = db.execute(
+            "SELECT 1 FROM access WHERE user_id = ? AND record_type = ? AND record_id = ?",
+            [user_id, record_type, record_id],
+        ).fetchone()
     return row is not None
 
 
 def case_page(service: SyncService, user_id: str, case_id: str) -> CasePage:
     """One case as the office holds it; `UnknownRecord` if it is not in the user's view."""
+    with service.store.snapshot() as db:  # every part of the page from one moment
+        return _case_page(service, db, user_id, case_id)
+
+
+def _case_page(
+    service: SyncService, db: sqlite3.Connection, user_id: str, case_id: str
+) -> CasePage:
     key = ("case", case_id)
     state = service.store.states([key]).get(key)
     if state is None or not visible(service, user_id, *key):
@@ -144,7 +153,6 @@ def case_page(service: SyncService, user_id: str, case_id: str) -> CasePage:
     case = materialize(state)
     assert isinstance(case, Case)
     parties = service.store.states(("party", p) for p in case.parties)
-    db = service.store.db
     due, overdue = db.execute(
         f"SELECT {DUE}, {OVERDUE} FROM case_index ci LEFT JOIN deadlines d"
         " ON d.category = ci.category WHERE ci.case_id = :case",
@@ -175,11 +183,12 @@ def case_page(service: SyncService, user_id: str, case_id: str) -> CasePage:
 
 def open_conflicts(service: SyncService, key: tuple[str, str]) -> list[Conflict]:
     """The record's unsettled conflicts, opened."""
-    rows = service.store.db.execute(
-        "SELECT field, conflict FROM conflicts WHERE record_type = ? AND record_id = ?"
-        " AND settled_seq IS NULL ORDER BY id",
-        list(key),
-    ).fetchall()
+    with service.store.snapshot() as db:
+        rows = db.execute(
+            "SELECT field, conflict FROM conflicts WHERE record_type = ? AND record_id = ?"
+            " AND settled_seq IS NULL ORDER BY id",
+            list(key),
+        ).fetchall()
     found = []
     for field, sealed in rows:
         plain = service.store.open_value("conflicts", key, field, sealed)
@@ -190,15 +199,16 @@ def open_conflicts(service: SyncService, key: tuple[str, str]) -> list[Conflict]
 
 def timeline(service: SyncService, key: tuple[str, str]) -> list[TimelineEntry]:
     """Every logged change of the record, oldest first, each with its batch signature checked."""
-    db = service.store.db
-    rows = db.execute(
-        "SELECT c.seq, c.change_id, c.device_id, c.hlc, c.status, c.batch_id, c.raw,"
-        " b.manifest, b.signature, d.signing_key, d.user_id FROM changes c"
-        " LEFT JOIN batches b ON b.device_id = c.device_id AND b.batch_id = c.batch_id"
-        " LEFT JOIN devices d ON d.device_id = c.device_id"
-        " WHERE c.record_type = ? AND c.record_id = ? AND c.status != 'erased' ORDER BY c.seq",
-        list(key),
-    ).fetchall()
+    with service.store.snapshot() as db:
+        rows = db.execute(
+            "SELECT c.seq, c.change_id, c.device_id, c.hlc, c.status, c.batch_id, c.raw,"
+            " b.manifest, b.signature, d.signing_key, d.user_id FROM changes c"
+            " LEFT JOIN batches b ON b.device_id = c.device_id AND b.batch_id = c.batch_id"
+            " LEFT JOIN devices d ON d.device_id = c.device_id"
+            " WHERE c.record_type = ? AND c.record_id = ? AND c.status != 'erased'"
+            " ORDER BY c.seq",
+            list(key),
+        ).fetchall()
     raws = service.store.open_changes([(*key, row[1], row[6]) for row in rows])
     names: dict[str, str | None] = {}
     zone = service.settings.zone

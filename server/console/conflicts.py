@@ -126,12 +126,14 @@ def link_of(service: SyncService, user_id: str, key: RecordKey) -> str | None:
     record_type, record_id = key
     if record_type in PAGES:
         return f"/console/{PAGES[record_type]}/{record_id}"
-    row = service.store.db.execute(
-        "SELECT l.case_id FROM links l JOIN access a ON a.user_id = ? AND a.record_type = 'case'"
-        " AND a.record_id = l.case_id WHERE l.record_type = ? AND l.record_id = ?"
-        " ORDER BY l.case_id LIMIT 1",
-        [user_id, record_type, record_id],
-    ).fetchone()
+    with service.store.snapshot() as db:
+        row = db.execute(
+            "SELECT l.case_id FROM links l JOIN access a ON a.user_id = ?"
+            " AND a.record_type = 'case' AND a.record_id = l.case_id"
+            " WHERE l.record_type = ? AND l.record_id = ?"
+            " ORDER BY l.case_id LIMIT 1",
+            [user_id, record_type, record_id],
+        ).fetchone()
     return f"/console/cases/{row[0]}" if row else None
 
 
@@ -143,28 +145,28 @@ _FROM = (
 
 def conflict_list(service: SyncService, user_id: str, offset: int = 0) -> ConflictList:
     """The open conflicts of the records `user_id` may see, oldest first, a page at a time."""
-    db = service.store.db
-    (total,) = db.execute(f"SELECT count(*){_FROM}", [user_id]).fetchone()
-    rows = db.execute(
-        "SELECT c.record_type, c.record_id, c.field, c.conflict, c.opened_seq, c.updated_seq"
-        f"{_FROM} ORDER BY c.opened_seq, c.id LIMIT ? OFFSET ?",
-        [user_id, PAGE, offset],
-    ).fetchall()
-    states = service.store.states((t, i) for t, i, *_ in rows)
-    authors = Authors(service)
-    zone = service.settings.zone
-    views = []
-    for record_type, record_id, field, sealed, opened, version in rows:
-        key = (record_type, record_id)
-        plain = service.store.open_value("conflicts", key, field, sealed)
-        state = states.get(key)
-        if plain is None or state is None:  # erased since the count
-            continue
-        title = title_of(materialize(state))
-        link = link_of(service, user_id, key)
-        conflict = _decode_conflict(plain)
-        views.append(_view(conflict, title, link, version, opened, authors, zone))
-    return ConflictList(conflicts=views, total=total, offset=offset, limit=PAGE)
+    with service.store.snapshot() as db:
+        (total,) = db.execute(f"SELECT count(*){_FROM}", [user_id]).fetchone()
+        rows = db.execute(
+            "SELECT c.record_type, c.record_id, c.field, c.conflict, c.opened_seq, c.updated_seq"
+            f"{_FROM} ORDER BY c.opened_seq, c.id LIMIT ? OFFSET ?",
+            [user_id, PAGE, offset],
+        ).fetchall()
+        states = service.store.states((t, i) for t, i, *_ in rows)
+        authors = Authors(service)
+        zone = service.settings.zone
+        views = []
+        for record_type, record_id, field, sealed, opened, version in rows:
+            key = (record_type, record_id)
+            plain = service.store.open_value("conflicts", key, field, sealed)
+            state = states.get(key)
+            if plain is None or state is None:  # erased since the count
+                continue
+            title = title_of(materialize(state))
+            link = link_of(service, user_id, key)
+            conflict = _decode_conflict(plain)
+            views.append(_view(conflict, title, link, version, opened, authors, zone))
+        return ConflictList(conflicts=views, total=total, offset=offset, limit=PAGE)
 
 
 def _view(

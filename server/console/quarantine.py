@@ -112,20 +112,22 @@ def _held(
     Only the changes to records that do not exist are opened here, to read
     where they would have been.
     """
-    rows = service.store.db.execute(
-        "SELECT q.change_id, q.record_type, q.record_id, q.device_id, q.reason, q.detail, q.raw,"
-        " q.batch_id, b.received_at_ms, q.acknowledged_ms, q.acknowledged_by,"
-        " r.record_id IS NOT NULL FROM quarantine q"
-        " LEFT JOIN records r ON r.record_type = q.record_type AND r.record_id = q.record_id"
-        " LEFT JOIN access a ON a.user_id = :user AND a.record_type = q.record_type"
-        " AND a.record_id = q.record_id"
-        " LEFT JOIN batches b ON b.device_id = q.device_id AND b.batch_id = q.batch_id"
-        " WHERE (:all OR q.acknowledged_ms IS NULL) AND (:change IS NULL OR q.change_id = :change)"
-        # Erasure empties the bytes (and the record's access): nothing left to show.
-        " AND (a.user_id IS NOT NULL OR r.record_id IS NULL) AND length(q.raw) > 0"
-        " ORDER BY q.id DESC",
-        {"user": user.user_id, "all": include_acknowledged, "change": change_id},
-    ).fetchall()
+    with service.store.snapshot() as db:
+        rows = db.execute(
+            "SELECT q.change_id, q.record_type, q.record_id, q.device_id, q.reason, q.detail,"
+            " q.raw, q.batch_id, b.received_at_ms, q.acknowledged_ms, q.acknowledged_by,"
+            " r.record_id IS NOT NULL FROM quarantine q"
+            " LEFT JOIN records r ON r.record_type = q.record_type AND r.record_id = q.record_id"
+            " LEFT JOIN access a ON a.user_id = :user AND a.record_type = q.record_type"
+            " AND a.record_id = q.record_id"
+            " LEFT JOIN batches b ON b.device_id = q.device_id AND b.batch_id = q.batch_id"
+            " WHERE (:all OR q.acknowledged_ms IS NULL)"
+            " AND (:change IS NULL OR q.change_id = :change)"
+            # Erasure empties the bytes (and the record's access): nothing left to show.
+            " AND (a.user_id IS NOT NULL OR r.record_id IS NULL) AND length(q.raw) > 0"
+            " ORDER BY q.id DESC",
+            {"user": user.user_id, "all": include_acknowledged, "change": change_id},
+        ).fetchall()
     authors = Authors(service)
     held = []
     for found, record_type, record_id, device_id, reason, detail, sealed, *rest in rows:
@@ -259,11 +261,13 @@ def _outcome(service: SyncService, user: User, change_id: str) -> Reapplied | No
         return Reapplied(
             change_id=change_id, status="rejected", reason=found[0].reason, detail=found[0].detail
         )
-    row = service.store.db.execute(
-        "SELECT c.seq, c.status FROM changes c JOIN access a ON a.user_id = ?"
-        " AND a.record_type = c.record_type AND a.record_id = c.record_id WHERE c.change_id = ?",
-        [user.user_id, change_id],
-    ).fetchone()
+    with service.store.snapshot() as db:
+        row = db.execute(
+            "SELECT c.seq, c.status FROM changes c JOIN access a ON a.user_id = ?"
+            " AND a.record_type = c.record_type AND a.record_id = c.record_id"
+            " WHERE c.change_id = ?",
+            [user.user_id, change_id],
+        ).fetchone()
     return Reapplied(change_id=change_id, status=row[1], seq=row[0]) if row else None
 
 
@@ -348,9 +352,10 @@ def reapply(service: SyncService, user: User, change_id: str, reason: str) -> Re
 def _batch_of(service: SyncService, device_id: str, raw: bytes) -> str | None:
     """The signed batch whose manifest names `raw` (for rows quarantined before 0008)."""
     digest = signing.digest(raw)
-    rows = service.store.db.execute(
-        "SELECT batch_id, manifest FROM batches WHERE device_id = ?", [device_id]
-    )
+    with service.store.snapshot() as db:
+        rows = db.execute(
+            "SELECT batch_id, manifest FROM batches WHERE device_id = ?", [device_id]
+        ).fetchall()
     for batch_id, manifest in rows:
         if digest in (signing.signed_digests(manifest, device_id, batch_id) or []):
             return str(batch_id)

@@ -90,10 +90,11 @@ def enable_totp(directory: Directory, user: User, issuer: str = "Lianxin") -> st
 def admins_without_second_factor(directory: Directory) -> list[str]:
     """Admins with a password but no second factor: they cannot sign in while the office
     requires one (`Settings.admin_second_factor`)."""
-    rows = directory.db.execute(
-        "SELECT user_id FROM users WHERE role = 'admin' AND password_hash IS NOT NULL"
-        " AND totp_secret IS NULL ORDER BY user_id"
-    )
+    with directory.store.snapshot() as db:
+        rows = db.execute(
+            "SELECT user_id FROM users WHERE role = 'admin' AND password_hash IS NOT NULL"
+            " AND totp_secret IS NULL ORDER BY user_id"
+        ).fetchall()
     return [user_id for (user_id,) in rows]
 
 
@@ -102,9 +103,8 @@ def totp_code(secret: bytes, now_s: int) -> str:
 
 
 def _totp_secret(directory: Directory, user_id: str) -> bytes | None:
-    row = directory.db.execute(
-        "SELECT totp_secret FROM users WHERE user_id = ?", [user_id]
-    ).fetchone()
+    with directory.store.snapshot() as db:
+        row = db.execute("SELECT totp_secret FROM users WHERE user_id = ?", [user_id]).fetchone()
     if row is None or row[0] is None:
         return None
     return directory.store.open_value("users", ("user", user_id), "totp", row[0])
@@ -133,9 +133,8 @@ def sign_in(
     named = _failure_key(index_key, user_id)
     who = [named, f"client:{client}"]
     _check_rate(directory, settings, who, now_ms)
-    row = directory.db.execute(
-        "SELECT password_hash FROM users WHERE user_id = ?", [user_id]
-    ).fetchone()
+    with directory.store.snapshot() as db:
+        row = db.execute("SELECT password_hash FROM users WHERE user_id = ?", [user_id]).fetchone()
     user = directory.user(user_id)
     stored = row[0] if row and row[0] else None
     try:
@@ -149,41 +148,42 @@ def sign_in(
         secret = _totp_secret(directory, user_id)
         if secret is not None:
             step = _totp_step(secret, code, now_ms // 1000)
-            ok = step is not None and step > _last_step(directory, user_id)
+            ok = step is not None
         elif user.role == "admin" and settings.admin_second_factor:
             # Answered like any failure, so the answer does not confirm the password; the
             # audit log tells the office why (ASVS 4.3.1: admins need a second factor).
             ok, refusal = False, "sign_in_refused_no_second_factor"
-    if not ok or user is None:
+    if ok and user is not None:
+        token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         with directory.store.transaction():
-            # Failures older than the window count for nothing: they are not kept either.
-            since = now_ms - settings.login_window_s * 1000
-            directory.db.execute("DELETE FROM login_failures WHERE at_ms <= ?", [since])
-            directory.db.conn.executemany(
-                "INSERT INTO login_failures (who, at_ms) VALUES (?, ?)", [(w, now_ms) for w in who]
-            )
-            subject = f"user/{user_id}" if user is not None else "user/unknown"
-            audit.append(directory.db, now_ms, f"client:{client}", refusal, subject)
-        raise BadCredentials(_("wrong user, password or code"))
-    token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+            # A code opens one session: seen once, it is spent. Spent here, under the
+            # writer gate, so that two sign-ins racing with one code cannot both pass.
+            ok = step is None or _spend_step(directory, user_id, step)
+            if ok:
+                if stored and _hasher.check_needs_rehash(stored):
+                    directory.db.execute(
+                        "UPDATE users SET password_hash = ? WHERE user_id = ?",
+                        [_hasher.hash(password), user_id],
+                    )
+                directory.db.execute("DELETE FROM login_failures WHERE who = ?", [named])
+                directory.db.execute(
+                    "INSERT INTO sessions (token_hash, user_id, csrf, created_ms, seen_ms)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [_digest(token), user_id, csrf, now_ms, now_ms],
+                )
+                audit.append(directory.db, now_ms, f"user:{user_id}", "sign_in", f"user/{user_id}")
+        if ok:
+            return Session(user, csrf, _digest(token)), token
     with directory.store.transaction():
-        if stored and _hasher.check_needs_rehash(stored):
-            directory.db.execute(
-                "UPDATE users SET password_hash = ? WHERE user_id = ?",
-                [_hasher.hash(password), user_id],
-            )
-        directory.db.execute("DELETE FROM login_failures WHERE who = ?", [named])
-        if step is not None:  # a code opens one session: seen once, it is spent
-            directory.db.execute(
-                "UPDATE users SET totp_last_step = ? WHERE user_id = ?", [step, user_id]
-            )
-        directory.db.execute(
-            "INSERT INTO sessions (token_hash, user_id, csrf, created_ms, seen_ms)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [_digest(token), user_id, csrf, now_ms, now_ms],
+        # Failures older than the window count for nothing: they are not kept either.
+        since = now_ms - settings.login_window_s * 1000
+        directory.db.execute("DELETE FROM login_failures WHERE at_ms <= ?", [since])
+        directory.db.conn.executemany(
+            "INSERT INTO login_failures (who, at_ms) VALUES (?, ?)", [(w, now_ms) for w in who]
         )
-        audit.append(directory.db, now_ms, f"user:{user_id}", "sign_in", f"user/{user_id}")
-    return Session(user, csrf, _digest(token)), token
+        subject = f"user/{user_id}" if user is not None else "user/unknown"
+        audit.append(directory.db, now_ms, f"client:{client}", refusal, subject)
+    raise BadCredentials(_("wrong user, password or code"))
 
 
 def _failure_key(index_key: bytes, user_id: str) -> str:
@@ -203,19 +203,23 @@ def _totp_step(secret: bytes, code: str, now_s: int) -> int | None:
     return None
 
 
-def _last_step(directory: Directory, user_id: str) -> int:
-    row = directory.db.execute(
-        "SELECT totp_last_step FROM users WHERE user_id = ?", [user_id]
-    ).fetchone()
-    return -1 if row is None or row[0] is None else int(row[0])
+def _spend_step(directory: Directory, user_id: str, step: int) -> bool:
+    """Mark the code of time step `step` used; False if it or a later one already was."""
+    spent = directory.db.execute(
+        "UPDATE users SET totp_last_step = ? WHERE user_id = ?"
+        " AND coalesce(totp_last_step, -1) < ?",
+        [step, user_id, step],
+    )
+    return spent.rowcount == 1
 
 
 def _check_rate(directory: Directory, settings: Settings, who: list[str], now_ms: int) -> None:
     since = now_ms - settings.login_window_s * 1000
     for name in who:
-        (failures,) = directory.db.execute(
-            "SELECT count(*) FROM login_failures WHERE who = ? AND at_ms > ?", [name, since]
-        ).fetchone()
+        with directory.store.snapshot() as db:
+            (failures,) = db.execute(
+                "SELECT count(*) FROM login_failures WHERE who = ? AND at_ms > ?", [name, since]
+            ).fetchone()
         if failures >= settings.login_max_failures:
             raise RateLimited(_("too many failed sign-ins; try again later"))
 
@@ -230,10 +234,11 @@ def session(
     """
     if not token:
         raise NotSignedIn(_("sign in first"))
-    row = directory.db.execute(
-        "SELECT user_id, csrf, created_ms, seen_ms FROM sessions WHERE token_hash = ?",
-        [_digest(token)],
-    ).fetchone()
+    with directory.store.snapshot() as db:
+        row = db.execute(
+            "SELECT user_id, csrf, created_ms, seen_ms FROM sessions WHERE token_hash = ?",
+            [_digest(token)],
+        ).fetchone()
     if row is None:
         raise NotSignedIn(_("sign in first"))
     user_id, csrf, created_ms, seen_ms = row

@@ -151,29 +151,29 @@ def group(rows: list[WarningRow], days: int = GROUP_DAYS) -> list[WarningGroup]:
 
 def warning_list(service: SyncService, user_id: str, offset: int = 0) -> WarningList:
     """The warnings `user_id` may see: the new ones grouped, then a page of handled ones."""
-    db = service.store.db
     params: dict[str, Any] = {"user": user_id}
     new_where = f" WHERE wi.status IN {NEW}"
     handled_where = f" WHERE wi.status IN {HANDLED}"
     order = " ORDER BY wi.received_ms DESC, wi.warning_id LIMIT :limit OFFSET :offset"
-    (new_total,) = db.execute(f"SELECT count(*){FROM}{new_where}", params).fetchone()
-    (handled_total,) = db.execute(f"SELECT count(*){FROM}{handled_where}", params).fetchone()
-    new = db.execute(
-        f"{COLUMNS}{FROM}{new_where}{order}", {**params, "limit": NEW_LIMIT, "offset": 0}
-    ).fetchall()
-    handled = db.execute(
-        f"{COLUMNS}{FROM}{handled_where}{order}", {**params, "limit": PAGE, "offset": offset}
-    ).fetchall()
-    return WarningList(
-        groups=group(_rows(service, new)),
-        new_total=new_total,
-        new_limit=NEW_LIMIT,
-        handled=_rows(service, handled),
-        handled_total=handled_total,
-        offset=offset,
-        limit=PAGE,
-        group_days=GROUP_DAYS,
-    )
+    with service.store.snapshot() as db:
+        (new_total,) = db.execute(f"SELECT count(*){FROM}{new_where}", params).fetchone()
+        (handled_total,) = db.execute(f"SELECT count(*){FROM}{handled_where}", params).fetchone()
+        new = db.execute(
+            f"{COLUMNS}{FROM}{new_where}{order}", {**params, "limit": NEW_LIMIT, "offset": 0}
+        ).fetchall()
+        handled = db.execute(
+            f"{COLUMNS}{FROM}{handled_where}{order}", {**params, "limit": PAGE, "offset": offset}
+        ).fetchall()
+        return WarningList(
+            groups=group(_rows(service, new)),
+            new_total=new_total,
+            new_limit=NEW_LIMIT,
+            handled=_rows(service, handled),
+            handled_total=handled_total,
+            offset=offset,
+            limit=PAGE,
+            group_days=GROUP_DAYS,
+        )
 
 
 def _visible_warning(service: SyncService, user_id: str, warning_id: str) -> EarlyWarning:
@@ -196,9 +196,10 @@ def suggested_title(warning: EarlyWarning) -> str:
 def warning_page(service: SyncService, user_id: str, warning_id: str) -> WarningPage:
     """One warning, the new warnings grouped with it, and whom a case of it may go to."""
     warning = _visible_warning(service, user_id, warning_id)
-    (received_ms,) = service.store.db.execute(
-        "SELECT received_ms FROM warning_index WHERE warning_id = ?", [warning_id]
-    ).fetchone() or (service.wall_ms(),)
+    with service.store.snapshot() as db:
+        (received_ms,) = db.execute(
+            "SELECT received_ms FROM warning_index WHERE warning_id = ?", [warning_id]
+        ).fetchone() or (service.wall_ms(),)
     state = service.store.states([("warning", warning_id)])[("warning", warning_id)]
     row = _row(warning_id, state, received_ms, service.settings.zone)
     mates: list[WarningRow] = []

@@ -142,13 +142,10 @@ async def json_body(request: Request, kind: type[T], *, empty: bytes = b"") -> T
 
 def language_of(current: Session | None, request: Request) -> str:
     if current is not None:
-        row = (
-            service_of(request)
-            .store.db.execute(
+        with service_of(request).store.snapshot() as db:
+            row = db.execute(
                 "SELECT language FROM users WHERE user_id = ?", [current.user.user_id]
-            )
-            .fetchone()
-        )
+            ).fetchone()
         if row and row[0] in LANGUAGES:
             return str(row[0])
     return DEFAULT_LANGUAGE

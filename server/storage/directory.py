@@ -40,7 +40,11 @@ def _code_hash(code: str) -> str:
 
 
 class Directory:
-    """Who is who, kept in the store's database; every statement goes through its writer gate."""
+    """Who is who, kept in the store's database.
+
+    Every write goes through the store's writer gate; reads see what is committed
+    (`SqliteStore.snapshot`), or, inside the gate, what the writer wrote so far.
+    """
 
     def __init__(self, store: SqliteStore) -> None:
         self.store = store
@@ -115,28 +119,31 @@ class Directory:
         return User(user_id, opened.decode() if opened else "", role, json.loads(org_units))
 
     def user(self, user_id: str) -> User | None:
-        row = self.db.execute(
-            "SELECT user_id, name, role, org_units FROM users WHERE user_id = ?", [user_id]
-        ).fetchone()
+        with self.store.snapshot() as db:
+            row = db.execute(
+                "SELECT user_id, name, role, org_units FROM users WHERE user_id = ?", [user_id]
+            ).fetchone()
         return self._user(*row) if row else None
 
     def names(self, user_ids: Iterable[str]) -> dict[str, str]:
         """The display name of each of these users that exists, by user id."""
         ids = sorted(set(user_ids))
-        rows = self.db.execute(
-            f"SELECT user_id, name, role, org_units FROM users"
-            f" WHERE user_id IN ({','.join('?' * len(ids))})",
-            ids,
-        ).fetchall()
+        with self.store.snapshot() as db:
+            rows = db.execute(
+                f"SELECT user_id, name, role, org_units FROM users"
+                f" WHERE user_id IN ({','.join('?' * len(ids))})",
+                ids,
+            ).fetchall()
         return {row[0]: self._user(*row).name for row in rows}
 
     def users(self, role: Role | None = None) -> list[User]:
         """Every user (of `role`), in the order they were added."""
-        rows = self.db.execute(
-            "SELECT user_id, name, role, org_units FROM users"
-            " WHERE ? IS NULL OR role = ? ORDER BY created_at_ms, user_id",
-            [role, role],
-        ).fetchall()
+        with self.store.snapshot() as db:
+            rows = db.execute(
+                "SELECT user_id, name, role, org_units FROM users"
+                " WHERE ? IS NULL OR role = ? ORDER BY created_at_ms, user_id",
+                [role, role],
+            ).fetchall()
         return [self._user(*row) for row in rows]
 
     def issue_code(self, user_id: str, now_ms: int, ttl_ms: int) -> str:
@@ -191,12 +198,13 @@ class Directory:
         return device
 
     def device(self, device_id: str) -> Device | None:
-        row = self.db.execute(
-            "SELECT d.device_id, d.label, d.signing_key, d.kem_key, d.revoked_at_ms,"
-            " u.user_id, u.name, d.role, u.org_units"
-            " FROM devices d JOIN users u USING (user_id) WHERE d.device_id = ?",
-            [device_id],
-        ).fetchone()
+        with self.store.snapshot() as db:
+            row = db.execute(
+                "SELECT d.device_id, d.label, d.signing_key, d.kem_key, d.revoked_at_ms,"
+                " u.user_id, u.name, d.role, u.org_units"
+                " FROM devices d JOIN users u USING (user_id) WHERE d.device_id = ?",
+                [device_id],
+            ).fetchone()
         if row is None:
             return None
         user = self._user(row[5], row[6], row[7], row[8])

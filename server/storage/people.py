@@ -96,17 +96,18 @@ class Repeat(NamedTuple):
 
 def repeats(store: SqliteStore, case_id: str) -> list[Repeat]:
     """Other cases whose parties match a party of `case_id` in the index."""
-    rows = store.db.execute(
-        "SELECT other_link.case_id, other.record_id, other.kind FROM links mine"
-        " JOIN people_index me ON me.record_type = 'party' AND me.record_id = mine.record_id"
-        " JOIN people_index other ON other.kind = me.kind AND other.digest = me.digest"
-        " AND other.record_id != me.record_id"
-        " JOIN links other_link ON other_link.record_type = 'party'"
-        " AND other_link.record_id = other.record_id AND other_link.case_id != mine.case_id"
-        " WHERE mine.case_id = ? AND mine.record_type = 'party'"
-        " ORDER BY other_link.case_id, other.record_id, other.kind",
-        [case_id],
-    ).fetchall()
+    with store.snapshot() as db:
+        rows = db.execute(
+            "SELECT other_link.case_id, other.record_id, other.kind FROM links mine"
+            " JOIN people_index me ON me.record_type = 'party' AND me.record_id = mine.record_id"
+            " JOIN people_index other ON other.kind = me.kind AND other.digest = me.digest"
+            " AND other.record_id != me.record_id"
+            " JOIN links other_link ON other_link.record_type = 'party'"
+            " AND other_link.record_id = other.record_id AND other_link.case_id != mine.case_id"
+            " WHERE mine.case_id = ? AND mine.record_type = 'party'"
+            " ORDER BY other_link.case_id, other.record_id, other.kind",
+            [case_id],
+        ).fetchall()
     return list(_grouped(rows))
 
 

@@ -109,7 +109,16 @@ class SqliteStore:
 
     @contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
-        """This thread's read connection, inside one read transaction: a consistent view."""
+        """A consistent view of what is committed, for reading.
+
+        Off the writer's thread this is the thread's own read connection inside one
+        read transaction, so a reader never sees a batch that may still roll back,
+        nor waits for it; nested use joins the outer view. Inside `transaction()`, it
+        is the writer's connection, which sees what the transaction wrote so far.
+        """
+        if self._writer == threading.get_ident():
+            yield self.db.conn
+            return
         conn: sqlite3.Connection | None = getattr(self._reader, "conn", None)
         if conn is None:
             # Closed by `close()` from whichever thread owns the store.
@@ -118,6 +127,9 @@ class SqliteStore:
             self._reader.conn = conn
             with self._readers_lock:  # not the writer's lock: readers never wait for it
                 self._readers.append(conn)
+        if conn.in_transaction:
+            yield conn
+            return
         conn.execute("BEGIN")
         try:
             yield conn
@@ -200,11 +212,8 @@ class SqliteStore:
         hits = {key: c for key, c in hits.items() if key not in erased}
         found = {key: c.state for key, c in hits.items()}
         missing = [key for key in wanted if key not in hits]
-        if writing:
-            loaded = self._load(self.db.conn, missing)
-        else:  # not on the writer's connection: it may be inside an open transaction
-            with self.snapshot() as conn:
-                loaded = self._load(conn, missing)
+        with self.snapshot() as conn:
+            loaded = self._load(conn, missing)
         # Only the writer caches what it read: its transaction can write what it pushes out.
         # What it found in the cache goes in first, so that loading the rest cannot push out
         # (and write the checkpoint of) a state the batch is about to write itself.
@@ -521,7 +530,10 @@ def open_store(settings: Settings, keys: OfficeKeys) -> SqliteStore:
 def _private(path: Path) -> None:
     """Make `path` (a SQLite file) readable by its owner alone, creating it if new; SQLite
     gives its -wal and -shm files the same mode. A file of another account is left as is."""
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    # Never open a file that exists: closing any descriptor of a SQLite file drops every
+    # lock this process holds on it, and another process may then delete a live WAL.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
     for file in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
         if file.exists() and file.stat().st_uid == os.getuid():
             file.chmod(0o600)

@@ -1,6 +1,8 @@
 """`lianxin demo`: a fresh store with the DESIGN scenarios, and idempotent when run again."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -112,6 +114,27 @@ def test_a_folder_the_operator_made_keeps_the_mode_they_gave_it(tmp_path):
     assert main(["--data", str(data), "init", "--admin", "Wang"]) == 0
     assert data.stat().st_mode & 0o777 == 0o750
     assert Settings(data_dir=data).store_path.stat().st_mode & 0o777 == 0o600
+
+
+def test_opening_the_store_again_keeps_the_locks_of_the_open_one(tmp_path):
+    # The demo serves a store it opened while it has another open. Closing any descriptor
+    # of a SQLite file drops every lock the process holds on it: another process (a
+    # `lianxin user add` beside the server) then took itself for the last user of the
+    # file and deleted the live WAL, and the server's next read was a "disk I/O error".
+    data = tmp_path / "office"
+    assert main(["--data", str(data), "init", "--admin", "Wang"]) == 0
+    serving = opened(data)
+    with serving.transaction():
+        serving.db.execute("INSERT INTO org_units (path, parent) VALUES ('Ningbo', NULL)")
+    again = opened(data)
+    store_path = Settings(data_dir=data).store_path
+    beside = [sys.executable, "-m", "server.cli", "--data", str(data), "user", "add", "Zhao"]
+    subprocess.run([*beside, "--role", "mediator", "--org-unit", "Ningbo"], check=True)
+    assert store_path.with_name(store_path.name + "-wal").exists()
+    with serving.snapshot() as conn:
+        assert conn.execute("SELECT count(*) FROM org_units WHERE path = 'Ningbo'").fetchone()
+    again.close()
+    serving.close()
 
 
 @pytest.mark.parametrize("hours", ["inf", "nan", "0", "-1", "1e9", "soon"])

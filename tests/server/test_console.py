@@ -1,6 +1,7 @@
 """The console through the real app: sign-in, the case list and a case page."""
 
 import re
+import threading
 
 import msgspec
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from schemas import Add, Delete, Restore
 from server import audit
 from server.console import signin, stats
+from server.settings import Settings
 from tests.server.conftest import running_office
 from tests.server.test_app import GONGSHU, XIHU
 
@@ -161,6 +163,64 @@ def test_a_second_factor_is_required_once_enabled(console):
         sign_in(console, chen, code=signin.totp_code(secret, console.wall.ms // 1000)).status_code
         == 303
     )
+
+
+def test_one_code_typed_in_two_racing_sign_ins_opens_one_session(console, monkeypatch):
+    chen = supervisor(console)
+    signin.enable_totp(console.directory, chen)
+    secret = signin._totp_secret(console.directory, chen.user_id)
+    code = signin.totp_code(secret, console.wall.ms // 1000)
+    checked = threading.Semaphore(0)
+    real_step = signin._totp_step
+
+    def step_then_tell(*args):
+        found = real_step(*args)
+        checked.release()
+        return found
+
+    monkeypatch.setattr(signin, "_totp_step", step_then_tell)
+    answers = []
+
+    def attempt(client):
+        try:
+            signin.sign_in(
+                console.directory, Settings(), chen.user_id, PASSWORD, code, client,
+                console.wall.ms, b"k" * 32,
+            )  # fmt: skip
+            answers.append("signed in")
+        except signin.BadCredentials:
+            answers.append("refused")
+
+    # Both have checked the code before either may write: the writer gate is held.
+    with console.store.transaction():
+        threads = [threading.Thread(target=attempt, args=(c,)) for c in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        assert checked.acquire(timeout=10) and checked.acquire(timeout=10)
+    for thread in threads:
+        thread.join(timeout=10)
+    assert sorted(answers) == ["refused", "signed in"]
+    (sessions,) = console.store.db.execute(
+        "SELECT count(*) FROM sessions WHERE user_id = ?", [chen.user_id]
+    ).fetchone()
+    assert sessions == 1
+
+
+def test_the_console_never_shows_a_batch_still_being_written(console):
+    sun = console.enroll("mediator")
+    sun.push([sun.change("case", "k-1", {"title": "Drains overflow", "location": GONGSHU})])
+    chen = supervisor(console)
+    assert sign_in(console, chen).status_code == 303
+    service = console.http.app.state.service
+    # A batch in flight, which may yet roll back: the pages read what is committed.
+    with console.store.transaction():
+        pending = sun.change("case", "k-2", {"title": "Being written", "location": GONGSHU})
+        assert [r.status for r in service.act(chen, [pending])] == ["applied"]
+        listed = console.http.get("/api/cases").json()
+        assert [c["case_id"] for c in listed["cases"]] == ["k-1"] and listed["total"] == 1
+        assert console.http.get("/api/cases/k-2").status_code == 404
+    listed = console.http.get("/api/cases").json()
+    assert sorted(c["case_id"] for c in listed["cases"]) == ["k-1", "k-2"]
 
 
 def test_an_admin_signs_in_only_with_a_second_factor_by_default(tmp_path):

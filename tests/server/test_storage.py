@@ -115,3 +115,22 @@ def test_readers_see_committed_state_without_waiting_for_the_writer(store, serve
     assert seen == [1]
     read()
     assert seen == [1, 2]
+
+
+def test_inside_the_writers_transaction_a_snapshot_sees_what_it_wrote(store, server_clock):
+    apply_batch(store, [change(1)], server_clock)
+
+    def count(conn):
+        return conn.execute("SELECT count(*) FROM changes").fetchone()[0]
+
+    with store.transaction():
+        apply_batch(store, [change(2, "k-2")], server_clock)
+        with store.snapshot() as conn:
+            assert count(conn) == 2  # the batch reads back what it wrote
+    with store.snapshot() as outer:
+        assert count(outer) == 2  # the view begins at its first read
+        apply_batch(store, [change(3, "k-3")], server_clock)
+        with store.snapshot() as inner:  # joins the outer view
+            assert count(inner) == 2
+    with store.snapshot() as conn:
+        assert count(conn) == 3
