@@ -16,6 +16,7 @@ from collections.abc import Callable
 import msgspec
 
 from schemas.changes import Change, ChangeResult, Reason
+from schemas.records import RECORD_TYPES
 from schemas.state import RecordState
 from schemas.wire import (
     Enrollment,
@@ -224,6 +225,8 @@ class SyncService:
         mediators = mediators_among(self.store, (m for c in changes for m in mediators_added(c)))
 
         def authorize(change: Change) -> str | None:
+            if change.record_type not in RECORD_TYPES:
+                return None  # no record to permit: merging answers `unknown_record_type`
             if change.record_type not in WRITABLE_BY[user.role]:
                 return f"a {user.role} may not write {change.record_type} records"
             if "informant" in change.set and change.set["informant"] != own_pseudonym:

@@ -301,6 +301,9 @@ def test_push_v2_vectors():
     assert body["info_hex"] == info.hex()
     sealed_body = msgspec.msgpack.decode(bytes.fromhex(body["body_hex"]), type=CompactEnvelope)
     assert SUITES[1].decrypt(sealed_body.sealed, recipient, info=info) == plaintext
+    seed = bytes.fromhex(body["ephemeral_key_seed"])
+    recipient_public = recipient.public_key().public_bytes_raw()
+    assert seal_with_ephemeral(seed, recipient_public, info, plaintext) == sealed_body.sealed
 
     answer = fields("push-v2-answer")
     device = X25519PrivateKey.from_private_bytes(bytes.fromhex(answer["device_kem_seed"]))

@@ -119,6 +119,14 @@ def test_an_informant_never_receives_a_case_even_when_its_warning_is_linked(dist
     assert record_types == {"warning"}
 
 
+@pytest.mark.parametrize("role", ROLES)
+def test_a_record_type_no_office_knows_is_answered_as_such_for_every_role(office, role):
+    phone = office.enroll(role)
+    (result,) = phone.pushed([phone.change("boat", "b-1", {"title": "x"})])["results"]
+    assert (result["status"], result["reason"]) == ("rejected", "unknown_record_type")
+    assert quarantined(office, result["change_id"]) == "unknown_record_type"
+
+
 @pytest.mark.parametrize("version", [1, 2])
 def test_linking_a_record_out_of_sight_is_refused(district, version):
     outsider = district["outsider"]  # a Xihu mediator who never saw Gongshu's records
