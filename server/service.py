@@ -37,7 +37,7 @@ from server.pseudonyms import pseudonym
 from server.ratelimit import Allowance
 from server.settings import Settings
 from server.storage import repeats
-from server.storage.access import mediators_among, presence, update_access
+from server.storage.access import mediators_among, presence, recompute_due, update_access
 from server.storage.directory import Device, Directory, User
 from server.storage.index import index_records, reindexed
 from server.storage.people import index_parties
@@ -96,6 +96,7 @@ class SyncService:
         # Stamps rise strictly across restarts too: the office's next change to a record
         # must rank after its last one, which a phone's fast clock may have set hours ahead.
         clock.receive(store.last_stamp())
+        recompute_due(store, wall_ms())
         self.clock = clock
         self.wall_ms = wall_ms
 

@@ -4,7 +4,10 @@ import msgspec
 import pytest
 
 from schemas import Add, Location
+from server import audit
+from server.service import SyncService
 from server.storage.access import update_access
+from server.storage.migrations import migrate
 from sync.access import org_unit
 from sync.changes import decode_change
 from sync.clock import Clock
@@ -244,3 +247,42 @@ def test_a_location_cannot_spell_another_districts_path(office):
     assert pulled_records(xihu) == set()
     # Refused as sent, not as stored: a state holding such a location still reads.
     assert org_unit(Location(**slash)) == "Hangzhou/Xihu/Lingyin/Fayun"
+
+
+def test_an_upgraded_office_takes_back_what_a_non_mediator_named_in_mediators_read(office):
+    # Before only mediators could be named in `mediators`, naming an informant there let
+    # the informant read the case and its party. The rule alone left that access in
+    # place until the case changed again; the upgrade works such cases' readers out anew.
+    informant = office.enroll("informant", name="informant")
+    mediator = office.enroll("mediator", name="med")
+    informant_id = informant.enrollment.user_id
+    mediator.push(a_case_naming(mediator, mediator.enrollment.user_id))
+    service = office.http.app.state.service
+    supervisor = office.directory.add_user("sup", "supervisor", ["Hangzhou"], office.wall.ms)
+    naming = mediator.change("case", "k-1", ops=[Add(field="mediators", value=informant_id)])
+    assert [r.status for r in service.act(supervisor, [naming])] == ["applied"]
+    with office.store.transaction():  # what the older office granted for that name
+        office.store.db.conn.executemany(
+            "INSERT INTO access (user_id, record_type, record_id, since_seq) VALUES (?, ?, ?, 1)",
+            [(informant_id, "case", "k-1"), (informant_id, "party", "p-1")],
+        )
+    _, cursor = informant.pull_all()
+    assert records_held(informant) == {("case", "k-1"), ("party", "p-1")}
+
+    office.store.db.execute("DELETE FROM migrations WHERE name = '0014_readers_due'")
+    office.store.db.execute("DROP TABLE readers_due")
+    assert migrate(office.store.db) == ["0014_readers_due"]
+    SyncService(service.settings, office.store, office.keys, service.clock, office.wall)
+
+    assert records_held(informant) == set()
+    assert records_held(mediator) == {("case", "k-1"), ("party", "p-1")}
+    mediator.push([mediator.change("case", "k-1", {"priority": "high"})], batch_id="b-2")
+    page = informant.pulled(cursor)
+    evicted = {(i["record_type"], i["record_id"]) for i in page["items"] if i["type"] == "evict"}
+    assert evicted == {("case", "k-1"), ("party", "p-1")}
+    recomputed = [
+        e.detail for e in audit.entries(office.store.db) if e.action == "readers_recomputed"
+    ]
+    assert recomputed == [{"records": 1}]
+    # Worked out once: the next start finds nothing due.
+    assert office.store.db.execute("SELECT count(*) FROM readers_due").fetchone() == (0,)
