@@ -36,8 +36,8 @@ from server.ops import Metrics
 from server.pseudonyms import pseudonym
 from server.ratelimit import Allowance
 from server.settings import Settings
-from server.storage import repeats
-from server.storage.access import mediators_among, presence, recompute_due, update_access
+from server.storage import due, repeats
+from server.storage.access import mediators_among, presence, update_access
 from server.storage.directory import Device, Directory, User
 from server.storage.index import index_records, reindexed
 from server.storage.people import index_parties
@@ -96,7 +96,8 @@ class SyncService:
         # Stamps rise strictly across restarts too: the office's next change to a record
         # must rank after its last one, which a phone's fast clock may have set hours ahead.
         clock.receive(store.last_stamp())
-        recompute_due(store, wall_ms())
+        # What a migration left for the engine to redo (a changed rule of who sees what).
+        due.catch_up(store, keys.index_key, wall_ms())
         self.clock = clock
         self.wall_ms = wall_ms
 

@@ -19,7 +19,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 
 from schemas.state import RecordState
-from server import audit
 from server.storage.sqlite import SqliteStore
 from sync.access import LINK_FIELDS, Scope, readers, scope, within
 from sync.store import RecordKey
@@ -164,22 +163,6 @@ def update_access(
         " VALUES (?, ?, ?, ?, 'access_removed')",
         lost,
     )
-
-
-def recompute_due(store: SqliteStore, now_ms: int) -> int:
-    """Work out again the readers of the records a migration listed in `readers_due`, and
-    of what they link, then empty the list (audited); returns how many were listed."""
-    with store.transaction():
-        due = store.db.execute("SELECT record_type, record_id FROM readers_due").fetchall()
-        if due:
-            # After every cursor: phones drop what they no longer see with the office's
-            # next logged change, and nothing of it reaches them meanwhile.
-            update_access(store, dict.fromkeys(map(tuple, due), store.last_seq() + 1), None)
-            store.db.execute("DELETE FROM readers_due")
-            audit.append(
-                store.db, now_ms, "office", "readers_recomputed", "access", {"records": len(due)}
-            )
-    return len(due)
 
 
 def mediators_among(store: SqliteStore, user_ids: Iterable[str]) -> set[str]:

@@ -328,22 +328,32 @@ def _totp_replay(db: sqlite_utils.Database) -> None:
     db["users"].add_column("totp_last_step", int)
 
 
-def _readers_due(db: sqlite_utils.Database) -> None:
-    """Records whose readers the next start works out again (`access.recompute_due`): a
-    rule of who sees what changed, and only the engine can apply it, with the states.
+def _due(db: sqlite_utils.Database) -> None:
+    """Work for the next start (`server.storage.due`): what a changed rule asks of records
+    already stored, which only the engine can redo, with their states and the keys.
 
-    Listed now: the cases naming a user who is not a mediator in `mediators`. Offices
-    used to let such a user read the case and what it links; they no longer count as
-    assigned, but the access they had stayed until the case changed again.
+    Listed now, as `readers`: the cases naming a user who is not a mediator in
+    `mediators`. Offices used to let such a user read the case and what it links;
+    they no longer count as assigned, but the access they had stayed until the case
+    changed again.
     """
     db.execute(
-        "CREATE TABLE readers_due (record_type TEXT NOT NULL, record_id TEXT NOT NULL,"
-        " PRIMARY KEY (record_type, record_id))"
+        "CREATE TABLE due (work TEXT NOT NULL, record_type TEXT NOT NULL,"
+        " record_id TEXT NOT NULL, PRIMARY KEY (work, record_type, record_id))"
     )
     db.execute(
-        "INSERT OR IGNORE INTO readers_due (record_type, record_id)"
-        " SELECT 'case', ci.case_id FROM case_index ci, json_each(ci.mediators) m"
+        "INSERT OR IGNORE INTO due (work, record_type, record_id)"
+        " SELECT 'readers', 'case', ci.case_id FROM case_index ci, json_each(ci.mediators) m"
         " LEFT JOIN users u ON u.user_id = m.value WHERE u.role IS NOT 'mediator'"
+    )
+
+
+def _phone_digests(db: sqlite_utils.Database) -> None:
+    """A landline written with its trunk 0, or with a country code and no 0, is one number
+    now (`people.normal_phone`): every party with a phone digest is indexed again."""
+    db.execute(
+        "INSERT OR IGNORE INTO due (work, record_type, record_id)"
+        " SELECT DISTINCT 'people', record_type, record_id FROM people_index WHERE kind = 'phone'"
     )
 
 
@@ -360,7 +370,8 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0011_repeat_flag", _repeat_flag),
     ("0012_audit_checkpoints", _audit_checkpoints),
     ("0013_totp_replay", _totp_replay),
-    ("0014_readers_due", _readers_due),
+    ("0014_due", _due),
+    ("0015_phone_digests", _phone_digests),
 ]
 
 

@@ -28,12 +28,18 @@ from sync.store import RecordKey
 
 
 def normal_phone(text: str) -> str | None:
-    """Digits only, without China's country code; None if too short to mean anything."""
+    """The national number, digits only: without China's country code (`+86`, `0086`) or
+    a landline's trunk 0, so `0571 8765 4321` and `+86 571 8765 4321` are one number;
+    None if too short to mean anything."""
     digits = re.sub(r"\D", "", text)
     if digits.startswith("0086"):
         digits = digits[4:]
-    elif digits.startswith("86") and len(digits) == 13:
+    elif digits.startswith("86") and 11 <= len(digits) <= 14:
+        # 86 and a national number of 9 to 11 digits, perhaps with its trunk 0 kept. A
+        # number dialled at home that long starts with 1 (a mobile) or 0, never with 86.
         digits = digits[2:]
+    if digits.startswith("0") and 10 <= len(digits) <= 12:
+        digits = digits[1:]  # 0, an area code of 2 or 3 digits, a number of 7 or 8
     return digits if len(digits) >= 7 else None
 
 

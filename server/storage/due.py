@@ -1,0 +1,42 @@
+"""Work a migration leaves for the next start (table `due`): what a changed rule asks of
+records already stored, which only the engine can redo, with their states and the keys.
+
+- `readers`: who may see the record, and what a case links, is worked out again
+  (`access.update_access`); users who lost it get evictions.
+- `people`: a party's blind-index digests are made again (`people.index_parties`),
+  and the repeat flags of the cases holding it follow.
+
+Done in one transaction, audited, and the list emptied: each item is done once.
+"""
+
+from __future__ import annotations
+
+from server import audit
+from server.storage import repeats
+from server.storage.access import update_access
+from server.storage.people import index_parties
+from server.storage.sqlite import SqliteStore
+
+
+def catch_up(store: SqliteStore, index_key: bytes, now_ms: int) -> dict[str, int]:
+    """Do the work listed in `due`; returns how many records of each kind it did."""
+    with store.transaction():
+        db = store.db
+        due = db.execute("SELECT work, record_type, record_id FROM due").fetchall()
+        if not due:
+            return {}
+        keys = {work: [(t, i) for w, t, i in due if w == work] for work in {w for w, _, _ in due}}
+        if "readers" in keys:
+            # After every cursor: phones drop what they no longer see with the office's
+            # next logged change, and nothing of it reaches them meanwhile.
+            update_access(store, dict.fromkeys(keys["readers"], store.last_seq() + 1), None)
+        if "people" in keys:
+            parties = {("party", i) for t, i in keys["people"] if t == "party"}
+            cases = {case for case, _, _ in repeats.holders(db, parties)}
+            watched = repeats.Watched(cases, repeats.holdings(db, cases))
+            index_parties(store, index_key, store.states(keys["people"]))
+            repeats.update(db, watched)
+        done = {work: len(found) for work, found in sorted(keys.items())}
+        db.execute("DELETE FROM due")
+        audit.append(db, now_ms, "office", "catch_up", "due", done)
+    return done
