@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.changes import Append, Change, Reason
+from schemas.changes import Append, Change, Delete, Reason
 from schemas.policy import Sealed
 from schemas.records import Agreement, Receipt, Signature
 from schemas.state import RecordState
@@ -59,6 +59,25 @@ def _check_withdrawal(
     return None
 
 
+def _check_supersedes(store: SqliteStore, agreement: Agreement) -> tuple[Reason, str] | None:
+    """New terms replace an executed agreement only with the consent of all who signed it:
+    the new version requires every signer the old one required."""
+    if not agreement.supersedes:
+        return None
+    key = ("agreement", agreement.supersedes)
+    state = store.states([key]).get(key)
+    old = materialize(state) if state else None
+    if not isinstance(old, Agreement) or old.status != "executed":
+        return None
+    missing = sorted(set(old.required_signers) - set(agreement.required_signers))
+    if missing:
+        return Reason.NOT_PERMITTED, (
+            f"a new version of executed agreement {agreement.supersedes} needs all its"
+            f" signers: {', '.join(missing)} missing"
+        )
+    return None
+
+
 def signature_vet(directory: Directory) -> Vet:
     """A `vet` for `apply_batch` that refuses agreement signatures that do not verify."""
 
@@ -68,14 +87,20 @@ def signature_vet(directory: Directory) -> Vet:
         if "receipt" in change.set or change.set.get("status") in OFFICE_ONLY:
             return Reason.NOT_PERMITTED, "only the office executes, supersedes and countersigns"
         withdrawals = [op.entry for op in change.ops if _appends(op, "withdrawals")]
+        signatures = [op.entry for op in change.ops if _appends(op, "signatures")]
         specs = field_specs("agreement")
         sealed = [name for name in change.set if isinstance(specs[name].policy, Sealed)]
-        voids = change.set.get("status") == "void"
-        # Only voids, withdrawals and content edits depend on the status before: read it
-        # for those alone.
-        was_final = (voids or withdrawals or sealed) and _is_final(before)
-        if voids and was_final:
-            return Reason.NOT_PERMITTED, "an executed agreement cannot be voided"
+        ends = change.set.get("status") == "void" or any(
+            isinstance(op, Delete) for op in change.ops
+        )
+        # Only these depend on the status before: read it for them alone.
+        was_final = (ends or withdrawals or signatures or sealed) and _is_final(before)
+        if ends and was_final:
+            return Reason.NOT_PERMITTED, "an executed agreement cannot be voided or deleted"
+        # The receipt seals the signatures it counted: a repeat signed earlier offline
+        # would take the place of the one counted, and the receipt would no longer verify.
+        if signatures and was_final:
+            return Reason.AGREEMENT_SEALED, "signatures: the agreement was executed"
         # A sealed field is sealed by the signatures its device had seen; one written
         # offline beside the signatures that executed the agreement would change what
         # its receipt vouches for. Once executed, the content is final.
@@ -89,7 +114,11 @@ def signature_vet(directory: Directory) -> Vet:
             refused = _check_withdrawal(directory, change, agreement, entry)
             if refused:
                 return refused
-        for entry in (op.entry for op in change.ops if _appends(op, "signatures")):
+        if signatures or "supersedes" in change.set or "required_signers" in change.set:
+            refused = _check_supersedes(directory.store, agreement)
+            if refused:
+                return refused
+        for entry in signatures:
             signature = msgspec.convert(entry, Signature)
             device = directory.device(signature.device_id or "")
             usable = device is not None and device.revoked_at_ms is None

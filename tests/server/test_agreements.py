@@ -5,13 +5,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar.testing import TestClient
 
-from schemas import Add, Agreement, Append, Signature
+from schemas import Add, Agreement, Append, Delete, Signature
 from server.app import create_app
 from server.settings import Settings
 from server.storage.directory import Directory
 from sync import agreements
 from sync.clock import Clock, pack
-from sync.merge import materialize
+from sync.merge import is_deleted, materialize
 from tests.conftest import Wall, make_store, office_keys
 from tests.server.conftest import Office, running_office
 from tests.server.test_app import GONGSHU, decode
@@ -331,6 +331,48 @@ def test_an_edit_made_beside_the_signatures_cannot_change_an_executed_agreement(
     assert stored_agreement(office) == executed
     office_key = (office.keys.office_id, office.keys.signing_public)
     assert agreements.receipt_problems("a-1", executed, *office_key) == []
+
+
+def test_a_signature_captured_earlier_but_arriving_after_execution_is_refused(office):
+    # Li captured p-1's handwriting offline before Sun's phone collected every signature;
+    # Li's older stamp would have put that signature in the place of the counted one.
+    sun, li = open_agreement(office, mediators=2)
+    captured = li.change(
+        "agreement", "a-1", ops=[Append(field="signatures", entry=attested(li, "p-1"))]
+    )
+    sign(sun, *(attested(sun, s) for s in SIGNERS), batch_id="s-1")
+    executed = stored_agreement(office)
+    (result,) = decode(li.push([captured], batch_id="late-1"))["results"]
+    assert (result["status"], result["reason"]) == ("rejected", "agreement_sealed")
+    assert stored_agreement(office) == executed
+    office_key = (office.keys.office_id, office.keys.signing_public)
+    assert agreements.receipt_problems("a-1", executed, *office_key) == []
+
+
+def test_an_executed_agreement_cannot_be_deleted(office):
+    sun, li = open_agreement(office, mediators=2)
+    sign(sun, *(attested(sun, s) for s in SIGNERS), batch_id="s-1")
+    executed = office.store.states([("agreement", "a-1")])[("agreement", "a-1")]
+    delete = li.change("agreement", "a-1", ops=[Delete()], seen=executed.vv)
+    (result,) = decode(li.push([delete], batch_id="d-1"))["results"]
+    assert (result["status"], result["reason"]) == ("rejected", "not_permitted")
+    assert not is_deleted(office.store.states([("agreement", "a-1")])[("agreement", "a-1")])
+
+
+def test_new_terms_replace_an_executed_agreement_only_with_all_its_signers(office):
+    sun, li = open_agreement(office, mediators=2)
+    sign(sun, *(attested(sun, s) for s in SIGNERS), batch_id="s-1")
+    # Li alone, as the one signer of "new terms", would undo what three parties signed.
+    alone = {**TERMS, "terms": "Nothing is owed.", "required_signers": ["p-1"], "supersedes": "a-1"}
+    (result,) = decode(li.push([li.change("agreement", "a-2", alone)], batch_id="n-1"))["results"]
+    assert (result["status"], result["reason"]) == ("rejected", "not_permitted")
+    assert "p-2, p-3 missing" in result["detail"]
+    everyone = {**alone, "required_signers": [*SIGNERS, "p-4"]}
+    (result,) = decode(li.push([li.change("agreement", "a-2", everyone)], batch_id="n-2"))[
+        "results"
+    ]
+    assert result["status"] == "applied"
+    assert stored_agreement(office).status == "executed"
 
 
 def test_the_office_stamps_its_changes_after_its_last_one_when_restarted(tmp_path):
