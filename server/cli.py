@@ -181,26 +181,32 @@ def export_agreement(settings: Settings, agreement_id: str, out: Path) -> int:
         file.write(export_bundle(bundle))
     signatures, status = len(bundle.agreement.signatures), bundle.agreement.status
     print(f"Wrote {out} ({signatures} signatures, status {status})")
+    # Whoever checks the file needs the key from the office, not from the file.
+    print(f"Verify it with --office-key {bundle.office_key.hex()}")
     return 0
 
 
-def verify_agreement(path: Path) -> int:
-    """Check an exported bundle offline; say exactly what is wrong, if anything."""
+def verify_agreement(path: Path, office_key: str) -> int:
+    """Check an exported bundle offline against the office's published signing key; say
+    exactly what is wrong, if anything."""
     try:
         data = path.read_bytes()
+        key = bytes.fromhex(office_key)
     except OSError as error:
         print(f"lianxin: cannot read {path}: {error}")
         return 1
-    problems = verify_file(data)
+    except ValueError:
+        print("lianxin: --office-key takes the office's signing key as 64 hex digits")
+        return 1
+    problems = verify_file(data, key)
     for problem in problems:
         print(f"FAIL {problem}")
     if problems:
         return 1
     bundle = msgspec.json.decode(data, type=Bundle)
-    key = bundle.office_key.hex()
     print(
         f"OK {bundle.agreement_id}: {len(bundle.agreement.signatures)} signatures verified,"
-        f" executed and countersigned by {bundle.office_id} (office key {key[:16]}…)"
+        f" executed and countersigned by {bundle.office_id} (office key {office_key[:16]}…)"
     )
     return 0
 
@@ -511,6 +517,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     export_parser.add_argument("--out", type=Path, required=True)
     verify_parser = agreement_parser.add_parser("verify", help="check a bundle, offline")
     verify_parser.add_argument("file", type=Path)
+    verify_parser.add_argument(
+        "--office-key",
+        required=True,
+        help="the office's public signing key (64 hex digits), as the office publishes it",
+    )
 
     case_parser = commands.add_parser("case", help="erase, find repeats").add_subparsers(
         dest="action", required=True
@@ -615,7 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         case "agreement", "export":
             return export_agreement(settings, args.agreement_id, args.out)
         case "agreement", "verify":
-            return verify_agreement(args.file)
+            return verify_agreement(args.file, args.office_key)
         case "case", "erase":
             return erase_case(settings, args.case_id, args.reason)
         case "case", "repeats":

@@ -14,6 +14,7 @@ them can be replayed as another (PROTOCOL.md section 13).
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -183,13 +184,21 @@ def export_bundle(bundle: Bundle) -> bytes:
     return msgspec.json.format(msgspec.json.encode(bundle))
 
 
-def verify_file(data: bytes) -> list[str]:
-    """Every problem of an exported bundle file, down to a changed byte."""
+def verify_file(data: bytes, office_key: bytes) -> list[str]:
+    """Every problem of an exported bundle file, down to a changed byte.
+
+    `office_key` is the office's public signing key as the office publishes it, not
+    as the bundle names it: whoever forges a bundle can name a key of their own.
+    """
     try:
         bundle = msgspec.json.decode(data, type=Bundle)
     except (msgspec.DecodeError, UnicodeDecodeError) as error:
         return [f"not an agreement bundle: {error}"]
     problems = verify_bundle(bundle)
+    if not hmac.compare_digest(bundle.office_key, office_key):
+        problems.insert(
+            0, f"countersigned by office key {bundle.office_key.hex()}, not the one given"
+        )
     if export_bundle(bundle) != data:
         # Same meaning, other bytes (a non-canonical base64 digit, say): still a change.
         problems.append("the file differs from its canonical form: changed after export")

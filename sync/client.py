@@ -298,6 +298,21 @@ class DeviceClient:
         state = self._view((record_type, record_id))
         return merge.conflicts(state) if state is not None else []
 
+    def receipt_problems(self, agreement_id: str) -> list[str]:
+        """Why the office receipt of the agreement, as the office sent it, does not vouch
+        for it (checked with the office key enrolment gave); empty when it does.
+
+        Show an agreement as executed only when this is empty.
+        """
+        office = self._enrolled().office
+        state = self._store.state(("agreement", agreement_id))
+        agreement = merge.materialize(state) if state is not None else None
+        if not isinstance(agreement, Agreement):
+            return [f"this device holds no agreement {agreement_id}"]
+        return agreements.receipt_problems(
+            agreement_id, agreement, office.office_id, office.signing_key
+        )
+
     def outbox(self) -> list[OutboxEntry]:
         """Every change this device made, oldest first, with its state and the server's answer."""
         return self._store.outbox()
@@ -481,7 +496,7 @@ class DeviceClient:
             for item, change in zip(page.items, changes, strict=True):
                 if isinstance(item, Eviction):
                     key = (item.record_type, item.record_id)
-                    self._store.evict(key)
+                    self._store.evict(key, erased=item.reason == "erased")
                     states[key] = None
                     written.discard(key)
                     # Its history comes again if the record comes back into view.

@@ -19,7 +19,8 @@ An outbox change moves `pending` → `sent` (assigned to a batch, answer not yet
 known) → `applied` | `conflict` | `duplicate` | `rejected`. While its
 `overlay` flag is set it is replayed on top of the server layer in local
 reads; the flag drops when the server rejects it, when a pull brings it back
-(it is then in the server layer), or when its record is evicted.
+(it is then in the server layer), or when its record is evicted (which also
+drops the record's answered changes: `evict`).
 
 Every multi-step update runs inside `transaction()`, so a process killed at
 any point leaves the file as it was before or after the step, never between.
@@ -307,17 +308,25 @@ class ReplicaStore:
             "UPDATE outbox SET overlay = 0 WHERE change_id = ?", [(c.change_id,) for c in changes]
         )
 
-    def evict(self, key: RecordKey) -> None:
+    def evict(self, key: RecordKey, erased: bool = False) -> None:
         """Forget a record that left this device's view.
 
         Its applied change ids go too: if the record comes back into view, the
         server sends its whole history again, and every change must then apply.
-        Own changes to it stop overlaying, whatever their state, or they would
-        show a copy of the record built from them alone; unanswered ones stay
-        queued (the server will answer them, most likely `not_permitted`).
+        Own changes to it go once answered (the office holds them, or quarantined
+        them). Unanswered ones stop overlaying, or they would show a copy of the
+        record built from them alone, and stay queued: the office will answer them,
+        most likely `not_permitted`, and keep them for a person to judge. An erased
+        record's go too, answered or not (the office would keep none of their
+        content), but for those already in a batch that awaits its answer.
         """
         self._db.execute("DELETE FROM records WHERE record_type = ? AND record_id = ?", key)
         self._db.execute("DELETE FROM applied WHERE record_type = ? AND record_id = ?", key)
+        kept = "('sent')" if erased else "('pending', 'sent')"
+        self._db.execute(
+            f"DELETE FROM outbox WHERE record_type = ? AND record_id = ? AND state NOT IN {kept}",
+            key,
+        )
         self._db.execute(
             "UPDATE outbox SET overlay = 0 WHERE record_type = ? AND record_id = ?", key
         )

@@ -20,21 +20,25 @@ from server.storage.sqlite import SqliteStore
 
 def catch_up(store: SqliteStore, index_key: bytes, now_ms: int) -> dict[str, int]:
     """Do the work listed in `due`; returns how many records of each kind it did."""
+    with store.snapshot() as conn:  # most starts have nothing to do: no write lock for them
+        if conn.execute("SELECT 1 FROM due LIMIT 1").fetchone() is None:
+            return {}
     with store.transaction():
         db = store.db
         due = db.execute("SELECT work, record_type, record_id FROM due").fetchall()
-        if not due:
-            return {}
         keys = {work: [(t, i) for w, t, i in due if w == work] for work in {w for w, _, _ in due}}
+        # A record erased since it was listed has no state, and nothing left to redo.
+        held = store.states(key for found in keys.values() for key in found)
         if "readers" in keys:
             # After every cursor: phones drop what they no longer see with the office's
             # next logged change, and nothing of it reaches them meanwhile.
-            update_access(store, dict.fromkeys(keys["readers"], store.last_seq() + 1), None)
+            readers = [key for key in keys["readers"] if key in held]
+            update_access(store, dict.fromkeys(readers, store.last_seq() + 1), None)
         if "people" in keys:
             parties = {("party", i) for t, i in keys["people"] if t == "party"}
             cases = {case for case, _, _ in repeats.holders(db, parties)}
             watched = repeats.Watched(cases, repeats.holdings(db, cases))
-            index_parties(store, index_key, store.states(keys["people"]))
+            index_parties(store, index_key, {k: held[k] for k in keys["people"] if k in held})
             repeats.update(db, watched)
         done = {work: len(found) for work, found in sorted(keys.items())}
         db.execute("DELETE FROM due")

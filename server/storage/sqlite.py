@@ -92,7 +92,8 @@ class SqliteStore:
         self._lock = threading.RLock()
         self._depth = 0
         self._reader = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        # Each thread's read connection, with its thread: worker threads come and go.
+        self._readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._readers_lock = threading.Lock()
         self._cache = StateCache(cached_states, packed_states)
         self._writer: int | None = None  # the thread inside `transaction()`
@@ -102,7 +103,7 @@ class SqliteStore:
         # On a full or failing disk this may not write: the change log holds every newer state.
         with contextlib.suppress(sqlite3.Error):
             self.flush()
-        for reader in self._readers:
+        for _, reader in self._readers:
             reader.close()
         self.db.conn.close()
         self.vault.close()
@@ -126,7 +127,13 @@ class SqliteStore:
             conn.execute("PRAGMA query_only = ON")
             self._reader.conn = conn
             with self._readers_lock:  # not the writer's lock: readers never wait for it
-                self._readers.append(conn)
+                # Those of threads that ended are closed here, or idle worker pools would
+                # leave a connection (two descriptors) behind for every thread they retired.
+                for thread, ended in self._readers:
+                    if not thread.is_alive():
+                        ended.close()
+                self._readers = [(t, c) for t, c in self._readers if t.is_alive()]
+                self._readers.append((threading.current_thread(), conn))
         if conn.in_transaction:
             yield conn
             return
@@ -532,8 +539,9 @@ def _private(path: Path) -> None:
     gives its -wal and -shm files the same mode. A file of another account is left as is."""
     # Never open a file that exists: closing any descriptor of a SQLite file drops every
     # lock this process holds on it, and another process may then delete a live WAL.
+    # Resolved: a link to a file not yet made is followed, and the file made 0600 too.
     with contextlib.suppress(FileExistsError):
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        os.close(os.open(path.resolve(), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
     for file in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
         if file.exists() and file.stat().st_uid == os.getuid():
             file.chmod(0o600)

@@ -128,15 +128,19 @@ def test_scenario_2_one_agreement_with_67_signatures_from_two_offline_phones(ser
 
     # Exactly one execution in the office's log, and the bundle verifies offline.
     out = tmp_path / "a-grease-1.json"
-    lianxin(server.data, "agreement", "export", "a-grease-1", "--out", str(out))
-    assert lianxin(server.data, "agreement", "verify", str(out)).startswith("OK a-grease-1: 67")
+    exported = lianxin(server.data, "agreement", "export", "a-grease-1", "--out", str(out))
+    pinned = sun.identity.office.signing_key.hex()  # the key the office published
+    assert f"--office-key {pinned}" in exported
+    verified = lianxin(server.data, "agreement", "verify", str(out), "--office-key", pinned)
+    assert verified.startswith("OK a-grease-1: 67")
     bundle = msgspec.json.decode(out.read_bytes())
     assert bundle["agreement"]["receipt"]["office_id"] == sun.identity.office.office_id
     # One changed letter in the terms, and verification says exactly that.
     tampered = tmp_path / "tampered.json"
     tampered.write_bytes(out.read_bytes().replace(b"grease trap", b"grease tray"))
+    pinning = ["--office-key", pinned]
     verdict = subprocess.run(
-        [sys.executable, "-m", "server.cli", "agreement", "verify", str(tampered)],
+        [sys.executable, "-m", "server.cli", "agreement", "verify", str(tampered), *pinning],
         capture_output=True,
         text=True,
         timeout=60,

@@ -137,6 +137,24 @@ def test_opening_the_store_again_keeps_the_locks_of_the_open_one(tmp_path):
     serving.close()
 
 
+def test_a_store_linked_to_a_file_not_yet_made_is_made_private(tmp_path):
+    # The operator puts the files on another disk before the first start.
+    data, disk = tmp_path / "office", tmp_path / "disk"
+    data.mkdir()
+    disk.mkdir()
+    settings = Settings(data_dir=data)
+    for path in (settings.store_path, settings.key_store_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.symlink_to(disk / path.name)
+    old = os.umask(0o022)
+    try:
+        assert main(["--data", str(data), "init", "--admin", "Wang"]) == 0
+    finally:
+        os.umask(old)
+    made = {p.name: p.stat().st_mode & 0o777 for p in disk.iterdir()}
+    assert made[settings.store_path.name] == made[settings.key_store_path.name] == 0o600
+
+
 @pytest.mark.parametrize("hours", ["inf", "nan", "0", "-1", "1e9", "soon"])
 def test_an_enrolment_code_lives_a_bounded_time(tmp_path, capsys, hours):
     data = str(tmp_path / "office")

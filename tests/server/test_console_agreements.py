@@ -74,7 +74,7 @@ def test_export_downloads_the_verifiable_bundle_and_is_audited(office, signing):
     chen = supervisor(office)
     sign_in(office, chen)
     early = exported(office)
-    assert "not executed" in " ".join(agreements.verify_file(early))
+    assert "not executed" in " ".join(agreements.verify_file(early, office.keys.signing_public))
 
     sign(signing, attested(signing, "p-3"), batch_id="s-3")
     page = office.http.get("/api/agreements/a-1").json()
@@ -84,7 +84,7 @@ def test_export_downloads_the_verifiable_bundle_and_is_audited(office, signing):
     assert receipt["office_id"] == office.keys.office_id
 
     data = exported(office)
-    assert agreements.verify_file(data) == []
+    assert agreements.verify_file(data, office.keys.signing_public) == []
     # The very bytes `lianxin agreement export` writes: one function makes both.
     bundle = office_agreements.bundle(office.directory, office.keys, "a-1")
     assert data == agreements.export_bundle(bundle)

@@ -47,7 +47,7 @@ def open_store(
 
 def crash(store: SqliteStore) -> None:
     """The process dies: its connections go, and nothing it only had in memory is written."""
-    for reader in store._readers:
+    for _, reader in store._readers:
         reader.close()
     store.db.conn.close()
     store.vault.close()

@@ -1,5 +1,6 @@
 """The SQLite store: migrations, atomic batches, idempotency, one serializer."""
 
+import os
 import sqlite3
 import threading
 
@@ -134,3 +135,22 @@ def test_inside_the_writers_transaction_a_snapshot_sees_what_it_wrote(store, ser
             assert count(inner) == 2
     with store.snapshot() as conn:
         assert count(conn) == 3
+
+
+def test_read_connections_of_threads_that_ended_are_closed(store, server_clock):
+    apply_batch(store, [change(1)], server_clock)
+
+    def read():
+        with store.snapshot() as conn:
+            conn.execute("SELECT count(*) FROM changes").fetchone()
+
+    def open_descriptors():
+        return len(os.listdir("/proc/self/fd"))
+
+    read()
+    before = open_descriptors()
+    for _ in range(30):  # worker pools retire idle threads and start new ones
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join()
+    assert open_descriptors() - before <= 4

@@ -162,10 +162,33 @@ def test_a_bundle_missing_a_signature_or_receipt_says_so():
     assert any("no office receipt" in p for p in problems)
 
 
+OFFICE_KEY = OFFICE.public_key().public_bytes_raw()  # as the office publishes it
+
+
 def test_every_flipped_bit_of_an_exported_bundle_file_is_caught():
     exported = agreements.export_bundle(executed_bundle())
-    assert agreements.verify_file(exported) == []
+    assert agreements.verify_file(exported, OFFICE_KEY) == []
     for position in range(len(exported)):
         tampered = bytearray(exported)
         tampered[position] ^= 0x01
-        assert agreements.verify_file(bytes(tampered)), f"a flip at byte {position} went unnoticed"
+        caught = agreements.verify_file(bytes(tampered), OFFICE_KEY)
+        assert caught, f"a flip at byte {position} went unnoticed"
+
+
+def test_a_bundle_forged_whole_under_a_key_of_its_own_is_refused():
+    # A forger signs the receipt with their own key and names it as the office's.
+    forger = Ed25519PrivateKey.generate()
+    bundle = executed_bundle()
+    receipt = bundle.agreement.receipt
+    assert receipt is not None
+    forged_receipt = msgspec.structs.replace(
+        receipt, signature=forger.sign(agreements.receipt_message("a-1", receipt))
+    )
+    forged = msgspec.structs.replace(
+        bundle,
+        agreement=msgspec.structs.replace(bundle.agreement, receipt=forged_receipt),
+        office_key=forger.public_key().public_bytes_raw(),
+    )
+    assert agreements.verify_bundle(forged) == []  # consistent in itself
+    (problem,) = agreements.verify_file(agreements.export_bundle(forged), OFFICE_KEY)
+    assert problem.startswith("countersigned by office key") and "not the one given" in problem

@@ -33,11 +33,13 @@ from schemas import (
     SignedPush,
 )
 from server.app import create_app
+from server.erasure import erase_case
 from server.keys import OfficeKeys
 from server.settings import Settings
 from server.storage.directory import Directory
 from server.storage.sqlite import SqliteStore
 from sync import merge, signing
+from sync.agreements import receipt_problems
 from sync.client import MAX_BATCH, MAX_BATCH_BYTES, AlreadyEnrolled, DeviceClient, NotEnrolled
 from sync.envelope import (
     PULL_ENVELOPE,
@@ -1090,3 +1092,76 @@ def test_a_batch_stored_by_a_version_1_client_is_still_sent_after_the_upgrade(of
     assert [r.status for r in pushed] == ["applied"]
     assert states(wang) == [("applied", None)]
     assert wang.record("case", "k-1").title == "Drains"
+
+
+def test_an_erased_case_leaves_nothing_of_it_in_the_device_file(office):
+    sun = office.device("sun", "mediator")
+    sun.edit("party", "p-he", {"name": "He Jianguo", "phone": "+86 138 0000 1234"})
+    sun.edit(
+        "case",
+        "k-he",
+        {"title": "Water leak", "location": XIANGMIHU},
+        [Add(field="parties", value="p-he")],
+    )
+    sun.sync()
+    sun.edit("case", "k-he", {"summary": "He Jianguo's ceiling drips"})  # not yet pushed
+    erase_case(office.store, "k-he", "court order", "operator:wang", office.wall())
+
+    assert sun.pull().evicted == 2
+    assert sun.record("case", "k-he") is None and sun.record("party", "p-he") is None
+    # Its own changes go too, pushed or not: the office keeps none of their content.
+    assert sun.outbox() == []
+
+
+def test_a_record_leaving_the_view_takes_its_answered_changes_and_keeps_the_queued_ones(office):
+    chen = office.device("chen", "supervisor")
+    sun = office.device("sun", "mediator")
+    chen.edit("case", "k-1", {"title": "Drains", "location": XIANGMIHU})
+    chen.edit("case", "k-1", ops=[Add(field="mediators", value=sun.identity.user_id)])
+    chen.sync()
+    sun.sync()
+    sun.edit("case", "k-1", {"summary": "Met the households"})
+    sun.sync()
+    queued = sun.edit("case", "k-1", {"priority": "high"})
+    chen.edit("case", "k-1", ops=[Remove(field="mediators", value=sun.identity.user_id)])
+    chen.sync()
+
+    assert sun.pull().evicted == 1
+    # The office holds the answered one; the queued one is sent, and kept for a person.
+    assert [(e.change_id, e.state) for e in sun.outbox()] == [(queued.change_id, "pending")]
+    sun.push()
+    assert states(sun) == [("rejected", "not_permitted")]
+
+
+def test_a_device_checks_the_office_receipt_of_an_executed_agreement(office):
+    chen = office.device("chen", "supervisor")
+    sun = office.device("sun", "mediator")
+    signers = ["p-1", "p-2"]
+    chen.edit(
+        "case",
+        "k-1",
+        {"title": "Grease", "location": XIANGMIHU},
+        [Add(field="agreements", value="a-1")],
+    )
+    chen.edit("case", "k-1", ops=[Add(field="mediators", value=sun.identity.user_id)])
+    chen.edit("agreement", "a-1", {"case": "k-1", "terms": "A trap.", "required_signers": signers})
+    chen.sync()
+    sun.sync()
+    assert sun.receipt_problems("a-1") == ["no office receipt: the agreement was not executed"]
+    for signer in signers:
+        sun.sign_agreement("a-1", signer, handwriting=b"ink")
+    sun.sync()
+    assert sun.record("agreement", "a-1").status == "executed"
+    assert sun.receipt_problems("a-1") == []
+    assert sun.receipt_problems("a-99") == ["this device holds no agreement a-99"]
+    # What the check catches in a copy: other signatures, other terms, another office's key.
+    executed, office_info = sun.record("agreement", "a-1"), sun.identity.office
+    fewer = msgspec.structs.replace(executed, signatures=executed.signatures[:1])
+    reworded = msgspec.structs.replace(executed, terms="No trap.")
+    key = (office_info.office_id, office_info.signing_key)
+    assert receipt_problems("a-1", fewer, *key) == ["the receipt seals another set of signatures"]
+    assert receipt_problems("a-1", reworded, *key) == [
+        "the receipt is for other content than the agreement's"
+    ]
+    stranger = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    assert len(receipt_problems("a-1", executed, office_info.office_id, stranger)) == 1
