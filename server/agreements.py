@@ -151,9 +151,10 @@ def execute_ready(
     The office's changes set only `status` and `receipt`, so they never change
     who may see an agreement.
     """
-    for key, state in written.items():
-        if key[0] != "agreement":
-            continue
+    for key in [key for key in written if key[0] == "agreement"]:
+        # As it is now, not as the batch wrote it: executing an earlier one of the batch
+        # may have superseded or voided it since.
+        state = store.states([key])[key]
         agreement = materialize(state)
         assert isinstance(agreement, Agreement)
         if agreement.status == "draft" and agreement.signatures:
@@ -161,6 +162,18 @@ def execute_ready(
             agreement = materialize(state)
             assert isinstance(agreement, Agreement)
         if agreement.status == "collecting" and agreements.is_complete(key[1], agreement):
+            # The same batch may have executed the agreement this one names: ask again.
+            unconsented = _check_supersedes(store, agreement)
+            if unconsented:
+                audit.append(
+                    store.db,
+                    now_ms,
+                    f"office:{keys.office_id}",
+                    "agreement_not_executed",
+                    f"agreement/{key[1]}",
+                    {"why": unconsented[1]},
+                )
+                continue
             receipt = _receipt(keys, key[1], agreement, store.last_seq() + 1, now_ms)
             receipt_value = msgspec.to_builtins(receipt)
             executed = {"status": "executed", "receipt": receipt_value}

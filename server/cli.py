@@ -501,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     edit_parser.add_argument("fields", nargs="*", help="field=value (value as JSON or text)")
     for option in ("add", "remove", "append"):
         edit_parser.add_argument(f"--{option}", action="append", default=[], metavar="FIELD=VALUE")
-    device_parser.add_parser("sync", parents=[phone_options], help="push, then pull until done")
+    device_parser.add_parser("sync", parents=[phone_options], help="pull, push, pull until done")
     show_parser = device_parser.add_parser(
         "show", parents=[phone_options], help="show a record as this device sees it"
     )

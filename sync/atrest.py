@@ -13,7 +13,10 @@ the reference device's replica (a replica key under the holder's PIN).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+from pathlib import Path
 
 import msgspec
 from cryptography.exceptions import InvalidTag
@@ -42,6 +45,18 @@ class KdfParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     @classmethod
     def new(cls, n: int = 2**15) -> KdfParams:
         return cls(salt=secrets.token_bytes(16), n=n)
+
+
+def create_private(path: Path) -> None:
+    """Make the SQLite file `path`, readable by its owner alone, if it does not exist yet
+    (SQLite gives its -wal and -shm files the same mode).
+
+    Never opens a file that exists: closing any descriptor of a SQLite file drops every
+    lock this process holds on it, and another process may then delete a live WAL. The
+    path is resolved, so a link to a file not yet made is followed.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path.resolve(), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def derive_key(passphrase: str, params: KdfParams) -> bytes:

@@ -86,6 +86,9 @@ MAX_BATCH = 500  # changes per push; the server takes up to 1,000
 # Bytes of changes per push: the server refuses a body over 8 MiB, and a batch it always
 # refuses would jam the outbox, so batches stay at half that and a larger change is refused.
 MAX_BATCH_BYTES = 4 * 1024 * 1024
+# Bytes of one change (PROTOCOL.md section 11): an office may set its body limit as low
+# as allows one such change in a batch, and a change no batch can carry jams the outbox.
+MAX_CHANGE_BYTES = 1024 * 1024
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_batch = msgspec.msgpack.Decoder(list[bytes] | PushRequest).decode
@@ -128,6 +131,7 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
     role: str
     org_units: list[str]
     office: OfficeInfo
+    pseudonym: str = ""  # an informant's: the one value its warnings' `informant` may hold
 
 
 class PullReport(NamedTuple):
@@ -268,6 +272,7 @@ class DeviceClient:
             role=enrollment.role,
             org_units=enrollment.org_units,
             office=enrollment.office,
+            pseudonym=enrollment.pseudonym,
         )
         with self._store.transaction():
             self._store.set_sealed_meta(IDENTITY, _encode(identity))
@@ -348,9 +353,10 @@ class DeviceClient:
                 ops=list(ops),
             )
         )
-        if len(raw) > self._batch_bytes:
+        limit = min(self._batch_bytes, MAX_CHANGE_BYTES)
+        if len(raw) > limit:
             raise merge.Rejected(
-                Reason.INVALID_VALUE, f"the change is {len(raw)} bytes, over {self._batch_bytes}"
+                Reason.INVALID_VALUE, f"the change is {len(raw)} bytes, over {limit}"
             )
         outcome = merge.apply_change(view, change)
         if outcome.rejected is not None:
@@ -395,9 +401,18 @@ class DeviceClient:
     # -- sync ---------------------------------------------------------------------------
 
     def sync(self) -> SyncReport:
-        """Push the outbox, then pull until the server has nothing more."""
+        """Pull, push the outbox, and pull again what the push moved, until done.
+
+        Pulling first learns at once that the office was restored from a backup
+        (`bad_cursor`): the changes it may have lost go back in the queue ahead of
+        newer ones, in the order they were made, and the office takes them in that
+        order (a newer change of this device's first would make them `stale_stamp`).
+        """
+        pulled = self.pull()
         pushed = self.push()
-        return SyncReport(pushed, self.pull())
+        if pushed:
+            pulled = PullReport(*map(sum, zip(pulled, self.pull(), strict=True)))
+        return SyncReport(pushed, pulled)
 
     def push(self) -> list[ChangeResult]:
         """Send every unanswered change, in order; return the server's answers.
@@ -530,6 +545,8 @@ class DeviceClient:
             self._learn_offset(page.server_time_ms)
             if fresh_key:
                 self._learn_office_key(page)
+        if any(isinstance(item, Eviction) and item.reason == "erased" for item in page.items):
+            self._store.checkpoint()  # an erased record's old bytes must not stay in the -wal
         return len(applied), skipped, evicted
 
     # -- signed requests ----------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The device's local SQLite file: its keys, the server's records, its outbox, its cursor.
 
-Tables (schema version 1):
+Tables:
 
     meta     key → value: the lock (below), private keys and identity from
              enrolment, pull cursor, the clock's last stamp, the learned
@@ -14,13 +14,14 @@ Tables (schema version 1):
              wire bytes, its state and, once answered, the server's answer
     batches  push batches assigned but not yet answered, with the exact request
              body, so a retry resends the same bytes under the same batch id
+    erased   the ids of records the office erased (schema version 2)
 
 An outbox change moves `pending` → `sent` (assigned to a batch, answer not yet
 known) → `applied` | `conflict` | `duplicate` | `rejected`. While its
 `overlay` flag is set it is replayed on top of the server layer in local
 reads; the flag drops when the server rejects it, when a pull brings it back
-(it is then in the server layer), or when its record is evicted (which also
-drops the record's answered changes: `evict`).
+(it is then in the server layer), or when its record is evicted (an erased
+record's changes go altogether: `evict`).
 
 Every multi-step update runs inside `transaction()`, so a process killed at
 any point leaves the file as it was before or after the step, never between.
@@ -60,7 +61,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from schemas.changes import Change, ChangeResult
 from schemas.state import RecordState
-from sync.atrest import KdfParams, derive_key, new_key, open_sealed, seal
+from sync.atrest import KdfParams, create_private, derive_key, new_key, open_sealed, seal
 from sync.errors import Unreadable
 
 RecordKey = tuple[str, str]
@@ -94,6 +95,15 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "CREATE INDEX outbox_state ON outbox (state, position)",
             "CREATE TABLE batches (number INTEGER PRIMARY KEY AUTOINCREMENT,"
             " batch_id TEXT NOT NULL UNIQUE, body BLOB NOT NULL)",
+        ],
+    ),
+    (
+        # The records the office erased, by id: a change to one that still awaited its
+        # answer when the eviction came goes once answered.
+        "0002_erased",
+        [
+            "CREATE TABLE erased (record_type TEXT NOT NULL, record_id TEXT NOT NULL,"
+            " PRIMARY KEY (record_type, record_id))",
         ],
     ),
 ]
@@ -137,6 +147,7 @@ class ReplicaStore:
 
     def __init__(self, path: str | Path, passphrase: str, *, kdf: KdfParams | None = None) -> None:
         self.path = Path(path)
+        create_private(self.path)  # its owner's alone, like the office's files
         self._db = sqlite3.connect(self.path, isolation_level=None)
         try:
             self._db.execute("PRAGMA journal_mode = WAL")
@@ -215,8 +226,12 @@ class ReplicaStore:
         with self.transaction():
             replica_key = _unwrap(_decode_lock(self.meta(LOCK)), old)
             self._lock(replica_key, new, kdf or KdfParams.new())
-        # Fold the write-ahead log into the file now, so the key wrapped under the
-        # old passphrase does not linger in the -wal file until the next checkpoint.
+        # The key wrapped under the old passphrase must not linger in the -wal file.
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the file and empty it, so that what was deleted
+        (zeroed in the file by `secure_delete`) lingers in no -wal file either."""
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _seal(self, value: bytes, *row: str) -> bytes:
@@ -313,20 +328,22 @@ class ReplicaStore:
 
         Its applied change ids go too: if the record comes back into view, the
         server sends its whole history again, and every change must then apply.
-        Own changes to it go once answered (the office holds them, or quarantined
-        them). Unanswered ones stop overlaying, or they would show a copy of the
-        record built from them alone, and stay queued: the office will answer them,
-        most likely `not_permitted`, and keep them for a person to judge. An erased
-        record's go too, answered or not (the office would keep none of their
-        content), but for those already in a batch that awaits its answer.
+        Own changes to it stop overlaying, whatever their state, or they would
+        show a copy of the record built from them alone. They stay otherwise:
+        unanswered ones are answered (most likely `not_permitted`, and kept by the
+        office for a person to judge), and answered ones are sent again should the
+        office be restored from a backup that lost them (`forget_server_layer`).
+        An `erased` record's go, answered or not: the office keeps none of their
+        content. Those already in a batch awaiting its answer go with the answer.
         """
         self._db.execute("DELETE FROM records WHERE record_type = ? AND record_id = ?", key)
         self._db.execute("DELETE FROM applied WHERE record_type = ? AND record_id = ?", key)
-        kept = "('sent')" if erased else "('pending', 'sent')"
-        self._db.execute(
-            f"DELETE FROM outbox WHERE record_type = ? AND record_id = ? AND state NOT IN {kept}",
-            key,
-        )
+        if erased:
+            self._db.execute("INSERT OR IGNORE INTO erased VALUES (?, ?)", key)
+            self._db.execute(
+                "DELETE FROM outbox WHERE record_type = ? AND record_id = ? AND state != 'sent'",
+                key,
+            )
         self._db.execute(
             "UPDATE outbox SET overlay = 0 WHERE record_type = ? AND record_id = ?", key
         )
@@ -414,6 +431,12 @@ class ReplicaStore:
             ],
         )
         self._db.execute("DELETE FROM batches WHERE batch_id = ?", [batch_id])
+        # The office keeps nothing of a change to an erased record: nor does the device.
+        self._db.execute(
+            "DELETE FROM outbox WHERE batch_id = ? AND EXISTS (SELECT 1 FROM erased e"
+            " WHERE e.record_type = outbox.record_type AND e.record_id = outbox.record_id)",
+            [batch_id],
+        )
 
     def _seal_detail(self, result: ChangeResult) -> bytes | None:
         # Stored as a BLOB in the TEXT column: SQLite keeps a BLOB as it is in any column.

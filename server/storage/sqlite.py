@@ -38,7 +38,7 @@ from server.storage.migrations import migrate
 from server.storage.state_cache import Cached, Checkpoint, StateCache, checkpoint
 from server.storage.vault import Vault
 from sync import merge
-from sync.atrest import open_sealed, seal
+from sync.atrest import create_private, open_sealed, seal
 from sync.changes import decode_change
 from sync.errors import Erased
 from sync.merge import is_deleted
@@ -535,13 +535,9 @@ def open_store(settings: Settings, keys: OfficeKeys) -> SqliteStore:
 
 
 def _private(path: Path) -> None:
-    """Make `path` (a SQLite file) readable by its owner alone, creating it if new; SQLite
-    gives its -wal and -shm files the same mode. A file of another account is left as is."""
-    # Never open a file that exists: closing any descriptor of a SQLite file drops every
-    # lock this process holds on it, and another process may then delete a live WAL.
-    # Resolved: a link to a file not yet made is followed, and the file made 0600 too.
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(path.resolve(), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    """Make `path` (a SQLite file) readable by its owner alone, creating it if new
+    (`atrest.create_private`). A file of another account is left as is."""
+    create_private(path)
     for file in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
         if file.exists() and file.stat().st_uid == os.getuid():
             file.chmod(0o600)

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 from litestar.testing import TestClient
 
 from schemas import Add, Agreement, Append, Delete, Signature
+from server import audit
 from server.app import create_app
 from server.settings import Settings
 from server.storage.directory import Directory
@@ -373,6 +374,48 @@ def test_new_terms_replace_an_executed_agreement_only_with_all_its_signers(offic
     ]
     assert result["status"] == "applied"
     assert stored_agreement(office).status == "executed"
+
+
+def two_versions_completed_in_one_batch(office, v2_signers, new_first):
+    """A-1 one signature short; a-2 naming it in `supersedes`, one signature short too;
+    then one batch with both last signatures, in the order asked."""
+    (sun,) = open_agreement(office)
+    sign(sun, attested(sun, "p-1"), attested(sun, "p-2"), batch_id="s-1")
+    v2 = {**TERMS, "terms": "Nothing is owed.", "required_signers": v2_signers}
+    v2 |= {"version": 2, "supersedes": "a-1"}
+    supervisor = office.enroll("supervisor", name="Chen")
+    supervisor.push(
+        [
+            supervisor.change("agreement", "a-2", {**v2, "status": "draft"}),
+            supervisor.change("case", "k-1", ops=[Add(field="agreements", value="a-2")]),
+        ]
+    )
+    content = agreements.content_hash("a-2", Agreement(**v2))
+    new = [attested(sun, s, content=content, agreement_id="a-2") for s in v2_signers]
+    last = [attested(sun, "p-3")]
+    batch = [
+        sun.change("agreement", i, ops=[Append(field="signatures", entry=e) for e in entries])
+        for i, entries in (("a-2", new), ("a-1", last))
+    ]
+    answer = sun.push(batch if new_first else batch[::-1], batch_id="s-2")
+    assert answer.status_code == 200, answer.content
+    old, new_state = (office.store.states([("agreement", i)]) for i in ("a-1", "a-2"))
+    return materialize(old[("agreement", "a-1")]), materialize(new_state[("agreement", "a-2")])
+
+
+def test_a_batch_completing_both_versions_cannot_slip_new_terms_past_the_signers(office):
+    old, new = two_versions_completed_in_one_batch(office, ["p-1"], new_first=False)
+    # A-1 executed first in the batch; a-2 lacks p-2 and p-3, so it does not execute.
+    assert (old.status, new.status) == ("executed", "collecting")
+    actions = [(e.action, e.subject) for e in audit.entries(office.store.db)]
+    assert ("agreement_not_executed", "agreement/a-2") in actions
+
+
+def test_a_batch_completing_the_new_version_first_voids_the_old_one_and_answers(office):
+    # The new version executes first and voids the old one, still collecting; the old
+    # one's last signature in the same batch then finds it void (this answered 500).
+    old, new = two_versions_completed_in_one_batch(office, SIGNERS, new_first=True)
+    assert (old.status, new.status) == ("void", "executed")
 
 
 def test_the_office_stamps_its_changes_after_its_last_one_when_restarted(tmp_path):

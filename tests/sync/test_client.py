@@ -8,6 +8,7 @@ refuses a request time more than 300 s from its own.
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from litestar.testing import TestClient
 
 from schemas import (
     Add,
+    Append,
     Change,
     OfficeInfo,
     PullPage,
@@ -713,18 +715,18 @@ def test_a_page_forged_by_whoever_holds_a_leaked_key_names_no_key_the_device_tak
     assert wang._store.meta("cursor") is None  # nothing of the page was applied
 
 
-@pytest.mark.office_settings(sync_requests_per_minute=2)
+@pytest.mark.office_settings(sync_requests_per_minute=3)
 def test_a_sync_held_back_by_the_office_keeps_the_outbox_and_resumes_later(office):
     wang = office.device("wang", "mediator")
     wang.edit("case", "k-1", set={"title": "Drains", "status": "new"})
-    wang.pull()  # a first pull spends one of the two requests of its minute
+    wang.pull()  # a first pull spends one of the three requests of its minute
 
     with pytest.raises(RateLimited) as held:
-        wang.sync()  # the push goes; the pull after it is held back
-    assert held.value.retry_after_s == 30  # from the answer's Retry-After
+        wang.sync()  # a pull and the push go; the pull after them is held back
+    assert held.value.retry_after_s == 20  # from the answer's Retry-After
 
     assert [entry.state for entry in wang.outbox()] == ["applied"]
-    office.wall.tick(30_000)
+    office.wall.tick(20_000)
     report = wang.sync()
     # Its own change comes back from the server: the pull that was held back happened.
     assert (report.pushed, report.pulled.applied) == ([], 1)
@@ -928,9 +930,9 @@ def test_a_revoked_device_is_refused_and_keeps_its_outbox(office):
     assert office.directory.revoke(wang.identity.device_id, office.wall())
 
     with pytest.raises(RevokedDevice):
-        wang.sync()
+        wang.sync()  # refused at its first request, the pull: the edit stays queued
     with pytest.raises(RevokedDevice):
-        wang.pull()
+        wang.push()
     assert states(wang) == [("applied", None), ("sent", None)]
     stored = office.rows(
         "SELECT count(*) FROM changes WHERE device_id = ?", wang.identity.device_id
@@ -948,8 +950,9 @@ def test_a_device_whose_clock_is_far_off_signs_with_the_server_time(office, monk
     sent = intercept(office.http, monkeypatch, lambda send, request: send())
     wang.edit("case", "k-1", set={"title": "Drains overflow"})
     assert [r.status for r in wang.sync().pushed] == ["applied"]
-    # Refused as stale once, it asked the server's time and signed again.
-    assert [r.url.path for r in sent][:3] == ["/v2/sync/push", "/v1/office", "/v2/sync/push"]
+    # Refused as stale once (its first request, a pull), it asked the server's time and
+    # signed again.
+    assert [r.url.path for r in sent][:3] == ["/v2/sync/pull", "/v1/office", "/v2/sync/pull"]
 
 
 # -- at rest ---------------------------------------------------------------------------
@@ -1113,7 +1116,7 @@ def test_an_erased_case_leaves_nothing_of_it_in_the_device_file(office):
     assert sun.outbox() == []
 
 
-def test_a_record_leaving_the_view_takes_its_answered_changes_and_keeps_the_queued_ones(office):
+def test_a_record_leaving_the_view_keeps_this_devices_changes_but_shows_none(office):
     chen = office.device("chen", "supervisor")
     sun = office.device("sun", "mediator")
     chen.edit("case", "k-1", {"title": "Drains", "location": XIANGMIHU})
@@ -1127,10 +1130,13 @@ def test_a_record_leaving_the_view_takes_its_answered_changes_and_keeps_the_queu
     chen.sync()
 
     assert sun.pull().evicted == 1
-    # The office holds the answered one; the queued one is sent, and kept for a person.
-    assert [(e.change_id, e.state) for e in sun.outbox()] == [(queued.change_id, "pending")]
+    assert sun.record("case", "k-1") is None
+    # Kept: the answered one is sent again should a restored office have lost it; the
+    # queued one is answered, and kept by the office for a person to judge.
+    assert states(sun) == [("applied", None), ("pending", None)]
     sun.push()
-    assert states(sun) == [("rejected", "not_permitted")]
+    assert states(sun) == [("applied", None), ("rejected", "not_permitted")]
+    assert sun.outbox()[1].change_id == queued.change_id
 
 
 def test_a_device_checks_the_office_receipt_of_an_executed_agreement(office):
@@ -1165,3 +1171,89 @@ def test_a_device_checks_the_office_receipt_of_an_executed_agreement(office):
     ]
     stranger = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
     assert len(receipt_problems("a-1", executed, office_info.office_id, stranger)) == 1
+
+
+def test_an_erased_record_leaves_no_bytes_in_the_write_ahead_log(office):
+    sun = office.device("sun", "mediator")
+    sun.edit("party", "p-he", {"name": "He Jianguo"})
+    sun.edit(
+        "case",
+        "k-he",
+        {"title": "Water leak", "location": XIANGMIHU},
+        [Add(field="parties", value="p-he")],
+    )
+    sun.sync()
+    sealed = [state for (state,) in sun._store._db.execute("SELECT state FROM records")]
+    erase_case(office.store, "k-he", "court order", "operator:wang", office.wall())
+    assert sun.pull().evicted == 2
+    # A thief copies the files while the app runs: no sealed state of the records is left.
+    disk = on_disk(sun._store.path)
+    assert [state for state in sealed if state in disk] == []
+
+
+def test_a_change_in_flight_when_its_record_is_erased_goes_with_the_answer(office, monkeypatch):
+    sun = office.device("sun", "mediator")
+    sun.edit("case", "k-he", {"title": "Water leak", "location": XIANGMIHU})
+    sun.sync()
+    sun.edit("case", "k-he", {"summary": "He Jianguo's ceiling drips"})
+
+    def no_signal(send, request):
+        raise httpx.ConnectError("no signal", request=request)
+
+    intercept(office.http, monkeypatch, no_signal)
+    with pytest.raises(httpx.ConnectError):
+        sun.push()  # the batch is made and stored, its answer never comes
+    monkeypatch.undo()
+    erase_case(office.store, "k-he", "court order", "operator:wang", office.wall())
+    sun.pull()
+    assert states(sun) == [("sent", None)]
+    assert [(r.status, r.reason) for r in sun.push()] == [("rejected", "record_erased")]
+    assert sun.outbox() == []
+
+
+def test_a_change_over_1_mib_is_refused_before_it_is_queued(office):
+    wang = office.device("wang", "mediator")
+    wang.edit("case", "k-1", {"title": "Minutes", "location": XIANGMIHU})
+    note = {"entry_id": "n-1", "at": "2026-01-01T00:00:00Z", "by": "u", "text": "字" * 400_000}
+    with pytest.raises(Rejected, match="over 1048576"):
+        wang.edit("case", "k-1", ops=[Append(field="notes", entry=note)])
+    assert len(wang.outbox()) == 1
+
+
+def test_an_informant_device_keeps_its_pseudonym_and_its_file_is_private(office):
+    li = office.device("li", "informant")
+    pseudonym = li.identity.pseudonym
+    assert pseudonym.startswith("informant-") or len(pseudonym) > 4
+    li.close()
+    assert office.open("li").identity.pseudonym == pseudonym  # after a restart too
+    assert li._store.path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_change_the_restored_office_lost_is_sent_again_before_a_newer_one(office, tmp_path):
+    wang = office.device("wang", "mediator")
+    sun = office.device("sun", "mediator")
+    wang.edit("case", "k-1", {"title": "Drains", "location": XIANGMIHU})
+    wang.sync()
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    for name in ("server.db", "server.db.keys"):
+        with sqlite3.connect(tmp_path / name) as live, sqlite3.connect(backup / name) as copy:
+            live.backup(copy)
+    lost = wang.edit("case", "k-1", {"summary": "The neighbour agreed to pay 500"})
+    wang.sync()  # applied, then lost by the restore below
+    restored = make_store(backup / "server.db", office.keys)
+    settings = Settings(data_dir=backup)
+    app = create_app(settings, store=restored, keys=office.keys, wall_ms=office.wall)
+    with TestClient(app) as http:
+        wang._http = sun._http = http
+        sun.edit("case", "k-2", {"title": "Noise", "location": XIANGMIHU})
+        sun.sync()  # takes the lost change's place in the log
+        office.wall.tick()
+        newer = wang.edit("case", "k-1", {"priority": "high"})
+        wang.sync()
+        answers = {e.change_id: (e.state, e.reason) for e in wang.outbox()}
+        assert answers[lost.change_id] == ("applied", None)
+        assert answers[newer.change_id] == ("applied", None)
+        assert wang.record("case", "k-1").summary == "The neighbour agreed to pay 500"
+        wang._http = sun._http = office.http
+    restored.close()
