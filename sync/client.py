@@ -339,6 +339,9 @@ class DeviceClient:
         `not_permitted`). Raises `NotEnrolled` before enrolment.
         """
         device_id = self._enrolled().device_id
+        if self._store.is_erased((record_type, record_id)):
+            # The office would keep nothing of it: say so now, not after the push.
+            raise merge.Rejected(Reason.RECORD_ERASED, f"the office erased {record_id}")
         view = self._view((record_type, record_id))
         seen = {d: s for d, s in view.vv.items() if d != device_id} if view else {}
         raw, change = _wire_form(
@@ -462,6 +465,8 @@ class DeviceClient:
         the device then holds what the office holds now, and nothing it lost.
         """
         self._enrolled()
+        if self._store.fold_due:
+            self._store.checkpoint()
         report = PullReport()
         while True:
             cursor = self._store.meta(CURSOR)

@@ -156,6 +156,7 @@ class ReplicaStore:
             # An evicted record or a re-wrapped key leaves zeros behind, not its old bytes.
             self._db.execute("PRAGMA secure_delete = ON")
             self._depth = 0
+            self.fold_due = False  # a `checkpoint` another connection held up
             self._migrate()
             self._aead = AESGCM(self._unlock(passphrase, kdf))
         except BaseException:
@@ -163,6 +164,8 @@ class ReplicaStore:
             raise
 
     def close(self) -> None:
+        if self.fold_due:
+            self.checkpoint()
         self._db.close()
 
     @contextmanager
@@ -231,8 +234,17 @@ class ReplicaStore:
 
     def checkpoint(self) -> None:
         """Fold the write-ahead log into the file and empty it, so that what was deleted
-        (zeroed in the file by `secure_delete`) lingers in no -wal file either."""
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (zeroed in the file by `secure_delete`) lingers in no -wal file either.
+
+        Another connection reading the file (a second app process) holds it up: then
+        `fold_due` is set and the next pull, or `close`, tries again.
+        """
+        self._db.execute("PRAGMA busy_timeout = 200")  # not a reader's whole read
+        try:
+            (busy, _, _) = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            self._db.execute("PRAGMA busy_timeout = 5000")
+        self.fold_due = bool(busy)
 
     def _seal(self, value: bytes, *row: str) -> bytes:
         return seal(self._aead, value, _bind(row))
@@ -348,19 +360,30 @@ class ReplicaStore:
             "UPDATE outbox SET overlay = 0 WHERE record_type = ? AND record_id = ?", key
         )
 
+    def is_erased(self, key: RecordKey) -> bool:
+        """Whether the office erased this record (an `erased` eviction said so)."""
+        found = self._db.execute(
+            "SELECT 1 FROM erased WHERE record_type = ? AND record_id = ?", key
+        ).fetchone()
+        return found is not None
+
     def forget_server_layer(self) -> None:
         """Drop every record and applied change id, for a pull from no cursor to build the
         server layer again as the office now holds it.
 
-        This device's changes the office had accepted go back to `pending`: a restored
-        office may have lost them, and sending them again costs nothing where it has
-        not (they are answered `duplicate`).
+        This device's changes the office had accepted, or may have, go back to
+        `pending`: a restored office may have lost them, and sending them again costs
+        nothing where it has not (they are answered `duplicate`).
         """
         self._db.execute("DELETE FROM records")
         self._db.execute("DELETE FROM applied")
+        # Batches awaiting their answer are made again too, so that every change goes
+        # in the order it was made: one of theirs first would make an older change that
+        # the restore lost `stale_stamp`.
+        self._db.execute("DELETE FROM batches")
         self._db.execute(
             "UPDATE outbox SET state = 'pending', overlay = 1, batch_id = NULL, seq = NULL,"
-            " reason = NULL, detail = NULL WHERE state IN ('applied', 'conflict')"
+            " reason = NULL, detail = NULL WHERE state IN ('applied', 'conflict', 'sent')"
             " OR (state = 'duplicate' AND reason IS NULL)"
         )
 

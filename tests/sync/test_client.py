@@ -1114,6 +1114,9 @@ def test_an_erased_case_leaves_nothing_of_it_in_the_device_file(office):
     assert sun.record("case", "k-he") is None and sun.record("party", "p-he") is None
     # Its own changes go too, pushed or not: the office keeps none of their content.
     assert sun.outbox() == []
+    # And a new edit to it is refused at once, not dropped silently after its push.
+    with pytest.raises(Rejected, match="erased"):
+        sun.edit("case", "k-he", {"title": "Water leak again"})
 
 
 def test_a_record_leaving_the_view_keeps_this_devices_changes_but_shows_none(office):
@@ -1191,6 +1194,24 @@ def test_an_erased_record_leaves_no_bytes_in_the_write_ahead_log(office):
     assert [state for state in sealed if state in disk] == []
 
 
+def test_a_fold_of_the_log_held_up_by_another_reader_is_done_at_the_next_pull(office):
+    sun = office.device("sun", "mediator")
+    sun.edit("case", "k-he", {"title": "Water leak", "location": XIANGMIHU})
+    sun.sync()
+    sealed = [state for (state,) in sun._store._db.execute("SELECT state FROM records")]
+    erase_case(office.store, "k-he", "court order", "operator:wang", office.wall())
+    other = sqlite3.connect(sun._store.path)  # a second process reading the same file
+    other.execute("BEGIN")
+    other.execute("SELECT count(*) FROM records").fetchone()
+    sun.pull()
+    assert sun._store.fold_due
+    other.close()
+    sun.pull()
+    assert not sun._store.fold_due
+    disk = on_disk(sun._store.path)
+    assert [state for state in sealed if state in disk] == []
+
+
 def test_a_change_in_flight_when_its_record_is_erased_goes_with_the_answer(office, monkeypatch):
     sun = office.device("sun", "mediator")
     sun.edit("case", "k-he", {"title": "Water leak", "location": XIANGMIHU})
@@ -1257,3 +1278,37 @@ def test_a_change_the_restored_office_lost_is_sent_again_before_a_newer_one(offi
         assert wang.record("case", "k-1").summary == "The neighbour agreed to pay 500"
         wang._http = sun._http = office.http
     restored.close()
+
+
+def test_a_restored_office_gets_a_lost_change_before_a_batch_that_was_never_answered(
+    office, tmp_path, monkeypatch
+):
+    wang = office.device("wang", "mediator")
+    wang.edit("case", "k-1", {"title": "Drains", "location": XIANGMIHU})
+    wang.sync()
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    for name in ("server.db", "server.db.keys"):
+        with sqlite3.connect(tmp_path / name) as live, sqlite3.connect(backup / name) as copy:
+            live.backup(copy)
+    lost = wang.edit("case", "k-1", {"summary": "The neighbour agreed to pay 500"})
+    wang.sync()  # applied, then lost by the restore below
+    newer = wang.edit("case", "k-1", {"priority": "high"})
+
+    def office_down(send, request):
+        raise httpx.ConnectError("the office is down", request=request)
+
+    intercept(office.http, monkeypatch, office_down)
+    with pytest.raises(httpx.ConnectError):
+        wang.push()  # its batch is stored, and never answered
+    monkeypatch.undo()
+    restored = make_store(backup / "server.db", office.keys)
+    settings = Settings(data_dir=backup)
+    app = create_app(settings, store=restored, keys=office.keys, wall_ms=office.wall)
+    with TestClient(app) as http:
+        wang._http = http
+        wang.sync()
+        answers = {e.change_id: (e.state, e.reason) for e in wang.outbox()}
+        wang._http = office.http
+    restored.close()
+    assert answers[lost.change_id] == answers[newer.change_id] == ("applied", None)
