@@ -254,13 +254,20 @@ class SyncService:
 
         return present, authorize
 
-    def act(self, user: User, changes: list[Change]) -> list[ChangeResult]:
+    def act(self, user: User, changes: list[Change], typed: bool = False) -> list[ChangeResult]:
         """Apply changes the office makes for a console user (settle, triage, assign).
 
         The same path as a push after authentication: merged, then readers,
-        indexes and agreements brought up to date, in one transaction.
+        indexes and agreements brought up to date, in one transaction. `typed`:
+        the changes hold values the user typed (a conflict settled with a value of
+        their own), which get the rules a device's push gets (`_device_rules`,
+        `_device_vet`); the office's other changes copy stored values, which must
+        go on applying.
         """
         with self.store.transaction():
+            if typed:
+                present, authorize = self._device_rules(user, changes)
+                return self._apply(changes, user.user_id, present, authorize=authorize)
             keys = [(c.record_type, c.record_id) for c in changes]
             present, _ = presence(self.store, user.user_id, keys)
             return self._apply(changes, user.user_id, present)

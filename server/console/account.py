@@ -14,6 +14,7 @@ from server.console import signin
 from server.console.web import (
     COOKIE,
     LANGUAGES,
+    _,
     back_to,
     form_of,
     now_ms,
@@ -89,7 +90,7 @@ async def login(request: Request) -> Response:
 @post("/console/logout", include_in_schema=False)
 async def logout(request: Request) -> Response:
     """Sign out here, or (`everywhere`) end every session of this user."""
-    current, fields, _ = await signed_form(request)
+    current, fields, _form = await signed_form(request)
     end = functools.partial(
         signin.sign_out, service_of(request).directory, current, everywhere="everywhere" in fields
     )
@@ -101,7 +102,7 @@ async def logout(request: Request) -> Response:
 
 @post("/console/language", include_in_schema=False)
 async def language(request: Request) -> Response:
-    current, fields, _ = await signed_form(request)
+    current, fields, _form = await signed_form(request)
     chosen = fields.get("language", "")
     if chosen not in LANGUAGES:
         raise InvalidAction(_("no such language"))

@@ -36,8 +36,11 @@ def office_change(
     reason: str,
     set: dict[str, Any] | None = None,
     ops: list[Op] | None = None,
+    typed: bool = False,
 ) -> ChangeResult:
-    """Apply one change for `user` and audit it as `action`; `InvalidAction` if refused."""
+    """Apply one change for `user` and audit it as `action`; `InvalidAction` if refused.
+
+    `typed`: the change holds a value the user typed (`SyncService.act`)."""
     if not reason.strip():
         raise InvalidAction(_("a reason is required"))
     key = (record_type, record_id)
@@ -55,7 +58,7 @@ def office_change(
             set=set or {},
             ops=ops or [],
         )
-        (result,) = service.act(user, [change])
+        (result,) = service.act(user, [change], typed)
         if result.status == "rejected":
             raise InvalidAction(f"{result.reason}: {result.detail}")
         audit.append(

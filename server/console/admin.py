@@ -182,7 +182,7 @@ def admin_api(request: Request, offset: FromQuery[int] = 0) -> AdminPage:
 @post("/console/admin/codes", include_in_schema=False)
 async def issue_code_form(request: Request) -> Response:
     """Issue a code and show it on the page this once (no redirect: it must not be kept)."""
-    current, fields, _ = await signed_form(request, "admin")
+    current, fields, _form = await signed_form(request, "admin")
     service = service_of(request)
     work = functools.partial(issue_code, service, current.user, fields.get("user_id", "").strip())
     issued = await anyio.to_thread.run_sync(work)
@@ -206,7 +206,7 @@ async def issue_code_api(request: Request) -> IssuedCode:
 
 @post("/console/admin/devices/{device_id:str}/revoke", include_in_schema=False)
 async def revoke_form(request: Request, device_id: FromPath[str]) -> Response:
-    current, fields, _ = await signed_form(request, "admin")
+    current, fields, _form = await signed_form(request, "admin")
     work = functools.partial(
         revoke, service_of(request), current.user, device_id, fields.get("reason", "")
     )

@@ -61,7 +61,7 @@ from server.service import SyncService
 from server.storage.directory import User
 from sync.access import org_unit, within
 from sync.errors import InvalidAction, UnknownRecord
-from sync.merge import materialize
+from sync.merge import is_deleted, materialize
 
 MAX_DEADLINE_DAYS = 3650
 
@@ -88,7 +88,8 @@ def _choice(service: SyncService, user_id: str) -> MediatorChoice:
 def _visible_case(service: SyncService, user_id: str, case_id: str) -> Case:
     key = ("case", case_id)
     state = service.store.states([key]).get(key)
-    if state is None or not visible(service, user_id, *key):
+    # A deleted case has left every list: nothing may be done with it but restore it.
+    if state is None or is_deleted(state) or not visible(service, user_id, *key):
         raise UnknownRecord(_("no such case in your view"))
     case = materialize(state)
     assert isinstance(case, Case)
@@ -282,7 +283,7 @@ def deadlines_api(request: Request) -> DeadlineList:
 
 @post("/console/deadlines", include_in_schema=False)
 async def deadline_form(request: Request) -> Response:
-    current, fields, _ = await signed_form(request, "supervisor")
+    current, fields, _form = await signed_form(request, "supervisor")
     days = None if "remove" in fields else _days(fields.get("days", ""))
     if days is None and "remove" not in fields:
         raise InvalidAction(_("give the number of days, or remove the deadline"))

@@ -271,7 +271,10 @@ def settle(
             raise UnknownRecord(_("the record was erased"))
         conflict = _decode_conflict(plain)
         action, values, ops = _decision(conflict, request, typed)
-        result = office_change(service, user, *key, action, request.reason, set=values, ops=ops)
+        custom = request.choice == "custom"
+        result = office_change(
+            service, user, *key, action, request.reason, set=values, ops=ops, typed=custom
+        )
         (still_open,) = store.db.execute(
             "SELECT count(*) FROM conflicts WHERE record_type = ? AND record_id = ?"
             " AND field = ? AND settled_seq IS NULL",
@@ -325,7 +328,7 @@ def conflicts_api(request: Request, offset: FromQuery[int] = 0) -> ConflictList:
 
 @post("/console/conflicts/settle", include_in_schema=False)
 async def settle_form(request: Request) -> Response:
-    current, fields, _ = await signed_form(request, "supervisor")
+    current, fields, _form = await signed_form(request, "supervisor")
     service = service_of(request)
     version = fields.get("version", "")
     wanted = SettleRequest(

@@ -392,7 +392,7 @@ def quarantine_api(
 
 @post("/console/quarantine/acknowledge", include_in_schema=False)
 async def acknowledge_form(request: Request) -> Response:
-    current, fields, _ = await signed_form(request, "supervisor")
+    current, fields, _form = await signed_form(request, "supervisor")
     service = service_of(request)
     await anyio.to_thread.run_sync(acknowledge, service, current.user, fields.get("change_id", ""))
     return back_to("/console/quarantine" + ("?all=1" if fields.get("all") else ""))
@@ -400,7 +400,7 @@ async def acknowledge_form(request: Request) -> Response:
 
 @post("/console/quarantine/reapply", include_in_schema=False)
 async def reapply_form(request: Request) -> Response:
-    current, fields, _ = await signed_form(request, "supervisor")
+    current, fields, _form = await signed_form(request, "supervisor")
     service = service_of(request)
     change_id = fields.get("change_id", "")
     work = functools.partial(reapply, service, current.user, change_id, fields.get("reason", ""))

@@ -64,7 +64,7 @@ from server.service import SyncService
 from server.storage.directory import User
 from sync.access import org_unit
 from sync.errors import InvalidAction, UnknownRecord
-from sync.merge import materialize
+from sync.merge import is_deleted, materialize
 
 GROUP_DAYS = 3
 NEW = ("open", "triaged")
@@ -179,7 +179,8 @@ def warning_list(service: SyncService, user_id: str, offset: int = 0) -> Warning
 def _visible_warning(service: SyncService, user_id: str, warning_id: str) -> EarlyWarning:
     key = ("warning", warning_id)
     state = service.store.states([key]).get(key)
-    if state is None or not visible(service, user_id, *key):
+    # A deleted warning has left every list: nothing may be done with it but restore it.
+    if state is None or is_deleted(state) or not visible(service, user_id, *key):
         raise UnknownRecord(_("no such warning in your view"))
     warning = materialize(state)
     assert isinstance(warning, EarlyWarning)

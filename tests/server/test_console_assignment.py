@@ -3,7 +3,7 @@
 import msgspec
 import pytest
 
-from schemas import Add
+from schemas import Add, Delete
 from server import audit
 from server.console import signin
 from sync.merge import materialize
@@ -251,3 +251,26 @@ def test_only_supervisors_edit_deadlines_and_only_with_a_reason(office, cases):
     assert forged.status_code == 403
     assert office.store.db.execute("SELECT count(*) FROM deadlines").fetchone() == (0,)
     assert actions(office, "set_deadline") == []
+
+
+def test_a_deleted_case_can_no_longer_be_assigned(office, cases):
+    zhao, li, _ = cases
+    zhao.push([zhao.change("case", "k-drains", ops=[Delete()])], batch_id="gone")
+    csrf = sign_in(office, supervisor(office))
+    before = office.fingerprint()
+    body = {"add": [li.enrollment.user_id], "reason": "help"}
+    answer = office.http.post(
+        "/api/cases/k-drains/mediators", json=body, headers={"x-csrf-token": csrf}
+    )
+    assert answer.status_code == 404
+    assert office.fingerprint() == before
+
+
+def test_a_form_with_an_empty_or_unknown_value_is_answered_not_a_crash(office, cases):
+    csrf = sign_in(office, supervisor(office))
+    cleared = office.http.post(
+        "/console/deadlines", data={"csrf": csrf, "category": "drains", "days": "", "reason": "x"}
+    )
+    assert cleared.status_code == 400 and "give the number of days" in cleared.text
+    french = office.http.post("/console/language", data={"csrf": csrf, "language": "fr"})
+    assert french.status_code == 400 and "no such language" in french.text

@@ -7,7 +7,7 @@ from schemas import Add, Delete
 from server import audit
 from server.console import signin
 from tests.server.conftest import running_office
-from tests.server.test_app import GONGSHU
+from tests.server.test_app import GONGSHU, XIHU
 
 PASSWORD = "long enough password"
 
@@ -352,3 +352,57 @@ def test_settling_without_the_sessions_csrf_token_is_refused(office, token):
 
 def settlements(office):
     return [e for e in audit.entries(office.store.db) if e.action.startswith("settle")]
+
+
+def settle_api(office, csrf, conflict, value, record=("case", "k-noise")):
+    return office.http.post(
+        "/api/conflicts/settle",
+        json={
+            "record_type": record[0],
+            "record_id": record[1],
+            "field": conflict["field"],
+            "choice": "custom",
+            "value": value,
+            "reason": "Settled by hand",
+            "version": conflict["version"],
+        },
+        headers={"x-csrf-token": csrf},
+    )
+
+
+def test_a_value_of_the_supervisors_own_gets_the_rules_a_phones_push_gets(office):
+    sun, li = two_mediators(office)
+    located = {**GONGSHU, "address": "Block 3"}
+    concurrently(sun, li, {"location": located}, {"location": {**located, "address": "Block 4"}})
+    csrf = sign_in(office, supervisor(office))
+    (conflict,) = office.http.get("/api/conflicts").json()["conflicts"]
+    stored = office.fingerprint()
+    # Steps that spell another unit's path, refused on a phone's push, are refused here too.
+    spelled = {"city": "Hangzhou/Gongshu", "district": "", "street": "", "community": ""}
+    refused = settle_api(office, csrf, conflict, spelled)
+    assert refused.status_code == 400 and "cannot hold /" in refused.text
+    assert office.fingerprint() == stored
+
+
+def test_new_terms_settled_by_hand_cannot_supersede_an_agreement_out_of_sight(office):
+    # Gongshu holds draft a-1. Two Xihu mediators name different versions for Xihu's a-x.
+    gongshu = office.enroll("supervisor")
+    gongshu.push([gongshu.change("agreement", "a-1", {"terms": "Gongshu terms", "case": "k-1"})])
+    x1 = office.enroll("mediator", ["Hangzhou/Xihu"], name="x1")
+    x2 = office.enroll("mediator", ["Hangzhou/Xihu"], name="x2")
+    terms = {"terms": "Nothing is owed.", "required_signers": ["p-1"], "case": "k-x"}
+    ops = [Add(field="mediators", value=p.enrollment.user_id) for p in (x1, x2)]
+    ops.append(Add(field="agreements", value="a-x"))
+    x1.push(
+        [
+            x1.change("case", "k-x", {"title": "x", "location": XIHU}, ops),
+            x1.change("agreement", "a-x", {**terms, "supersedes": "a-old-1"}),
+        ],
+        "x-1",
+    )
+    x2.push([x2.change("agreement", "a-x", {"supersedes": "a-old-2"})], "x-2")
+    csrf = sign_in(office, supervisor(office, "Xihu", ["Hangzhou/Xihu"]))
+    (conflict,) = office.http.get("/api/conflicts").json()["conflicts"]
+    refused = settle_api(office, csrf, conflict, "a-1", record=("agreement", "a-x"))
+    assert refused.status_code == 400 and "may not supersede agreement a-1" in refused.text
+    assert office.store.open_conflicts() != []

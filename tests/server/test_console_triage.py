@@ -7,6 +7,7 @@ the informant's own device shows the answer on its next pull.
 import msgspec
 import pytest
 
+from schemas import Delete
 from schemas.records import Case, EarlyWarning
 from server import audit
 from server import service as service_module
@@ -319,3 +320,17 @@ def test_a_warning_stored_before_locations_were_checked_can_still_be_converted(o
 
     assert converted.status_code == 303, converted.text
     assert stored(office, "warning", "w-gap").status == "converted"
+
+
+def test_a_deleted_warning_can_no_longer_be_converted(office, drains):
+    liu, _, zhao, _ = drains
+    liu.push([liu.change("warning", "w-1", ops=[Delete()])], batch_id="gone")
+    csrf = sign_in(office, supervisor(office))
+    before = office.fingerprint()
+    answer = office.http.post(
+        "/api/warnings/w-1/convert",
+        json={"mediator": zhao.enrollment.user_id, "reply": REPLY, "title": "Drains"},
+        headers={"x-csrf-token": csrf},
+    )
+    assert answer.status_code == 404
+    assert office.fingerprint() == before
