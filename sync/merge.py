@@ -365,10 +365,8 @@ def materialize(state: RecordState, only: Collection[str] | None = None) -> msgs
             case AddRemoveSet() if name in state.sets:
                 values[name] = sorted(state.sets[name])
             case Log() if name in state.logs:
-                # Entries of one change (or of stamps the server clamped alike) tie on rank:
-                # their keys order them, not the order they arrived in.
-                entries = sorted(state.logs[name].items(), key=lambda e: (*rank_key(e[1]), e[0]))
-                values[name] = [w.value for _, w in entries]
+                entries = sorted(state.logs[name].values(), key=rank_key)
+                values[name] = [w.value for w in entries]
     return msgspec.convert(values, RECORD_TYPES[state.record_type])
 
 
@@ -407,13 +405,7 @@ def _conflicts_of(state: RecordState, names: Collection[str] | None) -> list[Con
             (
                 msgspec.structs.replace(w, value={name: w.value})
                 for name, w in _live_writes(state)
-                if not any(
-                    # The delete had seen the write, or the write had seen the delete (a
-                    # device's own later edit never conflicts with its earlier delete).
-                    covers(w, d.device_id, d.hlc, d.seen) or covers(d, w.device_id, w.hlc, w.seen)
-                    for d in state.deleted
-                    if d.value
-                )
+                if not any(covers(w, d.device_id, d.hlc, d.seen) for d in state.deleted if d.value)
             ),
             key=lambda w: (w.order, w.device_id, _encode(w.value)),
         )

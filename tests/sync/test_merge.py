@@ -675,36 +675,3 @@ def test_one_signer_signing_on_two_devices_gives_one_result_in_any_order():
     )
 
     assert outcomes([draft, on_a, on_b]) == outcomes([draft, on_b, on_a])
-
-
-def test_a_log_reads_in_one_order_whatever_the_arrival_order():
-    # Two entries of one change tie on their rank; a repeat of one from another device
-    # arriving first used to put its key first.
-    a = change(
-        "dev-a",
-        10,
-        ops=[
-            Append(field="notes", entry=note("n-1", "visited no. 14")),
-            Append(field="notes", entry=note("n-2", "owner agrees to a trap")),
-        ],
-    )
-    repeat = Append(field="notes", entry=note("n-2", "owner agrees to a trap"))
-    b = change("dev-b", 20, ops=[repeat])
-    orders = {
-        tuple(n.entry_id for n in merge.materialize(merged(list(order))).notes)
-        for order in itertools.permutations([a, b])
-    }
-    assert orders == {("n-1", "n-2")}
-
-
-def test_a_devices_own_edit_after_its_delete_is_no_conflict():
-    created = change("dev-a", 10, set={"title": "Drains"})
-    deleted = change("dev-a", 20, ops=[Delete()])
-    edited = change("dev-a", 30, set={"title": "Drains overflow"})
-    state = merged([created, deleted, edited])
-    assert merge.is_deleted(state)
-    assert merge.conflicts(state) == []
-    # Another device's edit that had not seen the delete still is one.
-    other = change("dev-b", 25, saw=(created,), set={"summary": "Met the owner"})
-    (conflict,) = merge.conflicts(merged([created, deleted, edited, other]))
-    assert [c.device_id for c in conflict.candidates] == ["dev-b"]
