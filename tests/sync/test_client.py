@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -1250,34 +1251,50 @@ def test_an_informant_device_keeps_its_pseudonym_and_its_file_is_private(office)
     assert li._store.path.stat().st_mode & 0o777 == 0o600
 
 
+def back_up(tmp_path: Path) -> Path:
+    """A copy of the office's store and data keys, as a backup holds them."""
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    for name in ("server.db", "server.db.keys"):
+        live, copy = sqlite3.connect(tmp_path / name), sqlite3.connect(backup / name)
+        with closing(live), closing(copy):
+            live.backup(copy)
+    return backup
+
+
+@contextmanager
+def restored(office: Office, backup: Path, *devices: DeviceClient) -> Iterator[None]:
+    """The office as restored from `backup`, serving `devices` meanwhile."""
+    store = make_store(backup / "server.db", office.keys)
+    app = create_app(Settings(data_dir=backup), store=store, keys=office.keys, wall_ms=office.wall)
+    try:
+        with TestClient(app) as http:
+            for device in devices:
+                device._http = http
+            yield
+    finally:
+        for device in devices:
+            device._http = office.http
+        store.close()
+
+
 def test_a_change_the_restored_office_lost_is_sent_again_before_a_newer_one(office, tmp_path):
     wang = office.device("wang", "mediator")
     sun = office.device("sun", "mediator")
     wang.edit("case", "k-1", {"title": "Drains", "location": XIANGMIHU})
     wang.sync()
-    backup = tmp_path / "backup"
-    backup.mkdir()
-    for name in ("server.db", "server.db.keys"):
-        with sqlite3.connect(tmp_path / name) as live, sqlite3.connect(backup / name) as copy:
-            live.backup(copy)
+    backup = back_up(tmp_path)
     lost = wang.edit("case", "k-1", {"summary": "The neighbour agreed to pay 500"})
     wang.sync()  # applied, then lost by the restore below
-    restored = make_store(backup / "server.db", office.keys)
-    settings = Settings(data_dir=backup)
-    app = create_app(settings, store=restored, keys=office.keys, wall_ms=office.wall)
-    with TestClient(app) as http:
-        wang._http = sun._http = http
+    with restored(office, backup, wang, sun):
         sun.edit("case", "k-2", {"title": "Noise", "location": XIANGMIHU})
         sun.sync()  # takes the lost change's place in the log
         office.wall.tick()
         newer = wang.edit("case", "k-1", {"priority": "high"})
         wang.sync()
         answers = {e.change_id: (e.state, e.reason) for e in wang.outbox()}
-        assert answers[lost.change_id] == ("applied", None)
-        assert answers[newer.change_id] == ("applied", None)
+        assert answers[lost.change_id] == answers[newer.change_id] == ("applied", None)
         assert wang.record("case", "k-1").summary == "The neighbour agreed to pay 500"
-        wang._http = sun._http = office.http
-    restored.close()
 
 
 def test_a_restored_office_gets_a_lost_change_before_a_batch_that_was_never_answered(
@@ -1286,11 +1303,7 @@ def test_a_restored_office_gets_a_lost_change_before_a_batch_that_was_never_answ
     wang = office.device("wang", "mediator")
     wang.edit("case", "k-1", {"title": "Drains", "location": XIANGMIHU})
     wang.sync()
-    backup = tmp_path / "backup"
-    backup.mkdir()
-    for name in ("server.db", "server.db.keys"):
-        with sqlite3.connect(tmp_path / name) as live, sqlite3.connect(backup / name) as copy:
-            live.backup(copy)
+    backup = back_up(tmp_path)
     lost = wang.edit("case", "k-1", {"summary": "The neighbour agreed to pay 500"})
     wang.sync()  # applied, then lost by the restore below
     newer = wang.edit("case", "k-1", {"priority": "high"})
@@ -1302,13 +1315,7 @@ def test_a_restored_office_gets_a_lost_change_before_a_batch_that_was_never_answ
     with pytest.raises(httpx.ConnectError):
         wang.push()  # its batch is stored, and never answered
     monkeypatch.undo()
-    restored = make_store(backup / "server.db", office.keys)
-    settings = Settings(data_dir=backup)
-    app = create_app(settings, store=restored, keys=office.keys, wall_ms=office.wall)
-    with TestClient(app) as http:
-        wang._http = http
+    with restored(office, backup, wang):
         wang.sync()
-        answers = {e.change_id: (e.state, e.reason) for e in wang.outbox()}
-        wang._http = office.http
-    restored.close()
+    answers = {e.change_id: (e.state, e.reason) for e in wang.outbox()}
     assert answers[lost.change_id] == answers[newer.change_id] == ("applied", None)
