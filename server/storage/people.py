@@ -30,8 +30,10 @@ from sync.store import RecordKey
 def normal_phone(text: str) -> str | None:
     """The national number, digits only: without China's country code (`+86`, `0086`) or
     a landline's trunk 0, so `0571 8765 4321` and `+86 571 8765 4321` are one number;
-    None if too short to mean anything."""
-    digits = re.sub(r"\D", "", text)
+    None if too short to mean anything. An extension (`转 8`, `ext. 8`) is left out:
+    the household is found by the number it shares."""
+    number = re.split(r"转|分机|ext\.?|x|#", text, maxsplit=1, flags=re.IGNORECASE)[0]
+    digits = re.sub(r"\D", "", number)
     if digits.startswith("0086"):
         digits = digits[4:]
     elif digits.startswith("86") and 11 <= len(digits) <= 14:

@@ -25,6 +25,9 @@ def test_a_landline_is_one_number_with_its_trunk_0_or_with_the_country_code():
     assert {normal_phone(t) for t in hangzhou} == {"57187654321"}
     beijing = ["010 1234 5678", "+86 10 1234 5678", "861012345678"]
     assert {normal_phone(t) for t in beijing} == {"1012345678"}
+    # An extension is left out, written either way.
+    extended = ["0571-8765 4321 转 8", "+86 571 8765 4321 ext. 8", "0571 87654321 x8"]
+    assert {normal_phone(t) for t in extended} == {"57187654321"}
     # A local number without its area code stays as typed, whatever its first digits.
     assert normal_phone("8612 3456") == "86123456"
     assert normal_phone("8765 4321") == "87654321"
