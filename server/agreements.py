@@ -66,7 +66,7 @@ def _check_supersedes(store: SqliteStore, agreement: Agreement) -> tuple[Reason,
         return None
     key = ("agreement", agreement.supersedes)
     state = store.states([key]).get(key)
-    old = materialize(state) if state else None
+    old = materialize(state, ("status", "required_signers")) if state else None
     if not isinstance(old, Agreement) or old.status != "executed":
         return None
     missing = sorted(set(old.required_signers) - set(agreement.required_signers))

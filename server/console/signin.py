@@ -215,13 +215,15 @@ def _spend_step(directory: Directory, user_id: str, step: int) -> bool:
 
 def _check_rate(directory: Directory, settings: Settings, who: list[str], now_ms: int) -> None:
     since = now_ms - settings.login_window_s * 1000
-    for name in who:
-        with directory.store.snapshot() as db:
-            (failures,) = db.execute(
+    with directory.store.snapshot() as db:
+        counts = [
+            db.execute(
                 "SELECT count(*) FROM login_failures WHERE who = ? AND at_ms > ?", [name, since]
-            ).fetchone()
-        if failures >= settings.login_max_failures:
-            raise RateLimited(_("too many failed sign-ins; try again later"))
+            ).fetchone()[0]
+            for name in who
+        ]
+    if max(counts, default=0) >= settings.login_max_failures:
+        raise RateLimited(_("too many failed sign-ins; try again later"))
 
 
 def session(

@@ -1098,18 +1098,28 @@ def test_a_batch_stored_by_a_version_1_client_is_still_sent_after_the_upgrade(of
     assert wang.record("case", "k-1").title == "Drains"
 
 
-def test_an_erased_case_leaves_nothing_of_it_in_the_device_file(office):
-    sun = office.device("sun", "mediator")
-    sun.edit("party", "p-he", {"name": "He Jianguo", "phone": "+86 138 0000 1234"})
-    sun.edit(
+def a_case_with_a_party(device: DeviceClient) -> None:
+    """Case k-he linking party p-he (a name and a phone), made and synced by `device`."""
+    device.edit("party", "p-he", {"name": "He Jianguo", "phone": "+86 138 0000 1234"})
+    device.edit(
         "case",
         "k-he",
         {"title": "Water leak", "location": XIANGMIHU},
         [Add(field="parties", value="p-he")],
     )
-    sun.sync()
-    sun.edit("case", "k-he", {"summary": "He Jianguo's ceiling drips"})  # not yet pushed
+    device.sync()
+
+
+def erased(office: Office) -> None:
+    """Case k-he lawfully erased at the office."""
     erase_case(office.store, "k-he", "court order", "operator:wang", office.wall())
+
+
+def test_an_erased_case_leaves_nothing_of_it_in_the_device_file(office):
+    sun = office.device("sun", "mediator")
+    a_case_with_a_party(sun)
+    sun.edit("case", "k-he", {"summary": "He Jianguo's ceiling drips"})  # not yet pushed
+    erased(office)
 
     assert sun.pull().evicted == 2
     assert sun.record("case", "k-he") is None and sun.record("party", "p-he") is None
@@ -1179,16 +1189,9 @@ def test_a_device_checks_the_office_receipt_of_an_executed_agreement(office):
 
 def test_an_erased_record_leaves_no_bytes_in_the_write_ahead_log(office):
     sun = office.device("sun", "mediator")
-    sun.edit("party", "p-he", {"name": "He Jianguo"})
-    sun.edit(
-        "case",
-        "k-he",
-        {"title": "Water leak", "location": XIANGMIHU},
-        [Add(field="parties", value="p-he")],
-    )
-    sun.sync()
+    a_case_with_a_party(sun)
     sealed = [state for (state,) in sun._store._db.execute("SELECT state FROM records")]
-    erase_case(office.store, "k-he", "court order", "operator:wang", office.wall())
+    erased(office)
     assert sun.pull().evicted == 2
     # A thief copies the files while the app runs: no sealed state of the records is left.
     disk = on_disk(sun._store.path)
@@ -1200,7 +1203,7 @@ def test_a_fold_of_the_log_held_up_by_another_reader_is_done_at_the_next_pull(of
     sun.edit("case", "k-he", {"title": "Water leak", "location": XIANGMIHU})
     sun.sync()
     sealed = [state for (state,) in sun._store._db.execute("SELECT state FROM records")]
-    erase_case(office.store, "k-he", "court order", "operator:wang", office.wall())
+    erased(office)
     other = sqlite3.connect(sun._store.path)  # a second process reading the same file
     other.execute("BEGIN")
     other.execute("SELECT count(*) FROM records").fetchone()
@@ -1226,7 +1229,7 @@ def test_a_change_in_flight_when_its_record_is_erased_goes_with_the_answer(offic
     with pytest.raises(httpx.ConnectError):
         sun.push()  # the batch is made and stored, its answer never comes
     monkeypatch.undo()
-    erase_case(office.store, "k-he", "court order", "operator:wang", office.wall())
+    erased(office)
     sun.pull()
     assert states(sun) == [("sent", None)]
     assert [(r.status, r.reason) for r in sun.push()] == [("rejected", "record_erased")]
