@@ -18,7 +18,9 @@ class Write(msgspec.Struct, frozen=True, array_like=True):
     `hlc` with `device_id` is the dot; `order` is the stamp used to rank
     concurrent writes (the hlc, unless the server clamped it). `seen` is kept
     only where merging needs the writer's causal context later (status
-    history, deletes).
+    history, deletes). `position` is a log entry's place among its change's
+    operations. `contested` marks a delete that some edit was made beside
+    (neither had seen the other).
     """
 
     value: Any
@@ -27,6 +29,8 @@ class Write(msgspec.Struct, frozen=True, array_like=True):
     change_id: str
     order: int
     seen: dict[str, int] = {}
+    position: int = 0
+    contested: bool = False
 
 
 class RecordState(msgspec.Struct, kw_only=True):
@@ -35,6 +39,9 @@ class RecordState(msgspec.Struct, kw_only=True):
     record_type: str
     record_id: str
     vv: dict[str, int] = {}
+    # Like `vv`, counting only changes that edit (not those that only delete or restore).
+    # None in a state written before it was kept: every change then counts as an edit.
+    edits: dict[str, int] | None = None
     registers: dict[str, list[Write]] = {}
     sets: dict[str, dict[str, list[Write]]] = {}
     logs: dict[str, dict[str, Write]] = {}

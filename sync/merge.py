@@ -13,13 +13,17 @@ Policies (declared on the record types in `schemas.records`):
           the highest (order, device); distinct siblings are a conflict.
 - set:    observed-remove set: a remove takes only the adds its change had seen.
 - log:    entries unioned by key; the same key with other content is rejected.
+          A log reads by rank, and one change's entries in the order appended.
 - status: a state machine checked against the status the device had seen;
           concurrent transitions rank, and distinct ones are a conflict.
 - sealed: lww until the record has a signature the device had seen; after
           that an edit is rejected (`agreement_sealed`).
 
-Deletes are tombstones: fields stay, and any write the delete had not seen
-keeps the record in a `deleted` conflict until someone settles it.
+Deletes are tombstones: fields stay. A delete that an edit was made beside
+(neither had seen the other) is contested: the record is then in a `deleted`
+conflict listing every live write no delete had seen, until a delete or
+restore that had seen them all settles it. Edits made after seeing the
+delete, the deleting device's own among them, open no conflict by themselves.
 """
 
 from __future__ import annotations
@@ -117,7 +121,7 @@ def field_specs(record_type: str) -> dict[str, FieldSpec]:
 
 
 def new_state(record_type: str, record_id: str) -> RecordState:
-    return RecordState(record_type=record_type, record_id=record_id)
+    return RecordState(record_type=record_type, record_id=record_id, edits={})
 
 
 def seen_by(write: Write, change: Change) -> bool:
@@ -146,8 +150,7 @@ def apply_change(state: RecordState | None, change: Change, order: int | None = 
         specs = field_specs(change.record_type)
     except KeyError:
         return Outcome(None, Rejected(Reason.UNKNOWN_RECORD_TYPE, change.record_type))
-    if state is None:
-        state = new_state(change.record_type, change.record_id)
+    state = new_state(change.record_type, change.record_id) if state is None else _upgraded(state)
     try:
         return Outcome(_apply(state, change, specs, change.hlc if order is None else order), None)
     except Rejected as rejected:
@@ -165,8 +168,9 @@ def _apply(
             f"stamp {change.hlc} is not after this device's last change to the record",
         )
 
-    def write(value: Any, seen: dict[str, int] | None = None) -> Write:
-        return Write(value, change.device_id, change.hlc, change.change_id, order, seen or {})
+    def write(value: Any, seen: dict[str, int] | None = None, position: int = 0) -> Write:
+        ids = (change.device_id, change.hlc, change.change_id, order)
+        return Write(value, *ids, seen or {}, position)
 
     # Validate everything before touching anything: a change applies whole or not at all.
     sets = {name: _checked(specs, name, value) for name, value in change.set.items()}
@@ -203,7 +207,7 @@ def _apply(
                 write(value),
             ]
 
-    for op in change.ops:
+    for position, op in enumerate(change.ops):
         match op:
             case Add(field=name, value=raw) | Remove(field=name, value=raw):
                 spec, element = _checked_element(specs, name, raw, AddRemoveSet)
@@ -222,7 +226,7 @@ def _apply(
                 assert isinstance(log, Log)  # _checked_element made sure
                 key = str(entry[log.key])
                 entries = dict(next_state.logs.get(name, {}))
-                new = write(entry)
+                new = write(entry, position=position)
                 if key in entries:
                     if entries[key].value != entry and not log.repeats:
                         raise Rejected(
@@ -242,15 +246,62 @@ def _apply(
                 next_state.logs[name] = entries
             case Delete() | Restore():
                 seen = {**change.seen, change.device_id: change.hlc}
+                tombstone = write(isinstance(op, Delete), seen)
+                if tombstone.value and _edited_beside(state, tombstone):
+                    tombstone = msgspec.structs.replace(tombstone, contested=True)
                 next_state.deleted = [
                     *(w for w in next_state.deleted if not seen_by(w, change)),
-                    write(isinstance(op, Delete), seen),
+                    tombstone,
                 ]
+    if change.set or any(not isinstance(op, Delete | Restore) for op in change.ops):
+        _mark_edit(state, next_state, change)
     return next_state
+
+
+def _upgraded(state: RecordState) -> RecordState:
+    """A state written before edits were counted (`edits` None) in today's form.
+
+    Every earlier change counts as an edit, and a current delete is contested
+    when a live write it had not seen remains, the rule of that time.
+    """
+    if state.edits is not None:
+        return state
+    live = [w for _, w in _live_writes(state)]
+    deleted = [
+        msgspec.structs.replace(d, contested=True)
+        if d.value and any(not covers(w, d.device_id, d.hlc, d.seen) for w in live)
+        else d
+        for d in state.deleted
+    ]
+    return msgspec.structs.replace(state, edits=dict(state.vv), deleted=deleted)
+
+
+def _edited_beside(state: RecordState, delete: Write) -> bool:
+    """Whether an edit the delete had not seen was applied before it (so neither saw the other)."""
+    return any(
+        hlc > delete.seen.get(device, -1)
+        for device, hlc in (state.edits or {}).items()
+        if device != delete.device_id
+    )
+
+
+def _mark_edit(state: RecordState, next_state: RecordState, change: Change) -> None:
+    """Count `change` as an edit, and mark the current deletes it was made beside contested."""
+    next_state.edits = {**(state.edits or {}), change.device_id: change.hlc}
+    if any(w.value and not w.contested and not seen_by(w, change) for w in next_state.deleted):
+        next_state.deleted = [
+            msgspec.structs.replace(w, contested=True) if w.value and not seen_by(w, change) else w
+            for w in next_state.deleted
+        ]
 
 
 def _log_rank(write: Write) -> tuple[int, str, str]:
     return (write.order, write.device_id, write.change_id)
+
+
+def _entry_rank(write: Write) -> tuple[int, str, int, int]:
+    """The order a log reads in: by rank, then a change's entries in the order appended."""
+    return (write.order, write.device_id, write.hlc, write.position)
 
 
 def _appends(state: RecordState, name: str) -> Iterable[Write]:
@@ -365,7 +416,7 @@ def materialize(state: RecordState, only: Collection[str] | None = None) -> msgs
             case AddRemoveSet() if name in state.sets:
                 values[name] = sorted(state.sets[name])
             case Log() if name in state.logs:
-                entries = sorted(state.logs[name].values(), key=rank_key)
+                entries = sorted(state.logs[name].values(), key=_entry_rank)
                 values[name] = [w.value for w in entries]
     return msgspec.convert(values, RECORD_TYPES[state.record_type])
 
@@ -392,13 +443,14 @@ def conflicts_touching(change: Change, state: RecordState) -> list[Conflict]:
 
 def _conflicts_of(state: RecordState, names: Collection[str] | None) -> list[Conflict]:
     """The open conflicts of these fields (None: all), and the conflict over a delete."""
+    state = _upgraded(state)
     found = [
         conflict
         for name, machine in _conflict_fields(state.record_type)
         if (names is None or name in names)
         and (conflict := _field_conflict(state, name, machine)) is not None
     ]
-    if is_deleted(state):
+    if any(w.value and w.contested for w in state.deleted):
         # Each candidate is {field: value}, so two fields written by one change stay apart,
         # and the order (stamp, device, field) does not depend on arrival.
         unseen = sorted(

@@ -172,11 +172,12 @@ def signature(signer: str) -> dict[str, Any]:
     }
 
 
+SIGNERS = ["p-owner", "p-neighbour", "p-witness"]
 MACHINES = {"case": CASE_STATUS, "warning": WARNING_STATUS, "agreement": AGREEMENT_STATUS}
 VALUES = {"case": CASE_VALUES, "warning": WARNING_VALUES, "agreement": AGREEMENT_VALUES}
 FIELDS = {record_type: sorted(values) for record_type, values in VALUES.items()}
 LWW_FIELD = {"case": "title", "warning": "description", "agreement": "terms"}
-CASE_OPS = ["add", "add", "remove", "remove", "note", "note", "delete", "restore"]
+CASE_OPS = ["add", "add", "remove", "remove", "note", "note", "repeat", "delete", "restore"]
 
 
 # Strategies are built once: building one per draw costs more than the merge under test.
@@ -190,12 +191,18 @@ def choose(draw: st.DrawFn, values: list[Any]) -> Any:
 
 
 def make_edit(
-    draw: st.DrawFn, record_type: str, device_id: str, serial: int, status: str | None
+    draw: st.DrawFn,
+    record_type: str,
+    device_id: str,
+    serial: int,
+    status: str | None,
+    notes: list[Any],
 ) -> tuple[dict, list[Op]]:
     """One edit a device might make to a record: some fields set, some operations.
 
     `status` is the status the device shows (None: no status yet); most status
-    edits are moves the state machine allows from it, some are not.
+    edits are moves the state machine allows from it, some are not. `notes`
+    are the notes it shows, which it may append again unchanged.
     """
     choices = VALUES[record_type]
     names = sorted({choose(draw, FIELDS[record_type]) for _ in range(draw(between(0, 3)))})
@@ -216,7 +223,11 @@ def make_edit(
                 name = choose(draw, sorted(SET_FIELDS))
                 element = choose(draw, SET_FIELDS[name])
                 ops.append((Add if kind == "add" else Remove)(field=name, value=element))
-            elif kind == "note":
+            elif kind == "repeat" and notes:
+                # The same entry from a second device, or twice in one change: the log must
+                # read in one order whichever append arrives first.
+                ops.append(Append(field="notes", entry=msgspec.to_builtins(choose(draw, notes))))
+            elif kind in ("note", "repeat"):
                 text = choose(draw, SUMMARIES[1:])
                 ops.append(
                     Append(field="notes", entry=note(f"n-{unique}-{len(ops)}", device_id, text))
@@ -224,8 +235,10 @@ def make_edit(
             else:
                 ops.append(Delete() if kind == "delete" else Restore())
     elif record_type == "agreement" and draw(between(0, 1)):
-        # Signers are unique per append: two devices capturing one signer has its own tests.
-        ops.append(Append(field="signatures", entry=signature(f"p-{unique}")))
+        # One or two signers from a small pool, so two devices often capture the same signer
+        # (scenario 2): the agreement must read in one order whichever phone arrives first.
+        for _ in range(draw(between(1, 2))):
+            ops.append(Append(field="signatures", entry=signature(choose(draw, SIGNERS))))
     if not sets and not ops:
         name = LWW_FIELD[record_type]
         sets = {name: choose(draw, choices[name])}
@@ -342,7 +355,10 @@ def histories(
             key = choose(draw, records)
             record = shown(device, key)
             status = record.status if record is not None and has_status(device, key) else None
-            sets, ops = make_edit(draw, key[0], device.replica.device_id, next(serial), status)
+            notes = record.notes if record is not None and key[0] == "case" else []
+            sets, ops = make_edit(
+                draw, key[0], device.replica.device_id, next(serial), status, notes
+            )
             try:
                 change = device.replica.edit(*key, set=sets, ops=ops)
             except merge.Rejected:

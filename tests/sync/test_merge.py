@@ -522,6 +522,80 @@ def test_a_restore_that_saw_the_delete_and_the_edit_settles_it():
     assert merge.materialize(state).title == "Drains, again"
 
 
+def test_a_devices_own_edits_after_its_delete_are_no_conflict():
+    # DESIGN: a device's own earlier changes are always seen by its later ones.
+    created = change("dev-a", 10, set={"title": "Drains"})
+    deleted = change("dev-a", 20, ops=[Delete()])
+    edited = change(
+        "dev-a",
+        30,
+        set={"title": "Drains overflow"},
+        ops=[Add(field="tags", value="drains"), Append(field="notes", entry=note("n-1", "dry"))],
+    )
+
+    state = merged([created, deleted, edited])
+
+    assert merge.is_deleted(state)
+    assert merge.conflicts(state) == []
+
+
+def test_an_edit_made_after_seeing_another_devices_delete_is_no_conflict():
+    created = change("dev-a", 10, set={"title": "Drains"})
+    deleted = change("dev-b", 20, saw=(created,), ops=[Delete()])
+    edited = change("dev-a", 30, saw=(deleted,), set={"status": "assigned"})
+
+    assert merge.conflicts(merged([created, deleted, edited])) == []
+
+
+def test_an_edit_beside_the_delete_stays_in_conflict_when_its_value_is_replaced():
+    # Overwriting the concurrent edit does not settle whether the record is deleted:
+    # the write that replaced it carries the conflict on until a delete or restore does.
+    created = change("dev-a", 10, set={"title": "Drains"})
+    deleted = change("dev-a", 20, ops=[Delete()])
+    beside = change("dev-b", 25, saw=(created,), set={"title": "Drains, still flooding"})
+    other = change("dev-c", 26, saw=(created,), set={"priority": "high"})
+    replaced = change("dev-a", 30, saw=(beside,), set={"title": "Drains (duplicate)"})
+
+    state = in_every_order([created, deleted, beside, other, replaced])
+
+    (conflict,) = merge.conflicts(state)
+    assert conflict.kind == "deleted"
+    assert {c.change_id for c in conflict.candidates} == {other.change_id, replaced.change_id}
+    # A delete that had seen it all settles it, in every order too.
+    again = change("dev-sup", 40, saw=(deleted, other, replaced), ops=[Delete()])
+    assert merge.conflicts(in_every_order([created, deleted, beside, other, replaced, again])) == []
+
+
+def test_a_new_status_after_seeing_the_delete_carries_a_concurrent_status_on():
+    created = change("dev-a", 10, set={"title": "Drains", "status": "new"})
+    deleted = change("dev-a", 20, ops=[Delete()])
+    beside = change("dev-b", 25, saw=(created,), set={"status": "assigned"})
+    moved = change("dev-a", 30, saw=(beside,), set={"status": "in_mediation"})
+
+    (conflict,) = merge.conflicts(in_every_order([created, deleted, beside, moved]))
+
+    assert [c.change_id for c in conflict.candidates] == [moved.change_id]
+
+
+def test_a_state_stored_before_edits_were_counted_keeps_its_deleted_conflict():
+    created = change("dev-a", 10, set={"title": "Drains"})
+    deleted = change("dev-a", 20, ops=[Delete()])
+    beside = change("dev-b", 25, saw=(created,), set={"summary": "Met the owner"})
+    today = merged([created, deleted, beside])
+    # What an older version stored: no count of edits, no mark on the delete.
+    older = msgspec.structs.replace(
+        today,
+        edits=None,
+        deleted=[msgspec.structs.replace(d, contested=False) for d in today.deleted],
+    )
+
+    assert merge.conflicts(older) == merge.conflicts(today) != []
+    later = change("dev-a", 30, set={"title": "Drains (duplicate)"})
+    after = merge.apply_change(older, later).state
+    assert after is not None and after.edits is not None
+    assert merge.conflicts(after) == merge.conflicts(merged([created, deleted, beside, later]))
+
+
 # -- rejections --------------------------------------------------------------------------------
 
 CREATED = change(
@@ -675,3 +749,22 @@ def test_one_signer_signing_on_two_devices_gives_one_result_in_any_order():
     )
 
     assert outcomes([draft, on_a, on_b]) == outcomes([draft, on_b, on_a])
+
+
+def test_a_log_reads_in_one_order_whatever_the_arrival_order():
+    # Two entries of one change tie on their stamp and device; a repeat of the second
+    # from another device, arriving first, used to put it first.
+    a = change(
+        "dev-a",
+        10,
+        ops=[
+            Append(field="notes", entry=note("n-9", "visited no. 14")),
+            Append(field="notes", entry=note("n-10", "owner agrees to a trap")),
+        ],
+    )
+    b = change(
+        "dev-b", 20, ops=[Append(field="notes", entry=note("n-10", "owner agrees to a trap"))]
+    )
+
+    for order in ([a, b], [b, a]):
+        assert [n.entry_id for n in merge.materialize(merged(order)).notes] == ["n-9", "n-10"]
