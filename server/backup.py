@@ -31,8 +31,10 @@ compromise, even with the key file locked under the passphrase.
 The manifest's hashes catch a damaged or altered copy before anything is
 written; they are not a signature (anyone who can write the backup can
 rewrite them). What an attacker cannot forge is caught by the restore's own
-checks: every sealed value must open under its data key, the audit chain
-must verify, and so must its checkpoints, signed with the office key.
+checks: every sealed value must open under its data key, and everything
+`lianxin audit verify` checks must hold: the audit chain, its checkpoints
+signed with the office key, every batch signed by its device, and every
+agreement's signatures and office receipt.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from typing import NamedTuple
 import msgspec
 import sqlite_utils
 
-from server import audit
+from server import audit, audit_verify
 from server.erasure import erase_records
 from server.keys import LockedFile, OfficeKeys
 from server.settings import Settings
@@ -264,8 +266,9 @@ def restore(
     Refuses (writing nothing) a non-empty target, a missing or changed file,
     a key file of another office. After copying: integrity_check on both
     databases, then, with a key file (the backup's or `key_file`), every
-    sealed value must open (erased records excepted), the audit chain and
-    its signed checkpoints must verify, and every record whose data key is
+    sealed value must open (erased records excepted), the store must pass
+    `audit_verify.verify_store` (chain, checkpoints, batch and agreement
+    signatures), and every record whose data key is
     destroyed is cleared (`finish_erasures`). Without a key file, a store
     holding such records is refused: clearing them needs the key. On any
     problem the restored files are removed again, so a broken restore can
@@ -390,10 +393,13 @@ def _open_everything(
     store = open_store(settings, keys)
     try:
         opened, erased, problems = open_sealed_values(store)
-        problems += audit.verify(store.db)
-        # The chain alone does not show its last entries cut off after a signed checkpoint.
-        problems += audit.verify_checkpoints(store.db, keys.office_id, keys.signing_public)
-        entries = store.db.execute("SELECT count(*) FROM audit").fetchone()[0]
+        # Everything `lianxin audit verify` checks: the chain, its signed checkpoints (the
+        # chain alone does not show entries cut off after one), every device's batch
+        # signature and every agreement's signatures and receipt. Whoever could rewrite
+        # the data keys could rewrite a change; no one without the device's key can sign it.
+        report = audit_verify.verify_store(store, keys)
+        problems += report.problems
+        entries = report.entries
         cleared: list[str] = []
         if not problems:
             # The restored office's log says where it came from; its chain goes on from there.

@@ -548,9 +548,12 @@ def test_a_log_cut_after_a_signed_checkpoint_is_refused(office, tmp_path):
 
     target = folder(tmp_path, "restored")
     restored = bring_back(tmp_path / "backup", target)
+    device = office.store.db.execute("SELECT device_id FROM batches").fetchone()[0]
     assert restored.problems == [
         f"checkpoint at entry {mark.seq}: the log ends at entry {mark.seq - 1}"
-        " (later entries were dropped)"
+        " (later entries were dropped)",
+        # The entry cut off was the push of b-2, so its batch is no longer logged.
+        f"batch b-2 of {device}: no audit entry logs it",
     ]
     assert not target.data_dir.exists()
 
@@ -560,3 +563,23 @@ def test_a_file_given_for_the_backup_folder_is_refused_with_a_message(tmp_path):
     given_file.write_bytes(b"not a folder")
     with pytest.raises(Unreadable, match="not a Lianxin backup"):
         backup.read_manifest(given_file)
+
+
+def test_a_batch_whose_device_signature_does_not_verify_is_refused(office, tmp_path):
+    # The manifest hashes are no signature: whoever can write the backup can rehash it.
+    # What only the phone could make is checked on the way back in.
+    push_case(office.enroll("mediator"), "k-1", "p-1", "b-1")
+    take(office, tmp_path / "backup")
+    tamper(
+        tmp_path / "backup",
+        "UPDATE batches SET signature = zeroblob(length(signature)) WHERE batch_id = 'b-1'",
+    )
+
+    target = folder(tmp_path, "restored")
+    restored = bring_back(tmp_path / "backup", target)
+    device = office.store.db.execute("SELECT device_id FROM batches").fetchone()[0]
+    assert (
+        f"batch b-1 of {device}: the device's signature does not verify over the stored manifest"
+        in (restored.problems)
+    )
+    assert not target.data_dir.exists()
