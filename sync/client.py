@@ -98,6 +98,9 @@ SIGNING_KEY = "signing_key"
 KEM_KEY = "kem_key"
 IDENTITY = "identity"
 CURSOR = "cursor"
+# Set by a replica migration when the merge rules changed: the next pull that reaches the
+# office starts from no cursor and replaces the server layer (`replica_store` 0003).
+REBUILD = "rebuild_server_layer"
 CLOCK_LAST = "clock_last"
 SERVER_OFFSET = "server_offset_ms"
 PUSH_SIGNED_MS = "push_signed_ms"
@@ -470,8 +473,10 @@ class DeviceClient:
         report = PullReport()
         while True:
             cursor = self._store.meta(CURSOR)
+            rebuild = self._store.meta(REBUILD) is not None
             request = PullRequest(
-                cursor=cursor if isinstance(cursor, str) else None, limit=self._pull_limit
+                cursor=cursor if isinstance(cursor, str) and not rebuild else None,
+                limit=self._pull_limit,
             )
             try:
                 page = self._learning_office(functools.partial(self._pull_once, request))
@@ -482,6 +487,11 @@ class DeviceClient:
                     self._store.set_meta(CURSOR, None)
                     self._store.forget_server_layer()
                 continue
+            if rebuild:  # only now that the office answers: offline, the device keeps its view
+                with self._store.transaction():
+                    self._store.drop_server_layer()
+                    self._store.set_meta(CURSOR, None)
+                    self._store.set_meta(REBUILD, None)
             applied, skipped, evicted = self._apply_page(page)
             report = PullReport(
                 report.pages + 1,

@@ -21,9 +21,10 @@ Policies (declared on the record types in `schemas.records`):
 
 Deletes are tombstones: fields stay. A delete that an edit was made beside
 (neither had seen the other) is contested: the record is then in a `deleted`
-conflict listing every live write no delete had seen, until a delete or
-restore that had seen them all settles it. Edits made after seeing the
-delete, the deleting device's own among them, open no conflict by themselves.
+conflict listing every live write no delete had seen (perhaps none), until a
+delete or restore that had seen every edit settles it. Edits made after
+seeing every current delete, the deleting device's own among them, open no
+conflict by themselves.
 """
 
 from __future__ import annotations
@@ -461,8 +462,9 @@ def _conflicts_of(state: RecordState, names: Collection[str] | None) -> list[Con
             ),
             key=lambda w: (w.order, w.device_id, _encode(w.value)),
         )
-        if unseen:
-            found.append(_conflict(state, DELETED_FIELD, "deleted", True, unseen))
+        # Open even with no value left to show (the edit beside it only removed, or was
+        # overwritten and then removed): only a delete or restore that saw it all settles it.
+        found.append(_conflict(state, DELETED_FIELD, "deleted", True, unseen))
     return found
 
 

@@ -16,6 +16,8 @@ Tables:
              body, so a retry resends the same bytes under the same batch id
     erased   the ids of records the office erased (schema version 2)
 
+Schema version 3 asks for the server layer to be pulled again (`sync.client`).
+
 An outbox change moves `pending` → `sent` (assigned to a batch, answer not yet
 known) → `applied` | `conflict` | `duplicate` | `rejected`. While its
 `overlay` flag is set it is replayed on top of the server layer in local
@@ -104,6 +106,17 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         [
             "CREATE TABLE erased (record_type TEXT NOT NULL, record_id TEXT NOT NULL,"
             " PRIMARY KEY (record_type, record_id))",
+        ],
+    ),
+    (
+        # The merge keeps more in each state (a log entry's place in its change, edits
+        # made beside a delete): the next pull that reaches the office builds the server
+        # layer again from no cursor, merged from nothing, as the office merged its own
+        # again (`sync.client.REBUILD`). Until then the device shows what it had.
+        "0003_merge_states",
+        [
+            "INSERT OR REPLACE INTO meta (key, value)"
+            " SELECT 'rebuild_server_layer', 1 WHERE EXISTS (SELECT 1 FROM records)"
         ],
     ),
 ]
@@ -367,6 +380,11 @@ class ReplicaStore:
         ).fetchone()
         return found is not None
 
+    def drop_server_layer(self) -> None:
+        """Drop every record and applied change id; the outbox stays as it is."""
+        self._db.execute("DELETE FROM records")
+        self._db.execute("DELETE FROM applied")
+
     def forget_server_layer(self) -> None:
         """Drop every record and applied change id, for a pull from no cursor to build the
         server layer again as the office now holds it.
@@ -375,8 +393,7 @@ class ReplicaStore:
         `pending`: a restored office may have lost them, and sending them again costs
         nothing where it has not (they are answered `duplicate`).
         """
-        self._db.execute("DELETE FROM records")
-        self._db.execute("DELETE FROM applied")
+        self.drop_server_layer()
         # Batches awaiting their answer are made again too, so that every change goes
         # in the order it was made: one of theirs first would make an older change that
         # the restore lost `stale_stamp`.

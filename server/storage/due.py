@@ -5,6 +5,9 @@ records already stored, which only the engine can redo, with their states and th
   (`access.update_access`); users who lost it get evictions.
 - `people`: a party's blind-index digests are made again (`people.index_parties`),
   and the repeat flags of the cases holding it follow.
+- `states`: the record's state is merged again from its logged changes, and its
+  open conflicts follow (`SqliteStore.rebuild`); done first, so the other kinds
+  read the new states.
 
 Done in one transaction, audited, and the list emptied: each item is done once.
 """
@@ -28,7 +31,11 @@ def catch_up(store: SqliteStore, index_key: bytes, now_ms: int) -> dict[str, int
         due = db.execute("SELECT work, record_type, record_id FROM due").fetchall()
         keys = {work: [(t, i) for w, t, i in due if w == work] for work in {w for w, _, _ in due}}
         # A record erased since it was listed has no state, and nothing left to redo.
-        held = store.states(key for found in keys.values() for key in found)
+        # A city's every record can be due: merged again a chunk at a time, not all held.
+        rebuilt = sum(store.rebuild(chunk) for chunk in _chunks(keys.get("states", [])))
+        held = store.states(
+            key for work, found in keys.items() if work != "states" for key in found
+        )
         if "readers" in keys:
             # After every cursor: phones drop what they no longer see with the office's
             # next logged change, and nothing of it reaches them meanwhile.
@@ -41,6 +48,12 @@ def catch_up(store: SqliteStore, index_key: bytes, now_ms: int) -> dict[str, int
             index_parties(store, index_key, {k: held[k] for k in keys["people"] if k in held})
             repeats.update(db, watched)
         done = {work: len(found) for work, found in sorted(keys.items())}
+        if "states" in done:
+            done["states"] = rebuilt  # those erased since they were listed left out
         db.execute("DELETE FROM due")
         audit.append(db, now_ms, "office", "catch_up", "due", done)
     return done
+
+
+def _chunks(keys: list[tuple[str, str]], size: int = 500) -> list[list[tuple[str, str]]]:
+    return [keys[n : n + size] for n in range(0, len(keys), size)]

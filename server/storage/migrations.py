@@ -357,6 +357,17 @@ def _phone_digests(db: sqlite_utils.Database) -> None:
     )
 
 
+def _merge_states(db: sqlite_utils.Database) -> None:
+    """The merge keeps more in each state now (a log entry's place in its change, whether
+    an edit was made beside a delete, each record's edits): every record's checkpoint is
+    merged again from its logged changes (`states`), so old and new records follow one
+    rule, as a device merging the log from nothing does."""
+    db.execute(
+        "INSERT OR IGNORE INTO due (work, record_type, record_id)"
+        " SELECT 'states', record_type, record_id FROM records WHERE length(state) > 0"
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _initial),
     ("0002_directory", _directory),
@@ -372,6 +383,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0013_totp_replay", _totp_replay),
     ("0014_due", _due),
     ("0015_phone_digests", _phone_digests),
+    ("0016_merge_states", _merge_states),
 ]
 
 

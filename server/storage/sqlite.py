@@ -42,7 +42,7 @@ from sync.atrest import create_private, open_sealed, seal
 from sync.changes import decode_change
 from sync.errors import Erased
 from sync.merge import is_deleted
-from sync.store import BatchWrite, LoggedChange, QuarantineRow, RecordKey
+from sync.store import BatchWrite, ConflictUpdate, LoggedChange, QuarantineRow, RecordKey
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_state = msgspec.msgpack.Decoder(RecordState).decode
@@ -232,20 +232,63 @@ class SqliteStore:
         found.update((key, cached.state) for key, cached in loaded.items())
         return found
 
-    def _load(self, conn: sqlite3.Connection, keys: list[RecordKey]) -> dict[RecordKey, Cached]:
+    def rebuild(self, keys: Iterable[RecordKey]) -> int:
+        """Merge these records again from their whole logged history, ignoring their
+        checkpoints, and write the new checkpoints (inside `transaction()`); returns how
+        many were rebuilt. For a changed merge rule: the log is the truth."""
+        keys = list(keys)
+        self._cache.drop(keys)
+        loaded = self._load(self.db.conn, keys, from_log=True)
+        self._write_checkpoints(checkpoint(key, cached) for key, cached in loaded.items())
+        # The open conflicts follow the new states; a rule change settles or opens some
+        # with no change of its own, so the record's last change stands for it.
+        was_open = self._open_conflicts_of(list(loaded))
+        updates = []
+        for key, cached in loaded.items():
+            now_open = {c.field: c for c in merge.conflicts(cached.state)}
+            for field in {f for k, f in was_open if k == key} | set(now_open):
+                if was_open.get((key, field)) != now_open.get(field):
+                    updates.append(ConflictUpdate(key, field, now_open.get(field), cached.seq))
+        self.write(BatchWrite([], {}, [], updates))
+        return len(loaded)
+
+    def _open_conflicts_of(self, keys: list[RecordKey]) -> dict[tuple[RecordKey, str], Conflict]:
+        found: dict[tuple[RecordKey, str], Conflict] = {}
+        for chunk in _chunks(keys):
+            rows = self.db.execute(
+                "SELECT c.record_type, c.record_id, c.field, c.conflict"
+                f" FROM (VALUES {','.join('(?, ?)' for _ in chunk)}) AS k JOIN conflicts AS c"
+                " ON c.record_type = k.column1 AND c.record_id = k.column2"
+                " WHERE c.settled_seq IS NULL",
+                [part for key in chunk for part in key],
+            ).fetchall()
+            data_keys = self.vault.data_keys(chunk)
+            for t, i, field, sealed in rows:
+                if (data_key := data_keys.get((t, i))) is not None:
+                    plain = open_sealed(data_key, sealed, bind("conflicts", (t, i), field))
+                    found[((t, i), field)] = _decode_conflict(plain)
+        return found
+
+    def _load(
+        self, conn: sqlite3.Connection, keys: list[RecordKey], from_log: bool = False
+    ) -> dict[RecordKey, Cached]:
         """Each record's checkpoint with its changes logged after it merged on top, as
-        `conn` sees them."""
+        `conn` sees them; `from_log`, every logged change of it merged from nothing."""
         loaded = {}
         for chunk in _chunks(keys):
             # Joins on (VALUES ...), not `(record_type, record_id) IN (VALUES ...)`: SQLite
             # plans that IN as a scan of the whole table, which made every batch O(records).
             marks = ",".join("(?, ?)" for _ in chunk)
-            rows = conn.execute(
-                f"SELECT r.record_type, r.record_id, r.seq, r.deleted, r.state"
-                f" FROM (VALUES {marks}) AS k"
-                " JOIN records AS r ON r.record_type = k.column1 AND r.record_id = k.column2",
-                [part for key in chunk for part in key],
-            ).fetchall()
+            rows = (
+                []
+                if from_log
+                else conn.execute(
+                    f"SELECT r.record_type, r.record_id, r.seq, r.deleted, r.state"
+                    f" FROM (VALUES {marks}) AS k"
+                    " JOIN records AS r ON r.record_type = k.column1 AND r.record_id = k.column2",
+                    [part for key in chunk for part in key],
+                ).fetchall()
+            )
             stored = {(t, i): (seq, bool(deleted), state) for t, i, seq, deleted, state in rows}
             after = [(*key, stored[key][0] if key in stored else 0) for key in chunk]
             logged = conn.execute(

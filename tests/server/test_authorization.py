@@ -271,7 +271,7 @@ def test_an_upgraded_office_takes_back_what_a_non_mediator_named_in_mediators_re
 
     office.store.db.execute("DELETE FROM migrations WHERE name >= '0014'")
     office.store.db.execute("DROP TABLE due")
-    assert migrate(office.store.db) == ["0014_due", "0015_phone_digests"]
+    assert migrate(office.store.db) == ["0014_due", "0015_phone_digests", "0016_merge_states"]
     SyncService(service.settings, office.store, office.keys, service.clock, office.wall)
 
     assert records_held(informant) == set()
@@ -281,6 +281,7 @@ def test_an_upgraded_office_takes_back_what_a_non_mediator_named_in_mediators_re
     evicted = {(i["record_type"], i["record_id"]) for i in page["items"] if i["type"] == "evict"}
     assert evicted == {("case", "k-1"), ("party", "p-1")}
     done = [e.detail for e in audit.entries(office.store.db) if e.action == "catch_up"]
-    assert done == [{"people": 1, "readers": 1}]  # the party's phone was indexed again too
+    # The party's phone was indexed again too, and both records merged again (0016).
+    assert done == [{"people": 1, "readers": 1, "states": 2}]
     # Done once: the next start finds nothing due.
     assert office.store.db.execute("SELECT count(*) FROM due").fetchone() == (0,)

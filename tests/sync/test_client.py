@@ -1322,3 +1322,30 @@ def test_a_restored_office_gets_a_lost_change_before_a_batch_that_was_never_answ
         wang.sync()
     answers = {e.change_id: (e.state, e.reason) for e in wang.outbox()}
     assert answers[lost.change_id] == answers[newer.change_id] == ("applied", None)
+
+
+def test_a_file_from_an_older_merge_keeps_its_view_offline_and_is_pulled_again_online(office):
+    # Replica migration 0003: states merged by an older version are replaced by the
+    # office's log merged from nothing, once the office answers, never before.
+    wang = office.device("wang", "mediator")
+    wang.edit("case", "k-1", set={"title": "Drains", "location": XIANGMIHU})
+    wang.sync()
+    key = ("case", "k-1")
+    older = msgspec.structs.replace(wang._store.states([key])[key], edits=None)
+    with wang._store.transaction():
+        wang._store.put_states([older])
+        wang._store.set_meta("rebuild_server_layer", None)
+    wang._store._db.execute("PRAGMA user_version = 2")
+    wang.close()
+
+    reopened = office.open("wang")
+    assert reopened._store.states([key])[key].edits is None
+    assert reopened.record(*key).title == "Drains"  # offline, the view stays
+
+    report = reopened.pull()
+
+    assert (report.applied, report.skipped) == (1, 0)
+    assert reopened._store.states([key])[key].edits is not None
+    assert reopened.record(*key).title == "Drains"
+    assert states(reopened) == [("applied", None)]  # nothing sent again
+    assert reopened.pull().applied == 0  # once

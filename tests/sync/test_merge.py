@@ -562,7 +562,7 @@ def test_an_edit_beside_the_delete_stays_in_conflict_when_its_value_is_replaced(
     assert conflict.kind == "deleted"
     assert {c.change_id for c in conflict.candidates} == {other.change_id, replaced.change_id}
     # A delete that had seen it all settles it, in every order too.
-    again = change("dev-sup", 40, saw=(deleted, other, replaced), ops=[Delete()])
+    again = change("dev-sup", 40, saw=(deleted, beside, other, replaced), ops=[Delete()])
     assert merge.conflicts(in_every_order([created, deleted, beside, other, replaced, again])) == []
 
 
@@ -575,6 +575,29 @@ def test_a_new_status_after_seeing_the_delete_carries_a_concurrent_status_on():
     (conflict,) = merge.conflicts(in_every_order([created, deleted, beside, moved]))
 
     assert [c.change_id for c in conflict.candidates] == [moved.change_id]
+
+
+def test_a_removal_beside_the_delete_keeps_it_open_with_nothing_left_to_show():
+    created = change("dev-a", 10, set={"title": "Drains"}, ops=[Add(field="tags", value="drains")])
+    deleted = change("dev-x", 20, saw=(created,), ops=[Delete()])
+    removed = change("dev-y", 25, saw=(created,), ops=[Remove(field="tags", value="drains")])
+
+    (conflict,) = merge.conflicts(in_every_order([created, deleted, removed]))
+
+    assert (conflict.kind, conflict.candidates) == ("deleted", [])
+    settled = change("dev-sup", 40, saw=(created, deleted, removed), ops=[Delete()])
+    assert merge.conflicts(merged([created, deleted, removed, settled])) == []
+
+
+def test_removing_the_value_added_beside_the_delete_does_not_settle_it():
+    created = change("dev-a", 10, set={"title": "Drains"})
+    deleted = change("dev-x", 20, saw=(created,), ops=[Delete()])
+    added = change("dev-y", 25, saw=(created,), ops=[Add(field="tags", value="urgent")])
+    removed = change("dev-x", 30, saw=(added,), ops=[Remove(field="tags", value="urgent")])
+
+    (conflict,) = merge.conflicts(in_every_order([created, deleted, added, removed]))
+
+    assert (conflict.kind, conflict.candidates) == ("deleted", [])
 
 
 def test_a_state_stored_before_edits_were_counted_keeps_its_deleted_conflict():
