@@ -62,11 +62,11 @@ from schemas.state import RecordState
 from server.keys import OfficeKeys
 from server.memory import collect_less
 from server.storage.migrations import migrate
-from server.storage.sqlite import SqliteStore
+from server.storage.sqlite import SqliteStore, bind
 from server.storage.vault import Vault
 from sync import engine as engine_module
 from sync import merge
-from sync.atrest import KdfParams
+from sync.atrest import KdfParams, open_sealed
 from sync.clock import COUNTER_MASK, DEFAULT_MAX_DRIFT_MS, Clock, pack
 from sync.engine import apply_batch
 
@@ -568,6 +568,15 @@ class Verified:
     digest: str
 
 
+def reopened(store: SqliteStore) -> SqliteStore:
+    """`store` closed (its owed checkpoints written) and its file opened again with no
+    state cached, so that what is checked is what was written."""
+    path, keys = store.path, store.vault.keys
+    store.close()
+    vault = Vault(path.with_name(path.name + ".keys"), keys)
+    return SqliteStore(path, vault, cached_states=0, packed_states=0)
+
+
 def verify(store: SqliteStore, workload: Workload, answers: Answers) -> Verified:
     """Check that the engine stored every change exactly once and as expected; raise if not."""
     db = store.db
@@ -604,6 +613,24 @@ def verify(store: SqliteStore, workload: Workload, answers: Answers) -> Verified
             stored_states.get(key) != blob for key, blob in workload.expected_states.items()
         )
         problems.append(f"{differing} of {workload.records} record states differ from expected")
+    # Closed, the store owes no checkpoint: each is the record's newest state, as of its
+    # last logged change.
+    rows = db.execute(
+        "SELECT r.record_type, r.record_id, r.seq, r.state, (SELECT max(c.seq) FROM changes c"
+        " WHERE c.record_type = r.record_type AND c.record_id = r.record_id) FROM records r"
+    ).fetchall()
+    data_keys = store.vault.data_keys((t, i) for t, i, *_ in rows)
+    stale = [
+        (t, i)
+        for t, i, seq, sealed, last in rows
+        if seq != last
+        or open_sealed(data_keys[(t, i)], sealed, bind("records", (t, i)))
+        != workload.expected_states.get((t, i))
+    ]
+    if stale:
+        problems.append(
+            f"{len(stale)} stored checkpoints are not the newest state, e.g. {stale[0]}"
+        )
     if problems:
         raise AssertionError("benchmark run is broken: " + "; ".join(problems))
     return Verified(
@@ -741,8 +768,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         gc.freeze()
         plain = run_plain(columns, rows, args.batch_size, tmp / "plain.db")
         gc.unfreeze()
-        verified = verify(store, workload, answers)
-        store.close()
+        # Checked on the file, not on the states the writer still holds in memory.
+        written = reopened(store)
+        verified = verify(written, workload, answers)
+        written.close()
 
     total = len(workload.changes)
     engine_rate, plain_rate = total / engine.seconds, len(rows) / plain.seconds

@@ -23,8 +23,8 @@ each record there.
 
 Baseline, in the same run: another device of the same supervisor pulls the
 same pages with `bench.http_sync.Phone` (signed, sealed) and decodes them
-without applying them; once before and once after the client's sync, the
-mean of the two is shown.
+(the change bytes inside left encoded) without applying them; once before
+and once after the client's sync, the mean of the two is shown.
 
 Target (DESIGN.md): 100,000 cases in at most 5 s.
 """
@@ -129,7 +129,8 @@ def run(cases: int, seed: int, profile: Path | None, say: Callable[[str], None])
         codes = set_up_office(data)
         with serving(data) as url, httpx.Client(base_url=url, timeout=120) as http:
             say(f"serving on {url}; pushing {cases:,} cases (untimed)")
-            results.fill_seconds = fill(mediator_books(http, codes, seed), cases, say)
+            books = mediator_books(http, codes, seed)
+            results.fill_seconds = fill(books, cases, say)
             say(f"built in {results.fill_seconds:.0f} s")
 
             raw = enroll(http, codes["supervisor"], "supervisor baseline")
@@ -157,6 +158,11 @@ def run(cases: int, seed: int, profile: Path | None, say: Callable[[str], None])
                 results.pages = report.pulled.pages
                 if report.pulled.applied != cases or report.pushed:
                     raise RuntimeError(f"the laptop's sync did not bring every case: {report}")
+                # What the laptop shows, not only what it counted (one case in a hundred).
+                pushed = [case_id for book in books for case_id in book.cases]
+                shown = [laptop.record("case", case_id) for case_id in pushed[::100]]
+                if any(record is None or not record.title for record in shown):
+                    raise RuntimeError("a case the mediators pushed does not show on the laptop")
                 if profiler and profile:
                     profiler.dump_stats(profile)
                     text = io.StringIO()

@@ -73,7 +73,7 @@ RECORDS = 1_000_000
 BIG_PAGE = 5000  # server/settings.py max_pull_limit
 PUSHED = CACHED_STATES + PACKED_STATES  # the cache of record states ends full
 NO_CHANGE_ROUNDS = 100
-MB = 1024 * 1024
+MB = 1_000_000  # the aim's unit: decimal megabytes, not MiB
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -161,13 +161,18 @@ def build(data: Path, records: int, seed: int, say: Callable[[str], None]) -> tu
         return seconds, memory(pid).peak
 
 
-def workload(url: str, supervisor: str, mediator: str, data: Path, seed: int) -> Iterator[str]:
-    """The measured steps against one server; yields after each, naming it."""
+def workload(
+    url: str, supervisor: str, mediator: str, data: Path, seed: int, logged: int
+) -> Iterator[str]:
+    """The measured steps against one server holding `logged` changes; yields after each,
+    naming it."""
     with httpx.Client(base_url=url, timeout=300) as http:
         reader = enroll(http, lianxin(data, "code", supervisor), "supervisor laptop")
         pusher = enroll(http, lianxin(data, "code", mediator), "mediator phone")
         yield "after start-up and two enrolments"
-        _, _, cursor = pull_everything(reader, BIG_PAGE)
+        _, items, cursor = pull_everything(reader, BIG_PAGE)
+        if items != logged:  # the pull that once set the peak must have carried everything
+            raise RuntimeError(f"the whole pull brought {items:,} items of {logged:,}")
         yield f"after a whole pull in pages of {BIG_PAGE:,}"
         # New ids each run, so a kept store takes them as new cases too.
         prefix = f"case-mem-{random.Random().getrandbits(32):08x}"
@@ -197,13 +202,16 @@ def workload(url: str, supervisor: str, mediator: str, data: Path, seed: int) ->
         yield f"after {PUSHED:,} pushed, pulled back and {NO_CHANGE_ROUNDS} no-change pulls"
 
 
-def measure(data: Path, empty: Path, seed: int, say: Callable[[str], None]) -> list[Phase]:
-    """The workload against the full store's server and the empty office's, step by step."""
+def measure(
+    data: Path, empty: Path, logged: int, seed: int, say: Callable[[str], None]
+) -> list[Phase]:
+    """The workload against the full store's server (holding `logged` changes) and the
+    empty office's, step by step."""
     phases = []
     with served(data) as (url, pid), served(empty) as (empty_url, empty_pid):
         say(f"serving the store on {url} (pid {pid}), the empty office on {empty_url}")
-        steps = workload(url, *users(data), data, seed)
-        empty_steps = workload(empty_url, *users(empty), empty, seed)
+        steps = workload(url, *users(data), data, seed, logged)
+        empty_steps = workload(empty_url, *users(empty), empty, seed, 0)
         for name, _ in zip(steps, empty_steps, strict=True):
             phase = Phase(name, memory(pid), memory(empty_pid))
             phases.append(phase)
@@ -237,7 +245,7 @@ def run(records: int, store: Path | None, seed: int, say: Callable[[str], None])
         say(f"{results.records:,} records, {results.changes:,} changes stored")
         empty = tmp / "empty-office"
         set_up_office(empty)
-        results.phases = measure(data, empty, seed, say)
+        results.phases = measure(data, empty, results.changes, seed, say)
     return results
 
 
@@ -263,7 +271,10 @@ def rows(r: Results) -> list[Row]:
             f"VmHWM, the peak, with {r.records:,} records (MB)",
             mb(last.store.peak),
             f"≤ {TARGET_MB:g}",
-            "met" if last.store.peak <= TARGET_MB * MB else "missed",
+            # The aim is for a million records: a smaller run earns no verdict.
+            ("met" if last.store.peak <= TARGET_MB * MB else "missed")
+            if r.records >= RECORDS
+            else "",
             f"empty office {mb(last.empty.peak)}",
             f"{last.store.peak / last.empty.peak:.2f}×",
         ),

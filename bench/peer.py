@@ -12,10 +12,12 @@ request so a busy moment of the shared machine falls on both alike:
 1. push: 1 KB case-like documents (fields, location, mediators, parties;
    the summary padded so each document's JSON is about 1,024 bytes), in
    batches of 200. To Lianxin each is one change creating a case, pushed
-   as production does it: batch signature, request signature, HPKE
-   envelope both ways, field merge, at-rest encryption (`lianxin serve`
-   with its defaults, set up by `bench.http_sync.set_up_office`). To the
-   peer the same documents go as CouchDB `_bulk_docs`.
+   by version 1 of the protocol (the reference client sends version 2,
+   whose no-change pull measured 8–10% faster: BENCHMARKS.md, HTTP
+   section): batch signature, request signature, HPKE envelope both ways,
+   field merge, at-rest encryption (`lianxin serve` with its defaults, set
+   up by `bench.http_sync.set_up_office`). To the peer the same documents go
+   as CouchDB `_bulk_docs`.
 2. pull: every document from nothing in pages of 1,000: Lianxin's signed,
    sealed pull by a supervisor who sees every case, against
    `_changes?since=…&limit=1000&include_docs=true`. Both clients decode
