@@ -162,6 +162,8 @@ class Workload:
     expected_states: dict[tuple[str, str], bytes]
     expected_accepted: int
     expected_rejected: int
+    expected_conflict_answers: int
+    expected_open_conflicts: int
     kinds: Counter[str] = field(default_factory=Counter)
     stale: int = 0
     build_seconds: float = 0.0
@@ -192,6 +194,7 @@ class _Generator:
         self.kinds: Counter[str] = Counter()
         self.stale = 0
         self.rejected = 0
+        self.in_conflict = 0  # changes the server must answer `conflict`
         # The server's clock is frozen just after the simulated period.
         self.server_wall_ms = START_MS + (count + 1) * STEP_MS
         self.server_limit = pack(self.server_wall_ms + DEFAULT_MAX_DRIFT_MS, COUNTER_MASK)
@@ -209,6 +212,7 @@ class _Generator:
             if getattr(self, f"_{kind}")():
                 self.kinds[kind] += 1
         expected = {("case", r.record_id): self.encoder.encode(r.states[-1]) for r in self.records}
+        still_open = sum(len(merge.conflicts(r.states[-1])) for r in self.records)
         return Workload(
             changes=self.changes,
             raws=self.raws,
@@ -216,6 +220,8 @@ class _Generator:
             expected_states=expected,
             expected_accepted=len(self.changes) - self.rejected,
             expected_rejected=self.rejected,
+            expected_conflict_answers=self.in_conflict,
+            expected_open_conflicts=still_open,
             kinds=self.kinds,
             stale=self.stale,
         )
@@ -289,6 +295,11 @@ class _Generator:
                 self.records.append(record)
             record.states.append(outcome.state)
             record.authors.append(device.device_id)
+            self.in_conflict += any(
+                each.change_id == change.change_id
+                for conflict in merge.conflicts_touching(change, outcome.state)
+                for each in conflict.candidates
+            )
             del record.states[: -MAX_LAG - 1], record.authors[: -MAX_LAG - 1]
         else:
             if outcome.rejected is None:
@@ -604,8 +615,18 @@ def verify(store: SqliteStore, workload: Workload, answers: Answers) -> Verified
     if one("SELECT coalesce(max(seq), 0) FROM changes") != logged:
         problems.append("change sequence is not contiguous")
     statuses = answers.statuses
-    if answers.total != total or statuses["duplicate"] or statuses["rejected"] != quarantined:
-        problems.append(f"unexpected answers: {dict(statuses)}")
+    expected_statuses = {
+        "applied": workload.expected_accepted - workload.expected_conflict_answers,
+        "conflict": workload.expected_conflict_answers,
+        "rejected": workload.expected_rejected,
+    }
+    if answers.total != total or statuses != Counter(expected_statuses):
+        problems.append(f"answers {dict(statuses)}, expected {expected_statuses}")
+    open_conflicts = one("SELECT count(*) FROM conflicts WHERE settled_seq IS NULL")
+    if open_conflicts != workload.expected_open_conflicts:
+        problems.append(
+            f"{open_conflicts} open conflicts stored, {workload.expected_open_conflicts} expected"
+        )
     encode = msgspec.msgpack.encode
     stored_states = {(s.record_type, s.record_id): encode(s) for s in store.all_states()}
     if stored_states != workload.expected_states:
