@@ -98,8 +98,9 @@ SIGNING_KEY = "signing_key"
 KEM_KEY = "kem_key"
 IDENTITY = "identity"
 CURSOR = "cursor"
-# Set by a replica migration when the merge rules changed: the next pull that reaches the
-# office starts from no cursor and replaces the server layer (`replica_store` 0003).
+# Set to "due" by a replica migration when the merge rules changed: the next pull the
+# office answers starts from no cursor ("running") and replaces the server layer record
+# by record as its pages come (`replica_store` 0003); the rest shows until replaced.
 REBUILD = "rebuild_server_layer"
 CLOCK_LAST = "clock_last"
 SERVER_OFFSET = "server_offset_ms"
@@ -473,9 +474,9 @@ class DeviceClient:
         report = PullReport()
         while True:
             cursor = self._store.meta(CURSOR)
-            rebuild = self._store.meta(REBUILD) is not None
+            rebuild = self._store.meta(REBUILD)
             request = PullRequest(
-                cursor=cursor if isinstance(cursor, str) and not rebuild else None,
+                cursor=cursor if isinstance(cursor, str) and rebuild != "due" else None,
                 limit=self._pull_limit,
             )
             try:
@@ -487,12 +488,12 @@ class DeviceClient:
                     self._store.set_meta(CURSOR, None)
                     self._store.forget_server_layer()
                 continue
-            if rebuild:  # only now that the office answers: offline, the device keeps its view
+            if rebuild == "due":  # only once the office answers: offline, nothing changes
                 with self._store.transaction():
-                    self._store.drop_server_layer()
+                    self._store.start_rebuild()
                     self._store.set_meta(CURSOR, None)
-                    self._store.set_meta(REBUILD, None)
-            applied, skipped, evicted = self._apply_page(page)
+                    self._store.set_meta(REBUILD, rebuild := "running")
+            applied, skipped, evicted = self._apply_page(page, rebuild == "running")
             report = PullReport(
                 report.pages + 1,
                 report.applied + applied,
@@ -500,13 +501,18 @@ class DeviceClient:
                 report.evicted + evicted,
             )
             if not page.has_more:
+                if rebuild == "running":
+                    with self._store.transaction():
+                        self._store.finish_rebuild()
+                        self._store.set_meta(REBUILD, None)
                 return report
 
-    def _apply_page(self, page: PullPage) -> tuple[int, int, int]:
+    def _apply_page(self, page: PullPage, rebuilding: bool = False) -> tuple[int, int, int]:
         """Apply one page to the server layer; returns (applied, skipped, evicted).
 
         Items apply in order, on states read at once and written once per record at
-        the end of the page (a fresh phone's first pull is mostly this).
+        the end of the page (a fresh phone's first pull is mostly this). `rebuilding`,
+        each record the page brings first drops what the device held of it.
         """
         fresh_key = self._fresh_office_key(page)  # checked before anything is applied
         if not fresh_key and self._nothing_new(page):
@@ -516,6 +522,8 @@ class DeviceClient:
             for item in page.items
         ]
         with self._store.transaction(), _collector_paused():
+            if rebuilding:
+                self._store.reach((c.record_type, c.record_id) for c in changes if c is not None)
             done = self._store.applied_among(c.change_id for c in changes if c is not None)
             states: dict[RecordKey, RecordState | None] = dict(
                 self._store.states((c.record_type, c.record_id) for c in changes if c is not None)

@@ -123,6 +123,8 @@ def apply(
                     c
                     for c in now_open
                     if any(x.change_id == change.change_id for x in c.candidates)
+                    # An edit beside a delete is in its conflict, value left or not.
+                    or (c.field == merge.DELETED_FIELD and merge.contests_delete(change, after))
                 ]
                 result = ChangeResult(
                     change_id=change.change_id,

@@ -254,7 +254,7 @@ def _apply(
                     *(w for w in next_state.deleted if not seen_by(w, change)),
                     tombstone,
                 ]
-    if change.set or any(not isinstance(op, Delete | Restore) for op in change.ops):
+    if _is_edit(change):
         _mark_edit(state, next_state, change)
     return next_state
 
@@ -284,6 +284,17 @@ def _edited_beside(state: RecordState, delete: Write) -> bool:
         for device, hlc in (state.edits or {}).items()
         if device != delete.device_id
     )
+
+
+def contests_delete(change: Change, state: RecordState) -> bool:
+    """Whether `change` is an edit made beside a current delete of `state` (one it had not
+    seen): it takes part in the record's `deleted` conflict, with or without a value
+    left to show."""
+    return _is_edit(change) and any(w.value and not seen_by(w, change) for w in state.deleted)
+
+
+def _is_edit(change: Change) -> bool:
+    return bool(change.set) or any(not isinstance(op, Delete | Restore) for op in change.ops)
 
 
 def _mark_edit(state: RecordState, next_state: RecordState, change: Change) -> None:

@@ -26,16 +26,15 @@ def catch_up(store: SqliteStore, index_key: bytes, now_ms: int) -> dict[str, int
     with store.snapshot() as conn:  # most starts have nothing to do: no write lock for them
         if conn.execute("SELECT 1 FROM due LIMIT 1").fetchone() is None:
             return {}
+    # First, and a chunk a transaction: a city's every record can be due, and a start
+    # killed half way keeps what it did. The other kinds read the new states.
+    rebuilt, kept = _rebuild_states(store)
     with store.transaction():
         db = store.db
         due = db.execute("SELECT work, record_type, record_id FROM due").fetchall()
         keys = {work: [(t, i) for w, t, i in due if w == work] for work in {w for w, _, _ in due}}
         # A record erased since it was listed has no state, and nothing left to redo.
-        # A city's every record can be due: merged again a chunk at a time, not all held.
-        rebuilt = sum(store.rebuild(chunk) for chunk in _chunks(keys.get("states", [])))
-        held = store.states(
-            key for work, found in keys.items() if work != "states" for key in found
-        )
+        held = store.states(key for found in keys.values() for key in found)
         if "readers" in keys:
             # After every cursor: phones drop what they no longer see with the office's
             # next logged change, and nothing of it reaches them meanwhile.
@@ -48,12 +47,33 @@ def catch_up(store: SqliteStore, index_key: bytes, now_ms: int) -> dict[str, int
             index_parties(store, index_key, {k: held[k] for k in keys["people"] if k in held})
             repeats.update(db, watched)
         done = {work: len(found) for work, found in sorted(keys.items())}
-        if "states" in done:
-            done["states"] = rebuilt  # those erased since they were listed left out
+        if rebuilt or kept:  # those erased since they were listed left out
+            done["states"] = rebuilt
+        detail: dict[str, object] = dict(done)
+        if kept:
+            # Left as they were: a logged change of theirs fails today's checks.
+            done["states_kept"] = len(kept)
+            detail["states_kept"] = [f"{t}/{i}" for t, i in kept]
         db.execute("DELETE FROM due")
-        audit.append(db, now_ms, "office", "catch_up", "due", done)
+        audit.append(db, now_ms, "office", "catch_up", "due", detail)
     return done
 
 
-def _chunks(keys: list[tuple[str, str]], size: int = 500) -> list[list[tuple[str, str]]]:
-    return [keys[n : n + size] for n in range(0, len(keys), size)]
+def _rebuild_states(store: SqliteStore, size: int = 500) -> tuple[int, list[tuple[str, str]]]:
+    """Merge the records due as `states` again, `size` to a transaction; returns how many
+    were rebuilt and those kept as they were."""
+    rebuilt, kept = 0, []
+    while True:
+        with store.transaction():
+            chunk = store.db.execute(
+                "SELECT record_type, record_id FROM due WHERE work = 'states' LIMIT ?", [size]
+            ).fetchall()
+            if not chunk:
+                return rebuilt, kept
+            done, left = store.rebuild(chunk)
+            rebuilt += done
+            kept += left
+            store.db.conn.executemany(
+                "DELETE FROM due WHERE work = 'states' AND record_type = ? AND record_id = ?",
+                chunk,
+            )

@@ -232,13 +232,29 @@ class SqliteStore:
         found.update((key, cached.state) for key, cached in loaded.items())
         return found
 
-    def rebuild(self, keys: Iterable[RecordKey]) -> int:
+    def rebuild(self, keys: Iterable[RecordKey]) -> tuple[int, list[RecordKey]]:
         """Merge these records again from their whole logged history, ignoring their
-        checkpoints, and write the new checkpoints (inside `transaction()`); returns how
-        many were rebuilt. For a changed merge rule: the log is the truth."""
+        checkpoints, and write the new checkpoints (inside `transaction()`). For a
+        changed merge rule: the log is the truth.
+
+        Returns how many were rebuilt, and the records kept as they were because a
+        logged change of theirs no longer passes today's checks (a value an older
+        version accepted): their checkpoint already holds it, and a start must not
+        fail on them.
+        """
+        assert self._writer == threading.get_ident(), "rebuild() runs inside transaction()"
         keys = list(keys)
         self._cache.drop(keys)
-        loaded = self._load(self.db.conn, keys, from_log=True)
+        kept: list[RecordKey] = []
+        try:
+            loaded = self._load(self.db.conn, keys, from_log=True)
+        except Unreplayable:
+            loaded = {}
+            for key in keys:
+                try:
+                    loaded.update(self._load(self.db.conn, [key], from_log=True))
+                except Unreplayable:
+                    kept.append(key)
         self._write_checkpoints(checkpoint(key, cached) for key, cached in loaded.items())
         # The open conflicts follow the new states; a rule change settles or opens some
         # with no change of its own, so the record's last change stands for it.
@@ -250,7 +266,7 @@ class SqliteStore:
                 if was_open.get((key, field)) != now_open.get(field):
                     updates.append(ConflictUpdate(key, field, now_open.get(field), cached.seq))
         self.write(BatchWrite([], {}, [], updates))
-        return len(loaded)
+        return len(loaded), kept
 
     def _open_conflicts_of(self, keys: list[RecordKey]) -> dict[tuple[RecordKey, str], Conflict]:
         found: dict[tuple[RecordKey, str], Conflict] = {}
@@ -317,7 +333,7 @@ class SqliteStore:
                     before.state if before else None, change, change.hlc if order is None else order
                 )
                 if outcome.state is None:
-                    raise RuntimeError(f"logged change {change_id} does not apply again: {outcome}")
+                    raise Unreplayable(f"logged change {change_id} does not apply again: {outcome}")
                 newest[key] = (
                     # No row at all: due for one at the next write.
                     Cached(outcome.state, seq, False, MAX_PENDING)
@@ -563,6 +579,10 @@ class SqliteStore:
             name: self.db.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
             for name in ("records", "changes", "quarantine", "conflicts")
         }
+
+
+class Unreplayable(RuntimeError):
+    """A logged change that merging refuses now (checks tightened since it was accepted)."""
 
 
 def open_store(settings: Settings, keys: OfficeKeys) -> SqliteStore:

@@ -3,7 +3,7 @@
 import msgspec
 import pytest
 
-from schemas import Add, Delete
+from schemas import Add, Delete, Remove
 from server import audit
 from server.console import signin
 from tests.server.conftest import running_office
@@ -257,6 +257,33 @@ def test_a_case_deleted_while_another_mediator_edited_it_is_restored(office):
     ).fetchone()
     assert deleted_flag == 0
     assert audit.entries(office.store.db)[-1].action == "settle_conflict_restore"
+
+
+def test_a_removal_beside_a_delete_is_answered_conflict_and_shown_with_nothing_to_keep(office):
+    # Li removed a tag while Sun deleted the case: a contested delete, with no value left.
+    sun, li = two_mediators(office)
+    tagged = sun.change("case", "k-noise", ops=[Add(field="tags", value="noise")])
+    assert decode(sun.push([tagged], "b-tag"))["results"][0]["status"] == "applied"
+    deleted = sun.change("case", "k-noise", ops=[Delete()])
+    assert decode(sun.push([deleted], "b-delete"))["results"][0]["status"] == "applied"
+    removed = li.change(
+        "case",
+        "k-noise",
+        ops=[Remove(field="tags", value="noise")],
+        seen={sun.device_id: tagged.hlc},
+    )
+
+    (answer,) = decode(li.push([removed], "b-remove"))["results"]
+
+    assert answer["status"] == "conflict"
+    assert [(c["field"], c["candidates"]) for c in answer["conflicts"]] == [("_record", [])]
+    csrf = sign_in(office, supervisor(office))
+    assert "nothing of that edit is left to show" in office.http.get("/console/conflicts").text
+    (conflict,) = office.http.get("/api/conflicts").json()["conflicts"]
+    assert (conflict["kind"], conflict["candidates"]) == ("deleted", [])
+    settled = settle_form(office, csrf, conflict, choice="delete", reason="A duplicate")
+    assert settled.status_code == 303
+    assert office.store.open_conflicts() == []
 
 
 def test_a_settlement_needs_a_reason_and_a_conflict_that_did_not_change(office):

@@ -16,6 +16,7 @@ from sync.clock import Clock
 from sync.store import BatchWrite, ConflictUpdate
 from tests.conftest import make_store, office_keys
 from tests.server.test_authorization import a_case_naming
+from tests.sync.causal import logged as logged_changes
 
 
 def test_a_case_erased_after_it_was_listed_does_not_stop_the_next_start(office):
@@ -91,3 +92,33 @@ def test_states_stored_by_an_older_merge_are_merged_again_from_the_log(office):
     assert store.open_conflicts() == []
     (entry,) = [e for e in audit.entries(store.db, "catch_up")]
     assert entry.detail == {"states": 2}  # the case and its party
+
+
+def test_a_record_whose_old_change_fails_todays_checks_is_kept_and_the_start_goes_on(office):
+    # A value an older version accepted (checks tighten): merged again from the log, it
+    # would be refused. The office must still start; the record keeps its checkpoint.
+    mediator = office.enroll("mediator", name="med")
+    mediator.push(a_case_naming(mediator, mediator.enrollment.user_id))
+    store, key = office.store, ("case", "k-1")
+    before = store.states([key])[key]
+    (change_id,) = store.db.execute(
+        "SELECT change_id FROM changes WHERE record_id = 'k-1'"
+    ).fetchone()
+    (change,) = [c for c in logged_changes(store) if c.change_id == change_id]
+    older = msgspec.structs.replace(change, set={**change.set, "households": -1})
+    with store.transaction():
+        store.db.execute(
+            "UPDATE changes SET raw = ? WHERE change_id = ?",
+            [store.seal_value("changes", key, change_id, msgspec.msgpack.encode(older)), change_id],
+        )
+    store.db.execute("DELETE FROM migrations WHERE name >= '0016'")
+    migrate(store.db)
+
+    service = office.http.app.state.service
+    SyncService(service.settings, store, office.keys, service.clock, office.wall)
+
+    assert store.db.execute("SELECT count(*) FROM due").fetchone() == (0,)
+    store.forget_cached([key])
+    assert store.states([key])[key] == before
+    (entry,) = audit.entries(store.db, "catch_up")
+    assert entry.detail == {"states": 1, "states_kept": ["case/k-1"]}  # the party was rebuilt

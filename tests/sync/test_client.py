@@ -1324,6 +1324,18 @@ def test_a_restored_office_gets_a_lost_change_before_a_batch_that_was_never_answ
     assert answers[lost.change_id] == answers[newer.change_id] == ("applied", None)
 
 
+def as_older_merge_left_it(device: DeviceClient, keys: list[tuple[str, str]]) -> None:
+    """`device`'s file as a version before replica migration 0003 left it: schema
+    version 2, states without the edit counts the merge keeps now."""
+    states = device._store.states(keys)
+    with device._store.transaction():
+        device._store.put_states(msgspec.structs.replace(states[k], edits=None) for k in keys)
+        device._store.set_meta("rebuild_server_layer", None)
+    device._store._db.execute("DROP TABLE rebuilt")
+    device._store._db.execute("PRAGMA user_version = 2")
+    device.close()
+
+
 def test_a_file_from_an_older_merge_keeps_its_view_offline_and_is_pulled_again_online(office):
     # Replica migration 0003: states merged by an older version are replaced by the
     # office's log merged from nothing, once the office answers, never before.
@@ -1331,12 +1343,7 @@ def test_a_file_from_an_older_merge_keeps_its_view_offline_and_is_pulled_again_o
     wang.edit("case", "k-1", set={"title": "Drains", "location": XIANGMIHU})
     wang.sync()
     key = ("case", "k-1")
-    older = msgspec.structs.replace(wang._store.states([key])[key], edits=None)
-    with wang._store.transaction():
-        wang._store.put_states([older])
-        wang._store.set_meta("rebuild_server_layer", None)
-    wang._store._db.execute("PRAGMA user_version = 2")
-    wang.close()
+    as_older_merge_left_it(wang, [key])
 
     reopened = office.open("wang")
     assert reopened._store.states([key])[key].edits is None
@@ -1349,3 +1356,45 @@ def test_a_file_from_an_older_merge_keeps_its_view_offline_and_is_pulled_again_o
     assert reopened.record(*key).title == "Drains"
     assert states(reopened) == [("applied", None)]  # nothing sent again
     assert reopened.pull().applied == 0  # once
+
+
+def test_a_rebuild_cut_off_between_pages_shows_every_record_and_resumes(office, monkeypatch):
+    wang = office.device("wang", "mediator")
+    keys = [("case", f"k-{n}") for n in range(3)]
+    for _, case_id in keys:
+        wang.edit("case", case_id, set={"title": f"Title {case_id}", "location": XIANGMIHU})
+    wang.sync()
+    li = office.device("li", "supervisor")
+    li.pull()
+    li.edit("case", "k-1", set={"priority": "high"})
+    li.sync()
+    as_older_merge_left_it(wang, keys)
+
+    reopened = office.open("wang", pull_limit=1)
+    reopened.edit("case", "k-2", set={"summary": "offline note"})
+    pulls = 0
+
+    def second_pull_lost(send: Callable[[], httpx.Response], request: httpx.Request):
+        nonlocal pulls
+        pulls += "pull" in request.url.path
+        if pulls == 2:
+            raise httpx.ConnectTimeout("the signal went", request=request)
+        return send()
+
+    intercept(reopened._http, monkeypatch, second_pull_lost)
+    with pytest.raises(httpx.ConnectTimeout):
+        reopened.pull()
+
+    # One page in: the first case is rebuilt, the others still show what they had.
+    shown = [reopened.record(*key) for key in keys]
+    assert [r.title for r in shown] == ["Title k-0", "Title k-1", "Title k-2"]
+    assert reopened.record("case", "k-2").summary == "offline note"
+    assert reopened._store.states([keys[0]])[keys[0]].edits is not None
+    assert reopened._store.states([keys[2]])[keys[2]].edits is None
+
+    reopened.pull()  # the rest, from where it stopped
+
+    assert [reopened.record(*key).title for key in keys] == [f"Title k-{n}" for n in range(3)]
+    assert reopened.record("case", "k-1").priority == "high"
+    assert all(s.edits is not None for s in reopened._store.states(keys).values())
+    assert reopened._store.meta("rebuild_server_layer") is None
