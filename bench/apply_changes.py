@@ -295,10 +295,12 @@ class _Generator:
                 self.records.append(record)
             record.states.append(outcome.state)
             record.authors.append(device.device_id)
+            # Answered `conflict` as the engine answers it (sync/engine.py).
+            state = outcome.state
             self.in_conflict += any(
-                each.change_id == change.change_id
-                for conflict in merge.conflicts_touching(change, outcome.state)
-                for each in conflict.candidates
+                any(each.change_id == change.change_id for each in conflict.candidates)
+                or (conflict.field == merge.DELETED_FIELD and merge.contests_delete(change, state))
+                for conflict in merge.conflicts_touching(change, state)
             )
             del record.states[: -MAX_LAG - 1], record.authors[: -MAX_LAG - 1]
         else:

@@ -287,10 +287,12 @@ def _edited_beside(state: RecordState, delete: Write) -> bool:
 
 
 def contests_delete(change: Change, state: RecordState) -> bool:
-    """Whether `change` is an edit made beside a current delete of `state` (one it had not
-    seen): it takes part in the record's `deleted` conflict, with or without a value
-    left to show."""
-    return _is_edit(change) and any(w.value and not seen_by(w, change) for w in state.deleted)
+    """Whether `change`, applied to give `state`, takes part in the record's `deleted`
+    conflict, with or without a value left to show: an edit made beside a current delete
+    (one it had not seen), or a current delete made beside an edit."""
+    if _is_edit(change) and any(w.value and not seen_by(w, change) for w in state.deleted):
+        return True
+    return any(w.contested and w.change_id == change.change_id for w in state.deleted)
 
 
 def _is_edit(change: Change) -> bool:

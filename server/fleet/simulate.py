@@ -260,7 +260,7 @@ def print_report(report: Report, console: Console) -> None:
     table.add_row("failed syncs retried", errors or "none")
     table.add_row("changes made", str(a.made))
     table.add_row("  applied", str(a.applied))
-    table.add_row("  conflict candidates", f"{a.conflict} ({report.open_conflicts} open conflicts)")
+    table.add_row("  answered conflict", f"{a.conflict} ({report.open_conflicts} open conflicts)")
     rejected = ", ".join(f"{n} {reason}" for reason, n in a.rejected.most_common())
     table.add_row("  quarantined with a reason", f"{a.rejected.total()} ({rejected or 'none'})")
     table.add_row("  lost", _mark(len(a.lost)))

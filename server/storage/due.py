@@ -26,12 +26,13 @@ def catch_up(store: SqliteStore, index_key: bytes, now_ms: int) -> dict[str, int
     with store.snapshot() as conn:  # most starts have nothing to do: no write lock for them
         if conn.execute("SELECT 1 FROM due LIMIT 1").fetchone() is None:
             return {}
-    # First, and a chunk a transaction: a city's every record can be due, and a start
-    # killed half way keeps what it did. The other kinds read the new states.
-    rebuilt, kept = _rebuild_states(store)
+    # First, so the other kinds read the new states.
+    done = _rebuild_states(store, now_ms)
     with store.transaction():
         db = store.db
         due = db.execute("SELECT work, record_type, record_id FROM due").fetchall()
+        if not due:
+            return done
         keys = {work: [(t, i) for w, t, i in due if w == work] for work in {w for w, _, _ in due}}
         # A record erased since it was listed has no state, and nothing left to redo.
         held = store.states(key for found in keys.values() for key in found)
@@ -46,34 +47,46 @@ def catch_up(store: SqliteStore, index_key: bytes, now_ms: int) -> dict[str, int
             watched = repeats.Watched(cases, repeats.holdings(db, cases))
             index_parties(store, index_key, {k: held[k] for k in keys["people"] if k in held})
             repeats.update(db, watched)
-        done = {work: len(found) for work, found in sorted(keys.items())}
-        if rebuilt or kept:  # those erased since they were listed left out
-            done["states"] = rebuilt
-        detail: dict[str, object] = dict(done)
-        if kept:
-            # Left as they were: a logged change of theirs fails today's checks.
-            done["states_kept"] = len(kept)
-            detail["states_kept"] = [f"{t}/{i}" for t, i in kept]
+        counts = {work: len(found) for work, found in sorted(keys.items())}
         db.execute("DELETE FROM due")
-        audit.append(db, now_ms, "office", "catch_up", "due", detail)
-    return done
+        audit.append(db, now_ms, "office", "catch_up", "due", counts)
+    return {**done, **counts}
 
 
-def _rebuild_states(store: SqliteStore, size: int = 500) -> tuple[int, list[tuple[str, str]]]:
-    """Merge the records due as `states` again, `size` to a transaction; returns how many
-    were rebuilt and those kept as they were."""
-    rebuilt, kept = 0, []
+def _rebuild_states(store: SqliteStore, now_ms: int, size: int = 500) -> dict[str, int]:
+    """Merge the records due as `states` again, `size` to a transaction, so that a city's
+    every record can be due and a start killed half way keeps what it did. How many were
+    rebuilt, and which were kept as they were, stay in `due` until the last chunk is done,
+    which logs them in one `catch_up` entry."""
     while True:
         with store.transaction():
-            chunk = store.db.execute(
+            db = store.db
+            chunk = db.execute(
                 "SELECT record_type, record_id FROM due WHERE work = 'states' LIMIT ?", [size]
             ).fetchall()
+            progress = db.execute(
+                "SELECT record_id FROM due WHERE work = 'states_rebuilt'"
+            ).fetchone()
+            rebuilt = int(progress[0]) if progress else 0
+            kept = db.execute(
+                "SELECT record_type, record_id FROM due WHERE work = 'states_kept'"
+            ).fetchall()
+            db.execute("DELETE FROM due WHERE work = 'states_rebuilt'")
             if not chunk:
-                return rebuilt, kept
+                if not progress:
+                    return {}
+                detail: dict[str, object] = {"states": rebuilt}
+                counts = {"states": rebuilt}
+                if kept:  # kept as they were: a logged change of theirs fails today's checks
+                    detail["states_kept"] = [f"{t}/{i}" for t, i in kept]
+                    counts["states_kept"] = len(kept)
+                db.execute("DELETE FROM due WHERE work = 'states_kept'")
+                audit.append(db, now_ms, "office", "catch_up", "due", detail)
+                return counts
             done, left = store.rebuild(chunk)
-            rebuilt += done
-            kept += left
-            store.db.conn.executemany(
+            db.conn.executemany(
                 "DELETE FROM due WHERE work = 'states' AND record_type = ? AND record_id = ?",
                 chunk,
             )
+            db.conn.executemany("INSERT OR IGNORE INTO due VALUES ('states_kept', ?, ?)", left)
+            db.execute("INSERT INTO due VALUES ('states_rebuilt', '', ?)", [str(rebuilt + done)])

@@ -235,7 +235,8 @@ def test_a_case_deleted_while_another_mediator_edited_it_is_restored(office):
         sun, li, {"priority": "low"}, {"summary": "Neighbours agree to talk."}, batch="b-first"
     )
     deleted = sun.change("case", "k-noise", ops=[Delete()])
-    assert decode(sun.push([deleted], "b-delete"))["results"][0]["status"] == "applied"
+    # Made beside Li's edit, the delete takes part in the conflict it opens.
+    assert decode(sun.push([deleted], "b-delete"))["results"][0]["status"] == "conflict"
     csrf = sign_in(office, supervisor(office))
     (conflict,) = office.http.get("/api/conflicts").json()["conflicts"]
     assert (conflict["field"], conflict["kind"], conflict["choices"]) == (
@@ -284,6 +285,25 @@ def test_a_removal_beside_a_delete_is_answered_conflict_and_shown_with_nothing_t
     settled = settle_form(office, csrf, conflict, choice="delete", reason="A duplicate")
     assert settled.status_code == 303
     assert office.store.open_conflicts() == []
+
+
+def test_a_delete_arriving_after_the_removal_beside_it_is_answered_conflict_too(office):
+    sun, li = two_mediators(office)
+    tagged = sun.change("case", "k-noise", ops=[Add(field="tags", value="noise")])
+    decode(sun.push([tagged], "b-tag"))
+    removed = li.change(
+        "case",
+        "k-noise",
+        ops=[Remove(field="tags", value="noise")],
+        seen={sun.device_id: tagged.hlc},
+    )
+    assert decode(li.push([removed], "b-remove"))["results"][0]["status"] == "applied"
+
+    deleted = sun.change("case", "k-noise", ops=[Delete()])  # Sun had not seen the removal
+    (answer,) = decode(sun.push([deleted], "b-delete"))["results"]
+
+    assert answer["status"] == "conflict"
+    assert [c["field"] for c in answer["conflicts"]] == ["_record"]
 
 
 def test_a_settlement_needs_a_reason_and_a_conflict_that_did_not_change(office):

@@ -4,12 +4,15 @@ import sqlite3
 import time
 
 import msgspec
+import pytest
 
 from schemas import Add, Delete
 from server import audit, erasure
 from server.service import SyncService
 from server.settings import Settings
+from server.storage import due
 from server.storage.migrations import migrate
+from server.storage.sqlite import SqliteStore
 from server.storage.state_cache import Checkpoint
 from sync import merge
 from sync.clock import Clock
@@ -94,25 +97,30 @@ def test_states_stored_by_an_older_merge_are_merged_again_from_the_log(office):
     assert entry.detail == {"states": 2}  # the case and its party
 
 
-def test_a_record_whose_old_change_fails_todays_checks_is_kept_and_the_start_goes_on(office):
-    # A value an older version accepted (checks tighten): merged again from the log, it
-    # would be refused. The office must still start; the record keeps its checkpoint.
+def an_old_change_todays_checks_refuse(office):
+    """A case whose logged creation holds a value an older version accepted (checks
+    tighten), and every record listed for `states` again; returns the case's state."""
     mediator = office.enroll("mediator", name="med")
     mediator.push(a_case_naming(mediator, mediator.enrollment.user_id))
     store, key = office.store, ("case", "k-1")
     before = store.states([key])[key]
-    (change_id,) = store.db.execute(
-        "SELECT change_id FROM changes WHERE record_id = 'k-1'"
-    ).fetchone()
-    (change,) = [c for c in logged_changes(store) if c.change_id == change_id]
+    (change,) = [c for c in logged_changes(store) if c.record_id == "k-1"]
     older = msgspec.structs.replace(change, set={**change.set, "households": -1})
+    sealed = store.seal_value("changes", key, change.change_id, msgspec.msgpack.encode(older))
     with store.transaction():
         store.db.execute(
-            "UPDATE changes SET raw = ? WHERE change_id = ?",
-            [store.seal_value("changes", key, change_id, msgspec.msgpack.encode(older)), change_id],
+            "UPDATE changes SET raw = ? WHERE change_id = ?", [sealed, change.change_id]
         )
     store.db.execute("DELETE FROM migrations WHERE name >= '0016'")
     migrate(store.db)
+    return before
+
+
+def test_a_record_whose_old_change_fails_todays_checks_is_kept_and_the_start_goes_on(office):
+    # Merged again from the log, the case would be refused. The office must still start;
+    # the case keeps its checkpoint and is named in the audit.
+    before = an_old_change_todays_checks_refuse(office)
+    store, key = office.store, ("case", "k-1")
 
     service = office.http.app.state.service
     SyncService(service.settings, store, office.keys, service.clock, office.wall)
@@ -122,3 +130,31 @@ def test_a_record_whose_old_change_fails_todays_checks_is_kept_and_the_start_goe
     assert store.states([key])[key] == before
     (entry,) = audit.entries(store.db, "catch_up")
     assert entry.detail == {"states": 1, "states_kept": ["case/k-1"]}  # the party was rebuilt
+
+
+def test_a_start_killed_between_chunks_goes_on_from_there_and_logs_everything(office, monkeypatch):
+    an_old_change_todays_checks_refuse(office)
+    store = office.store
+    calls = 0
+    rebuild = SqliteStore.rebuild
+
+    def killed_at_the_second_chunk(self, keys):
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise KeyboardInterrupt
+        return rebuild(self, keys)
+
+    monkeypatch.setattr(SqliteStore, "rebuild", killed_at_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        due._rebuild_states(store, office.wall.ms, size=1)
+    monkeypatch.undo()
+    assert audit.entries(store.db, "catch_up") == []
+
+    assert due.catch_up(store, office.keys.index_key, office.wall.ms) == {
+        "states": 1,
+        "states_kept": 1,
+    }
+    (entry,) = audit.entries(store.db, "catch_up")
+    assert entry.detail == {"states": 1, "states_kept": ["case/k-1"]}
+    assert store.db.execute("SELECT count(*) FROM due").fetchone() == (0,)
