@@ -92,6 +92,7 @@ MAX_CHANGE_BYTES = 1024 * 1024
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_batch = msgspec.msgpack.Decoder(list[bytes] | PushRequest).decode
+_decode_items = msgspec.msgpack.Decoder(list[PulledChange | Eviction]).decode
 
 # Meta keys in the device file.
 SIGNING_KEY = "signing_key"
@@ -99,8 +100,9 @@ KEM_KEY = "kem_key"
 IDENTITY = "identity"
 CURSOR = "cursor"
 # Set to "due" by a replica migration when the merge rules changed: the next pull the
-# office answers starts from no cursor ("running") and replaces the server layer record
-# by record as its pages come (`replica_store` 0003); the rest shows until replaced.
+# office answers starts from no cursor ("running"), keeps its pages aside, and at its
+# last page replaces the server layer with them at once (`replica_store` 0003). Until
+# then the device shows what it had, whenever the pull is cut off.
 REBUILD = "rebuild_server_layer"
 CLOCK_LAST = "clock_last"
 SERVER_OFFSET = "server_offset_ms"
@@ -487,13 +489,16 @@ class DeviceClient:
                 with self._store.transaction():
                     self._store.set_meta(CURSOR, None)
                     self._store.forget_server_layer()
+                    self._store.drop_staged()  # a rebuild under way starts again too
                 continue
             if rebuild == "due":  # only once the office answers: offline, nothing changes
                 with self._store.transaction():
-                    self._store.start_rebuild()
+                    self._store.drop_staged()
                     self._store.set_meta(CURSOR, None)
                     self._store.set_meta(REBUILD, rebuild := "running")
-            applied, skipped, evicted = self._apply_page(page, rebuild == "running")
+            applied, skipped, evicted = self._apply_page(page, staging=rebuild == "running")
+            if rebuild == "running" and not page.has_more:
+                applied, skipped, evicted = self._rebuild_from_staged()
             report = PullReport(
                 report.pages + 1,
                 report.applied + applied,
@@ -501,75 +506,90 @@ class DeviceClient:
                 report.evicted + evicted,
             )
             if not page.has_more:
-                if rebuild == "running":
-                    with self._store.transaction():
-                        self._store.finish_rebuild()
-                        self._store.set_meta(REBUILD, None)
                 return report
 
-    def _apply_page(self, page: PullPage, rebuilding: bool = False) -> tuple[int, int, int]:
+    def _apply_page(self, page: PullPage, staging: bool = False) -> tuple[int, int, int]:
         """Apply one page to the server layer; returns (applied, skipped, evicted).
 
         Items apply in order, on states read at once and written once per record at
-        the end of the page (a fresh phone's first pull is mostly this). `rebuilding`,
-        each record the page brings first drops what the device held of it.
+        the end of the page (a fresh phone's first pull is mostly this). `staging`,
+        the items are kept aside for `_rebuild_from_staged` instead.
         """
         fresh_key = self._fresh_office_key(page)  # checked before anything is applied
         if not fresh_key and self._nothing_new(page):
             return 0, 0, 0
-        changes = [
-            decode_change(item.change) if isinstance(item, PulledChange) else None
-            for item in page.items
-        ]
+        counts = (0, 0, 0)
         with self._store.transaction(), _collector_paused():
-            if rebuilding:
-                self._store.reach((c.record_type, c.record_id) for c in changes if c is not None)
-            done = self._store.applied_among(c.change_id for c in changes if c is not None)
-            states: dict[RecordKey, RecordState | None] = dict(
-                self._store.states((c.record_type, c.record_id) for c in changes if c is not None)
-            )
-            written: set[RecordKey] = set()
-            applied: list[Change] = []
-            skipped = evicted = 0
-            for item, change in zip(page.items, changes, strict=True):
-                if isinstance(item, Eviction):
-                    key = (item.record_type, item.record_id)
-                    self._store.evict(key, erased=item.reason == "erased")
-                    states[key] = None
-                    written.discard(key)
-                    # Its history comes again if the record comes back into view.
-                    done -= {
-                        c.change_id for c in changes if c and (c.record_type, c.record_id) == key
-                    }
-                    applied = [c for c in applied if (c.record_type, c.record_id) != key]
-                    evicted += 1
-                    continue
-                assert isinstance(item, PulledChange) and change is not None
-                key = (change.record_type, change.record_id)
-                if change.change_id in done:
-                    skipped += 1
-                    continue
-                self._clock.receive(change.hlc)
-                # `order` is the server's clamped stamp for an absurd clock; rank as it did.
-                outcome = merge.apply_change(states.get(key), change, item.order)
-                if outcome.state is None:
-                    # The server applied it with this very code, so this cannot happen unless
-                    # the two disagree; keep pulling rather than jam, and leave the record.
-                    skipped += 1
-                    continue
-                states[key] = outcome.state
-                written.add(key)
-                done.add(change.change_id)
-                applied.append(change)
-            self._store.put_states(s for k in written if (s := states[k]) is not None)
-            self._store.mark_all_applied(applied)
+            if staging:
+                self._store.stage(_encode(page.items))
+            else:
+                counts = self._apply_items(page.items)
             self._store.set_meta(CURSOR, page.cursor)
             self._store.set_meta(CLOCK_LAST, self._clock.last)
             self._learn_offset(page.server_time_ms)
             if fresh_key:
                 self._learn_office_key(page)
-        if any(isinstance(item, Eviction) and item.reason == "erased" for item in page.items):
+        if counts[2] and any(isinstance(i, Eviction) and i.reason == "erased" for i in page.items):
             self._store.checkpoint()  # an erased record's old bytes must not stay in the -wal
+        return counts
+
+    def _rebuild_from_staged(self) -> tuple[int, int, int]:
+        """Replace the server layer with the staged pages of a whole pull, at once."""
+        totals = [0, 0, 0]
+        with self._store.transaction(), _collector_paused():
+            self._store.drop_server_layer()
+            for raw in self._store.staged():
+                for n, count in enumerate(self._apply_items(_decode_items(raw))):
+                    totals[n] += count
+            self._store.overlay_unanswered()
+            self._store.drop_staged()
+            self._store.set_meta(CLOCK_LAST, self._clock.last)
+            self._store.set_meta(REBUILD, None)
+        self._store.checkpoint()  # the old layer's bytes must not stay in the -wal
+        return totals[0], totals[1], totals[2]
+
+    def _apply_items(self, items: list[PulledChange | Eviction]) -> tuple[int, int, int]:
+        """Apply pulled items in order (inside a transaction); (applied, skipped, evicted)."""
+        changes = [
+            decode_change(item.change) if isinstance(item, PulledChange) else None for item in items
+        ]
+        done = self._store.applied_among(c.change_id for c in changes if c is not None)
+        states: dict[RecordKey, RecordState | None] = dict(
+            self._store.states((c.record_type, c.record_id) for c in changes if c is not None)
+        )
+        written: set[RecordKey] = set()
+        applied: list[Change] = []
+        skipped = evicted = 0
+        for item, change in zip(items, changes, strict=True):
+            if isinstance(item, Eviction):
+                key = (item.record_type, item.record_id)
+                self._store.evict(key, erased=item.reason == "erased")
+                states[key] = None
+                written.discard(key)
+                # Its history comes again if the record comes back into view.
+                done -= {c.change_id for c in changes if c and (c.record_type, c.record_id) == key}
+                applied = [c for c in applied if (c.record_type, c.record_id) != key]
+                evicted += 1
+                continue
+            assert isinstance(item, PulledChange) and change is not None
+            key = (change.record_type, change.record_id)
+            if change.change_id in done:
+                skipped += 1
+                continue
+            self._clock.receive(change.hlc)
+            # `order` is the server's clamped stamp for an absurd clock; rank as it did.
+            outcome = merge.apply_change(states.get(key), change, item.order)
+            if outcome.state is None:
+                # The server applied it with this very code, so this cannot happen unless
+                # the two disagree; keep pulling rather than jam, and leave the record.
+                skipped += 1
+                continue
+            states[key] = outcome.state
+            written.add(key)
+            done.add(change.change_id)
+            applied.append(change)
+        self._store.put_states(s for k in written if (s := states[k]) is not None)
+        self._store.mark_all_applied(applied)
         return len(applied), skipped, evicted
 
     # -- signed requests ----------------------------------------------------------------

@@ -16,8 +16,9 @@ Tables:
              body, so a retry resends the same bytes under the same batch id
     erased   the ids of records the office erased (schema version 2)
 
-    rebuilt  the records the pull rebuilding the server layer has reached (schema
-             version 3, which asks for that rebuild: `sync.client.REBUILD`)
+    staged   the pages of a pull rebuilding the server layer, kept until its last
+             page, then applied at once (schema version 3, which asks for that
+             rebuild: `sync.client.REBUILD`)
 
 An outbox change moves `pending` → `sent` (assigned to a batch, answer not yet
 known) → `applied` | `conflict` | `duplicate` | `rejected`. While its
@@ -116,8 +117,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         # again (`sync.client.REBUILD`). Until then the device shows what it had.
         "0003_merge_states",
         [
-            "CREATE TABLE rebuilt (record_type TEXT NOT NULL, record_id TEXT NOT NULL,"
-            " PRIMARY KEY (record_type, record_id))",
+            "CREATE TABLE staged (number INTEGER PRIMARY KEY, items BLOB NOT NULL)",
             "INSERT OR REPLACE INTO meta (key, value)"
             " SELECT 'rebuild_server_layer', 'due' WHERE EXISTS (SELECT 1 FROM records)",
         ],
@@ -383,37 +383,37 @@ class ReplicaStore:
         ).fetchone()
         return found is not None
 
-    # -- rebuilding the server layer, record by record ----------------------------------
+    # -- rebuilding the server layer from a whole pull ---------------------------------
 
-    def start_rebuild(self) -> None:
-        """Begin pulling the server layer again: no record reached yet."""
-        self._db.execute("DELETE FROM rebuilt")
+    def stage(self, items: bytes) -> None:
+        """Keep one page of a rebuilding pull (its items, encoded) until the last page."""
+        (number,) = self._db.execute("SELECT coalesce(max(number), 0) + 1 FROM staged").fetchone()
+        self._db.execute(
+            "INSERT INTO staged VALUES (?, ?)", [number, self._seal(items, "staged", str(number))]
+        )
 
-    def reach(self, keys: Iterable[RecordKey]) -> None:
-        """The rebuilding pull brings these records: each one's old state and applied ids
-        go the first time, so its whole history applies from nothing; the rest still show."""
-        wanted = json.dumps(sorted(set(keys)))
-        new = self._db.execute(
-            "SELECT json_extract(k.value, '$[0]'), json_extract(k.value, '$[1]')"
-            " FROM json_each(?) k WHERE NOT EXISTS"
-            " (SELECT 1 FROM rebuilt r WHERE r.record_type = json_extract(k.value, '$[0]')"
-            " AND r.record_id = json_extract(k.value, '$[1]'))",
-            [wanted],
-        ).fetchall()
-        for table in ("records", "applied"):
-            self._db.executemany(
-                f"DELETE FROM {table} WHERE record_type = ? AND record_id = ?", new
-            )
-        self._db.executemany("INSERT INTO rebuilt VALUES (?, ?)", new)
+    def staged(self) -> Iterator[bytes]:
+        """The staged pages' items, in the order pulled."""
+        rows = self._db.execute("SELECT number, items FROM staged ORDER BY number")
+        for number, sealed in rows.fetchall():
+            yield self._open(sealed, "staged", str(number))
 
-    def finish_rebuild(self) -> None:
-        """The rebuilding pull is done: what it never brought left the device's view."""
-        for table in ("records", "applied"):
-            self._db.execute(
-                f"DELETE FROM {table} WHERE NOT EXISTS (SELECT 1 FROM rebuilt r"
-                f" WHERE r.record_type = {table}.record_type AND r.record_id = {table}.record_id)"
-            )
-        self._db.execute("DELETE FROM rebuilt")
+    def drop_staged(self) -> None:
+        self._db.execute("DELETE FROM staged")
+
+    def drop_server_layer(self) -> None:
+        """Drop every record and applied change id; the outbox stays as it is."""
+        self._db.execute("DELETE FROM records")
+        self._db.execute("DELETE FROM applied")
+
+    def overlay_unanswered(self) -> None:
+        """Own changes still awaiting their answer show again on records in the layer (an
+        eviction replayed by a whole pull had hidden them)."""
+        self._db.execute(
+            "UPDATE outbox SET overlay = 1 WHERE state IN ('pending', 'sent') AND EXISTS"
+            " (SELECT 1 FROM records r WHERE r.record_type = outbox.record_type"
+            " AND r.record_id = outbox.record_id)"
+        )
 
     def forget_server_layer(self) -> None:
         """Drop every record and applied change id, for a pull from no cursor to build the
@@ -423,8 +423,7 @@ class ReplicaStore:
         `pending`: a restored office may have lost them, and sending them again costs
         nothing where it has not (they are answered `duplicate`).
         """
-        self._db.execute("DELETE FROM records")
-        self._db.execute("DELETE FROM applied")
+        self.drop_server_layer()
         # Batches awaiting their answer are made again too, so that every change goes
         # in the order it was made: one of theirs first would make an older change that
         # the restore lost `stale_stamp`.

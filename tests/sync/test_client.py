@@ -1331,7 +1331,7 @@ def as_older_merge_left_it(device: DeviceClient, keys: list[tuple[str, str]]) ->
     with device._store.transaction():
         device._store.put_states(msgspec.structs.replace(states[k], edits=None) for k in keys)
         device._store.set_meta("rebuild_server_layer", None)
-    device._store._db.execute("DROP TABLE rebuilt")
+    device._store._db.execute("DROP TABLE staged")
     device._store._db.execute("PRAGMA user_version = 2")
     device.close()
 
@@ -1385,16 +1385,18 @@ def test_a_rebuild_cut_off_between_pages_shows_every_record_and_resumes(office, 
     with pytest.raises(httpx.ConnectTimeout):
         reopened.pull()
 
-    # One page in: the first case is rebuilt, the others still show what they had.
+    # One page in: nothing changed yet; every case shows what it had.
     shown = [reopened.record(*key) for key in keys]
     assert [r.title for r in shown] == ["Title k-0", "Title k-1", "Title k-2"]
+    assert reopened.record("case", "k-1").priority == "normal"  # li's edit not pulled yet
     assert reopened.record("case", "k-2").summary == "offline note"
-    assert reopened._store.states([keys[0]])[keys[0]].edits is not None
-    assert reopened._store.states([keys[2]])[keys[2]].edits is None
+    assert all(s.edits is None for s in reopened._store.states(keys).values())
 
     reopened.pull()  # the rest, from where it stopped
 
     assert [reopened.record(*key).title for key in keys] == [f"Title k-{n}" for n in range(3)]
     assert reopened.record("case", "k-1").priority == "high"
     assert all(s.edits is not None for s in reopened._store.states(keys).values())
+    assert reopened.record("case", "k-2").summary == "offline note"  # still unsent
     assert reopened._store.meta("rebuild_server_layer") is None
+    assert list(reopened._store.staged()) == []
