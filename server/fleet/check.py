@@ -1,6 +1,6 @@
 """The simulation's verdict: every change accounted for, every replica what the server allows.
 
-Two questions, answered from the server's store and the devices' files:
+Three questions, answered from the server's store and the devices' files:
 
 - *Accounting*: each change a device made is in the server's change log
   (applied, or kept as a conflict candidate) or in its quarantine with a
@@ -9,6 +9,9 @@ Two questions, answered from the server's store and the devices' files:
 - *Replicas*: after everyone synced to quiescence, each device shows, record
   for record and conflict for conflict, exactly what a fresh device of the
   same user shows after pulling from scratch: the server's view for that user.
+- *The office itself*: each stored record state, and the open conflicts the
+  console shows, are what the change log gives merged from nothing. (The
+  replicas alone cannot tell: they merge the same log the same way.)
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pathlib import Path
 import msgspec
 
 from server.fleet.office import Logged
+from server.storage.sqlite import SqliteStore
+from sync import merge
 from sync.client import DeviceClient
 from sync.replica_store import OutboxEntry, RecordKey
 
@@ -123,3 +128,22 @@ def differences(
 
 def _conflicts(client: DeviceClient, key: RecordKey) -> list[bytes]:
     return sorted(msgspec.msgpack.encode(c) for c in client.conflicts(*key))
+
+
+def office_problems(store: SqliteStore) -> list[str]:
+    """Where the office's stored states or open conflicts differ from its log merged anew."""
+    with store.snapshot() as conn:
+        keys = [(t, i) for t, i in conn.execute("SELECT record_type, record_id FROM records")]
+    replayed = store.replayed(keys)
+    stored = store.states(keys)
+    problems = [
+        f"{t}/{i}: stored state differs from its log"
+        for t, i in keys
+        if stored.get((t, i)) != replayed.get((t, i))
+    ]
+    encode = msgspec.msgpack.encode
+    expected = sorted(encode(c) for state in replayed.values() for c in merge.conflicts(state))
+    held = sorted(encode(c) for c in store.open_conflicts())
+    if held != expected:
+        problems.append(f"open conflicts: {len(held)} stored, {len(expected)} in the log's states")
+    return problems

@@ -61,11 +61,16 @@ class Office:
         return office
 
     @property
-    def directory(self) -> Directory:
+    def store(self) -> SqliteStore:
+        """The office's store, opened beside the running server (reads what it committed)."""
         if self._store is None:
             keys = OfficeKeys.load(self.settings.keys_path, self.passphrase)
             self._store = open_store(self.settings, keys)
-        return Directory(self._store)
+        return self._store
+
+    @property
+    def directory(self) -> Directory:
+        return Directory(self.store)
 
     def add_user(self, name: str, role: Role, org_units: list[str]) -> str:
         return self.directory.add_user(name, role, org_units, system_wall_ms()).user_id

@@ -23,6 +23,24 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     concurrent: float = 0.2
     parts_of_day: int = 2  # work-then-sync rounds per simulated day
 
+    def problems(self) -> list[str]:
+        """Why these knobs make no simulation (a run that checks nothing must not pass)."""
+        found = []
+        if self.devices < 12:
+            found.append("--devices: a fleet needs at least 12 devices (3 districts of 4)")
+        if self.days < 1:
+            found.append("--days: at least 1")
+        for name in ("loss", "duplicate", "offline", "concurrent"):
+            if not 0 <= getattr(self, name) <= 1:
+                found.append(f"--{name}: a share from 0 to 1")
+        if self.loss + self.duplicate > 1:
+            found.append("--loss and --duplicate: together at most 1")
+        if self.latency_ms < 0:
+            found.append("--latency-ms: not negative")
+        if not 0 <= self.skew_hours <= 24 * 365:
+            found.append("--skew-hours: from 0 to a year")
+        return found
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Options()

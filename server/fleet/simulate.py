@@ -26,6 +26,8 @@ import argparse
 import os
 import random
 import shutil
+import signal
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -37,7 +39,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from server.fleet.check import Accounting, account, differences
+from server.fleet.check import Accounting, account, differences, office_problems
 from server.fleet.faults import Faults
 from server.fleet.field import DISTRICTS, PIN, FieldDevice, Registry, SimClock, moment
 from server.fleet.office import Office
@@ -66,6 +68,7 @@ class Report(msgspec.Struct, kw_only=True):
     consistent: int
     differences: list[str]
     unsettled: list[str]
+    office_problems: list[str]
     seconds: float
 
     @property
@@ -81,6 +84,9 @@ class Report(msgspec.Struct, kw_only=True):
             if self.consistent < self.replicas
             else "",
             f"{len(self.unsettled)} devices never synced at the end" if self.unsettled else "",
+            f"{len(self.office_problems)} office records or conflicts differ from the log"
+            if self.office_problems
+            else "",
         ]
         return [v for v in found if v]
 
@@ -124,6 +130,7 @@ def run(options: Options, office: Office, folder: Path, console: Console) -> Rep
         consistent=consistent,
         differences=found,
         unsettled=unsettled,
+        office_problems=office_problems(office.store),
         seconds=time.perf_counter() - began,
     )
     for device in devices:
@@ -277,11 +284,17 @@ def print_report(report: Report, console: Console) -> None:
     console.print(table)
     for difference in report.differences[:20]:
         console.print(f"  [red]differs[/red] {difference}")
+    for problem in report.office_problems[:20]:
+        console.print(f"  [red]office[/red] {problem}")
     violations = report.violations
     if violations:
         console.print(f"[bold red]FAIL[/bold red]: {'; '.join(violations)}")
     else:
         console.print("[bold green]OK[/bold green]: 0 lost, 0 duplicated, every replica consistent")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _mark(count: int) -> str:
@@ -316,7 +329,14 @@ def main(args: argparse.Namespace) -> int:
         offline=args.offline,
         concurrent=args.concurrent,
     )
+    if options.problems():
+        for problem in options.problems():
+            print(f"lianxin simulate: {problem}", file=sys.stderr)
+        return 2
     console = Console()
+    # A service manager's or `timeout`'s stop cleans up as Ctrl-C does: the server it
+    # started is stopped, the folders removed.
+    signal.signal(signal.SIGTERM, _interrupt)
     temporary = args.data is None
     data = Path(tempfile.mkdtemp(prefix="lianxin-simulate-")) if temporary else args.data
     try:

@@ -268,6 +268,12 @@ class SqliteStore:
         self.write(BatchWrite([], {}, [], updates))
         return len(loaded), kept
 
+    def replayed(self, keys: Iterable[RecordKey]) -> dict[RecordKey, RecordState]:
+        """These records as their whole logged history merges from nothing, as committed:
+        what the stored state and conflicts must agree with."""
+        with self.snapshot() as conn:
+            return {k: c.state for k, c in self._load(conn, list(keys), from_log=True).items()}
+
     def _open_conflicts_of(self, keys: list[RecordKey]) -> dict[tuple[RecordKey, str], Conflict]:
         found: dict[tuple[RecordKey, str], Conflict] = {}
         for chunk in _chunks(keys):

@@ -7,15 +7,19 @@ import subprocess
 import sys
 from collections import Counter
 
+import msgspec
 import pytest
 from rich.console import Console
 
-from server.fleet.check import Accounting
+from server.fleet.check import Accounting, office_problems
 from server.fleet.office import Office
 from server.fleet.options import Options
 from server.fleet.simulate import Report, phones_folder, print_report, run
-from tests.conftest import PASSPHRASE
+from sync.clock import Clock
+from sync.engine import apply_batch
+from tests.conftest import PASSPHRASE, make_store
 from tests.e2e.conftest import OFFICE_ENV
+from tests.sync.test_merge import change
 
 
 @pytest.fixture
@@ -66,9 +70,14 @@ def test_any_violation_fails_the_run():
         consistent=1,
         differences=["dev-1: case/k-1: differs"],
         unsettled=[],
+        office_problems=["open conflicts: 0 stored, 1 in the log's states"],
         seconds=1.0,
     )
-    assert report.violations == ["1 changes lost", "1 replicas differ"]
+    assert report.violations == [
+        "1 changes lost",
+        "1 replicas differ",
+        "1 office records or conflicts differ from the log",
+    ]
     output = io.StringIO()
     print_report(report, Console(file=output, width=120))
     assert "FAIL" in output.getvalue()
@@ -84,3 +93,22 @@ def test_the_command_refuses_a_server_without_its_folder():
     )
     assert done.returncode != 0
     assert "--server needs the office's folder as --data" in done.stderr
+
+
+def test_the_check_sees_an_office_whose_conflicts_table_left_its_log(tmp_path):
+    # The replicas cannot show it: they merge the same log the same way the office does.
+    store = make_store(tmp_path / "office.db")
+    created = change("dev-a", 10, set={"title": "Drains"})
+    one = change("dev-a", 20, saw=(created,), set={"title": "Drains overflow"})
+    other = change("dev-b", 21, saw=(created,), set={"title": "Blocked drain"})
+    for each in (created, one, other):
+        apply_batch(
+            store,
+            [msgspec.structs.replace(each, change_id=each.change_id.replace("@", "-"))],
+            Clock(),
+        )
+    assert office_problems(store) == []
+
+    store.db.execute("DELETE FROM conflicts")
+    assert office_problems(store) == ["open conflicts: 0 stored, 1 in the log's states"]
+    store.close()
