@@ -43,7 +43,7 @@ class Accounting(msgspec.Struct, kw_only=True):
     unanswered: list[str] = msgspec.field(default_factory=list)
     # The device recorded another answer than the server's log holds.
     disagreeing: list[str] = msgspec.field(default_factory=list)
-    # In the server's log, but made by no device of the fleet.
+    # In the server's log under a fleet device's ids, but made by none of them.
     foreign: int = 0
 
 
@@ -61,7 +61,12 @@ def account(
         made_ids.update(made)
         for change_id in made:
             _account_one(tally, change_id, logged.get(change_id, []), answers.get(change_id))
-    tally.foreign = len(logged.keys() - made_ids)
+    # An office served with --server may hold other changes: only the fleet's ids
+    # (`<device>.<run>-<n>`) are its business.
+    fleet = {change_id.rsplit("-", 1)[0] for change_id in made_ids}
+    tally.foreign = sum(
+        1 for change_id in logged.keys() - made_ids if change_id.rsplit("-", 1)[0] in fleet
+    )
     return tally
 
 

@@ -134,8 +134,9 @@ class FieldDevice:
             passphrase=PIN,
             kdf=KdfParams.new(n=CHEAP_KDF_N),
             wall_ms=lambda: clock() + skew_ms,
-            # Unique for the run, and reproducible from the seed.
-            new_id=lambda: f"{name}-{next(counter)}",
+            # Unique to this run's user (a second run against one office must not repeat
+            # the first's ids: the office would answer them `duplicate`).
+            new_id=lambda: f"{name}.{user_id[-6:]}-{next(counter)}",
         )
         return cls(name, role, user_id, district, client, transport, http, path, skew_ms, rng)
 
@@ -167,7 +168,7 @@ class FieldDevice:
         self.made.append(change.change_id)
 
     def new_id(self, prefix: str) -> str:
-        return f"{prefix}-{self.name}-{next(self.ids)}"
+        return f"{prefix}-{self.name}.{self.user_id[-6:]}-{next(self.ids)}"
 
     def held(self, record_type: str, candidates: list[str], tries: int = 6) -> str | None:
         """One of `candidates` that this device shows, picked at random."""

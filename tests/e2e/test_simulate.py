@@ -95,6 +95,26 @@ def test_the_command_refuses_a_server_without_its_folder():
     assert "--server needs the office's folder as --data" in done.stderr
 
 
+def test_a_second_fleet_against_the_same_office_makes_changes_of_its_own(office, tmp_path):
+    # `lianxin simulate --server` twice: the second run's ids must not be the first's, or
+    # the office answers them `duplicate` and nothing of the second run is applied.
+    options = Options(devices=12, days=1, seed=3, loss=0.0, duplicate=0.0)
+    console = Console(file=io.StringIO(), width=120)
+    reports = []
+    for run_number in range(2):
+        phones = tmp_path / f"phones-{run_number}"
+        phones.mkdir()
+        reports.append(run(options, office, phones, console))
+
+    first, second = (r.accounting for r in reports)
+    assert second.made == first.made > 0
+    assert second.applied + second.conflict == second.made - second.rejected.total()
+    assert second.foreign == 0  # the first run's changes are not the second's business
+    assert reports[1].violations == []
+    before = {c for c in office.logged() if c.startswith("sup0000.")}
+    assert len({c.rsplit("-", 1)[0] for c in before}) == 2  # one id space per run
+
+
 def test_the_check_sees_an_office_whose_conflicts_table_left_its_log(tmp_path):
     # The replicas cannot show it: they merge the same log the same way the office does.
     store = make_store(tmp_path / "office.db")
