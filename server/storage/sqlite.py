@@ -19,6 +19,7 @@ readable, because routing, deduplication and queries need them
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -48,6 +49,7 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode_state = msgspec.msgpack.Decoder(RecordState).decode
 _decode_result = msgspec.msgpack.Decoder(ChangeResult).decode
 _decode_conflict = msgspec.msgpack.Decoder(Conflict).decode
+log = logging.getLogger("lianxin.store")
 
 # Keep IN (...) lists well under SQLite's bound-parameter limit.
 _CHUNK = 500
@@ -339,7 +341,23 @@ class SqliteStore:
                     before.state if before else None, change, change.hlc if order is None else order
                 )
                 if outcome.state is None:
-                    raise Unreplayable(f"logged change {change_id} does not apply again: {outcome}")
+                    problem = f"logged change {change_id} does not apply again: {outcome}"
+                    if from_log:
+                        raise Unreplayable(problem)
+                    # Accepted by an older version, refused by today's checks: left out, as a
+                    # device merging the log leaves it out, rather than failing every read
+                    # and every push of the record (the change stays in the log).
+                    log.warning(
+                        "change left out of its record's state",
+                        extra={
+                            "fields": {
+                                "change_id": change_id,
+                                "record": f"{record_type}/{record_id}",
+                                "reason": outcome.rejected.reason if outcome.rejected else "",
+                            }
+                        },
+                    )
+                    continue
                 newest[key] = (
                     # No row at all: due for one at the next write.
                     Cached(outcome.state, seq, False, MAX_PENDING)
