@@ -290,9 +290,14 @@ def contests_delete(change: Change, state: RecordState) -> bool:
     """Whether `change`, applied to give `state`, takes part in the record's `deleted`
     conflict, with or without a value left to show: an edit made beside a current delete
     (one it had not seen), or a current delete made beside an edit."""
-    if _is_edit(change) and any(w.value and not seen_by(w, change) for w in state.deleted):
+    if _is_edit(change) and any(_unseen_delete(w, change) for w in state.deleted):
         return True
     return any(w.contested and w.change_id == change.change_id for w in state.deleted)
+
+
+def _unseen_delete(write: Write, change: Change) -> bool:
+    """Whether `write` (of a record's `deleted`) is a delete `change` had not seen."""
+    return write.value and not seen_by(write, change)
 
 
 def _is_edit(change: Change) -> bool:
@@ -302,9 +307,11 @@ def _is_edit(change: Change) -> bool:
 def _mark_edit(state: RecordState, next_state: RecordState, change: Change) -> None:
     """Count `change` as an edit, and mark the current deletes it was made beside contested."""
     next_state.edits = {**(state.edits or {}), change.device_id: change.hlc}
-    if any(w.value and not w.contested and not seen_by(w, change) for w in next_state.deleted):
+    if next_state.deleted:
         next_state.deleted = [
-            msgspec.structs.replace(w, contested=True) if w.value and not seen_by(w, change) else w
+            msgspec.structs.replace(w, contested=True)
+            if not w.contested and _unseen_delete(w, change)
+            else w
             for w in next_state.deleted
         ]
 

@@ -9,7 +9,8 @@ records already stored, which only the engine can redo, with their states and th
   open conflicts follow (`SqliteStore.rebuild`); done first, so the other kinds
   read the new states.
 
-Done in one transaction, audited, and the list emptied: each item is done once.
+Each item is done once and audited: `states` a chunk to a transaction (a city's
+every record can be due), the rest in one transaction after them.
 """
 
 from __future__ import annotations
@@ -68,13 +69,13 @@ def _rebuild_states(store: SqliteStore, now_ms: int, size: int = 500) -> dict[st
                 "SELECT record_id FROM due WHERE work = 'states_rebuilt'"
             ).fetchone()
             rebuilt = int(progress[0]) if progress else 0
-            kept = db.execute(
-                "SELECT record_type, record_id FROM due WHERE work = 'states_kept'"
-            ).fetchall()
             db.execute("DELETE FROM due WHERE work = 'states_rebuilt'")
             if not chunk:
                 if not progress:
                     return {}
+                kept = db.execute(
+                    "SELECT record_type, record_id FROM due WHERE work = 'states_kept'"
+                ).fetchall()
                 detail: dict[str, object] = {"states": rebuilt}
                 counts = {"states": rebuilt}
                 if kept:  # kept as they were: a logged change of theirs fails today's checks

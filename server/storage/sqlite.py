@@ -261,12 +261,16 @@ class SqliteStore:
         # The open conflicts follow the new states; a rule change settles or opens some
         # with no change of its own, so the record's last change stands for it.
         was_open = self._open_conflicts_of(list(loaded))
-        updates = []
-        for key, cached in loaded.items():
-            now_open = {c.field: c for c in merge.conflicts(cached.state)}
-            for field in {f for k, f in was_open if k == key} | set(now_open):
-                if was_open.get((key, field)) != now_open.get(field):
-                    updates.append(ConflictUpdate(key, field, now_open.get(field), cached.seq))
+        now_open = {
+            (key, c.field): c
+            for key, cached in loaded.items()
+            for c in merge.conflicts(cached.state)
+        }
+        updates = [
+            ConflictUpdate(key, field, now_open.get((key, field)), loaded[key].seq)
+            for key, field in sorted(was_open.keys() | now_open.keys())
+            if was_open.get((key, field)) != now_open.get((key, field))
+        ]
         self.write(BatchWrite([], {}, [], updates))
         return len(loaded), kept
 
@@ -286,12 +290,18 @@ class SqliteStore:
                 " WHERE c.settled_seq IS NULL",
                 [part for key in chunk for part in key],
             ).fetchall()
-            data_keys = self.vault.data_keys(chunk)
-            for t, i, field, sealed in rows:
-                if (data_key := data_keys.get((t, i))) is not None:
-                    plain = open_sealed(data_key, sealed, bind("conflicts", (t, i), field))
-                    found[((t, i), field)] = _decode_conflict(plain)
+            found.update({((c.record_type, c.record_id), c.field): c for c in self._opened(rows)})
         return found
+
+    def _opened(self, rows: list[tuple[str, str, str, bytes]]) -> list[Conflict]:
+        """Conflict rows (record_type, record_id, field, sealed conflict) opened; those of
+        erased records left out."""
+        keys = self.vault.data_keys((t, i) for t, i, *_ in rows)
+        return [
+            _decode_conflict(open_sealed(data_key, sealed, bind("conflicts", (t, i), field)))
+            for t, i, field, sealed in rows
+            if (data_key := keys[(t, i)]) is not None
+        ]
 
     def _load(
         self, conn: sqlite3.Connection, keys: list[RecordKey], from_log: bool = False
@@ -573,12 +583,7 @@ class SqliteStore:
             "SELECT record_type, record_id, field, conflict FROM conflicts"
             " WHERE settled_seq IS NULL ORDER BY id"
         ).fetchall()
-        keys = self.vault.data_keys((t, i) for t, i, *_ in rows)
-        return [
-            _decode_conflict(open_sealed(data_key, sealed, bind("conflicts", (t, i), field)))
-            for t, i, field, sealed in rows
-            if (data_key := keys[(t, i)]) is not None
-        ]
+        return self._opened(rows)
 
     def quarantined(self) -> list[QuarantineRow]:
         rows = self.db.execute(
