@@ -1,7 +1,7 @@
 # Two entry points, each of which sets everything up first (see README.md).
 UV := .tools/bin/uv
 
-.PHONY: demo test setup browser bench bench-http bench-agreements lint bench-peer bench-initial-sync bench-memory
+.PHONY: demo test setup browser bench bench-http bench-agreements bench-popular-party lint bench-peer bench-initial-sync bench-memory
 # Root installs Debian packages itself; anyone else through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -19,6 +19,9 @@ bench: setup
 
 bench-agreements: setup
 	$(UV) run python -m bench.agreements
+
+bench-popular-party: setup
+	$(UV) run python -m bench.popular_party
 
 bench-http: setup
 	$(UV) run python -m bench.http_sync

@@ -79,16 +79,7 @@ def update_access(
     )
 
     keys = list(due)
-    linking: dict[RecordKey, list[str]] = defaultdict(list)
-    for record_type, record_id, case_id in _rows(
-        store,
-        "SELECT t.record_type, t.record_id, t.case_id FROM {keys}"
-        " JOIN links t ON t.record_type = k.column1 AND t.record_id = k.column2",
-        [key for key in keys if key[0] in LINKED_TYPES],
-    ):
-        linking[(record_type, record_id)].append(case_id)
-    linking_cases = {("case", case_id) for ids in linking.values() for case_id in ids}
-    unread = [key for key in {*keys, *linking_cases} if key not in scopes]
+    unread = [key for key in keys if key not in scopes]
     scopes.update((key, scope(state)) for key, state in store.states(unread).items())
     creators: dict[RecordKey, str | None] = {}
     org_units: dict[RecordKey, str | None] = {}
@@ -104,13 +95,6 @@ def update_access(
         org_units[(record_type, record_id)] = org_unit
         if user_id is not None:
             current[(record_type, record_id)].add(user_id)
-    for record_type, record_id, created_by in _rows(
-        store,
-        "SELECT t.record_type, t.record_id, t.created_by FROM {keys}"
-        " JOIN records t ON t.record_type = k.column1 AND t.record_id = k.column2",
-        linking_cases - set(keys),
-    ):
-        creators[(record_type, record_id)] = created_by
     supervisors = [
         (user_id, json.loads(units))
         for user_id, units in db.execute(
@@ -125,44 +109,71 @@ def update_access(
     def seeing(units: frozenset[str]) -> list[tuple[str, list[str]]]:
         return [pair for pair in supervisors if any(within(unit, pair[1]) for unit in units)]
 
-    moved, granted, lost = [], [], []
-    for key, seq in due.items():
-        own = scopes.get(key)
-        if own is None:
-            continue  # linked, but not (yet) a record
-        record_type, record_id = key
-        cases_linking = [
-            (creators.get(("case", case_id)), scopes.get(("case", case_id)))
-            for case_id in linking.get(key, ())
-        ]
-        # Links are written from a case's state, so a linking case always exists.
-        present = [(who, case) for who, case in cases_linking if case is not None]
-        units = {s.org_unit for s in (own, *(case for _, case in present)) if s.org_unit}
-        now = readers(
-            creators.get(key), own, present, seeing(frozenset(units)), mediators=mediators
+    def regrant(
+        due_keys: list[RecordKey],
+        via_cases: Mapping[RecordKey, set[str]],
+        unit_via_case: Mapping[RecordKey, str],
+    ) -> None:
+        moved, granted, lost = [], [], []
+        for key in due_keys:
+            own = scopes.get(key)
+            if own is None:
+                continue  # linked, but not (yet) a record
+            record_type, record_id = key
+            units = frozenset({own.org_unit} if own.org_unit else ())
+            now = readers(creators.get(key), own, (), seeing(units), mediators=mediators)
+            now |= via_cases.get(key, set())
+            org_unit = own.org_unit or unit_via_case.get(key)
+            if org_unit != org_units.get(key):
+                moved.append((org_unit, record_type, record_id))
+            before = current.get(key, set())
+            granted += [(user, record_type, record_id, due[key]) for user in now - before]
+            lost += [(due[key], user, record_type, record_id) for user in before - now]
+        db.conn.executemany(
+            "UPDATE records SET org_unit = ? WHERE record_type = ? AND record_id = ?", moved
         )
-        org_unit = own.org_unit or next((s.org_unit for _, s in present if s.org_unit), None)
-        if org_unit != org_units.get(key):
-            moved.append((org_unit, record_type, record_id))
-        before = current.get(key, set())
-        granted += [(user, record_type, record_id, seq) for user in now - before]
-        lost += [(seq, user, record_type, record_id) for user in before - now]
-    db.conn.executemany(
-        "UPDATE records SET org_unit = ? WHERE record_type = ? AND record_id = ?", moved
-    )
-    db.conn.executemany(
-        "INSERT INTO access (user_id, record_type, record_id, since_seq) VALUES (?, ?, ?, ?)",
-        granted,
-    )
-    db.conn.executemany(
-        "DELETE FROM access WHERE user_id = ? AND record_type = ? AND record_id = ?",
-        [(user, record_type, record_id) for _, user, record_type, record_id in lost],
-    )
-    db.conn.executemany(
-        "INSERT OR IGNORE INTO evictions (seq, user_id, record_type, record_id, reason)"
-        " VALUES (?, ?, ?, ?, 'access_removed')",
-        lost,
-    )
+        db.conn.executemany(
+            "INSERT INTO access (user_id, record_type, record_id, since_seq) VALUES (?, ?, ?, ?)",
+            granted,
+        )
+        db.conn.executemany(
+            "DELETE FROM access WHERE user_id = ? AND record_type = ? AND record_id = ?",
+            [(user, record_type, record_id) for _, user, record_type, record_id in lost],
+        )
+        db.conn.executemany(
+            "INSERT OR IGNORE INTO evictions (seq, user_id, record_type, record_id, reason)"
+            " VALUES (?, ?, ?, ?, 'access_removed')",
+            lost,
+        )
+
+    # Cases first: a record they link is seen by whoever sees a case linking it, so once
+    # the cases' own rows are right, a linked record takes its readers and its org unit
+    # from them in SQL. (Reading every linking case's state instead cost a batch that
+    # touched a party of many cases the decoding of all those cases.)
+    regrant([key for key in keys if key[0] not in LINKED_TYPES], {}, {})
+    linked = [key for key in keys if key[0] in LINKED_TYPES and key in scopes]
+    via_cases: dict[RecordKey, set[str]] = defaultdict(set)
+    for record_type, record_id, user_id in _rows(
+        store,
+        "SELECT DISTINCT l.record_type, l.record_id, a.user_id FROM {keys}"
+        " JOIN links l ON l.record_type = k.column1 AND l.record_id = k.column2"
+        " JOIN access a ON a.record_type = 'case' AND a.record_id = l.case_id",
+        linked,
+    ):
+        via_cases[(record_type, record_id)].add(user_id)
+    unit_via_case = {
+        (record_type, record_id): unit
+        for record_type, record_id, unit in _rows(
+            store,
+            "SELECT k.column1, k.column2, (SELECT c.org_unit FROM links l"
+            " JOIN records c ON c.record_type = 'case' AND c.record_id = l.case_id"
+            " WHERE l.record_type = k.column1 AND l.record_id = k.column2"
+            " AND c.org_unit IS NOT NULL ORDER BY l.case_id LIMIT 1) FROM {keys}",
+            [key for key in linked if scopes[key].org_unit is None],
+        )
+        if unit is not None
+    }
+    regrant(linked, via_cases, unit_via_case)
 
 
 def mediators_among(store: SqliteStore, user_ids: Iterable[str]) -> set[str]:
