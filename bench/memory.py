@@ -174,10 +174,16 @@ def workload(
         if items != logged:  # the pull that once set the peak must have carried everything
             raise RuntimeError(f"the whole pull brought {items:,} items of {logged:,}")
         yield f"after a whole pull in pages of {BIG_PAGE:,}"
-        # New ids each run, so a kept store takes them as new cases too.
-        prefix = f"case-mem-{random.Random().getrandbits(32):08x}"
+        # New ids each run, so a kept store takes them as new cases with new parties.
+        # (With the seed's party ids, each run's cases linked the parties of every
+        # run before: the server then read all of those cases to work out who may
+        # see each party, and the peak grew by 8 MB a run.)
+        run_id = f"{random.Random().getrandbits(32):08x}"
         made = [
-            doc._replace(record_id=f"{prefix}-{n:05d}")
+            doc._replace(
+                record_id=f"case-mem-{run_id}-{n:05d}",
+                parties=[f"{party}-{run_id}" for party in doc.parties],
+            )
             for n, doc in enumerate(documents(PUSHED, pusher.user_id, random.Random(seed)))
         ]
         clock = Clock()
