@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 
-class Write(msgspec.Struct, frozen=True, array_like=True):
+class Write(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One value written by one change.
 
     `hlc` with `device_id` is the dot; `order` is the stamp used to rank
@@ -21,6 +21,9 @@ class Write(msgspec.Struct, frozen=True, array_like=True):
     history, deletes). `position` is a log entry's place among its change's
     operations. `contested` marks a delete that some edit was made beside
     (neither had seen the other).
+
+    Untracked by the cyclic collector (`gc=False`): a write holds only plain
+    values, never a cycle, and a server keeps tens of thousands in its cache.
     """
 
     value: Any

@@ -9,6 +9,15 @@ page took 1.3 ms, of which HPKE 0.17 ms; docs/BENCHMARKS.md). Raising the
 mmap and trim thresholds lets the process reuse those pages; its resident
 size stays near its peak instead of shrinking between requests.
 
+Keep every thread's allocations in one glibc arena. By default each worker
+thread that allocates gets an arena of its own, and each arena keeps its
+own freed memory: the encoded states of the writer's cache and the pages a
+request builds land in whichever thread ran it, so freed memory sat idle in
+one arena while another grew (about 5 MB more at the memory benchmark's
+peak; docs/BENCHMARKS.md). The GIL already keeps Python's threads from
+allocating at the same time, so one arena costs them no waiting worth
+measuring.
+
 A batch merge allocates hundreds of thousands of small, acyclic objects; with
 the collector's default threshold (700 allocations) it walks them, and the
 server's long-lived heap, over and over. `collect_less` freezes what start-up
@@ -25,11 +34,16 @@ import gc
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 THRESHOLD = 64 * 1024 * 1024
 
 
 def keep_freed_memory() -> bool:
-    """Raise glibc's thresholds; False where there is no glibc (nothing to tune)."""
+    """Raise glibc's thresholds and keep one arena; False where there is no glibc.
+
+    Call it before the process starts a thread: a thread that allocates before it
+    has an arena of its own, which later threads then share.
+    """
     name = ctypes.util.find_library("c")
     if name is None:
         return False
@@ -37,7 +51,16 @@ def keep_freed_memory() -> bool:
         mallopt = ctypes.CDLL(name).mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, THRESHOLD))
+    return all(
+        [  # every option is tried, even after one fails
+            mallopt(option, value)
+            for option, value in (
+                (M_MMAP_THRESHOLD, THRESHOLD),
+                (M_TRIM_THRESHOLD, THRESHOLD),
+                (M_ARENA_MAX, 1),
+            )
+        ]
+    )
 
 
 def collect_less() -> None:
