@@ -24,73 +24,45 @@ import tempfile
 import time
 from pathlib import Path
 
-import msgspec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from schemas import Add, Change, PushRequest
+from bench.agreements import WALL_MS, Phone
+from schemas import Add, Change
 from server.keys import OfficeKeys
 from server.service import SyncService
 from server.settings import Settings
 from server.storage.sqlite import SqliteStore
 from server.storage.vault import Vault
-from sync import signing
 from sync.atrest import KdfParams
-from sync.clock import Clock, pack
+from sync.clock import Clock
 
-WALL_MS = 1_795_000_000_000
 BATCH = 500
 PARTY = "p-harbour-property"
 XIHU = {"city": "Hangzhou", "district": "Xihu", "street": "Beishan"}
 
 
-class Phone:
-    """A mediator's phone making new cases, each pushed as one signed change."""
+def case(phone: Phone, parties: list[str]) -> Change:
+    """A new case of `phone`'s mediator naming `parties`."""
+    ops = [Add(field="mediators", value=phone.device.user.user_id)]
+    ops += [Add(field="parties", value=party) for party in parties]
+    number = phone.stamp + 1
+    return phone.change(
+        "case", f"k-{number:07d}", {"title": f"dispute {number}", "location": XIHU}, ops
+    )
 
-    def __init__(self, service: SyncService) -> None:
-        self.key = Ed25519PrivateKey.generate()
-        directory = service.directory
-        user = directory.add_user("sun", "mediator", ["Hangzhou/Xihu"], WALL_MS)
-        code = directory.issue_code(user.user_id, WALL_MS, 60_000)
-        public = self.key.public_key().public_bytes_raw()
-        self.device = directory.enroll(code, public, public, "sun", WALL_MS)
-        self.service = service
-        self.made = 0
 
-    def change(self, record_type: str, record_id: str, fields: dict, ops: list) -> Change:
-        self.made += 1
-        return Change(
-            change_id=f"c-{self.made}",
-            record_type=record_type,
-            record_id=record_id,
-            device_id=self.device.device_id,
-            hlc=pack(WALL_MS, self.made),
-            set=fields,
-            ops=ops,
-        )
+def own_parties(phone: Phone) -> list[list[str]]:
+    """A batch's worth of party ids no case names yet, one a case."""
+    return [[f"p-own-{phone.stamp}-{n}"] for n in range(BATCH)]
 
-    def case(self, parties: list[str]) -> Change:
-        ops = [Add(field="mediators", value=self.device.user.user_id)]
-        ops += [Add(field="parties", value=party) for party in parties]
-        fields = {"title": f"dispute {self.made}", "location": XIHU}
-        return self.change("case", f"k-{self.made:07d}", fields, ops)
 
-    def push(self, changes: list[Change]) -> float:
-        """Push one signed batch; seconds the office took."""
-        raws = [msgspec.msgpack.encode(c) for c in changes]
-        batch_id = f"b-{self.made}"
-        signature = self.key.sign(signing.batch_message(self.device.device_id, batch_id, raws))
-        began = time.perf_counter()
-        answer = self.service.push(
-            self.device, PushRequest(batch_id=batch_id, changes=raws, signature=signature)
-        )
-        elapsed = time.perf_counter() - began
-        if {r.status for r in answer.results} != {"applied"}:
-            raise RuntimeError(f"a change was not applied: {answer.results[:3]}")
-        return elapsed
-
-    def own_parties(self) -> list[list[str]]:
-        """A batch's worth of party ids no case names yet, one a case."""
-        return [[f"p-own-{self.made}-{n}"] for n in range(BATCH)]
+def push(service: SyncService, phone: Phone, changes: list[Change]) -> float:
+    """Push one signed batch; seconds the office took."""
+    request = phone.batch(changes)
+    began = time.perf_counter()
+    answer = service.push(phone.device, request)
+    elapsed = time.perf_counter() - began
+    if {r.status for r in answer.results} != {"applied"}:
+        raise RuntimeError(f"a change was not applied: {answer.results[:3]}")
+    return elapsed
 
 
 def run(folder: Path, linked: int, rounds: int) -> tuple[list[float], list[float], int]:
@@ -100,15 +72,15 @@ def run(folder: Path, linked: int, rounds: int) -> tuple[list[float], list[float
     service = SyncService(
         Settings(data_dir=folder), store, keys, Clock(lambda: WALL_MS), lambda: WALL_MS
     )
-    phone = Phone(service)
+    phone = Phone(service, "mediator", "sun")
     company = {"kind": "organisation", "name": "Harbour Property Management"}
-    phone.push([phone.change("party", PARTY, company, [])])
+    push(service, phone, [phone.change("party", PARTY, company)])
     for start in range(0, linked, BATCH):
-        phone.push([phone.case([PARTY]) for _ in range(min(BATCH, linked - start))])
+        push(service, phone, [case(phone, [PARTY]) for _ in range(min(BATCH, linked - start))])
     crowded, alone = [], []
     for _ in range(rounds):
-        crowded.append(phone.push([phone.case([PARTY, *own]) for own in phone.own_parties()]))
-        alone.append(phone.push([phone.case(own) for own in phone.own_parties()]))
+        crowded.append(push(service, phone, [case(phone, [PARTY, *o]) for o in own_parties(phone)]))
+        alone.append(push(service, phone, [case(phone, o) for o in own_parties(phone)]))
     (readers,) = store.db.execute(
         "SELECT count(*) FROM access WHERE record_type = 'party' AND record_id = ?", [PARTY]
     ).fetchone()
