@@ -10,48 +10,69 @@ records already stored, which only the engine can redo, with their states and th
   read the new states.
 
 Each item is done once and audited: `states` a chunk to a transaction (a city's
-every record can be due), the rest in one transaction after them.
+every record can be due), the rest in one transaction after them, their states
+read a chunk at a time so that memory holds one chunk, not the city.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+
+import sqlite_utils
 
 from server import audit
 from server.storage import repeats
 from server.storage.access import update_access
 from server.storage.people import index_parties
 from server.storage.sqlite import SqliteStore
+from sync.store import RecordKey
 
 
-def catch_up(store: SqliteStore, index_key: bytes, now_ms: int) -> dict[str, int]:
-    """Do the work listed in `due`; returns how many records of each kind it did."""
+def catch_up(store: SqliteStore, index_key: bytes, now_ms: int, size: int = 500) -> dict[str, int]:
+    """Do the work listed in `due`, `size` records at a time; returns how many records
+    of each kind it did."""
     with store.snapshot() as conn:  # most starts have nothing to do: no write lock for them
         if conn.execute("SELECT 1 FROM due LIMIT 1").fetchone() is None:
             return {}
     # First, so the other kinds read the new states.
-    done = _rebuild_states(store, now_ms)
+    done = _rebuild_states(store, now_ms, size)
     with store.transaction():
         db = store.db
-        due = db.execute("SELECT work, record_type, record_id FROM due").fetchall()
-        if not due:
+        counts = dict(db.execute("SELECT work, count(*) FROM due GROUP BY work ORDER BY work"))
+        if not counts:
             return done
-        keys = {work: [(t, i) for w, t, i in due if w == work] for work in {w for w, _, _ in due}}
-        # A record erased since it was listed has no state, and nothing left to redo.
-        held = store.states(key for found in keys.values() for key in found)
-        if "readers" in keys:
-            # After every cursor: phones drop what they no longer see with the office's
-            # next logged change, and nothing of it reaches them meanwhile.
-            readers = [key for key in keys["readers"] if key in held]
-            update_access(store, dict.fromkeys(readers, store.last_seq() + 1), None)
-        if "people" in keys:
-            parties = {("party", i) for t, i in keys["people"] if t == "party"}
+        # After every cursor: phones drop what they no longer see with the office's
+        # next logged change, and nothing of it reaches them meanwhile.
+        seq = store.last_seq() + 1
+        for chunk in _chunks(db, "readers", size):
+            # A record erased since it was listed has no state, and nothing left to redo.
+            held = store.states(chunk)
+            update_access(store, dict.fromkeys([key for key in chunk if key in held], seq), None)
+        for chunk in _chunks(db, "people", size):
+            held = store.states(chunk)
+            parties = {("party", i) for t, i in chunk if t == "party"}
             cases = {case for case, _, _ in repeats.holders(db, parties)}
             watched = repeats.Watched(cases, repeats.holdings(db, cases))
-            index_parties(store, index_key, {k: held[k] for k in keys["people"] if k in held})
+            index_parties(store, index_key, {key: held[key] for key in chunk if key in held})
             repeats.update(db, watched)
-        counts = {work: len(found) for work, found in sorted(keys.items())}
         db.execute("DELETE FROM due")
         audit.append(db, now_ms, "office", "catch_up", "due", counts)
     return {**done, **counts}
+
+
+def _chunks(db: sqlite_utils.Database, work: str, size: int) -> Iterator[list[RecordKey]]:
+    """The records due `work`, `size` at a time, read as they are needed."""
+    after = ("", "")
+    while chunk := [
+        (t, i)
+        for t, i in db.execute(
+            "SELECT record_type, record_id FROM due WHERE work = ?"
+            " AND (record_type, record_id) > (?, ?) ORDER BY record_type, record_id LIMIT ?",
+            [work, *after, size],
+        )
+    ]:
+        yield chunk
+        after = chunk[-1]
 
 
 def _rebuild_states(store: SqliteStore, now_ms: int, size: int = 500) -> dict[str, int]:

@@ -179,3 +179,60 @@ def test_a_change_todays_checks_refuse_is_left_out_and_its_record_still_takes_pu
     later = mediator.change("case", "k-1", set={"priority": "high"})
     (answer,) = msgspec.msgpack.decode(mediator.push([later], "b-3").content)["results"]
     assert answer["status"] == "applied"
+
+
+def test_due_readers_and_people_are_worked_through_a_few_records_at_a_time(office):
+    # A city's every party can be due; their states are read a chunk at a time, and
+    # the outcome is that of doing them all at once.
+    from tests.server.test_authorization import CREATE, records_held
+
+    informant = office.enroll("informant", name="informant")
+    mediator = office.enroll("mediator", name="med")
+    informant_id = informant.enrollment.user_id
+    made = []
+    for n in (1, 2, 3):
+        made += [
+            mediator.change("party", f"p-{n}", {"name": f"He {n}", "phone": f"138 0000 123{n}"}),
+            mediator.change(
+                "case",
+                f"k-{n}",
+                CREATE["case"],
+                [
+                    Add(field="parties", value=f"p-{n}"),
+                    Add(field="mediators", value=mediator.enrollment.user_id),
+                ],
+            ),
+        ]
+    mediator.push(made)
+    service = office.http.app.state.service
+    supervisor = office.directory.add_user("sup", "supervisor", ["Hangzhou"], office.wall.ms)
+    naming = Add(field="mediators", value=informant_id)
+    named = service.act(
+        supervisor, [mediator.change("case", f"k-{n}", ops=[naming]) for n in (1, 2, 3)]
+    )
+    assert [r.status for r in named] == ["applied"] * 3
+    with office.store.transaction():  # what an older office granted an informant named there
+        office.store.db.conn.executemany(
+            "INSERT INTO access (user_id, record_type, record_id, since_seq) VALUES (?, ?, ?, 1)",
+            [
+                (informant_id, t, f"{p}-{n}")
+                for t, p in (("case", "k"), ("party", "p"))
+                for n in (1, 2, 3)
+            ],
+        )
+    assert len(records_held(informant)) == 6
+    office.store.db.execute("DELETE FROM migrations WHERE name >= '0014'")
+    office.store.db.execute("DROP TABLE due")
+    migrate(office.store.db)
+    office.store.db.execute("DELETE FROM people_index")
+
+    assert due.catch_up(office.store, office.keys.index_key, office.wall.ms, size=2) == {
+        "states": 6,
+        "people": 3,
+        "readers": 3,
+    }
+    assert records_held(informant) == set()
+    assert len(records_held(mediator)) == 6
+    indexed = office.store.db.execute("SELECT DISTINCT record_id FROM people_index").fetchall()
+    assert sorted(indexed) == [("p-1",), ("p-2",), ("p-3",)]
+    assert office.store.db.execute("SELECT count(*) FROM due").fetchone() == (0,)
