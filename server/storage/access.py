@@ -152,13 +152,27 @@ def update_access(
     # touched a party of many cases the decoding of all those cases.)
     regrant([key for key in keys if key[0] not in LINKED_TYPES], {}, {})
     linked = [key for key in keys if key[0] in LINKED_TYPES and key in scopes]
+    # A case whose erasure stopped after destroying its key keeps its rows until the
+    # erasure runs again; like a case that no longer opens, it lends nothing meanwhile.
+    linking = {
+        ("case", case_id)
+        for (case_id,) in _rows(
+            store,
+            "SELECT DISTINCT l.case_id FROM {keys}"
+            " JOIN links l ON l.record_type = k.column1 AND l.record_id = k.column2",
+            linked,
+        )
+    }
+    erased = json.dumps(sorted(case_id for _, case_id in store.erased(linking)))
     via_cases: dict[RecordKey, set[str]] = defaultdict(set)
     for record_type, record_id, user_id in _rows(
         store,
         "SELECT DISTINCT l.record_type, l.record_id, a.user_id FROM {keys}"
         " JOIN links l ON l.record_type = k.column1 AND l.record_id = k.column2"
-        " JOIN access a ON a.record_type = 'case' AND a.record_id = l.case_id",
+        " JOIN access a ON a.record_type = 'case' AND a.record_id = l.case_id"
+        " WHERE l.case_id NOT IN (SELECT value FROM json_each(?))",
         linked,
+        erased,
     ):
         via_cases[(record_type, record_id)].add(user_id)
     unit_via_case = {
@@ -168,8 +182,10 @@ def update_access(
             "SELECT k.column1, k.column2, (SELECT c.org_unit FROM links l"
             " JOIN records c ON c.record_type = 'case' AND c.record_id = l.case_id"
             " WHERE l.record_type = k.column1 AND l.record_id = k.column2"
-            " AND c.org_unit IS NOT NULL ORDER BY l.case_id LIMIT 1) FROM {keys}",
+            " AND c.org_unit IS NOT NULL AND l.case_id NOT IN (SELECT value FROM json_each(g.ids))"
+            " ORDER BY l.case_id LIMIT 1) FROM {keys}, (SELECT ? AS ids) AS g",
             [key for key in linked if scopes[key].org_unit is None],
+            erased,
         )
         if unit is not None
     }

@@ -118,9 +118,22 @@ class Vault:
         return cipher
 
     def erased(self, records: Iterable[RecordKey]) -> set[RecordKey]:
-        """Which of `records` had their data key destroyed."""
+        """Which of `records` had their data key destroyed (read without unwrapping any)."""
+        wanted = set(records)
         with self._lock:
-            return {k for k, secret in self._secrets(records).items() if secret is None}
+            self._fresh_cache()
+            gone = {k for k in wanted if k in self._cache and self._cache[k] is None}
+            for chunk in _chunks([k for k in wanted if k not in self._cache]):
+                marks = ",".join("(?, ?)" for _ in chunk)
+                gone.update(
+                    self._db.execute(
+                        f"SELECT d.record_type, d.record_id FROM (VALUES {marks}) AS k"
+                        " JOIN data_keys AS d ON d.record_type = k.column1"
+                        " AND d.record_id = k.column2 WHERE d.wrapped IS NULL",
+                        [part for key in chunk for part in key],
+                    )
+                )
+        return gone
 
     def _secrets(
         self, records: Iterable[RecordKey], create: bool = False

@@ -257,3 +257,62 @@ def test_batched_readers_equal_the_per_record_reference(tmp_path, seed):
     assert tables(stores[0])["evictions"], "the workload should evict someone"
     for store in stores:
         store.close()
+
+
+def test_a_case_whose_erasure_stopped_after_its_key_lends_a_shared_party_nothing(tmp_path):
+    # Review finding: erase_records destroys the key before its transaction. Stopped in
+    # between, the case keeps its links and access rows until the erasure runs again;
+    # meanwhile it must not keep its readers on a party another case shares.
+    store = make_store(tmp_path / "office.db")
+    directory = Directory(store)
+    sun, wang, zhou = (
+        directory.add_user(name, "mediator", [unit], WALL_MS).user_id
+        for name, unit in (
+            ("Sun", "Hangzhou/Gongshu"),
+            ("Wang", "Hangzhou/Xihu"),
+            ("Zhou", "Hangzhou/Xihu"),
+        )
+    )
+    stamps = iter(range(1, 100))
+
+    def push(user_id, *changes):
+        made = [
+            Change(
+                change_id=f"c{stamp}",
+                record_type=t,
+                record_id=i,
+                device_id=f"dev-{user_id}",
+                hlc=pack(WALL_MS - 1000, stamp),
+                seen=dict(state.vv) if (state := store.states([(t, i)]).get((t, i))) else {},
+                set=set_,
+                ops=ops,
+            )
+            for (t, i, set_, ops), stamp in zip(changes, stamps, strict=False)
+        ]
+        with store.transaction():
+            results = apply_batch(store, made, Clock(lambda: WALL_MS))
+            touched = zip(made, results, strict=True)
+            update_access(store, {(c.record_type, c.record_id): r.seq for c, r in touched}, user_id)
+
+    def readers(key):
+        rows = store.db.execute(
+            "SELECT user_id FROM access WHERE record_type = ? AND record_id = ?", key
+        )
+        return {user for (user,) in rows}
+
+    xihu = {"city": "Hangzhou", "district": "Xihu", "street": "s1"}
+    gongshu = {"city": "Hangzhou", "district": "Gongshu", "street": "s1"}
+    shared = [Add(field="parties", value="p-1")]
+    push(wang, ("party", "p-1", {"name": "He"}, []), ("case", "k-b", {"location": xihu}, shared))
+    push(sun, ("case", "k-a", {"location": gongshu}, shared))
+    unit = "SELECT org_unit FROM records WHERE record_id = 'p-1'"
+    assert sun in readers(("party", "p-1"))
+    assert store.db.execute(unit).fetchone() == ("Hangzhou/Gongshu/s1",)  # k-a comes first
+
+    store.vault.erase(("case", "k-a"), "court order", WALL_MS)  # ...and the erasure stops
+    store.forget_cached([("case", "k-a")])
+    push(wang, ("case", "k-b", {}, [Add(field="mediators", value=zhou)]))
+
+    assert readers(("party", "p-1")) == {wang, zhou}
+    assert store.db.execute(unit).fetchone() == ("Hangzhou/Xihu/s1",)
+    store.close()
