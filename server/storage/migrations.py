@@ -368,6 +368,26 @@ def _merge_states(db: sqlite_utils.Database) -> None:
     )
 
 
+def _stale_case_readers(db: sqlite_utils.Database) -> None:
+    """A party, agreement or warning now takes its readers from the `access` rows of the
+    cases linking it (`access.update_access`), so a case's rows must hold no one its own
+    rules leave out. 0014 listed the cases an older rule had let a non-mediator read from
+    `case_index`, which misses cases stored before that index was filled. Listed now, as
+    `readers`: every case readable by someone who is neither its creator, nor a mediator,
+    nor a supervisor whose org units hold it."""
+    db.execute(
+        "INSERT OR IGNORE INTO due (work, record_type, record_id)"
+        " SELECT DISTINCT 'readers', 'case', a.record_id FROM access a"
+        " JOIN records r ON r.record_type = 'case' AND r.record_id = a.record_id"
+        " LEFT JOIN users u ON u.user_id = a.user_id"
+        " WHERE a.record_type = 'case' AND a.user_id IS NOT r.created_by"
+        " AND (u.role IS NULL OR u.role NOT IN ('mediator', 'supervisor')"
+        " OR (u.role = 'supervisor' AND NOT EXISTS (SELECT 1 FROM json_each(u.org_units) o"
+        " WHERE r.org_unit = o.value"
+        " OR substr(r.org_unit, 1, length(o.value) + 1) = o.value || '/')))"
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _initial),
     ("0002_directory", _directory),
@@ -384,6 +404,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0014_due", _due),
     ("0015_phone_digests", _phone_digests),
     ("0016_merge_states", _merge_states),
+    ("0017_stale_case_readers", _stale_case_readers),
 ]
 
 

@@ -271,7 +271,12 @@ def test_an_upgraded_office_takes_back_what_a_non_mediator_named_in_mediators_re
 
     office.store.db.execute("DELETE FROM migrations WHERE name >= '0014'")
     office.store.db.execute("DROP TABLE due")
-    assert migrate(office.store.db) == ["0014_due", "0015_phone_digests", "0016_merge_states"]
+    assert migrate(office.store.db) == [
+        "0014_due",
+        "0015_phone_digests",
+        "0016_merge_states",
+        "0017_stale_case_readers",
+    ]
     SyncService(service.settings, office.store, office.keys, service.clock, office.wall)
 
     assert records_held(informant) == set()

@@ -236,3 +236,35 @@ def test_due_readers_and_people_are_worked_through_a_few_records_at_a_time(offic
     indexed = office.store.db.execute("SELECT DISTINCT record_id FROM people_index").fetchall()
     assert sorted(indexed) == [("p-1",), ("p-2",), ("p-3",)]
     assert office.store.db.execute("SELECT count(*) FROM due").fetchone() == (0,)
+
+
+def test_a_case_an_older_rule_let_others_read_is_redone_whatever_its_index_says(office):
+    # Review finding: a linked record takes its readers from its cases' access rows now.
+    # A case stored before `case_index` was filled has no row there, so 0014 missed its
+    # stale rows, which would then pass to the party it links. 0017 reads `access` itself.
+    from tests.server.test_authorization import a_case_naming, records_held
+
+    informant = office.enroll("informant", name="informant")
+    mediator = office.enroll("mediator", name="med")
+    outsider = office.directory.add_user("far", "supervisor", ["Ningbo"], office.wall.ms)
+    mediator.push(a_case_naming(mediator, mediator.enrollment.user_id))
+    stale = [(informant.enrollment.user_id, "case", "k-1"), (outsider.user_id, "case", "k-1")]
+    stale += [(user, "party", "p-1") for user, _, _ in stale]
+    with office.store.transaction():  # what an older office granted, and its index lost
+        office.store.db.conn.executemany(
+            "INSERT INTO access (user_id, record_type, record_id, since_seq) VALUES (?, ?, ?, 1)",
+            stale,
+        )
+        office.store.db.execute("DELETE FROM case_index")
+    assert records_held(informant) == {("case", "k-1"), ("party", "p-1")}
+    office.store.db.execute("DELETE FROM migrations WHERE name >= '0014'")
+    office.store.db.execute("DROP TABLE due")
+    migrate(office.store.db)
+    listed = office.store.db.execute("SELECT work, record_id FROM due WHERE work = 'readers'")
+    assert listed.fetchall() == [("readers", "k-1")]
+
+    due.catch_up(office.store, office.keys.index_key, office.wall.ms)
+    left = office.store.db.execute("SELECT user_id, record_type, record_id FROM access")
+    assert not set(stale) & set(left.fetchall())
+    assert records_held(informant) == set()
+    assert records_held(mediator) == {("case", "k-1"), ("party", "p-1")}
