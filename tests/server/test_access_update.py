@@ -12,7 +12,8 @@ import random
 
 import pytest
 
-from schemas.changes import Add, Append, Change, Remove
+from schemas.changes import Add, Append, Change, Delete, Remove
+from server import erasure
 from server.storage.access import update_access
 from server.storage.directory import Directory
 from sync.access import VISIBILITY_FIELDS, readers, scope
@@ -68,7 +69,9 @@ def reference_update_access(store, touched, creator):
                 scopes.get(("case", case_id)) or _scope_of(store, ("case", case_id)),
             )
             for (case_id,) in db.execute(
-                "SELECT case_id FROM links WHERE record_type = ? AND record_id = ?", key
+                "SELECT case_id FROM links WHERE record_type = ? AND record_id = ?"
+                " ORDER BY case_id",
+                key,
             ).fetchall()
         ]
         if own is None:
@@ -117,6 +120,10 @@ DISTRICTS = ["Gongshu", "Xihu"]
 LINKS = {"parties": "party", "warnings": "warning", "agreements": "agreement"}
 
 
+def location(district):
+    return {"city": "Hangzhou", "district": district, "street": "s1"}
+
+
 def tables(store):
     db = store.db
     return {
@@ -135,8 +142,12 @@ class Workload:
 
     Cases keep the district they were created in, and each party, warning and
     agreement is linked only from cases of one district, so that a linked
-    record's org unit never depends on which of two linking cases comes first.
+    record's org unit never depends on which of two linking cases comes first
+    (`WideWorkload` drops that care).
     """
+
+    districts = DISTRICTS
+    across_districts = False
 
     def __init__(self, rng, users):
         self.rng = rng
@@ -161,53 +172,113 @@ class Workload:
         )
 
     def batch(self, store, device_id):
-        rng, changes, used = self.rng, [], set()
-        for _ in range(rng.randint(1, 6)):
-            roll = rng.random()
-            if roll < 0.1 or not self.cases:
-                case_id = f"k{len(self.cases)}"
-                district = rng.choice(DISTRICTS)
-                self.cases[case_id] = district
-                location = {"city": "Hangzhou", "district": district, "street": "s1"}
-                key, set_, ops = ("case", case_id), {"location": location}, []
-            elif roll < 0.4:
-                case_id = rng.choice(sorted(self.cases))
-                user_id = rng.choice(self.users)[0]
-                op = Add if rng.random() < 0.5 else Remove
-                key, set_, ops = ("case", case_id), None, [op(field="mediators", value=user_id)]
-            elif roll < 0.75:
-                case_id = rng.choice(sorted(self.cases))
-                field = rng.choice(sorted(LINKS))
-                district = self.cases[case_id]
-                candidates = [
-                    k for k, d in self.linked.items() if d == district and k[0] == LINKS[field]
-                ]
-                if candidates and rng.random() < 0.6:
-                    target = rng.choice(candidates)
-                else:
-                    target = (LINKS[field], f"{LINKS[field][0]}{len(self.linked)}")
-                    self.linked[target] = district
-                op = Add if rng.random() < 0.7 else Remove
-                key, set_, ops = ("case", case_id), None, [op(field=field, value=target[1])]
-            elif roll < 0.9 and self.linked:
-                key = rng.choice(sorted(self.linked))
-                set_, ops = ({"name": "x"} if key[0] == "party" else {}), []
-                if key[0] == "warning":
-                    set_ = {"description": f"d{self.stamp}"}
-                elif key[0] == "agreement":
-                    set_ = {"terms": f"t{self.stamp}"}
-            else:
-                # Fields visibility never reads: a note, a status move, a title.
-                note = {"entry_id": f"n{self.stamp}", "at": "2026-11-18T08:00:00Z", "by": "u"}
-                note["text"] = "visited"
-                set_ = {"status": "assigned", "title": f"t{self.stamp}"}
-                ops = [Append(field="notes", entry=note)]
-                key = ("case", rng.choice(sorted(self.cases)))
+        changes, used = [], set()
+        for _ in range(self.rng.randint(1, 6)):
+            key, set_, ops = self.pick()
             if key in used:
                 continue  # one change per record and batch keeps `seen` simple
             used.add(key)
             changes.append(self.change(store, device_id, *key, set_, ops))
         return changes
+
+    def pick(self):
+        """One change: its record's key, its `set` and its ops."""
+        rng = self.rng
+        roll = rng.random()
+        if roll < 0.1 or not self.cases:
+            case_id = f"k{len(self.cases)}"
+            district = rng.choice(self.districts)
+            self.cases[case_id] = district
+            return ("case", case_id), {"location": location(district)}, []
+        if roll < 0.4:
+            case_id = rng.choice(sorted(self.cases))
+            user_id = rng.choice(self.users)[0]
+            op = Add if rng.random() < 0.5 else Remove
+            return ("case", case_id), None, [op(field="mediators", value=user_id)]
+        if roll < 0.75:
+            case_id = rng.choice(sorted(self.cases))
+            field = rng.choice(sorted(LINKS))
+            district = self.cases[case_id]
+            candidates = [
+                k
+                for k, d in self.linked.items()
+                if (self.across_districts or d == district) and k[0] == LINKS[field]
+            ]
+            if candidates and rng.random() < 0.6:
+                target = rng.choice(candidates)
+            else:
+                target = (LINKS[field], f"{LINKS[field][0]}{len(self.linked)}")
+                self.linked[target] = district
+            op = Add if rng.random() < 0.7 else Remove
+            return ("case", case_id), None, [op(field=field, value=target[1])]
+        if roll < 0.9 and self.linked:
+            key = rng.choice(sorted(self.linked))
+            if key[0] == "warning":
+                return key, {"description": f"d{self.stamp}"}, []
+            if key[0] == "agreement":
+                return key, {"terms": f"t{self.stamp}"}, []
+            return key, {"name": "x"}, []
+        # Fields visibility never reads: a note, a status move, a title.
+        note = {"entry_id": f"n{self.stamp}", "at": "2026-11-18T08:00:00Z", "by": "u"}
+        note["text"] = "visited"
+        set_ = {"status": "assigned", "title": f"t{self.stamp}"}
+        return ("case", rng.choice(sorted(self.cases))), set_, [Append(field="notes", entry=note)]
+
+
+class WideWorkload(Workload):
+    """The pushes above, and what they leave out: a third district, a party, warning or
+    agreement linked from cases of several districts, warnings with a location of their
+    own, cases moving district, and cases deleted (a tombstone keeps its fields, and so
+    its readers)."""
+
+    districts = (*DISTRICTS, "Binjiang")
+    across_districts = True
+
+    def pick(self):
+        rng = self.rng
+        roll = rng.random()
+        if roll < 0.05 and self.cases:
+            case_id = rng.choice(sorted(self.cases))
+            self.cases[case_id] = rng.choice(self.districts)
+            return ("case", case_id), {"location": location(self.cases[case_id])}, []
+        if roll < 0.1 and self.cases:
+            return ("case", rng.choice(sorted(self.cases))), None, [Delete()]
+        warnings = sorted(k for k in self.linked if k[0] == "warning")
+        if roll < 0.2 and warnings:
+            set_ = {"location": location(rng.choice(self.districts))}
+            return rng.choice(warnings), set_, []
+        return super().pick()
+
+
+def add_user(stores, name, role, units):
+    """Add a user to both stores under one id; the reference store's supervisor gets by
+    hand the grants `Directory.add_user` makes in the first."""
+    user = Directory(stores[0]).add_user(name, role, units, WALL_MS)
+    with stores[1].transaction():
+        stores[1].db.execute(
+            "INSERT INTO users (user_id, name, role, org_units, created_at_ms)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [user.user_id, name, role, json.dumps(units), WALL_MS],
+        )
+        if role == "supervisor":
+            Directory(stores[1])._grant_org_units(user.user_id, units)
+    return user.user_id
+
+
+def push(stores, clocks, changes, user_id):
+    """Apply `changes` to both stores, recomputing readers batched in the first and record
+    by record in the second."""
+    for store, clock, recompute in zip(
+        stores, clocks, [update_access, reference_update_access], strict=True
+    ):
+        with store.transaction():
+            results = apply_batch(store, changes, clock)
+            touched = {
+                (c.record_type, c.record_id): r.seq
+                for c, r in zip(changes, results, strict=True)
+                if r.status in ("applied", "conflict")
+            }
+            recompute(store, touched, user_id)
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -221,33 +292,12 @@ def test_batched_readers_equal_the_per_record_reference(tmp_path, seed):
         ("Zhao", "supervisor", ["Hangzhou"]),
         ("Qian", "supervisor", ["Hangzhou/Xihu/s1"]),
     ]
-    users = []
-    for name, role, units in people:
-        user = Directory(stores[0]).add_user(name, role, units, WALL_MS)
-        for store in stores:  # the same user ids in both stores
-            with store.transaction():
-                store.db.execute(
-                    "INSERT OR IGNORE INTO users (user_id, name, role, org_units, created_at_ms)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    [user.user_id, name, role, json.dumps(units), WALL_MS],
-                )
-        users.append((user.user_id, f"dev-{name.lower()}"))
+    users = [(add_user(stores, *person), f"dev-{person[0].lower()}") for person in people]
     workload = Workload(rng, users)
     clocks = [Clock(lambda: WALL_MS), Clock(lambda: WALL_MS)]
     for _ in range(80):
         user_id, device_id = rng.choice(users)
-        changes = workload.batch(stores[0], device_id)
-        for store, clock, recompute in zip(
-            stores, clocks, [update_access, reference_update_access], strict=True
-        ):
-            with store.transaction():
-                results = apply_batch(store, changes, clock)
-                touched = {
-                    (c.record_type, c.record_id): r.seq
-                    for c, r in zip(changes, results, strict=True)
-                    if r.status in ("applied", "conflict")
-                }
-                recompute(store, touched, user_id)
+        push(stores, clocks, workload.batch(stores[0], device_id), user_id)
         assert tables(stores[0]) == tables(stores[1])
         for state in stores[0].all_states():
             # scope() materializes only the visibility fields: they read as in the whole record.
@@ -255,6 +305,44 @@ def test_batched_readers_equal_the_per_record_reference(tmp_path, seed):
             for name in VISIBILITY_FIELDS & field_specs(state.record_type).keys():
                 assert getattr(part, name) == getattr(whole, name)
     assert tables(stores[0])["evictions"], "the workload should evict someone"
+    for store in stores:
+        store.close()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_batched_readers_equal_the_reference_over_a_wider_workload(tmp_path, monkeypatch, seed):
+    """`WideWorkload`'s pushes, between which a supervisor joins (granted what their org
+    units already hold) or a case is erased (which recomputes what it linked)."""
+    rng = random.Random(seed)
+    stores = [make_store(tmp_path / "batched.db"), make_store(tmp_path / "reference.db")]
+    people = [
+        ("Sun", "mediator", ["Hangzhou/Gongshu"]),
+        ("Wang", "mediator", ["Hangzhou/Xihu"]),
+        ("He", "informant", ["Hangzhou/Binjiang"]),  # named in `mediators`, sees nothing by it
+        ("Li", "supervisor", ["Hangzhou/Gongshu"]),
+        ("Qian", "supervisor", ["Hangzhou/Xihu/s1"]),
+    ]
+    users = [(add_user(stores, *person), f"dev-{person[0].lower()}") for person in people]
+    workload = WideWorkload(rng, users)
+    clocks = [Clock(lambda: WALL_MS), Clock(lambda: WALL_MS)]
+    erased = set()
+    for step in range(120):
+        roll = rng.random()
+        live = sorted(set(workload.cases) - erased)
+        if roll < 0.03:
+            unit = rng.choice(["Hangzhou", *(f"Hangzhou/{d}" for d in WideWorkload.districts)])
+            users.append((add_user(stores, f"S{step}", "supervisor", [unit]), f"dev-s{step}"))
+        elif roll < 0.06 and live:
+            case_id = rng.choice(live)
+            erasure.erase_case(stores[0], case_id, "court order", "admin", WALL_MS)
+            with monkeypatch.context() as patch:
+                patch.setattr(erasure, "update_access", reference_update_access)
+                erasure.erase_case(stores[1], case_id, "court order", "admin", WALL_MS)
+            erased.add(case_id)  # still picked for pushes, which both stores refuse alike
+        else:
+            user_id, device_id = rng.choice(users)
+            push(stores, clocks, workload.batch(stores[0], device_id), user_id)
+        assert tables(stores[0]) == tables(stores[1]), f"step {step}"
     for store in stores:
         store.close()
 
