@@ -347,6 +347,36 @@ def test_batched_readers_equal_the_reference_over_a_wider_workload(tmp_path, mon
         store.close()
 
 
+class Office:
+    """One store taking batches through the engine and `update_access`, as a push does."""
+
+    def __init__(self, store):
+        self.store = store
+        self.stamps = iter(range(1, 1_000_000))
+
+    def push(self, user_id, *changes):
+        """Push (record_type, record_id, set, ops) changes as `user_id`'s device."""
+        made = [
+            Change(
+                change_id=f"c{stamp}",
+                record_type=t,
+                record_id=i,
+                device_id=f"dev-{user_id}",
+                hlc=pack(WALL_MS - 1000, stamp),
+                seen=dict(state.vv) if (state := self.store.states([(t, i)]).get((t, i))) else {},
+                set=set_,
+                ops=ops,
+            )
+            for (t, i, set_, ops), stamp in zip(changes, self.stamps, strict=False)
+        ]
+        with self.store.transaction():
+            results = apply_batch(self.store, made, Clock(lambda: WALL_MS))
+            touched = zip(made, results, strict=True)
+            update_access(
+                self.store, {(c.record_type, c.record_id): r.seq for c, r in touched}, user_id
+            )
+
+
 def test_a_case_whose_erasure_stopped_after_its_key_lends_a_shared_party_nothing(tmp_path):
     # Review finding: erase_records destroys the key before its transaction. Stopped in
     # between, the case keeps its links and access rows until the erasure runs again;
@@ -361,26 +391,8 @@ def test_a_case_whose_erasure_stopped_after_its_key_lends_a_shared_party_nothing
             ("Zhou", "Hangzhou/Xihu"),
         )
     )
-    stamps = iter(range(1, 100))
-
-    def push(user_id, *changes):
-        made = [
-            Change(
-                change_id=f"c{stamp}",
-                record_type=t,
-                record_id=i,
-                device_id=f"dev-{user_id}",
-                hlc=pack(WALL_MS - 1000, stamp),
-                seen=dict(state.vv) if (state := store.states([(t, i)]).get((t, i))) else {},
-                set=set_,
-                ops=ops,
-            )
-            for (t, i, set_, ops), stamp in zip(changes, stamps, strict=False)
-        ]
-        with store.transaction():
-            results = apply_batch(store, made, Clock(lambda: WALL_MS))
-            touched = zip(made, results, strict=True)
-            update_access(store, {(c.record_type, c.record_id): r.seq for c, r in touched}, user_id)
+    office = Office(store)
+    push = office.push
 
     def readers(key):
         rows = store.db.execute(
@@ -403,4 +415,47 @@ def test_a_case_whose_erasure_stopped_after_its_key_lends_a_shared_party_nothing
 
     assert readers(("party", "p-1")) == {wang, zhou}
     assert store.db.execute(unit).fetchone() == ("Hangzhou/Xihu/s1",)
+    store.close()
+
+
+def test_a_push_naming_a_party_reads_only_what_links_it_whatever_the_office_holds(tmp_path):
+    # Review finding: left to choose its join order, SQLite answered a linked record's
+    # readers by walking every case's access rows, so each push naming a party cost as
+    # much as the whole office. Counted in SQLite's own steps, not in seconds.
+    store = make_store(tmp_path / "office.db")
+    office = Office(store)
+    sun = Directory(store).add_user("Sun", "mediator", ["Hangzhou/Gongshu"], WALL_MS).user_id
+    gongshu = {"city": "Hangzhou", "district": "Gongshu", "street": "s1"}
+    office.push(sun, ("party", "p-1", {"name": "He"}, []))
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0  # go on
+
+    def steps_of_a_push(n):
+        nonlocal steps
+        steps = 0
+        store.db.conn.set_progress_handler(count, 1)
+        try:
+            naming = [Add(field="parties", value="p-1")]
+            office.push(sun, ("case", f"k-{n}", {"location": gongshu}, naming))
+        finally:
+            store.db.conn.set_progress_handler(None, 1)
+        return steps
+
+    def other_cases(first, count):
+        with store.transaction():  # cases of others, each read by three users
+            store.db.conn.executemany(
+                "INSERT INTO access (user_id, record_type, record_id, since_seq)"
+                " VALUES (?, 'case', ?, 1)",
+                ((f"u-{j}", f"old-{i}") for i in range(first, first + count) for j in range(3)),
+            )
+
+    other_cases(0, 2_000)
+    few = steps_of_a_push(1)
+    other_cases(2_000, 38_000)
+    many = steps_of_a_push(2)
+    assert many < 1.5 * few, (few, many)
     store.close()
