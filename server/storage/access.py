@@ -83,10 +83,11 @@ def update_access(
     scopes.update((key, scope(state)) for key, state in store.states(unread).items())
     creators: dict[RecordKey, str | None] = {}
     org_units: dict[RecordKey, str | None] = {}
-    current: dict[RecordKey, set[str]] = defaultdict(set)
-    for record_type, record_id, created_by, org_unit, user_id in _rows(
+    current: dict[RecordKey, dict[str, int]] = defaultdict(dict)  # reader: since_seq
+    for record_type, record_id, created_by, org_unit, user_id, since in _rows(
         store,
-        "SELECT t.record_type, t.record_id, t.created_by, t.org_unit, a.user_id FROM {keys}"
+        "SELECT t.record_type, t.record_id, t.created_by, t.org_unit, a.user_id, a.since_seq"
+        " FROM {keys}"
         " JOIN records t ON t.record_type = k.column1 AND t.record_id = k.column2"
         " LEFT JOIN access a ON a.record_type = t.record_type AND a.record_id = t.record_id",
         keys,
@@ -94,7 +95,7 @@ def update_access(
         creators[(record_type, record_id)] = created_by
         org_units[(record_type, record_id)] = org_unit
         if user_id is not None:
-            current[(record_type, record_id)].add(user_id)
+            current[(record_type, record_id)][user_id] = since
     supervisors = [
         (user_id, json.loads(units))
         for user_id, units in db.execute(
@@ -126,9 +127,9 @@ def update_access(
             org_unit = own.org_unit or unit_via_case.get(key)
             if org_unit != org_units.get(key):
                 moved.append((org_unit, record_type, record_id))
-            before = current.get(key, set())
-            granted += [(user, record_type, record_id, due[key]) for user in now - before]
-            lost += [(due[key], user, record_type, record_id) for user in before - now]
+            before = current.get(key, {})
+            granted += [(user, record_type, record_id, due[key]) for user in now - before.keys()]
+            lost += [(due[key], user, record_type, record_id) for user in before.keys() - now]
         db.conn.executemany(
             "UPDATE records SET org_unit = ? WHERE record_type = ? AND record_id = ?", moved
         )
@@ -140,10 +141,12 @@ def update_access(
             "DELETE FROM access WHERE user_id = ? AND record_type = ? AND record_id = ?",
             [(user, record_type, record_id) for _, user, record_type, record_id in lost],
         )
+        # A row granted at this very position (by an earlier chunk of the same catch-up)
+        # was never served: taking it back needs no eviction.
         db.conn.executemany(
             "INSERT OR IGNORE INTO evictions (seq, user_id, record_type, record_id, reason)"
             " VALUES (?, ?, ?, ?, 'access_removed')",
-            lost,
+            [row for row in lost if current[row[2:]][row[1]] != row[0]],
         )
 
     # Cases first: a record they link is seen by whoever sees a case linking it, so once

@@ -268,3 +268,32 @@ def test_a_case_an_older_rule_let_others_read_is_redone_whatever_its_index_says(
     assert not set(stale) & set(left.fetchall())
     assert records_held(informant) == set()
     assert records_held(mediator) == {("case", "k-1"), ("party", "p-1")}
+
+
+@pytest.mark.parametrize("size", [500, 1])
+def test_a_catch_up_in_chunks_evicts_no_one_from_what_they_never_read(office, size):
+    # Review finding: in chunks, k-1's recomputes p-1 from k-2's stale rows before k-2's
+    # chunk fixes them, granting the informant p-1 and then taking it back, which wrote an
+    # eviction of a record the informant never held. Nothing was ever served in between.
+    from tests.server.test_authorization import CREATE
+
+    informant = office.enroll("informant", name="informant").enrollment.user_id
+    mediator = office.enroll("mediator", name="med")
+    me = mediator.enrollment.user_id
+    naming = [Add(field="parties", value="p-1"), Add(field="mediators", value=me)]
+    made = [mediator.change("party", "p-1", {"name": "He", "phone": "138 0000 1234"})]
+    made += [mediator.change("case", f"k-{n}", CREATE["case"], naming) for n in (1, 2)]
+    mediator.push(made)
+    db = office.store.db
+    with office.store.transaction():  # what an older rule left on k-2 alone
+        db.execute("INSERT INTO access VALUES (?, 'case', 'k-2', 1)", [informant])
+        db.conn.executemany("INSERT INTO due VALUES ('readers', 'case', ?)", [("k-1",), ("k-2",)])
+
+    due.catch_up(office.store, office.keys.index_key, office.wall.ms, size=size)
+    assert db.execute("SELECT count(*) FROM access WHERE user_id = ?", [informant]).fetchone() == (
+        0,
+    )
+    evicted = db.execute(
+        "SELECT record_type, record_id FROM evictions WHERE user_id = ?", [informant]
+    )
+    assert evicted.fetchall() == [("case", "k-2")]
