@@ -13,10 +13,10 @@ Keep every thread's allocations in one glibc arena. By default each worker
 thread that allocates gets an arena of its own, and each arena keeps its
 own freed memory: the encoded states of the writer's cache and the pages a
 request builds land in whichever thread ran it, so freed memory sat idle in
-one arena while another grew (about 5 MB more at the memory benchmark's
-peak; docs/BENCHMARKS.md). The GIL already keeps Python's threads from
-allocating at the same time, so one arena costs them no waiting worth
-measuring.
+one arena while another grew (about 7 MB more at the memory benchmark's
+peak; docs/BENCHMARKS.md). Python's threads allocate holding the GIL, and
+what runs without it (SQLite, OpenSSL) allocates little, so one arena costs
+no waiting that the HTTP benchmark could see.
 
 A batch merge allocates hundreds of thousands of small, acyclic objects; with
 the collector's default threshold (700 allocations) it walks them, and the
