@@ -4,7 +4,9 @@ Runs inside the push transaction, after the engine: every record a batch
 touched (and every record a touched case links or linked) gets its readers
 recomputed by `sync.access.readers`; new readers are granted from this
 sequence on (a pull then sends them the record's whole history), and lost
-readers get an eviction.
+readers get an eviction. Cases go first; a party, agreement or warning then
+takes, besides its own readers, those of the cases linking it, from their
+`access` rows.
 
 Each step reads what it needs for the whole batch in one query per table
 (joined on a `VALUES` list of keys), so a batch costs a handful of queries
@@ -115,7 +117,7 @@ def update_access(
         via_cases: Mapping[RecordKey, set[str]],
         unit_via_case: Mapping[RecordKey, str],
     ) -> None:
-        moved, granted, lost = [], [], []
+        moved, granted, dropped, evicted = [], [], [], []
         for key in due_keys:
             own = scopes.get(key)
             if own is None:
@@ -127,9 +129,13 @@ def update_access(
             org_unit = own.org_unit or unit_via_case.get(key)
             if org_unit != org_units.get(key):
                 moved.append((org_unit, record_type, record_id))
-            before = current.get(key, {})
-            granted += [(user, record_type, record_id, due[key]) for user in now - before.keys()]
-            lost += [(due[key], user, record_type, record_id) for user in before.keys() - now]
+            before, seq = current.get(key, {}), due[key]
+            granted += [(user, record_type, record_id, seq) for user in now - before.keys()]
+            gone = before.keys() - now
+            dropped += [(user, record_type, record_id) for user in gone]
+            # A row granted at this very position (by an earlier chunk of the same
+            # catch-up) was never served: taking it back needs no eviction.
+            evicted += [(seq, user, record_type, record_id) for user in gone if before[user] != seq]
         db.conn.executemany(
             "UPDATE records SET org_unit = ? WHERE record_type = ? AND record_id = ?", moved
         )
@@ -138,15 +144,12 @@ def update_access(
             granted,
         )
         db.conn.executemany(
-            "DELETE FROM access WHERE user_id = ? AND record_type = ? AND record_id = ?",
-            [(user, record_type, record_id) for _, user, record_type, record_id in lost],
+            "DELETE FROM access WHERE user_id = ? AND record_type = ? AND record_id = ?", dropped
         )
-        # A row granted at this very position (by an earlier chunk of the same catch-up)
-        # was never served: taking it back needs no eviction.
         db.conn.executemany(
             "INSERT OR IGNORE INTO evictions (seq, user_id, record_type, record_id, reason)"
             " VALUES (?, ?, ?, ?, 'access_removed')",
-            [row for row in lost if current[row[2:]][row[1]] != row[0]],
+            evicted,
         )
 
     # Cases first: a record they link is seen by whoever sees a case linking it, so once
