@@ -18,7 +18,7 @@ from sync import merge
 from sync.clock import Clock
 from sync.store import BatchWrite, ConflictUpdate
 from tests.conftest import make_store, office_keys
-from tests.server.test_authorization import a_case_naming
+from tests.server.test_authorization import CREATE, a_case_naming, records_held
 from tests.sync.causal import logged as logged_changes
 
 
@@ -184,8 +184,6 @@ def test_a_change_todays_checks_refuse_is_left_out_and_its_record_still_takes_pu
 def test_due_readers_and_people_are_worked_through_a_few_records_at_a_time(office):
     # A city's every party can be due; their states are read a chunk at a time, and
     # the outcome is that of doing them all at once.
-    from tests.server.test_authorization import CREATE, records_held
-
     informant = office.enroll("informant", name="informant")
     mediator = office.enroll("mediator", name="med")
     informant_id = informant.enrollment.user_id
@@ -242,8 +240,6 @@ def test_a_case_an_older_rule_let_others_read_is_redone_whatever_its_index_says(
     # Review finding: a linked record takes its readers from its cases' access rows now.
     # A case stored before `case_index` was filled has no row there, so 0014 missed its
     # stale rows, which would then pass to the party it links. 0017 reads `access` itself.
-    from tests.server.test_authorization import a_case_naming, records_held
-
     informant = office.enroll("informant", name="informant")
     mediator = office.enroll("mediator", name="med")
     outsider = office.directory.add_user("far", "supervisor", ["Ningbo"], office.wall.ms)
@@ -275,8 +271,6 @@ def test_a_catch_up_in_chunks_evicts_no_one_from_what_they_never_read(office, si
     # Review finding: in chunks, k-1's recomputes p-1 from k-2's stale rows before k-2's
     # chunk fixes them, granting the informant p-1 and then taking it back, which wrote an
     # eviction of a record the informant never held. Nothing was ever served in between.
-    from tests.server.test_authorization import CREATE
-
     informant = office.enroll("informant", name="informant").enrollment.user_id
     mediator = office.enroll("mediator", name="med")
     me = mediator.enrollment.user_id
