@@ -5,6 +5,9 @@ records already stored, which only the engine can redo, with their states and th
   (`access.update_access`); users who lost it get evictions.
 - `people`: a party's blind-index digests are made again (`people.index_parties`),
   and the repeat flags of the cases holding it follow.
+- `index`: the record's rows in the console's indexes are written
+  (`index.index_stored`), dated as the office received it; before `readers`
+  and `people`, whose repeat flags read them.
 - `states`: the record's state is merged again from its logged changes, and its
   open conflicts follow (`SqliteStore.rebuild`); done first, so the other kinds
   read the new states.
@@ -23,6 +26,7 @@ import sqlite_utils
 from server import audit
 from server.storage import repeats
 from server.storage.access import update_access
+from server.storage.index import index_stored
 from server.storage.people import index_parties
 from server.storage.sqlite import SqliteStore
 from sync.store import RecordKey
@@ -44,6 +48,9 @@ def catch_up(store: SqliteStore, index_key: bytes, now_ms: int, size: int = 500)
         # After every cursor: phones drop what they no longer see with the office's
         # next logged change, and nothing of it reaches them meanwhile.
         seq = store.last_seq() + 1
+        for chunk in _chunks(db, "index", size):
+            held = store.states(chunk)
+            index_stored(store, {key: held[key] for key in chunk if key in held})
         for chunk in _chunks(db, "readers", size):
             # A record erased since it was listed has no state, and nothing left to redo.
             held = store.states(chunk)

@@ -12,14 +12,17 @@ the records.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Collection, Iterable, Mapping
 
 from schemas.changes import Change
 from schemas.records import Agreement, Case, EarlyWarning
 from schemas.state import RecordState
+from server.storage import repeats
 from server.storage.sqlite import SqliteStore
 from sync.access import org_unit
-from sync.merge import materialize
+from sync.clock import wall_of
+from sync.merge import materialize, rank_key
 from sync.store import RecordKey
 
 RESOLVED = ("resolved", "closed")
@@ -152,3 +155,44 @@ def forget(store: SqliteStore, keys: list[RecordKey]) -> None:
         "DELETE FROM agreement_index WHERE agreement_id = ?",
         [(i,) for t, i in keys if t == "agreement"],
     )
+
+
+def index_stored(store: SqliteStore, states: Mapping[RecordKey, RecordState]) -> None:
+    """Index rows for records stored before their index was kept (0006 and 0010 made
+    the tables empty, to be filled as records were written again), dated as the office
+    received them, not now: `received_ms` by the record's first logged change, and
+    `resolved_ms` or `executed_ms` by the change that wrote the status it shows."""
+    db = store.db.conn
+    for key, state in states.items():
+        first, seq = db.execute(
+            "SELECT (SELECT change_id FROM changes WHERE record_type = ?1 AND record_id = ?2"
+            " ORDER BY seq LIMIT 1),"
+            " (SELECT max(seq) FROM changes WHERE record_type = ?1 AND record_id = ?2)",
+            key,
+        ).fetchone()
+        shown = getattr(materialize(state, ("status",)), "status", None)
+        writes = [w for w in state.history.get("status", ()) if w.value == shown]
+        status_change = max(writes, key=rank_key).change_id if writes else first
+        received = _received_ms(db, {first, status_change})
+        index_records(store, {key: (state, seq)}, received[status_change])
+        record_type, record_id = key
+        if record_type in ("case", "warning"):
+            db.execute(
+                f"UPDATE {record_type}_index SET received_ms = ? WHERE {record_type}_id = ?",
+                [received[first], record_id],
+            )
+    cases = {i for t, i in states if t == "case"}
+    people = {(kind, value) for _, kind, value in repeats.holdings(store.db, cases)}
+    repeats.refresh_around(store.db, cases, people)
+
+
+def _received_ms(db: sqlite3.Connection, change_ids: set[str]) -> dict[str, int]:
+    """When the office received each change: its signed batch's time; for a change the
+    office made itself (no batch), its stamp's wall time, which the office's clock set."""
+    rows = db.execute(
+        "SELECT c.change_id, b.received_at_ms, coalesce(c.order_stamp, c.hlc) FROM changes c"
+        " LEFT JOIN batches b ON b.device_id = c.device_id AND b.batch_id = c.batch_id"
+        " WHERE c.change_id IN (SELECT value FROM json_each(?))",
+        [json.dumps(sorted(change_ids))],
+    )
+    return {change_id: ms if ms is not None else wall_of(stamp) for change_id, ms, stamp in rows}

@@ -388,6 +388,24 @@ def _stale_case_readers(db: sqlite_utils.Database) -> None:
     )
 
 
+def _index_rows(db: sqlite_utils.Database) -> None:
+    """The console's lists and statistics read `case_index`, `warning_index` and
+    `agreement_index`, which 0006 and 0010 made empty, to be filled as records were
+    written again: a case untouched since then was in no list and no figure. Listed
+    now, as `index`: every stored case, warning and agreement without its row."""
+    db.execute(
+        "INSERT OR IGNORE INTO due (work, record_type, record_id)"
+        " SELECT 'index', r.record_type, r.record_id FROM records r"
+        " WHERE length(r.state) > 0 AND CASE r.record_type"
+        " WHEN 'case' THEN NOT EXISTS (SELECT 1 FROM case_index WHERE case_id = r.record_id)"
+        " WHEN 'warning' THEN NOT EXISTS"
+        " (SELECT 1 FROM warning_index WHERE warning_id = r.record_id)"
+        " WHEN 'agreement' THEN NOT EXISTS"
+        " (SELECT 1 FROM agreement_index WHERE agreement_id = r.record_id)"
+        " ELSE 0 END"
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _initial),
     ("0002_directory", _directory),
@@ -405,6 +423,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0015_phone_digests", _phone_digests),
     ("0016_merge_states", _merge_states),
     ("0017_stale_case_readers", _stale_case_readers),
+    ("0018_index_rows", _index_rows),
 ]
 
 

@@ -291,3 +291,45 @@ def test_a_catch_up_in_chunks_evicts_no_one_from_what_they_never_read(office, si
         "SELECT record_type, record_id FROM evictions WHERE user_id = ?", [informant]
     )
     assert evicted.fetchall() == [("case", "k-2")]
+
+
+def test_records_stored_before_the_console_indexes_enter_them_dated_as_received(office):
+    # Cases, warnings and agreements untouched since 0006 and 0010 made their indexes
+    # had no row: no list, no figure showed them. The start writes the rows the office
+    # would have written as it received them.
+    informant = office.enroll("informant", name="informant")
+    mediator = office.enroll("mediator", name="med")
+    me = mediator.enrollment.user_id
+    mediator.push(a_case_naming(mediator, me), batch_id="b-1")
+    informant.push([informant.change("warning", "w-1", CREATE["warning"])])
+    office.wall.tick(86_400_000)
+    again = [Add(field="parties", value="p-1"), Add(field="mediators", value=me)]
+    later = [mediator.change("case", "k-2", CREATE["case"], again)]
+    later.append(mediator.change("agreement", "a-1", {**CREATE["agreement"], "case": "k-1"}))
+    mediator.push(later, batch_id="b-2")
+    office.wall.tick(86_400_000)
+    resolving = [{"status": "assigned"}, {"status": "resolved"}]
+    answers = mediator.pushed([mediator.change("case", "k-1", s) for s in resolving], "b-3")
+    office.wall.tick(86_400_000)
+    supervisor = office.directory.add_user("sup", "supervisor", ["Hangzhou"], office.wall.ms)
+    service = office.http.app.state.service
+    acted = service.act(supervisor, [mediator.change("case", "k-2", s) for s in resolving])
+    assert [r["status"] for r in answers["results"]] + [r.status for r in acted] == ["applied"] * 4
+    office.wall.tick(86_400_000)
+    db = office.store.db
+    tables = ("case_index", "warning_index", "agreement_index")
+    rows = {table: f"SELECT * FROM {table} ORDER BY 1" for table in tables}
+    written = {table: db.execute(query).fetchall() for table, query in rows.items()}
+    assert [row[0] for row in written["case_index"]] == ["k-1", "k-2"]
+    assert [row[1] for row in written["case_index"]] == ["resolved", "resolved"]
+    assert written["case_index"][1][-1] == 1  # k-2 is a repeat petition: p-1 came with k-1
+    for table in tables:  # as an office from before those indexes holds them
+        db.execute(f"DELETE FROM {table}")
+    db.execute("DELETE FROM migrations WHERE name >= '0018'")
+    migrate(db)
+    listed = db.execute("SELECT record_id FROM due WHERE work = 'index' ORDER BY 1")
+    assert listed.fetchall() == [("a-1",), ("k-1",), ("k-2",), ("w-1",)]
+
+    assert due.catch_up(office.store, office.keys.index_key, office.wall.ms) == {"index": 4}
+    for table, query in rows.items():
+        assert db.execute(query).fetchall() == written[table]
