@@ -5,14 +5,20 @@ calendar plus the device's own skew, and whose HTTP goes through a
 `FaultyTransport`. `work()` makes the edits a person in that role makes in
 one part of a day, from what the device shows; `sync()` retries as a phone
 does when the signal comes and goes.
+
+Every choice a device makes is drawn from its own seeded `random.Random`,
+over lists kept in the order things were made, never over sets or over
+anything sorted by the ids the office issues (those differ from run to run).
+Each device writes what it did to `actions`, which a seed replays.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
-import zlib
+import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,8 +106,13 @@ class FieldDevice:
     path: Path
     skew_ms: int
     rng: random.Random
+    tag: str  # the run's, in every id the device makes (see `open`)
     offline_until_day: int = 0
     made: list[str] = field(default_factory=list)
+    # The warnings this device reported, in order: an informant updates its own.
+    reported: list[str] = field(default_factory=list)
+    # What it did, a line per edit and per sync try (see `fleet_words`).
+    actions: list[str] = field(default_factory=list)
     refused_locally: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     evicted: int = 0
@@ -120,7 +131,11 @@ class FieldDevice:
         clock: SimClock,
         skew_ms: int,
         seed: int,
+        tag: str,
     ) -> FieldDevice:
+        """A device file in `folder`, not yet enrolled. `tag` goes into every id it makes,
+        so that a second run against one office never repeats the first's ids (the office
+        would answer them `duplicate`); it is the run's, and no draw from the seed."""
         rng = random.Random(seed)
         transport = FaultyTransport(
             httpx.HTTPTransport(), Faults(), random.Random(seed + 1), sleep=clock.sleep
@@ -134,11 +149,9 @@ class FieldDevice:
             passphrase=PIN,
             kdf=KdfParams.new(n=CHEAP_KDF_N),
             wall_ms=lambda: clock() + skew_ms,
-            # Unique to this run's user (a second run against one office must not repeat
-            # the first's ids: the office would answer them `duplicate`).
-            new_id=lambda: f"{name}.{user_id[-6:]}-{next(counter)}",
+            new_id=lambda: f"{name}.{tag}-{next(counter)}",
         )
-        return cls(name, role, user_id, district, client, transport, http, path, skew_ms, rng)
+        return cls(name, role, user_id, district, client, transport, http, path, skew_ms, rng, tag)
 
     def close(self) -> None:
         self.client.close()
@@ -148,27 +161,38 @@ class FieldDevice:
         """Push and pull until done, retrying after a failure; False if every try failed."""
         for _ in range(attempts):
             try:
-                self.evicted += self.client.sync().pulled.evicted
-                return True
+                report = self.client.sync()
             except (httpx.TransportError, LianxinError) as error:
                 self.errors[type(error).__name__] += 1
+                self.actions.append(f"sync failed: {type(error).__name__}")
                 clock.advance(self.rng.uniform(5_000, 120_000))  # wait for a better signal
+                continue
+            pulled = report.pulled
+            self.evicted += pulled.evicted
+            self.actions.append(
+                f"sync: pushed {len(report.pushed)}, pulled {pulled.applied} and"
+                f" {pulled.states} whole, evicted {pulled.evicted}"
+            )
+            return True
         return False
 
     # -- work ---------------------------------------------------------------------------
 
     def edit(self, record_type: str, record_id: str, set: dict[str, Any], ops: list[Op]) -> None:
+        wanted = msgspec.json.encode([set, ops]).decode()
+        self.actions.append(f"edit {record_type} {record_id} {wanted}")
         try:
             change = self.client.edit(record_type, record_id, set=set, ops=ops)
         except Rejected as refused:
             # The device's own merge refuses it (say, a status this record has passed):
             # the phone tells its holder at once, and nothing is queued.
             self.refused_locally[refused.reason] += 1
+            self.actions.append(f"refused: {refused.reason}")
             return
         self.made.append(change.change_id)
 
     def new_id(self, prefix: str) -> str:
-        return f"{prefix}-{self.name}.{self.user_id[-6:]}-{next(self.ids)}"
+        return f"{prefix}-{self.name}.{self.tag}-{next(self.ids)}"
 
     def held(self, record_type: str, candidates: list[str], tries: int = 6) -> str | None:
         """One of `candidates` that this device shows, picked at random."""
@@ -196,6 +220,7 @@ class FieldDevice:
         if roll < 0.3:
             warning_id = self.new_id("w")
             registry.warnings[self.district].append(warning_id)
+            self.reported.append(warning_id)
             self.edit(
                 "warning",
                 warning_id,
@@ -211,8 +236,7 @@ class FieldDevice:
                 [],
             )
         elif roll < 0.45:
-            mine = [w for w in registry.warnings[self.district] if f"-{self.name}-" in w]
-            own = self.held("warning", mine)
+            own = self.held("warning", self.reported)
             if own is not None:
                 count = self.rng.randint(1, 80)
                 self.edit("warning", own, {"people_affected": count}, [])
@@ -229,7 +253,7 @@ class FieldDevice:
                 case_id,
                 {
                     "title": title,
-                    "category": category_of(case_id),
+                    "category": self.rng.choice(CASE_CATEGORIES),
                     "location": self._location(),
                     "status": "assigned",
                 },
@@ -294,7 +318,7 @@ class FieldDevice:
             ops = [Add(field="mediators", value=m) for m in chosen]
             fields = {
                 "title": "Walk-in petition",
-                "category": category_of(case_id),
+                "category": self.rng.choice(CASE_CATEGORIES),
                 "location": self._location(),
             }
             self.edit("case", case_id, fields | {"status": "assigned"}, ops)
@@ -314,7 +338,10 @@ class FieldDevice:
                 # meanwhile, the server refuses and quarantines that change.
                 record = self.client.record("case", case_id)
                 maker = registry.makers.get(case_id)
-                assigned = [m for m in getattr(record, "mediators", []) if m != maker]
+                # In the fleet's order: a record lists them sorted by the ids the office
+                # issued, which would make the choice below differ from run to run.
+                on_case = set(getattr(record, "mediators", []))
+                assigned = [m for m in mediators if m in on_case and m != maker]
                 if not assigned:
                     return
                 off, on = self.rng.choice(assigned), self.rng.choice(mediators)
@@ -333,7 +360,13 @@ def moment(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def category_of(case_id: str) -> str:
-    """A category for a simulated case, from its id: no draw from the run's random stream,
-    so adding it changed no other decision of a seeded run."""
-    return CASE_CATEGORIES[zlib.crc32(case_id.encode()) % len(CASE_CATEGORIES)]
+def fleet_words(actions: list[str], names: Mapping[str, str], tag: str) -> list[str]:
+    """`actions` with each user id the office issued put as its device's name (`names`),
+    and the run's `tag` taken out of the ids: the words two runs of one seed share."""
+    if not names:
+        return actions
+    user_ids = re.compile("|".join(map(re.escape, names)))
+    return [
+        user_ids.sub(lambda found: names[found[0]], action).replace(f".{tag}-", "-")
+        for action in actions
+    ]

@@ -18,6 +18,22 @@ about now, so the server's real clock and the devices' agree at the end
 At the end everyone comes online and syncs to quiescence, and `check`
 decides: no change lost, none taken twice, every replica exactly the
 server's view for its user. The exit code is 1 on any violation.
+
+A seed replays a run against a fresh office: each device makes the same
+edits and syncs in the same order (`Report.actions`), and every figure of
+the report but the wall time is the same, though the office issues other
+user and device ids each time. (The fleet's own ids carry a tag of the
+run, not of the seed: two runs against one office must not share ids.)
+A running office (`--server`) holds what came before, so no seed replays
+a run against it. Two things are not the seed's. The dates: the calendar
+ends on the day the run starts (`run(now_ms=...)` pins it). And the
+server's real clock: the office refuses a request signed more than
+`request_window_s` from it as stale, and the device asks the office's
+time and signs again, through its faulty network. The calendar runs far
+ahead of the real clock, so about a fifth of the requests are refused so;
+one whose simulated time since its device last learned the office's time
+is within the real seconds elapsed of the window's edge may be refused in
+one run and not in another, and the two runs part there.
 """
 
 from __future__ import annotations
@@ -25,6 +41,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import secrets
 import shutil
 import signal
 import sys
@@ -41,7 +58,15 @@ from rich.table import Table
 
 from server.fleet.check import Accounting, account, differences, office_problems
 from server.fleet.faults import Faults
-from server.fleet.field import DISTRICTS, PIN, FieldDevice, Registry, SimClock, moment
+from server.fleet.field import (
+    DISTRICTS,
+    PIN,
+    FieldDevice,
+    Registry,
+    SimClock,
+    fleet_words,
+    moment,
+)
 from server.fleet.office import Office
 from server.fleet.options import Options
 from sync.atrest import KdfParams
@@ -70,6 +95,8 @@ class Report(msgspec.Struct, kw_only=True):
     unsettled: list[str]
     office_problems: list[str]
     seconds: float
+    # Each device's edits and syncs, in order, by device name (`field.fleet_words`).
+    actions: dict[str, list[str]] = {}
 
     @property
     def violations(self) -> list[str]:
@@ -103,11 +130,14 @@ def roster(devices: int) -> list[tuple[str, str]]:
     return [(role, DISTRICTS[index % 3]) for index, role in enumerate(roles)]
 
 
-def run(options: Options, office: Office, folder: Path, console: Console) -> Report:
+def run(
+    options: Options, office: Office, folder: Path, console: Console, *, now_ms: int | None = None
+) -> Report:
     """Run the fleet against `office` (served at `office.url`), device files in `folder`,
-    and check what became of every change and every replica."""
+    and check what became of every change and every replica. The calendar ends on the
+    day of `now_ms` (default: the real clock's now)."""
     began = time.perf_counter()
-    devices, clock = field_days(options, office, folder, console)
+    devices, clock = field_days(options, office, folder, console, now_ms=now_ms)
     unsettled = settle(devices, clock)
     logged = office.logged()
     accounting = account([(d.made, d.client.outbox()) for d in devices], logged)
@@ -117,6 +147,7 @@ def run(options: Options, office: Office, folder: Path, console: Console) -> Rep
     for device in devices:
         requests.update(device.transport.counts)
         errors.update(device.errors)
+    names = {d.user_id: d.name for d in devices}
     report = Report(
         options=options,
         roles=dict(Counter(d.role for d in devices)),
@@ -132,6 +163,7 @@ def run(options: Options, office: Office, folder: Path, console: Console) -> Rep
         unsettled=unsettled,
         office_problems=office_problems(office.store),
         seconds=time.perf_counter() - began,
+        actions={d.name: fleet_words(d.actions, names, d.tag) for d in devices},
     )
     for device in devices:
         device.close()
@@ -139,15 +171,19 @@ def run(options: Options, office: Office, folder: Path, console: Console) -> Rep
 
 
 def field_days(
-    options: Options, office: Office, folder: Path, console: Console
+    options: Options, office: Office, folder: Path, console: Console, *, now_ms: int | None = None
 ) -> tuple[list[FieldDevice], SimClock]:
     """Enrol the fleet and work the simulated days (a progress bar on `console`); returns
-    the devices, still open, and the simulated calendar."""
+    the devices, still open, and the simulated calendar, which ends on the day of `now_ms`
+    (default: the real clock's now)."""
     assert office.url is not None
     rng = random.Random(options.seed)
     # The calendar ends about now, where the server's real clock is.
-    start = (system_wall_ms() // DAY_MS - options.days) * DAY_MS
+    today = (system_wall_ms() if now_ms is None else now_ms) // DAY_MS
+    start = (today - options.days) * DAY_MS
     clock = SimClock(start + 8 * HOUR_MS)
+    # Not from the seed: a second run of one seed against one office needs ids of its own.
+    tag = secrets.token_hex(3)
     faults = Faults.lossy(options.loss, options.duplicate, options.latency_ms)
     registry = Registry()
     devices: list[FieldDevice] = []
@@ -169,6 +205,7 @@ def field_days(
                 clock=clock,
                 skew_ms=round(rng.uniform(-1, 1) * options.skew_hours * HOUR_MS),
                 seed=rng.getrandbits(32),
+                tag=tag,
             )
             device.client.enroll(office.code(user_id), label=name)
             device.transport.faults = faults  # enrolled over a good line; the field is not one

@@ -15,7 +15,7 @@ from server.fleet.check import Accounting, office_problems
 from server.fleet.office import Office
 from server.fleet.options import Options
 from server.fleet.simulate import Report, phones_folder, print_report, run
-from sync.clock import Clock
+from sync.clock import Clock, system_wall_ms
 from sync.engine import apply_batch
 from tests.conftest import PASSPHRASE, make_store
 from tests.e2e.conftest import OFFICE_ENV
@@ -132,3 +132,34 @@ def test_the_check_sees_an_office_whose_conflicts_table_left_its_log(tmp_path):
     store.db.execute("DELETE FROM conflicts")
     assert office_problems(store) == ["open conflicts: 0 stored, 1 in the log's states"]
     store.close()
+
+
+def simulate_on_a_new_office(options, folder, now_ms):
+    """One `lianxin simulate` run, as the command makes it: a fresh office of its own."""
+    office = Office.create(folder / "office", PASSPHRASE)
+    office.start()
+    phones = folder / "phones"
+    phones.mkdir()
+    try:
+        return run(options, office, phones, Console(file=io.StringIO()), now_ms=now_ms)
+    finally:
+        office.close()
+
+
+def test_a_seed_replays_the_same_run(tmp_path):
+    options = Options(devices=12, days=2, seed=11, concurrent=0.3)
+    now = system_wall_ms()  # both runs on one calendar, should they straddle midnight
+    first, second = (simulate_on_a_new_office(options, tmp_path / f"run-{n}", now) for n in (1, 2))
+    other_seed = msgspec.structs.replace(options, seed=12)
+    other = simulate_on_a_new_office(other_seed, tmp_path / "other-seed", now)
+
+    assert first.violations == second.violations == other.violations == []
+    assert first.accounting.made > 30 and first.requests["truncate"] > 0
+    # Each phone did the same things in the same order, though the office issued other ids.
+    assert list(second.actions) == list(first.actions)
+    for name, actions in first.actions.items():
+        assert second.actions[name] == actions, name
+    # And so every figure the run reports is the same; only the wall time is not.
+    assert msgspec.structs.replace(second, seconds=first.seconds) == first
+    assert other.actions != first.actions
+    assert other.requests != first.requests
