@@ -15,16 +15,21 @@ filled by the real push path. Every case is in the city supervisor's view.
 Timed: the reference client (`sync.client.DeviceClient`), as a new laptop
 runs it: a fresh device file sealed under the holder's PIN, enrolled
 (untimed), then `sync()` from nothing until the server has nothing more,
-in pages of 1,000 (the client's default). Its httpx transport adds up the
-time spent in HTTP exchanges (the server's work, the loopback and httpx);
-the rest is the client's: sealing and signing requests, opening and
-decoding pages, merging each change into its SQLite replica and sealing
-each record there.
+in pages of 1,000 (the client's default). From nothing, the client asks for
+each record as the office holds it (the cursor "states", PROTOCOL.md section
+12) and stores each state as sent, merging nothing. Its httpx transport adds
+up the time spent in HTTP exchanges (the server's work, the loopback and
+httpx); the rest is the client's: sealing and signing requests, opening and
+decoding pages, sealing each record into its SQLite replica.
 
-Baseline, in the same run: another device of the same supervisor pulls the
-same pages with `bench.http_sync.Phone` (signed, sealed) and decodes them
-(the change bytes inside left encoded) without applying them; once before
-and once after the client's sync, the mean of the two is shown.
+Baselines, in the same run:
+- another device of the same supervisor pulls the history (every change) in
+  the same pages with `bench.http_sync.Phone` (signed, sealed) and decodes
+  them (the change bytes inside left encoded) without applying them; once
+  before and once after the client's sync, the mean of the two is shown;
+- a second supervisor's laptop syncs from nothing by history, as every
+  laptop did before the cursor "states" (`DeviceClient(whole_states=False)`),
+  merging every change.
 
 Target (DESIGN.md): 100,000 cases in at most 5 s.
 """
@@ -111,6 +116,60 @@ class Results:
     raw_pull_seconds: tuple[float, float] = (0.0, 0.0)
     replica_bytes: int = 0
     profile: str = ""
+    history_seconds: float = 0.0
+    history_http_seconds: float = 0.0
+
+
+@dataclass
+class LaptopSync:
+    seconds: float
+    http_seconds: float
+    pages: int
+    replica_bytes: int
+    profile: str
+
+
+def laptop_sync(
+    url: str,
+    path: Path,
+    code: str,
+    books: list[CaseBook],
+    whole_states: bool,
+    profile: Path | None = None,
+) -> LaptopSync:
+    """A new laptop's `sync()` from nothing, timed, and checked against what was pushed."""
+    transport = TimedTransport()
+    cases = sum(len(book.cases) for book in books)
+    with (
+        httpx.Client(base_url=url, timeout=120, transport=transport) as http,
+        DeviceClient(
+            path, http, passphrase=PIN, pull_limit=PAGE, whole_states=whole_states
+        ) as laptop,
+    ):
+        laptop.enroll(code, label="supervisor laptop")
+        transport.seconds = 0.0
+        profiler = cProfile.Profile() if profile else None
+        start = time.perf_counter()
+        if profiler:
+            profiler.enable()
+        report = laptop.sync()
+        if profiler:
+            profiler.disable()
+        seconds = time.perf_counter() - start
+        got = report.pulled.states if whole_states else report.pulled.applied
+        if got != cases or report.pushed:
+            raise RuntimeError(f"the laptop's sync did not bring every case: {report}")
+        # What the laptop shows, not only what it counted (one case in a hundred).
+        pushed = [case_id for book in books for case_id in book.cases]
+        shown = [laptop.record("case", case_id) for case_id in pushed[::100]]
+        if any(record is None or not record.title for record in shown):
+            raise RuntimeError("a case the mediators pushed does not show on the laptop")
+        text = io.StringIO()
+        if profiler and profile:
+            profiler.dump_stats(profile)
+            pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(20)
+    replica = sum(f.stat().st_size for f in path.parent.glob(f"{path.name}*") if f.is_file())
+    return LaptopSync(seconds, transport.seconds, report.pulled.pages, replica, text.getvalue())
 
 
 def raw_pull(phone: Phone, cases: int) -> float:
@@ -137,44 +196,20 @@ def run(cases: int, seed: int, profile: Path | None, say: Callable[[str], None])
             before = raw_pull(raw, cases)
             say(f"baseline: raw pull of every page in {before:.2f} s")
 
-            transport = TimedTransport()
-            with (
-                httpx.Client(base_url=url, timeout=120, transport=transport) as laptop_http,
-                DeviceClient(
-                    tmp / "supervisor-laptop.db", laptop_http, passphrase=PIN, pull_limit=PAGE
-                ) as laptop,
-            ):
-                laptop.enroll(codes["supervisor-client"], label="supervisor laptop")
-                transport.seconds = 0.0
-                profiler = cProfile.Profile() if profile else None
-                start = time.perf_counter()
-                if profiler:
-                    profiler.enable()
-                report = laptop.sync()
-                if profiler:
-                    profiler.disable()
-                results.sync_seconds = time.perf_counter() - start
-                results.http_seconds = transport.seconds
-                results.pages = report.pulled.pages
-                if report.pulled.applied != cases or report.pushed:
-                    raise RuntimeError(f"the laptop's sync did not bring every case: {report}")
-                # What the laptop shows, not only what it counted (one case in a hundred).
-                pushed = [case_id for book in books for case_id in book.cases]
-                shown = [laptop.record("case", case_id) for case_id in pushed[::100]]
-                if any(record is None or not record.title for record in shown):
-                    raise RuntimeError("a case the mediators pushed does not show on the laptop")
-                if profiler and profile:
-                    profiler.dump_stats(profile)
-                    text = io.StringIO()
-                    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(20)
-                    results.profile = text.getvalue()
-            results.replica_bytes = sum(
-                p.stat().st_size for p in tmp.glob("supervisor-laptop.db*") if p.is_file()
+            done = laptop_sync(
+                url, tmp / "supervisor-laptop.db", codes["supervisor-client"], books, True, profile
             )
+            results.sync_seconds, results.http_seconds = done.seconds, done.http_seconds
+            results.pages, results.replica_bytes = done.pages, done.replica_bytes
+            results.profile = done.profile
             say(f"the laptop's sync: {results.sync_seconds:.2f} s")
             after = raw_pull(raw, cases)
             say(f"baseline again: {after:.2f} s")
             results.raw_pull_seconds = (before, after)
+            history = laptop_sync(url, tmp / "history-laptop.db", codes["triage"], books, False)
+            results.history_seconds = history.seconds
+            results.history_http_seconds = history.http_seconds
+            say(f"another laptop's sync by history: {history.seconds:.2f} s")
     return results
 
 
@@ -206,12 +241,20 @@ def rows(r: Results) -> list[Row]:
             f"{r.http_seconds / r.sync_seconds:.0%}",
         ),
         Row(
-            "  of which the client: seal, open, decode, merge, replica writes (s)",
+            "  of which the client: seal, open, decode, replica writes (s)",
             f"{client:.2f}",
             "",
             "",
             f"replica file {r.replica_bytes / 2**20:,.0f} MiB",
             f"{client / r.sync_seconds:.0%}",
+        ),
+        Row(
+            "the same by history, merging every change (s)",
+            f"{r.history_seconds:.2f}",
+            "",
+            "",
+            f"HTTP {r.history_http_seconds:.2f}",
+            f"{r.history_seconds / r.sync_seconds:.1f}× states",
         ),
         Row(
             "initial sync rate (cases/s)",
@@ -232,11 +275,14 @@ A real `lianxin serve` (production defaults) filled over HTTP by four
 mediators' phones (one change a case: fields, location, mediator, parties;
 untimed), then a new supervisor laptop: the reference client
 `sync.client.DeviceClient` on a fresh PIN-sealed device file, enrolled, and
-`sync()` timed from nothing to done in pages of 1,000. The split comes from
+`sync()` timed from nothing to done in pages of 1,000, each case sent as the
+office holds it (the cursor "states", session 14). The split comes from
 the client's httpx transport (time inside HTTP exchanges) and the rest (the
 client's own work). Baseline in the same run: the same pages pulled, opened
 and decoded but not applied, by another device of the same supervisor
-(mean of a pull before and one after). Target: at most 5 s.
+(mean of a pull before and one after); and another laptop syncing by
+history, merging every change (how every laptop synced before session 14).
+Target: at most 5 s.
 """
 
 

@@ -79,6 +79,11 @@ class PushResponse(msgspec.Struct, frozen=True, kw_only=True):
     results: list[ChangeResult]
 
 
+# A pull from this cursor gets every record the device may see as the office holds it
+# now (`PulledState`), instead of its history: what a device holding nothing asks for.
+STATES_CURSOR = "states"
+
+
 class PullRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     cursor: Cursor | None = None
     limit: Annotated[int, msgspec.Meta(ge=1)] = 1000
@@ -112,8 +117,20 @@ class Eviction(msgspec.Struct, frozen=True, kw_only=True, tag="evict"):
     reason: Literal["access_removed", "erased"]
 
 
+class PulledState(msgspec.Struct, frozen=True, kw_only=True, tag="state"):
+    """A record as the office holds it now: its merge state (`schemas.state.RecordState`)
+    as MessagePack bytes, sent instead of its history to a pull from cursor "states".
+    `seq` is where that pull began: changes logged after it follow as changes."""
+
+    seq: int
+    state: bytes
+
+
+PulledItem = PulledChange | Eviction | PulledState
+
+
 class PullPage(msgspec.Struct, frozen=True, kw_only=True):
-    items: list[PulledChange | Eviction]
+    items: list[PulledItem]
     cursor: str
     has_more: bool
     server_time_ms: int

@@ -103,8 +103,9 @@ def _act(action: str, device: DeviceClient, args: Any) -> int:
                 report = device.sync()
                 pulled = report.pulled
                 print(
-                    f"Pushed {len(report.pushed)} changes; pulled {pulled.applied}"
-                    f" in {pulled.pages} pages, {pulled.evicted} evictions"
+                    f"Pushed {len(report.pushed)} changes; pulled {pulled.applied} changes"
+                    f" and {pulled.states} whole records in {pulled.pages} pages,"
+                    f" {pulled.evicted} evictions"
                 )
             case "show":
                 record = device.record(args.record_type, args.record_id)

@@ -19,11 +19,14 @@ from schemas.changes import Change, ChangeResult, Reason
 from schemas.records import RECORD_TYPES
 from schemas.state import RecordState
 from schemas.wire import (
+    STATES_CURSOR,
     Enrollment,
     EnrollRequest,
     Eviction,
     OfficeInfo,
     PulledChange,
+    PulledItem,
+    PulledState,
     PullPage,
     PullRequest,
     PushRequest,
@@ -68,6 +71,8 @@ from sync.errors import (
 )
 from sync.store import RecordKey
 
+STATES_PER_PAGE = 1000  # decoded states are large beside changes
+_encode = msgspec.msgpack.Encoder().encode
 MAX_SEQ = 2**63 - 1  # SQLite's largest integer: no cursor names a seq past it
 Marks = Callable[[int, int], str]  # `_log_marks` of one read of the log
 
@@ -230,7 +235,7 @@ class SyncService:
             if change.record_type not in RECORD_TYPES:
                 return None  # no record to permit: merging answers `unknown_record_type`
             if change.record_type not in WRITABLE_BY[user.role]:
-                return f"a {user.role} may not write {change.record_type} records"
+                return f"{user.role}s may not write {change.record_type} records"
             if "informant" in change.set and change.set["informant"] != own_pseudonym:
                 return "a warning's informant is the pseudonym of the informant who sends it"
             key = (change.record_type, change.record_id)
@@ -344,11 +349,28 @@ class SyncService:
         """The next page of what this device may see, after its cursor."""
         limit = min(request.limit, self.settings.max_pull_limit)
         user_id = device.user.user_id
+        cursor = request.cursor
+        states: list[PulledItem] = []
         with self.store.snapshot() as conn:
             (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()
             # A pull with nothing new ends where it began: the log is read for it once.
             marks = functools.cache(functools.partial(_log_marks, conn))
-            position, seq = self._open_cursor(marks, device, request.cursor, last)
+            if cursor == STATES_CURSOR or (cursor or "").startswith("s1."):
+                begun, after = (
+                    (last, ("", ""))
+                    if cursor == STATES_CURSOR
+                    else self._open_states_cursor(marks, device, str(cursor), last)
+                )
+                states, sent = self._states(conn, user_id, begun, after, limit)
+                if sent is not None:
+                    return self._page(states, self._states_cursor(marks, device, begun, sent), True)
+                # Every record is sent: the rest of the page is the log since the first page.
+                position = seq = begun
+                limit -= len(states)
+            else:
+                position, seq = self._open_cursor(marks, device, cursor, last)
+            if limit == 0:
+                return self._page(states, self._cursor(marks, device, position, seq), True)
             page = read_page(conn, user_id, position, seq, limit, last)
             cursor = self._cursor(marks, device, page.end, page.end_seq)
         rows, evictions, has_more = page.rows, page.evictions, page.has_more
@@ -363,13 +385,77 @@ class SyncService:
             for e, t, i, reason in evictions
         ]
         items.sort(key=lambda item: item[:2])
+        return self._page([*states, *(item for _, _, item in items)], cursor, has_more)
+
+    def _page(self, items: list[PulledItem], cursor: str, has_more: bool) -> PullPage:
         return PullPage(
-            items=[item for _, _, item in items],
+            items=items,
             cursor=cursor,
             has_more=has_more,
             server_time_ms=self.wall_ms(),
             **self.keys.kem_statement,
         )
+
+    def _states(
+        self,
+        conn: sqlite3.Connection,
+        user_id: str,
+        begun: int,
+        after: RecordKey,
+        limit: int,
+    ) -> tuple[list[PulledItem], RecordKey | None]:
+        """The next records after `after` in key order that the user may see, as the office
+        holds them now, for a device that holds nothing yet: one state a record instead of
+        its history. Returns them with the last one's key, or None if none are left.
+
+        The pull's first page fixes where the log stood (`begun`). After its last
+        record, the device pulls on from there as from any cursor: every change logged
+        since comes as a change, and one that a state holds already is skipped by its
+        version vector (PROTOCOL.md section 12).
+        """
+        want = min(limit, STATES_PER_PAGE)
+        keys = conn.execute(
+            "SELECT record_type, record_id FROM access WHERE user_id = ?"
+            " AND (record_type, record_id) > (?, ?) ORDER BY record_type, record_id LIMIT ?",
+            [user_id, *after, want + 1],
+        ).fetchall()
+        page: list[RecordKey] = [(t, i) for t, i in keys[:want]]
+        # Read in this pull's view, after `begun` was fixed: each holds the log up to it.
+        held = self.store.states(page)
+        items: list[PulledItem] = [
+            PulledState(seq=begun, state=_encode(held[key])) for key in page if key in held
+        ]
+        return items, page[-1] if len(keys) > want else None
+
+    def _states_cursor(self, marks: Marks, device: Device, begun: int, sent: RecordKey) -> str:
+        key = f"{sent[0]}/{sent[1]}"
+        return f"s1.{begun}.{self._mac(device, f's1.{begun}.{key}', marks(begun, begun))}.{key}"
+
+    def _open_states_cursor(
+        self, marks: Marks, device: Device, cursor: str, last: int
+    ) -> tuple[int, tuple[str, str]]:
+        """Where a states cursor's pull began, and the last record key it sent."""
+        parts = cursor.split(".", 3)
+        if (
+            not cursor.isascii()
+            or len(parts) != 4
+            or not parts[1].isdigit()
+            or parts[3].count("/") != 1
+        ):
+            raise BadCursor("not a cursor this server issued")
+        begun = int(parts[1])
+        if begun > MAX_SEQ:
+            raise BadCursor("not a cursor this server issued")
+        expected = self._mac(device, f"s1.{parts[1]}.{parts[3]}", marks(begun, begun))
+        if not hmac.compare_digest(parts[2], expected):
+            raise BadCursor(
+                "not a cursor this server issued to this device, or issued before the office"
+                " was restored from a backup: pull again from no cursor"
+            )
+        if begun > last:
+            raise BadCursor("the cursor is ahead of this server's log (restored from a backup?)")
+        record_type, record_id = parts[3].split("/")
+        return begun, (record_type, record_id)
 
     def _cursor(self, marks: Marks, device: Device, position: int, seq: int) -> str:
         body = f"{position}.{seq}"

@@ -48,15 +48,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from schemas.changes import Append, Change, ChangeResult, Conflict, Op, Reason
-from schemas.records import Agreement, Signature
+from schemas.records import RECORD_TYPES, Agreement, Signature
 from schemas.state import RecordState
 from schemas.wire import (
+    STATES_CURSOR,
     Enrollment,
     EnrollRequest,
     ErrorBody,
     Eviction,
     OfficeInfo,
     PulledChange,
+    PulledItem,
+    PulledState,
     PullPage,
     PullRequest,
     PushRequest,
@@ -92,7 +95,8 @@ MAX_CHANGE_BYTES = 1024 * 1024
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_batch = msgspec.msgpack.Decoder(list[bytes] | PushRequest).decode
-_decode_items = msgspec.msgpack.Decoder(list[PulledChange | Eviction]).decode
+_decode_items = msgspec.msgpack.Decoder(list[PulledItem]).decode
+_decode_state = msgspec.msgpack.Decoder(RecordState).decode
 
 # Meta keys in the device file.
 SIGNING_KEY = "signing_key"
@@ -141,17 +145,23 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PullReport(NamedTuple):
-    """What one `pull()` did: pages fetched, changes applied, records evicted.
+    """What one `pull()` did: pages fetched, changes applied, records evicted, records
+    received whole as the office holds them (a pull from nothing).
 
-    `skipped` counts pulled changes not applied: those applied before (PROTOCOL.md
-    section 12) and any the local merge refused, which would mean the device and
-    the server disagree.
+    `skipped` counts pulled changes not applied: those the device holds already
+    (PROTOCOL.md section 12) and any the local merge refused, which would mean the
+    device and the server disagree.
     """
 
     pages: int = 0
     applied: int = 0
     skipped: int = 0
     evicted: int = 0
+    states: int = 0
+
+
+def _added(first: PullReport, second: PullReport) -> PullReport:
+    return PullReport(*map(sum, zip(first, second, strict=True)))
 
 
 class SyncReport(NamedTuple):
@@ -167,7 +177,9 @@ class DeviceClient:
     `wall_ms` is the device's wall clock in milliseconds (stamps and request
     times come from it). `new_id` makes change and batch ids; they must never
     repeat, also across restarts: the server answers a known change id
-    `duplicate` and drops the change.
+    `duplicate` and drops the change. `whole_states`: a pull from nothing asks for
+    each record as the office holds it (the cursor "states"), not its history; a
+    history is smaller for records made by one change each, over a slow link.
     """
 
     def __init__(
@@ -182,6 +194,7 @@ class DeviceClient:
         batch_size: int = MAX_BATCH,
         batch_bytes: int = MAX_BATCH_BYTES,
         pull_limit: int = 1000,
+        whole_states: bool = True,
     ) -> None:
         self._store = ReplicaStore(path, passphrase, kdf=kdf)
         self._http = http
@@ -190,6 +203,7 @@ class DeviceClient:
         self._batch_size = batch_size
         self._batch_bytes = batch_bytes
         self._pull_limit = pull_limit
+        self._whole_states = whole_states
         self._signing_key, self._kem_key = self._load_or_make_keys()
         identity = self._store.sealed_meta(IDENTITY)
         self._identity = (
@@ -420,7 +434,7 @@ class DeviceClient:
         pulled = self.pull()
         pushed = self.push()
         if pushed:
-            pulled = PullReport(*map(sum, zip(pulled, self.pull(), strict=True)))
+            pulled = _added(pulled, self.pull())
         return SyncReport(pushed, pulled)
 
     def push(self) -> list[ChangeResult]:
@@ -474,11 +488,14 @@ class DeviceClient:
         if self._store.fold_due:
             self._store.checkpoint()
         report = PullReport()
+        # From nothing, the office sends each record as it holds it, not its history; an
+        # office from before that refuses the cursor, and sends the history.
+        from_nothing = STATES_CURSOR if self._whole_states else None
         while True:
             cursor = self._store.meta(CURSOR)
             rebuild = self._store.meta(REBUILD)
             request = PullRequest(
-                cursor=cursor if isinstance(cursor, str) and rebuild != "due" else None,
+                cursor=cursor if isinstance(cursor, str) and rebuild != "due" else from_nothing,
                 limit=self._pull_limit,
             )
             try:
@@ -486,6 +503,9 @@ class DeviceClient:
             except BadCursor:
                 if request.cursor is None:
                     raise
+                if request.cursor == STATES_CURSOR:
+                    from_nothing = None
+                    continue
                 with self._store.transaction():
                     self._store.set_meta(CURSOR, None)
                     self._store.forget_server_layer()
@@ -496,20 +516,15 @@ class DeviceClient:
                     self._store.drop_staged()
                     self._store.set_meta(CURSOR, None)
                     self._store.set_meta(REBUILD, rebuild := "running")
-            applied, skipped, evicted = self._apply_page(page, staging=rebuild == "running")
+            done = self._apply_page(page, staging=rebuild == "running")
             if rebuild == "running" and not page.has_more:
-                applied, skipped, evicted = self._rebuild_from_staged()
-            report = PullReport(
-                report.pages + 1,
-                report.applied + applied,
-                report.skipped + skipped,
-                report.evicted + evicted,
-            )
+                done = self._rebuild_from_staged()
+            report = _added(report, done._replace(pages=1))
             if not page.has_more:
                 return report
 
-    def _apply_page(self, page: PullPage, staging: bool = False) -> tuple[int, int, int]:
-        """Apply one page to the server layer; returns (applied, skipped, evicted).
+    def _apply_page(self, page: PullPage, staging: bool = False) -> PullReport:
+        """Apply one page to the server layer; returns what it did, pages left at 0.
 
         Items apply in order, on states read at once and written once per record at
         the end of the page (a fresh phone's first pull is mostly this). `staging`,
@@ -517,8 +532,8 @@ class DeviceClient:
         """
         fresh_key = self._fresh_office_key(page)  # checked before anything is applied
         if not fresh_key and self._nothing_new(page):
-            return 0, 0, 0
-        counts = (0, 0, 0)
+            return PullReport()
+        counts = PullReport()
         with self._store.transaction(), _collector_paused():
             if staging:
                 self._store.stage(_encode(page.items))
@@ -529,27 +544,33 @@ class DeviceClient:
             self._learn_offset(page.server_time_ms)
             if fresh_key:
                 self._learn_office_key(page)
-        if counts[2] and any(isinstance(i, Eviction) and i.reason == "erased" for i in page.items):
+        if counts.evicted and any(
+            isinstance(i, Eviction) and i.reason == "erased" for i in page.items
+        ):
             self._store.checkpoint()  # an erased record's old bytes must not stay in the -wal
         return counts
 
-    def _rebuild_from_staged(self) -> tuple[int, int, int]:
+    def _rebuild_from_staged(self) -> PullReport:
         """Replace the server layer with the staged pages of a whole pull, at once."""
-        totals = [0, 0, 0]
+        totals = PullReport()
         with self._store.transaction(), _collector_paused():
             self._store.drop_server_layer()
             for raw in self._store.staged():
-                for n, count in enumerate(self._apply_items(_decode_items(raw))):
-                    totals[n] += count
+                totals = _added(totals, self._apply_items(_decode_items(raw)))
             self._store.overlay_unanswered()
             self._store.drop_staged()
             self._store.set_meta(CLOCK_LAST, self._clock.last)
             self._store.set_meta(REBUILD, None)
         self._store.checkpoint()  # the old layer's bytes must not stay in the -wal
-        return totals[0], totals[1], totals[2]
+        return totals
 
-    def _apply_items(self, items: list[PulledChange | Eviction]) -> tuple[int, int, int]:
-        """Apply pulled items in order (inside a transaction); (applied, skipped, evicted)."""
+    def _apply_items(self, items: list[PulledItem]) -> PullReport:
+        """Apply pulled items in order (inside a transaction); what it did, pages left at 0.
+
+        A state the office sent replaces the record; a change merges into it unless the
+        state already holds it: the office accepts a device's changes to a record only in
+        the order of their stamps, so one stamped at or before the latest of its device
+        that the state holds (its version vector) is in it."""
         changes = [
             decode_change(item.change) if isinstance(item, PulledChange) else None for item in items
         ]
@@ -559,8 +580,19 @@ class DeviceClient:
         )
         written: set[RecordKey] = set()
         applied: list[Change] = []
+        sent: list[RecordState] = []
         skipped = evicted = 0
         for item, change in zip(items, changes, strict=True):
+            if isinstance(item, PulledState):
+                state = _decode_state(item.state)
+                if state.record_type not in RECORD_TYPES:
+                    skipped += 1  # a type this client does not know: as for a change
+                    continue
+                key = (state.record_type, state.record_id)
+                states[key] = state
+                written.add(key)
+                sent.append(state)
+                continue
             if isinstance(item, Eviction):
                 key = (item.record_type, item.record_id)
                 self._store.evict(key, erased=item.reason == "erased")
@@ -573,7 +605,10 @@ class DeviceClient:
                 continue
             assert isinstance(item, PulledChange) and change is not None
             key = (change.record_type, change.record_id)
-            if change.change_id in done:
+            held = states.get(key)
+            if change.change_id in done or (
+                held is not None and change.hlc <= held.vv.get(change.device_id, -1)
+            ):
                 skipped += 1
                 continue
             self._clock.receive(change.hlc)
@@ -590,7 +625,20 @@ class DeviceClient:
             applied.append(change)
         self._store.put_states(s for k in written if (s := states[k]) is not None)
         self._store.mark_all_applied(applied)
-        return len(applied), skipped, evicted
+        if sent:
+            self._held_own_changes_stop_overlaying(sent)
+        return PullReport(0, len(applied), skipped, evicted, len(sent))
+
+    def _held_own_changes_stop_overlaying(self, sent: list[RecordState]) -> None:
+        """This device's changes that states the office sent hold show from those states,
+        no longer replayed on top (as a pulled change of its own stops replaying)."""
+        device_id = self._enrolled().device_id
+        latest = {(s.record_type, s.record_id): s.vv.get(device_id, -1) for s in sent}
+        self._store.stop_overlay(
+            change.change_id
+            for key, raw in self._store.overlaying()
+            if key in latest and (change := decode_change(raw)).hlc <= latest[key]
+        )
 
     # -- signed requests ----------------------------------------------------------------
 

@@ -457,6 +457,20 @@ class ReplicaStore:
         )
         return [self._open(raw, "outbox", change_id) for change_id, raw in rows]
 
+    def overlaying(self) -> list[tuple[RecordKey, bytes]]:
+        """Every own change that local reads replay, as (record, wire bytes), in order."""
+        rows = self._db.execute(
+            "SELECT change_id, record_type, record_id, raw FROM outbox WHERE overlay"
+            " ORDER BY position"
+        )
+        return [((t, i), self._open(raw, "outbox", change_id)) for change_id, t, i, raw in rows]
+
+    def stop_overlay(self, change_ids: Iterable[str]) -> None:
+        """These own changes are in the server layer now: local reads stop replaying them."""
+        self._db.executemany(
+            "UPDATE outbox SET overlay = 0 WHERE change_id = ?", [(c,) for c in change_ids]
+        )
+
     def unbatched(self, limit: int) -> list[tuple[str, bytes]]:
         """Up to `limit` pending changes (id, bytes), oldest first."""
         rows = self._db.execute(

@@ -31,6 +31,7 @@ from schemas import (
     StatusMachine,
 )
 from schemas.records import Party
+from schemas.state import RecordState
 from schemas.wire import PullRequest
 from server.errors import status_of
 from server.pseudonyms import pseudonym
@@ -158,6 +159,31 @@ def test_merge_example_gives_the_documented_record_and_conflicts():
     defaults = msgspec.to_builtins(RECORD_TYPES["case"]())
     assert {k: v for k, v in record.items() if v != defaults[k]} == expected["record"]
     assert msgspec.to_builtins(merge.conflicts(state)) == expected["conflicts"]
+
+
+def test_the_state_vector_is_the_worked_example_merged():
+    state = None
+    for change in msgspec.json.decode(vector("merge-input"), type=list[Change]):
+        state, rejected = merge.apply_change(state, change)
+        assert rejected is None
+    packed = bytes.fromhex(vector("state"))
+    assert msgspec.msgpack.encode(state) == packed
+    assert msgspec.json.encode(state).decode() == vector("state-json")
+    # A state read from the vector shows the documented record, and merges on as one's own.
+    received = msgspec.msgpack.decode(packed, type=RecordState)
+    expected = msgspec.json.decode(vector("merge-output"))
+    assert msgspec.to_builtins(merge.conflicts(received)) == expected["conflicts"]
+    settling = Change(
+        change_id="c-4",
+        record_type="case",
+        record_id="k-noise",
+        device_id="dev-chen",
+        hlc=state.vv["dev-sun"] + 1,
+        seen=dict(received.vv),
+        set={"summary": "Stop at 22:00."},
+    )
+    settled, rejected = merge.apply_change(received, settling)
+    assert rejected is None and merge.conflicts(settled) == []
 
 
 def test_request_signature_vector():

@@ -9,6 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas import PullPage
+from schemas.state import RecordState
 from sync.changes import decode_change
 from sync.envelope import CompactEnvelope, open_v2_answer
 from sync.errors import Unsealable
@@ -144,3 +145,51 @@ def test_a_spoiled_pull_is_refused_precisely_and_changes_nothing(office, spoil, 
     if code != "revoked_device":
         office.wall.tick()
         assert len(page_of(phone, phone.pull_v2(phone.pull_v2_body())).items) == 1
+
+
+def test_a_pull_from_states_sends_each_record_once_as_the_office_holds_it(office):
+    phone = office.enroll("mediator")
+    phone.push([new_case(phone, f"k-{n}") for n in range(3)], batch_id="b-1")
+    phone.push([phone.change("case", "k-0", {"priority": "high"})], batch_id="b-2")
+    held = office.store.states([("case", f"k-{n}") for n in range(3)])
+
+    first = page_of(phone, phone.pull_v2(phone.pull_v2_body("states", limit=2)))
+    rest = page_of(phone, phone.pull_v2(phone.pull_v2_body(first.cursor, limit=2)))
+
+    assert first.has_more and first.cursor.startswith("s1.")
+    sent = [msgspec.msgpack.decode(item.state, type=RecordState) for item in first.items]
+    sent += [msgspec.msgpack.decode(item.state, type=RecordState) for item in rest.items]
+    assert sent == [held[("case", f"k-{n}")] for n in range(3)]  # k-0 with both changes
+    assert {item.seq for item in [*first.items, *rest.items]} == {4}  # where the log stood
+    # After the last record the page went on as from an ordinary cursor: nothing since.
+    assert not rest.has_more and rest.cursor.startswith("v2.4.4.")
+    office.wall.tick()
+    phone.push([phone.change("case", "k-1", {"priority": "low"})], batch_id="b-3")
+    (change,) = page_of(phone, phone.pull_v2(phone.pull_v2_body(rest.cursor))).items
+    assert decode_change(change.change).set == {"priority": "low"}
+
+
+def test_a_states_cursor_opens_only_for_its_device_and_as_issued(office):
+    phone = office.enroll("mediator")
+    phone.push([new_case(phone, f"k-{n}") for n in range(2)])
+    code = office.directory.issue_code(phone.enrollment.user_id, office.wall.ms, 3600_000)
+    sibling = office.enroll_with(code)
+    issued = page_of(sibling, sibling.pull_v2(sibling.pull_v2_body("states", limit=1))).cursor
+    assert issued.startswith("s1.")
+    version, begun, mac, key = issued.split(".", 3)
+    stored = office.fingerprint()
+
+    for cursor in (
+        issued,  # another device's
+        f"{version}.{begun}.{mac}.case/k-9",  # another place in the list
+        f"{version}.{begun}.{'0' * 32}.{key}",  # forged
+        f"{version}.{begun}.{mac}",
+        f"{version}.{begun}.{mac}.casek-1",
+        f"{version}.é.{mac}.{key}",
+    ):
+        answer = phone.pull_v2(phone.pull_v2_body(cursor))
+        assert error_of(answer) == (400, "bad_cursor"), cursor
+    assert office.fingerprint() == stored
+    # ...and it goes on for the device it was issued to.
+    (rest,) = page_of(sibling, sibling.pull_v2(sibling.pull_v2_body(issued))).items
+    assert msgspec.msgpack.decode(rest.state, type=RecordState).record_id == "k-1"

@@ -43,6 +43,7 @@ from server.storage.directory import Directory
 from server.storage.sqlite import SqliteStore
 from sync import merge, signing
 from sync.agreements import receipt_problems
+from sync.changes import decode_change
 from sync.client import MAX_BATCH, MAX_BATCH_BYTES, AlreadyEnrolled, DeviceClient, NotEnrolled
 from sync.envelope import (
     PULL_ENVELOPE,
@@ -277,7 +278,7 @@ def test_a_case_made_offline_reaches_the_supervisor_of_its_district(office):
     assert (pulled.applied, pulled.skipped) == (2, 0)  # its own changes, back from the server
     assert wang.record("case", "k-drains").tags == ["drains"]
 
-    assert chen.sync().pulled.applied == 2
+    assert chen.sync().pulled.states == 1  # the case as the office holds it, not its history
     assert chen.record("case", "k-drains") == wang.record("case", "k-drains")
     assert other.sync().pulled.applied == 0
     assert other.record("case", "k-drains") is None
@@ -293,7 +294,7 @@ def test_a_sync_with_nothing_new_writes_nothing_to_the_device_file(office):
     chen = office.device("chen", "supervisor", (FUTIAN,), wall_ms=lambda: office.wall() + jitter[0])
     wang.edit("case", "k-1", set={"title": "Drains", "status": "new", "location": XIANGMIHU})
     wang.sync()
-    assert chen.sync().pulled.applied == 1
+    assert chen.sync().pulled.states == 1
     files = [office.root / "chen.db", office.root / "chen.db-wal"]
 
     def written() -> list[bytes]:
@@ -487,21 +488,22 @@ def test_a_pull_goes_to_version_2_sealed_whole_and_resumes_from_each_pages_curso
     sent = intercept(office.http, monkeypatch, answers_kept(answers))
     report = wang.pull()
 
-    assert (report.pages, report.applied) == (2, 2)
-    assert [r.url.path for r in sent] == ["/v2/sync/pull", "/v2/sync/pull"]
-    assert [r.headers["content-type"] for r in sent] == [PULL_ENVELOPE] * 2
+    # A case a page, then the (empty) log since the first page.
+    assert (report.pages, report.states) == (3, 2)
+    assert [r.url.path for r in sent] == ["/v2/sync/pull"] * 3
+    assert [r.headers["content-type"] for r in sent] == [PULL_ENVELOPE] * 3
     assert [(a.status_code, a.headers["content-type"]) for a in answers] == [
         (200, PULL_ENVELOPE)
-    ] * 2
+    ] * 3
     # The office opens each as this device's signed pull; an onlooker sees no device id.
     keys = {office.keys.kem_key_id: office.keys.kem}
-    first, second = [
+    first, second, _ = [
         msgspec.msgpack.decode(open_v2("pull", r.content, keys)[1], type=SignedPull) for r in sent
     ]
     device_id = wang.identity.device_id
     assert (first.device_id, second.device_id) == (device_id, device_id)
     assert all(device_id.encode() not in r.content for r in sent)
-    assert (first.cursor, first.limit) == (None, 1)
+    assert (first.cursor, first.limit) == ("states", 1)
     first_page = msgspec.msgpack.decode(
         open_v2_answer("pull", answers[0].content, 1, first.signature, wang._kem_key),
         type=PullPage,
@@ -547,7 +549,7 @@ def test_a_pull_answer_that_is_not_this_pulls_own_is_refused_and_nothing_is_appl
     assert chen._store.meta("cursor") is None
 
     monkeypatch.undo()
-    assert chen.pull().applied == 1
+    assert chen.pull().states == 1
     assert chen.record("case", "k-1") == wang.record("case", "k-1")
 
 
@@ -564,7 +566,7 @@ def test_a_pull_sealed_to_a_retired_office_key_learns_the_new_key_and_goes_again
     sent = intercept(office.http, monkeypatch, answers_kept(answers))
     report = wang.pull()
 
-    assert report.applied == 1 and wang.record("case", "k-1").title == "Drains"
+    assert report.states == 1 and wang.record("case", "k-1").title == "Drains"
     # Refused once for the retired key, it asked the office for its key and pulled again.
     assert [r.url.path for r in sent] == ["/v2/sync/pull", "/v1/office", "/v2/sync/pull"]
     assert answers[0].status_code == 400
@@ -782,13 +784,14 @@ def test_a_pull_killed_between_pages_resumes_from_the_stored_cursor(office, monk
     # A new process on the same file: it goes on after the first page.
     resumed = office.open("chen", pull_limit=2)
     report = resumed.pull()
-    assert (report.pages, report.applied, report.skipped) == (2, 3, 0)
+    assert (report.pages, report.states, report.skipped) == (2, 3, 0)
     assert [resumed.record("case", f"k-{n}").title for n in range(5)] == [
         f"Case {n}" for n in range(5)
     ]
-    # With the cursor lost, every change comes again and none is applied twice.
+    # With the cursor lost, every case comes again whole, in place of what it holds.
     resumed._store.set_meta("cursor", None)
-    assert resumed.pull().skipped == 5
+    assert resumed.pull().states == 5
+    assert resumed.record("case", "k-4").title == "Case 4"
 
 
 @pytest.mark.parametrize("answer", ["pending", "lost"])
@@ -862,7 +865,7 @@ def test_a_cursor_the_office_refuses_is_dropped_and_everything_pulled_again(offi
 
     report = chen.pull()
 
-    assert (report.applied, report.skipped) == (5, 0)  # the server layer built again
+    assert (report.states, report.skipped) == (5, 0)  # the server layer built again
     assert [chen.record("case", f"k-{n}").title for n in range(4)] == [
         f"Case {n}" for n in range(4)
     ]
@@ -892,7 +895,7 @@ def test_a_pull_killed_while_applying_a_page_keeps_nothing_of_that_page(office, 
         chen.pull()
     assert chen.record("case", "k-0") is None
     monkeypatch.undo()
-    assert chen.pull().applied == 3
+    assert chen.pull().states == 3
 
 
 def test_a_record_leaving_the_view_is_evicted_and_comes_back_whole(office):
@@ -906,7 +909,7 @@ def test_a_record_leaving_the_view_is_evicted_and_comes_back_whole(office):
         ops=[Add(field="mediators", value=sun_user)],
     )
     chen.sync()
-    assert sun.sync().pulled.applied == 1
+    assert sun.sync().pulled.states == 1
 
     office.wall.tick()
     chen.edit("case", "k-1", ops=[Remove(field="mediators", value=sun_user)])
@@ -975,7 +978,7 @@ def test_a_lost_phone_file_shows_nothing_personal_and_opens_only_with_its_pin(of
         ],
     )
     chen.sync()
-    assert wang.sync().pulled.applied == 2  # the case and its party, in wang's server layer
+    assert wang.sync().pulled.states == 2  # the case and its party, in wang's server layer
     # Offline: one batch assigned but never answered, one change still pending.
     wang.edit("party", "p-wang", set={"phone": "13998765432"})
 
@@ -1351,7 +1354,7 @@ def test_a_file_from_an_older_merge_keeps_its_view_offline_and_is_pulled_again_o
 
     report = reopened.pull()
 
-    assert (report.applied, report.skipped) == (1, 0)
+    assert (report.states, report.skipped) == (1, 0)
     assert reopened._store.states([key])[key].edits is not None
     assert reopened.record(*key).title == "Drains"
     assert states(reopened) == [("applied", None)]  # nothing sent again
@@ -1400,3 +1403,87 @@ def test_a_rebuild_cut_off_between_pages_shows_every_record_and_resumes(office, 
     assert reopened.record("case", "k-2").summary == "offline note"  # still unsent
     assert reopened._store.meta("rebuild_server_layer") is None
     assert list(reopened._store.staged()) == []
+
+
+def test_a_first_pull_gets_each_record_as_the_office_holds_it_while_records_change(
+    office, monkeypatch
+):
+    wang = office.device("wang", "mediator")
+    sun = office.device("sun", "mediator")
+    chen = office.device("chen", "supervisor", pull_limit=1)
+    both = Add(field="mediators", value=sun.identity.user_id)
+    for n in range(3):
+        place = {"title": f"Case {n}", "status": "new", "location": XIANGMIHU}
+        wang.edit("case", f"k-{n}", set=place, ops=[both])
+    wang.sync()
+    sun.sync()
+    wang.edit("case", "k-0", set={"summary": "Wang's account"})
+    sun.edit("case", "k-0", set={"summary": "Sun's account"})
+    wang.sync()
+    sun.sync()  # k-0's summary is in conflict; both mediators' phones show it
+
+    edited: list[bool] = []
+
+    def edit_after_the_first_page(send: Callable[[], httpx.Response], request: httpx.Request):
+        answer = send()
+        if not edited:  # chen holds k-0; k-1 and k-2 are still to come
+            edited.append(True)
+            office.wall.tick()
+            for n in (0, 2):
+                wang.edit("case", f"k-{n}", set={"title": f"Case {n}, again"})
+            wang.push()
+        return answer
+
+    intercept(office.http, monkeypatch, edit_after_the_first_page)
+    report = chen.pull()
+
+    # k-2's state was read after its edit, which then came again as a change: skipped.
+    assert (report.states, report.applied, report.skipped) == (3, 1, 1)
+    keys = [("case", f"k-{n}") for n in range(3)]
+    assert chen._store.states(keys) == office.store.states(keys) == office.store.replayed(keys)
+    assert [chen.record(*key).title for key in keys] == ["Case 0, again", "Case 1", "Case 2, again"]
+    assert [c.field for c in chen.conflicts("case", "k-0")] == ["summary"]
+    assert chen.conflicts("case", "k-0") == sun.conflicts("case", "k-0")
+
+
+def test_own_changes_that_a_first_pulls_states_hold_show_from_them_not_on_top(office):
+    wang = office.device("wang", "mediator")
+    note = {"entry_id": "n-1", "at": "2026-11-27T10:00:00+08:00", "text": "Visited at 10:00"}
+    note["by"] = wang.identity.user_id
+    wang.edit("case", "k-1", set={"title": "Drains"}, ops=[Append(field="notes", entry=note)])
+    wang.push()  # never pulled: the office holds the case, the device only its own change
+    wang.edit("case", "k-1", set={"priority": "high"})  # not yet sent
+    assert len(wang._store.overlaying()) == 2
+
+    assert wang.pull().states == 1
+
+    ((_, unsent),) = wang._store.overlaying()  # the one the office does not hold
+    assert decode_change(unsent).set == {"priority": "high"}
+    shown = wang.record("case", "k-1")
+    assert (shown.title, shown.priority, len(shown.notes)) == ("Drains", "high", 1)
+
+
+def test_an_office_that_refuses_the_states_cursor_is_pulled_from_no_cursor(office, monkeypatch):
+    # An office from before the cursor "states" answers it bad_cursor (PROTOCOL.md section 12).
+    wang = office.device("wang", "mediator")
+    wang.edit("case", "k-1", set={"title": "Drains", "status": "new"})
+    wang.push()
+    keys = {office.keys.kem_key_id: office.keys.kem}
+    cursors: list[str | None] = []
+
+    def as_an_older_office(send: Callable[[], httpx.Response], request: httpx.Request):
+        if request.url.path == "/v2/sync/pull":
+            _, plaintext = open_v2("pull", request.content, keys)
+            pull = msgspec.msgpack.decode(plaintext, type=SignedPull)
+            cursors.append(pull.cursor)
+            if pull.cursor == "states":
+                refusal = {"error": "bad_cursor", "detail": "not a cursor this server issued"}
+                return httpx.Response(400, json=refusal, request=request)
+        return send()
+
+    intercept(office.http, monkeypatch, as_an_older_office)
+    report = wang.pull()
+
+    assert cursors == ["states", None]
+    assert (report.applied, report.states) == (1, 0)
+    assert wang.record("case", "k-1").title == "Drains"
