@@ -71,8 +71,7 @@ from sync.errors import (
 )
 from sync.store import RecordKey
 
-STATES_PER_PAGE = 1000  # decoded states are large beside changes
-_encode = msgspec.msgpack.Encoder().encode
+STATES_PER_PAGE = 1000  # a state weighs many changes
 MAX_SEQ = 2**63 - 1  # SQLite's largest integer: no cursor names a seq past it
 Marks = Callable[[int, int], str]  # `_log_marks` of one read of the log
 
@@ -421,9 +420,9 @@ class SyncService:
         ).fetchall()
         page: list[RecordKey] = [(t, i) for t, i in keys[:want]]
         # Read in this pull's view, after `begun` was fixed: each holds the log up to it.
-        held = self.store.states(page)
+        held = self.store.encoded_states(page)
         items: list[PulledItem] = [
-            PulledState(seq=begun, state=_encode(held[key])) for key in page if key in held
+            PulledState(seq=begun, state=held[key]) for key in page if key in held
         ]
         return items, page[-1] if len(keys) > want else None
 

@@ -581,6 +581,7 @@ class DeviceClient:
         written: set[RecordKey] = set()
         applied: list[Change] = []
         sent: list[RecordState] = []
+        as_sent: dict[RecordKey, bytes] = {}  # stored as the office sent them, unchanged since
         skipped = evicted = 0
         for item, change in zip(items, changes, strict=True):
             if isinstance(item, PulledState):
@@ -590,7 +591,7 @@ class DeviceClient:
                     continue
                 key = (state.record_type, state.record_id)
                 states[key] = state
-                written.add(key)
+                as_sent[key] = item.state
                 sent.append(state)
                 continue
             if isinstance(item, Eviction):
@@ -598,6 +599,7 @@ class DeviceClient:
                 self._store.evict(key, erased=item.reason == "erased")
                 states[key] = None
                 written.discard(key)
+                as_sent.pop(key, None)
                 # Its history comes again if the record comes back into view.
                 done -= {c.change_id for c in changes if c and (c.record_type, c.record_id) == key}
                 applied = [c for c in applied if (c.record_type, c.record_id) != key]
@@ -621,9 +623,11 @@ class DeviceClient:
                 continue
             states[key] = outcome.state
             written.add(key)
+            as_sent.pop(key, None)
             done.add(change.change_id)
             applied.append(change)
         self._store.put_states(s for k in written if (s := states[k]) is not None)
+        self._store.put_encoded(as_sent.items())
         self._store.mark_all_applied(applied)
         if sent:
             self._held_own_changes_stop_overlaying(sent)

@@ -319,17 +319,14 @@ class ReplicaStore:
 
     def put_states(self, states: Iterable[RecordState]) -> None:
         """Store the records as the server has sent them."""
+        self.put_encoded(((s.record_type, s.record_id), _encode(s)) for s in states)
+
+    def put_encoded(self, states: Iterable[tuple[RecordKey, bytes]]) -> None:
+        """Store records given as their encoded states (a state the office sent, as sent)."""
         self._db.executemany(
             "INSERT INTO records (record_type, record_id, state) VALUES (?, ?, ?)"
             " ON CONFLICT (record_type, record_id) DO UPDATE SET state = excluded.state",
-            [
-                (
-                    s.record_type,
-                    s.record_id,
-                    self._seal(_encode(s), "records", s.record_type, s.record_id),
-                )
-                for s in states
-            ],
+            [(*key, self._seal(state, "records", *key)) for key, state in states],
         )
 
     def applied_among(self, change_ids: Iterable[str]) -> set[str]:

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas import PullPage
 from schemas.state import RecordState
+from server.erasure import erase_case
 from sync.changes import decode_change
 from sync.envelope import CompactEnvelope, open_v2_answer
 from sync.errors import Unsealable
@@ -167,6 +168,17 @@ def test_a_pull_from_states_sends_each_record_once_as_the_office_holds_it(office
     phone.push([phone.change("case", "k-1", {"priority": "low"})], batch_id="b-3")
     (change,) = page_of(phone, phone.pull_v2(phone.pull_v2_body(rest.cursor))).items
     assert decode_change(change.change).set == {"priority": "low"}
+
+
+def test_a_pull_from_states_sends_nothing_of_an_erased_record(office):
+    phone = office.enroll("mediator")
+    phone.push([new_case(phone, f"k-{n}") for n in range(2)])
+    erase_case(office.store, "k-0", "court order", "operator:wang", office.wall.ms)
+
+    page = page_of(phone, phone.pull_v2(phone.pull_v2_body("states")))
+
+    (item,) = page.items
+    assert msgspec.msgpack.decode(item.state, type=RecordState).record_id == "k-1"
 
 
 def test_a_states_cursor_opens_only_for_its_device_and_as_issued(office):
