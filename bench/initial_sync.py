@@ -20,7 +20,10 @@ each record as the office holds it (the cursor "states", PROTOCOL.md section
 12) and stores each state as sent, merging nothing. Its httpx transport adds
 up the time spent in HTTP exchanges (the server's work, the loopback and
 httpx); the rest is the client's: sealing and signing requests, opening and
-decoding pages, sealing each record into its SQLite replica.
+decoding pages, sealing each record into its SQLite replica. The client asks
+for the next page while it applies one, so the two overlap: the time in HTTP
+exchanges includes some of the client's, and the rest is what it did with no
+exchange under way.
 
 Baselines, in the same run:
 - another device of the same supervisor pulls the history (every change) in
@@ -233,7 +236,7 @@ def rows(r: Results) -> list[Row]:
             f"{r.sync_seconds / raw:.1f}×",
         ),
         Row(
-            "  of which HTTP exchanges: server, loopback, httpx (s)",
+            "  in HTTP exchanges, partly while a page is applied (s)",
             f"{r.http_seconds:.2f}",
             "",
             "",
@@ -241,7 +244,7 @@ def rows(r: Results) -> list[Row]:
             f"{r.http_seconds / r.sync_seconds:.0%}",
         ),
         Row(
-            "  of which the client: seal, open, decode, replica writes (s)",
+            "  the rest: the client's work with no exchange under way (s)",
             f"{client:.2f}",
             "",
             "",
@@ -277,8 +280,9 @@ untimed), then a new supervisor laptop: the reference client
 `sync.client.DeviceClient` on a fresh PIN-sealed device file, enrolled, and
 `sync()` timed from nothing to done in pages of 1,000, each case sent as the
 office holds it (the cursor "states", session 14). The split comes from
-the client's httpx transport (time inside HTTP exchanges) and the rest (the
-client's own work). Baseline in the same run: the same pages pulled, opened
+the client's httpx transport (time inside HTTP exchanges, which since session
+14 overlap the client applying the page before) and the rest (the client's
+work with no exchange under way). Baseline in the same run: the same pages pulled, opened
 and decoded but not applied, by another device of the same supervisor
 (mean of a pull before and one after); and another laptop syncing by
 history, merging every change (how every laptop synced before session 14).

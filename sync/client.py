@@ -36,6 +36,7 @@ import gc
 import hashlib
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -483,14 +484,23 @@ class DeviceClient:
         A cursor the office refuses (it was restored from a backup, say) is
         dropped with the server layer it led to, and everything is pulled again:
         the device then holds what the office holds now, and nothing it lost.
+
+        While a page is applied, the next one is already asked for (a thread
+        that only signs nothing, seals, sends and opens): the office reads it
+        meanwhile, instead of waiting for the device.
         """
         self._enrolled()
         if self._store.fold_due:
             self._store.checkpoint()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lianxin-pull") as network:
+            return self._pull_pages(network)
+
+    def _pull_pages(self, network: ThreadPoolExecutor) -> PullReport:
         report = PullReport()
         # From nothing, the office sends each record as it holds it, not its history; an
         # office from before that refuses the cursor, and sends the history.
         from_nothing = STATES_CURSOR if self._whole_states else None
+        ahead: tuple[str, Future[PullPage]] | None = None  # the next page, on its way
         while True:
             cursor = self._store.meta(CURSOR)
             rebuild = self._store.meta(REBUILD)
@@ -498,8 +508,10 @@ class DeviceClient:
                 cursor=cursor if isinstance(cursor, str) and rebuild != "due" else from_nothing,
                 limit=self._pull_limit,
             )
+            tries = [ahead[1]] if ahead and ahead[0] == request.cursor else []
+            ahead = None
             try:
-                page = self._learning_office(functools.partial(self._pull_once, request))
+                page = self._learning_office(functools.partial(self._pulled, request, tries))
             except BadCursor:
                 if request.cursor is None:
                     raise
@@ -516,6 +528,9 @@ class DeviceClient:
                     self._store.drop_staged()
                     self._store.set_meta(CURSOR, None)
                     self._store.set_meta(REBUILD, rebuild := "running")
+            if page.has_more:
+                following = self._signed_pull(PullRequest(cursor=page.cursor, limit=request.limit))
+                ahead = (page.cursor, network.submit(self._send_v2, "pull", following, PullPage))
             done = self._apply_page(page, staging=rebuild == "running")
             if rebuild == "running" and not page.has_more:
                 done = self._rebuild_from_staged()
@@ -746,18 +761,24 @@ class DeviceClient:
         )
         return self._send_v2("push", push, PushResponse)
 
+    def _pulled(self, request: PullRequest, ahead: list[Future[PullPage]]) -> PullPage:
+        """The answer to `request`: first that of the same pull sent ahead, if any (its
+        refusal too), then of a pull sent now."""
+        return ahead.pop().result() if ahead else self._pull_once(request)
+
     def _pull_once(self, request: PullRequest) -> PullPage:
         """Sign, seal and send a version 2 pull (PROTOCOL.md section 12)."""
-        identity = self._enrolled()
-        pull = signing.signed_pull(
+        return self._send_v2("pull", self._signed_pull(request), PullPage)
+
+    def _signed_pull(self, request: PullRequest) -> SignedPull:
+        return signing.signed_pull(
             self._signing_key,
-            identity.device_id,
+            self._enrolled().device_id,
             secrets.token_urlsafe(16),  # the request's nonce: 22 characters, 128 bits
             self._server_ms(),
             request.cursor,
             request.limit,
         )
-        return self._send_v2("pull", pull, PullPage)
 
     def _send_v2(self, purpose: Purpose, signed: SignedPush | SignedPull, kind: type[T]) -> T:
         """Seal `signed` to the office, post it, and open the answer sealed to this device."""

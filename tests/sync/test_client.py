@@ -1487,3 +1487,38 @@ def test_an_office_that_refuses_the_states_cursor_is_pulled_from_no_cursor(offic
     assert cursors == ["states", None]
     assert (report.applied, report.states) == (1, 0)
     assert wang.record("case", "k-1").title == "Drains"
+
+
+def test_the_next_page_is_asked_for_while_one_is_applied_and_its_refusal_handled(
+    office, monkeypatch
+):
+    wang = office.device("wang", "mediator")
+    chen = office.device("chen", "supervisor", pull_limit=1)
+    for n in range(3):
+        wang.edit("case", f"k-{n}", set={"title": f"Case {n}", "location": XIANGMIHU})
+    wang.sync()
+
+    def second_pull_stale(send: Callable[[], httpx.Response], request: httpx.Request):
+        if [r.url.path for r in sent].count("/v2/sync/pull") == 2 and not refused:
+            refused.append(request)  # as if signed by a clock the office finds too far off
+            stale = {"error": "stale_request", "detail": "the timestamp is outside the window"}
+            return httpx.Response(401, json=stale, request=request)
+        return send()
+
+    refused: list[httpx.Request] = []
+    sent = intercept(office.http, monkeypatch, second_pull_stale)
+    asked_when_applying = []
+    apply_page = chen._apply_page
+
+    def applying(page, staging=False):
+        asked_when_applying.append(len(sent))
+        return apply_page(page, staging)
+
+    monkeypatch.setattr(chen, "_apply_page", applying)
+    report = chen.pull()
+
+    # Page 2 was on its way while page 1 was applied; refused, it was asked for again.
+    assert asked_when_applying[0] == 2
+    assert [r.url.path for r in sent][:4] == ["/v2/sync/pull"] * 2 + ["/v1/office", "/v2/sync/pull"]
+    assert report.states == 3
+    assert [chen.record("case", f"k-{n}").title for n in range(3)] == ["Case 0", "Case 1", "Case 2"]
