@@ -237,8 +237,8 @@ class SqliteStore:
     def encoded_states(self, keys: Iterable[RecordKey]) -> dict[RecordKey, bytes]:
         """Like `states` off the writer's thread, each as MessagePack bytes: for a first
         pull, which reads every record once. A checkpoint that no logged change follows
-        goes as stored, neither decoded nor encoded again; the rest are merged as `states`
-        merges them (the cache is left alone: the log and checkpoints are the truth)."""
+        goes as stored, neither decoded nor encoded again; the rest come from `states`
+        (the writer's cache, or merged from the log)."""
         self._fresh()
         found: dict[RecordKey, bytes] = {}
         wanted = list(keys)
@@ -259,7 +259,7 @@ class SqliteStore:
                     if (data_key := data_keys.get(key)) is not None:  # None: erased
                         found[key] = open_sealed(data_key, sealed, bind("records", key))
             rest = [key for key in wanted if key not in found]
-            found.update((key, _encode(c.state)) for key, c in self._load(conn, rest).items())
+            found.update((key, _encode(state)) for key, state in self.states(rest).items())
         return found
 
     def rebuild(self, keys: Iterable[RecordKey]) -> tuple[int, list[RecordKey]]:
