@@ -541,7 +541,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rotate_parser = keys_parser.add_parser("rotate", help="new master and KEM keys, no downtime")
     rotate_parser.add_argument("--master-only", action="store_true")
     rotate_parser.add_argument("--kem-only", action="store_true")
-    retire_parser = keys_parser.add_parser("retire", help="forget an earlier key")
+    retire_parser = keys_parser.add_parser(
+        "retire", help="forget an earlier key (a minute or more after the last rotation)"
+    )
     retire_parser.add_argument("key_id")
     keys_parser.add_parser("status", help="which keys exist and what they wrap")
 
