@@ -134,7 +134,9 @@ async def signed(
         )
         if media_type(request) != ENVELOPE:
             if service.settings.require_sealed:
-                raise BadEnvelope("this office accepts sealed sync requests only")
+                raise BadEnvelope(
+                    f"this office accepts sealed sync requests only, sent as {ENVELOPE}"
+                )
             return device, reply(request, action(device, decode(request, body, kind)))
         # Every KEM key not yet retired opens: devices move to a rotated key at their own pace.
         header, plaintext = envelope.open_envelope(body, service.keys.kems)
