@@ -7,6 +7,7 @@ import msgspec
 import pytest
 
 from schemas import Add, Delete
+from schemas.state import RecordState
 from server import audit, erasure
 from server.service import SyncService
 from server.settings import Settings
@@ -130,6 +131,12 @@ def test_a_record_whose_old_change_fails_todays_checks_is_kept_and_the_start_goe
     assert store.states([key])[key] == before
     (entry,) = audit.entries(store.db, "catch_up")
     assert entry.detail == {"states": 1, "states_kept": ["case/k-1"]}  # the party was rebuilt
+    # A device that builds its copy from nothing gets the case as the office keeps it; by
+    # its history it could not (its own merge refuses the logged creation).
+    laptop = office.enroll("supervisor", ("Hangzhou",), name="sup")
+    page = laptop.pulled("states")
+    sent = [msgspec.msgpack.decode(item["state"], type=RecordState) for item in page["items"]]
+    assert [s for s in sent if s.record_id == "k-1"] == [before]
 
 
 def test_a_start_killed_between_chunks_goes_on_from_there_and_logs_everything(office, monkeypatch):
