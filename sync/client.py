@@ -485,9 +485,9 @@ class DeviceClient:
         dropped with the server layer it led to, and everything is pulled again:
         the device then holds what the office holds now, and nothing it lost.
 
-        While a page is applied, the next one is already asked for (a thread
-        that only signs nothing, seals, sends and opens): the office reads it
-        meanwhile, instead of waiting for the device.
+        While a page is applied, the next one is already asked for, by a thread
+        that only seals, sends and opens (it never touches the device file): the
+        office reads it meanwhile, instead of waiting for the device.
         """
         self._enrolled()
         if self._store.fold_due:
@@ -605,7 +605,10 @@ class DeviceClient:
                     skipped += 1  # a type this client does not know: as for a change
                     continue
                 key = (state.record_type, state.record_id)
+                if state.vv:  # as for a pulled change: later stamps come after what it holds
+                    self._clock.receive(max(state.vv.values()))
                 states[key] = state
+                written.discard(key)
                 as_sent[key] = item.state
                 sent.append(state)
                 continue

@@ -1522,3 +1522,15 @@ def test_the_next_page_is_asked_for_while_one_is_applied_and_its_refusal_handled
     assert [r.url.path for r in sent][:4] == ["/v2/sync/pull"] * 2 + ["/v1/office", "/v2/sync/pull"]
     assert report.states == 3
     assert [chen.record("case", f"k-{n}").title for n in range(3)] == ["Case 0", "Case 1", "Case 2"]
+
+
+def test_a_device_stamps_its_edits_after_the_states_its_first_pull_brought(office):
+    wang = office.device("wang", "mediator")
+    wang.edit("case", "k-1", set={"title": "Drains", "location": XIANGMIHU})
+    wang.sync()
+    hour_behind = office.device("chen", "supervisor", wall_ms=lambda: office.wall() - 3_600_000)
+    assert hour_behind.pull().states == 1
+
+    change = hour_behind.edit("case", "k-1", set={"priority": "high"})
+
+    assert change.hlc > max(hour_behind._store.state(("case", "k-1")).vv.values())
