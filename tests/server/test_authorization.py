@@ -94,6 +94,20 @@ def test_pull_sends_each_role_exactly_what_it_may_see(district, who, version):
     assert pulled_records(district[who], version) == SEES[who]
 
 
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("who", list(SEES))
+def test_a_pull_from_states_sends_each_role_exactly_what_it_may_see(district, who, version):
+    phone, cursor, held = district[who], "states", set()
+    while True:
+        page = phone.pulled(cursor, version)
+        states = [msgspec.msgpack.decode(i["state"]) for i in page["items"]]
+        held |= {(s["record_type"], s["record_id"]) for s in states}
+        cursor = page["cursor"]
+        if not page["has_more"]:
+            break
+    assert held == SEES[who]
+
+
 @pytest.mark.parametrize("who", list(SEES))
 def test_changing_an_existing_record_needs_sight_of_it(district, who):
     phone = district[who]
