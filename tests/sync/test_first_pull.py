@@ -1,0 +1,102 @@
+"""A device's first pull from the cursor "states" (PROTOCOL.md section 12), with the office
+changing while it goes on: records edited, entering and leaving the device's view.
+
+Whatever happens between its pages, once the device has pulled to the end it holds
+exactly the records its user may see, each exactly as the office holds it.
+"""
+
+import random
+
+import pytest
+
+from schemas import Add, Remove
+from sync.client import DeviceClient
+from sync.replica_store import RecordKey
+from tests.sync import test_client
+from tests.sync.test_client import XIANGMIHU, Office
+
+office = test_client.office  # the fixture: an office in process, devices enrolled with it
+
+PRIORITIES = ["low", "normal", "high", "urgent"]
+
+
+class Field:
+    """Three mediators' phones at work on a few cases, one random step at a time."""
+
+    def __init__(self, office: Office, rng: random.Random, watched: str | None) -> None:
+        self.office = office
+        self.rng = rng
+        self.phones = [office.device(f"m{n}", "mediator") for n in range(3)]
+        self.mediators = [phone.identity.user_id for phone in self.phones]
+        self.watched = watched  # a mediator whom the others assign and take off cases
+        self.cases: list[str] = []
+
+    def step(self) -> None:
+        rng, phone = self.rng, self.rng.choice(self.phones)
+        self.office.wall.tick(rng.randint(1, 2_000))
+        held = [c for c in self.cases if phone.record("case", c) is not None]
+        roll = rng.random()
+        if roll < 0.3 or not held:
+            case_id = f"k-{len(self.cases)}"
+            self.cases.append(case_id)
+            team = [*self.mediators, *([self.watched] if self.watched else [])]
+            ops = [Add(field="mediators", value=m) for m in rng.sample(team, rng.randint(0, 2))]
+            phone.edit("case", case_id, set={"title": case_id, "location": XIANGMIHU}, ops=ops)
+        elif roll < 0.7 or self.watched is None:
+            fields = {"summary": f"step {rng.random():.6f}", "priority": rng.choice(PRIORITIES)}
+            name = rng.choice(list(fields))
+            phone.edit("case", rng.choice(held), set={name: fields[name]})
+        else:
+            kind = rng.choice([Add, Remove])
+            phone.edit("case", rng.choice(held), ops=[kind(field="mediators", value=self.watched)])
+        if rng.random() < 0.6:
+            phone.sync()
+
+    def settle(self) -> None:
+        for phone in self.phones:
+            phone.sync()
+
+
+def held_by(device: DeviceClient, keys: list[RecordKey]) -> dict:
+    return device._store.states(keys)
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("role", ["supervisor", "mediator"])
+def test_a_first_pull_with_the_office_changing_between_pages_ends_as_the_office_holds(
+    office, monkeypatch, seed, role
+):
+    rng = random.Random(seed)
+    laptop = office.device("laptop", role, pull_limit=rng.choice([1, 2, 3]))
+    user_id = laptop.identity.user_id
+    field = Field(office, rng, user_id if role == "mediator" else None)
+    for _ in range(rng.randint(5, 25)):
+        field.step()
+    field.settle()
+    apply_page = laptop._apply_page
+
+    applied = []
+
+    def with_the_office_at_work(page, staging=False):
+        done = apply_page(page, staging)
+        applied.append(page)
+        if len(applied) <= 8:  # and then let the pull catch up with the office
+            for _ in range(rng.randint(0, 3)):
+                field.step()
+        return done
+
+    monkeypatch.setattr(laptop, "_apply_page", with_the_office_at_work)
+    first = laptop.pull()
+    monkeypatch.undo()
+    field.settle()
+    laptop.pull()
+
+    assert first.states > 0 or not office.rows("SELECT 1 FROM access WHERE user_id = ?", user_id)
+    keys = [("case", case_id) for case_id in field.cases]
+    visible = [
+        tuple(row)
+        for row in office.rows(
+            "SELECT record_type, record_id FROM access WHERE user_id = ?", user_id
+        )
+    ]
+    assert held_by(laptop, keys) == office.store.states(visible)
