@@ -360,7 +360,7 @@ class SyncService:
                     if cursor == STATES_CURSOR
                     else self._open_states_cursor(marks, device, str(cursor), last)
                 )
-                states, sent = self._states(conn, user_id, begun, after, limit)
+                states, sent = self._states(conn, user_id, begun, after, limit, last)
                 if sent is not None:
                     return self._page(states, self._states_cursor(marks, device, begun, sent), True)
                 # Every record is sent: the rest of the page is the log since the first page.
@@ -402,6 +402,7 @@ class SyncService:
         begun: int,
         after: RecordKey,
         limit: int,
+        last: int,
     ) -> tuple[list[PulledItem], RecordKey | None]:
         """The next records after `after` in key order that the user may see, as the office
         holds them now, for a device that holds nothing yet: one state a record instead of
@@ -413,10 +414,14 @@ class SyncService:
         version vector (PROTOCOL.md section 12).
         """
         want = min(limit, STATES_PER_PAGE)
+        # Not a grant at a position the log has not reached (a start's catch-up grants
+        # after the last change): it may be taken back there with no eviction, as never
+        # served. The log part serves it once a change is logged there.
         keys = conn.execute(
             "SELECT record_type, record_id FROM access WHERE user_id = ?"
-            " AND (record_type, record_id) > (?, ?) ORDER BY record_type, record_id LIMIT ?",
-            [user_id, *after, want + 1],
+            " AND (record_type, record_id) > (?, ?) AND since_seq <= ?"
+            " ORDER BY record_type, record_id LIMIT ?",
+            [user_id, *after, last, want + 1],
         ).fetchall()
         page: list[RecordKey] = [(t, i) for t, i in keys[:want]]
         # Read in this pull's view, after `begun` was fixed: each holds the log up to it.
