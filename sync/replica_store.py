@@ -418,7 +418,9 @@ class ReplicaStore:
 
         This device's changes the office had accepted, or may have, go back to
         `pending`: a restored office may have lost them, and sending them again costs
-        nothing where it has not (they are answered `duplicate`).
+        nothing where it has not (they are answered `duplicate`). Whether local reads
+        replay them stays as it was: one to a record that left this device's view must
+        not bring a copy of it back (a pull from "states" replays no old eviction).
         """
         self.drop_server_layer()
         # Batches awaiting their answer are made again too, so that every change goes
@@ -426,7 +428,7 @@ class ReplicaStore:
         # the restore lost `stale_stamp`.
         self._db.execute("DELETE FROM batches")
         self._db.execute(
-            "UPDATE outbox SET state = 'pending', overlay = 1, batch_id = NULL, seq = NULL,"
+            "UPDATE outbox SET state = 'pending', batch_id = NULL, seq = NULL,"
             " reason = NULL, detail = NULL WHERE state IN ('applied', 'conflict', 'sent')"
             " OR (state = 'duplicate' AND reason IS NULL)"
         )
