@@ -360,18 +360,22 @@ class SyncService:
                     if cursor == STATES_CURSOR
                     else self._open_states_cursor(marks, device, str(cursor), last)
                 )
+                # The states read now hold the log up to `last`: a restore that lost any
+                # of it must refuse the cursors to come (`held`, bound in each of them).
+                held = last
                 states, sent = self._states(conn, user_id, begun, after, limit, last)
                 if sent is not None:
-                    return self._page(states, self._states_cursor(marks, device, begun, sent), True)
+                    next_cursor = self._states_cursor(marks, device, begun, held, sent)
+                    return self._page(states, next_cursor, True)
                 # Every record is sent: the rest of the page is the log since the first page.
                 position = seq = begun
                 limit -= len(states)
             else:
-                position, seq = self._open_cursor(marks, device, cursor, last)
+                position, seq, held = self._open_cursor(marks, device, cursor, last)
             if limit == 0:
-                return self._page(states, self._cursor(marks, device, position, seq), True)
+                return self._page(states, self._cursor(marks, device, position, seq, held), True)
             page = read_page(conn, user_id, position, seq, limit, last)
-            cursor = self._cursor(marks, device, page.end, page.end_seq)
+            cursor = self._cursor(marks, device, page.end, page.end_seq, held)
         rows, evictions, has_more = page.rows, page.evictions, page.has_more
         raws = self.store.open_changes([row[2:6] for row in rows])
         items: list[tuple[int, int, PulledChange | Eviction]] = [
@@ -431,69 +435,82 @@ class SyncService:
         ]
         return items, page[-1] if len(keys) > want else None
 
-    def _states_cursor(self, marks: Marks, device: Device, begun: int, sent: RecordKey) -> str:
-        key = f"{sent[0]}/{sent[1]}"
-        return f"s1.{begun}.{self._mac(device, f's1.{begun}.{key}', marks(begun, begun))}.{key}"
+    def _states_cursor(
+        self, marks: Marks, device: Device, begun: int, held: int, sent: RecordKey
+    ) -> str:
+        """After `sent`, in a pull from states begun at `begun`, whose device holds the
+        log up to `held`: the change ids at both are bound in, as a v2 cursor binds its."""
+        body, key = f"s1.{begun}.{held}", f"{sent[0]}/{sent[1]}"
+        return f"{body}.{self._mac(device, f'{body}.{key}', marks(begun, held))}.{key}"
 
     def _open_states_cursor(
         self, marks: Marks, device: Device, cursor: str, last: int
     ) -> tuple[int, tuple[str, str]]:
         """Where a states cursor's pull began, and the last record key it sent."""
-        parts = cursor.split(".", 3)
+        parts = cursor.split(".", 4)
         if (
             not cursor.isascii()
-            or len(parts) != 4
-            or not parts[1].isdigit()
-            or parts[3].count("/") != 1
+            or len(parts) != 5
+            or not (parts[1].isdigit() and parts[2].isdigit())
+            or parts[4].count("/") != 1
         ):
             raise BadCursor("not a cursor this server issued")
-        begun = int(parts[1])
-        if begun > MAX_SEQ:
+        begun, held = int(parts[1]), int(parts[2])
+        if begun > held or held > MAX_SEQ:
             raise BadCursor("not a cursor this server issued")
-        expected = self._mac(device, f"s1.{parts[1]}.{parts[3]}", marks(begun, begun))
-        if not hmac.compare_digest(parts[2], expected):
-            raise BadCursor(
-                "not a cursor this server issued to this device, or issued before the office"
-                " was restored from a backup: pull again from no cursor"
-            )
-        if begun > last:
+        body = f"s1.{parts[1]}.{parts[2]}.{parts[4]}"
+        self._check_mac(parts[3], device, body, marks(begun, held))
+        if held > last:
             raise BadCursor("the cursor is ahead of this server's log (restored from a backup?)")
-        record_type, record_id = parts[3].split("/")
+        record_type, record_id = parts[4].split("/")
         return begun, (record_type, record_id)
 
-    def _cursor(self, marks: Marks, device: Device, position: int, seq: int) -> str:
+    def _cursor(self, marks: Marks, device: Device, position: int, seq: int, held: int = 0) -> str:
+        """After `(position, seq)`; while the device holds states reaching further into
+        the log (`held`, from a pull from states), the change id there is bound in too."""
+        if held > position:
+            body = f"{position}.{seq}.{held}"
+            bound = f"{marks(position, seq)}.{marks(held, held)}"
+            return f"v3.{body}.{self._mac(device, body, bound)}"
         body = f"{position}.{seq}"
         return f"v2.{body}.{self._mac(device, body, marks(position, seq))}"
 
     def _open_cursor(
         self, marks: Marks, device: Device, cursor: str | None, last: int
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, int]:
+        """The `(position, seq)` after which a cursor reads, and how far the log its device
+        holds reaches beyond them (0 if not)."""
         if cursor is None:
-            return 0, 0
+            return 0, 0, 0
         parts = cursor.split(".")
         # ASCII only: hmac.compare_digest refuses other text, and "²".isdigit() holds.
         if (
             not cursor.isascii()
-            or len(parts) != 4
-            or parts[0] not in ("v1", "v2")
-            or not (parts[1].isdigit() and parts[2].isdigit())
+            or (parts[0], len(parts)) not in (("v1", 4), ("v2", 4), ("v3", 5))
+            or not all(part.isdigit() for part in parts[1:-1])
         ):
             raise BadCursor("not a cursor this server issued")
-        body = f"{parts[1]}.{parts[2]}"
-        position, seq = int(parts[1]), int(parts[2])
-        if seq > position or position > MAX_SEQ:  # never issued so, nor read from the log
-            raise BadCursor("not a cursor this server issued")
+        position, seq, *rest = map(int, parts[1:-1])
+        held = rest[0] if rest else 0
+        if seq > position or position > MAX_SEQ or (rest and not position < held <= MAX_SEQ):
+            raise BadCursor("not a cursor this server issued")  # never issued so
+        body = ".".join(parts[1:-1])
         # Version 1 cursors (issued before the log was bound in) still open, unbound.
-        bound = marks(position, seq) if parts[0] == "v2" else None
-        if not hmac.compare_digest(parts[3], self._mac(device, body, bound)):
+        bound = None if parts[0] == "v1" else marks(position, seq)
+        if held:
+            bound = f"{bound}.{marks(held, held)}"
+        self._check_mac(parts[-1], device, body, bound)
+        # Said only of a cursor the server issued: a forged one learns nothing of the log.
+        if max(position, held) > last:
+            raise BadCursor("the cursor is ahead of this server's log (restored from a backup?)")
+        return position, seq, held
+
+    def _check_mac(self, mac: str, device: Device, body: str, marks: str | None) -> None:
+        if not hmac.compare_digest(mac, self._mac(device, body, marks)):
             raise BadCursor(
                 "not a cursor this server issued to this device, or issued before the office"
-                " was restored from a backup: pull again from no cursor"
+                " was restored from a backup: pull again from the start"
             )
-        # Said only of a cursor the server issued: a forged one learns nothing of the log.
-        if position > last:
-            raise BadCursor("the cursor is ahead of this server's log (restored from a backup?)")
-        return position, seq
 
     def _mac(self, device: Device, body: str, marks: str | None) -> str:
         message = f"{device.device_id}.{body}" + ("" if marks is None else f".{marks}")

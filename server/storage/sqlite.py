@@ -235,14 +235,16 @@ class SqliteStore:
         return found
 
     def encoded_states(self, keys: Iterable[RecordKey]) -> dict[RecordKey, bytes]:
-        """Like `states` off the writer's thread, each as MessagePack bytes: for a first
-        pull, which reads every record once. A checkpoint that no logged change follows
-        goes as stored, neither decoded nor encoded again; the rest come from `states`
-        (the writer's cache, or merged from the log)."""
+        """The newest state of each existing record among `keys` (erased ones left out),
+        as MessagePack bytes, as this thread's snapshot sees them and no newer (a pull's
+        cursor binds the log its device holds): for a first pull, which reads every record
+        once. A checkpoint that no logged change follows goes as stored, neither decoded
+        nor encoded again; the rest come from the writer's cache, or merged from the log."""
         self._fresh()
         found: dict[RecordKey, bytes] = {}
         wanted = list(keys)
         with self.snapshot() as conn:
+            (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()
             for chunk in _chunks(wanted):
                 marks = ",".join("(?, ?)" for _ in chunk)
                 rows = conn.execute(
@@ -259,7 +261,13 @@ class SqliteStore:
                     if (data_key := data_keys.get(key)) is not None:  # None: erased
                         found[key] = open_sealed(data_key, sealed, bind("records", key))
             rest = [key for key in wanted if key not in found]
-            found.update((key, _encode(state)) for key, state in self.states(rest).items())
+            # A cached state no change after `last` has moved is the one this view sees.
+            cached = self._cache.get(rest, committed=True)
+            cached = {key: c for key, c in cached.items() if c.seq <= last}
+            erased = self.vault.erased(cached)
+            found.update((key, _encode(c.state)) for key, c in cached.items() if key not in erased)
+            rest = [key for key in rest if key not in cached]
+            found.update((key, _encode(c.state)) for key, c in self._load(conn, rest).items())
         return found
 
     def rebuild(self, keys: Iterable[RecordKey]) -> tuple[int, list[RecordKey]]:

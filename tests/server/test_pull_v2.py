@@ -188,16 +188,17 @@ def test_a_states_cursor_opens_only_for_its_device_and_as_issued(office):
     sibling = office.enroll_with(code)
     issued = page_of(sibling, sibling.pull_v2(sibling.pull_v2_body("states", limit=1))).cursor
     assert issued.startswith("s1.")
-    version, begun, mac, key = issued.split(".", 3)
+    version, begun, held, mac, key = issued.split(".", 4)
     stored = office.fingerprint()
 
     for cursor in (
         issued,  # another device's
-        f"{version}.{begun}.{mac}.case/k-9",  # another place in the list
-        f"{version}.{begun}.{'0' * 32}.{key}",  # forged
-        f"{version}.{begun}.{mac}",
-        f"{version}.{begun}.{mac}.casek-1",
-        f"{version}.é.{mac}.{key}",
+        f"{version}.{begun}.{held}.{mac}.case/k-9",  # another place in the list
+        f"{version}.{begun}.{int(held) + 1}.{mac}.{key}",  # holding another stretch of log
+        f"{version}.{begun}.{held}.{'0' * 32}.{key}",  # forged
+        f"{version}.{begun}.{held}.{mac}",
+        f"{version}.{begun}.{held}.{mac}.casek-1",
+        f"{version}.é.{held}.{mac}.{key}",
     ):
         answer = phone.pull_v2(phone.pull_v2_body(cursor))
         assert error_of(answer) == (400, "bad_cursor"), cursor
