@@ -160,8 +160,9 @@ def forget(store: SqliteStore, keys: list[RecordKey]) -> None:
 def index_stored(store: SqliteStore, states: Mapping[RecordKey, RecordState]) -> None:
     """Index rows for records stored before their index was kept (0006 and 0010 made
     the tables empty, to be filled as records were written again), dated as the office
-    received them, not now: `received_ms` by the record's first logged change, and
-    `resolved_ms` or `executed_ms` by the change that wrote the status it shows."""
+    received them, not now: `received_ms` by the record's first logged change,
+    `resolved_ms` and `executed_ms` by the change that brought the record to where it
+    stands (`_arrival`)."""
     db = store.db.conn
     for key, state in states.items():
         first, seq = db.execute(
@@ -170,9 +171,7 @@ def index_stored(store: SqliteStore, states: Mapping[RecordKey, RecordState]) ->
             " (SELECT max(seq) FROM changes WHERE record_type = ?1 AND record_id = ?2)",
             key,
         ).fetchone()
-        shown = getattr(materialize(state, ("status",)), "status", None)
-        writes = [w for w in state.history.get("status", ()) if w.value == shown]
-        status_change = max(writes, key=rank_key).change_id if writes else first
+        status_change = _arrival(state, key[0]) or first
         received = _received_ms(db, {first, status_change})
         index_records(store, {key: (state, seq)}, received[status_change])
         record_type, record_id = key
@@ -184,6 +183,19 @@ def index_stored(store: SqliteStore, states: Mapping[RecordKey, RecordState]) ->
     cases = {i for t, i in states if t == "case"}
     people = {(kind, value) for _, kind, value in repeats.holdings(store.db, cases)}
     repeats.refresh_around(store.db, cases, people)
+
+
+def _arrival(state: RecordState, record_type: str) -> str | None:
+    """The change id of the status write that the live index would have dated: a case's
+    first into resolved or closed since it was last reopened, an agreement's first into
+    executed or superseded (the index keeps those times while the status stays there)."""
+    writes = sorted(state.history.get("status", ()), key=rank_key)
+    if record_type == "agreement":
+        return next((w.change_id for w in writes if w.value in EXECUTED), None)
+    since = None
+    for write in writes:
+        since = (since or write) if write.value in RESOLVED else None
+    return since.change_id if since else None
 
 
 def _received_ms(db: sqlite3.Connection, change_ids: set[str]) -> dict[str, int]:

@@ -323,12 +323,15 @@ def test_records_stored_before_the_console_indexes_enter_them_dated_as_received(
     acted = service.act(supervisor, [mediator.change("case", "k-2", s) for s in resolving])
     assert [r["status"] for r in answers["results"]] + [r.status for r in acted] == ["applied"] * 4
     office.wall.tick(86_400_000)
+    closing = mediator.pushed([mediator.change("case", "k-1", {"status": "closed"})], "b-4")
+    assert closing["results"][0]["status"] == "applied"  # still dated by when it was resolved
+    office.wall.tick(86_400_000)
     db = office.store.db
     tables = ("case_index", "warning_index", "agreement_index")
     rows = {table: f"SELECT * FROM {table} ORDER BY 1" for table in tables}
     written = {table: db.execute(query).fetchall() for table, query in rows.items()}
     assert [row[0] for row in written["case_index"]] == ["k-1", "k-2"]
-    assert [row[1] for row in written["case_index"]] == ["resolved", "resolved"]
+    assert [row[1] for row in written["case_index"]] == ["closed", "resolved"]
     assert written["case_index"][1][-1] == 1  # k-2 is a repeat petition: p-1 came with k-1
     for table in tables:  # as an office from before those indexes holds them
         db.execute(f"DELETE FROM {table}")
