@@ -429,9 +429,9 @@ class SyncService:
         ).fetchall()
         page: list[RecordKey] = [(t, i) for t, i in keys[:want]]
         # Read in this pull's view, after `begun` was fixed: each holds the log up to it.
-        held = self.store.encoded_states(page)
+        found = self.store.encoded_states(page)
         items: list[PulledItem] = [
-            PulledState(seq=begun, state=held[key]) for key in page if key in held
+            PulledState(seq=begun, state=found[key]) for key in page if key in found
         ]
         return items, page[-1] if len(keys) > want else None
 

@@ -418,20 +418,23 @@ class ReplicaStore:
 
         This device's changes the office had accepted, or may have, go back to
         `pending`: a restored office may have lost them, and sending them again costs
-        nothing where it has not (they are answered `duplicate`). Whether local reads
-        replay them stays as it was: one to a record that left this device's view must
-        not bring a copy of it back (a pull from "states" replays no old eviction).
+        nothing where it has not (they are answered `duplicate`). Local reads replay
+        those to records still in this device's view until the pull brings them back
+        (the restore may have lost them), but not those to records that left it: they
+        must not bring a copy back (a pull from "states" replays no old eviction).
         """
-        self.drop_server_layer()
         # Batches awaiting their answer are made again too, so that every change goes
         # in the order it was made: one of theirs first would make an older change that
         # the restore lost `stale_stamp`.
         self._db.execute("DELETE FROM batches")
         self._db.execute(
             "UPDATE outbox SET state = 'pending', batch_id = NULL, seq = NULL,"
-            " reason = NULL, detail = NULL WHERE state IN ('applied', 'conflict', 'sent')"
+            " reason = NULL, detail = NULL, overlay = overlay OR EXISTS (SELECT 1 FROM records r"
+            " WHERE r.record_type = outbox.record_type AND r.record_id = outbox.record_id)"
+            " WHERE state IN ('applied', 'conflict', 'sent')"
             " OR (state = 'duplicate' AND reason IS NULL)"
         )
+        self.drop_server_layer()
 
     # -- the outbox ---------------------------------------------------------------------
 
