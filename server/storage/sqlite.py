@@ -36,7 +36,7 @@ from schemas.state import RecordState
 from server.keys import OfficeKeys
 from server.settings import CACHED_STATES, PACKED_STATES, Settings
 from server.storage.migrations import migrate
-from server.storage.state_cache import Cached, Checkpoint, StateCache, checkpoint
+from server.storage.state_cache import Cached, Checkpoint, Packed, StateCache, checkpoint
 from server.storage.vault import Vault
 from sync import merge
 from sync.atrest import create_private, open_sealed, seal
@@ -261,11 +261,16 @@ class SqliteStore:
                     if (data_key := data_keys.get(key)) is not None:  # None: erased
                         found[key] = open_sealed(data_key, sealed, bind("records", key))
             rest = [key for key in wanted if key not in found]
-            # A cached state no change after `last` has moved is the one this view sees.
-            cached = self._cache.get(rest, committed=True)
+            # A cached state no change after `last` has moved is the one this view sees;
+            # one the cache holds encoded goes as it is.
+            cached = self._cache.peek(rest, committed=True)
             cached = {key: c for key, c in cached.items() if c.seq <= last}
             erased = self.vault.erased(cached)
-            found.update((key, _encode(c.state)) for key, c in cached.items() if key not in erased)
+            found.update(
+                (key, c.encoded if isinstance(c, Packed) else _encode(c.state))
+                for key, c in cached.items()
+                if key not in erased
+            )
             rest = [key for key in rest if key not in cached]
             found.update((key, _encode(c.state)) for key, c in self._load(conn, rest).items())
         return found

@@ -112,13 +112,17 @@ class StateCache:
         found.update((key, entry.unpacked()) for key, entry in packed.items())
         return found
 
-    def peek(self, keys: Iterable[RecordKey]) -> dict[RecordKey, Cached | Packed]:
-        """The entries among `keys` as held (encoded ones left so), marking none as used."""
+    def peek(
+        self, keys: Iterable[RecordKey], committed: bool = False
+    ) -> dict[RecordKey, Cached | Packed]:
+        """The entries among `keys` as held (encoded ones left so), marking none as used.
+        With `committed`, none that the writer's open transaction put here."""
         with self._lock:
             return {
                 key: entry
                 for key in keys
-                if (entry := self._entries.get(key) or self._packed.get(key)) is not None
+                if not (committed and key in self._uncommitted)
+                and (entry := self._entries.get(key) or self._packed.get(key)) is not None
             }
 
     def put(self, key: RecordKey, cached: Cached) -> list[Checkpoint]:

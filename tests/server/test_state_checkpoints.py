@@ -479,6 +479,42 @@ def test_another_thread_reads_only_committed_states_while_a_batch_is_open(
     store.close()
 
 
+def test_encoded_states_are_the_committed_states_from_every_tier(tmp_path):
+    """What a pull from "states" sends: each record's newest committed state, as bytes,
+    whether its checkpoint is current, its newer state is cached decoded or encoded, or
+    it is merged from the log; never a state a batch still open has written."""
+    store = open_store(tmp_path / "lianxin.db", cached_states=1, packed_states=1)
+    clock = server_clock()
+    k3 = ("case", "k-3")
+    sent = [change(1, title="Leak"), change(2, summary="Ceiling stained")]
+    sent += [change(3, K2, title="Noise"), change(4, K2, summary="At night")]
+    sent += [change(5, k3, title="Drains"), change(6, k3, summary="Blocked")]
+    for c in sent:  # each edited after its checkpoint: one decoded, one encoded, one neither
+        apply_batch(store, [c], clock)
+    keys = [K1, K2, k3]
+    committed = fold(sent)
+    seen: list = []
+    opened, read = threading.Event(), threading.Event()
+
+    def first_pull():
+        opened.wait(5)
+        seen.append({k: _decode_state(v) for k, v in store.encoded_states(keys).items()})
+        read.set()
+
+    reader = threading.Thread(target=first_pull)
+    reader.start()
+    with contextlib.suppress(Boom), store.transaction():
+        apply(store, [change(7, title="Not yet"), change(8, k3, title="Not yet")], clock)
+        opened.set()
+        read.wait(5)
+        raise Boom
+    reader.join()
+
+    assert seen == [committed]
+    assert {k: _decode_state(v) for k, v in store.encoded_states(keys).items()} == committed
+    store.close()
+
+
 # --- 3. Another connection ----------------------------------------------------------------
 
 
