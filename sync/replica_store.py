@@ -344,9 +344,7 @@ class ReplicaStore:
             "INSERT OR IGNORE INTO applied (change_id, record_type, record_id) VALUES (?, ?, ?)",
             [(c.change_id, c.record_type, c.record_id) for c in changes],
         )
-        self._db.executemany(
-            "UPDATE outbox SET overlay = 0 WHERE change_id = ?", [(c.change_id,) for c in changes]
-        )
+        self.stop_overlay(c.change_id for c in changes)
 
     def evict(self, key: RecordKey, erased: bool = False) -> None:
         """Forget a record that left this device's view.

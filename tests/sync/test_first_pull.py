@@ -13,8 +13,6 @@ import pytest
 
 from schemas import Add, Remove
 from server.storage import due
-from sync.client import DeviceClient
-from sync.replica_store import RecordKey
 from tests.conftest import make_store
 from tests.sync import test_client
 from tests.sync.test_client import XIANGMIHU, Office, back_up, intercept, restored
@@ -61,10 +59,6 @@ class Field:
             phone.sync()
 
 
-def held_by(device: DeviceClient, keys: list[RecordKey]) -> dict:
-    return device._store.states(keys)
-
-
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("role", ["supervisor", "mediator"])
 def test_a_first_pull_with_the_office_changing_between_pages_ends_as_the_office_holds(
@@ -103,7 +97,7 @@ def test_a_first_pull_with_the_office_changing_between_pages_ends_as_the_office_
             "SELECT record_type, record_id FROM access WHERE user_id = ?", user_id
         )
     ]
-    assert held_by(laptop, keys) == office.store.states(visible)
+    assert laptop._store.states(keys) == office.store.states(visible)
 
 
 def test_a_grant_a_start_takes_back_before_the_log_reaches_it_is_not_sent(office):
