@@ -84,9 +84,22 @@ class PushResponse(msgspec.Struct, frozen=True, kw_only=True):
 STATES_CURSOR = "states"
 
 
+class Pushed(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """A device's newest change the office accepted, where the office logged it.
+
+    Sent with each pull until one has passed it: the cursor binds only what the
+    device pulled, so this is what tells a device that an office restored from a
+    backup lost its change (PROTOCOL.md section 12).
+    """
+
+    seq: Annotated[int, msgspec.Meta(ge=1, le=2**53)]
+    change_id: Id
+
+
 class PullRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     cursor: Cursor | None = None
     limit: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    pushed: Pushed | None = None
 
 
 class SignedPull(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
@@ -98,6 +111,9 @@ class SignedPull(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fi
     cursor: Annotated[Cursor, msgspec.Meta(min_length=1)] | None  # null, never empty
     limit: Annotated[int, msgspec.Meta(ge=1)]
     signature: Signature64
+    # Last, so that a pull of six elements, from before it, still decodes; and left out
+    # when None (`sync.signing.encode_pull`).
+    pushed: Pushed | None = None
 
 
 class PulledChange(msgspec.Struct, frozen=True, kw_only=True, tag="change", omit_defaults=True):

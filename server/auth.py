@@ -106,7 +106,7 @@ def authenticate_pull(
     """The device that signed this version 2 pull; its request id is the nonce."""
     device = _enrolled(pull.device_id, directory)
     message = signing.pull_message(
-        pull.device_id, pull.request_id, pull.timestamp_ms, pull.cursor, pull.limit
+        pull.device_id, pull.request_id, pull.timestamp_ms, pull.cursor, pull.limit, pull.pushed
     )
     _admit(
         device,

@@ -29,6 +29,7 @@ from schemas.wire import (
     PulledState,
     PullPage,
     PullRequest,
+    Pushed,
     PushRequest,
     PushResponse,
 )
@@ -351,6 +352,8 @@ class SyncService:
         cursor = request.cursor
         states: list[PulledItem] = []
         with self.store.snapshot() as conn:
+            if request.pushed is not None:
+                _check_pushed(conn, device, request.pushed)
             (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()
             # A pull with nothing new ends where it began: the log is read for it once.
             marks = functools.cache(functools.partial(_log_marks, conn))
@@ -515,6 +518,24 @@ class SyncService:
     def _mac(self, device: Device, body: str, marks: str | None) -> str:
         message = f"{device.device_id}.{body}" + ("" if marks is None else f".{marks}")
         return hmac.new(self.keys.cursor_secret, message.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _check_pushed(conn: sqlite3.Connection, device: Device, pushed: Pushed) -> None:
+    """Refuse a pull whose device's change is not where the office said it logged it.
+
+    A cursor binds what its device pulled, not what it pushed beyond: an office
+    restored from a backup taken between the two lost the change, and the device,
+    holding it as accepted, would never send it again.
+    """
+    row = conn.execute(
+        "SELECT change_id, device_id FROM changes WHERE seq = ?", [pushed.seq]
+    ).fetchone()
+    if row != (pushed.change_id, device.device_id):
+        raise BadCursor(
+            f"this office does not hold the change this device pushed at seq {pushed.seq}"
+            " (restored from a backup?): pull again from the start, and send again every"
+            " change it accepted"
+        )
 
 
 def _log_marks(conn: sqlite3.Connection, position: int, seq: int) -> str:

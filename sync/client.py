@@ -63,6 +63,7 @@ from schemas.wire import (
     PulledState,
     PullPage,
     PullRequest,
+    Pushed,
     PushRequest,
     PushResponse,
     SignedPull,
@@ -77,6 +78,7 @@ from sync.errors import (
     BadCursor,
     BadSignature,
     LianxinError,
+    MalformedRequest,
     RateLimited,
     StaleRequest,
     WrongKey,
@@ -112,6 +114,9 @@ REBUILD = "rebuild_server_layer"
 CLOCK_LAST = "clock_last"
 SERVER_OFFSET = "server_offset_ms"
 PUSH_SIGNED_MS = "push_signed_ms"
+# "seq change_id" of the newest change the office accepted, until a pull has passed it
+# (`Pushed`): each pull until then asks whether the office still holds it there.
+PUSHED = "pushed"
 
 
 def _error_classes(root: type[LianxinError] = LianxinError) -> dict[str, type[LianxinError]]:
@@ -474,7 +479,18 @@ class DeviceClient:
             raise LianxinError(f"the answer to batch {batch_id} does not match the batch")
         with self._store.transaction():
             self._store.record_answers(batch_id, answer.results)
+            logged = [(r.seq, r.change_id) for r in answer.results if r.seq is not None]
+            held = self._pushed()
+            if logged and (held is None or max(logged)[0] > held.seq):
+                self._store.set_meta(PUSHED, "{} {}".format(*max(logged)))
         return answer.results
+
+    def _pushed(self) -> Pushed | None:
+        value = self._store.meta(PUSHED)
+        if not isinstance(value, str):
+            return None
+        seq, change_id = value.split(" ")
+        return Pushed(int(seq), change_id)
 
     def pull(self) -> PullReport:
         """Pull pages from the stored cursor until `has_more` is false.
@@ -500,6 +516,8 @@ class DeviceClient:
         # From nothing, the office sends each record as it holds it, not its history; an
         # office from before that refuses the cursor, and sends the history.
         from_nothing = STATES_CURSOR if self._whole_states else None
+        # Likewise an office from before `pushed` refuses a pull that names one.
+        name_pushed = True
         ahead: tuple[str, Future[PullPage]] | None = None  # the next page, on its way
         while True:
             cursor = self._store.meta(CURSOR)
@@ -507,19 +525,26 @@ class DeviceClient:
             request = PullRequest(
                 cursor=cursor if isinstance(cursor, str) and rebuild != "due" else from_nothing,
                 limit=self._pull_limit,
+                pushed=self._pushed() if name_pushed else None,
             )
             tries = [ahead[1]] if ahead and ahead[0] == request.cursor else []
             ahead = None
             try:
                 page = self._learning_office(functools.partial(self._pulled, request, tries))
-            except BadCursor:
-                if request.cursor is None:
+            except MalformedRequest:
+                if request.pushed is None:
                     raise
-                if request.cursor == STATES_CURSOR:
+                name_pushed = False
+                continue
+            except BadCursor:
+                if request.pushed is None and request.cursor is None:
+                    raise
+                if request.pushed is None and request.cursor == STATES_CURSOR:
                     from_nothing = None
                     continue
                 with self._store.transaction():
                     self._store.set_meta(CURSOR, None)
+                    self._store.set_meta(PUSHED, None)  # what it names is sent again
                     self._store.forget_server_layer()
                     self._store.drop_staged()  # a rebuild under way starts again too
                 continue
@@ -529,7 +554,7 @@ class DeviceClient:
                     self._store.set_meta(CURSOR, None)
                     self._store.set_meta(REBUILD, rebuild := "running")
             if page.has_more:
-                following = self._signed_pull(PullRequest(cursor=page.cursor, limit=request.limit))
+                following = self._signed_pull(msgspec.structs.replace(request, cursor=page.cursor))
                 ahead = (page.cursor, network.submit(self._send_v2, "pull", following, PullPage))
             done = self._apply_page(page, staging=rebuild == "running")
             if rebuild == "running" and not page.has_more:
@@ -555,6 +580,9 @@ class DeviceClient:
             else:
                 counts = self._apply_items(page.items)
             self._store.set_meta(CURSOR, page.cursor)
+            if not page.has_more and self._store.meta(PUSHED) is not None:
+                # A last page's cursor binds the log's end, past every change pushed before.
+                self._store.set_meta(PUSHED, None)
             self._store.set_meta(CLOCK_LAST, self._clock.last)
             self._learn_offset(page.server_time_ms)
             if fresh_key:
@@ -781,6 +809,7 @@ class DeviceClient:
             self._server_ms(),
             request.cursor,
             request.limit,
+            request.pushed,
         )
 
     def _send_v2(self, purpose: Purpose, signed: SignedPush | SignedPull, kind: type[T]) -> T:
@@ -788,7 +817,8 @@ class DeviceClient:
         office = self._enrolled().office
         suite = 1
         office_key = X25519PublicKey.from_public_bytes(office.kem_key)
-        body = envelope.seal_v2(purpose, _encode(signed), office.kem_key_id, office_key, suite)
+        sent = signing.encode_pull(signed) if isinstance(signed, SignedPull) else _encode(signed)
+        body = envelope.seal_v2(purpose, sent, office.kem_key_id, office_key, suite)
         media_type = envelope.MEDIA_TYPES[purpose]
         response = self._http.post(
             f"/v2/sync/{purpose}", content=body, headers={"Content-Type": media_type}

@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
+import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from schemas.wire import SignedPull, SignedPush
+from schemas.wire import Pushed, SignedPull, SignedPush
 from sync.errors import BadSignature, WeakKey
 
 REQUEST_PURPOSE = b"lianxin request v1"
@@ -89,11 +90,22 @@ def signed_push(
 
 
 def pull_message(
-    device_id: str, request_id: str, timestamp_ms: int, cursor: str | None, limit: int
+    device_id: str,
+    request_id: str,
+    timestamp_ms: int,
+    cursor: str | None,
+    limit: int,
+    pushed: Pushed | None = None,
 ) -> bytes:
     """What a device signs for a version 2 pull; the cursor goes last, as it may hold
-    anything, and an empty one means none."""
+    anything, and an empty one means none.
+
+    `pushed` adds a line before the limit; it holds a space, which a limit's digits
+    never do, so no pull's message is another's.
+    """
     fields = [device_id, request_id, str(timestamp_ms), str(limit), cursor or ""]
+    if pushed is not None:
+        fields.insert(3, f"{pushed.seq} {pushed.change_id}")
     return PULL_PURPOSE + b"\n" + "\n".join(fields).encode()
 
 
@@ -104,9 +116,10 @@ def signed_pull(
     timestamp_ms: int,
     cursor: str | None,
     limit: int,
+    pushed: Pushed | None = None,
 ) -> SignedPull:
     """A version 2 pull from `cursor`, signed by the device's `key` at `timestamp_ms`."""
-    message = pull_message(device_id, request_id, timestamp_ms, cursor, limit)
+    message = pull_message(device_id, request_id, timestamp_ms, cursor, limit, pushed)
     return SignedPull(
         device_id=device_id,
         request_id=request_id,
@@ -114,7 +127,16 @@ def signed_pull(
         cursor=cursor,
         limit=limit,
         signature=key.sign(message),
+        pushed=pushed,
     )
+
+
+def encode_pull(pull: SignedPull) -> bytes:
+    """A version 2 pull's plaintext; without `pushed`, the six-element array offices from
+    before it read (msgspec writes every field of an array-like struct, defaults too)."""
+    if pull.pushed is None:
+        return msgspec.msgpack.encode(msgspec.structs.astuple(pull)[:-1])
+    return msgspec.msgpack.encode(pull)
 
 
 def signed_digests(manifest: bytes, device_id: str, batch_id: str) -> list[bytes] | None:

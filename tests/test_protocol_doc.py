@@ -22,11 +22,13 @@ from schemas import (
     Lww,
     PulledChange,
     PullPage,
+    Pushed,
     PushResponse,
     Reason,
     Receipt,
     Sealed,
     Signature,
+    SignedPull,
     SignedPush,
     StatusMachine,
 )
@@ -357,8 +359,23 @@ def test_pull_v2_vectors():
     assert signing.pull_message(*args).hex() == v["message_hex"]
     pull = signing.signed_pull(key, *args)
     assert base64.b64encode(pull.signature).decode() == v["signature_b64"]
-    plaintext = msgspec.msgpack.encode(pull)
+    plaintext = signing.encode_pull(pull)
     assert plaintext.hex() == v["plaintext_hex"]
+
+    # The next pull names the newest change the office answered: one line more, signed.
+    pushed = fields("pull-v2-pushed")
+    args = (
+        *(pushed[name] for name in ("device_id", "request_id")),
+        int(pushed["timestamp_ms"]),
+        pushed["cursor"],
+        int(pushed["limit"]),
+        Pushed(int(pushed["pushed_seq"]), pushed["pushed_change_id"]),
+    )
+    assert signing.pull_message(*args).hex() == pushed["message_hex"]
+    named = signing.signed_pull(key, *args)
+    assert base64.b64encode(named.signature).decode() == pushed["signature_b64"]
+    assert signing.encode_pull(named).hex() == pushed["plaintext_hex"]
+    assert msgspec.msgpack.decode(bytes.fromhex(pushed["plaintext_hex"]), type=SignedPull) == named
 
     # The request body: sealed to the office key of the `envelope` vector.
     body = fields("pull-v2-body")

@@ -278,6 +278,7 @@ def test_public_surface_is_pinned():
         "Policy",
         "PullPage",
         "PullRequest",
+        "Pushed",
         "PulledChange",
         "PushRequest",
         "PushResponse",

@@ -116,13 +116,21 @@ class Phone:
         return self.sealed_v2("push", push, key_id)
 
     def pull_v2_body(
-        self, cursor=None, limit=1000, *, timestamp_ms=None, request_id=None, key=None, key_id=None
+        self,
+        cursor=None,
+        limit=1000,
+        *,
+        pushed=None,
+        timestamp_ms=None,
+        request_id=None,
+        key=None,
+        key_id=None,
     ):
         """A version 2 pull from `cursor`, signed and sealed by hand."""
         timestamp_ms = self.wall.ms if timestamp_ms is None else timestamp_ms
         request_id = request_id or f"pull-{self.device_id[-8:]}-{next(self.nonces):08d}"
         pull = signing.signed_pull(
-            key or self.key, self.device_id, request_id, timestamp_ms, cursor, limit
+            key or self.key, self.device_id, request_id, timestamp_ms, cursor, limit, pushed
         )
         self.last_pull = pull
         return self.sealed_v2("pull", pull, key_id)
@@ -131,7 +139,9 @@ class Phone:
         office = self.enrollment.office
         return seal_v2(
             purpose,
-            msgspec.msgpack.encode(signed),
+            signing.encode_pull(signed)
+            if isinstance(signed, SignedPull)
+            else msgspec.msgpack.encode(signed),
             key_id or office.kem_key_id,
             X25519PublicKey.from_public_bytes(office.kem_key),
         )
@@ -162,8 +172,8 @@ class Phone:
         answer = self.push_v2(self.push_v2_body([encode_change(c) for c in changes], batch_id))
         return msgspec.msgpack.decode(self.push_v2_answer(answer))
 
-    def pull(self, cursor=None, limit=1000):
-        body = msgspec.msgpack.encode(PullRequest(cursor=cursor, limit=limit))
+    def pull(self, cursor=None, limit=1000, pushed=None):
+        body = msgspec.msgpack.encode(PullRequest(cursor=cursor, limit=limit, pushed=pushed))
         return self.post("/v1/sync/pull", body)
 
     def pulled(self, cursor=None, version=1):

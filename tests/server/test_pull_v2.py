@@ -8,9 +8,10 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from schemas import PullPage
+from schemas import PullPage, Pushed
 from schemas.state import RecordState
 from server.erasure import erase_case
+from sync import signing
 from sync.changes import decode_change
 from sync.envelope import CompactEnvelope, open_v2_answer
 from sync.errors import Unsealable
@@ -49,6 +50,32 @@ def test_an_answer_opens_only_for_the_pull_it_answers(office):
         open_v2_answer("pull", answer.content, 1, phone.last_pull.signature, phone.kem)
     with pytest.raises(Unsealable):  # nor as the answer to a push signed alike
         open_v2_answer("push", answer.content, 1, first.signature, phone.kem)
+
+
+def test_a_pull_naming_the_devices_change_where_it_was_logged_is_served(office):
+    phone = office.enroll("mediator")
+    (result,) = msgspec.msgpack.decode(phone.push([new_case(phone)]).content)["results"]
+    pushed = Pushed(result["seq"], result["change_id"])
+
+    served = page_of(phone, phone.pull_v2(phone.pull_v2_body(pushed=pushed)))
+
+    assert len(served.items) == 1
+    assert phone.pull(pushed=pushed).status_code == 200  # version 1 alike
+    assert error_of(phone.pull(pushed=Pushed(pushed.seq, "c-9"))) == (400, "bad_cursor")
+
+
+def test_a_pull_may_send_pushed_as_null_or_leave_it_out(office):
+    # Every other pull here leaves it out, as the reference client does.
+    phone = office.enroll("mediator")
+    phone.push([new_case(phone)])
+    phone.pull_v2_body()
+    with_null = msgspec.msgpack.encode(phone.last_pull)
+    left_out = signing.encode_pull(phone.last_pull)
+    assert (left_out[0], with_null) == (0x96, b"\x97" + left_out[1:] + b"\xc0")  # 6 or 7 items
+
+    page = page_of(phone, phone.pull_v2(phone.sealed_v2("pull", msgspec.Raw(with_null))))
+
+    assert len(page.items) == 1
 
 
 def refusals():
@@ -96,6 +123,24 @@ def refusals():
         assert len(page["items"]) == 1 and page["cursor"]  # good for the device it was issued to
         return phone.pull_v2_body(page["cursor"])
 
+    def pushed_elsewhere(office, phone):
+        # Another device's change, named where it was logged: a device vouches only for
+        # its own.
+        other = office.enroll("mediator", name="other")
+        (result,) = msgspec.msgpack.decode(other.push([new_case(other, "k-2")]).content)["results"]
+        return phone.pull_v2_body(pushed=Pushed(result["seq"], result["change_id"]))
+
+    def pushed_altered(office, phone):
+        phone.pull_v2_body(pushed=Pushed(1, "c-1"))
+        altered = msgspec.structs.replace(phone.last_pull, pushed=Pushed(1, "c-2"))
+        return phone.sealed_v2("pull", altered)
+
+    def pushed_at_seq_0(office, phone):
+        phone.pull_v2_body(pushed=Pushed(1, "c-1"))
+        return phone.sealed_v2(
+            "pull", msgspec.structs.replace(phone.last_pull, pushed=Pushed(0, "c-1"))
+        )
+
     return [
         ("not-an-envelope", lambda o, p: b"\x93\x01", 400, "bad_envelope"),
         ("flipped-bit", flipped, 400, "unsealable"),
@@ -123,6 +168,21 @@ def refusals():
         ("another-devices-cursor", cursor_of_another_device, 400, "bad_cursor"),
         ("non-ascii-cursor", lambda o, p: p.pull_v2_body("v1.0.0.é"), 400, "bad_cursor"),
         ("empty-cursor", lambda o, p: p.pull_v2_body(""), 400, "malformed"),
+        (
+            "pushed-beyond-the-log",
+            lambda o, p: p.pull_v2_body(pushed=Pushed(2, "c-1")),
+            400,
+            "bad_cursor",
+        ),
+        (
+            "pushed-another-change",
+            lambda o, p: p.pull_v2_body(pushed=Pushed(1, "c-9")),
+            400,
+            "bad_cursor",
+        ),
+        ("pushed-elsewhere", pushed_elsewhere, 400, "bad_cursor"),
+        ("pushed-altered", pushed_altered, 401, "bad_signature"),
+        ("pushed-at-seq-0", pushed_at_seq_0, 400, "malformed"),
     ]
 
 

@@ -28,6 +28,7 @@ from schemas import (
     Change,
     OfficeInfo,
     PullPage,
+    Pushed,
     PushRequest,
     PushResponse,
     Reason,
@@ -1269,7 +1270,7 @@ def back_up(tmp_path: Path) -> Path:
 
 
 @contextmanager
-def restored(office: Office, backup: Path, *devices: DeviceClient) -> Iterator[None]:
+def restored(office: Office, backup: Path, *devices: DeviceClient) -> Iterator[SqliteStore]:
     """The office as restored from `backup`, serving `devices` meanwhile."""
     store = make_store(backup / "server.db", office.keys)
     app = create_app(Settings(data_dir=backup), store=store, keys=office.keys, wall_ms=office.wall)
@@ -1277,7 +1278,7 @@ def restored(office: Office, backup: Path, *devices: DeviceClient) -> Iterator[N
         with TestClient(app) as http:
             for device in devices:
                 device._http = http
-            yield
+            yield store
     finally:
         for device in devices:
             device._http = office.http
@@ -1301,6 +1302,48 @@ def test_a_change_the_restored_office_lost_is_sent_again_before_a_newer_one(offi
         answers = {e.change_id: (e.state, e.reason) for e in wang.outbox()}
         assert answers[lost.change_id] == answers[newer.change_id] == ("applied", None)
         assert wang.record("case", "k-1").summary == "The neighbour agreed to pay 500"
+
+
+def test_a_change_the_office_lost_before_its_device_pulled_past_it_is_sent_again(office, tmp_path):
+    wang = office.device("wang", "mediator")
+    sun = office.device("sun", "mediator")
+    chen = office.device("chen", "supervisor")
+    wang.edit("case", "k-1", {"title": "Drains", "location": XIANGMIHU})
+    wang.sync()
+    backup = back_up(tmp_path)
+    lost = wang.edit("case", "k-1", {"summary": "The neighbour agreed to pay 500"})
+    wang.push()  # applied, and no pull of this device has passed it; then the restore
+    with restored(office, backup, wang, sun, chen):
+        sun.edit("case", "k-2", {"title": "Noise", "location": XIANGMIHU})
+        sun.sync()  # takes the lost change's place in the log
+        wang.sync()
+        chen.sync()
+        assert chen.record("case", "k-1").summary == "The neighbour agreed to pay 500"
+    assert {e.change_id: e.state for e in wang.outbox()}[lost.change_id] == "applied"
+    assert wang.record("case", "k-1").summary == "The neighbour agreed to pay 500"
+
+
+def test_pulls_name_the_newest_change_the_office_took_until_one_has_passed_it(office, monkeypatch):
+    wang = office.device("wang", "mediator")
+    keys = {office.keys.kem_key_id: office.keys.kem}
+    named: list[Pushed | None] = []
+
+    def watched(send: Callable[[], httpx.Response], request: httpx.Request):
+        if request.url.path == "/v2/sync/pull":
+            pull = msgspec.msgpack.decode(
+                open_v2("pull", request.content, keys)[1], type=SignedPull
+            )
+            named.append(pull.pushed)
+        return send()
+
+    intercept(office.http, monkeypatch, watched)
+    wang.edit("case", "k-1", {"title": "Drains", "location": XIANGMIHU})
+    newest = wang.edit("case", "k-2", {"title": "Noise", "location": XIANGMIHU})
+    answers = wang.push()
+    wang.pull()
+    wang.pull()
+
+    assert named == [Pushed(answers[1].seq or 0, newest.change_id), None]
 
 
 def test_a_restored_office_gets_a_lost_change_before_a_batch_that_was_never_answered(
@@ -1464,18 +1507,22 @@ def test_own_changes_that_a_first_pulls_states_hold_show_from_them_not_on_top(of
 
 
 def test_an_office_that_refuses_the_states_cursor_is_pulled_from_no_cursor(office, monkeypatch):
-    # An office from before the cursor "states" answers it bad_cursor (PROTOCOL.md section 12).
+    # An office from before the cursor "states" answers it bad_cursor, and one from before
+    # `pushed` finds a pull naming one malformed (PROTOCOL.md section 12).
     wang = office.device("wang", "mediator")
     wang.edit("case", "k-1", set={"title": "Drains", "status": "new"})
     wang.push()
     keys = {office.keys.kem_key_id: office.keys.kem}
-    cursors: list[str | None] = []
+    pulls: list[tuple[str | None, bool]] = []
 
     def as_an_older_office(send: Callable[[], httpx.Response], request: httpx.Request):
         if request.url.path == "/v2/sync/pull":
             _, plaintext = open_v2("pull", request.content, keys)
             pull = msgspec.msgpack.decode(plaintext, type=SignedPull)
-            cursors.append(pull.cursor)
+            pulls.append((pull.cursor, pull.pushed is not None))
+            if pull.pushed is not None:
+                refusal = {"error": "malformed", "detail": "Expected `array` of length 6"}
+                return httpx.Response(400, json=refusal, request=request)
             if pull.cursor == "states":
                 refusal = {"error": "bad_cursor", "detail": "not a cursor this server issued"}
                 return httpx.Response(400, json=refusal, request=request)
@@ -1484,7 +1531,7 @@ def test_an_office_that_refuses_the_states_cursor_is_pulled_from_no_cursor(offic
     intercept(office.http, monkeypatch, as_an_older_office)
     report = wang.pull()
 
-    assert cursors == ["states", None]
+    assert pulls == [("states", True), ("states", False), (None, False)]
     assert (report.applied, report.states) == (1, 0)
     assert wang.record("case", "k-1").title == "Drains"
 
