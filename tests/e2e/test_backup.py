@@ -141,3 +141,36 @@ def test_a_tampered_backup_is_refused(tmp_path):
     assert "FAIL lianxin.db: SHA-256" in refused.stdout
     assert "differs from the manifest" in refused.stdout
     assert not restored.exists()
+
+
+def test_a_change_pushed_after_the_backup_is_sent_again_to_the_restored_office(server, tmp_path):
+    # The phone's cursor was issued before the backup, so the restored office still
+    # opens it: only the change it names as pushed tells it the office lost one.
+    zhao, qian = (server.user(name, "mediator", "Hangzhou/Gongshu") for name in ("Zhao", "Qian"))
+    with (
+        httpx.Client(base_url=server.url, timeout=10) as http,
+        DeviceClient(tmp_path / "zhao.db", http, passphrase="246810", kdf=TEST_KDF) as phone,
+        DeviceClient(tmp_path / "qian.db", http, passphrase="135790", kdf=TEST_KDF) as other,
+    ):
+        phone.enroll(server.code(zhao))
+        other.enroll(server.code(qian))
+        phone.edit("case", "k-1", {"title": "Blocked drain", "location": DAGUAN})
+        phone.sync()
+        lianxin(server.data, "backup", str(tmp_path / "backup"))
+        lost = phone.edit("case", "k-1", {"summary": "The landlord pays for the repair"})
+        phone.push()  # accepted; the phone's next pull never came before the restore
+        server.stop()
+        keys = server.data / "office-keys.json"
+        lianxin(tmp_path / "restored", "restore", str(tmp_path / "backup"), "--key-file", str(keys))
+        server.data = tmp_path / "restored"
+        server.start()
+        other.edit("case", "k-2", {"title": "Noise at night", "location": DAGUAN})
+        other.sync()  # logged where the lost change was
+
+        phone.sync()
+
+        assert {e.change_id: e.state for e in phone.outbox()}[lost.change_id] == "applied"
+        assert phone.record("case", "k-1").summary == "The landlord pays for the repair"
+    with closing(sqlite3.connect(server.data / "lianxin.db")) as db:
+        stored = {row[0] for row in db.execute("SELECT change_id FROM changes")}
+    assert lost.change_id in stored
