@@ -296,7 +296,7 @@ class Phone:
         )
         office = self.enrollment.office
         office_key = X25519PublicKey.from_public_bytes(office.kem_key)
-        body = seal_v2("pull", _encode(pull), office.kem_key_id, office_key)
+        body = seal_v2("pull", signing.encode_pull(pull), office.kem_key_id, office_key)
         response = self.http.post(PULL_V2, content=body, headers={"Content-Type": PULL_ENVELOPE})
         return self.opened_v2("pull", response, pull.signature, PullPage)
 
