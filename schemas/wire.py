@@ -84,22 +84,26 @@ class PushResponse(msgspec.Struct, frozen=True, kw_only=True):
 STATES_CURSOR = "states"
 
 
-class Pushed(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
-    """A device's newest change the office accepted, where the office logged it.
+class PullRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    cursor: Cursor | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1)] = 1000
 
-    Sent with each pull until one has passed it: the cursor binds only what the
-    device pulled, so this is what tells a device that an office restored from a
-    backup lost its change (PROTOCOL.md section 12).
+
+class Pushed(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """The newest change of one pushed batch the office accepted, where it logged it.
+
+    A device sends those of every batch answered since a pull last passed them:
+    the cursor binds only what the device pulled, so this is what tells it that
+    an office restored from a backup lost its changes (PROTOCOL.md section 12).
     """
 
     seq: Annotated[int, msgspec.Meta(ge=1, le=2**53)]
     change_id: Id
 
 
-class PullRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    cursor: Cursor | None = None
-    limit: Annotated[int, msgspec.Meta(ge=1)] = 1000
-    pushed: Pushed | None = None
+# The most `Pushed` a pull may name: a device that pushed more batches since a pull
+# passed them pulls before it pushes more.
+MAX_PUSHED = 1000
 
 
 class SignedPull(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
@@ -112,8 +116,8 @@ class SignedPull(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fi
     limit: Annotated[int, msgspec.Meta(ge=1)]
     signature: Signature64
     # Last, so that a pull of six elements, from before it, still decodes; and left out
-    # when None (`sync.signing.encode_pull`).
-    pushed: Pushed | None = None
+    # when empty (`sync.signing.encode_pull`).
+    pushed: Annotated[list[Pushed], msgspec.Meta(max_length=MAX_PUSHED)] = []
 
 
 class PulledChange(msgspec.Struct, frozen=True, kw_only=True, tag="change", omit_defaults=True):

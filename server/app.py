@@ -244,8 +244,8 @@ def _pull_v2(service: SyncService, pull: SignedPull) -> tuple[Device, Any]:
     device = auth.authenticate_pull(
         pull, service.directory, service.wall_ms(), window_s, service.rates
     )
-    request = PullRequest(cursor=pull.cursor, limit=pull.limit, pushed=pull.pushed)
-    return device, service.pull(device, request)
+    request = PullRequest(cursor=pull.cursor, limit=pull.limit)
+    return device, service.pull(device, request, pull.pushed)
 
 
 async def compact(

@@ -11,7 +11,7 @@ import functools
 import hashlib
 import hmac
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 
@@ -345,15 +345,16 @@ class SyncService:
         audit.record_batch(db, now_ms, device_id, batch_id, manifest, signature)
         audit.checkpoint_if_due(db, self.keys, now_ms)
 
-    def pull(self, device: Device, request: PullRequest) -> PullPage:
-        """The next page of what this device may see, after its cursor."""
+    def pull(self, device: Device, request: PullRequest, pushed: Sequence[Pushed] = ()) -> PullPage:
+        """The next page of what this device may see, after its cursor; `bad_cursor` unless
+        the log holds each of this device's changes `pushed` names where it names it."""
         limit = min(request.limit, self.settings.max_pull_limit)
         user_id = device.user.user_id
         cursor = request.cursor
         states: list[PulledItem] = []
         with self.store.snapshot() as conn:
-            if request.pushed is not None:
-                _check_pushed(conn, device, request.pushed)
+            if pushed:
+                _check_pushed(conn, device, pushed)
             (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()
             # A pull with nothing new ends where it began: the log is read for it once.
             marks = functools.cache(functools.partial(_log_marks, conn))
@@ -520,22 +521,26 @@ class SyncService:
         return hmac.new(self.keys.cursor_secret, message.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def _check_pushed(conn: sqlite3.Connection, device: Device, pushed: Pushed) -> None:
-    """Refuse a pull whose device's change is not where the office said it logged it.
+def _check_pushed(conn: sqlite3.Connection, device: Device, pushed: Sequence[Pushed]) -> None:
+    """Refuse a pull whose device's changes are not where the office said it logged them.
 
     A cursor binds what its device pulled, not what it pushed beyond: an office
-    restored from a backup taken between the two lost the change, and the device,
-    holding it as accepted, would never send it again.
+    restored from a backup taken between the two lost the changes, and the device,
+    holding them as accepted, would never send them again.
     """
-    row = conn.execute(
-        "SELECT change_id, device_id FROM changes WHERE seq = ?", [pushed.seq]
-    ).fetchone()
-    if row != (pushed.change_id, device.device_id):
-        raise BadCursor(
-            f"this office does not hold the change this device pushed at seq {pushed.seq}"
-            " (restored from a backup?): pull again from the start, and send again every"
-            " change it accepted"
-        )
+    seqs = [p.seq for p in pushed]
+    rows = conn.execute(
+        f"SELECT seq, change_id, device_id FROM changes WHERE seq IN ({','.join('?' * len(seqs))})",
+        seqs,
+    ).fetchall()
+    held = {seq: (change_id, device_id) for seq, change_id, device_id in rows}
+    for p in pushed:
+        if held.get(p.seq) != (p.change_id, device.device_id):
+            raise BadCursor(
+                f"this office does not hold the change this device pushed at seq {p.seq}"
+                " (restored from a backup?): pull again from the start, and send again every"
+                " change it accepted"
+            )
 
 
 def _log_marks(conn: sqlite3.Connection, position: int, seq: int) -> str:

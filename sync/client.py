@@ -52,6 +52,7 @@ from schemas.changes import Append, Change, ChangeResult, Conflict, Op, Reason
 from schemas.records import RECORD_TYPES, Agreement, Signature
 from schemas.state import RecordState
 from schemas.wire import (
+    MAX_PUSHED,
     STATES_CURSOR,
     Enrollment,
     EnrollRequest,
@@ -114,8 +115,9 @@ REBUILD = "rebuild_server_layer"
 CLOCK_LAST = "clock_last"
 SERVER_OFFSET = "server_offset_ms"
 PUSH_SIGNED_MS = "push_signed_ms"
-# "seq change_id" of the newest change the office accepted, until a pull has passed it
-# (`Pushed`): each pull until then asks whether the office still holds it there.
+# "seq change_id seq change_id ...": the newest change of each batch the office accepted
+# since a pull passed them (`Pushed`); each pull until then asks whether it still holds
+# them there.
 PUSHED = "pushed"
 
 
@@ -459,6 +461,8 @@ class DeviceClient:
             results += self._send_batch(batch_id, raws)
         while (batch := self._next_batch()) is not None:
             results += self._send_batch(*batch)
+            if len(self._pushed()) >= MAX_PUSHED:
+                self.pull()  # a pull names at most so many batches' changes
         return results
 
     def _next_batch(self) -> tuple[str, list[bytes]] | None:
@@ -480,17 +484,17 @@ class DeviceClient:
         with self._store.transaction():
             self._store.record_answers(batch_id, answer.results)
             logged = [(r.seq, r.change_id) for r in answer.results if r.seq is not None]
-            held = self._pushed()
-            if logged and (held is None or max(logged)[0] > held.seq):
-                self._store.set_meta(PUSHED, "{} {}".format(*max(logged)))
+            if logged:
+                # Each batch's own: the office that answered the next may be one restored
+                # from a backup that lost this one.
+                held = [*self._pushed(), Pushed(*max(logged))]
+                self._store.set_meta(PUSHED, " ".join(f"{p.seq} {p.change_id}" for p in held))
         return answer.results
 
-    def _pushed(self) -> Pushed | None:
+    def _pushed(self) -> list[Pushed]:
         value = self._store.meta(PUSHED)
-        if not isinstance(value, str):
-            return None
-        seq, change_id = value.split(" ")
-        return Pushed(int(seq), change_id)
+        words = value.split(" ") if isinstance(value, str) else []
+        return [Pushed(int(s), c) for s, c in zip(words[::2], words[1::2], strict=True)]
 
     def pull(self) -> PullReport:
         """Pull pages from the stored cursor until `has_more` is false.
@@ -516,7 +520,8 @@ class DeviceClient:
         # From nothing, the office sends each record as it holds it, not its history; an
         # office from before that refuses the cursor, and sends the history.
         from_nothing = STATES_CURSOR if self._whole_states else None
-        # Likewise an office from before `pushed` refuses a pull that names one.
+        # Likewise an office from before `pushed` refuses a pull that names any: this pull
+        # goes on without, and they stay for the next, unchecked.
         name_pushed = True
         ahead: tuple[str, Future[PullPage]] | None = None  # the next page, on its way
         while True:
@@ -525,26 +530,28 @@ class DeviceClient:
             request = PullRequest(
                 cursor=cursor if isinstance(cursor, str) and rebuild != "due" else from_nothing,
                 limit=self._pull_limit,
-                pushed=self._pushed() if name_pushed else None,
             )
+            pushed = self._pushed() if name_pushed else []
             tries = [ahead[1]] if ahead and ahead[0] == request.cursor else []
             ahead = None
             try:
-                page = self._learning_office(functools.partial(self._pulled, request, tries))
+                page = self._learning_office(
+                    functools.partial(self._pulled, request, pushed, tries)
+                )
             except MalformedRequest:
-                if request.pushed is None:
+                if not pushed:
                     raise
                 name_pushed = False
                 continue
             except BadCursor:
-                if request.pushed is None and request.cursor is None:
+                if not pushed and request.cursor is None:
                     raise
-                if request.pushed is None and request.cursor == STATES_CURSOR:
+                if not pushed and request.cursor == STATES_CURSOR:
                     from_nothing = None
                     continue
                 with self._store.transaction():
                     self._store.set_meta(CURSOR, None)
-                    self._store.set_meta(PUSHED, None)  # what it names is sent again
+                    self._store.set_meta(PUSHED, None)  # their changes are sent again
                     self._store.forget_server_layer()
                     self._store.drop_staged()  # a rebuild under way starts again too
                 continue
@@ -554,13 +561,18 @@ class DeviceClient:
                     self._store.set_meta(CURSOR, None)
                     self._store.set_meta(REBUILD, rebuild := "running")
             if page.has_more:
-                following = self._signed_pull(msgspec.structs.replace(request, cursor=page.cursor))
+                following = self._signed_pull(
+                    PullRequest(cursor=page.cursor, limit=request.limit), pushed
+                )
                 ahead = (page.cursor, network.submit(self._send_v2, "pull", following, PullPage))
             done = self._apply_page(page, staging=rebuild == "running")
             if rebuild == "running" and not page.has_more:
                 done = self._rebuild_from_staged()
             report = _added(report, done._replace(pages=1))
             if not page.has_more:
+                if pushed:  # checked, and passed: the last page's cursor binds the log's end
+                    with self._store.transaction():
+                        self._store.set_meta(PUSHED, None)
                 return report
 
     def _apply_page(self, page: PullPage, staging: bool = False) -> PullReport:
@@ -580,9 +592,6 @@ class DeviceClient:
             else:
                 counts = self._apply_items(page.items)
             self._store.set_meta(CURSOR, page.cursor)
-            if not page.has_more and self._store.meta(PUSHED) is not None:
-                # A last page's cursor binds the log's end, past every change pushed before.
-                self._store.set_meta(PUSHED, None)
             self._store.set_meta(CLOCK_LAST, self._clock.last)
             self._learn_offset(page.server_time_ms)
             if fresh_key:
@@ -792,16 +801,18 @@ class DeviceClient:
         )
         return self._send_v2("push", push, PushResponse)
 
-    def _pulled(self, request: PullRequest, ahead: list[Future[PullPage]]) -> PullPage:
+    def _pulled(
+        self, request: PullRequest, pushed: list[Pushed], ahead: list[Future[PullPage]]
+    ) -> PullPage:
         """The answer to `request`: first that of the same pull sent ahead, if any (its
         refusal too), then of a pull sent now."""
-        return ahead.pop().result() if ahead else self._pull_once(request)
+        return ahead.pop().result() if ahead else self._pull_once(request, pushed)
 
-    def _pull_once(self, request: PullRequest) -> PullPage:
+    def _pull_once(self, request: PullRequest, pushed: list[Pushed]) -> PullPage:
         """Sign, seal and send a version 2 pull (PROTOCOL.md section 12)."""
-        return self._send_v2("pull", self._signed_pull(request), PullPage)
+        return self._send_v2("pull", self._signed_pull(request, pushed), PullPage)
 
-    def _signed_pull(self, request: PullRequest) -> SignedPull:
+    def _signed_pull(self, request: PullRequest, pushed: list[Pushed]) -> SignedPull:
         return signing.signed_pull(
             self._signing_key,
             self._enrolled().device_id,
@@ -809,7 +820,7 @@ class DeviceClient:
             self._server_ms(),
             request.cursor,
             request.limit,
-            request.pushed,
+            pushed,
         )
 
     def _send_v2(self, purpose: Purpose, signed: SignedPush | SignedPull, kind: type[T]) -> T:

@@ -8,7 +8,7 @@ built from the exact bytes sent, never from a re-encoding.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import msgspec
 from cryptography.exceptions import InvalidSignature
@@ -95,17 +95,17 @@ def pull_message(
     timestamp_ms: int,
     cursor: str | None,
     limit: int,
-    pushed: Pushed | None = None,
+    pushed: Sequence[Pushed] = (),
 ) -> bytes:
     """What a device signs for a version 2 pull; the cursor goes last, as it may hold
     anything, and an empty one means none.
 
-    `pushed` adds a line before the limit; it holds a space, which a limit's digits
+    `pushed` adds a line before the limit; it holds spaces, which a limit's digits
     never do, so no pull's message is another's.
     """
     fields = [device_id, request_id, str(timestamp_ms), str(limit), cursor or ""]
-    if pushed is not None:
-        fields.insert(3, f"{pushed.seq} {pushed.change_id}")
+    if pushed:
+        fields.insert(3, " ".join(f"{p.seq} {p.change_id}" for p in pushed))
     return PULL_PURPOSE + b"\n" + "\n".join(fields).encode()
 
 
@@ -116,7 +116,7 @@ def signed_pull(
     timestamp_ms: int,
     cursor: str | None,
     limit: int,
-    pushed: Pushed | None = None,
+    pushed: Sequence[Pushed] = (),
 ) -> SignedPull:
     """A version 2 pull from `cursor`, signed by the device's `key` at `timestamp_ms`."""
     message = pull_message(device_id, request_id, timestamp_ms, cursor, limit, pushed)
@@ -127,14 +127,14 @@ def signed_pull(
         cursor=cursor,
         limit=limit,
         signature=key.sign(message),
-        pushed=pushed,
+        pushed=list(pushed),
     )
 
 
 def encode_pull(pull: SignedPull) -> bytes:
     """A version 2 pull's plaintext; without `pushed`, the six-element array offices from
     before it read (msgspec writes every field of an array-like struct, defaults too)."""
-    if pull.pushed is None:
+    if not pull.pushed:
         return msgspec.msgpack.encode(msgspec.structs.astuple(pull)[:-1])
     return msgspec.msgpack.encode(pull)
 

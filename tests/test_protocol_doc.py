@@ -61,6 +61,12 @@ def vector(name: str) -> str:
     return match.group(1).strip()
 
 
+def pairs(text: str) -> list[tuple[str, str]]:
+    """`"a b c d"` as `[("a", "b"), ("c", "d")]`."""
+    words = text.split(" ")
+    return list(zip(words[::2], words[1::2], strict=True))
+
+
 def fields(name: str) -> dict[str, str]:
     """A vector of `key=value` lines."""
     return dict(line.split("=", 1) for line in vector(name).splitlines())
@@ -369,7 +375,7 @@ def test_pull_v2_vectors():
         int(pushed["timestamp_ms"]),
         pushed["cursor"],
         int(pushed["limit"]),
-        Pushed(int(pushed["pushed_seq"]), pushed["pushed_change_id"]),
+        [Pushed(int(seq), change_id) for seq, change_id in pairs(pushed["pushed"])],
     )
     assert signing.pull_message(*args).hex() == pushed["message_hex"]
     named = signing.signed_pull(key, *args)

@@ -120,7 +120,7 @@ class Phone:
         cursor=None,
         limit=1000,
         *,
-        pushed=None,
+        pushed=(),
         timestamp_ms=None,
         request_id=None,
         key=None,
@@ -172,8 +172,8 @@ class Phone:
         answer = self.push_v2(self.push_v2_body([encode_change(c) for c in changes], batch_id))
         return msgspec.msgpack.decode(self.push_v2_answer(answer))
 
-    def pull(self, cursor=None, limit=1000, pushed=None):
-        body = msgspec.msgpack.encode(PullRequest(cursor=cursor, limit=limit, pushed=pushed))
+    def pull(self, cursor=None, limit=1000):
+        body = msgspec.msgpack.encode(PullRequest(cursor=cursor, limit=limit))
         return self.post("/v1/sync/pull", body)
 
     def pulled(self, cursor=None, version=1):

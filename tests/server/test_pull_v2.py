@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas import PullPage, Pushed
 from schemas.state import RecordState
+from schemas.wire import MAX_PUSHED
 from server.erasure import erase_case
 from sync import signing
 from sync.changes import decode_change
@@ -52,28 +53,33 @@ def test_an_answer_opens_only_for_the_pull_it_answers(office):
         open_v2_answer("push", answer.content, 1, first.signature, phone.kem)
 
 
-def test_a_pull_naming_the_devices_change_where_it_was_logged_is_served(office):
+def test_a_pull_naming_the_devices_changes_where_they_were_logged_is_served(office):
     phone = office.enroll("mediator")
-    (result,) = msgspec.msgpack.decode(phone.push([new_case(phone)]).content)["results"]
-    pushed = Pushed(result["seq"], result["change_id"])
+    pushed = []
+    for record_id in ("k-1", "k-2"):
+        (result,) = msgspec.msgpack.decode(
+            phone.push([new_case(phone, record_id)], batch_id=f"b-{record_id}").content
+        )["results"]
+        pushed.append(Pushed(result["seq"], result["change_id"]))
 
     served = page_of(phone, phone.pull_v2(phone.pull_v2_body(pushed=pushed)))
 
-    assert len(served.items) == 1
-    assert phone.pull(pushed=pushed).status_code == 200  # version 1 alike
-    assert error_of(phone.pull(pushed=Pushed(pushed.seq, "c-9"))) == (400, "bad_cursor")
+    assert len(served.items) == 2
+    # One of them not where it was logged: refused, however many are.
+    wrong = [pushed[0], Pushed(pushed[0].seq, pushed[1].change_id)]
+    assert error_of(phone.pull_v2(phone.pull_v2_body(pushed=wrong))) == (400, "bad_cursor")
 
 
-def test_a_pull_may_send_pushed_as_null_or_leave_it_out(office):
+def test_a_pull_may_send_pushed_empty_or_leave_it_out(office):
     # Every other pull here leaves it out, as the reference client does.
     phone = office.enroll("mediator")
     phone.push([new_case(phone)])
     phone.pull_v2_body()
-    with_null = msgspec.msgpack.encode(phone.last_pull)
+    empty = msgspec.msgpack.encode(phone.last_pull)
     left_out = signing.encode_pull(phone.last_pull)
-    assert (left_out[0], with_null) == (0x96, b"\x97" + left_out[1:] + b"\xc0")  # 6 or 7 items
+    assert (left_out[0], empty) == (0x96, b"\x97" + left_out[1:] + b"\x90")  # 6 or 7 items
 
-    page = page_of(phone, phone.pull_v2(phone.sealed_v2("pull", msgspec.Raw(with_null))))
+    page = page_of(phone, phone.pull_v2(phone.sealed_v2("pull", msgspec.Raw(empty))))
 
     assert len(page.items) == 1
 
@@ -128,17 +134,17 @@ def refusals():
         # its own.
         other = office.enroll("mediator", name="other")
         (result,) = msgspec.msgpack.decode(other.push([new_case(other, "k-2")]).content)["results"]
-        return phone.pull_v2_body(pushed=Pushed(result["seq"], result["change_id"]))
+        return phone.pull_v2_body(pushed=[Pushed(result["seq"], result["change_id"])])
 
     def pushed_altered(office, phone):
-        phone.pull_v2_body(pushed=Pushed(1, "c-1"))
-        altered = msgspec.structs.replace(phone.last_pull, pushed=Pushed(1, "c-2"))
+        phone.pull_v2_body(pushed=[Pushed(1, "c-1")])
+        altered = msgspec.structs.replace(phone.last_pull, pushed=[Pushed(1, "c-2")])
         return phone.sealed_v2("pull", altered)
 
     def pushed_at_seq_0(office, phone):
-        phone.pull_v2_body(pushed=Pushed(1, "c-1"))
+        phone.pull_v2_body(pushed=[Pushed(1, "c-1")])
         return phone.sealed_v2(
-            "pull", msgspec.structs.replace(phone.last_pull, pushed=Pushed(0, "c-1"))
+            "pull", msgspec.structs.replace(phone.last_pull, pushed=[Pushed(0, "c-1")])
         )
 
     return [
@@ -170,19 +176,25 @@ def refusals():
         ("empty-cursor", lambda o, p: p.pull_v2_body(""), 400, "malformed"),
         (
             "pushed-beyond-the-log",
-            lambda o, p: p.pull_v2_body(pushed=Pushed(2, "c-1")),
+            lambda o, p: p.pull_v2_body(pushed=[Pushed(2, "c-1")]),
             400,
             "bad_cursor",
         ),
         (
             "pushed-another-change",
-            lambda o, p: p.pull_v2_body(pushed=Pushed(1, "c-9")),
+            lambda o, p: p.pull_v2_body(pushed=[Pushed(1, "c-9")]),
             400,
             "bad_cursor",
         ),
         ("pushed-elsewhere", pushed_elsewhere, 400, "bad_cursor"),
         ("pushed-altered", pushed_altered, 401, "bad_signature"),
         ("pushed-at-seq-0", pushed_at_seq_0, 400, "malformed"),
+        (
+            "pushed-too-many",
+            lambda o, p: p.pull_v2_body(pushed=[Pushed(1, "c-1")] * (MAX_PUSHED + 1)),
+            400,
+            "malformed",
+        ),
     ]
 
 

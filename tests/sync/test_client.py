@@ -1323,27 +1323,71 @@ def test_a_change_the_office_lost_before_its_device_pulled_past_it_is_sent_again
     assert wang.record("case", "k-1").summary == "The neighbour agreed to pay 500"
 
 
-def test_pulls_name_the_newest_change_the_office_took_until_one_has_passed_it(office, monkeypatch):
-    wang = office.device("wang", "mediator")
+def pulls_watched(office: Office, monkeypatch: pytest.MonkeyPatch) -> list[list[Pushed]]:
+    """What each version 2 pull from now on names as `pushed`."""
     keys = {office.keys.kem_key_id: office.keys.kem}
-    named: list[Pushed | None] = []
+    named: list[list[Pushed]] = []
 
     def watched(send: Callable[[], httpx.Response], request: httpx.Request):
         if request.url.path == "/v2/sync/pull":
-            pull = msgspec.msgpack.decode(
-                open_v2("pull", request.content, keys)[1], type=SignedPull
-            )
-            named.append(pull.pushed)
+            _, plaintext = open_v2("pull", request.content, keys)
+            named.append(msgspec.msgpack.decode(plaintext, type=SignedPull).pushed)
         return send()
 
     intercept(office.http, monkeypatch, watched)
-    wang.edit("case", "k-1", {"title": "Drains", "location": XIANGMIHU})
-    newest = wang.edit("case", "k-2", {"title": "Noise", "location": XIANGMIHU})
+    return named
+
+
+def test_pulls_name_each_batchs_newest_change_until_a_pull_has_passed_them(office, monkeypatch):
+    wang = office.device("wang", "mediator", batch_size=2)
+    named = pulls_watched(office, monkeypatch)
+    made = [
+        wang.edit("case", f"k-{n}", {"title": "Drains", "location": XIANGMIHU}) for n in range(3)
+    ]
     answers = wang.push()
     wang.pull()
     wang.pull()
 
-    assert named == [Pushed(answers[1].seq or 0, newest.change_id), None]
+    assert [a.change_id for a in answers] == [c.change_id for c in made]
+    newest = [Pushed(answers[n].seq or 0, made[n].change_id) for n in (1, 2)]
+    assert named == [newest, []]
+
+
+def test_a_device_that_pushed_many_batches_pulls_before_it_pushes_more(office, monkeypatch):
+    monkeypatch.setattr("sync.client.MAX_PUSHED", 2)
+    wang = office.device("wang", "mediator", batch_size=1)
+    named = pulls_watched(office, monkeypatch)
+    for n in range(3):
+        wang.edit("case", f"k-{n}", {"title": "Drains", "location": XIANGMIHU})
+    answers = wang.push()
+
+    assert [len(each) for each in named] == [2]  # after the second batch, before the third
+    assert [a.status for a in answers] == ["applied"] * 3
+
+
+def test_a_change_lost_by_a_restore_is_sent_again_though_its_device_pushed_since(office, tmp_path):
+    # Pushed to the restored office before a pull: that batch's change is logged there,
+    # the one before it is not, and only the two named together tell so.
+    wang = office.device("wang", "mediator")
+    sun = office.device("sun", "mediator")
+    chen = office.device("chen", "supervisor")
+    wang.edit("case", "k-1", {"title": "Drains", "location": XIANGMIHU})
+    wang.sync()
+    backup = back_up(tmp_path)
+    lost = wang.edit("case", "k-1", {"summary": "The neighbour agreed to pay 500"})
+    wang.push()
+    with restored(office, backup, wang, sun, chen) as store:
+        for n in range(3):
+            sun.edit("case", f"s-{n}", {"title": "Noise", "location": XIANGMIHU})
+        sun.sync()  # the restored log runs past the lost change's seq
+        wang.edit("case", "k-9", {"title": "Leaking roof", "location": XIANGMIHU})
+        wang.push()
+        wang.sync()
+        chen.sync()
+
+        assert chen.record("case", "k-1").summary == "The neighbour agreed to pay 500"
+        assert store.results([lost.change_id])[lost.change_id].status == "applied"
+    assert wang.record("case", "k-1").summary == "The neighbour agreed to pay 500"
 
 
 def test_a_restored_office_gets_a_lost_change_before_a_batch_that_was_never_answered(
@@ -1519,8 +1563,8 @@ def test_an_office_that_refuses_the_states_cursor_is_pulled_from_no_cursor(offic
         if request.url.path == "/v2/sync/pull":
             _, plaintext = open_v2("pull", request.content, keys)
             pull = msgspec.msgpack.decode(plaintext, type=SignedPull)
-            pulls.append((pull.cursor, pull.pushed is not None))
-            if pull.pushed is not None:
+            pulls.append((pull.cursor, bool(pull.pushed)))
+            if pull.pushed:
                 refusal = {"error": "malformed", "detail": "Expected `array` of length 6"}
                 return httpx.Response(400, json=refusal, request=request)
             if pull.cursor == "states":
