@@ -94,6 +94,7 @@ class Reason(enum.StrEnum):
     SIGNER_NOT_REQUIRED = "signer_not_required"
     WITHDRAWAL_AFTER_EXECUTION = "withdrawal_after_execution"
     RECORD_ERASED = "record_erased"
+    CHANGE_ID_TAKEN = "change_id_taken"
 
 
 class Candidate(msgspec.Struct, frozen=True, kw_only=True):

@@ -19,6 +19,7 @@ from schemas.state import RecordState
 from sync import merge
 from sync.clock import Clock
 from sync.store import (
+    Answered,
     BatchWrite,
     ChangeStore,
     ConflictUpdate,
@@ -84,7 +85,7 @@ def apply(
         for change, raw in zip(changes, raws, strict=True):
             first = known.get(change.change_id)
             if first is not None:
-                answers.append(msgspec.structs.replace(first, status="duplicate", conflicts=[]))
+                answers.append(_again(change, *first))
                 continue
             limit = clock.limit()
             clamped = change.hlc > limit
@@ -135,10 +136,23 @@ def apply(
                 )
                 order = limit if clamped else None
                 batch.changes.append(LoggedChange(seq, change, raw, result, order))
-            known[change.change_id] = result
+            known[change.change_id] = Answered(change.device_id, result)
             answers.append(result)
         store.write(batch)
     return Applied(answers, touched)
+
+
+def _again(change: Change, device_id: str, first: ChangeResult) -> ChangeResult:
+    """The answer to a change id answered before: a duplicate of its device's change, or,
+    from another device, refused, and kept nowhere (the id is the other change's)."""
+    if device_id == change.device_id:
+        return msgspec.structs.replace(first, status="duplicate", conflicts=[])
+    return ChangeResult(
+        change_id=change.change_id,
+        status="rejected",
+        reason=Reason.CHANGE_ID_TAKEN,
+        detail="another device's change has this id",
+    )
 
 
 def _conflict_updates(

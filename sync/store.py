@@ -64,6 +64,11 @@ class QuarantineRow(NamedTuple):
     change: Change
 
 
+class Answered(NamedTuple):
+    device_id: str
+    result: ChangeResult
+
+
 class ChangeStore(Protocol):
     def transaction(self) -> AbstractContextManager[None]:
         """Serialise writers: everything inside sees and writes one consistent store."""
@@ -71,8 +76,9 @@ class ChangeStore(Protocol):
     def last_seq(self) -> int:
         """The highest server sequence in the change log (0 when empty)."""
 
-    def results(self, change_ids: Iterable[str]) -> dict[str, ChangeResult]:
-        """The first answer given to each of these change ids that the store knows."""
+    def results(self, change_ids: Iterable[str]) -> dict[str, Answered]:
+        """The first answer given to each of these change ids that the store knows, with
+        the device whose change it was."""
 
     def states(self, keys: Iterable[RecordKey]) -> dict[RecordKey, RecordState]:
         """The merge state of each existing record among `keys`."""

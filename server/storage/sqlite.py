@@ -43,7 +43,14 @@ from sync.atrest import create_private, open_sealed, seal
 from sync.changes import decode_change
 from sync.errors import Erased
 from sync.merge import is_deleted
-from sync.store import BatchWrite, ConflictUpdate, LoggedChange, QuarantineRow, RecordKey
+from sync.store import (
+    Answered,
+    BatchWrite,
+    ConflictUpdate,
+    LoggedChange,
+    QuarantineRow,
+    RecordKey,
+)
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_state = msgspec.msgpack.Decoder(RecordState).decode
@@ -194,16 +201,20 @@ class SqliteStore:
     def last_seq(self) -> int:
         return self.db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
 
-    def results(self, change_ids: Iterable[str]) -> dict[str, ChangeResult]:
+    def results(self, change_ids: Iterable[str]) -> dict[str, Answered]:
         found = {}
         for chunk in _chunks(list(change_ids)):
             marks = ",".join("?" * len(chunk))
             rows = self.db.execute(
-                f"SELECT change_id, result FROM changes WHERE change_id IN ({marks})"
-                f" UNION ALL SELECT change_id, result FROM quarantine WHERE change_id IN ({marks})",
+                f"SELECT change_id, device_id, result FROM changes WHERE change_id IN ({marks})"
+                " UNION ALL SELECT change_id, device_id, result FROM quarantine"
+                f" WHERE change_id IN ({marks})",
                 chunk + chunk,
             )
-            found.update((change_id, _decode_result(blob)) for change_id, blob in rows)
+            found.update(
+                (change_id, Answered(device_id, _decode_result(blob)))
+                for change_id, device_id, blob in rows
+            )
         return found
 
     def states(self, keys: Iterable[RecordKey]) -> dict[RecordKey, RecordState]:

@@ -1386,8 +1386,27 @@ def test_a_change_lost_by_a_restore_is_sent_again_though_its_device_pushed_since
         chen.sync()
 
         assert chen.record("case", "k-1").summary == "The neighbour agreed to pay 500"
-        assert store.results([lost.change_id])[lost.change_id].status == "applied"
+        assert store.results([lost.change_id])[lost.change_id].result.status == "applied"
     assert wang.record("case", "k-1").summary == "The neighbour agreed to pay 500"
+
+
+def test_a_change_whose_id_another_device_took_is_refused_once_and_nothing_loops(
+    office, monkeypatch
+):
+    wang = office.device("wang", "mediator")
+    chen = office.device("chen", "supervisor")
+    mine = wang.edit("case", "k-1", {"title": "Drains", "location": XIANGMIHU})
+    chen._new_id = lambda: mine.change_id  # a device that reuses an id it learned
+    chen.edit("case", "k-2", {"title": "Noise", "location": XIANGMIHU})
+    chen.push()
+    seen = intercept(office.http, monkeypatch, lambda send, request: send())
+
+    (answer,) = wang.sync().pushed
+    wang.sync()
+
+    assert (answer.status, answer.reason) == ("rejected", "change_id_taken")
+    # Pull, push and pull again, then one pull: no pull from the start, nothing sent again.
+    assert [r.url.path.rsplit("/", 1)[1] for r in seen] == ["pull", "push", "pull", "pull"]
 
 
 def test_a_restored_office_gets_a_lost_change_before_a_batch_that_was_never_answered(

@@ -81,6 +81,23 @@ def test_each_bad_change_is_quarantined_with_its_reason_and_changes_nothing_else
     assert [c.change.change_id for c in mixed.changes_since(0, 100)] == [c.change_id for c in GOOD]
 
 
+def test_a_change_id_another_device_used_is_refused_not_taken_as_a_duplicate(store, server_clock):
+    mine = change(1, set={"title": "Drains", "status": "new"})
+    apply_batch(store, [mine], server_clock)
+    before = (records(store), store.last_seq(), store.quarantined())
+    squatter = msgspec.structs.replace(
+        change(2, record_id="k-2", set={"title": "Noise"}, device="dev-b"),
+        change_id=mine.change_id,
+    )
+
+    (answer,) = apply_batch(store, [squatter], server_clock)
+    (again,) = apply_batch(store, [mine], server_clock)
+
+    assert (answer.status, answer.reason, answer.seq) == ("rejected", Reason.CHANGE_ID_TAKEN, None)
+    assert (again.status, again.seq) == ("duplicate", 1)  # its own device's, as ever
+    assert (records(store), store.last_seq(), store.quarantined()) == before
+
+
 def test_conflict_result_names_every_candidate_with_its_author(store, server_clock):
     base = change(1, set={"summary": "start", "status": "new"})
     sun = change(2, set={"summary": "Stop at 22:00"}, device="dev-sun", seen={"dev-a": base.hlc})
