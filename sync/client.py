@@ -453,6 +453,8 @@ class DeviceClient:
         the record (`stale_stamp`), so a later batch must never overtake an
         earlier one. A transport error or an error answer leaves the batch
         stored for the next try and propagates (errors as `sync.errors`).
+        Each answered batch's newest logged change is kept for the pulls to name
+        (`pushed`); with `MAX_PUSHED` kept, it pulls before the next batch.
         """
         results: list[ChangeResult] = []
         for batch_id, body in self._store.open_batches():
@@ -504,6 +506,8 @@ class DeviceClient:
         A cursor the office refuses (it was restored from a backup, say) is
         dropped with the server layer it led to, and everything is pulled again:
         the device then holds what the office holds now, and nothing it lost.
+        So is a pull naming changes this device pushed since a pull passed them
+        (`pushed`) that the office no longer holds where it said it logged them.
 
         While a page is applied, the next one is already asked for, by a thread
         that only seals, sends and opens (it never touches the device file): the
