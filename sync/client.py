@@ -184,10 +184,11 @@ class DeviceClient:
     (`Unreadable` if wrong); `kdf` sets the scrypt cost of a new file.
     `wall_ms` is the device's wall clock in milliseconds (stamps and request
     times come from it). `new_id` makes change and batch ids; they must never
-    repeat, also across restarts: the server answers a known change id
-    `duplicate` and drops the change. `whole_states`: a pull from nothing asks for
-    each record as the office holds it (the cursor "states"), not its history; a
-    history is smaller for records made by one change each, over a slow link.
+    repeat, also across restarts: the server answers a change id it knows
+    `duplicate` (`change_id_taken` if another device's) and drops the change.
+    `whole_states`: a pull from nothing asks for each record as the office holds
+    it (the cursor "states"), not its history; a history is smaller for records
+    made by one change each, over a slow link.
     """
 
     def __init__(
@@ -460,12 +461,19 @@ class DeviceClient:
         for batch_id, body in self._store.open_batches():
             stored = _decode_batch(body)  # a file from before push v2 holds whole v1 requests
             raws = stored.changes if isinstance(stored, PushRequest) else stored
+            self._room_to_name()
             results += self._send_batch(batch_id, raws)
-        while (batch := self._next_batch()) is not None:
+        while True:
+            self._room_to_name()
+            if (batch := self._next_batch()) is None:
+                return results
             results += self._send_batch(*batch)
-            if len(self._pushed()) >= MAX_PUSHED:
-                self.pull()  # a pull names at most so many batches' changes
-        return results
+
+    def _room_to_name(self) -> None:
+        """Pull (or raise trying) while as many batches are held for pulls to name as one
+        may: never more are pushed unchecked."""
+        if len(self._pushed()) >= MAX_PUSHED:
+            self.pull()
 
     def _next_batch(self) -> tuple[str, list[bytes]] | None:
         """Assign up to `batch_size` pending changes to a new, stored batch."""
@@ -489,7 +497,8 @@ class DeviceClient:
             if logged:
                 # Each batch's own: the office that answered the next may be one restored
                 # from a backup that lost this one.
-                held = [*self._pushed(), Pushed(*max(logged))]
+                # An office from before `pushed` checks none: there the oldest go.
+                held = [*self._pushed(), Pushed(*max(logged))][-MAX_PUSHED:]
                 self._store.set_meta(PUSHED, " ".join(f"{p.seq} {p.change_id}" for p in held))
         return answer.results
 

@@ -2,8 +2,9 @@
 
 The server is the one serializer: inside one store transaction each accepted
 change gets the next server sequence. Duplicates (by change id, within the
-batch or from any earlier batch) are answered from the first answer and write
-nothing. A change that can never apply is quarantined and acknowledged, so a
+batch or from any earlier batch, from the same device) are answered from the
+first answer and write nothing; another device's change id is refused and kept
+nowhere. A change that can never apply is quarantined and acknowledged, so a
 device's outbox never jams.
 """
 

@@ -1365,6 +1365,30 @@ def test_a_device_that_pushed_many_batches_pulls_before_it_pushes_more(office, m
     assert [a.status for a in answers] == ["applied"] * 3
 
 
+def test_a_device_holding_as_many_batches_as_a_pull_names_pushes_none_while_it_cannot_pull(
+    office, monkeypatch
+):
+    monkeypatch.setattr("sync.client.MAX_PUSHED", 2)
+    wang = office.device("wang", "mediator", batch_size=1)
+
+    def no_pulls(send: Callable[[], httpx.Response], request: httpx.Request):
+        if request.url.path == "/v2/sync/pull":
+            raise httpx.ConnectError("no signal", request=request)
+        return send()
+
+    seen = intercept(office.http, monkeypatch, no_pulls)
+    for n in range(3):
+        wang.edit("case", f"k-{n}", {"title": "Drains", "location": XIANGMIHU})
+    with pytest.raises(httpx.ConnectError):
+        wang.push()
+    monkeypatch.undo()
+
+    # Two batches that no pull has named are as many as one may: the third waits.
+    assert [r.url.path.rsplit("/", 1)[1] for r in seen] == ["push", "push", "pull"]
+    assert [e.state for e in wang.outbox()] == ["applied", "applied", "pending"]
+    assert [a.status for a in wang.sync().pushed] == ["applied"]
+
+
 def test_a_change_lost_by_a_restore_is_sent_again_though_its_device_pushed_since(office, tmp_path):
     # Pushed to the restored office before a pull: that batch's change is logged there,
     # the one before it is not, and only the two named together tell so.
