@@ -81,6 +81,15 @@ def append(
     return Entry(seq, at_ms, actor, action, subject, detail, digest)
 
 
+def last_restore(db: sqlite_utils.Database) -> str:
+    """The hash of the entry of the last restore of this office from a backup (hex), or ""
+    if it was never restored: it names the log this office keeps since then."""
+    row = db.execute(
+        "SELECT hash FROM audit WHERE action = 'restore' ORDER BY seq DESC LIMIT 1"
+    ).fetchone()
+    return row[0].hex() if row else ""
+
+
 def record_batch(
     db: sqlite_utils.Database,
     at_ms: int,

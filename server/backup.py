@@ -303,15 +303,17 @@ def restore(
                 checked = conn.execute("PRAGMA integrity_check").fetchall()
             if checked != [("ok",)]:
                 result.problems.append(f"{target.name}: integrity_check says {checked[:3]}")
+        detail = {
+            "backup": manifest.created_at,
+            "manifest_sha256": _digest(src / MANIFEST).sha256,
+            "data_keys": "backup" if data_keys is None else "newer",
+        }
         if not result.problems and locked is not None:
-            detail = {
-                "backup": manifest.created_at,
-                "manifest_sha256": _digest(src / MANIFEST).sha256,
-                "data_keys": "backup" if data_keys is None else "newer",
-            }
             result = _open_everything(settings, manifest, secret, actor, now_ms, detail)
         elif not result.problems:
             result.problems.extend(_erasures_needing_the_key(settings))
+            if not result.problems:
+                _log_restore(settings.store_path, actor, now_ms, detail)
     except (OSError, sqlite3.DatabaseError, Unreadable) as error:
         result.problems.append(f"restoring into {settings.data_dir} failed: {error}")
     except BaseException:
@@ -324,6 +326,17 @@ def restore(
         fields = {"action": "restore", "backup": manifest.created_at, "office": manifest.office_id}
         log.info("backup restored", extra={"fields": fields})
     return result
+
+
+def _log_restore(store_path: Path, actor: str, now_ms: int, detail: dict[str, str]) -> None:
+    """Log the restore in the restored office's audit chain, which goes on from there; the
+    office's cursors bind its last restore (`audit.last_restore`)."""
+    db = sqlite_utils.Database(store_path)
+    try:
+        with db.conn:
+            audit.append(db, now_ms, actor, "restore", "office", detail)
+    finally:
+        db.close()
 
 
 def _erasures_needing_the_key(settings: Settings) -> list[str]:
@@ -402,7 +415,8 @@ def _open_everything(
         entries = report.entries
         cleared: list[str] = []
         if not problems:
-            # The restored office's log says where it came from; its chain goes on from there.
+            # The restored office's log says where it came from (cursors bind it, see
+            # `_log_restore`); its chain goes on from there.
             with store.transaction():
                 audit.append(store.db, now_ms, actor, "restore", "office", detail)
             cleared = finish_erasures(store, actor, now_ms)

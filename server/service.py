@@ -103,6 +103,9 @@ class SyncService:
         clock.receive(store.last_stamp())
         # What a migration left for the engine to redo (a changed rule of who sees what).
         due.catch_up(store, keys.index_key, wall_ms())
+        # Every cursor binds it: an office restored from a backup refuses those issued
+        # before, even where the restored log holds the same change ids at their places.
+        self._restored = audit.last_restore(store.db)
         self.clock = clock
         self.wall_ms = wall_ms
 
@@ -518,6 +521,7 @@ class SyncService:
 
     def _mac(self, device: Device, body: str, marks: str | None) -> str:
         message = f"{device.device_id}.{body}" + ("" if marks is None else f".{marks}")
+        message += f"/{self._restored}" if self._restored else ""
         return hmac.new(self.keys.cursor_secret, message.encode(), hashlib.sha256).hexdigest()[:32]
 
 

@@ -406,6 +406,12 @@ def _index_rows(db: sqlite_utils.Database) -> None:
     )
 
 
+def _audit_actions(db: sqlite_utils.Database) -> None:
+    """Cursors bind the office's last restore (`audit.last_restore`): found along an
+    index, not by reading an audit log of one entry a batch from its end."""
+    db["audit"].create_index(["action", "seq"], if_not_exists=True)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _initial),
     ("0002_directory", _directory),
@@ -424,6 +430,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0016_merge_states", _merge_states),
     ("0017_stale_case_readers", _stale_case_readers),
     ("0018_index_rows", _index_rows),
+    ("0019_audit_actions", _audit_actions),
 ]
 
 

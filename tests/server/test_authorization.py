@@ -291,6 +291,7 @@ def test_an_upgraded_office_takes_back_what_a_non_mediator_named_in_mediators_re
         "0016_merge_states",
         "0017_stale_case_readers",
         "0018_index_rows",
+        "0019_audit_actions",
     ]
     SyncService(service.settings, office.store, office.keys, service.clock, office.wall)
 
