@@ -2,7 +2,7 @@
 
 import hashlib
 import sqlite3
-from contextlib import closing
+from contextlib import closing, contextmanager
 
 import msgspec
 import pytest
@@ -362,6 +362,21 @@ def test_a_manifest_of_an_unknown_format_is_refused(office, tmp_path):
         backup.read_manifest(tmp_path / "backup")
 
 
+@contextmanager
+def served(office, settings, phone):
+    """The office restored into `settings`, served in-process to `phone` meanwhile."""
+    store = reopen(settings)
+    keys = OfficeKeys.load(settings.keys_path, PASSPHRASE)
+    settings = msgspec.structs.replace(settings, require_sealed=False, secure_cookies=False)
+    app = create_app(settings, store=store, keys=keys, clock=Clock(Wall()), wall_ms=office.wall)
+    try:
+        with TestClient(app) as http:
+            phone.http = http
+            yield
+    finally:
+        store.close()
+
+
 def test_a_cursor_issued_before_a_restore_is_refused_not_followed(office, tmp_path):
     # A restored office logs new changes at the sequences the lost ones had. A phone that
     # pulled the lost ones would, with its old cursor, skip the new ones for good.
@@ -373,19 +388,13 @@ def test_a_cursor_issued_before_a_restore_is_refused_not_followed(office, tmp_pa
 
     target = folder(tmp_path, "restored")
     assert bring_back(tmp_path / "backup", target).problems == []
-    store = reopen(target)
-    keys = OfficeKeys.load(target.keys_path, PASSPHRASE)
-    settings = msgspec.structs.replace(target, require_sealed=False, secure_cookies=False)
-    app = create_app(settings, store=store, keys=keys, clock=Clock(Wall()), wall_ms=office.wall)
-    with TestClient(app) as http:
-        sun.http = http
+    with served(office, target, sun):
         push_case(sun, "k-3", "p-3", "b-after")  # logged where k-2 and p-2 were
         refused = sun.pull(stale)
         assert refused.status_code == 400
         assert decode(refused)["error"] == "bad_cursor"
         from_scratch = [item["seq"] for item in decode(sun.pull())["items"]]
         assert from_scratch == [1, 2, 3, 4]
-    store.close()
 
 
 @pytest.mark.parametrize("with_key_file", [True, False], ids=["key-file", "no-key-file"])
@@ -404,16 +413,10 @@ def test_a_cursor_issued_before_a_restore_is_refused_though_the_log_is_the_same(
     assert bring_back(tmp_path / "backup", target).problems == []
     if not with_key_file:  # the key file kept apart, put back by hand after the restore
         target.keys_path.write_bytes(office.settings.keys_path.read_bytes())
-    store = reopen(target)
-    keys = OfficeKeys.load(target.keys_path, PASSPHRASE)
-    settings = msgspec.structs.replace(target, require_sealed=False, secure_cookies=False)
-    app = create_app(settings, store=store, keys=keys, clock=Clock(Wall()), wall_ms=office.wall)
-    with TestClient(app) as http:
-        sun.http = http
+    with served(office, target, sun):
         refused = sun.pull(stale)
         assert (refused.status_code, decode(refused)["error"]) == (400, "bad_cursor")
         assert [item["seq"] for item in decode(sun.pull())["items"]] == [1, 2]
-    store.close()
 
 
 def test_old_data_and_a_newer_key_store_without_the_key_file_is_refused_not_half_erased(
