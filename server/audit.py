@@ -82,12 +82,13 @@ def append(
 
 
 def last_restore(db: sqlite_utils.Database) -> str:
-    """The hash of the entry of the last restore of this office from a backup (hex), or ""
-    if it was never restored: it names the log this office keeps since then."""
+    """The hash of the entry of the last restore of this office from a backup (hex): it
+    names the log this office keeps since then. "" if it was never restored, or last by a
+    version whose restores drew no `nonce` (cursors bound none then: they still open)."""
     row = db.execute(
-        "SELECT hash FROM audit WHERE action = 'restore' ORDER BY seq DESC LIMIT 1"
+        "SELECT hash, detail FROM audit WHERE action = 'restore' ORDER BY seq DESC LIMIT 1"
     ).fetchone()
-    return row[0].hex() if row else ""
+    return row[0].hex() if row and "nonce" in msgspec.json.decode(row[1]) else ""
 
 
 def record_batch(

@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import secrets
 import shutil
 import sqlite3
 from collections import Counter
@@ -307,6 +308,8 @@ def restore(
             "backup": manifest.created_at,
             "manifest_sha256": _digest(src / MANIFEST).sha256,
             "data_keys": "backup" if data_keys is None else "newer",
+            # Makes this restore's entry, which cursors bind, unlike any other's.
+            "nonce": secrets.token_hex(16),
         }
         if not result.problems and locked is not None:
             result = _open_everything(settings, manifest, secret, actor, now_ms, detail)

@@ -458,22 +458,20 @@ class DeviceClient:
         (`pushed`); with `MAX_PUSHED` kept, it pulls before the next batch.
         """
         results: list[ChangeResult] = []
-        for batch_id, body in self._store.open_batches():
-            stored = _decode_batch(body)  # a file from before push v2 holds whole v1 requests
-            raws = stored.changes if isinstance(stored, PushRequest) else stored
-            self._room_to_name()
-            results += self._send_batch(batch_id, raws)
         while True:
-            self._room_to_name()
-            if (batch := self._next_batch()) is None:
+            if len(self._pushed()) >= MAX_PUSHED:
+                # As many as a pull may name: pull (or raise trying), never push more
+                # unchecked. A pull that finds a restore re-queues batches: read them again.
+                self.pull()
+            if stored := self._store.open_batches():
+                batch_id, body = stored[0]
+                batch = _decode_batch(body)  # a file from before push v2 holds v1 requests
+                raws = batch.changes if isinstance(batch, PushRequest) else batch
+                results += self._send_batch(batch_id, raws)
+            elif (new := self._next_batch()) is not None:
+                results += self._send_batch(*new)
+            else:
                 return results
-            results += self._send_batch(*batch)
-
-    def _room_to_name(self) -> None:
-        """Pull (or raise trying) while as many batches are held for pulls to name as one
-        may: never more are pushed unchecked."""
-        if len(self._pushed()) >= MAX_PUSHED:
-            self.pull()
 
     def _next_batch(self) -> tuple[str, list[bytes]] | None:
         """Assign up to `batch_size` pending changes to a new, stored batch."""

@@ -144,8 +144,8 @@ def test_a_tampered_backup_is_refused(tmp_path):
 
 
 def test_a_change_pushed_after_the_backup_is_sent_again_to_the_restored_office(server, tmp_path):
-    # The phone's cursor was issued before the backup, so the restored office still
-    # opens it: only the change it names as pushed tells it the office lost one.
+    # The phone pushes before it ever pulls: it holds no cursor for the restored office to
+    # refuse, so only the change it names as pushed tells it the office lost one.
     zhao, qian = (server.user(name, "mediator", "Hangzhou/Gongshu") for name in ("Zhao", "Qian"))
     with (
         httpx.Client(base_url=server.url, timeout=10) as http,
@@ -154,11 +154,17 @@ def test_a_change_pushed_after_the_backup_is_sent_again_to_the_restored_office(s
     ):
         phone.enroll(server.code(zhao))
         other.enroll(server.code(qian))
-        phone.edit("case", "k-1", {"title": "Blocked drain", "location": DAGUAN})
-        phone.sync()
         lianxin(server.data, "backup", str(tmp_path / "backup"))
-        lost = phone.edit("case", "k-1", {"summary": "The landlord pays for the repair"})
-        phone.push()  # accepted; the phone's next pull never came before the restore
+        lost = phone.edit(
+            "case",
+            "k-1",
+            {
+                "title": "Blocked drain",
+                "summary": "The landlord pays for the repair",
+                "location": DAGUAN,
+            },
+        )
+        phone.push()  # accepted; the restore below loses it
         server.stop()
         keys = server.data / "office-keys.json"
         lianxin(tmp_path / "restored", "restore", str(tmp_path / "backup"), "--key-file", str(keys))

@@ -419,6 +419,22 @@ def test_a_cursor_issued_before_a_restore_is_refused_though_the_log_is_the_same(
         assert [item["seq"] for item in decode(sun.pull())["items"]] == [1, 2]
 
 
+def test_an_upgrade_leaves_cursors_open_on_an_office_restored_before_cursors_bound_it(
+    office, tmp_path
+):
+    # Restores logged by versions before drew no nonce: their offices' cursors bound none,
+    # and an upgrade must not send every device back to the start.
+    sun = office.enroll("mediator")
+    push_case(sun, "k-1", "p-1", "b-1")
+    with office.store.transaction():
+        detail = {"backup": "2026-11-01T00:00:00Z", "manifest_sha256": "ab" * 32}
+        audit.append(office.store.db, WALL_MS, "operator:wang", "restore", "office", detail)
+    cursor = decode(sun.pull())["cursor"]
+
+    with served(office, office.settings, sun):  # the upgraded office, started again
+        assert sun.pull(cursor).status_code == 200
+
+
 def test_old_data_and_a_newer_key_store_without_the_key_file_is_refused_not_half_erased(
     office, tmp_path
 ):
