@@ -101,8 +101,8 @@ class Pushed(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields
     change_id: Id
 
 
-# The most `Pushed` a pull may name: a device that pushed more batches since a pull
-# passed them pulls before it pushes more.
+# The most `Pushed` a pull may name. A device pulls, naming those it keeps, before each
+# batch: it keeps more only against an office that checks none, and then the newest.
 MAX_PUSHED = 1000
 
 

@@ -455,23 +455,33 @@ class DeviceClient:
         earlier one. A transport error or an error answer leaves the batch
         stored for the next try and propagates (errors as `sync.errors`).
         Each answered batch's newest logged change is kept for the pulls to name
-        (`pushed`); with `MAX_PUSHED` kept, it pulls before the next batch.
+        (`pushed`), and a batch goes only after a pull named those kept: one that
+        an office restored since lost is found before a later batch overtakes it.
         """
         results: list[ChangeResult] = []
+        named = False  # whether a pull named those kept since the last batch went
         while True:
-            if len(self._pushed()) >= MAX_PUSHED:
-                # As many as a pull may name: pull (or raise trying), never push more
-                # unchecked. A pull that finds a restore re-queues batches: read them again.
+            stored = self._store.open_batches()
+            if not stored and not self._store.unbatched(1):
+                return results
+            if self._pushed() and not named:
+                # Pull (or raise trying). One that finds a restore queues the batches
+                # anew: read them again. An office from before `pushed` keeps them all,
+                # unchecked: then the batch goes after that one pull.
                 self.pull()
-            if stored := self._store.open_batches():
+                named = True
+                continue
+            if stored:
                 batch_id, body = stored[0]
                 batch = _decode_batch(body)  # a file from before push v2 holds v1 requests
-                raws = batch.changes if isinstance(batch, PushRequest) else batch
-                results += self._send_batch(batch_id, raws)
+                results += self._send_batch(
+                    batch_id, batch.changes if isinstance(batch, PushRequest) else batch
+                )
             elif (new := self._next_batch()) is not None:
                 results += self._send_batch(*new)
             else:
-                return results
+                return results  # none fits (never so: one too large is refused when made)
+            named = False
 
     def _next_batch(self) -> tuple[str, list[bytes]] | None:
         """Assign up to `batch_size` pending changes to a new, stored batch."""

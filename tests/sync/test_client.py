@@ -26,6 +26,7 @@ from schemas import (
     Add,
     Append,
     Change,
+    ChangeResult,
     OfficeInfo,
     PullPage,
     Pushed,
@@ -749,7 +750,10 @@ def test_push_splits_the_outbox_by_count_and_by_bytes(office, monkeypatch, optio
     sent = intercept(office.http, monkeypatch, lambda send, request: send())
     assert len(wang.push()) == 5
     batches = Counter(entry.batch_id for entry in wang.outbox())
-    assert list(batches.values()) == sizes and len(sent) == len(sizes)
+    assert list(batches.values()) == sizes
+    # Between two batches, a pull naming the first's newest change (PROTOCOL.md section 12).
+    paths = [request.url.path.rsplit("/", 1)[1] for request in sent]
+    assert paths == ["push", *["pull", "push"] * (len(sizes) - 1)]
 
 
 def test_a_change_too_large_for_any_batch_is_refused_before_it_can_jam_the_outbox(office):
@@ -1320,7 +1324,7 @@ def pulls_watched(office: Office, monkeypatch: pytest.MonkeyPatch) -> list[list[
     return named
 
 
-def test_pulls_name_each_batchs_newest_change_until_a_pull_has_passed_them(office, monkeypatch):
+def test_a_batch_goes_after_a_pull_named_the_one_before(office, monkeypatch):
     wang = office.device("wang", "mediator", batch_size=2)
     named = pulls_watched(office, monkeypatch)
     made = [
@@ -1331,26 +1335,36 @@ def test_pulls_name_each_batchs_newest_change_until_a_pull_has_passed_them(offic
     wang.pull()
 
     assert [a.change_id for a in answers] == [c.change_id for c in made]
-    newest = [Pushed(answers[n].seq or 0, made[n].change_id) for n in (1, 2)]
-    assert named == [newest, []]
+    # Each batch's newest change, named by the next pull; none once a pull passed them.
+    newest = [[Pushed(answers[n].seq or 0, made[n].change_id)] for n in (1, 2)]
+    assert named == [*newest, []]
 
 
-def test_a_device_that_pushed_many_batches_pulls_before_it_pushes_more(office, monkeypatch):
-    monkeypatch.setattr("sync.client.MAX_PUSHED", 2)
-    wang = office.device("wang", "mediator", batch_size=1)
-    named = pulls_watched(office, monkeypatch)
-    for n in range(3):
-        wang.edit("case", f"k-{n}", {"title": "Drains", "location": XIANGMIHU})
-    answers = wang.push()
-
-    assert [len(each) for each in named] == [2]  # after the second batch, before the third
-    assert [a.status for a in answers] == ["applied"] * 3
-
-
-def test_a_device_holding_as_many_batches_as_a_pull_names_pushes_none_while_it_cannot_pull(
+def test_an_office_that_checks_none_is_named_the_newest_batches_a_pull_may_name(
     office, monkeypatch
 ):
     monkeypatch.setattr("sync.client.MAX_PUSHED", 2)
+    real_pull_once = DeviceClient._pull_once
+
+    def older_office(self: DeviceClient, request: Any, pushed: list[Pushed]) -> PullPage:
+        if pushed:
+            raise MalformedRequest("Expected `array` of length 6")
+        return real_pull_once(self, request, pushed)
+
+    wang = office.device("wang", "mediator", batch_size=1)
+    answers: list[ChangeResult] = []
+    with monkeypatch.context() as older:
+        older.setattr(DeviceClient, "_pull_once", older_office)
+        for n in range(4):
+            wang.edit("case", f"k-{n}", {"title": "Drains", "location": XIANGMIHU})
+            answers += wang.push()
+    named = pulls_watched(office, monkeypatch)
+    wang.pull()  # the office upgraded
+
+    assert named == [[Pushed(a.seq or 0, a.change_id) for a in answers[-2:]]]
+
+
+def test_a_batch_waits_while_the_pull_that_would_name_the_one_before_fails(office, monkeypatch):
     wang = office.device("wang", "mediator", batch_size=1)
 
     def no_pulls(send: Callable[[], httpx.Response], request: httpx.Request):
@@ -1365,10 +1379,36 @@ def test_a_device_holding_as_many_batches_as_a_pull_names_pushes_none_while_it_c
         wang.push()
     monkeypatch.undo()
 
-    # Two batches that no pull has named are as many as one may: the third waits.
-    assert [r.url.path.rsplit("/", 1)[1] for r in seen] == ["push", "push", "pull"]
-    assert [e.state for e in wang.outbox()] == ["applied", "applied", "pending"]
-    assert [a.status for a in wang.sync().pushed] == ["applied"]
+    assert [r.url.path.rsplit("/", 1)[1] for r in seen] == ["push", "pull"]
+    assert [e.state for e in wang.outbox()] == ["applied", "pending", "pending"]
+    assert [a.status for a in wang.sync().pushed] == ["applied", "applied"]
+
+
+def test_a_restore_between_two_batches_of_one_push_is_found_before_the_second_goes(
+    office, tmp_path, monkeypatch
+):
+    wang = office.device("wang", "mediator", batch_size=1)
+    wang.edit("case", "k-1", {"title": "Drains", "location": XIANGMIHU})
+    wang.sync()
+    backup = back_up(tmp_path)
+    lost = wang.edit("case", "k-1", {"summary": "The neighbour agreed to pay 500"})
+    office.wall.tick()
+    newer = wang.edit("case", "k-1", {"priority": "high"})
+    with restored(office, backup, wang):
+        restored_http, wang._http = wang._http, office.http
+
+        def restored_after_the_first_batch(send: Callable[[], httpx.Response], request: Any):
+            response = send()
+            wang._http = restored_http
+            return response
+
+        intercept(office.http, monkeypatch, restored_after_the_first_batch)
+        wang.push()
+        wang.sync()
+
+    # Not `stale_stamp`: the lost change reached the restored office before the newer one.
+    answers = {e.change_id: (e.state, e.reason) for e in wang.outbox()}
+    assert answers[lost.change_id] == answers[newer.change_id] == ("applied", None)
 
 
 @pytest.mark.parametrize("pushed_since", [False, True], ids=["pulled-next", "pushed-first"])
