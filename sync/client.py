@@ -213,6 +213,9 @@ class DeviceClient:
         self._batch_bytes = batch_bytes
         self._pull_limit = pull_limit
         self._whole_states = whole_states
+        # False once the office refused a pull naming `pushed` (one from before it): pulls
+        # name none from then on, and a push pulls between batches no more, in vain.
+        self._office_checks_pushed = True
         self._signing_key, self._kem_key = self._load_or_make_keys()
         identity = self._store.sealed_meta(IDENTITY)
         self._identity = (
@@ -441,7 +444,8 @@ class DeviceClient:
         order (a newer change of this device's first would make them `stale_stamp`).
         """
         pulled = self.pull()
-        pushed = self.push()
+        pushed, meanwhile = self._push()
+        pulled = _added(pulled, meanwhile)
         if pushed:
             pulled = _added(pulled, self.pull())
         return SyncReport(pushed, pulled)
@@ -455,32 +459,36 @@ class DeviceClient:
         earlier one. A transport error or an error answer leaves the batch
         stored for the next try and propagates (errors as `sync.errors`).
         Each answered batch's newest logged change is kept for the pulls to name
-        (`pushed`), and a batch goes only after a pull named those kept: one that
-        an office restored since lost is found before a later batch overtakes it.
+        (`pushed`), and while any are kept a pull names them before the next batch
+        goes: one that an office restored since lost is found before a later batch
+        overtakes it (an office from before `pushed` checks none: then no pulls).
         """
+        return self._push()[0]
+
+    def _push(self) -> tuple[list[ChangeResult], PullReport]:
+        """`push()`, with what the pulls between its batches did."""
         results: list[ChangeResult] = []
+        pulled = PullReport()
         named = False  # whether a pull named those kept since the last batch went
         while True:
             stored = self._store.open_batches()
             if not stored and not self._store.unbatched(1):
-                return results
-            if self._pushed() and not named:
+                return results, pulled
+            if self._pushed() and self._office_checks_pushed and not named:
                 # Pull (or raise trying). One that finds a restore queues the batches
-                # anew: read them again. An office from before `pushed` keeps them all,
-                # unchecked: then the batch goes after that one pull.
-                self.pull()
+                # anew: read them again.
+                pulled = _added(pulled, self.pull())
                 named = True
                 continue
             if stored:
                 batch_id, body = stored[0]
                 batch = _decode_batch(body)  # a file from before push v2 holds v1 requests
-                results += self._send_batch(
-                    batch_id, batch.changes if isinstance(batch, PushRequest) else batch
-                )
-            elif (new := self._next_batch()) is not None:
-                results += self._send_batch(*new)
+                raws = batch.changes if isinstance(batch, PushRequest) else batch
             else:
-                return results  # none fits (never so: one too large is refused when made)
+                new = self._next_batch()
+                assert new is not None  # changes are pending (above); a batch takes one at least
+                batch_id, raws = new
+            results += self._send_batch(batch_id, raws)
             named = False
 
     def _next_batch(self) -> tuple[str, list[bytes]] | None:
@@ -541,9 +549,6 @@ class DeviceClient:
         # From nothing, the office sends each record as it holds it, not its history; an
         # office from before that refuses the cursor, and sends the history.
         from_nothing = STATES_CURSOR if self._whole_states else None
-        # Likewise an office from before `pushed` refuses a pull that names any: this pull
-        # goes on without, and they stay for the next, unchecked.
-        name_pushed = True
         ahead: tuple[str, Future[PullPage]] | None = None  # the next page, on its way
         while True:
             cursor = self._store.meta(CURSOR)
@@ -552,7 +557,9 @@ class DeviceClient:
                 cursor=cursor if isinstance(cursor, str) and rebuild != "due" else from_nothing,
                 limit=self._pull_limit,
             )
-            pushed = self._pushed() if name_pushed else []
+            # An office from before `pushed` refuses a pull that names any: this pull goes
+            # on without, and they stay, unchecked.
+            pushed = self._pushed() if self._office_checks_pushed else []
             tries = [ahead[1]] if ahead and ahead[0] == request.cursor else []
             ahead = None
             try:
@@ -562,7 +569,7 @@ class DeviceClient:
             except MalformedRequest:
                 if not pushed:
                     raise
-                name_pushed = False
+                self._office_checks_pushed = False
                 continue
             except BadCursor:
                 if not pushed and request.cursor is None:

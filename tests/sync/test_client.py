@@ -1340,6 +1340,17 @@ def test_a_batch_goes_after_a_pull_named_the_one_before(office, monkeypatch):
     assert named == [*newest, []]
 
 
+def test_a_sync_reports_what_the_pulls_between_its_batches_applied(office):
+    wang = office.device("wang", "mediator", batch_size=1)
+    for n in range(2):
+        wang.edit("case", f"k-{n}", {"title": "Drains", "location": XIANGMIHU})
+
+    report = wang.sync()
+
+    # Each of its own changes came back: the first by the pull between the two batches.
+    assert (len(report.pushed), report.pulled.applied) == (2, 2)
+
+
 def test_an_office_that_checks_none_is_named_the_newest_batches_a_pull_may_name(
     office, monkeypatch
 ):
@@ -1355,12 +1366,16 @@ def test_an_office_that_checks_none_is_named_the_newest_batches_a_pull_may_name(
     answers: list[ChangeResult] = []
     with monkeypatch.context() as older:
         older.setattr(DeviceClient, "_pull_once", older_office)
+        seen = intercept(office.http, older, lambda send, request: send())
         for n in range(4):
             wang.edit("case", f"k-{n}", {"title": "Drains", "location": XIANGMIHU})
             answers += wang.push()
+    wang.close()
     named = pulls_watched(office, monkeypatch)
-    wang.pull()  # the office upgraded
+    office.open("wang").pull()  # started again, against the office upgraded meanwhile
 
+    # One pull found that office checks none; from then on the batches went unpulled.
+    assert [r.url.path.rsplit("/", 1)[1] for r in seen] == ["push", "pull"] + ["push"] * 3
     assert named == [[Pushed(a.seq or 0, a.change_id) for a in answers[-2:]]]
 
 
