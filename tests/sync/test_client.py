@@ -1475,47 +1475,6 @@ def test_a_change_whose_id_another_device_took_is_refused_once_and_nothing_loops
     assert [r.url.path.rsplit("/", 1)[1] for r in seen] == ["pull", "push", "pull", "pull"]
 
 
-def test_a_pull_inside_push_that_finds_a_restore_sends_the_lost_change_first(
-    office, tmp_path, monkeypatch
-):
-    # An office from before `pushed` checks none, so they pile up to the cap and push pulls
-    # before each batch; that pull finds the restore and queues batches anew.
-    monkeypatch.setattr("sync.client.MAX_PUSHED", 2)
-    real_pull_once = DeviceClient._pull_once
-
-    def older_office(self: DeviceClient, request: Any, pushed: list[Pushed]) -> PullPage:
-        if pushed:
-            raise MalformedRequest("Expected `array` of length 6")
-        return real_pull_once(self, request, pushed)
-
-    monkeypatch.setattr(DeviceClient, "_pull_once", older_office)
-    wang = office.device("wang", "mediator", batch_size=1)
-    wang.edit("case", "k-1", {"title": "Drains", "location": XIANGMIHU})
-    wang.sync()
-    backup = back_up(tmp_path)
-    lost = wang.edit("case", "k-1", {"summary": "The neighbour agreed to pay 500"})
-    wang.push()
-    office.wall.tick()
-    newer = wang.edit("case", "k-1", {"priority": "high"})
-
-    def answer_lost(send: Callable[[], httpx.Response], request: httpx.Request):
-        response = send()
-        if request.url.path.endswith("/push"):
-            raise httpx.ReadTimeout("the answer was lost", request=request)
-        return response
-
-    with monkeypatch.context() as lossy:
-        intercept(office.http, lossy, answer_lost)
-        with pytest.raises(httpx.ReadTimeout):
-            wang.push()  # its batch stays open, unanswered
-    with restored(office, backup, wang):
-        wang.push()
-        wang.sync()
-
-    answers = {e.change_id: (e.state, e.reason) for e in wang.outbox()}
-    assert answers[lost.change_id] == answers[newer.change_id] == ("applied", None)
-
-
 def test_a_restored_office_gets_a_lost_change_before_a_batch_that_was_never_answered(
     office, tmp_path, monkeypatch
 ):
