@@ -93,13 +93,17 @@ def retry_after(error: errors.LianxinError) -> int | None:
     return next((RETRY_AFTER_S[k] for k in type(error).__mro__ if k in RETRY_AFTER_S), None)
 
 
-def lianxin_error(request: Request, error: errors.LianxinError) -> Response:
+def answer_or_page(request: Request, status: int, error: errors.LianxinError) -> Response:
+    """`answer`, or under /console/ the console's error page: a browser shows no msgpack."""
     if request.url.path.startswith("/console/"):
         from server.console.web import error_page  # the console renders its own pages
 
-        response = error_page(request, error, status_of(error))
-    else:
-        response = answer(request, status_of(error), error.code, error.detail)
+        return error_page(request, error, status)
+    return answer(request, status, error.code, error.detail)
+
+
+def lianxin_error(request: Request, error: errors.LianxinError) -> Response:
+    response = answer_or_page(request, status_of(error), error)
     seconds = retry_after(error)
     if seconds is not None:
         response.headers["Retry-After"] = str(seconds)
@@ -108,7 +112,14 @@ def lianxin_error(request: Request, error: errors.LianxinError) -> Response:
 
 def http_error(request: Request, error: HTTPException) -> Response:
     code = HTTP_CODES.get(error.status_code, "bad_request" if error.status_code < 500 else "error")
-    return answer(request, error.status_code, code, str(error.detail))
+    return answer_or_page(request, error.status_code, coded(code, str(error.detail)))
+
+
+def coded(code: str, detail: str) -> errors.LianxinError:
+    """An error of the framework's, or an unexpected one, as ours: its code and detail."""
+    error = errors.LianxinError(detail)
+    error.code = code
+    return error
 
 
 def storage_fault(error: sqlite3.Error) -> errors.Unavailable:
@@ -138,7 +149,9 @@ def storage_error(request: Request, error: sqlite3.Error) -> Response:
 
 def internal_error(request: Request, error: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=error)
-    return answer(request, 500, "internal", "unexpected server error; nothing was written")
+    return answer_or_page(
+        request, 500, coded("internal", "unexpected server error; nothing was written")
+    )
 
 
 EXCEPTION_HANDLERS = {

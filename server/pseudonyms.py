@@ -38,7 +38,7 @@ def reidentify(
             (
                 user
                 for user in directory.users(role="informant")
-                if hmac.compare_digest(pseudonym(key, user.user_id), name)
+                if hmac.compare_digest(pseudonym(key, user.user_id).encode(), name.encode())
             ),
             None,
         )

@@ -13,6 +13,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import msgspec
+
 from schemas.changes import Change, ChangeResult, Op
 from server import audit
 from server.console.web import _
@@ -43,6 +45,10 @@ def office_change(
     `typed`: the change holds a value the user typed (`SyncService.act`)."""
     if not reason.strip():
         raise InvalidAction(_("a reason is required"))
+    try:  # a typed value no change can carry: an integer beyond 64 bits
+        msgspec.msgpack.encode(set)
+    except (OverflowError, msgspec.EncodeError):
+        raise InvalidAction(_("this value is too large to store")) from None
     key = (record_type, record_id)
     with service.store.transaction():
         # Read inside the transaction: a push landing in between is seen, and superseded

@@ -71,7 +71,7 @@ from server.console.web import (
 from server.service import SyncService
 from server.storage.directory import User
 from sync import signing
-from sync.access import org_unit, within
+from sync.access import location_refused, org_unit, within
 from sync.changes import decode_change
 from sync.errors import InvalidAction, UnknownRecord
 from sync.merge import materialize
@@ -159,8 +159,9 @@ def _may_see_new(user: User, change: Change, authors: Authors) -> bool:
         location = msgspec.convert(change.set.get("location"), Location | None)
     except msgspec.ValidationError:
         location = None  # the change may have been rejected for this very value
-    unit = org_unit(location)
-    if unit is not None:
+    # A location that names no unit, or that the office refused, places the change nowhere.
+    unit = None if location_refused(change) else org_unit(location)
+    if unit:
         return within(unit, user.org_units)
     device = authors.device(change.device_id)
     if device is not None and device.user.org_units:

@@ -262,7 +262,8 @@ def session(
 
 
 def check_csrf(current: Session, given: str | None) -> None:
-    if not given or not hmac.compare_digest(given, current.csrf):
+    # compare_digest raises on non-ASCII text: compare bytes.
+    if not given or not hmac.compare_digest(given.encode(), current.csrf.encode()):
         raise CsrfRefused(_("missing or wrong CSRF token; reload the page"))
 
 

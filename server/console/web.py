@@ -12,6 +12,7 @@ import contextlib
 import functools
 import gettext
 import io
+import sqlite3
 from collections.abc import Mapping
 from importlib.resources import files
 from typing import Any, NamedTuple, TypeVar
@@ -211,9 +212,9 @@ MAX_OFFSET = 2**31 - 1
 
 
 def whole_number(text: str) -> int | None:
-    """`text` as a whole number if it is ASCII digits; None otherwise ("²".isdigit() holds,
-    and int("²") raises)."""
-    return int(text) if text.isascii() and text.isdigit() else None
+    """`text` as a whole number if it is at most 18 ASCII digits; None otherwise ("²".isdigit()
+    holds, and int("²") raises; int() refuses more than 4,300 digits)."""
+    return int(text) if len(text) <= 18 and text.isascii() and text.isdigit() else None
 
 
 def page_offset(offset: int) -> int:
@@ -229,8 +230,11 @@ def back_to(path: str) -> Response:
 def error_page(request: Request, error: LianxinError, status: int) -> Response:
     """A console error as a page; not signed in means the sign-in page."""
     if isinstance(error, NotSignedIn):
-        return Redirect(f"/console/login?next={quote(request.url.path)}", status_code=303)
+        # After signing in the browser GETs `next`: a form's target would answer 405.
+        back = request.url.path if request.method == "GET" else "/console/cases"
+        return Redirect(f"/console/login?next={quote(back)}", status_code=303)
     current = None
-    with contextlib.suppress(LianxinError):
+    # The error may be the store's own: the page then names no one.
+    with contextlib.suppress(LianxinError, sqlite3.Error):
         current = signed_in(request, touch=False)  # on the event loop: no write
     return render(request, current, "error.html", status=status, error=error)

@@ -133,6 +133,64 @@ def test_pages_refuse_anonymous_users(console):
     assert console.http.get("/api/cases").json()["error"] == "not_signed_in"
 
 
+BROWSER = {"accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/console/conflicts?offset=abc", 400, "bad_request"),  # the framework's validation
+        ("/console/no-such-page", 404, "not_found"),
+        ("/console/conflicts/settle", 405, "method_not_allowed"),  # a form's target, fetched
+    ],
+)
+def test_console_errors_are_pages_a_browser_shows(console, path, status, code):
+    sign_in(console, supervisor(console))
+    answer = console.http.get(path, headers=BROWSER, follow_redirects=False)
+    assert answer.status_code == status
+    assert answer.headers["content-type"].startswith("text/html")
+    assert f"<code>{code}</code>" in answer.text and 'href="/console/cases"' in answer.text
+
+
+def test_long_numbers_typed_in_a_form_or_a_link_are_answered_not_a_server_error(console):
+    sign_in(console, supervisor(console))
+    csrf = console.http.get("/api/me").json()["csrf"]
+    huge = "9" * 4400  # int() refuses more than 4,300 digits
+    listed = console.http.get(f"/console/cases?offset={huge}")
+    assert listed.status_code == 200
+    deadline = console.http.post(
+        "/console/deadlines",
+        data={"csrf": csrf, "category": "noise", "days": huge, "reason": "rule"},
+    )
+    assert deadline.status_code == 400 and "<code>invalid_action</code>" in deadline.text
+
+
+def test_a_csrf_token_that_is_not_ascii_is_refused_like_any_wrong_one(console):
+    sign_in(console, supervisor(console))
+    stored = console.fingerprint()
+    form = console.http.post("/console/language", data={"csrf": "é", "language": "zh_CN"})
+    api = console.http.post(
+        "/api/deadlines",
+        content=b"{}",
+        headers={"x-csrf-token": "é".encode("latin-1"), "content-type": "application/json"},
+    )
+    assert (form.status_code, api.status_code) == (403, 403)
+    assert api.json()["error"] == "csrf_refused"
+    assert console.fingerprint() == stored
+
+
+def test_a_form_sent_after_the_session_expired_leads_back_to_a_page_after_sign_in(console):
+    chen = supervisor(console)
+    expired = console.http.post(
+        "/console/conflicts/settle", data={"csrf": "x"}, follow_redirects=False
+    )
+    assert expired.headers["location"] == "/console/login?next=/console/cases"
+    page = console.http.get("/console/cases", follow_redirects=False)
+    assert page.headers["location"] == "/console/login?next=/console/cases"
+    signed = sign_in(console, chen)
+    assert signed.headers["location"] == "/console/cases"
+
+
 def test_session_cookies_are_secure_by_default(tmp_path):
     with running_office(tmp_path, secure_cookies=True) as office:
         answer = sign_in(office, supervisor(office))

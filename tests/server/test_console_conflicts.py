@@ -229,6 +229,20 @@ def test_typed_values_are_read_for_the_fields_type_and_checked_by_the_merge(offi
     assert office.http.get("/api/cases/k-noise").json()["case"]["households"] == 13
 
 
+@pytest.mark.parametrize("value", [str(2**64), str(-(2**63) - 1)], ids=["above", "below"])
+def test_a_whole_number_beyond_64_bits_is_refused_not_a_server_error(office, value):
+    sun, li = two_mediators(office)
+    concurrently(sun, li, {"households": 12}, {"households": 14})
+    csrf = sign_in(office, supervisor(office))
+    (conflict,) = office.http.get("/api/conflicts").json()["conflicts"]
+    stored = office.fingerprint()
+    form = settle_form(office, csrf, conflict, choice="custom", value=value, reason="Count")
+    assert form.status_code == 400 and "too large to store" in form.text
+    api = settle_api(office, csrf, conflict, int(value))
+    assert (api.status_code, api.json()["error"]) == (400, "invalid_action")
+    assert office.fingerprint() == stored
+
+
 def test_a_case_deleted_while_another_mediator_edited_it_is_restored(office):
     sun, li = two_mediators(office)
     concurrently(

@@ -288,6 +288,28 @@ def test_a_new_record_is_shown_to_the_supervisors_of_its_place(office):
     assert seen["Zhang"] == {"k-new", "p-new"}
 
 
+@pytest.mark.parametrize(
+    "location",
+    [
+        {"city": "", "district": "", "street": ""},  # valid, but names no unit
+        {"city": "", "district": "", "street": "Gongshu"},  # refused: empty before named
+    ],
+    ids=["no-unit", "refused"],
+)
+def test_a_new_record_whose_location_places_it_nowhere_goes_to_its_mediators_units(
+    office, location
+):
+    sun = office.enroll("mediator", name="Sun Li")  # Hangzhou/Gongshu
+    bad_case = sun.change("case", "k-new", {"title": "x" * 300, "location": location})
+    (result,) = decode(sun.push([bad_case], "b-1"))["results"]
+    assert result["status"] == "rejected"
+    seen = {}
+    for name, units in (("Chen", ["Hangzhou/Gongshu"]), ("Xu", ["Hangzhou/Xihu"])):
+        sign_in(office, supervisor(office, name, units))
+        seen[name] = [i["record_id"] for i in held(office)["items"]]
+    assert seen == {"Chen": ["k-new"], "Xu": []}
+
+
 def test_another_districts_supervisor_sees_nothing_and_can_do_nothing(office):
     _, _, edit = an_unassigned_edit(office)
     csrf = sign_in(office, supervisor(office, "Xu", ["Hangzhou/Xihu"]))

@@ -60,12 +60,14 @@ def test_only_a_supervisor_of_the_informants_units_re_identifies_and_each_try_is
         with pytest.raises(Forbidden):
             reidentify(office.directory, key, alias, asker, "curious", 2)
     assert reidentify(office.directory, key, "inf-nobody", chen, "check", 3) is None
+    assert reidentify(office.directory, key, "inf-马丽华", chen, "typed in Chinese", 4) is None
 
     entries = [e for e in audit.entries(office.store.db) if e.action.startswith("reidentify")]
     assert [(e.actor, e.action) for e in entries] == [
         (f"user:{chen.user_id}", "reidentify"),
         (f"user:{far.user_id}", "reidentify_refused"),
         (f"user:{sun.user_id}", "reidentify_refused"),
+        (f"user:{chen.user_id}", "reidentify"),
         (f"user:{chen.user_id}", "reidentify"),
     ]
     assert entries[0].detail == {"found": True, "reason": "threat to the informant"}
