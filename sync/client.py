@@ -419,7 +419,7 @@ class DeviceClient:
             )
         unsigned = Signature(
             signer=signer,
-            signed_at=agreements.moment(self._wall_ms()),
+            signed_at=agreements.moment(self._server_ms()),  # a slow phone dates it right
             content_hash=agreements.content_hash(agreement_id, agreement),
             signature=b"",
             witness=identity.user_id if handwriting is not None else None,
@@ -508,7 +508,7 @@ class DeviceClient:
         if answer.batch_id != batch_id or [r.change_id for r in answer.results] != sent:
             raise LianxinError(f"the answer to batch {batch_id} does not match the batch")
         with self._store.transaction():
-            self._store.record_answers(batch_id, answer.results)
+            erased = self._store.record_answers(batch_id, answer.results)
             logged = [(r.seq, r.change_id) for r in answer.results if r.seq is not None]
             if logged:
                 # Each batch's own: the office that answered the next may be one restored
@@ -516,6 +516,8 @@ class DeviceClient:
                 # An office from before `pushed` checks none: there the oldest go.
                 held = [*self._pushed(), Pushed(*max(logged))][-MAX_PUSHED:]
                 self._store.set_meta(PUSHED, " ".join(f"{p.seq} {p.change_id}" for p in held))
+        if erased:
+            self._store.checkpoint()  # the dropped bytes must not stay in the -wal either
         return answer.results
 
     def _pushed(self) -> list[Pushed]:

@@ -84,14 +84,14 @@ def apply(
         seq = store.last_seq()
         answers = []
         for change, raw in zip(changes, raws, strict=True):
+            key = (change.record_type, change.record_id)
             first = known.get(change.change_id)
             if first is not None:
-                answers.append(_again(change, *first))
+                answers.append(_again(change, *first, erased=key in erased))
                 continue
             limit = clock.limit()
             clamped = change.hlc > limit
             clock.receive(change.hlc)
-            key = (change.record_type, change.record_id)
             before = states.get(key)
             denied = authorize(change) if authorize else None
             if key in erased:
@@ -143,17 +143,19 @@ def apply(
     return Applied(answers, touched)
 
 
-def _again(change: Change, device_id: str, first: ChangeResult) -> ChangeResult:
-    """The answer to a change id answered before: a duplicate of its device's change, or,
-    from another device, refused, and kept nowhere (the id is the other change's)."""
-    if device_id == change.device_id:
-        return msgspec.structs.replace(first, status="duplicate", conflicts=[])
-    return ChangeResult(
-        change_id=change.change_id,
-        status="rejected",
-        reason=Reason.CHANGE_ID_TAKEN,
-        detail="another device's change has this id",
-    )
+def _again(change: Change, device_id: str, first: ChangeResult, erased: bool) -> ChangeResult:
+    """The answer to a change id answered before: a duplicate of its device's change, or
+    refused and kept nowhere: from another device (the id is the other change's), or to a
+    record erased since (its device must drop its copy, as for any change to it)."""
+    if device_id != change.device_id:
+        return _refused(change, Reason.CHANGE_ID_TAKEN, "another device's change has this id")
+    if erased:
+        return _refused(change, Reason.RECORD_ERASED, "erased")
+    return msgspec.structs.replace(first, status="duplicate", conflicts=[])
+
+
+def _refused(change: Change, reason: Reason, detail: str) -> ChangeResult:
+    return ChangeResult(change_id=change.change_id, status="rejected", reason=reason, detail=detail)
 
 
 def _conflict_updates(

@@ -63,7 +63,7 @@ from typing import Literal, NamedTuple
 import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from schemas.changes import Change, ChangeResult
+from schemas.changes import Change, ChangeResult, Reason
 from schemas.state import RecordState
 from sync.atrest import KdfParams, create_private, derive_key, new_key, open_sealed, seal
 from sync.errors import Unreadable
@@ -121,6 +121,13 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "INSERT OR REPLACE INTO meta (key, value)"
             " SELECT 'rebuild_server_layer', 'due' WHERE EXISTS (SELECT 1 FROM records)",
         ],
+    ),
+    (
+        # Changes sent again after the office refused the cursor (`forget_server_layer`):
+        # one answered `duplicate` was not lost, and shows from the office's copy or not
+        # at all (its record left this device's view meanwhile).
+        "0004_resent",
+        ["ALTER TABLE outbox ADD COLUMN resent INTEGER NOT NULL DEFAULT 0"],
     ),
 ]
 
@@ -416,7 +423,8 @@ class ReplicaStore:
 
         This device's changes the office had accepted, or may have, go back to
         `pending`: a restored office may have lost them, and sending them again costs
-        nothing where it has not (they are answered `duplicate`). Local reads replay
+        nothing where it has not (they are answered `duplicate`, and then show only as
+        the office holds them: `resent`). Local reads replay
         those to records still in this device's view until the pull brings them back
         (the restore may have lost them), but not those to records that left it: they
         must not bring a copy back (a pull from "states" replays no old eviction).
@@ -426,7 +434,7 @@ class ReplicaStore:
         # the restore lost `stale_stamp`.
         self._db.execute("DELETE FROM batches")
         self._db.execute(
-            "UPDATE outbox SET state = 'pending', batch_id = NULL, seq = NULL,"
+            "UPDATE outbox SET state = 'pending', batch_id = NULL, seq = NULL, resent = 1,"
             " reason = NULL, detail = NULL, overlay = overlay OR EXISTS (SELECT 1 FROM records r"
             " WHERE r.record_type = outbox.record_type AND r.record_id = outbox.record_id)"
             " WHERE state IN ('applied', 'conflict', 'sent')"
@@ -501,19 +509,31 @@ class ReplicaStore:
         )
         return [change_id for (change_id,) in rows]
 
-    def record_answers(self, batch_id: str, results: Sequence[ChangeResult]) -> None:
-        """Store the server's answer to every change of a batch and close the batch.
+    def record_answers(self, batch_id: str, results: Sequence[ChangeResult]) -> bool:
+        """Store the server's answer to every change of a batch and close the batch;
+        whether any answer said its record was erased (its content is then dropped).
 
         The detail is sealed: the server's text may quote a refused value.
         """
         self._db.executemany(
-            "UPDATE outbox SET state = ?, seq = ?, reason = ?, detail = ?,"
-            " overlay = overlay AND ? WHERE change_id = ?",
+            "UPDATE outbox SET state = ?, seq = ?, reason = ?, detail = ?, resent = 0,"
+            " overlay = overlay AND ? AND NOT (resent AND ?) WHERE change_id = ?",
             [
-                (r.status, r.seq, r.reason, self._seal_detail(r), accepted(r), r.change_id)
+                (
+                    r.status,
+                    r.seq,
+                    r.reason,
+                    self._seal_detail(r),
+                    accepted(r),
+                    r.status == "duplicate",
+                    r.change_id,
+                )
                 for r in results
             ],
         )
+        erased = [r.change_id for r in results if r.reason == Reason.RECORD_ERASED]
+        for key in self._records_of(erased):  # perhaps no `erased` eviction reached us
+            self.evict(key, erased=True)
         self._db.execute("DELETE FROM batches WHERE batch_id = ?", [batch_id])
         # The office keeps nothing of a change to an erased record: nor does the device.
         self._db.execute(
@@ -521,6 +541,15 @@ class ReplicaStore:
             " WHERE e.record_type = outbox.record_type AND e.record_id = outbox.record_id)",
             [batch_id],
         )
+        return bool(erased)
+
+    def _records_of(self, change_ids: Sequence[str]) -> set[RecordKey]:
+        rows = self._db.execute(
+            "SELECT DISTINCT o.record_type, o.record_id FROM json_each(?) k"
+            " JOIN outbox o ON o.change_id = k.value",
+            [json.dumps(change_ids)],
+        )
+        return {(t, i) for t, i in rows}
 
     def _seal_detail(self, result: ChangeResult) -> bytes | None:
         # Stored as a BLOB in the TEXT column: SQLite keeps a BLOB as it is in any column.

@@ -1196,6 +1196,25 @@ def test_a_device_checks_the_office_receipt_of_an_executed_agreement(office):
     assert len(receipt_problems("a-1", executed, office_info.office_id, stranger)) == 1
 
 
+def test_a_phone_whose_clock_is_days_slow_dates_signatures_by_the_offices_time(office):
+    chen = office.device("chen", "supervisor")
+    sun = office.device("sun", "mediator", wall_ms=lambda: office.wall() - 3 * DAY_MS)
+    chen.edit(
+        "case",
+        "k-1",
+        {"title": "Grease", "location": XIANGMIHU},
+        [Add(field="agreements", value="a-1")],
+    )
+    chen.edit("case", "k-1", ops=[Add(field="mediators", value=sun.identity.user_id)])
+    chen.edit("agreement", "a-1", {"case": "k-1", "terms": "A trap.", "required_signers": ["p-1"]})
+    chen.sync()
+    sun.sync()  # learns how far off its clock is
+    sun.sign_agreement("a-1", "p-1", handwriting=b"ink")
+    sun.sync()
+    (signature,) = sun.record("agreement", "a-1").signatures
+    assert abs(signature.signed_at.timestamp() * 1000 - office.wall()) < 60_000
+
+
 def test_an_erased_record_leaves_no_bytes_in_the_write_ahead_log(office):
     sun = office.device("sun", "mediator")
     a_case_with_a_party(sun)
@@ -1241,8 +1260,82 @@ def test_a_change_in_flight_when_its_record_is_erased_goes_with_the_answer(offic
     erased(office)
     sun.pull()
     assert states(sun) == [("sent", None)]
+    kept = [
+        *sealed_outbox(sun),
+        *(body for (body,) in sun._store._db.execute("SELECT body FROM batches")),
+    ]
     assert [(r.status, r.reason) for r in sun.push()] == [("rejected", "record_erased")]
     assert sun.outbox() == []
+    assert not any(raw in on_disk(sun._store.path) for raw in kept)
+
+
+def refused_cursor(device: DeviceClient) -> None:
+    """The office was restored: the cursor `device` holds no longer opens there."""
+    version, position, seq, _ = str(device._store.meta("cursor")).split(".")
+    device._store.set_meta("cursor", f"{version}.{position}.{seq}.{'0' * 32}")
+
+
+def test_a_case_erased_while_the_office_was_restored_does_not_come_back(office):
+    sun = office.device("sun", "mediator")
+    sun.edit("case", "k-he", {"title": "Water leak", "location": XIANGMIHU})
+    sun.edit("case", "k-he", {"summary": "He Jianguo's ceiling drips"})
+    sun.sync()
+    erased(office)  # while sun is offline; the pull from "states" replays no eviction
+    refused_cursor(sun)
+    pushed, _ = sun.sync()
+    # Sent again, as after any restore: answered as for any change to an erased record.
+    assert [(r.status, r.reason) for r in pushed] == [("rejected", "record_erased")] * 2
+    assert sun.record("case", "k-he") is None
+    assert sun.outbox() == [] and sun._store.is_erased(("case", "k-he"))
+    disk = on_disk(sun._store.path)
+    assert b"He Jianguo" not in disk  # the outbox is sealed; and no sealed copy is left
+    assert not any(raw in disk for raw in sealed_outbox(sun))
+
+
+def sealed_outbox(device: DeviceClient) -> list[bytes]:
+    return [raw for (raw,) in device._store._db.execute("SELECT raw FROM outbox")]
+
+
+def test_a_case_that_left_the_view_while_the_office_was_restored_does_not_come_back(office):
+    chen = office.device("chen", "supervisor")
+    sun = office.device("sun", "mediator")
+    chen.edit("case", "k-1", {"title": "Drains", "location": XIANGMIHU})
+    chen.edit("case", "k-1", ops=[Add(field="mediators", value=sun.identity.user_id)])
+    chen.sync()
+    sun.sync()
+    sun.edit("case", "k-1", {"summary": "Met the households"})
+    sun.sync()
+    office.wall.tick()
+    chen.edit("case", "k-1", ops=[Remove(field="mediators", value=sun.identity.user_id)])
+    chen.sync()
+    refused_cursor(sun)
+    pushed, _ = sun.sync()
+    assert [r.status for r in pushed] == ["duplicate"]  # the office had not lost it
+    # No copy built from sun's own change alone, then or ever.
+    assert sun.record("case", "k-1") is None
+    sun.sync()
+    assert sun.record("case", "k-1") is None
+
+
+def test_a_change_to_a_case_erased_out_of_sight_is_dropped_on_its_answer(office):
+    chen = office.device("chen", "supervisor")
+    sun = office.device("sun", "mediator")
+    chen.edit("case", "k-he", {"title": "Water leak", "location": XIANGMIHU})
+    chen.edit("case", "k-he", ops=[Add(field="mediators", value=sun.identity.user_id)])
+    chen.sync()
+    sun.sync()
+    sun.edit("case", "k-he", {"summary": "He Jianguo's ceiling drips"})  # offline
+    office.wall.tick()
+    chen.edit("case", "k-he", ops=[Remove(field="mediators", value=sun.identity.user_id)])
+    chen.sync()
+    erased(office)  # sun no longer sees it: no `erased` eviction reaches sun
+    kept = sealed_outbox(sun)
+    pushed, _ = sun.sync()
+    assert [(r.status, r.reason) for r in pushed] == [("rejected", "record_erased")]
+    assert sun.outbox() == [] and sun._store.is_erased(("case", "k-he"))
+    assert not any(raw in on_disk(sun._store.path) for raw in kept)
+    with pytest.raises(Rejected, match="erased"):
+        sun.edit("case", "k-he", {"title": "Water leak again"})
 
 
 def test_a_change_over_1_mib_is_refused_before_it_is_queued(office):
@@ -1507,6 +1600,7 @@ def as_older_merge_left_it(device: DeviceClient, keys: list[tuple[str, str]]) ->
         device._store.put_states(msgspec.structs.replace(states[k], edits=None) for k in keys)
         device._store.set_meta("rebuild_server_layer", None)
     device._store._db.execute("DROP TABLE staged")
+    device._store._db.execute("ALTER TABLE outbox DROP COLUMN resent")  # 0004
     device._store._db.execute("PRAGMA user_version = 2")
     device.close()
 

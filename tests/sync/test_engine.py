@@ -4,6 +4,7 @@ import msgspec
 import pytest
 
 from schemas import Add, Append, Change, Reason
+from server.erasure import erase_case
 from sync.clock import pack, wall_of
 from sync.engine import apply_batch
 from sync.merge import materialize
@@ -96,6 +97,19 @@ def test_a_change_id_another_device_used_is_refused_not_taken_as_a_duplicate(sto
     assert (answer.status, answer.reason, answer.seq) == ("rejected", Reason.CHANGE_ID_TAKEN, None)
     assert (again.status, again.seq) == ("duplicate", 1)  # its own device's, as ever
     assert (records(store), store.last_seq(), store.quarantined()) == before
+
+
+def test_a_change_sent_again_after_its_record_was_erased_is_answered_erased(store, server_clock):
+    mine = change(1, set={"title": "Drains", "status": "new"})
+    apply_batch(store, [mine], server_clock)
+    erase_case(store, "k-1", "court order", "operator:wang", WALL_MS)
+    before = (store.last_seq(), store.quarantined())
+
+    # A device that never learnt of the erasure sends it again (a lost answer, a restore).
+    (again,) = apply_batch(store, [mine], server_clock)
+
+    assert (again.status, again.reason, again.seq) == ("rejected", Reason.RECORD_ERASED, None)
+    assert (store.last_seq(), store.quarantined()) == before
 
 
 def test_conflict_result_names_every_candidate_with_its_author(store, server_clock):
