@@ -296,6 +296,11 @@ def verify_audit(settings: Settings) -> int:
     """Check the audit chain, its checkpoints and every stored signature; 1 on any break."""
     with _directory(settings) as directory:
         report = audit_verify.verify_store(directory.store, directory.store.vault.keys)
+        report.problems.extend(
+            f"the erasure of {'/'.join(key)} stopped half way (its key is destroyed, the store"
+            " still holds it, devices were not told): `lianxin serve` finishes it"
+            for key, _ in backup.unfinished_erasures(directory.store.path, settings.key_store_path)
+        )
     for problem in report.problems:
         print(f"FAIL {problem}")
     if report.problems:
@@ -415,6 +420,10 @@ def serve(settings: Settings) -> int:
     # (it would stay resident under the raised thresholds), and the app starts a thread.
     memory.keep_freed_memory()
     app = create_app(settings, keys=keys)
+    # An erasure killed after destroying keys, before telling devices and the audit log.
+    cleared = backup.finish_erasures(app.state.service.store, "lianxin serve", system_wall_ms())
+    if cleared:
+        print(f"Finished erasures that had stopped half way: {', '.join(cleared)}")
     memory.collect_less()
     logs.configure_logging()
     print(f"Lianxin serving {settings.data_dir} on http://{settings.host}:{settings.port}")

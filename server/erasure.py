@@ -8,8 +8,10 @@ entries), and every user who could read them gets an eviction at a new log
 position, so their devices delete their copies on the next pull. The linked
 records it keeps (a party another case names, a warning, an agreement) lose
 the case's readers as a push unlinking them would: at the same position,
-whoever may no longer see one gets an `access_removed` eviction. Running it
-again finishes an erasure that stopped half way.
+whoever may no longer see one gets an `access_removed` eviction. An erasure
+that stopped half way (its keys destroyed, nothing else done) is finished by
+running it again, or by `lianxin serve` as it starts; `lianxin audit verify`
+reports one.
 """
 
 from __future__ import annotations

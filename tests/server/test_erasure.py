@@ -3,16 +3,20 @@
 import sqlite3
 
 import msgspec
+import uvicorn
 
 from schemas import Add, Append
 from server import audit
+from server.cli import main
 from server.erasure import erase_case
 from server.storage.people import repeats
 from server.storage.sqlite import SqliteStore
 from server.storage.vault import Vault
 from sync.changes import decode_change
+from tests.conftest import PASSPHRASE
 from tests.server.test_app import GONGSHU, XIHU, decode
 from tests.server.test_atrest import leaks
+from tests.server.test_cli import opened
 
 HE = {"name": "He Jianguo", "phone": "+86 138 0000 1234", "address": "Daguan 3-401"}
 NOTE = {"entry_id": "n-1", "at": "2026-11-18T09:00:00Z", "by": "sun", "text": "Ceiling stained"}
@@ -215,3 +219,35 @@ def test_records_an_erased_case_linked_leave_its_mediators_view(office):
     assert entry.detail["records"] == ["case/k-1"]
     assert "He Jianguo" not in str(entry.detail)
     assert audit.verify(office.store.db) == []
+
+
+def test_an_erasure_killed_after_its_keys_went_is_reported_and_finished_by_serve(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("LIANXIN_PASSPHRASE", PASSPHRASE)
+    data = str(tmp_path / "data")
+    main(["--data", data, "demo", "--no-serve", "--days", "0"])
+    store = opened(tmp_path / "data")
+    # `lianxin case erase` killed after destroying the key, before its store transaction.
+    store.vault.erase(("case", "k-noise"), "court order", 1)
+    store.close()
+    capsys.readouterr()
+
+    assert main(["--data", data, "audit", "verify"]) == 1
+    assert "the erasure of case/k-noise stopped half way" in capsys.readouterr().out
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
+    assert main(["--data", data, "serve"]) == 0
+    assert "Finished erasures that had stopped half way: case/k-noise" in capsys.readouterr().out
+    assert main(["--data", data, "audit", "verify"]) == 0
+    store = opened(tmp_path / "data")
+    (entry,) = [e for e in audit.entries(store.db) if e.action == "erase"]
+    assert (entry.actor, entry.subject, entry.detail["reason"]) == (
+        "lianxin serve",
+        "case/k-noise",
+        "court order",
+    )
+    evicted = store.db.execute(
+        "SELECT count(*) FROM evictions WHERE record_id = 'k-noise' AND reason = 'erased'"
+    ).fetchone()
+    assert evicted[0] > 0
+    store.close()
