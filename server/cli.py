@@ -395,6 +395,10 @@ def restore_office(
     print(f"Restored {manifest.office_id} (backup of {manifest.created_at})", end="")
     print(f" into {settings.data_dir}")
     print(f"OK files match the manifest; integrity_check ok on {backup.STORE_FILE} and key store")
+    if data_keys is None:
+        # Its key store still holds the key of any case erased after it was taken.
+        print(f"WARNING cases erased after {manifest.created_at} can be read again: restore")
+        print("with --data-keys and a newer data-keys.db (the latest backup's) to keep them erased")
     if not restored.checked_records:
         print("NOT CHECKED: no office key file, so no record was opened. Put it at")
         print(f"{settings.keys_path}, then run `lianxin audit verify` before serving.")

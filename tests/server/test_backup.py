@@ -11,6 +11,7 @@ from litestar.testing import TestClient
 from schemas import Add, Remove
 from server import audit, audit_verify, backup
 from server.app import create_app
+from server.cli import main
 from server.erasure import erase_case
 from server.keys import OfficeKeys
 from server.settings import Settings
@@ -630,3 +631,19 @@ def test_a_batch_whose_device_signature_does_not_verify_is_refused(office, tmp_p
         in (restored.problems)
     )
     assert not target.data_dir.exists()
+
+
+def test_restoring_with_the_backups_own_data_keys_warns_that_erasures_since_are_undone(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("LIANXIN_PASSPHRASE", PASSPHRASE)
+    office = str(tmp_path / "office")
+    main(["--data", office, "init", "--admin", "Wang", "--org-unit", "Hangzhou"])
+    main(["--data", office, "backup", str(tmp_path / "backup"), "--with-key-file"])
+    capsys.readouterr()
+
+    assert main(["--data", str(tmp_path / "old"), "restore", str(tmp_path / "backup")]) == 0
+    assert "WARNING cases erased after" in capsys.readouterr().out
+    newer = ["--data-keys", str(tmp_path / "backup" / backup.KEY_STORE_FILE)]
+    assert main(["--data", str(tmp_path / "new"), "restore", str(tmp_path / "backup"), *newer]) == 0
+    assert "WARNING" not in capsys.readouterr().out
