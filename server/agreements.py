@@ -252,7 +252,7 @@ def _office_change(
         seen=dict(state.vv),
         set=fields,
     )
-    (result,), records = apply(store, [change], clock)
+    (result,), records, _ = apply(store, [change], clock)
     if result.seq is None:
         raise RuntimeError(f"the office's own change was refused: {result.reason} {result.detail}")
     index_records(store, records, now_ms)

@@ -95,6 +95,14 @@ def _check_batches(store: SqliteStore, report: Report) -> None:
     db = store.db
     device_keys = dict(db.execute("SELECT device_id, signing_key FROM devices").fetchall())
     logged = _logged(store, "push", report)
+    stored = {
+        (device_id, batch_id): count
+        for device_id, batch_id, count in db.execute(
+            "SELECT device_id, batch_id, count(*) FROM (SELECT device_id, batch_id FROM changes"
+            " UNION ALL SELECT device_id, batch_id FROM quarantine)"
+            " WHERE batch_id IS NOT NULL GROUP BY 1, 2"
+        )
+    }
     # Streamed: a city's batches hold gigabytes of manifests.
     rows = db.execute("SELECT device_id, batch_id, manifest, signature FROM batches ORDER BY rowid")
     for device_id, batch_id, manifest, signature in rows:
@@ -120,6 +128,13 @@ def _check_batches(store: SqliteStore, report: Report) -> None:
                 report.problems.append(
                     f"{where}: the stored {name} differs from the one audited in entry {entry.seq}"
                 )
+        # Logged or quarantined, never deleted (entries from before the count have none).
+        expected, found = entry.detail.get("stored"), stored.get((device_id, batch_id), 0)
+        if expected is not None and found != expected:
+            report.problems.append(
+                f"{where}: {found} of its changes are stored, {expected} when it was applied"
+                f" (entry {entry.seq})"
+            )
     for (actor, subject), entry in sorted(logged.items(), key=lambda item: item[1].seq):
         device_id, batch_id = actor.removeprefix("device:"), subject.removeprefix("batch/")
         report.problems.append(

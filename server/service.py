@@ -58,7 +58,7 @@ from sync.access import (
 )
 from sync.changes import decode_change
 from sync.clock import Clock
-from sync.engine import apply
+from sync.engine import Applied, apply
 from sync.errors import (
     BadCursor,
     BadSignature,
@@ -189,11 +189,18 @@ class SyncService:
 
         user = device.user
         with self.store.transaction():
-            self._remember_batch(device, batch_id, manifest, signature)
+            new = self._remember_batch(device, batch_id, manifest, signature)
             present, authorize = self._device_rules(user, changes)
-            results = self._apply(changes, user.user_id, present, raws, authorize, batch_id)
-        self.metrics.results(r.status for r in results)
-        return PushResponse(batch_id=batch_id, results=results)
+            applied = self._apply(changes, user.user_id, present, raws, authorize, batch_id)
+            if new:
+                # In the batch's transaction: an applied batch is always in the log (issue 8).
+                # What it stored, counted: `audit verify` finds a change deleted since.
+                now_ms, db, stored = self.wall_ms(), self.store.db, {"stored": applied.stored}
+                device_id = device.device_id
+                audit.record_batch(db, now_ms, device_id, batch_id, manifest, signature, stored)
+                audit.checkpoint_if_due(db, self.keys, now_ms)
+        self.metrics.results(r.status for r in applied.results)
+        return PushResponse(batch_id=batch_id, results=applied.results)
 
     def limit_batch(self, raws: list[bytes]) -> None:
         """Refuse a batch over the size limit before any of it is hashed or decoded."""
@@ -218,7 +225,7 @@ class SyncService:
             raise Forbidden("the change was made by another device")
         with self.store.transaction():
             present, authorize = self._device_rules(device.user, [change])
-            (result,) = self._apply(
+            (result,), _, _ = self._apply(
                 [change], device.user.user_id, present, [raw], authorize, batch_id
             )
         return result
@@ -275,10 +282,10 @@ class SyncService:
         with self.store.transaction():
             if typed:
                 present, authorize = self._device_rules(user, changes)
-                return self._apply(changes, user.user_id, present, authorize=authorize)
+                return self._apply(changes, user.user_id, present, authorize=authorize).results
             keys = [(c.record_type, c.record_id) for c in changes]
             present, _ = presence(self.store, user.user_id, keys)
-            return self._apply(changes, user.user_id, present)
+            return self._apply(changes, user.user_id, present).results
 
     def _device_vet(
         self, change: Change, before: RecordState | None, after: RecordState
@@ -298,11 +305,12 @@ class SyncService:
         raws: list[bytes] | None = None,
         authorize: Callable[[Change], str | None] | None = None,
         batch_id: str | None = None,
-    ) -> list[ChangeResult]:
+    ) -> Applied:
         """Merge `changes` and bring everything that follows from them up to date."""
         watched = repeats.watch(self.store.db, changes)
         vet = self._device_vet if authorize is not None else self.signatures
-        results, records = apply(self.store, changes, self.clock, raws, authorize, vet, batch_id)
+        applied = apply(self.store, changes, self.clock, raws, authorize, vet, batch_id)
+        records = applied.records
         # Readers change only for new records or edits to a visibility field.
         moved = {(c.record_type, c.record_id) for c in changes if changes_visibility(c)}
         touched = {
@@ -317,12 +325,13 @@ class SyncService:
         repeats.update(self.store.db, watched)
         # Agreements the batch completed are executed in the same transaction.
         execute_ready(self.store, self.keys, self.clock, written, now_ms)
-        return results
+        return applied
 
     def _remember_batch(
         self, device: Device, batch_id: str, manifest: bytes, signature: bytes
-    ) -> None:
-        """Keep the signed manifest so each change stays attributable to its device.
+    ) -> bool:
+        """Keep the signed manifest so each change stays attributable to its device; whether
+        the batch is new (a retry stores nothing again).
 
         A retry is the same batch when it signs the same changes; a version 2
         retry is signed at a later moment, so the first signature is the one kept.
@@ -336,17 +345,13 @@ class SyncService:
             stored = signing.signed_digests(row[0], device_id, batch_id)
             if stored != signing.signed_digests(manifest, device_id, batch_id):
                 raise BatchReused("this batch id was sent before with other changes")
-            return
-        now_ms = self.wall_ms()
+            return False
         self.store.db.execute(
             "INSERT INTO batches (device_id, batch_id, manifest, signature, received_at_ms)"
             " VALUES (?, ?, ?, ?, ?)",
-            [device_id, batch_id, manifest, signature, now_ms],
+            [device_id, batch_id, manifest, signature, self.wall_ms()],
         )
-        # In the batch's transaction: an applied batch is always in the log (issue 8).
-        db = self.store.db
-        audit.record_batch(db, now_ms, device_id, batch_id, manifest, signature)
-        audit.checkpoint_if_due(db, self.keys, now_ms)
+        return True
 
     def pull(self, device: Device, request: PullRequest, pushed: Sequence[Pushed] = ()) -> PullPage:
         """The next page of what this device may see, after its cursor; `bad_cursor` unless

@@ -34,10 +34,12 @@ Vet = Callable[[Change, RecordState | None, RecordState], tuple[Reason, str] | N
 
 
 class Applied(NamedTuple):
-    """A batch's answers, and the state and last seq of each record it changed."""
+    """A batch's answers, the state and last seq of each record it changed, and how many
+    of its changes it stored (logged or quarantined; not those answered before)."""
 
     results: list[ChangeResult]
     records: dict[RecordKey, tuple[RecordState, int]]
+    stored: int
 
 
 def apply_batch(
@@ -140,7 +142,7 @@ def apply(
             known[change.change_id] = Answered(change.device_id, result)
             answers.append(result)
         store.write(batch)
-    return Applied(answers, touched)
+    return Applied(answers, touched, len(batch.changes) + len(batch.quarantine))
 
 
 def _again(change: Change, device_id: str, first: ChangeResult, erased: bool) -> ChangeResult:

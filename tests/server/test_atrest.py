@@ -131,7 +131,7 @@ def test_a_supervisors_phone_holding_the_whole_seed_shows_none_of_it(tmp_path):
     clock = Clock(wall)
     touched = {}
     for scenario in seed.scenarios():
-        _, records = apply(store, scenario.changes, clock)
+        records = apply(store, scenario.changes, clock).records
         touched.update({key: seq for key, (_, seq) in records.items()})
     directory = Directory(store)
     supervisor = directory.add_user("Chen", "supervisor", ["Hangzhou"], wall.ms)

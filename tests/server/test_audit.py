@@ -95,6 +95,7 @@ def test_each_accepted_batch_is_logged_with_its_manifest_and_signature(signed):
         "manifest_sha256": signing.digest(manifest).hex(),
         "signature_sha256": signing.digest(signature).hex(),
         "changes": 1,
+        "stored": 1,
     }
 
 
@@ -244,6 +245,25 @@ def test_a_dropped_batch_is_named_with_the_changes_it_attributed(signed):
     assert problems(signed) == [
         f"entry {entry.seq} (push): batch s-2 of {device_id} is not stored",
         f"change {change_id} (seq {seq}) of {device_id}: its batch s-2 is not stored",
+    ]
+
+
+@pytest.mark.parametrize("table", ["changes", "quarantine"])
+def test_a_change_deleted_from_the_store_is_named_with_its_batch(signed, table):
+    """Someone with the file and no key rolls a record back: its later change goes."""
+    phone = signed.mediator
+    if table == "quarantine":
+        forged = {**attested(phone, "p-1"), "signature": base64.b64encode(bytes(64)).decode()}
+        (result,) = sign(phone, forged, batch_id="s-3")["results"]
+        assert result["status"] == "rejected"
+    else:
+        phone.push([phone.change("case", "k-1", {"summary": "Met both"})], batch_id="s-3")
+    entry = push_entry(signed, "s-3")
+    assert problems(signed) == []
+    sql(signed, f"DELETE FROM {table} WHERE batch_id = 's-3'")
+    assert problems(signed) == [
+        f"batch s-3 of {phone.device_id}: 0 of its changes are stored, 1 when it was applied"
+        f" (entry {entry.seq})"
     ]
 
 
