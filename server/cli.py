@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import base64
 import getpass
+import hashlib
 import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -90,9 +92,19 @@ def init(settings: Settings, admin: str, org_units: list[str]) -> int:
     return 0
 
 
+def _audited(directory: Directory, action: str, subject: str, detail: Any = None) -> None:
+    """Log an operator's act in the audit chain, as the console logs an admin's (join the
+    act's transaction to log it with the act)."""
+    with directory.store.transaction():
+        actor = f"operator:{getpass.getuser()}"
+        audit.append(directory.db, system_wall_ms(), actor, action, subject, detail)
+
+
 def add_user(settings: Settings, name: str, role: Role, org_units: list[str]) -> int:
-    with _directory(settings) as directory:
+    with _directory(settings) as directory, directory.store.transaction():
         user = directory.add_user(name, role, org_units, system_wall_ms())
+        detail = {"role": role, "org_units": org_units}  # never the name: the log is clear
+        _audited(directory, "add_user", f"user/{user.user_id}", detail)
     print(user.user_id)
     return 0
 
@@ -105,7 +117,9 @@ def set_password(settings: Settings, user_id: str) -> int:
             print(f"lianxin: no user {user_id}")
             return 1
         try:
-            signin.set_password(directory, user_id, password)
+            with directory.store.transaction():
+                signin.set_password(directory, user_id, password)
+                _audited(directory, "set_password", f"user/{user_id}")
         except ValueError as error:
             print(f"lianxin: {error}")
             return 1
@@ -120,14 +134,21 @@ def enable_totp(settings: Settings, user_id: str) -> int:
         if user is None:
             print(f"lianxin: no user {user_id}")
             return 1
-        print(signin.enable_totp(directory, user))
+        with directory.store.transaction():
+            uri = signin.enable_totp(directory, user)
+            _audited(directory, "enable_totp", f"user/{user_id}")
+    print(uri)
     return 0
 
 
 def issue_code(settings: Settings, user_id: str, ttl_hours: float) -> int:
+    now_ms, ttl_ms = system_wall_ms(), int(ttl_hours * 3600_000)
     with _directory(settings) as directory:
         try:
-            code = directory.issue_code(user_id, system_wall_ms(), int(ttl_hours * 3600_000))
+            with directory.store.transaction():
+                code = directory.issue_code(user_id, now_ms, ttl_ms)
+                expires = {"expires_at_ms": now_ms + ttl_ms}
+                _audited(directory, "issue_code", f"user/{user_id}", expires)
         except ValueError as error:
             print(f"lianxin: {error}")
             return 1
@@ -174,11 +195,18 @@ def export_agreement(settings: Settings, agreement_id: str, out: Path) -> int:
         return 1
     with _directory(settings) as directory:
         bundle = agreements.bundle(directory, directory.store.vault.keys, agreement_id)
-    if bundle is None:
-        print(f"lianxin: no agreement {agreement_id}")
-        return 1
-    with out.open("xb") as file:  # never through a link or over a file made meanwhile
-        file.write(export_bundle(bundle))
+        if bundle is None:
+            print(f"lianxin: no agreement {agreement_id}")
+            return 1
+        data = export_bundle(bundle)
+        with out.open("xb") as file:  # never through a link or over a file made meanwhile
+            file.write(data)
+        detail = {
+            "status": bundle.agreement.status,
+            "signatures": len(bundle.agreement.signatures),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        _audited(directory, "export", f"agreement/{agreement_id}", detail)
     signatures, status = len(bundle.agreement.signatures), bundle.agreement.status
     print(f"Wrote {out} ({signatures} signatures, status {status})")
     # Whoever checks the file needs the key from the office, not from the file.
@@ -251,6 +279,8 @@ def rotate_keys(settings: Settings, master: bool, kem: bool) -> int:
         while moved := directory.store.vault.rewrap():
             done += moved
         print(f"Re-wrapped {done} data keys under {keys.master_id}")
+        detail = {"master_key": keys.master_id, "kem_key": keys.kem_key_id, "rewrapped": done}
+        _audited(directory, "rotate_keys", "office", detail)
     return 0
 
 
@@ -275,6 +305,7 @@ def retire_key(settings: Settings, key_id: str) -> int:
             print(f"lianxin: {error}")
             return 1
         keys.save(settings.keys_path)
+        _audited(directory, "retire_key", f"key/{key_id}")
     print(f"Retired {key_id}")
     return 0
 

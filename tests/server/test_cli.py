@@ -1,11 +1,14 @@
 """`lianxin demo`: a fresh store with the DESIGN scenarios, and idempotent when run again."""
 
+import getpass
+import hashlib
 import os
 import subprocess
 import sys
 
 import pytest
 
+from server import audit, cli
 from server.cli import main
 from server.keys import OfficeKeys
 from server.settings import Settings
@@ -191,3 +194,46 @@ def test_users_codes_and_revocation_from_the_command_line(tmp_path, capsys):
     assert len(code) == 12
     assert main(["--data", data, "code", "u-nobody"]) == 1
     assert main(["--data", data, "device", "revoke", "dev-nothing"]) == 1
+
+
+def test_every_operators_act_at_the_command_line_is_in_the_audit_log(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LIANXIN_NEW_PASSWORD", "a long enough password 123")
+    data = tmp_path / "office"
+    main(["--data", str(data), "demo", "--no-serve", "--days", "0"])
+    store = opened(data)
+    (supervisor,) = store.db.execute(
+        "SELECT user_id FROM users WHERE role = 'supervisor'"
+    ).fetchone()
+    first_master = store.vault.keys.master_id
+    logged = len(audit.entries(store.db))
+    store.close()
+    actor = f"operator:{getpass.getuser()}"
+    acts = [
+        (["user", "add", "Zhou", "--role", "admin", "--org-unit", "Hangzhou"], "add_user"),
+        (["code", supervisor], "issue_code"),
+        (["user", "password", supervisor], "set_password"),
+        (["user", "totp", supervisor], "enable_totp"),
+        (["agreement", "export", "a-grease-1", "--out", str(tmp_path / "a.json")], "export"),
+        (["keys", "rotate"], "rotate_keys"),
+    ]
+    for argv, _ in acts:
+        assert main(["--data", str(data), *argv]) == 0, argv
+    later = cli.system_wall_ms() + 120_000  # a retirement waits a minute after a rotation
+    monkeypatch.setattr(cli, "system_wall_ms", lambda: later)
+    assert main(["--data", str(data), "keys", "retire", first_master]) == 0
+    capsys.readouterr()
+
+    store = opened(data)
+    entries = audit.entries(store.db)[logged:]
+    assert [(e.actor, e.action) for e in entries] == [
+        *((actor, action) for _, action in acts),
+        (actor, "retire_key"),
+    ]
+    assert entries[0].detail == {"role": "admin", "org_units": ["Hangzhou"]}  # no name
+    assert (
+        entries[4].detail["sha256"]
+        == hashlib.sha256((tmp_path / "a.json").read_bytes()).hexdigest()
+    )
+    assert entries[-1].subject == f"key/{first_master}"
+    assert audit.verify(store.db) == []
+    store.close()
