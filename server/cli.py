@@ -307,6 +307,9 @@ def retire_key(settings: Settings, key_id: str) -> int:
         keys.save(settings.keys_path)
         _audited(directory, "retire_key", f"key/{key_id}")
     print(f"Retired {key_id}")
+    # A backup's data-keys.db still wraps its data keys under the retired key.
+    print("Backups taken before the last rotation open only with a key file from before it:")
+    print("keep such a copy with them, or take a new backup now.")
     return 0
 
 

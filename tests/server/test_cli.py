@@ -221,7 +221,7 @@ def test_every_operators_act_at_the_command_line_is_in_the_audit_log(tmp_path, c
     later = cli.system_wall_ms() + 120_000  # a retirement waits a minute after a rotation
     monkeypatch.setattr(cli, "system_wall_ms", lambda: later)
     assert main(["--data", str(data), "keys", "retire", first_master]) == 0
-    capsys.readouterr()
+    assert "open only with a key file from before it" in capsys.readouterr().out
 
     store = opened(data)
     entries = audit.entries(store.db)[logged:]
