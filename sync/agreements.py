@@ -120,6 +120,22 @@ def check_signature(
     return None
 
 
+# Why a signature its device made may not count: it is kept, not refused.
+NOT_COUNTING = (Reason.SIGNER_NOT_REQUIRED, Reason.CONTENT_MISMATCH)
+
+
+def _made_by(device_key: bytes | None, agreement_id: str, signature: Signature) -> bool:
+    if device_key is None:
+        return False
+    try:
+        signing.verify(
+            device_key, signature.signature, signature_message(agreement_id, signature), "agreement"
+        )
+    except BadSignature:
+        return False
+    return True
+
+
 def signatures_hash(agreement_id: str, signatures: Iterable[Signature]) -> str:
     """What a receipt seals: SHA-256 over, in signer order, each signature's
     SHA-256(message) followed by its 64 signature bytes."""
@@ -206,7 +222,12 @@ def verify_file(data: bytes, office_key: bytes) -> list[str]:
 
 
 def verify_bundle(bundle: Bundle) -> list[str]:
-    """Every problem found in `bundle`; an empty list means it verifies."""
+    """Every problem found in `bundle`; an empty list means it verifies.
+
+    A signature that does not count (made before its signer left the list, or
+    over terms changed concurrently) is no problem if its device made it: the
+    agreement keeps it, and the receipt seals it with the others.
+    """
     problems = []
     if bundle.format != BUNDLE_FORMAT:
         problems.append(f"unknown bundle format {bundle.format!r}")
@@ -214,18 +235,17 @@ def verify_bundle(bundle: Bundle) -> list[str]:
     if agreement.status not in ("executed", "superseded"):
         problems.append(f"the agreement is {agreement.status}, not executed")
     devices = {d.device_id: d for d in bundle.devices}
+    counting = set()
     for signature in agreement.signatures:
         device = devices.get(signature.device_id or "")
-        refused = check_signature(
-            bundle.agreement_id,
-            agreement,
-            signature,
-            device.signing_key if device else None,
-            device.user_id if device else None,
-        )
-        if refused:
+        key, user = (device.signing_key, device.user_id) if device else (None, None)
+        refused = check_signature(bundle.agreement_id, agreement, signature, key, user)
+        if refused is None:
+            counting.add(signature.signer)
+        elif refused[0] not in NOT_COUNTING or not _made_by(key, bundle.agreement_id, signature):
             problems.append(f"signature of {signature.signer}: {refused[0]}: {refused[1]}")
-    missing = set(agreement.required_signers) - {s.signer for s in agreement.signatures}
+    withdrawn = {w.signer for w in agreement.withdrawals}
+    missing = set(agreement.required_signers) - (counting - withdrawn)
     if missing:
         problems.append(f"not signed by {', '.join(sorted(missing))}")
     problems += receipt_problems(

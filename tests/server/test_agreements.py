@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 from litestar.testing import TestClient
 
 from schemas import Add, Agreement, Append, Delete, Signature
+from server import agreements as office_agreements
 from server import audit
 from server.app import create_app
 from server.settings import Settings
@@ -448,3 +449,22 @@ def test_the_office_stamps_its_changes_after_its_last_one_when_restarted(tmp_pat
         assert answer.status_code == 200, answer.text
         assert stored_agreement(office).status == "executed"
     store.close()
+
+
+def test_an_agreement_executed_after_its_signers_were_cut_exports_a_bundle_that_verifies(office):
+    sun, li = open_agreement(office, mediators=2)
+    draft = office.store.states([("agreement", "a-1")])[("agreement", "a-1")]
+    sign(sun, attested(sun, "p-3"), batch_id="s-1")
+    # Li, offline, had not seen that signature: p-3 is no party after all.
+    cut = li.change("agreement", "a-1", {"required_signers": ["p-1", "p-2"]}, seen=draft.vv)
+    assert decode(li.push([cut], batch_id="e-1"))["results"][0]["status"] == "applied"
+    content = agreements.content_hash(
+        "a-1", Agreement(case="k-1", terms=TERMS["terms"], required_signers=["p-1", "p-2"])
+    )
+    sign(li, attested(li, "p-1", content), attested(li, "p-2", content), batch_id="s-2")
+    executed = stored_agreement(office)
+    assert executed.status == "executed" and len(executed.signatures) == 3  # p-3's kept
+
+    bundle = office_agreements.bundle(office.directory, office.keys, "a-1")
+    exported = agreements.export_bundle(bundle)
+    assert agreements.verify_file(exported, office.keys.signing_public) == []

@@ -119,11 +119,13 @@ def test_signature_and_receipt_messages_are_bound_to_their_purpose():
 OFFICE = Ed25519PrivateKey.generate()
 
 
-def executed_bundle():
+def executed_bundle(*more):
+    """The agreement executed with every required signature, and `more` kept beside them."""
     signatures = [
         OWNER.sign(TERMS, "p-owner"),
         MEDIATOR.sign(TERMS, "p-household-01", witness="u-sun"),
         MEDIATOR.sign(TERMS, "p-household-02", witness="u-sun"),
+        *more,
     ]
     unsigned = Receipt(
         office_id="office-1",
@@ -150,6 +152,31 @@ def executed_bundle():
 
 def test_an_executed_bundle_verifies_offline():
     assert agreements.verify_bundle(executed_bundle()) == []
+
+
+def test_a_signature_that_does_not_count_is_no_problem_if_its_device_made_it():
+    # Signed before the list was cut, or over terms changed concurrently: kept, sealed.
+    earlier = Agreement(case="k-grease", terms="Another trap.", required_signers=["p-gone"])
+    kept = [
+        MEDIATOR.sign(TERMS, "p-gone", witness="u-sun"),
+        MEDIATOR.sign(earlier, "p-household-01", witness="u-sun"),
+    ]
+    assert agreements.verify_bundle(executed_bundle(*kept)) == []
+    forged = msgspec.structs.replace(kept[0], signature=bytes(64))
+    (problem,) = agreements.verify_bundle(executed_bundle(forged))
+    assert problem.startswith("signature of p-gone: signer_not_required")
+
+
+def test_a_required_signer_who_signed_only_other_terms_has_not_signed():
+    earlier = msgspec.structs.replace(TERMS, terms="Another trap.")
+    bundle = executed_bundle()
+    only_earlier = [
+        *bundle.agreement.signatures[:2],
+        MEDIATOR.sign(earlier, "p-household-02", witness="u-sun"),
+    ]
+    agreement = msgspec.structs.replace(bundle.agreement, signatures=only_earlier)
+    problems = agreements.verify_bundle(msgspec.structs.replace(bundle, agreement=agreement))
+    assert "not signed by p-household-02" in problems
 
 
 def test_a_bundle_missing_a_signature_or_receipt_says_so():
