@@ -15,6 +15,9 @@ Signature64 = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
 Nonce = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
 Millis = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 Cursor = Annotated[str, msgspec.Meta(max_length=200)]
+# Bytes of one change, encoded (PROTOCOL.md section 11): offices refuse a batch holding a
+# larger one, and clients make none, since a change no batch can carry jams the outbox.
+MAX_CHANGE_BYTES = 1024 * 1024
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):

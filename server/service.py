@@ -19,6 +19,7 @@ from schemas.changes import Change, ChangeResult, Reason
 from schemas.records import RECORD_TYPES
 from schemas.state import RecordState
 from schemas.wire import (
+    MAX_CHANGE_BYTES,
     STATES_CURSOR,
     Enrollment,
     EnrollRequest,
@@ -73,6 +74,7 @@ from sync.errors import (
 from sync.store import RecordKey
 
 STATES_PER_PAGE = 1000  # a state weighs many changes
+STATES_READ_TOGETHER = 100  # a page's states are read so many at a time, up to its bytes
 MAX_SEQ = 2**63 - 1  # SQLite's largest integer: no cursor names a seq past it
 Marks = Callable[[int, int], str]  # `_log_marks` of one read of the log
 
@@ -203,12 +205,16 @@ class SyncService:
         return PushResponse(batch_id=batch_id, results=applied.results)
 
     def limit_batch(self, raws: list[bytes]) -> None:
-        """Refuse a batch over the size limit before any of it is hashed or decoded."""
+        """Refuse a batch over the size limits before any of it is hashed or decoded."""
         if len(raws) > self.settings.max_batch_changes:
             raise TooLarge(
                 f"a batch holds at most {self.settings.max_batch_changes} changes,"
                 f" this one {len(raws)}"
             )
+        # Every reader pulls each change whole, and each state holds them all.
+        for index, raw in enumerate(raws):
+            if len(raw) > MAX_CHANGE_BYTES:
+                raise TooLarge(f"$.changes[{index}] is {len(raw)} bytes, over {MAX_CHANGE_BYTES}")
 
     def reapply(self, device: Device, raw: bytes, batch_id: str | None) -> ChangeResult:
         """Apply a quarantined change's exact bytes again, as if `device` pushed it now.
@@ -359,7 +365,7 @@ class SyncService:
         limit = min(request.limit, self.settings.max_pull_limit)
         user_id = device.user.user_id
         cursor = request.cursor
-        states: list[PulledItem] = []
+        states: list[PulledState] = []
         with self.store.snapshot() as conn:
             if pushed:
                 _check_pushed(conn, device, pushed)
@@ -386,7 +392,9 @@ class SyncService:
                 position, seq, held = self._open_cursor(marks, device, cursor, last)
             if limit == 0:
                 return self._page(states, self._cursor(marks, device, position, seq, held), True)
-            page = read_page(conn, user_id, position, seq, limit, last)
+            # Changes after the last state share the page's bytes with the states.
+            room = self.settings.max_page_bytes - sum(len(s.state) for s in states)
+            page = read_page(conn, user_id, position, seq, limit, last, max_bytes=room)
             cursor = self._cursor(marks, device, page.end, page.end_seq, held)
         rows, evictions, has_more = page.rows, page.evictions, page.has_more
         raws = self.store.open_changes([row[2:6] for row in rows])
@@ -419,7 +427,7 @@ class SyncService:
         after: RecordKey,
         limit: int,
         last: int,
-    ) -> tuple[list[PulledItem], RecordKey | None]:
+    ) -> tuple[list[PulledState], RecordKey | None]:
         """The next records after `after` in key order that the user may see, as the office
         holds them now, for a device that holds nothing yet: one state a record instead of
         its history. Returns them with the last one's key, or None if none are left.
@@ -440,11 +448,21 @@ class SyncService:
             [user_id, *after, last, want + 1],
         ).fetchall()
         page: list[RecordKey] = [(t, i) for t, i in keys[:want]]
-        # Read in this pull's view, after `begun` was fixed: each holds the log up to it.
-        found = self.store.encoded_states(page)
-        items: list[PulledItem] = [
-            PulledState(seq=begun, state=found[key]) for key in page if key in found
-        ]
+        items: list[PulledState] = []
+        size = 0
+        # Read in this pull's view, after `begun` was fixed: each holds the log up to it. A
+        # few at a time: the page ends once they pass its bytes, as a page of changes does.
+        for start in range(0, len(page), STATES_READ_TOGETHER):
+            chunk = page[start : start + STATES_READ_TOGETHER]
+            found = self.store.encoded_states(chunk)
+            for n, key in enumerate(chunk):
+                state = found.get(key)
+                if state is None:  # erased since the keys were read
+                    continue
+                size += len(state)
+                if items and size > self.settings.max_page_bytes:
+                    return items, page[start + n - 1]
+                items.append(PulledState(seq=begun, state=state))
         return items, page[-1] if len(keys) > want else None
 
     def _states_cursor(

@@ -18,6 +18,8 @@ import msgspec
 PREFIX = "LIANXIN_"
 CACHED_STATES = 2_000  # see Settings.cached_states
 PACKED_STATES = 8_000  # see Settings.packed_states
+# A device pushing large changes must not make every reader's page as large.
+PAGE_BYTES = 4 * 1024 * 1024  # see Settings.max_page_bytes
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -29,6 +31,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 8 * 1024 * 1024
     max_batch_changes: Annotated[int, msgspec.Meta(ge=1)] = 1000
     max_pull_limit: Annotated[int, msgspec.Meta(ge=1)] = 5000
+    # A pull page also ends once its changes or states pass this many bytes (one always fits).
+    max_page_bytes: Annotated[int, msgspec.Meta(ge=1)] = PAGE_BYTES
     request_window_s: Annotated[int, msgspec.Meta(ge=1)] = 300
     max_clock_drift_ms: Annotated[int, msgspec.Meta(ge=0)] = 24 * 60 * 60 * 1000
     # Recently used records whose newest merge state the writer keeps (about 10 KB each).

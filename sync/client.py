@@ -52,6 +52,7 @@ from schemas.changes import Append, Change, ChangeResult, Conflict, Op, Reason
 from schemas.records import RECORD_TYPES, Agreement, Signature
 from schemas.state import RecordState
 from schemas.wire import (
+    MAX_CHANGE_BYTES,
     MAX_PUSHED,
     STATES_CURSOR,
     Enrollment,
@@ -93,9 +94,6 @@ MAX_BATCH = 500  # changes per push; the server takes up to 1,000
 # Bytes of changes per push: the server refuses a body over 8 MiB, and a batch it always
 # refuses would jam the outbox, so batches stay at half that and a larger change is refused.
 MAX_BATCH_BYTES = 4 * 1024 * 1024
-# Bytes of one change (PROTOCOL.md section 11): an office may set its body limit as low
-# as allows one such change in a batch, and a change no batch can carry jams the outbox.
-MAX_CHANGE_BYTES = 1024 * 1024
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_batch = msgspec.msgpack.Decoder(list[bytes] | PushRequest).decode

@@ -24,8 +24,10 @@ The first two are a stretch of the log filtered by `access`. They are read by
 walking the log and probing `access` by primary key, which stops as soon as
 the page is full; or, when the user's records are few beside a long stretch
 of log (a mediator back after weeks offline, one case assigned), through
-`changes (record_type, record_id, seq)` record by record, then sorted. Index
-reads pick positions first and read the change bodies of the page only.
+`changes (record_type, record_id, seq)` record by record, then sorted. Every
+part picks positions and sizes first (`length()` reads no blob); the page
+ends at `limit` changes or once they pass `max_bytes`, and only then are the
+change bodies it holds read.
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ import heapq
 import sqlite3
 from typing import NamedTuple
 
+from server.settings import PAGE_BYTES
+
 # (position, seq, record type, record id, change id, sealed change, order stamp)
 Row = tuple[int, int, str, str, str, bytes, int | None]
+# (position, seq, bytes of the sealed change)
+Key = tuple[int, int, int]
 
 # Log rows walked before asking whether reading record by record is cheaper.
 MIN_LOG_WINDOW = 4096
@@ -48,22 +54,20 @@ RECORDS_PER_LOGGED_CHANGE = 1 / 8
 # to another to the records in view since before them (recent) or entering at
 # one position (entering); both in seq order.
 _WALK = {
-    "recent": "SELECT c.seq, c.seq, c.record_type, c.record_id, c.change_id, c.raw, c.order_stamp"
-    " FROM changes c CROSS JOIN access a"
+    "recent": "SELECT c.seq, c.seq, length(c.raw) FROM changes c CROSS JOIN access a"
     " WHERE c.seq BETWEEN ? AND ? AND a.user_id = ? AND a.record_type = c.record_type"
     " AND a.record_id = c.record_id AND a.since_seq <= c.seq ORDER BY c.seq LIMIT ?",
-    "entering": "SELECT a.since_seq, c.seq, c.record_type, c.record_id, c.change_id, c.raw,"
-    " c.order_stamp FROM changes c CROSS JOIN access a"
+    "entering": "SELECT a.since_seq, c.seq, length(c.raw) FROM changes c CROSS JOIN access a"
     " WHERE c.seq BETWEEN ? AND ? AND a.user_id = ?"
     " AND a.record_type = c.record_type AND a.record_id = c.record_id AND a.since_seq = ?"
     " ORDER BY c.seq LIMIT ?",
 }
 _BY_RECORD = {
-    "recent": "SELECT c.seq, c.seq FROM access a CROSS JOIN changes c"
+    "recent": "SELECT c.seq, c.seq, length(c.raw) FROM access a CROSS JOIN changes c"
     " ON c.record_type = a.record_type AND c.record_id = a.record_id"
     " AND c.seq >= a.since_seq AND c.seq BETWEEN ? AND ?"
     " WHERE a.user_id = ? ORDER BY c.seq LIMIT ?",
-    "entering": "SELECT a.since_seq, c.seq FROM access a CROSS JOIN changes c"
+    "entering": "SELECT a.since_seq, c.seq, length(c.raw) FROM access a CROSS JOIN changes c"
     " ON c.record_type = a.record_type AND c.record_id = a.record_id AND c.seq BETWEEN ? AND ?"
     " WHERE a.user_id = ? AND a.since_seq = ? ORDER BY c.seq LIMIT ?",
 }
@@ -73,7 +77,7 @@ _RECORDS = {
     " LIMIT ?)",
 }
 _ENTERED_LATER = (
-    "SELECT a.since_seq, c.seq FROM access a CROSS JOIN changes c"
+    "SELECT a.since_seq, c.seq, length(c.raw) FROM access a CROSS JOIN changes c"
     " ON c.record_type = a.record_type AND c.record_id = a.record_id AND c.seq < a.since_seq"
     " WHERE a.user_id = ? AND a.since_seq BETWEEN ? AND ? ORDER BY a.since_seq, c.seq LIMIT ?"
 )
@@ -102,6 +106,7 @@ def read_page(
     limit: int,
     last: int,
     *,
+    max_bytes: int = PAGE_BYTES,
     log_window: int | None = None,
 ) -> Page:
     """Read the page after cursor `(position, seq)` for `user_id`; `last` is the log's last seq.
@@ -123,14 +128,23 @@ def read_page(
     # A full part ends the page where it ends: nothing entering later can be on it.
     bound = min((part[-1][0] for part in parts if len(part) == want), default=last)
     if position < bound:
-        later = conn.execute(_ENTERED_LATER, [user_id, position + 1, bound, want]).fetchall()
-        parts.append(_with_bodies(conn, later))
-    rows = list(heapq.merge(*parts, key=lambda row: (row[0], row[1])))[:want]
-    has_more = len(rows) > limit
-    rows = rows[:limit]
-    end, end_seq = (rows[-1][0], rows[-1][1]) if has_more else (last, last)
+        parts.append(conn.execute(_ENTERED_LATER, [user_id, position + 1, bound, want]).fetchall())
+    found = list(heapq.merge(*parts, key=lambda key: (key[0], key[1])))[:want]
+    keys = found[: min(limit, _fitting(found, max_bytes))]
+    has_more = len(keys) < len(found)
+    end, end_seq = (keys[-1][0], keys[-1][1]) if has_more else (last, last)
     evictions = conn.execute(_EVICTIONS, [user_id, position, end]).fetchall()
-    return Page(rows, evictions, has_more, end, end_seq)
+    return Page(_with_bodies(conn, keys), evictions, has_more, end, end_seq)
+
+
+def _fitting(keys: list[Key], max_bytes: int) -> int:
+    """How many of `keys`, from the first, fit in `max_bytes`; at least one."""
+    total = 0
+    for count, (_, _, size) in enumerate(keys):
+        total += size
+        if total > max_bytes:
+            return max(count, 1)
+    return len(keys)
 
 
 def _stretch(
@@ -142,15 +156,15 @@ def _stretch(
     want: int,
     window: int,
     entering_at: int | None = None,
-) -> list[Row]:
-    """Up to `want` rows of `part` logged from seq `first` to `final`.
+) -> list[Key]:
+    """Up to `want` keys of `part` logged from seq `first` to `final`.
 
     `part` is "recent", or "entering" with `entering_at`, the position whose
     entering history this is.
     """
     group = [] if entering_at is None else [entering_at]
     stop = min(final, first + window - 1)
-    rows: list[Row] = []
+    rows: list[Key] = []
     if first <= stop:
         rows = conn.execute(_WALK[part], [first, stop, user_id, *group, want]).fetchall()
     if len(rows) == want or stop >= final:
@@ -160,14 +174,14 @@ def _stretch(
     records = conn.execute(_RECORDS[part], [user_id, *group, enough]).fetchone()[0]
     rest = [stop + 1, final, user_id, *group, want - len(rows)]
     if records < enough:
-        return rows + _with_bodies(conn, conn.execute(_BY_RECORD[part], rest).fetchall())
+        return rows + conn.execute(_BY_RECORD[part], rest).fetchall()
     return rows + conn.execute(_WALK[part], rest).fetchall()
 
 
-def _with_bodies(conn: sqlite3.Connection, keys: list[tuple[int, int]]) -> list[Row]:
-    """The rows for `(position, seq)` keys, with each change's bytes and order stamp."""
+def _with_bodies(conn: sqlite3.Connection, keys: list[Key]) -> list[Row]:
+    """The rows for `keys`, with each change's bytes and order stamp."""
     bodies: dict[int, tuple[str, str, str, bytes, int | None]] = {}
-    seqs = [seq for _, seq in keys]
+    seqs = [seq for _, seq, _ in keys]
     for start in range(0, len(seqs), _CHUNK):
         chunk = seqs[start : start + _CHUNK]
         marks = ",".join("?" * len(chunk))
@@ -177,4 +191,4 @@ def _with_bodies(conn: sqlite3.Connection, keys: list[tuple[int, int]]) -> list[
             chunk,
         )
         bodies.update((seq, body) for seq, *body in found)
-    return [(position, seq, *bodies[seq]) for position, seq in keys]
+    return [(position, seq, *bodies[seq]) for position, seq, _ in keys]

@@ -254,12 +254,10 @@ def running_office(
     app = create_app(
         Settings(
             data_dir=folder,
-            max_body_bytes=64 * 1024,
-            max_batch_changes=50,
             require_sealed=require_sealed,
             secure_cookies=secure_cookies,
             admin_second_factor=admin_second_factor,
-            **settings,
+            **{"max_body_bytes": 64 * 1024, "max_batch_changes": 50, **settings},
         ),
         store=store,
         keys=keys,

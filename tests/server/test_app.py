@@ -7,8 +7,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from schemas import Add
-from tests.server.conftest import MSGPACK
+from schemas import Add, Append
+from tests.server.conftest import MSGPACK, running_office
 
 PROTOCOL_MD = Path(__file__).parents[2] / "docs" / "PROTOCOL.md"
 
@@ -298,6 +298,62 @@ def test_malformed_and_oversized_pushes(office, make_body, status, code, detail)
     assert error_of(answer) == (status, code)
     assert detail in decode(answer)["detail"]
     assert office.fingerprint() == stored
+
+
+NOTE = {"entry_id": "n-1", "at": "2026-11-18T09:00:00Z", "by": "sun"}
+
+
+def noted(phone, case_id, characters, entry_id="n-1"):
+    """A change adding a note of `characters` to case `case_id` (made by `phone`)."""
+    note = {**NOTE, "entry_id": entry_id, "text": "字" * characters}
+    return phone.change(
+        "case",
+        case_id,
+        {"title": "Minutes", "location": GONGSHU},
+        [Append(field="notes", entry=note)],
+    )
+
+
+def test_a_change_over_1_mib_is_refused_whole_however_large_the_body_may_be(tmp_path):
+    with running_office(tmp_path, max_body_bytes=4 * 1024 * 1024) as office:
+        phone = office.enroll("mediator")
+        stored = office.fingerprint()
+        fits, over = noted(phone, "k-1", 1000), noted(phone, "k-2", 350_000)  # 3 bytes each
+        answer = phone.push([fits, over])
+        assert error_of(answer) == (413, "too_large")
+        assert decode(answer)["detail"].startswith("$.changes[1] is ")
+        assert office.fingerprint() == stored
+
+
+def test_pages_end_once_their_changes_pass_the_page_bytes(tmp_path):
+    with running_office(tmp_path, max_page_bytes=100_000) as office:
+        phone = office.enroll("mediator")
+        for n in range(5):  # about 60 KB each: two pass the page's bytes
+            assert phone.pushed([noted(phone, f"k-{n}", 20_000)], f"b-{n}")["results"]
+        small = [
+            phone.change("case", f"k-s{n}", {"title": "Small", "location": GONGSHU})
+            for n in range(20)
+        ]
+        phone.pushed(small, "b-small")
+        chen = office.enroll("supervisor", org_units=["Hangzhou"])
+        pages, cursor = [], None
+        while True:
+            page = chen.pulled(cursor)
+            pages.append(len(page["items"]))
+            cursor = page["cursor"]
+            if not page["has_more"]:
+                break
+        assert pages == [1, 1, 1, 1, 21]  # the small ones fit beside the last large one
+        states, cursor = [], "states"
+        while True:  # the same, as records' states
+            page = msgspec.msgpack.decode(
+                chen.pull_v2_answer(chen.pull_v2(chen.pull_v2_body(cursor)))
+            )
+            states.append(len(page["items"]))
+            cursor = page["cursor"]
+            if not page["has_more"]:
+                break
+        assert states == [1, 1, 1, 1, 21]
 
 
 def test_a_change_claiming_another_author_is_forbidden(office):

@@ -1,9 +1,11 @@
-"""Pull pages read along indexes are exactly the pages of the one plain query they replace."""
+"""Pull pages read along indexes are exactly the pages of the one plain query they replace,
+cut at the same count and the same bytes."""
 
 import random
 
 import pytest
 
+from server.settings import PAGE_BYTES
 from server.storage.pull import Page, read_page
 from tests.conftest import make_store
 
@@ -19,10 +21,14 @@ REFERENCE = (
 )
 
 
-def reference_page(conn, user_id, position, seq, limit, last) -> Page:
-    rows = conn.execute(REFERENCE, [user_id, position, position, seq, limit + 1]).fetchall()
-    has_more = len(rows) > limit
-    rows = rows[:limit]
+def reference_page(conn, user_id, position, seq, limit, last, max_bytes=PAGE_BYTES) -> Page:
+    found = conn.execute(REFERENCE, [user_id, position, position, seq, limit + 1]).fetchall()
+    rows = []
+    for row in found[:limit]:  # whole changes while they fit; at least one
+        if rows and sum(len(r[5]) for r in [*rows, row]) > max_bytes:
+            break
+        rows.append(row)
+    has_more = len(rows) < len(found)
     end, end_seq = (rows[-1][0], rows[-1][1]) if has_more else (last, last)
     evictions = conn.execute(
         "SELECT seq, record_type, record_id, reason FROM evictions"
@@ -40,7 +46,7 @@ def random_log(conn, rng: random.Random) -> int:
         "INSERT INTO changes (seq, change_id, record_type, record_id, device_id, hlc, status,"
         " result, raw, order_stamp) VALUES (?, ?, ?, ?, 'dev', ?, 'applied', x'', ?, ?)",
         [
-            (s, f"c{s}", *rng.choice(records), s, f"raw{s}".encode(), rng.choice([None, s * 7]))
+            (s, f"c{s}", *rng.choice(records), s, raw(s, rng), rng.choice([None, s * 7]))
             for s in range(1, last + 1)
         ],
     )
@@ -65,6 +71,11 @@ def random_log(conn, rng: random.Random) -> int:
     return last
 
 
+def raw(seq, rng):
+    """A change's stored bytes, of one of several sizes."""
+    return f"raw{seq}".encode().ljust(rng.choice([4, 100, 3000]), b".")
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_every_page_equals_the_reference_query(tmp_path, seed):
     rng = random.Random(seed)
@@ -78,9 +89,12 @@ def test_every_page_equals_the_reference_query(tmp_path, seed):
         for _ in range(1000):
             limit = rng.choice([1, 2, 3, 7, 50, 1000])
             window = rng.choice([1, 2, 5, 16, None])
-            expected = reference_page(conn, user, position, seq, limit, last)
-            got = read_page(conn, user, position, seq, limit, last, log_window=window)
-            assert got == expected, (user, position, seq, limit, window)
+            size = rng.choice([1, 5000, 20_000, PAGE_BYTES])
+            expected = reference_page(conn, user, position, seq, limit, last, size)
+            got = read_page(
+                conn, user, position, seq, limit, last, max_bytes=size, log_window=window
+            )
+            assert got == expected, (user, position, seq, limit, window, size)
             position, seq = got.end, got.end_seq
             if not got.has_more:
                 break
