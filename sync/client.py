@@ -637,7 +637,6 @@ class DeviceClient:
             self._store.drop_server_layer()
             for raw in self._store.staged():
                 totals = _added(totals, self._apply_items(_decode_items(raw)))
-            self._store.overlay_unanswered()
             self._store.drop_staged()
             self._store.set_meta(CLOCK_LAST, self._clock.last)
             self._store.set_meta(REBUILD, None)
@@ -712,20 +711,23 @@ class DeviceClient:
         self._store.put_states(s for k in written if (s := states[k]) is not None)
         self._store.put_encoded(as_sent.items())
         self._store.mark_all_applied(applied)
-        if sent:
-            self._held_own_changes_stop_overlaying(sent)
+        self._own_changes_on_top({k: s for k in written | as_sent.keys() if (s := states[k])})
         return PullReport(0, len(applied), skipped, evicted, len(sent))
 
-    def _held_own_changes_stop_overlaying(self, sent: list[RecordState]) -> None:
-        """This device's changes that states the office sent hold show from those states,
-        no longer replayed on top (as a pulled change of its own stops replaying)."""
+    def _own_changes_on_top(self, shown: dict[RecordKey, RecordState]) -> None:
+        """On each record a page gave a state, this device's changes show on top exactly
+        while the state does not hold them: held ones stop (a pulled change of its own, or
+        one a state the office sent holds); unanswered ones an eviction hid show again."""
         device_id = self._enrolled().device_id
-        latest = {(s.record_type, s.record_id): s.vv.get(device_id, -1) for s in sent}
-        self._store.stop_overlay(
-            change.change_id
-            for key, raw in self._store.overlaying()
-            if key in latest and (change := decode_change(raw)).hlc <= latest[key]
-        )
+        hide, show = [], []
+        for own in self._store.own_changes_on(shown):
+            held = decode_change(own.raw).hlc <= shown[own.key].vv.get(device_id, -1)
+            if held and own.shown:
+                hide.append(own.change_id)
+            elif not held and not own.shown and own.unanswered:
+                show.append(own.change_id)
+        self._store.set_overlay(hide, shown=False)
+        self._store.set_overlay(show, shown=True)
 
     # -- signed requests ----------------------------------------------------------------
 

@@ -55,7 +55,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -137,6 +137,16 @@ class Lock(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
     kdf: KdfParams
     wrapped_key: bytes
+
+
+class OwnChange(NamedTuple):
+    """One of this device's changes, as local reads may replay it."""
+
+    change_id: str
+    key: RecordKey
+    raw: bytes
+    shown: bool  # local reads replay it
+    unanswered: bool
 
 
 class OutboxEntry(NamedTuple):
@@ -346,12 +356,11 @@ class ReplicaStore:
         return {change_id for (change_id,) in rows}
 
     def mark_all_applied(self, changes: Sequence[Change]) -> None:
-        """Remember pulled changes; the device's own among them stop overlaying."""
+        """Remember pulled changes."""
         self._db.executemany(
             "INSERT OR IGNORE INTO applied (change_id, record_type, record_id) VALUES (?, ?, ?)",
             [(c.change_id, c.record_type, c.record_id) for c in changes],
         )
-        self.stop_overlay(c.change_id for c in changes)
 
     def evict(self, key: RecordKey, erased: bool = False) -> None:
         """Forget a record that left this device's view.
@@ -359,7 +368,8 @@ class ReplicaStore:
         Its applied change ids go too: if the record comes back into view, the
         server sends its whole history again, and every change must then apply.
         Own changes to it stop overlaying, whatever their state, or they would
-        show a copy of the record built from them alone. They stay otherwise:
+        show a copy of the record built from them alone (unanswered ones show again
+        if it comes back: `DeviceClient._own_changes_on_top`). They stay otherwise:
         unanswered ones are answered (most likely `not_permitted`, and kept by the
         office for a person to judge), and answered ones are sent again should the
         office be restored from a backup that lost them (`forget_server_layer`).
@@ -407,15 +417,6 @@ class ReplicaStore:
         """Drop every record and applied change id; the outbox stays as it is."""
         self._db.execute("DELETE FROM records")
         self._db.execute("DELETE FROM applied")
-
-    def overlay_unanswered(self) -> None:
-        """Own changes still awaiting their answer show again on records in the layer (an
-        eviction replayed by a whole pull had hidden them)."""
-        self._db.execute(
-            "UPDATE outbox SET overlay = 1 WHERE state IN ('pending', 'sent') AND EXISTS"
-            " (SELECT 1 FROM records r WHERE r.record_type = outbox.record_type"
-            " AND r.record_id = outbox.record_id)"
-        )
 
     def forget_server_layer(self) -> None:
         """Drop every record and applied change id, for a pull from no cursor to build the
@@ -473,10 +474,22 @@ class ReplicaStore:
         )
         return [((t, i), self._open(raw, "outbox", change_id)) for change_id, t, i, raw in rows]
 
-    def stop_overlay(self, change_ids: Iterable[str]) -> None:
-        """These own changes are in the server layer now: local reads stop replaying them."""
+    def own_changes_on(self, keys: Container[RecordKey]) -> list[OwnChange]:
+        """Own changes to `keys` that local reads replay or that await their answer."""
+        rows = self._db.execute(
+            "SELECT change_id, record_type, record_id, raw, overlay, state IN ('pending', 'sent')"
+            " FROM outbox WHERE overlay OR state IN ('pending', 'sent') ORDER BY position"
+        )
+        return [
+            OwnChange(change_id, (t, i), self._open(raw, "outbox", change_id), bool(o), bool(u))
+            for change_id, t, i, raw, o, u in rows
+            if (t, i) in keys
+        ]
+
+    def set_overlay(self, change_ids: Iterable[str], shown: bool) -> None:
+        """Whether local reads replay these own changes on top of the server layer."""
         self._db.executemany(
-            "UPDATE outbox SET overlay = 0 WHERE change_id = ?", [(c,) for c in change_ids]
+            "UPDATE outbox SET overlay = ? WHERE change_id = ?", [(shown, c) for c in change_ids]
         )
 
     def unbatched(self, limit: int) -> list[tuple[str, bytes]]:

@@ -1162,6 +1162,32 @@ def test_a_record_leaving_the_view_keeps_this_devices_changes_but_shows_none(off
     assert sun.outbox()[1].change_id == queued.change_id
 
 
+@pytest.mark.parametrize("pulled_from", ["history", "states"])
+def test_an_edit_not_yet_sent_shows_again_when_its_record_comes_back_into_view(office, pulled_from):
+    chen = office.device("chen", "supervisor")
+    sun = office.device("sun", "mediator")
+    chen.edit("case", "k-1", {"title": "Drains", "location": XIANGMIHU})
+    chen.edit("case", "k-1", ops=[Add(field="mediators", value=sun.identity.user_id)])
+    chen.sync()
+    sun.sync()
+    sun.edit("case", "k-1", {"summary": "Met the households"})  # offline
+    office.wall.tick()
+    chen.edit("case", "k-1", ops=[Remove(field="mediators", value=sun.identity.user_id)])
+    chen.sync()
+    sun.pull()  # the eviction; then no signal for the push
+    assert sun.record("case", "k-1") is None
+    office.wall.tick()
+    chen.edit("case", "k-1", ops=[Add(field="mediators", value=sun.identity.user_id)])
+    chen.sync()
+    if pulled_from == "states":
+        refused_cursor(sun)  # the record comes back as a state the office holds
+
+    sun.pull()  # and again no signal for the push after
+
+    assert sun.record("case", "k-1").summary == "Met the households"
+    assert states(sun) == [("pending", None)]
+
+
 def test_a_device_checks_the_office_receipt_of_an_executed_agreement(office):
     chen = office.device("chen", "supervisor")
     sun = office.device("sun", "mediator")
