@@ -332,7 +332,7 @@ def verify_audit(settings: Settings) -> int:
         report = audit_verify.verify_store(directory.store, directory.store.vault.keys)
         report.problems.extend(
             f"the erasure of {'/'.join(key)} stopped half way (its key is destroyed, the store"
-            " still holds it, devices were not told): `lianxin serve` finishes it"
+            " still holds it, devices were not told): `lianxin serve` finishes it as it starts"
             for key, _ in backup.unfinished_erasures(directory.store.path, settings.key_store_path)
         )
     for problem in report.problems:

@@ -79,8 +79,7 @@ def erase_records(
     unshared in the old data may have been shared, and so kept, live).
     """
     db = store.db
-    for key in targets:
-        store.vault.erase(key, reason, now_ms)
+    store.vault.erase_all(targets, reason, now_ms)
     store.forget_cached(targets)
     erased_cases = [i for t, i in targets if t == "case"]
     with store.transaction():

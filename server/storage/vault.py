@@ -29,7 +29,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -181,19 +181,33 @@ class Vault:
 
     def erase(self, key: RecordKey, reason: str, now_ms: int) -> bool:
         """Destroy a record's data key for good; False if it had none or was erased already."""
+        return self.erase_all([key], reason, now_ms) == 1
+
+    def erase_all(self, keys: Sequence[RecordKey], reason: str, now_ms: int) -> int:
+        """Destroy these records' data keys for good, all or none (an erasure killed half way
+        is then finished from the keys destroyed); how many had one to destroy."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            done = self._db.execute(
-                "UPDATE data_keys SET wrapped = NULL, master_id = NULL, erased_ms = ?,"
-                " reason = ? WHERE record_type = ? AND record_id = ? AND wrapped IS NOT NULL",
-                [now_ms, reason, *key],
-            ).rowcount
-            self._db.execute("COMMIT")
-            # The WAL still holds the page with the key until a checkpoint rewrites it.
+            try:
+                done = sum(
+                    self._db.execute(
+                        "UPDATE data_keys SET wrapped = NULL, master_id = NULL, erased_ms = ?,"
+                        " reason = ? WHERE record_type = ? AND record_id = ?"
+                        " AND wrapped IS NOT NULL",
+                        [now_ms, reason, *key],
+                    ).rowcount
+                    for key in keys
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            # The WAL still holds the pages with the keys until a checkpoint rewrites them.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._cache.pop(key, None)
-            self._ciphers.pop(key, None)
-        return bool(done)
+            for key in keys:
+                self._cache.pop(key, None)
+                self._ciphers.pop(key, None)
+        return done
 
     def rewrap(self, limit: int = 1000) -> int:
         """Re-wrap up to `limit` data keys still under an older master key; how many it did."""

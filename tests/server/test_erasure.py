@@ -3,10 +3,11 @@
 import sqlite3
 
 import msgspec
+import pytest
 import uvicorn
 
 from schemas import Add, Append
-from server import audit
+from server import audit, backup
 from server.cli import main
 from server.erasure import erase_case
 from server.storage.people import repeats
@@ -251,3 +252,23 @@ def test_an_erasure_killed_after_its_keys_went_is_reported_and_finished_by_serve
     ).fetchone()
     assert evicted[0] > 0
     store.close()
+
+
+def test_an_erasure_destroys_all_its_keys_or_none(office):
+    """Killed between two keys, the case's party would stay readable and be no one's to
+    erase: its links go when the case's erasure is finished."""
+    sun = office.enroll("mediator")
+    assert decode(sun.push(open_case(sun, "k-he", "p-he")))["results"][0]["status"] == "applied"
+    vault = office.store.vault
+    vault._db.execute(  # the key store fails at the second key, as a kill there would
+        "CREATE TEMP TRIGGER fail BEFORE UPDATE ON data_keys WHEN old.record_type = 'party'"
+        " BEGIN SELECT RAISE(ABORT, 'killed'); END"
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="killed"):
+        erase_case(office.store, "k-he", "court order", "operator:wang", 1)
+    vault._db.execute("DROP TRIGGER fail")
+    assert backup.unfinished_erasures(office.store.path, vault.path) == []
+    both = [("case", "k-he"), ("party", "p-he")]
+    assert set(office.store.states(both)) == set(both)  # nothing erased: run it again
+    assert erase_case(office.store, "k-he", "court order", "operator:wang", 2).records == both
+    assert office.store.states(both) == {}
