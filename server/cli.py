@@ -77,9 +77,13 @@ def init(settings: Settings, admin: str, org_units: list[str]) -> int:
         return 1
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     OfficeKeys.generate(passphrase(confirm=True)).save(settings.keys_path, new=True)
-    with _directory(settings) as directory:
-        user = directory.add_user(admin, "admin", org_units, system_wall_ms())
-        code = directory.issue_code(user.user_id, system_wall_ms(), CODE_TTL_MS)
+    with _directory(settings) as directory, directory.store.transaction():
+        now_ms = system_wall_ms()
+        user = directory.add_user(admin, "admin", org_units, now_ms)
+        subject = f"user/{user.user_id}"
+        _audited(directory, "add_user", subject, {"role": "admin", "org_units": org_units})
+        code = directory.issue_code(user.user_id, now_ms, CODE_TTL_MS)
+        _audited(directory, "issue_code", subject, {"expires_at_ms": now_ms + CODE_TTL_MS})
     print(
         f"Created office in {settings.data_dir} (store {settings.store_path.name}, keys"
         f" {settings.keys_path.name})"

@@ -32,7 +32,7 @@ from server.console import signin, times
 from server.console.signin import Session
 from server.service import SyncService
 from sync import decoding
-from sync.errors import Forbidden, LianxinError, NotSignedIn
+from sync.errors import Forbidden, LianxinError, MalformedRequest, NotSignedIn
 
 COOKIE = "lianxin_console"
 CSRF_HEADER = "x-csrf-token"
@@ -98,8 +98,16 @@ def signed_in(request: Request, *roles: str, touch: bool = True) -> Session:
 
 async def form_of(request: Request) -> dict[str, str]:
     """The posted form's fields (last value of each)."""
-    data = await request.form()
+    data = await _posted(request)
     return {key: str(value) for key, value in data.items()}
+
+
+async def _posted(request: Request) -> FormMultiDict:
+    """The posted form; one whose bytes do not decode is refused, not a server error."""
+    try:
+        return await request.form()
+    except ValueError as error:  # UnicodeDecodeError among them
+        raise MalformedRequest(f"the form does not decode: {error}") from None
 
 
 def checked(request: Request, current: Session, fields: Mapping[str, str]) -> None:
@@ -122,7 +130,7 @@ async def _signed_in_off_loop(request: Request, *roles: str) -> Session:
 async def signed_form(request: Request, *roles: str) -> Posted:
     """A signed-in user's posted form, its CSRF token checked (`signed_in`, `checked`)."""
     current = await _signed_in_off_loop(request, *roles)
-    form = await request.form()
+    form = await _posted(request)
     fields = {key: str(value) for key, value in form.items()}
     checked(request, current, fields)
     return Posted(current, fields, form)

@@ -225,6 +225,14 @@ def test_every_operators_act_at_the_command_line_is_in_the_audit_log(tmp_path, c
 
     store = opened(data)
     entries = audit.entries(store.db)[logged:]
+    office = str(tmp_path / "new")
+    assert main(["--data", office, "init", "--admin", "Wang", "--org-unit", "Hangzhou"]) == 0
+    new = opened(tmp_path / "new")
+    assert [(e.actor, e.action) for e in audit.entries(new.db)] == [
+        (actor, "add_user"),
+        (actor, "issue_code"),
+    ]
+    new.close()
     assert [(e.actor, e.action) for e in entries] == [
         *((actor, action) for _, action in acts),
         (actor, "retire_key"),

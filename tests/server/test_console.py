@@ -179,6 +179,28 @@ def test_a_csrf_token_that_is_not_ascii_is_refused_like_any_wrong_one(console):
     assert console.fingerprint() == stored
 
 
+MULTIPART = {"content-type": "multipart/form-data; boundary=XX"}
+
+
+def multipart(name, value):
+    return b'--XX\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n--XX--\r\n' % (
+        name.encode(),
+        value,
+    )
+
+
+def test_a_form_whose_bytes_are_not_utf_8_is_refused_not_a_server_error(console):
+    anonymous = console.http.post(
+        "/console/login", content=multipart("user_id", b"\xff"), headers=MULTIPART
+    )
+    sign_in(console, supervisor(console))
+    signed_in = console.http.post(
+        "/console/language", content=multipart("csrf", b"\xed\xa0\x80"), headers=MULTIPART
+    )
+    for answer in (anonymous, signed_in):
+        assert answer.status_code == 400 and "<code>malformed</code>" in answer.text
+
+
 def test_a_form_sent_after_the_session_expired_leads_back_to_a_page_after_sign_in(console):
     chen = supervisor(console)
     expired = console.http.post(
