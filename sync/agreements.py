@@ -111,12 +111,8 @@ def check_signature(
         return Reason.SIGNATURE_INVALID, (
             "an attested signature names its device's user as witness and a handwriting hash"
         )
-    try:
-        signing.verify(
-            device_key, signature.signature, signature_message(agreement_id, signature), "agreement"
-        )
-    except BadSignature as error:
-        return Reason.SIGNATURE_INVALID, error.detail
+    if not _made_by(device_key, agreement_id, signature):
+        return Reason.SIGNATURE_INVALID, "the agreement signature does not verify"
     return None
 
 
@@ -125,6 +121,7 @@ NOT_COUNTING = (Reason.SIGNER_NOT_REQUIRED, Reason.CONTENT_MISMATCH)
 
 
 def _made_by(device_key: bytes | None, agreement_id: str, signature: Signature) -> bool:
+    """Whether the device holding `device_key` made `signature` (None: no known device)."""
     if device_key is None:
         return False
     try:
