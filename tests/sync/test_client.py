@@ -1162,18 +1162,27 @@ def test_a_record_leaving_the_view_keeps_this_devices_changes_but_shows_none(off
     assert sun.outbox()[1].change_id == queued.change_id
 
 
-@pytest.mark.parametrize("pulled_from", ["history", "states"])
-def test_an_edit_not_yet_sent_shows_again_when_its_record_comes_back_into_view(office, pulled_from):
+def sun_writes_offline(office: Office, case_id: str, text: str, *, pushed: bool = False):
+    """Chen's case `case_id`, assigned to Sun and synced by both; Sun writes `text` in its
+    summary (and pushes it if `pushed`); then Chen takes Sun off the case. (chen, sun)."""
     chen = office.device("chen", "supervisor")
     sun = office.device("sun", "mediator")
-    chen.edit("case", "k-1", {"title": "Drains", "location": XIANGMIHU})
-    chen.edit("case", "k-1", ops=[Add(field="mediators", value=sun.identity.user_id)])
+    chen.edit("case", case_id, {"title": "Drains", "location": XIANGMIHU})
+    chen.edit("case", case_id, ops=[Add(field="mediators", value=sun.identity.user_id)])
     chen.sync()
     sun.sync()
-    sun.edit("case", "k-1", {"summary": "Met the households"})  # offline
+    sun.edit("case", case_id, {"summary": text})
+    if pushed:
+        sun.sync()
     office.wall.tick()
-    chen.edit("case", "k-1", ops=[Remove(field="mediators", value=sun.identity.user_id)])
+    chen.edit("case", case_id, ops=[Remove(field="mediators", value=sun.identity.user_id)])
     chen.sync()
+    return chen, sun
+
+
+@pytest.mark.parametrize("pulled_from", ["history", "states"])
+def test_an_edit_not_yet_sent_shows_again_when_its_record_comes_back_into_view(office, pulled_from):
+    chen, sun = sun_writes_offline(office, "k-1", "Met the households")
     sun.pull()  # the eviction; then no signal for the push
     assert sun.record("case", "k-1") is None
     office.wall.tick()
@@ -1188,10 +1197,8 @@ def test_an_edit_not_yet_sent_shows_again_when_its_record_comes_back_into_view(o
     assert states(sun) == [("pending", None)]
 
 
-def test_a_device_checks_the_office_receipt_of_an_executed_agreement(office):
-    chen = office.device("chen", "supervisor")
-    sun = office.device("sun", "mediator")
-    signers = ["p-1", "p-2"]
+def an_agreement_for(sun: DeviceClient, chen: DeviceClient, signers: list[str]) -> None:
+    """Chen's agreement a-1 on case k-1, which Sun mediates; both synced."""
     chen.edit(
         "case",
         "k-1",
@@ -1202,6 +1209,13 @@ def test_a_device_checks_the_office_receipt_of_an_executed_agreement(office):
     chen.edit("agreement", "a-1", {"case": "k-1", "terms": "A trap.", "required_signers": signers})
     chen.sync()
     sun.sync()
+
+
+def test_a_device_checks_the_office_receipt_of_an_executed_agreement(office):
+    chen = office.device("chen", "supervisor")
+    sun = office.device("sun", "mediator")
+    signers = ["p-1", "p-2"]
+    an_agreement_for(sun, chen, signers)
     assert sun.receipt_problems("a-1") == ["no office receipt: the agreement was not executed"]
     for signer in signers:
         sun.sign_agreement("a-1", signer, handwriting=b"ink")
@@ -1225,16 +1239,7 @@ def test_a_device_checks_the_office_receipt_of_an_executed_agreement(office):
 def test_a_phone_whose_clock_is_days_slow_dates_signatures_by_the_offices_time(office):
     chen = office.device("chen", "supervisor")
     sun = office.device("sun", "mediator", wall_ms=lambda: office.wall() - 3 * DAY_MS)
-    chen.edit(
-        "case",
-        "k-1",
-        {"title": "Grease", "location": XIANGMIHU},
-        [Add(field="agreements", value="a-1")],
-    )
-    chen.edit("case", "k-1", ops=[Add(field="mediators", value=sun.identity.user_id)])
-    chen.edit("agreement", "a-1", {"case": "k-1", "terms": "A trap.", "required_signers": ["p-1"]})
-    chen.sync()
-    sun.sync()  # learns how far off its clock is
+    an_agreement_for(sun, chen, ["p-1"])  # sun learns how far off its clock is
     sun.sign_agreement("a-1", "p-1", handwriting=b"ink")
     sun.sync()
     (signature,) = sun.record("agreement", "a-1").signatures
@@ -1323,17 +1328,7 @@ def sealed_outbox(device: DeviceClient) -> list[bytes]:
 
 
 def test_a_case_that_left_the_view_while_the_office_was_restored_does_not_come_back(office):
-    chen = office.device("chen", "supervisor")
-    sun = office.device("sun", "mediator")
-    chen.edit("case", "k-1", {"title": "Drains", "location": XIANGMIHU})
-    chen.edit("case", "k-1", ops=[Add(field="mediators", value=sun.identity.user_id)])
-    chen.sync()
-    sun.sync()
-    sun.edit("case", "k-1", {"summary": "Met the households"})
-    sun.sync()
-    office.wall.tick()
-    chen.edit("case", "k-1", ops=[Remove(field="mediators", value=sun.identity.user_id)])
-    chen.sync()
+    _, sun = sun_writes_offline(office, "k-1", "Met the households", pushed=True)
     refused_cursor(sun)
     pushed, _ = sun.sync()
     assert [r.status for r in pushed] == ["duplicate"]  # the office had not lost it
@@ -1344,16 +1339,7 @@ def test_a_case_that_left_the_view_while_the_office_was_restored_does_not_come_b
 
 
 def test_a_change_to_a_case_erased_out_of_sight_is_dropped_on_its_answer(office):
-    chen = office.device("chen", "supervisor")
-    sun = office.device("sun", "mediator")
-    chen.edit("case", "k-he", {"title": "Water leak", "location": XIANGMIHU})
-    chen.edit("case", "k-he", ops=[Add(field="mediators", value=sun.identity.user_id)])
-    chen.sync()
-    sun.sync()
-    sun.edit("case", "k-he", {"summary": "He Jianguo's ceiling drips"})  # offline
-    office.wall.tick()
-    chen.edit("case", "k-he", ops=[Remove(field="mediators", value=sun.identity.user_id)])
-    chen.sync()
+    _, sun = sun_writes_offline(office, "k-he", "He Jianguo's ceiling drips")
     erased(office)  # sun no longer sees it: no `erased` eviction reaches sun
     kept = sealed_outbox(sun)
     pushed, _ = sun.sync()
