@@ -77,13 +77,20 @@ def init(settings: Settings, admin: str, org_units: list[str]) -> int:
         return 1
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     OfficeKeys.generate(passphrase(confirm=True)).save(settings.keys_path, new=True)
-    with _directory(settings) as directory, directory.store.transaction():
-        now_ms = system_wall_ms()
-        user = directory.add_user(admin, "admin", org_units, now_ms)
-        subject = f"user/{user.user_id}"
-        _audited(directory, "add_user", subject, {"role": "admin", "org_units": org_units})
-        code = directory.issue_code(user.user_id, now_ms, CODE_TTL_MS)
-        _audited(directory, "issue_code", subject, {"expires_at_ms": now_ms + CODE_TTL_MS})
+    try:
+        with _directory(settings) as directory, directory.store.transaction():
+            now_ms = system_wall_ms()
+            user = directory.add_user(admin, "admin", org_units, now_ms)
+            subject = f"user/{user.user_id}"
+            _audited(directory, "add_user", subject, {"role": "admin", "org_units": org_units})
+            code = directory.issue_code(user.user_id, now_ms, CODE_TTL_MS)
+            _audited(directory, "issue_code", subject, {"expires_at_ms": now_ms + CODE_TTL_MS})
+    except BaseException as error:
+        settings.keys_path.unlink()  # an office with no admin: `init` may be run again
+        if isinstance(error, ValueError):  # an org unit that is no path, say
+            print(f"lianxin: {error}")
+            return 1
+        raise
     print(
         f"Created office in {settings.data_dir} (store {settings.store_path.name}, keys"
         f" {settings.keys_path.name})"
@@ -96,12 +103,19 @@ def init(settings: Settings, admin: str, org_units: list[str]) -> int:
     return 0
 
 
+def operator() -> str:
+    """Who runs this command, as the audit log names them."""
+    try:
+        return f"operator:{getpass.getuser()}"
+    except (KeyError, OSError):  # a container's user id with no name (no passwd entry)
+        return f"operator:uid-{os.getuid()}"
+
+
 def _audited(directory: Directory, action: str, subject: str, detail: Any = None) -> None:
     """Log an operator's act in the audit chain, as the console logs an admin's (join the
     act's transaction to log it with the act)."""
     with directory.store.transaction():
-        actor = f"operator:{getpass.getuser()}"
-        audit.append(directory.db, system_wall_ms(), actor, action, subject, detail)
+        audit.append(directory.db, system_wall_ms(), operator(), action, subject, detail)
 
 
 def add_user(settings: Settings, name: str, role: Role, org_units: list[str]) -> int:
@@ -176,7 +190,7 @@ def revoke_device(settings: Settings, device_id: str) -> int:
         now_ms = system_wall_ms()
         revoked = directory.revoke(device_id, now_ms)
         if revoked:
-            actor = f"operator:{getpass.getuser()}"
+            actor = operator()
             audit.append(directory.db, now_ms, actor, "revoke", f"device/{device_id}")
     print(f"Revoked {device_id}" if revoked else f"lianxin: no active device {device_id}")
     return 0 if revoked else 1
@@ -248,7 +262,7 @@ def erase_case(settings: Settings, case_id: str, reason: str) -> int:
     with _directory(settings) as directory:
         try:
             erased = erasure.erase_case(
-                directory.store, case_id, reason, f"operator:{getpass.getuser()}", system_wall_ms()
+                directory.store, case_id, reason, operator(), system_wall_ms()
             )
         except KeyError:
             print(f"lianxin: no case {case_id}")
@@ -392,7 +406,7 @@ def backup_office(settings: Settings, dest: Path, with_key_file: bool) -> int:
             settings,
             dest,
             with_key_file=with_key_file,
-            actor=f"operator:{getpass.getuser()}",
+            actor=operator(),
             now_ms=system_wall_ms(),
         )
     except (OSError, LianxinError) as error:
@@ -420,7 +434,7 @@ def restore_office(
         settings,
         key_file=key_file,
         passphrase=passphrase,
-        actor=f"operator:{getpass.getuser()}",
+        actor=operator(),
         now_ms=system_wall_ms(),
         data_keys=data_keys,
     )

@@ -106,7 +106,7 @@ async def _posted(request: Request) -> FormMultiDict:
     """The posted form; one whose bytes do not decode is refused, not a server error."""
     try:
         return await request.form()
-    except ValueError as error:  # UnicodeDecodeError among them
+    except (ValueError, LookupError) as error:  # bytes, or a charset, Python cannot decode
         raise MalformedRequest(f"the form does not decode: {error}") from None
 
 

@@ -180,21 +180,26 @@ class Vault:
         return open_sealed(master, wrapped, _bind(key))
 
     def erase(self, key: RecordKey, reason: str, now_ms: int) -> bool:
-        """Destroy a record's data key for good; False if it had none or was erased already."""
+        """Destroy a record's data key for good; False if it was erased already."""
         return self.erase_all([key], reason, now_ms) == 1
 
     def erase_all(self, keys: Sequence[RecordKey], reason: str, now_ms: int) -> int:
         """Destroy these records' data keys for good, all or none (an erasure killed half way
-        is then finished from the keys destroyed); how many had one to destroy."""
+        is then finished from the keys destroyed); how many were not erased already.
+
+        A record with no key yet (a party its case named before a phone pushed it) is
+        marked erased all the same: it may never be stored.
+        """
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 done = sum(
                     self._db.execute(
-                        "UPDATE data_keys SET wrapped = NULL, master_id = NULL, erased_ms = ?,"
-                        " reason = ? WHERE record_type = ? AND record_id = ?"
-                        " AND wrapped IS NOT NULL",
-                        [now_ms, reason, *key],
+                        "INSERT INTO data_keys (record_type, record_id, erased_ms, reason)"
+                        " VALUES (?, ?, ?, ?) ON CONFLICT (record_type, record_id) DO UPDATE"
+                        " SET wrapped = NULL, master_id = NULL, erased_ms = excluded.erased_ms,"
+                        " reason = excluded.reason WHERE wrapped IS NOT NULL",
+                        [*key, now_ms, reason],
                     ).rowcount
                     for key in keys
                 )

@@ -196,6 +196,24 @@ def test_users_codes_and_revocation_from_the_command_line(tmp_path, capsys):
     assert main(["--data", data, "device", "revoke", "dev-nothing"]) == 1
 
 
+def test_an_init_that_fails_leaves_no_office_behind_and_names_a_nameless_operator(
+    tmp_path, capsys, monkeypatch
+):
+    data = str(tmp_path / "office")
+    assert main(["--data", data, "init", "--admin", "Wang", "--org-unit", "Hangzhou//Xihu"]) == 1
+    assert "lianxin:" in capsys.readouterr().out
+    assert not Settings(data_dir=tmp_path / "office").keys_path.exists()
+
+    def nameless():  # a container's user id with no passwd entry
+        raise KeyError("getpwuid(): uid not found")
+
+    monkeypatch.setattr(getpass, "getuser", nameless)
+    assert main(["--data", data, "init", "--admin", "Wang", "--org-unit", "Hangzhou"]) == 0
+    store = opened(tmp_path / "office")
+    assert {e.actor for e in audit.entries(store.db)} == {f"operator:uid-{os.getuid()}"}
+    store.close()
+
+
 def test_every_operators_act_at_the_command_line_is_in_the_audit_log(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LIANXIN_NEW_PASSWORD", "a long enough password 123")
     data = tmp_path / "office"

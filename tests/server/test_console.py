@@ -197,7 +197,13 @@ def test_a_form_whose_bytes_are_not_utf_8_is_refused_not_a_server_error(console)
     signed_in = console.http.post(
         "/console/language", content=multipart("csrf", b"\xed\xa0\x80"), headers=MULTIPART
     )
-    for answer in (anonymous, signed_in):
+    unknown_charset = console.http.post(
+        "/console/language",
+        content=b'--XX\r\nContent-Disposition: form-data; name="csrf"\r\n'
+        b"Content-Type: text/plain; charset=no-such-charset\r\n\r\nx\r\n--XX--\r\n",
+        headers=MULTIPART,
+    )
+    for answer in (anonymous, signed_in, unknown_charset):
         assert answer.status_code == 400 and "<code>malformed</code>" in answer.text
 
 

@@ -272,3 +272,17 @@ def test_an_erasure_destroys_all_its_keys_or_none(office):
     assert set(office.store.states(both)) == set(both)  # nothing erased: run it again
     assert erase_case(office.store, "k-he", "court order", "operator:wang", 2).records == both
     assert office.store.states(both) == {}
+
+
+def test_a_party_its_case_named_before_it_was_pushed_stays_erased_when_it_comes(office):
+    sun = office.enroll("mediator")
+    party, case = open_case(sun, "k-he", "p-he")
+    assert decode(sun.push([case]))["results"][0]["status"] == "applied"  # names p-he
+    erased = erase_case(office.store, "k-he", "court order", "operator:wang", 1)
+    assert ("party", "p-he") in erased.records
+
+    (late,) = decode(sun.push([party], "b-2"))["results"]  # from the phone's outbox
+
+    assert (late["status"], late["reason"]) == ("rejected", "record_erased")
+    assert office.store.states([("party", "p-he")]) == {}
+    assert leaks(office.store.path.parent, {"He Jianguo"}) == {}
