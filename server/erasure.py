@@ -37,35 +37,41 @@ class Erasure(NamedTuple):
 
 
 def erase_case(store: SqliteStore, case_id: str, reason: str, actor: str, now_ms: int) -> Erasure:
-    """Erase case `case_id` and its unshared parties; raises KeyError if there is no such case."""
+    """Erase case `case_id` and its unshared parties; raises KeyError if there is no such case.
+
+    The writer gate is held from reading the links to the end: a push that links one of
+    the parties to another case meanwhile (a running server) would make it shared.
+    """
     case = ("case", case_id)
     db = store.db
-    if (
-        db.execute(
-            "SELECT 1 FROM records WHERE record_type = 'case' AND record_id = ?", [case_id]
-        ).fetchone()
-        is None
-    ):
-        raise KeyError(case_id)
-    linked = [
-        (t, i)
-        for t, i in db.execute(
-            "SELECT record_type, record_id FROM links WHERE case_id = ? ORDER BY 1, 2", [case_id]
+    with store.transaction():
+        if (
+            db.execute(
+                "SELECT 1 FROM records WHERE record_type = 'case' AND record_id = ?", [case_id]
+            ).fetchone()
+            is None
+        ):
+            raise KeyError(case_id)
+        linked = [
+            (t, i)
+            for t, i in db.execute(
+                "SELECT record_type, record_id FROM links WHERE case_id = ? ORDER BY 1, 2",
+                [case_id],
+            )
+        ]
+        shared = {
+            (t, i)
+            for t, i in db.execute(
+                "SELECT DISTINCT record_type, record_id FROM links WHERE case_id != ?", [case_id]
+            )
+        }
+        return erase_records(
+            store,
+            [case, *(k for k in linked if k[0] == "party" and k not in shared)],
+            reason,
+            actor,
+            now_ms,
         )
-    ]
-    shared = {
-        (t, i)
-        for t, i in db.execute(
-            "SELECT DISTINCT record_type, record_id FROM links WHERE case_id != ?", [case_id]
-        )
-    }
-    return erase_records(
-        store,
-        [case, *(k for k in linked if k[0] == "party" and k not in shared)],
-        reason,
-        actor,
-        now_ms,
-    )
 
 
 def erase_records(

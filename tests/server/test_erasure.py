@@ -286,3 +286,25 @@ def test_a_party_its_case_named_before_it_was_pushed_stays_erased_when_it_comes(
     assert (late["status"], late["reason"]) == ("rejected", "record_erased")
     assert office.store.states([("party", "p-he")]) == {}
     assert leaks(office.store.path.parent, {"He Jianguo"}) == {}
+
+
+def test_no_other_writer_can_link_a_party_while_its_case_is_erased(office, monkeypatch):
+    sun = office.enroll("mediator")
+    decode(sun.push(open_case(sun, "k-he", "p-he")))
+    vault, tried = office.store.vault, []
+    destroy = vault.erase_all
+
+    def erase_all_as_a_push_arrives(keys, reason, now_ms):
+        # Another process (a running server) would link p-he to a case of its own now.
+        other = sqlite3.connect(office.store.path, timeout=0)
+        try:
+            other.execute("INSERT INTO links VALUES ('k-other', 'party', 'p-he')")
+        except sqlite3.OperationalError as refused:
+            tried.append(str(refused))
+        finally:
+            other.close()
+        return destroy(keys, reason, now_ms)
+
+    monkeypatch.setattr(vault, "erase_all", erase_all_as_a_push_arrives)
+    erase_case(office.store, "k-he", "court order", "operator:wang", 1)
+    assert tried == ["database is locked"]
