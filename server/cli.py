@@ -30,7 +30,7 @@ from server.fleet.options import add_arguments as fleet_arguments
 from server.keys import OfficeKeys
 from server.settings import Settings, load_settings
 from server.storage import people
-from server.storage.directory import ROLES, Directory, Role
+from server.storage.directory import ROLES, Directory, Role, User
 from server.storage.sqlite import open_store
 from sync.agreements import Bundle, export_bundle, verify_file
 from sync.clock import system_wall_ms
@@ -80,11 +80,10 @@ def init(settings: Settings, admin: str, org_units: list[str]) -> int:
     try:
         with _directory(settings) as directory, directory.store.transaction():
             now_ms = system_wall_ms()
-            user = directory.add_user(admin, "admin", org_units, now_ms)
-            subject = f"user/{user.user_id}"
-            _audited(directory, "add_user", subject, {"role": "admin", "org_units": org_units})
+            user = _added_user(directory, admin, "admin", org_units)
             code = directory.issue_code(user.user_id, now_ms, CODE_TTL_MS)
-            _audited(directory, "issue_code", subject, {"expires_at_ms": now_ms + CODE_TTL_MS})
+            expires = {"expires_at_ms": now_ms + CODE_TTL_MS}
+            _audited(directory, "issue_code", f"user/{user.user_id}", expires)
     except BaseException as error:
         settings.keys_path.unlink()  # an office with no admin: `init` may be run again
         if isinstance(error, ValueError):  # an org unit that is no path, say
@@ -119,12 +118,19 @@ def _audited(directory: Directory, action: str, subject: str, detail: Any = None
 
 
 def add_user(settings: Settings, name: str, role: Role, org_units: list[str]) -> int:
-    with _directory(settings) as directory, directory.store.transaction():
+    with _directory(settings) as directory:
+        user = _added_user(directory, name, role, org_units)
+    print(user.user_id)
+    return 0
+
+
+def _added_user(directory: Directory, name: str, role: Role, org_units: list[str]) -> User:
+    """A new user, audited in the same transaction."""
+    with directory.store.transaction():
         user = directory.add_user(name, role, org_units, system_wall_ms())
         detail = {"role": role, "org_units": org_units}  # never the name: the log is clear
         _audited(directory, "add_user", f"user/{user.user_id}", detail)
-    print(user.user_id)
-    return 0
+    return user
 
 
 def set_password(settings: Settings, user_id: str) -> int:
