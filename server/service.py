@@ -134,18 +134,20 @@ class SyncService:
             envelope.check_kem_key(request.kem_key)
             signing.verify(request.signing_key, request.proof, message, "enrolment proof")
             with self.store.transaction():
-                device = self.directory.enroll(
+                device, new = self.directory.enroll(
                     request.code, request.signing_key, request.kem_key, request.label, now_ms
                 )
                 # The label is the holder's words ("Wang's phone"): not in the clear log.
-                audit.append(
-                    self.store.db,
-                    now_ms,
-                    f"device:{device.device_id}",
-                    "enroll",
-                    f"user/{device.user.user_id}",
-                    {"role": device.user.role},
-                )
+                # A retry after a lost answer enrolled nothing more.
+                if new:
+                    audit.append(
+                        self.store.db,
+                        now_ms,
+                        f"device:{device.device_id}",
+                        "enroll",
+                        f"user/{device.user.user_id}",
+                        {"role": device.user.role},
+                    )
         except (BadSignature, EnrollmentRefused, WeakKey):
             self.enrol_failures.take(client, now_ms)
             raise

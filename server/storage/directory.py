@@ -162,8 +162,9 @@ class Directory:
 
     def enroll(
         self, code: str, signing_key: bytes, kem_key: bytes, label: str, now_ms: int
-    ) -> Device:
-        """Spend `code` on a new device holding these public keys.
+    ) -> tuple[Device, bool]:
+        """Spend `code` on a new device holding these public keys; the device, and
+        whether it is new.
 
         Enrolling again with the same code and the same keys (a retry after a
         lost answer) returns the same device; anything else is refused.
@@ -195,7 +196,7 @@ class Directory:
                 )
         device = self.device(device_id)
         assert device is not None
-        return device
+        return device, spent is not None
 
     def device(self, device_id: str) -> Device | None:
         with self.store.snapshot() as db:

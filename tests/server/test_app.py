@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from schemas import Add, Append
-from tests.server.conftest import MSGPACK, running_office
+from tests.server.conftest import MSGPACK, enrolment, running_office
 
 PROTOCOL_MD = Path(__file__).parents[2] / "docs" / "PROTOCOL.md"
 
@@ -51,6 +51,18 @@ def test_enrolment_code_is_single_use_and_expires(office):
     office.wall.ms += 61_000
     with pytest.raises(AssertionError, match="enrollment_refused"):
         office.enroll_with(late)
+
+
+def test_an_enrolment_sent_again_gets_the_same_device_and_is_audited_once(office):
+    user = office.directory.add_user("Zhao", "mediator", ["Hangzhou"], office.wall.ms)
+    code = office.directory.issue_code(user.user_id, office.wall.ms, 60_000)
+    _, _, body = enrolment(code)
+    first = office.http.post("/v1/enroll", content=body, headers=MSGPACK)
+    again = office.http.post("/v1/enroll", content=body, headers=MSGPACK)  # the answer was lost
+    assert again.status_code == 200
+    assert decode(again)["device_id"] == decode(first)["device_id"]
+    enrolled = office.store.db.execute("SELECT count(*) FROM audit WHERE action = 'enroll'")
+    assert enrolled.fetchone()[0] == 1
 
 
 def test_push_applies_a_batch_and_a_retry_writes_nothing_twice(office):
