@@ -296,8 +296,8 @@ def rotate_keys(settings: Settings, master: bool, kem: bool) -> int:
     """New current keys; data keys re-wrapped while the server keeps serving."""
     with _directory(settings) as directory:
         keys = directory.store.vault.keys
-        keys.rotate(master=master, kem=kem, now_ms=system_wall_ms())
-        keys.save(settings.keys_path)  # a running server picks this up on its next request
+        with keys.changing():  # a running server picks this up on its next request
+            keys.rotate(master=master, kem=kem, now_ms=system_wall_ms())
         print(f"Current keys: {keys.master_id}, {keys.kem_key_id}")
         done = 0
         while moved := directory.store.vault.rewrap():
@@ -324,11 +324,11 @@ def retire_key(settings: Settings, key_id: str) -> int:
             print(f"lianxin: data keys are still wrapped under {key_id}")
             return 1
         try:
-            keys.retire(key_id)
+            with keys.changing():
+                keys.retire(key_id)
         except ValueError as error:
             print(f"lianxin: {error}")
             return 1
-        keys.save(settings.keys_path)
         _audited(directory, "retire_key", f"key/{key_id}")
     print(f"Retired {key_id}")
     # A backup's data-keys.db still wraps its data keys under the retired key.

@@ -16,9 +16,12 @@ rotate` without asking for the passphrase again.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +137,24 @@ class OfficeKeys:
             os.replace(target, path)
         self.path = path
         self._mtime = path.stat().st_mtime_ns
+
+    @contextmanager
+    def changing(self) -> Iterator[None]:
+        """Change the keys and save them with no other writer in between: the key file is
+        locked, read again, and saved when the block ends without an error.
+
+        Two `lianxin keys rotate` run at once would otherwise each name a new key
+        `master2`, and the second file would lose the key the first one wrapped under.
+        """
+        assert self.path is not None
+        lock = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._use(_unlock(_read(self.path), self._lock))
+            yield
+            self.save(self.path)
+        finally:
+            os.close(lock)  # and with it the lock
 
     def reload(self) -> bool:
         """Pick up a rotation written to the key file since it was read; True if it changed."""

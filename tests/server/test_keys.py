@@ -118,3 +118,23 @@ def test_a_rotated_kem_key_is_newer_even_when_the_clock_went_back(office):
     assert after["kem_key_id"] != before["kem_key_id"]
     # Devices take a key only if it is newer than theirs (PROTOCOL.md section 14).
     assert after["kem_key_since_ms"] > before["kem_key_since_ms"]
+
+
+def test_two_rotations_at_once_keep_every_key(office):
+    first, second = (OfficeKeys.load(office.keys.path, PASSPHRASE) for _ in range(2))
+
+    def rotate_second():
+        with second.changing():
+            second.rotate(master=True, kem=False, now_ms=office.wall.ms)
+
+    with first.changing():
+        rotation = threading.Thread(target=rotate_second)
+        rotation.start()
+        rotation.join(timeout=0.5)
+        assert rotation.is_alive()  # held off while the first one changes the file
+        first.rotate(master=True, kem=False, now_ms=office.wall.ms)
+    rotation.join()
+    saved = OfficeKeys.load(office.keys.path, PASSPHRASE).keyset.master_keys
+    assert [k.key_id.rsplit(".", 1)[1] for k in saved] == ["master1", "master2", "master3"]
+    # The key the first rotation made, that a server may have wrapped data keys under.
+    assert saved[1] == first.keyset.master_keys[-1]
