@@ -26,6 +26,7 @@ that process erased.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -37,6 +38,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from server.keys import OfficeKeys
 from sync.atrest import new_key, open_sealed, seal
 from sync.errors import Unreadable
+
+log = logging.getLogger("lianxin.store")
 
 RecordKey = tuple[str, str]
 _CHUNK = 400
@@ -78,15 +81,33 @@ class Vault:
             " PRIMARY KEY (record_type, record_id))"
         )
         self._version = self._data_version()
+        self._fold_due = False
 
     def close(self) -> None:
+        if self._fold_due:
+            self._fold(wait_ms=1000)
         self._db.close()
+
+    def _fold(self, wait_ms: int) -> None:
+        """Empty the write-ahead log into the file, where `secure_delete` zeroed what an
+        erasure destroyed. A reader in another process (a backup being taken) holds it up:
+        then it is tried again, without waiting, each time the vault is used."""
+        self._db.execute(f"PRAGMA busy_timeout = {wait_ms}")
+        try:
+            (busy, _, _) = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            self._db.execute("PRAGMA busy_timeout = 10000")
+        if busy and not self._fold_due:
+            log.warning("destroyed data keys stay in %s-wal until its reader ends", self.path)
+        self._fold_due = bool(busy)
 
     def _data_version(self) -> int:
         version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
         return version
 
     def _fresh_cache(self) -> None:
+        if self._fold_due:
+            self._fold(wait_ms=0)
         version = self._data_version()
         if version != self._version:
             self._version = version
@@ -208,7 +229,7 @@ class Vault:
                 self._db.execute("ROLLBACK")
                 raise
             # The WAL still holds the pages with the keys until a checkpoint rewrites them.
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._fold(wait_ms=2000)
             for key in keys:
                 self._cache.pop(key, None)
                 self._ciphers.pop(key, None)

@@ -1,6 +1,7 @@
 """Per-record data keys in their own key store (server/storage/vault.py)."""
 
 import os
+import sqlite3
 from pathlib import Path
 
 from server.storage.vault import Vault
@@ -76,4 +77,26 @@ def test_an_erasure_by_another_process_is_seen_after_this_vault_writes_too(tmp_p
     erased_elsewhere(records[1], lambda: vault.erase(records[3], "asked by the party", now_ms=2))
     erased_elsewhere(records[2], lambda: vault.rewrap())
     cli.close()
+    vault.close()
+
+
+def test_an_erased_key_leaves_the_write_ahead_log_once_its_reader_ends(tmp_path):
+    vault = Vault(tmp_path / "data-keys.db", office_keys())
+    record = ("party", "p-1")
+    vault.data_keys([record], create=True)
+    raw = sqlite3.connect(vault.path)
+    (wrapped,) = raw.execute("SELECT wrapped FROM data_keys").fetchone()
+    raw.execute("BEGIN")  # a backup being taken in another process
+    raw.execute("SELECT count(*) FROM data_keys").fetchone()
+
+    def on_disk() -> bytes:
+        wal = Path(f"{vault.path}-wal")
+        return vault.path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
+    assert vault.erase(record, "asked by the party", now_ms=1)
+    assert wrapped in on_disk()  # the reader holds the old pages
+    raw.execute("COMMIT")
+    assert vault.erased([record]) == {record}  # the next use folds the log
+    assert wrapped not in on_disk()
+    raw.close()
     vault.close()
