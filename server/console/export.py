@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -264,11 +265,9 @@ CONFLICT_COLUMNS = [
 
 def quarantine_listing(service: SyncService, current: Session, query: Mapping[str, str]) -> Listing:
     everything = query.get("all", "") in ("1", "true", "yes", "on")
-    every = _every_page(
-        lambda offset: quarantine.quarantine_list(service, current.user, everything, offset),
-        lambda a: a.items,
-    )
-    return Listing(every, {"all": "1"} if everything else {})
+    # One page of every row: each page reads (and opens) the whole queue it is cut from.
+    every = quarantine.quarantine_list(service, current.user, everything, limit=sys.maxsize)
+    return Listing(every.items, {"all": "1"} if everything else {})
 
 
 def _tried(item: Any) -> str:

@@ -182,15 +182,16 @@ def quarantine_list(
     include_acknowledged: bool = False,
     offset: int = 0,
     reapplied: str = "",
+    limit: int = PAGE,
 ) -> QuarantineList:
-    """The quarantined changes `user` may see, newest first, a page at a time.
+    """The quarantined changes `user` may see, newest first, `limit` at a time.
 
     `reapplied` names a change just re-applied, whose outcome the list reports.
     """
     held = _held(service, user, include_acknowledged)
     page = [
         (h, opened)
-        for h in held[offset : offset + PAGE]
+        for h in held[offset : offset + limit]
         if (opened := h.opened(service)) is not None  # erased since
     ]
     states = service.store.states({h.key for h, _ in page if h.present})
@@ -224,7 +225,7 @@ def quarantine_list(
         total=len(held),
         all=include_acknowledged,
         offset=offset,
-        limit=PAGE,
+        limit=limit,
         reapplied=_outcome(service, user, reapplied) if reapplied else None,
     )
 
