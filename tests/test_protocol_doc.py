@@ -156,6 +156,18 @@ def test_change_vectors_are_one_change_in_both_encodings():
     assert msgspec.json.encode(from_json).decode() == vector("change-json")
 
 
+def test_the_office_keeps_values_in_the_documented_normal_form():
+    sent = [bytes.fromhex(hex_) for hex_ in fields("normal-form").values()]
+    # Compared as JSON text, so that 30.0 is not taken for 30.
+    expected = msgspec.json.decode(vector("normal-form-kept"), type=list[msgspec.Raw])
+    for raw, kept in zip(sent, expected, strict=True):
+        state, rejected = merge.apply_change(None, msgspec.msgpack.decode(raw, type=Change))
+        assert rejected is None
+        written = {field: writes[0].value for field, writes in state.registers.items()}
+        written |= {field: [w.value for w in log.values()] for field, log in state.logs.items()}
+        assert msgspec.json.encode(written) == bytes(kept)
+
+
 def test_merge_example_gives_the_documented_record_and_conflicts():
     changes = msgspec.json.decode(vector("merge-input"), type=list[Change])
     expected = msgspec.json.decode(vector("merge-output"))
