@@ -512,13 +512,20 @@ def _directory(settings: Settings) -> Iterator[Directory]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lianxin", description=__doc__)
     parser.add_argument("--config", type=Path, help="a TOML settings file")
-    parser.add_argument("--data", type=Path, help="the data folder (default ./lianxin-data)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="the data folder (default ./lianxin-data; for demo ./lianxin-demo)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo_parser = commands.add_parser(
-        "demo", help="a demo office with the DESIGN scenarios, served with its console"
+        "demo",
+        help="a demo office with the DESIGN scenarios, served with its console (in ./lianxin-demo)",
     )
-    demo_parser.add_argument("--reset", action="store_true", help="delete the data folder first")
+    demo_parser.add_argument(
+        "--reset", action="store_true", help="delete the demo office first (only a demo's)"
+    )
     demo_parser.add_argument("--no-serve", action="store_true", help="load the data and stop")
     demo_parser.add_argument("--port", type=int)
     demo_parser.add_argument("--days", type=int, help="of simulated field work (7)")
@@ -681,8 +688,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             week = msgspec.structs.replace(
                 demo.WEEK, **{knob: n for knob, n in sized.items() if n is not None}
             )
+            # No days is the scenarios alone, with no week to make.
+            for problem in week.problems() if week.days else []:
+                print(f"lianxin demo: {problem}", file=sys.stderr)
+                return 2
+            # Never the office folder the other commands default to, nor its key store.
+            own = msgspec.structs.replace(
+                settings, data_dir=args.data or demo.FOLDER, keys_dir=None
+            )
             secret = os.environ.get(PASSPHRASE_ENV) or demo.PASSPHRASE
-            return demo.run(settings, secret, reset=args.reset, serve=not args.no_serve, week=week)
+            return demo.run(own, secret, reset=args.reset, serve=not args.no_serve, week=week)
         case "init", _:
             return init(settings, args.admin, args.org_units)
         case "user", "add":

@@ -11,6 +11,10 @@ mediators visiting, concurrent edits becoming conflicts); a summary and the
 console's logins are printed and it serves until Ctrl-C. Running it again
 reuses the folder, answers every seed change as a duplicate and adds no
 second week; `--reset` starts over.
+
+The demo keeps its own folder (`./lianxin-demo`), never the office folder
+the other commands default to, and marks the folders it makes: it adds users
+whose passwords it prints, and `--reset` deletes, so it refuses any other.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import msgspec
 import uvicorn
@@ -42,6 +47,8 @@ from server.storage.directory import Directory, Role, User
 from server.storage.sqlite import SqliteStore, open_store
 from sync.clock import Clock, system_wall_ms
 
+FOLDER = Path("lianxin-demo")
+MARK = "LIANXIN-DEMO"  # a file in each folder the demo made
 PASSPHRASE = "lianxin demo only"
 SUPERVISOR_PASSWORD = "demo supervisor"
 ADMIN_PASSWORD = "demo administrator"
@@ -75,10 +82,18 @@ def run(
     office run `week` of simulated field work through the server; keep serving until
     Ctrl-C unless `serve` is off."""
     data = settings.data_dir
+    mark = data / MARK
+    if data.exists() and any(data.iterdir()) and not mark.exists():
+        raise SystemExit(
+            f"lianxin: {data} holds something the demo did not make: left alone. The demo"
+            f" keeps its own folder ({FOLDER} unless --data names another, new one)."
+        )
     if reset and data.exists():
         shutil.rmtree(data)
         print(f"Removed {data}")
     data.mkdir(parents=True, exist_ok=True)
+    if not mark.exists():
+        mark.write_text("Made by `lianxin demo`: its users' passwords are printed for all.\n")
     if not settings.keys_path.exists():
         OfficeKeys.generate(passphrase).save(settings.keys_path, new=True)
         shown = "$LIANXIN_PASSPHRASE" if passphrase != PASSPHRASE else repr(passphrase)
@@ -103,8 +118,8 @@ def run(
         print(f"  {scenario.name}: {len(results)} changes: {summary}")
     url = f"http://{settings.host}:{settings.port}"
     week_due = fresh and week.days > 0
-    if not fresh:
-        print("The simulated week is already in this store (--reset runs a new one).")
+    if not fresh and week.days > 0:
+        print("A simulated week runs on a new store only (--reset starts over with one).")
     try:
         with _serving(settings, keys, store) if serve or week_due else nullcontext() as serving:
             synced = _field_week(settings, passphrase, url, week) if week_due else 0

@@ -5,6 +5,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -75,6 +76,27 @@ def test_running_the_demo_again_reuses_the_store_and_writes_nothing_twice(tmp_pa
     main(["--data", str(data), "demo", "--reset", "--no-serve", "--days", "0"])
     assert "Created store" in capsys.readouterr().out
     store.close()
+
+
+def test_the_demo_keeps_its_own_folder_and_never_touches_an_office(tmp_path, monkeypatch):
+    # The demo adds users whose passwords it prints, and --reset deletes its folder: run
+    # where an office lives (./lianxin-data, the other commands' default), it took it over.
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "--admin", "Wang"]) == 0
+
+    def office_files():
+        return {p: p.read_bytes() for p in Path("lianxin-data").rglob("*") if p.is_file()}
+
+    before = office_files()
+    assert main(["demo", "--no-serve", "--days", "0"]) == 0
+    assert Path("lianxin-demo/LIANXIN-DEMO").exists()
+    for reset in ([], ["--reset"]):
+        with pytest.raises(SystemExit, match="did not make"):
+            main(["--data", "lianxin-data", "demo", *reset, "--no-serve", "--days", "0"])
+    assert office_files() == before
+    # A fleet too small to simulate is refused before anything is made.
+    assert main(["--data", "small", "demo", "--no-serve", "--devices", "6"]) == 2
+    assert not Path("small").exists()
 
 
 def test_init_creates_an_office_with_an_admin_and_a_one_time_code(tmp_path, capsys):
