@@ -46,7 +46,7 @@ class Phone:
         user = directory.add_user(name, role, ["Hangzhou/Xihu"], WALL_MS)
         code = directory.issue_code(user.user_id, WALL_MS, 60_000)
         public = self.key.public_key().public_bytes_raw()
-        self.device: Device = directory.enroll(code, public, public, name, WALL_MS)
+        self.device: Device = directory.enroll(code, public, public, name, WALL_MS)[0]
         self.stamp = 0
         self.batches = 0
 

@@ -76,6 +76,7 @@ from sync.store import RecordKey
 STATES_PER_PAGE = 1000  # a state weighs many changes
 STATES_READ_TOGETHER = 100  # a page's states are read so many at a time, up to its bytes
 MAX_SEQ = 2**63 - 1  # SQLite's largest integer: no cursor names a seq past it
+CONSOLE_DEVICES = "console:"  # a console user's changes are device console:<user id>'s
 Marks = Callable[[int, int], str]  # `_log_marks` of one read of the log
 
 
@@ -102,7 +103,7 @@ class SyncService:
         )
         # Stamps rise strictly across restarts too: the office's next change to a record
         # must rank after its last one, which a phone's fast clock may have set hours ahead.
-        clock.receive(store.last_stamp())
+        clock.receive(store.last_stamp(own=[keys.office_id, f"{CONSOLE_DEVICES}*"]))
         # What a migration left for the engine to redo (a changed rule of who sees what).
         due.catch_up(store, keys.index_key, wall_ms())
         # Every cursor binds it: an office restored from a backup refuses those issued

@@ -18,15 +18,13 @@ import msgspec
 from schemas.changes import Change, ChangeResult, Op
 from server import audit
 from server.console.web import _
-from server.service import SyncService
+from server.service import CONSOLE_DEVICES, SyncService
 from server.storage.directory import User
 from sync.errors import InvalidAction
 
-DEVICE_PREFIX = "console:"
-
 
 def console_device(user: User) -> str:
-    return f"{DEVICE_PREFIX}{user.user_id}"
+    return f"{CONSOLE_DEVICES}{user.user_id}"
 
 
 def office_change(

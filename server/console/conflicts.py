@@ -36,7 +36,7 @@ from schemas.console.conflicts import (
 )
 from schemas.records import Agreement, Case, EarlyWarning, Party
 from server.console import times
-from server.console.actions import DEVICE_PREFIX, office_change
+from server.console.actions import office_change
 from server.console.cases import visible
 from server.console.web import (
     _,
@@ -52,7 +52,7 @@ from server.console.web import (
     whole_number,
 )
 from server.pseudonyms import pseudonym
-from server.service import SyncService
+from server.service import CONSOLE_DEVICES, SyncService
 from server.storage.directory import Device, User
 from sync.errors import InvalidAction, UnknownRecord
 from sync.merge import DELETED_FIELD, field_specs, materialize
@@ -82,9 +82,9 @@ class Authors:
 
     def __call__(self, device_id: str) -> Author:
         directory = self.service.directory
-        if device_id.startswith(DEVICE_PREFIX):
+        if device_id.startswith(CONSOLE_DEVICES):
             # A change made at the console: the office, at this supervisor's hand.
-            user = directory.user(device_id.removeprefix(DEVICE_PREFIX))
+            user = directory.user(device_id.removeprefix(CONSOLE_DEVICES))
             return Author(
                 device_id=device_id,
                 user_id=user.user_id if user else None,

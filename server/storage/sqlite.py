@@ -23,7 +23,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -191,10 +191,16 @@ class SqliteStore:
             self._cache.clear()
             self._data_version = version
 
-    def last_stamp(self) -> int:
-        """The highest stamp in the change log, as it ranks (a clamped one as clamped)."""
+    def last_stamp(self, own: Sequence[str]) -> int:
+        """The highest stamp in the change log as it ranks (a phone's clamped one as
+        clamped), or of the office's own devices (`own`, GLOB patterns) as they were issued:
+        the office's clock must never issue one of those again. (Before the engine stopped
+        clamping them, the office's changes made just after a fast phone's were clamped.)"""
+        ours = " OR ".join("device_id GLOB ?" for _ in own) or "0"
         stamp: int = self.db.execute(
-            "SELECT coalesce(max(coalesce(order_stamp, hlc)), 0) FROM changes"
+            "SELECT max(coalesce(max(coalesce(order_stamp, hlc)), 0),"
+            f" coalesce(max(hlc) FILTER (WHERE {ours}), 0)) FROM changes",
+            list(own),
         ).fetchone()[0]
         return stamp
 

@@ -1,6 +1,7 @@
 """Agreements through the real app: each refusal has its own code, and execution is exact."""
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar.testing import TestClient
@@ -419,10 +420,12 @@ def test_a_batch_completing_the_new_version_first_voids_the_old_one_and_answers(
     assert (old.status, new.status) == ("void", "executed")
 
 
-def test_the_office_stamps_its_changes_after_its_last_one_when_restarted(tmp_path):
-    # A phone five hours fast (not clamped: within the drift bound) signs first; the office
-    # stamps its "collecting" move from that. Restarted with a right clock, its next move
-    # must still rank after it, or the push that executes the agreement fails.
+@pytest.mark.parametrize("hours_fast", [5, 7 * 24])
+def test_the_office_stamps_its_changes_after_its_last_one_when_restarted(tmp_path, hours_fast):
+    # A phone five hours fast (within the drift bound) or a week fast (clamped) signs
+    # first; the office stamps its "collecting" move from that, in the same push. Restarted
+    # with a right clock, its next move must still rank after it, or the push that
+    # executes the agreement fails (a 500, on every retry).
     keys, wall, hour = office_keys(), Wall(), 3_600_000
     store = make_store(tmp_path / "lianxin.db", keys)
     settings = Settings(data_dir=tmp_path, require_sealed=False, secure_cookies=False)
@@ -435,11 +438,17 @@ def test_the_office_stamps_its_changes_after_its_last_one_when_restarted(tmp_pat
         office = Office(store, Directory(store), keys, http, wall)
         sun, li = open_agreement(office, mediators=2)
         first = Append(field="signatures", entry=attested(sun, "p-1"))
-        fast = msgspec.structs.replace(
-            sun.change("agreement", "a-1", ops=[first]), hlc=pack(wall.ms + 5 * hour, 1)
-        )
-        (result,) = decode(sun.push([fast], batch_id="s-1"))["results"]
-        assert result["status"] == "applied" and not result.get("clamped")
+        changes = [
+            sun.change("case", "k-1", {"priority": "high"}),
+            sun.change("agreement", "a-1", ops=[first]),
+        ]
+        fast = [
+            msgspec.structs.replace(c, hlc=pack(wall.ms + hours_fast * hour, n))
+            for n, c in enumerate(changes, start=1)
+        ]
+        for result in decode(sun.push(fast, batch_id="s-1"))["results"]:
+            assert result["status"] == "applied"
+            assert result.get("clamped", False) == (hours_fast > 24)
         assert stored_agreement(office).status == "collecting"
     wall.tick(60_000)
     with serving() as http:

@@ -138,6 +138,21 @@ def test_conflict_result_names_every_candidate_with_its_author(store, server_clo
     assert settled == [("summary", 3, 4)]
 
 
+def test_a_stamp_of_the_receiving_clock_itself_is_never_clamped(store, server_clock):
+    # A fast phone's change pulls the office clock to the drift bound; the office's own
+    # change made from that clock at once (an agreement's execution, in the same push) is
+    # above the bound too, but ranks by its own stamp: a restart goes on after it.
+    future = change(1, set={"title": "from the future"}, device="dev-future")
+    future = msgspec.structs.replace(future, hlc=pack(WALL_MS + 7 * 24 * 3600_000))
+    (fast,) = apply_batch(store, [future], server_clock)
+    own = change(2, set={"priority": "high"}, device="office-1")
+    own = msgspec.structs.replace(own, hlc=server_clock.now())
+    (answer,) = apply_batch(store, [own], server_clock)
+    assert fast.clamped and not answer.clamped
+    stored = store.db.execute("SELECT order_stamp FROM changes WHERE change_id = 'office-1-2'")
+    assert stored.fetchone()[0] is None
+
+
 @pytest.mark.parametrize("hours_ahead", [48, 24 * 365])
 def test_an_absurd_future_stamp_is_clamped_for_ordering_and_flagged(
     store, server_clock, hours_ahead
