@@ -256,7 +256,7 @@ def directory(tmp_path_factory):
     user = directory.add_user("Zhao Min", "mediator", ["Hangzhou"], WALL_MS)
     code = directory.issue_code(user.user_id, WALL_MS, 3600_000)
     key = Ed25519PrivateKey.generate()
-    device = directory.enroll(
+    device, _ = directory.enroll(
         code, key.public_key().public_bytes_raw(), bytes(32), "phone", WALL_MS
     )
     yield directory, device.device_id, key
