@@ -28,7 +28,7 @@ from sync import agreements
 from sync.agreements import Bundle, SigningDevice
 from sync.clock import Clock
 from sync.engine import Vet, apply
-from sync.merge import field_specs, materialize
+from sync.merge import field_specs, materialize, seen_by
 from sync.store import RecordKey
 
 FINAL = ("executed", "superseded")
@@ -78,6 +78,11 @@ def _check_supersedes(store: SqliteStore, agreement: Agreement) -> tuple[Reason,
     return None
 
 
+def _edited_unseen(change: Change, state: RecordState, fields: list[str]) -> bool:
+    """Whether a write `change`'s device had not seen shows in any of `fields`."""
+    return any(not seen_by(w, change) for name in fields for w in state.registers.get(name, []))
+
+
 def signature_vet(directory: Directory) -> Vet:
     """A `vet` for `apply_batch` that refuses agreement signatures that do not verify."""
 
@@ -118,6 +123,10 @@ def signature_vet(directory: Directory) -> Vet:
             refused = _check_supersedes(directory.store, agreement)
             if refused:
                 return refused
+        # A signature is made over the content its device had. An edit it had not seen may
+        # have changed that content, or the signers, before it arrived: it is kept then,
+        # not counting (PROTOCOL.md section 13), as when it arrives before that edit.
+        content = [name for name, spec in specs.items() if isinstance(spec.policy, Sealed)]
         for entry in signatures:
             signature = msgspec.convert(entry, Signature)
             device = directory.device(signature.device_id or "")
@@ -128,6 +137,8 @@ def signature_vet(directory: Directory) -> Vet:
                 signature,
                 device.signing_key if usable and device else None,
                 device.user.user_id if usable and device else None,
+                signers=not _edited_unseen(change, after, ["required_signers"]),
+                content=not _edited_unseen(change, after, content),
             )
             if refused:
                 return refused

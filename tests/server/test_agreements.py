@@ -66,9 +66,10 @@ def attested(phone, signer, content=None, agreement_id="a-1"):
     return msgspec.to_builtins(signed)
 
 
-def sign(phone, *entries, batch_id):
+def sign(phone, *entries, batch_id, seen=None):
     ops = [Append(field="signatures", entry=e) for e in entries]
-    return decode(phone.push([phone.change("agreement", "a-1", ops=ops)], batch_id=batch_id))
+    change = phone.change("agreement", "a-1", ops=ops, seen=seen)
+    return decode(phone.push([change], batch_id=batch_id))
 
 
 def test_the_last_required_signature_executes_with_an_office_receipt(office):
@@ -97,7 +98,8 @@ def kept(office):
 
 def refused(office, phone, entry, batch_id):
     before = kept(office)
-    (result,) = sign(phone, entry, batch_id=batch_id)["results"]
+    # Made, as on a phone, over the agreement as pulled: all of it seen.
+    (result,) = sign(phone, entry, batch_id=batch_id, seen=current_vv(office))["results"]
     assert result["status"] == "rejected"
     assert kept(office) == before
     quarantined = {row.change_id: row.reason for row in office.store.quarantined()}
@@ -272,6 +274,27 @@ def test_a_signature_over_terms_changed_since_does_not_count(office):
     # version can no longer execute, and a new version that supersedes it is the way on.
     sign(li, attested(li, "p-1", content=content), batch_id="s-3")
     assert stored_agreement(office).status == "collecting"
+
+
+@pytest.mark.parametrize("terms_first", [True, False])
+def test_a_signature_and_a_terms_edit_made_apart_keep_the_signature_either_way(office, terms_first):
+    # Sun captures p-1's signature over the draft; Li, who had not seen it, edits the terms.
+    # Refused when the edit arrived first, kept when it arrived second: now kept both ways.
+    sun, li = open_agreement(office, mediators=2)
+    draft = dict(current_vv(office))
+    entry = attested(sun, "p-1")
+    signed = sun.change(
+        "agreement", "a-1", ops=[Append(field="signatures", entry=entry)], seen=draft
+    )
+    edit = li.change("agreement", "a-1", {"terms": "A grease trap within 7 days."}, seen=draft)
+    pushes = [(li, edit, "t-1"), (sun, signed, "s-1")]
+    for phone, change, batch_id in pushes if terms_first else pushes[::-1]:
+        (result,) = decode(phone.push([change], batch_id=batch_id))["results"]
+        assert result["status"] == "applied"
+    agreement = stored_agreement(office)
+    assert agreement.terms == "A grease trap within 7 days."
+    assert agreement.signatures == [msgspec.convert(entry, Signature)]  # over the draft's terms
+    assert agreement.status == "collecting" and not agreements.is_complete("a-1", agreement)
 
 
 def current_vv(office):
