@@ -22,14 +22,17 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from schemas.records import Agreement
 from server import audit
 from server.keys import OfficeKeys
 from server.storage.sqlite import SqliteStore, bind
 from sync import agreements, signing
 from sync.atrest import open_sealed
-from sync.errors import BadSignature, LianxinError
+from sync.errors import BadSignature, LianxinError, Unreadable
 from sync.merge import materialize
+from sync.store import RecordKey
 
 _CHUNK = 500
 
@@ -174,7 +177,7 @@ def _check_change_bytes(store: SqliteStore, report: Report) -> None:
     for table, query in _FILED.items():
         rows = store.db.execute(query)
         while chunk := rows.fetchmany(_CHUNK):
-            data_keys = store.vault.data_keys((row[4], row[5]) for row in chunk)
+            data_keys = _data_keys(store, {(row[4], row[5]) for row in chunk}, report)
             for name, change_id, device_id, batch_id, record_type, record_id, sealed in chunk:
                 report.changes += 1
                 where = f"{name} of {device_id}"
@@ -183,7 +186,9 @@ def _check_change_bytes(store: SqliteStore, report: Report) -> None:
                     report.problems.append(f"{where}: its batch {batch_id} is not stored")
                     continue
                 key = (record_type, record_id)
-                data_key = data_keys.get(key)
+                if key not in data_keys:  # named already: its key is missing or damaged
+                    continue
+                data_key = data_keys[key]
                 if data_key is None:  # erased: nothing left to check
                     continue
                 try:
@@ -195,6 +200,29 @@ def _check_change_bytes(store: SqliteStore, report: Report) -> None:
                     report.problems.append(
                         f"{where}: its bytes are not in the manifest of batch {batch_id}"
                     )
+
+
+def _data_keys(
+    store: SqliteStore, keys: set[RecordKey], report: Report
+) -> dict[RecordKey, AESGCM | None]:
+    """The data keys of `keys` (None: erased); each missing or not opening is a problem,
+    and left out."""
+    try:
+        found = store.vault.data_keys(keys)
+    except Unreadable:  # one damaged, or under a master key the key file lacks: which?
+        found, unreadable = {}, set()
+        for key in keys:
+            try:
+                found |= store.vault.data_keys([key])
+            except Unreadable as error:
+                report.problems.append(
+                    f"{key[0]}/{key[1]}: its data key does not open: {error.detail}"
+                )
+                unreadable.add(key)
+        keys = keys - unreadable
+    for key in sorted(keys - found.keys()):
+        report.problems.append(f"{key[0]}/{key[1]}: no data key in the key store")
+    return found
 
 
 def _check_agreements(store: SqliteStore, keys: OfficeKeys, report: Report) -> None:

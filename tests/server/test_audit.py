@@ -6,6 +6,7 @@ would, then checks that `verify_store` names exactly what was changed.
 
 import base64
 import re
+import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -367,3 +368,13 @@ def test_the_command_line_verifies_checkpoints_and_fails_on_a_break(
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("FAIL batch b-1 of ")
     assert out[-1] == "lianxin: 2 problems found"
+
+
+def test_a_damaged_data_key_is_named_not_a_crash(signed):
+    # A bad sector in the key store, or a key wrapped under a master key the key file lacks.
+    vault = sqlite3.connect(signed.store.vault.path)
+    with vault:
+        vault.execute("UPDATE data_keys SET wrapped = randomblob(60) WHERE record_type = 'case'")
+    vault.close()
+    found = problems(signed)
+    assert found and all(problem.startswith("case/k-1: ") for problem in found), found
