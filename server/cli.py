@@ -114,7 +114,10 @@ def _audited(directory: Directory, action: str, subject: str, detail: Any = None
     """Log an operator's act in the audit chain, as the console logs an admin's (join the
     act's transaction to log it with the act)."""
     with directory.store.transaction():
-        audit.append(directory.db, system_wall_ms(), operator(), action, subject, detail)
+        now_ms = system_wall_ms()
+        audit.append(directory.db, now_ms, operator(), action, subject, detail)
+        # An office whose phones are quiet still gets its chain signed (pushes do it too).
+        audit.checkpoint_if_due(directory.db, directory.store.vault.keys, now_ms)
 
 
 def add_user(settings: Settings, name: str, role: Role, org_units: list[str]) -> int:
@@ -303,6 +306,8 @@ def rotate_keys(settings: Settings, master: bool, kem: bool) -> int:
         while moved := directory.store.vault.rewrap():
             done += moved
         print(f"Re-wrapped {done} data keys under {keys.master_id}")
+        print(f"Copy {settings.keys_path} to its safe place again: backups from now on")
+        print("open only with this key file (and those from before, with the one before).")
         detail = {"master_key": keys.master_id, "kem_key": keys.kem_key_id, "rewrapped": done}
         _audited(directory, "rotate_keys", "office", detail)
     return 0
@@ -351,9 +356,13 @@ def key_status(settings: Settings) -> int:
 
 
 def verify_audit(settings: Settings) -> int:
-    """Check the audit chain, its checkpoints and every stored signature; 1 on any break."""
+    """Check the audit chain, its checkpoints, every stored signature and that every sealed
+    value opens; 1 on any break."""
     with _directory(settings) as directory:
         report = audit_verify.verify_store(directory.store, directory.store.vault.keys)
+        # The names, texts and states too, not only the changes the batches signed.
+        opened, erased, unopened = backup.open_sealed_values(directory.store)
+        report.problems.extend(unopened)
         report.problems.extend(
             f"the erasure of {'/'.join(key)} stopped half way (its key is destroyed, the store"
             " still holds it, devices were not told): `lianxin serve` finishes it as it starts"
@@ -365,6 +374,7 @@ def verify_audit(settings: Settings) -> int:
         print(f"lianxin: {len(report.problems)} problems found")
         return 1
     print(f"OK {report.summary()}")
+    print(f"OK {sum(opened.values())} sealed values open; {erased} erased values stay shut")
     return 0
 
 
@@ -457,6 +467,9 @@ def restore_office(
         # Its key store still holds the key of any case erased after it was taken.
         print(f"WARNING cases erased after {manifest.created_at} can be read again: restore")
         print("with --data-keys and a newer data-keys.db (the latest backup's) to keep them erased")
+    # Phones that learnt a KEM key rotated in after this key file refuse an older one.
+    print("If the office rotated its keys after this key file was copied, run")
+    print("`lianxin keys rotate` before serving, or phones refuse the office's key.")
     if not restored.checked_records:
         print("NOT CHECKED: no office key file, so no record was opened. Put it at")
         print(f"{settings.keys_path}, then run `lianxin audit verify` before serving.")

@@ -361,7 +361,9 @@ def test_the_command_line_verifies_checkpoints_and_fails_on_a_break(
     head = audit.entries(signed.store.db)[-1]
     assert f"Checkpoint at entry {head.seq}: hash {head.hash.hex()}" in capsys.readouterr().out
     assert main([*data, "verify"]) == 0
-    assert capsys.readouterr().out.startswith(f"OK audit log: {head.seq} entries, chain intact")
+    out = capsys.readouterr().out
+    assert out.startswith(f"OK audit log: {head.seq} entries, chain intact")
+    assert "sealed values open; 0 erased values stay shut" in out
 
     sql(signed, "UPDATE batches SET signature = zeroblob(64) WHERE batch_id = 'b-1'")
     assert main([*data, "verify"]) == 1
@@ -378,3 +380,15 @@ def test_a_damaged_data_key_is_named_not_a_crash(signed):
     vault.close()
     found = problems(signed)
     assert found and all(problem.startswith("case/k-1: ") for problem in found), found
+
+
+def test_the_command_line_opens_every_sealed_value(signed, tmp_path, capsys, monkeypatch):
+    # The user names are in no signed batch: only opening them shows their keys are gone.
+    monkeypatch.setenv("LIANXIN_PASSPHRASE", PASSPHRASE)
+    vault = sqlite3.connect(signed.store.vault.path)
+    with vault:
+        vault.execute("UPDATE data_keys SET wrapped = randomblob(60) WHERE record_type = 'user'")
+    vault.close()
+    assert main(["--data", str(tmp_path), "audit", "verify"]) == 1
+    failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
+    assert failed and all(line.startswith("FAIL users: ") for line in failed), failed

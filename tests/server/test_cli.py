@@ -112,6 +112,18 @@ def test_init_creates_an_office_with_an_admin_and_a_one_time_code(tmp_path, caps
     assert keys.read_bytes() == before
 
 
+def test_the_operators_acts_get_the_chain_signed_with_no_phone_pushing(tmp_path):
+    # Checkpoints came only with pushes: an office of quiet phones had none, and its
+    # last entries could be dropped unseen.
+    data = str(tmp_path / "office")
+    assert main(["--data", data, "init", "--admin", "Wang"]) == 0
+    store = opened(tmp_path / "office")
+    # The first act signs at once (then every 1,000 entries or an hour, as pushes do).
+    (signed,) = store.db.execute("SELECT min(seq) FROM audit_checkpoints").fetchone()
+    assert signed == 1
+    store.close()
+
+
 def test_the_office_files_are_readable_by_its_account_alone(tmp_path):
     # The store holds console password hashes and the audit log in clear; an operator's
     # usual umask (022) made it and the data-key store readable by every local user.
