@@ -69,6 +69,7 @@ FORMAT = 1
 MANIFEST = "manifest.json"
 STORE_FILE = "lianxin.db"
 KEY_STORE_FILE = "data-keys.db"
+UNFINISHED = "RESTORE-UNFINISHED"  # in the data folder while a restore is not done
 KEY_FILE = "office-keys.json"
 # Past this many, a broken restore lists no more problems; it says how many it left out.
 MAX_PROBLEMS = 20
@@ -290,8 +291,16 @@ def restore(
         (src / KEY_STORE_FILE, settings.key_store_path),
         *([(locked, settings.keys_path)] if locked is not None else []),
     ]
+    # Until the checks pass and the restore is logged, the folder says so: a restore
+    # killed half way must not leave an office that serves unchecked, its phones untold.
+    unfinished = settings.data_dir / UNFINISHED
+    written = [unfinished, *(target for _, target in copies)]
     result = Restored(manifest, {}, 0, 0, False, [])
     try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        unfinished.write_text("lianxin restore: not finished; remove this folder, restore again\n")
+        _fsync(unfinished)
+        _fsync(settings.data_dir)
         for source, target in copies:
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             shutil.copyfile(source, target)
@@ -321,11 +330,13 @@ def restore(
         result.problems.append(f"restoring into {settings.data_dir} failed: {error}")
     except BaseException:
         # One no one foresaw still propagates, but leaves no half-checked restore to serve.
-        _remove([target for _, target in copies], created)
+        _remove(written, created)
         raise
     if result.problems:
-        _remove([target for _, target in copies], created)
+        _remove(written, created)
     else:
+        unfinished.unlink()
+        _fsync(settings.data_dir)
         fields = {"action": "restore", "backup": manifest.created_at, "office": manifest.office_id}
         log.info("backup restored", extra={"fields": fields})
     return result

@@ -62,6 +62,11 @@ def passphrase(confirm: bool = False) -> str:
 
 def unlock(settings: Settings) -> OfficeKeys:
     """The office keys, unlocked with the passphrase; exits with a clear message if wrong."""
+    if (settings.data_dir / backup.UNFINISHED).exists():
+        raise SystemExit(
+            f"lianxin: a restore into {settings.data_dir} did not finish (it was stopped):"
+            " nothing there is checked. Remove the folder and restore again."
+        )
     if not settings.keys_path.exists():
         raise SystemExit(f"lianxin: no office in {settings.data_dir}; run `lianxin init` first")
     try:

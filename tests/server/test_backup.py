@@ -1,7 +1,11 @@
 """Backup and restore: consistent snapshots, the key file kept apart, a restore that checks."""
 
 import hashlib
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing, contextmanager
 
 import msgspec
@@ -216,6 +220,31 @@ def test_restore_refuses_a_folder_that_holds_anything(office, tmp_path):
         f"{target.data_dir} is not empty; restore only into a new or empty folder"
     ]
     assert [p.name for p in target.data_dir.iterdir()] == ["notes.txt"]
+
+
+KILLED_AT_THE_CHECKS = """
+import os, signal, sys
+from server import backup, cli
+backup._open_everything = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+cli.main(["--data", sys.argv[1], "restore", sys.argv[2]])
+"""
+
+
+def test_a_restore_killed_before_its_checks_leaves_an_office_nothing_opens(
+    office, tmp_path, monkeypatch
+):
+    # Killed (a power cut) after copying: the files looked whole, `serve` served them
+    # unchecked and, with no restore logged, phones' cursors from before were followed.
+    take(office, tmp_path / "backup")
+    target = tmp_path / "killed"
+    environment = {**os.environ, "LIANXIN_PASSPHRASE": PASSPHRASE}
+    command = [sys.executable, "-c", KILLED_AT_THE_CHECKS, str(target), str(tmp_path / "backup")]
+    assert subprocess.run(command, env=environment).returncode == -signal.SIGKILL
+    assert (target / "lianxin.db").exists()
+    monkeypatch.setenv("LIANXIN_PASSPHRASE", PASSPHRASE)
+    for command in (["audit", "verify"], ["serve"]):
+        with pytest.raises(SystemExit, match="did not finish"):
+            main(["--data", str(target), *command])
 
 
 def test_a_key_file_of_another_office_is_refused(office, tmp_path):
