@@ -12,12 +12,12 @@ from server.storage import repeats
 
 
 def _initial(db: sqlite_utils.Database) -> None:
-    db["records"].create(
+    db.table("records").create(
         {"record_type": str, "record_id": str, "seq": int, "deleted": int, "state": bytes},
         pk=("record_type", "record_id"),
         not_null={"seq", "deleted", "state"},
     )
-    db["changes"].create(
+    db.table("changes").create(
         {
             "seq": int,
             "change_id": str,
@@ -33,9 +33,9 @@ def _initial(db: sqlite_utils.Database) -> None:
         not_null={"change_id", "record_type", "record_id", "device_id", "hlc", "result", "raw"},
     )
     # The unique change id is what makes every retry idempotent.
-    db["changes"].create_index(["change_id"], unique=True)
-    db["changes"].create_index(["record_type", "record_id", "seq"])
-    db["quarantine"].create(
+    db.table("changes").create_index(["change_id"], unique=True)
+    db.table("changes").create_index(["record_type", "record_id", "seq"])
+    db.table("quarantine").create(
         {
             "id": int,
             "change_id": str,
@@ -50,8 +50,8 @@ def _initial(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"change_id", "reason", "result", "raw"},
     )
-    db["quarantine"].create_index(["change_id"], unique=True)
-    db["conflicts"].create(
+    db.table("quarantine").create_index(["change_id"], unique=True)
+    db.table("conflicts").create(
         {
             "id": int,
             "record_type": str,
@@ -74,13 +74,13 @@ def _initial(db: sqlite_utils.Database) -> None:
 
 def _directory(db: sqlite_utils.Database) -> None:
     """Org units, people, enrolment codes, devices, request nonces and push batches."""
-    db["org_units"].create({"path": str, "parent": str}, pk="path")
-    db["users"].create(
+    db.table("org_units").create({"path": str, "parent": str}, pk="path")
+    db.table("users").create(
         {"user_id": str, "name": str, "role": str, "org_units": str, "created_at_ms": int},
         pk="user_id",
         not_null={"name", "role", "org_units"},
     )
-    db["enrollment_codes"].create(
+    db.table("enrollment_codes").create(
         {
             "code_hash": str,
             "user_id": str,
@@ -93,7 +93,7 @@ def _directory(db: sqlite_utils.Database) -> None:
         not_null={"user_id", "role", "expires_at_ms"},
         foreign_keys=[("user_id", "users", "user_id")],
     )
-    db["devices"].create(
+    db.table("devices").create(
         {
             "device_id": str,
             "user_id": str,
@@ -108,13 +108,13 @@ def _directory(db: sqlite_utils.Database) -> None:
         not_null={"user_id", "role", "signing_key", "kem_key", "enrolled_at_ms"},
         foreign_keys=[("user_id", "users", "user_id")],
     )
-    db["nonces"].create(
+    db.table("nonces").create(
         {"device_id": str, "nonce": str, "at_ms": int},
         pk=("device_id", "nonce"),
         not_null={"at_ms"},
     )
-    db["nonces"].create_index(["at_ms"])
-    db["batches"].create(
+    db.table("nonces").create_index(["at_ms"])
+    db.table("batches").create(
         {
             "device_id": str,
             "batch_id": str,
@@ -125,30 +125,30 @@ def _directory(db: sqlite_utils.Database) -> None:
         pk=("device_id", "batch_id"),
         not_null={"manifest", "signature", "received_at_ms"},
     )
-    db["changes"].add_column("batch_id", str)
+    db.table("changes").add_column("batch_id", str)
     # Routing columns kept in clear so pulls can filter (PROTOCOL.md, "Visibility").
-    db["records"].add_column("org_unit", str)
-    db["records"].add_column("created_by", str)
-    db["access"].create(
+    db.table("records").add_column("org_unit", str)
+    db.table("records").add_column("created_by", str)
+    db.table("access").create(
         {"user_id": str, "record_type": str, "record_id": str, "since_seq": int},
         pk=("user_id", "record_type", "record_id"),
         not_null={"since_seq"},
     )
-    db["evictions"].create(
+    db.table("evictions").create(
         {"seq": int, "user_id": str, "record_type": str, "record_id": str, "reason": str},
         pk=("seq", "user_id", "record_type", "record_id"),
     )
-    db["evictions"].create_index(["user_id", "seq"])
-    db["links"].create(
+    db.table("evictions").create_index(["user_id", "seq"])
+    db.table("links").create(
         {"case_id": str, "record_type": str, "record_id": str},
         pk=("case_id", "record_type", "record_id"),
     )
-    db["links"].create_index(["record_type", "record_id"])
+    db.table("links").create_index(["record_type", "record_id"])
 
 
 def _change_order(db: sqlite_utils.Database) -> None:
     """The stamp a clamped change was ranked by, which pulls must pass on."""
-    db["changes"].add_column("order_stamp", int)
+    db.table("changes").add_column("order_stamp", int)
 
 
 def _access_indexes(db: sqlite_utils.Database) -> None:
@@ -157,13 +157,13 @@ def _access_indexes(db: sqlite_utils.Database) -> None:
     Without them each push scanned the whole access table once per record it
     touched, and each pull read every record the user may see.
     """
-    db["access"].create_index(["record_type", "record_id"], index_name="access_record")
-    db["access"].create_index(["user_id", "since_seq"], index_name="access_user_since")
+    db.table("access").create_index(["record_type", "record_id"], index_name="access_record")
+    db.table("access").create_index(["user_id", "since_seq"], index_name="access_user_since")
 
 
 def _confidentiality(db: sqlite_utils.Database) -> None:
     """The hash-chained audit log, and keyed blind indexes of people (server.storage.people)."""
-    db["audit"].create(
+    db.table("audit").create(
         {
             "seq": int,
             "at_ms": int,
@@ -176,11 +176,11 @@ def _confidentiality(db: sqlite_utils.Database) -> None:
         pk="seq",
         not_null={"at_ms", "actor", "action", "subject", "detail", "hash"},
     )
-    db["people_index"].create(
+    db.table("people_index").create(
         {"kind": str, "digest": str, "record_type": str, "record_id": str},
         pk=("kind", "digest", "record_type", "record_id"),
     )
-    db["people_index"].create_index(["record_type", "record_id"])
+    db.table("people_index").create_index(["record_type", "record_id"])
 
 
 def _console(db: sqlite_utils.Database) -> None:
@@ -190,10 +190,10 @@ def _console(db: sqlite_utils.Database) -> None:
     (status, org unit, category, assignees, dates); titles and texts stay
     sealed in the record states and are opened for the rows shown.
     """
-    db["users"].add_column("password_hash", str)
-    db["users"].add_column("totp_secret", bytes)  # sealed under the user's data key
-    db["users"].add_column("language", str)
-    db["sessions"].create(
+    db.table("users").add_column("password_hash", str)
+    db.table("users").add_column("totp_secret", bytes)  # sealed under the user's data key
+    db.table("users").add_column("language", str)
+    db.table("sessions").create(
         {
             "token_hash": str,
             "user_id": str,
@@ -205,10 +205,10 @@ def _console(db: sqlite_utils.Database) -> None:
         not_null={"user_id", "csrf", "created_ms", "seen_ms"},
         foreign_keys=[("user_id", "users", "user_id")],
     )
-    db["sessions"].create_index(["user_id"])
-    db["login_failures"].create({"who": str, "at_ms": int}, not_null={"who", "at_ms"})
-    db["login_failures"].create_index(["who", "at_ms"])
-    db["case_index"].create(
+    db.table("sessions").create_index(["user_id"])
+    db.table("login_failures").create({"who": str, "at_ms": int}, not_null={"who", "at_ms"})
+    db.table("login_failures").create_index(["who", "at_ms"])
+    db.table("case_index").create(
         {
             "case_id": str,
             "status": str,
@@ -226,8 +226,8 @@ def _console(db: sqlite_utils.Database) -> None:
         not_null={"status", "received_ms", "seq"},
     )
     for columns in (["status"], ["org_unit"], ["received_ms"], ["due"]):
-        db["case_index"].create_index(columns)
-    db["warning_index"].create(
+        db.table("case_index").create_index(columns)
+    db.table("warning_index").create(
         {
             "warning_id": str,
             "status": str,
@@ -242,15 +242,15 @@ def _console(db: sqlite_utils.Database) -> None:
         pk="warning_id",
         not_null={"status", "received_ms", "seq"},
     )
-    db["warning_index"].create_index(["status", "received_ms"])
-    db["deadlines"].create({"category": str, "days": int}, pk="category", not_null={"days"})
-    db["quarantine"].add_column("acknowledged_ms", int)
-    db["quarantine"].add_column("acknowledged_by", str)
+    db.table("warning_index").create_index(["status", "received_ms"])
+    db.table("deadlines").create({"category": str, "days": int}, pk="category", not_null={"days"})
+    db.table("quarantine").add_column("acknowledged_ms", int)
+    db.table("quarantine").add_column("acknowledged_by", str)
 
 
 def _device_last_seen(db: sqlite_utils.Database) -> None:
     """When each device last made a signed request (the console's device list)."""
-    db["devices"].add_column("last_seen_ms", int)
+    db.table("devices").add_column("last_seen_ms", int)
 
 
 def _conflicts_quarantine(db: sqlite_utils.Database) -> None:
@@ -262,7 +262,7 @@ def _conflicts_quarantine(db: sqlite_utils.Database) -> None:
     time for them, and finds their batch by the change's hash among the
     device's manifests when one is re-applied.
     """
-    db["quarantine"].add_column("batch_id", str)
+    db.table("quarantine").add_column("batch_id", str)
 
 
 def _stats(db: sqlite_utils.Database) -> None:
@@ -276,26 +276,28 @@ def _stats(db: sqlite_utils.Database) -> None:
     counting executed agreements opens no sealed state. Agreements written
     before this migration enter it at their next write.
     """
-    db["case_index"].create_index(
+    db.table("case_index").create_index(
         ["resolved_ms", "case_id", "received_ms", "category", "org_unit"],
         index_name="case_index_resolved",
     )
-    db["case_index"].create_index(
+    db.table("case_index").create_index(
         ["case_id", "received_ms"], index_name="case_index_received_by_id"
     )
-    db["links"].create_index(["record_type", "record_id", "case_id"], index_name="links_by_record")
-    db["agreement_index"].create(
+    db.table("links").create_index(
+        ["record_type", "record_id", "case_id"], index_name="links_by_record"
+    )
+    db.table("agreement_index").create(
         {"agreement_id": str, "status": str, "executed_ms": int, "seq": int},
         pk="agreement_id",
         not_null={"status", "seq"},
     )
-    db["agreement_index"].create_index(["executed_ms"], index_name="agreement_index_executed")
+    db.table("agreement_index").create_index(["executed_ms"], index_name="agreement_index_executed")
 
 
 def _repeat_flag(db: sqlite_utils.Database) -> None:
     """Each case's repeat-petition flag (`server.storage.repeats`), worked out for every case
     once here and then kept in step by every batch, for the statistics to count."""
-    db["case_index"].add_column("repeat", int, not_null_default=0)
+    db.table("case_index").add_column("repeat", int, not_null_default=0)
     repeats.refresh(db, None)
 
 
@@ -307,7 +309,7 @@ def _audit_checkpoints(db: sqlite_utils.Database) -> None:
     and `lianxin audit verify` can hold each to it.
     """
     db.execute("BEGIN IMMEDIATE")  # one transaction, however many batches there are
-    db["audit_checkpoints"].create(
+    db.table("audit_checkpoints").create(
         {"seq": int, "hash": bytes, "at_ms": int, "signature": bytes},
         pk="seq",
         not_null={"hash", "at_ms", "signature"},
@@ -325,7 +327,7 @@ def _audit_checkpoints(db: sqlite_utils.Database) -> None:
 def _totp_replay(db: sqlite_utils.Database) -> None:
     """The time step of each user's last accepted authenticator code: a code is spent once
     used, so one read over a shoulder or from a proxy log cannot open a second session."""
-    db["users"].add_column("totp_last_step", int)
+    db.table("users").add_column("totp_last_step", int)
 
 
 def _due(db: sqlite_utils.Database) -> None:
@@ -409,7 +411,7 @@ def _index_rows(db: sqlite_utils.Database) -> None:
 def _audit_actions(db: sqlite_utils.Database) -> None:
     """Cursors bind the office's last restore (`audit.last_restore`): found along an
     index, not by reading an audit log of one entry a batch from its end."""
-    db["audit"].create_index(["action", "seq"], if_not_exists=True)
+    db.table("audit").create_index(["action", "seq"], if_not_exists=True)
 
 
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
