@@ -19,6 +19,7 @@ import functools
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from schemas.state import RecordState
 from server.storage.sqlite import SqliteStore
@@ -71,8 +72,8 @@ def update_access(
         old, new = old_links.get(case_id, set()), scopes[key].links
         dropped += [(case_id, t, i) for t, i in old - new]
         added += [(case_id, t, i) for t, i in new - old]
-        for linked in old | new:
-            due.setdefault(linked, touched[key])
+        for link in old | new:
+            due.setdefault(link, touched[key])
     db.conn.executemany(
         "DELETE FROM links WHERE case_id = ? AND record_type = ? AND record_id = ?", dropped
     )
@@ -233,7 +234,9 @@ def presence(
     return present, visible
 
 
-def _rows(store: SqliteStore, sql: str, keys: Iterable[RecordKey], *params: str) -> Iterator[tuple]:
+def _rows(
+    store: SqliteStore, sql: str, keys: Iterable[RecordKey], *params: str
+) -> Iterator[tuple[Any, ...]]:
     """Run `sql`, whose `{keys}` is a `VALUES` list `k` of (record_type, record_id), per chunk.
 
     `params` are bound after the keys.

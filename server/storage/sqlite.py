@@ -26,6 +26,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 import sqlite_utils
@@ -65,7 +66,10 @@ _CHUNK = 500
 MAX_PENDING = 16
 
 
-def _chunks(items: list, size: int = _CHUNK) -> Iterator[list]:
+T = TypeVar("T")
+
+
+def _chunks(items: list[T], size: int = _CHUNK) -> Iterator[list[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -182,7 +186,8 @@ class SqliteStore:
                 self._writer = None
 
     def _read_data_version(self) -> int:
-        return self.db.execute("PRAGMA data_version").fetchone()[0]
+        version: int = self.db.execute("PRAGMA data_version").fetchone()[0]
+        return version
 
     def _fresh(self) -> None:
         """Drop the cached states once another connection has committed: they may be old."""
@@ -205,10 +210,11 @@ class SqliteStore:
         return stamp
 
     def last_seq(self) -> int:
-        return self.db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+        seq: int = self.db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+        return seq
 
     def results(self, change_ids: Iterable[str]) -> dict[str, Answered]:
-        found = {}
+        found: dict[str, Answered] = {}
         for chunk in _chunks(list(change_ids)):
             marks = ",".join("?" * len(chunk))
             rows = self.db.execute(
