@@ -131,13 +131,17 @@ class PulledChange(msgspec.Struct, frozen=True, kw_only=True, tag="change", omit
     order: int | None = None
 
 
+# Why a record left a device's view: its access was taken back, or its case was erased.
+EvictionReason = Literal["access_removed", "erased"]
+
+
 class Eviction(msgspec.Struct, frozen=True, kw_only=True, tag="evict"):
     """The record left this device's view: delete the local copy."""
 
     seq: int
     record_type: str
     record_id: str
-    reason: Literal["access_removed", "erased"]
+    reason: EvictionReason
 
 
 class PulledState(msgspec.Struct, frozen=True, kw_only=True, tag="state"):

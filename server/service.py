@@ -387,14 +387,14 @@ class SyncService:
                 states, sent = self._states(conn, user_id, begun, after, limit, last)
                 if sent is not None:
                     next_cursor = self._states_cursor(marks, device, begun, held, sent)
-                    return self._page(states, next_cursor, True)
+                    return self._page([*states], next_cursor, True)
                 # Every record is sent: the rest of the page is the log since the first page.
                 position = seq = begun
                 limit -= len(states)
             else:
                 position, seq, held = self._open_cursor(marks, device, cursor, last)
             if limit == 0:
-                return self._page(states, self._cursor(marks, device, position, seq, held), True)
+                return self._page([*states], self._cursor(marks, device, position, seq, held), True)
             # Changes after the last state share the page's bytes with the states.
             room = self.settings.max_page_bytes - sum(len(s.state) for s in states)
             page = read_page(conn, user_id, position, seq, limit, last, max_bytes=room)

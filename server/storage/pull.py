@@ -36,6 +36,7 @@ import heapq
 import sqlite3
 from typing import NamedTuple
 
+from schemas.wire import EvictionReason
 from server.settings import PAGE_BYTES
 
 # (position, seq, record type, record id, change id, sealed change, order stamp)
@@ -92,7 +93,7 @@ class Page(NamedTuple):
     """One pull page as rows: changes (see `Row`), evictions, and where it ends."""
 
     rows: list[Row]
-    evictions: list[tuple[int, str, str, str]]
+    evictions: list[tuple[int, str, str, EvictionReason]]  # the `evictions` table's rows
     has_more: bool
     end: int
     end_seq: int
