@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgspec
 
@@ -40,7 +40,7 @@ def _is_final(state: RecordState | None) -> bool:
     return isinstance(agreement, Agreement) and agreement.status in FINAL
 
 
-def _appends(op: object, field: str) -> bool:
+def _appends(op: object, field: str) -> TypeGuard[Append]:
     return isinstance(op, Append) and op.field == field
 
 

@@ -728,7 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return issue_code(settings, args.user_id, args.ttl_hours)
         case "device", "revoke":
             return revoke_device(settings, args.device_id)
-        case "device", action:
+        case "device", str(action):  # its subcommand is required: always a str
             from server import phone  # the reference client and httpx: only for phone commands
 
             return phone.run(action, args.file, args.server, args)

@@ -11,7 +11,7 @@ The logs these go with are `server.logs`.
 from __future__ import annotations
 
 import threading
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 from litestar import Request, Response, get
@@ -29,7 +29,7 @@ class Metrics:
         self.requests: Counter[tuple[str, str]] = Counter()
         self.changes: Counter[str] = Counter()
         self._bucket_counts: Counter[tuple[str, float]] = Counter()
-        self._sum: Counter[str] = Counter()
+        self._sum: defaultdict[str, float] = defaultdict(float)  # seconds
         self._count: Counter[str] = Counter()
 
     def request(self, endpoint: str, outcome: str, seconds: float) -> None:
