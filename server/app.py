@@ -301,7 +301,7 @@ def create_app(
             *ops.ROUTES,
             *console.routes(),
         ],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
         before_request=refuse_encoded_bodies,
         after_request=not_for_caches,

@@ -8,6 +8,7 @@ import sqlite3
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
+from litestar.types import ExceptionHandlersMap
 
 from schemas.wire import ErrorBody
 from sync import errors
@@ -154,7 +155,7 @@ def internal_error(request: Request, error: Exception) -> Response:
     )
 
 
-EXCEPTION_HANDLERS = {
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     errors.LianxinError: lianxin_error,
     HTTPException: http_error,
     sqlite3.Error: storage_error,

@@ -110,10 +110,15 @@ def case_rows(service: SyncService, rows: list[tuple[Any, ...]]) -> list[CaseRow
         row[:10] for row in rows
     ):
         state = states.get(("case", case_id))
+        title = ""
+        if state:
+            case = materialize(state)
+            assert isinstance(case, Case)
+            title = case.title
         cases.append(
             CaseRow(
                 case_id=case_id,
-                title=materialize(state).title if state else "",  # type: ignore[attr-defined]
+                title=title,
                 status=status,
                 org_unit=unit,
                 category=category or "",

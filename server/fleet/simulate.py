@@ -72,6 +72,7 @@ from server.fleet.field import (
 )
 from server.fleet.office import Office
 from server.fleet.options import Options
+from server.storage.directory import Role
 from sync.atrest import KdfParams
 from sync.client import DeviceClient
 from sync.clock import system_wall_ms
@@ -121,7 +122,7 @@ class Report(msgspec.Struct, kw_only=True):
         return [v for v in found if v]
 
 
-def roster(devices: int) -> list[tuple[str, str]]:
+def roster(devices: int) -> list[tuple[Role, str]]:
     """(role, district) for each device: per district at least one supervisor and two
     mediators; then about 5% supervisors, 35% mediators, the rest informants."""
     if devices < 3 * 4:
@@ -129,7 +130,12 @@ def roster(devices: int) -> list[tuple[str, str]]:
     supervisors = max(3, round(devices * 0.05))
     mediators = max(6, round(devices * 0.35))
     informants = devices - supervisors - mediators
-    roles = ["supervisor"] * supervisors + ["mediator"] * mediators + ["informant"] * informants
+    counts: dict[Role, int] = {
+        "supervisor": supervisors,
+        "mediator": mediators,
+        "informant": informants,
+    }
+    roles = [role for role, count in counts.items() for _ in range(count)]
     return [(role, DISTRICTS[index % 3]) for index, role in enumerate(roles)]
 
 
@@ -195,7 +201,7 @@ def field_days(
         enrolling = progress.add_task("Enrolling devices", total=options.devices)
         for index, (role, district) in enumerate(roster(options.devices)):
             name = f"{role[:3]}{index:04d}"
-            user_id = office.add_user(name, role, [f"{CITY}/{district}"])  # type: ignore[arg-type]
+            user_id = office.add_user(name, role, [f"{CITY}/{district}"])
             if role == "mediator":
                 registry.mediators[district].append(user_id)
             device = FieldDevice.open(
