@@ -78,9 +78,18 @@ def _check_supersedes(store: SqliteStore, agreement: Agreement) -> tuple[Reason,
     return None
 
 
-def _edited_unseen(change: Change, state: RecordState, fields: list[str]) -> bool:
-    """Whether a write `change`'s device had not seen shows in any of `fields`."""
-    return any(not seen_by(w, change) for name in fields for w in state.registers.get(name, []))
+def _signed_before_an_edit(change: Change, state: RecordState) -> bool:
+    """Whether `change` was made on the agreement (it had seen some of its content) before
+    an edit of its content that it had not seen."""
+    content = field_specs("agreement")
+    writes = [
+        write
+        for name, spec in content.items()
+        if isinstance(spec.policy, Sealed)
+        for write in state.registers.get(name, [])
+    ]
+    seen = [seen_by(write, change) for write in writes]
+    return any(seen) and not all(seen)
 
 
 def signature_vet(directory: Directory) -> Vet:
@@ -124,9 +133,10 @@ def signature_vet(directory: Directory) -> Vet:
             if refused:
                 return refused
         # A signature is made over the content its device had. An edit it had not seen may
-        # have changed that content, or the signers, before it arrived: it is kept then,
-        # not counting (PROTOCOL.md section 13), as when it arrives before that edit.
-        content = [name for name, spec in specs.items() if isinstance(spec.policy, Sealed)]
+        # have changed that content before it arrived: it is kept then, not counting
+        # (PROTOCOL.md section 13), as when it arrives before that edit. One that had
+        # seen nothing of the agreement is held to its content as it stands.
+        before_an_edit = bool(signatures) and _signed_before_an_edit(change, after)
         for entry in signatures:
             signature = msgspec.convert(entry, Signature)
             device = directory.device(signature.device_id or "")
@@ -137,8 +147,7 @@ def signature_vet(directory: Directory) -> Vet:
                 signature,
                 device.signing_key if usable and device else None,
                 device.user.user_id if usable and device else None,
-                signers=not _edited_unseen(change, after, ["required_signers"]),
-                content=not _edited_unseen(change, after, content),
+                content=not before_an_edit,
             )
             if refused:
                 return refused

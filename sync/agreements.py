@@ -89,7 +89,6 @@ def check_signature(
     device_key: bytes | None,
     device_user: str | None,
     *,
-    signers: bool = True,
     content: bool = True,
 ) -> tuple[Reason, str] | None:
     """Why `signature` cannot count for `agreement`, or None if it verifies.
@@ -98,11 +97,11 @@ def check_signature(
     user, or None when the device is unknown or was revoked before the
     signature reached the office. An own signature (no witness) must come
     from the signer's own device; an attested one must name a handwriting
-    image and the witnessing device's user. With `signers` or `content` off,
-    the signer need not be required, or the content hash current: for a
-    signature made before an edit of those its device had not seen.
+    image and the witnessing device's user. With `content` off the content
+    hash need not be current: for a signature made before an edit of the
+    content its device had not seen.
     """
-    if signers and signature.signer not in agreement.required_signers:
+    if signature.signer not in agreement.required_signers:
         return Reason.SIGNER_NOT_REQUIRED, f"{signature.signer} is not a required signer"
     if content and signature.content_hash != content_hash(agreement_id, agreement):
         return Reason.CONTENT_MISMATCH, "the signature is over other content than the agreement's"

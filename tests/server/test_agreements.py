@@ -297,6 +297,19 @@ def test_a_signature_and_a_terms_edit_made_apart_keep_the_signature_either_way(o
     assert agreement.status == "collecting" and not agreements.is_complete("a-1", agreement)
 
 
+def test_a_signature_whose_change_saw_nothing_of_the_agreement_is_held_to_its_terms(office):
+    # Kept-not-counting is for a signature made before an edit its phone had not seen. One
+    # claiming to have seen nothing at all (`seen` empty) would otherwise be kept over any
+    # hash, and, stamped earliest, show in place of the signer's real one.
+    sun, li = open_agreement(office, mediators=2)
+    edit = li.change("agreement", "a-1", {"terms": "Within 7 days."}, seen=dict(current_vv(office)))
+    assert decode(li.push([edit], batch_id="t-1"))["results"][0]["status"] == "applied"
+    bogus = attested(sun, "p-1", content="cd" * 32)
+    assert refused(office, sun, bogus, "x-1") == "signature_content_mismatch"
+    (result,) = sign(sun, bogus, batch_id="x-2")["results"]  # seen={}
+    assert (result["status"], result["reason"]) == ("rejected", "signature_content_mismatch")
+
+
 def current_vv(office):
     return office.store.states([("agreement", "a-1")])[("agreement", "a-1")].vv
 
