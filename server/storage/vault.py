@@ -81,7 +81,7 @@ class Vault:
             " PRIMARY KEY (record_type, record_id))"
         )
         self._version = self._data_version()
-        self._fold_due = False
+        self._fold_due = True  # whatever another process left in the log, on first use
 
     def close(self) -> None:
         if self._fold_due:
@@ -91,7 +91,9 @@ class Vault:
     def _fold(self, wait_ms: int) -> None:
         """Empty the write-ahead log into the file, where `secure_delete` zeroed what an
         erasure destroyed. A reader in another process (a backup being taken) holds it up:
-        then it is tried again, without waiting, each time the vault is used."""
+        then it is tried again, without waiting, each time the vault is used; and by every
+        other process's vault when it next sees the key store changed (the erasure was a
+        command's, which may have ended since)."""
         self._db.execute(f"PRAGMA busy_timeout = {wait_ms}")
         try:
             (busy, _, _) = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -106,13 +108,14 @@ class Vault:
         return version
 
     def _fresh_cache(self) -> None:
-        if self._fold_due:
-            self._fold(wait_ms=0)
         version = self._data_version()
-        if version != self._version:
+        if version != self._version:  # another process wrote: an erasure, perhaps
             self._version = version
             self._cache.clear()
             self._ciphers.clear()
+            self._fold_due = True
+        if self._fold_due:
+            self._fold(wait_ms=0)
         if len(self._cache) > self._cache_size:
             self._cache.clear()
 

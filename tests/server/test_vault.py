@@ -81,22 +81,25 @@ def test_an_erasure_by_another_process_is_seen_after_this_vault_writes_too(tmp_p
 
 
 def test_an_erased_key_leaves_the_write_ahead_log_once_its_reader_ends(tmp_path):
-    vault = Vault(tmp_path / "data-keys.db", office_keys())
+    keys = office_keys()
+    server = Vault(tmp_path / "data-keys.db", keys)  # the serving office's, open throughout
     record = ("party", "p-1")
-    vault.data_keys([record], create=True)
-    raw = sqlite3.connect(vault.path)
+    server.data_keys([record], create=True)
+    raw = sqlite3.connect(server.path)
     (wrapped,) = raw.execute("SELECT wrapped FROM data_keys").fetchone()
     raw.execute("BEGIN")  # a backup being taken in another process
     raw.execute("SELECT count(*) FROM data_keys").fetchone()
 
     def on_disk() -> bytes:
-        wal = Path(f"{vault.path}-wal")
-        return vault.path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+        wal = Path(f"{server.path}-wal")
+        return server.path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
 
-    assert vault.erase(record, "asked by the party", now_ms=1)
+    cli = Vault(server.path, keys)  # `lianxin case erase`, which ends before the backup
+    assert cli.erase(record, "asked by the party", now_ms=1)
+    cli.close()
     assert wrapped in on_disk()  # the reader holds the old pages
     raw.execute("COMMIT")
-    assert vault.erased([record]) == {record}  # the next use folds the log
+    assert server.erased([record]) == {record}  # the server's next use folds the log
     assert wrapped not in on_disk()
     raw.close()
-    vault.close()
+    server.close()
