@@ -177,7 +177,7 @@ def _check_change_bytes(store: SqliteStore, report: Report) -> None:
     for table, query in _FILED.items():
         rows = store.db.execute(query)
         while chunk := rows.fetchmany(_CHUNK):
-            data_keys = _data_keys(store, {(row[4], row[5]) for row in chunk}, report)
+            data_keys = data_keys_of(store, {(row[4], row[5]) for row in chunk}, report.problems)
             for name, change_id, device_id, batch_id, record_type, record_id, sealed in chunk:
                 report.changes += 1
                 where = f"{name} of {device_id}"
@@ -202,11 +202,11 @@ def _check_change_bytes(store: SqliteStore, report: Report) -> None:
                     )
 
 
-def _data_keys(
-    store: SqliteStore, keys: set[RecordKey], report: Report
+def data_keys_of(
+    store: SqliteStore, keys: set[RecordKey], problems: list[str]
 ) -> dict[RecordKey, AESGCM | None]:
-    """The data keys of `keys` (None: erased); each missing or not opening is a problem,
-    and left out."""
+    """The data keys of `keys` (None: erased); each missing or not opening is named in
+    `problems` and left out."""
     try:
         found = store.vault.data_keys(keys)
     except Unreadable:  # one damaged, or under a master key the key file lacks: which?
@@ -215,13 +215,11 @@ def _data_keys(
             try:
                 found |= store.vault.data_keys([key])
             except Unreadable as error:
-                report.problems.append(
-                    f"{key[0]}/{key[1]}: its data key does not open: {error.detail}"
-                )
+                problems.append(f"{key[0]}/{key[1]}: its data key does not open: {error.detail}")
                 unreadable.add(key)
         keys = keys - unreadable
     for key in sorted(keys - found.keys()):
-        report.problems.append(f"{key[0]}/{key[1]}: no data key in the key store")
+        problems.append(f"{key[0]}/{key[1]}: no data key in the key store")
     return found
 
 

@@ -135,6 +135,8 @@ def backup(
     there is no office, and `Unreadable` if a snapshot fails its integrity
     check. Appends a `backup` entry to the office's audit log.
     """
+    if (settings.data_dir / UNFINISHED).exists():
+        raise FileNotFoundError(f"no office in {settings.data_dir}: a restore there did not finish")
     for source in (settings.store_path, settings.key_store_path, settings.keys_path):
         if not source.exists():
             raise FileNotFoundError(f"no office in {settings.data_dir}: {source} is missing")
@@ -294,7 +296,7 @@ def restore(
     # Until the checks pass and the restore is logged, the folder says so: a restore
     # killed half way must not leave an office that serves unchecked, its phones untold.
     unfinished = settings.data_dir / UNFINISHED
-    written = [unfinished, *(target for _, target in copies)]
+    written = [*(target for _, target in copies), unfinished]  # the mark goes last
     result = Restored(manifest, {}, 0, 0, False, [])
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -425,7 +427,7 @@ def _open_everything(
         # signature and every agreement's signatures and receipt. Whoever could rewrite
         # the data keys could rewrite a change; no one without the device's key can sign it.
         report = audit_verify.verify_store(store, keys)
-        problems += report.problems
+        problems = list(dict.fromkeys(problems + report.problems))  # a bad key named once
         entries = report.entries
         cleared: list[str] = []
         if not problems:
@@ -513,16 +515,12 @@ def open_sealed_values(store: SqliteStore) -> tuple[dict[str, int], int, list[st
         opened[table] += 0
         cursor = store.db.conn.execute(query)
         while rows := cursor.fetchmany(_ROWS):
-            try:
-                keys = store.vault.data_keys({(t, i) for t, i, _, _ in rows})
-            except Unreadable as error:
-                problems.append(f"{table}: {error.detail}")
-                continue
+            keys = audit_verify.data_keys_of(store, {(t, i) for t, i, _, _ in rows}, problems)
             for record_type, record_id, row, sealed in rows:
                 key = (record_type, record_id)
                 where = f"{table} {record_type}/{record_id}" + (f" {row}" if row else "")
                 if key not in keys:
-                    problems.append(f"{where}: no data key in the key store")
+                    continue  # named already: its data key is missing or does not open
                 elif (data_key := keys[key]) is None:
                     erased += 1
                 else:

@@ -367,7 +367,7 @@ def verify_audit(settings: Settings) -> int:
         report = audit_verify.verify_store(directory.store, directory.store.vault.keys)
         # The names, texts and states too, not only the changes the batches signed.
         opened, erased, unopened = backup.open_sealed_values(directory.store)
-        report.problems.extend(unopened)
+        report.problems = list(dict.fromkeys(report.problems + unopened))  # a bad key once
         report.problems.extend(
             f"the erasure of {'/'.join(key)} stopped half way (its key is destroyed, the store"
             " still holds it, devices were not told): `lianxin serve` finishes it as it starts"

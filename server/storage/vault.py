@@ -241,6 +241,8 @@ class Vault:
     def rewrap(self, limit: int = 1000) -> int:
         """Re-wrap up to `limit` data keys still under an older master key; how many it did."""
         with self._lock:
+            # Another `keys rotate` may have made a newer master since: re-wrap under that.
+            self.keys.reload()
             current = self.keys.master_id
             rows = self._db.execute(
                 "SELECT record_type, record_id, master_id, wrapped FROM data_keys"

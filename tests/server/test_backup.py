@@ -245,6 +245,9 @@ def test_a_restore_killed_before_its_checks_leaves_an_office_nothing_opens(
     for command in (["audit", "verify"], ["serve"]):
         with pytest.raises(SystemExit, match="did not finish"):
             main(["--data", str(target), *command])
+    # Nor is it backed up (its key store may still hold keys of cases erased since).
+    assert main(["--data", str(target), "backup", str(tmp_path / "again")]) == 1
+    assert not (tmp_path / "again").exists()
 
 
 def test_a_key_file_of_another_office_is_refused(office, tmp_path):
@@ -319,8 +322,8 @@ def test_a_data_snapshot_paired_with_an_older_key_store_names_each_keyless_recor
 
     target = folder(tmp_path, "restored")
     restored = bring_back(mixed, target)
-    assert "records case/k-1: no data key in the key store" in restored.problems
-    assert "records party/p-1: no data key in the key store" in restored.problems
+    assert "case/k-1: no data key in the key store" in restored.problems
+    assert "party/p-1: no data key in the key store" in restored.problems
     assert not target.data_dir.exists()
 
 

@@ -138,3 +138,19 @@ def test_two_rotations_at_once_keep_every_key(office):
     assert [k.key_id.rsplit(".", 1)[1] for k in saved] == ["master1", "master2", "master3"]
     # The key the first rotation made, that a server may have wrapped data keys under.
     assert saved[1] == first.keyset.master_keys[-1]
+
+
+def test_a_rotation_rewrapping_after_a_later_one_moves_to_the_newest_key(office):
+    (first, first_vault), (second, second_vault) = operator(office), operator(office)
+    first_vault.data_keys([("case", f"k-{n}") for n in range(20)], create=True)
+    with first.changing():
+        first.rotate(master=True, kem=False, now_ms=office.wall.ms)
+    with second.changing():  # another `keys rotate`, run meanwhile
+        second.rotate(master=True, kem=False, now_ms=office.wall.ms)
+    assert second_vault.rewrap(limit=5) == 5
+    # The first one's loop met keys under a master it had never read: a KeyError.
+    while first_vault.rewrap(limit=5):
+        pass
+    assert first_vault.count_under() == {second.master_id: 20}
+    first_vault.close()
+    second_vault.close()
