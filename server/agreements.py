@@ -79,17 +79,19 @@ def _check_supersedes(store: SqliteStore, agreement: Agreement) -> tuple[Reason,
 
 
 def _signed_before_an_edit(change: Change, state: RecordState) -> bool:
-    """Whether `change` was made on the agreement (it had seen some of its content) before
-    an edit of its content that it had not seen."""
-    content = field_specs("agreement")
-    writes = [
+    """Whether `change` was made on the agreement (it had seen a write of it: its draft's
+    status, which an edit never replaces, or some content) before an edit of its content
+    that it had not seen."""
+    specs = field_specs("agreement")
+    content = [
         write
-        for name, spec in content.items()
+        for name, spec in specs.items()
         if isinstance(spec.policy, Sealed)
         for write in state.registers.get(name, [])
     ]
-    seen = [seen_by(write, change) for write in writes]
-    return any(seen) and not all(seen)
+    if all(seen_by(write, change) for write in content):
+        return False
+    return any(seen_by(write, change) for write in [*state.history.get("status", []), *content])
 
 
 def signature_vet(directory: Directory) -> Vet:

@@ -286,7 +286,9 @@ def test_a_signature_and_a_terms_edit_made_apart_keep_the_signature_either_way(o
     signed = sun.change(
         "agreement", "a-1", ops=[Append(field="signatures", entry=entry)], seen=draft
     )
-    edit = li.change("agreement", "a-1", {"terms": "A grease trap within 7 days."}, seen=draft)
+    # A form that saves every field it shows: no write of the draft's content is left.
+    fields = {**TERMS, "terms": "A grease trap within 7 days."}
+    edit = li.change("agreement", "a-1", fields, seen=draft)
     pushes = [(li, edit, "t-1"), (sun, signed, "s-1")]
     for phone, change, batch_id in pushes if terms_first else pushes[::-1]:
         (result,) = decode(phone.push([change], batch_id=batch_id))["results"]
