@@ -80,20 +80,27 @@ class Vault:
             " erased_ms INTEGER, reason TEXT,"
             " PRIMARY KEY (record_type, record_id))"
         )
+        # A row while an erasure's destroyed keys may still be in the -wal file.
+        self._db.execute("CREATE TABLE IF NOT EXISTS unfolded (erased_ms INTEGER NOT NULL)")
         self._version = self._data_version()
-        self._fold_due = True  # whatever another process left in the log, on first use
+        self._fold_due = self._unfolded()
 
     def close(self) -> None:
         if self._fold_due:
             self._fold(wait_ms=1000)
         self._db.close()
 
+    def _unfolded(self) -> bool:
+        return self._db.execute("SELECT 1 FROM unfolded LIMIT 1").fetchone() is not None
+
     def _fold(self, wait_ms: int) -> None:
         """Empty the write-ahead log into the file, where `secure_delete` zeroed what an
         erasure destroyed. A reader in another process (a backup being taken) holds it up:
-        then it is tried again, without waiting, each time the vault is used; and by every
-        other process's vault when it next sees the key store changed (the erasure was a
-        command's, which may have ended since)."""
+        then the `unfolded` row stays, and this vault tries again, without waiting, each
+        time it is used, as does every other process's vault that sees the row (the
+        erasure was perhaps a command's, which has ended since)."""
+        if self._db.in_transaction:  # a write of this connection's failed half way
+            return
         self._db.execute(f"PRAGMA busy_timeout = {wait_ms}")
         try:
             (busy, _, _) = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -102,6 +109,8 @@ class Vault:
         if busy and not self._fold_due:
             log.warning("destroyed data keys stay in %s-wal until its reader ends", self.path)
         self._fold_due = bool(busy)
+        if not busy:
+            self._db.execute("DELETE FROM unfolded")
 
     def _data_version(self) -> int:
         version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
@@ -113,7 +122,7 @@ class Vault:
             self._version = version
             self._cache.clear()
             self._ciphers.clear()
-            self._fold_due = True
+            self._fold_due = self._unfolded()
         if self._fold_due:
             self._fold(wait_ms=0)
         if len(self._cache) > self._cache_size:
@@ -185,12 +194,17 @@ class Vault:
             secrets = {k: new_key() for k in new}
             master = self.keys.masters[self.keys.master_id]
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                "INSERT INTO data_keys (record_type, record_id, master_id, wrapped)"
-                " VALUES (?, ?, ?, ?)",
-                [(*k, self.keys.master_id, seal(master, secrets[k], _bind(k))) for k in new],
-            )
-            self._db.execute("COMMIT")
+            try:
+                # Fails if another process made or erased one of these keys meanwhile.
+                self._db.executemany(
+                    "INSERT INTO data_keys (record_type, record_id, master_id, wrapped)"
+                    " VALUES (?, ?, ?, ?)",
+                    [(*k, self.keys.master_id, seal(master, secrets[k], _bind(k))) for k in new],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
             found.update(secrets)
         self._cache.update(found)
         return found
@@ -227,11 +241,13 @@ class Vault:
                     ).rowcount
                     for key in keys
                 )
+                self._db.execute("INSERT INTO unfolded (erased_ms) VALUES (?)", [now_ms])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             # The WAL still holds the pages with the keys until a checkpoint rewrites them.
+            self._fold_due = False  # so that a fold held up here is logged
             self._fold(wait_ms=2000)
             for key in keys:
                 self._cache.pop(key, None)

@@ -4,6 +4,9 @@ import os
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+import server.storage.vault as vault_module
 from server.storage.vault import Vault
 from sync.atrest import open_sealed, seal
 from tests.conftest import office_keys
@@ -103,3 +106,27 @@ def test_an_erased_key_leaves_the_write_ahead_log_once_its_reader_ends(tmp_path)
     assert wrapped not in on_disk()
     raw.close()
     server.close()
+
+
+def test_a_key_made_as_another_process_erases_it_fails_that_call_alone(tmp_path, monkeypatch):
+    # The erasure (a party its case named before any phone pushed it) commits between the
+    # server's look-up and its insert: the insert fails, and the connection must not be
+    # left inside its transaction, failing every later read and locking out the CLI.
+    keys = office_keys()
+    server, cli = Vault(tmp_path / "data-keys.db", keys), Vault(tmp_path / "data-keys.db", keys)
+    party, case = ("party", "p-1"), ("case", "k-1")
+    made = vault_module.new_key
+
+    def erased_meanwhile() -> bytes:
+        monkeypatch.setattr(vault_module, "new_key", made)
+        assert cli.erase(party, "asked by the party", now_ms=1)
+        return made()
+
+    monkeypatch.setattr(vault_module, "new_key", erased_meanwhile)
+    with pytest.raises(sqlite3.IntegrityError):
+        server.data_keys([party], create=True)
+    assert server.data_keys([party]) == {party: None}
+    assert server.data_keys([case], create=True)[case] is not None
+    assert cli.erase(case, "asked by the party", now_ms=2)
+    server.close()
+    cli.close()
