@@ -372,12 +372,24 @@ def test_the_command_line_verifies_checkpoints_and_fails_on_a_break(
     assert out[-1] == "lianxin: 2 problems found"
 
 
-def test_a_damaged_data_key_is_named_not_a_crash(signed):
-    # A bad sector in the key store, or a key wrapped under a master key the key file lacks.
-    vault = sqlite3.connect(signed.store.vault.path)
+def damage_keys(office, record_type):
+    """A bad sector in the key store, or keys wrapped under a master the key file lacks."""
+    vault = sqlite3.connect(office.store.vault.path)
     with vault:
-        vault.execute("UPDATE data_keys SET wrapped = randomblob(60) WHERE record_type = 'case'")
+        vault.execute(
+            "UPDATE data_keys SET wrapped = randomblob(60) WHERE record_type = ?", [record_type]
+        )
     vault.close()
+
+
+def failed_verify(folder, capsys):
+    """The FAIL lines of `lianxin audit verify`, which must exit 1."""
+    assert main(["--data", str(folder), "audit", "verify"]) == 1
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
+
+
+def test_a_damaged_data_key_is_named_not_a_crash(signed):
+    damage_keys(signed, "case")
     found = problems(signed)
     assert found and all(problem.startswith("case/k-1: ") for problem in found), found
 
@@ -385,12 +397,8 @@ def test_a_damaged_data_key_is_named_not_a_crash(signed):
 def test_the_command_line_opens_every_sealed_value(signed, tmp_path, capsys, monkeypatch):
     # The user names are in no signed batch: only opening them shows their keys are gone.
     monkeypatch.setenv("LIANXIN_PASSPHRASE", PASSPHRASE)
-    vault = sqlite3.connect(signed.store.vault.path)
-    with vault:
-        vault.execute("UPDATE data_keys SET wrapped = randomblob(60) WHERE record_type = 'user'")
-    vault.close()
-    assert main(["--data", str(tmp_path), "audit", "verify"]) == 1
-    failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
+    damage_keys(signed, "user")
+    failed = failed_verify(tmp_path, capsys)
     assert failed and all(line.startswith("FAIL user/u-") for line in failed), failed
 
 
@@ -400,12 +408,8 @@ def test_one_damaged_key_is_named_once_and_hides_nothing_else(
     monkeypatch.setenv("LIANXIN_PASSPHRASE", PASSPHRASE)
     sql(signed, "UPDATE records SET state = randomblob(80) WHERE record_type = 'agreement'")
     signed.store.db.conn.commit()
-    vault = sqlite3.connect(signed.store.vault.path)
-    with vault:
-        vault.execute("UPDATE data_keys SET wrapped = randomblob(60) WHERE record_type = 'case'")
-    vault.close()
-    assert main(["--data", str(tmp_path), "audit", "verify"]) == 1
-    failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
+    damage_keys(signed, "case")
+    failed = failed_verify(tmp_path, capsys)
     # Read in the same chunk as the case, the agreement was once skipped with it.
     assert "FAIL records agreement/a-1: does not open under its data key" in failed
     assert sum(line.startswith("FAIL case/k-1: ") for line in failed) == 1, failed
