@@ -31,6 +31,7 @@ import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -93,24 +94,33 @@ class Vault:
     def _unfolded(self) -> bool:
         return self._db.execute("SELECT 1 FROM unfolded LIMIT 1").fetchone() is not None
 
-    def _fold(self, wait_ms: int) -> None:
+    def _fold(self, wait_ms: int) -> bool:
         """Empty the write-ahead log into the file, where `secure_delete` zeroed what an
-        erasure destroyed. A reader in another process (a backup being taken) holds it up:
-        then the `unfolded` row stays, and this vault tries again, without waiting, each
-        time it is used, as does every other process's vault that sees the row (the
-        erasure was perhaps a command's, which has ended since)."""
-        if self._db.in_transaction:  # a write of this connection's failed half way
-            return
+        erasure destroyed; whether it did. A reader in another process (a backup being
+        taken) holds it up: then the `unfolded` row stays, and this vault tries again,
+        without waiting, each time it is used, as does every other process's vault that
+        sees the row (the erasure was perhaps a command's, which has ended since)."""
         self._db.execute(f"PRAGMA busy_timeout = {wait_ms}")
         try:
             (busy, _, _) = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         finally:
             self._db.execute("PRAGMA busy_timeout = 10000")
-        if busy and not self._fold_due:
-            log.warning("destroyed data keys stay in %s-wal until its reader ends", self.path)
         self._fold_due = bool(busy)
         if not busy:
             self._db.execute("DELETE FROM unfolded")
+        return not busy
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write transaction, rolled back on any error (a key another process made or
+        erased meanwhile): the connection is never left inside it."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def _data_version(self) -> int:
         version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
@@ -193,18 +203,12 @@ class Vault:
         if new:
             secrets = {k: new_key() for k in new}
             master = self.keys.masters[self.keys.master_id]
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                # Fails if another process made or erased one of these keys meanwhile.
+            with self._writing():  # fails if another process made or erased one meanwhile
                 self._db.executemany(
                     "INSERT INTO data_keys (record_type, record_id, master_id, wrapped)"
                     " VALUES (?, ?, ?, ?)",
                     [(*k, self.keys.master_id, seal(master, secrets[k], _bind(k))) for k in new],
                 )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             found.update(secrets)
         self._cache.update(found)
         return found
@@ -229,8 +233,7 @@ class Vault:
         marked erased all the same: it may never be stored.
         """
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._writing():
                 done = sum(
                     self._db.execute(
                         "INSERT INTO data_keys (record_type, record_id, erased_ms, reason)"
@@ -242,13 +245,9 @@ class Vault:
                     for key in keys
                 )
                 self._db.execute("INSERT INTO unfolded (erased_ms) VALUES (?)", [now_ms])
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             # The WAL still holds the pages with the keys until a checkpoint rewrites them.
-            self._fold_due = False  # so that a fold held up here is logged
-            self._fold(wait_ms=2000)
+            if not self._fold(wait_ms=2000):
+                log.warning("destroyed data keys stay in %s-wal until its reader ends", self.path)
             for key in keys:
                 self._cache.pop(key, None)
                 self._ciphers.pop(key, None)
@@ -271,13 +270,12 @@ class Vault:
                 key = (record_type, record_id)
                 secret = open_sealed(self.keys.masters[master_id], wrapped, _bind(key))
                 updates.append((current, seal(master, secret, _bind(key)), *key, master_id))
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                "UPDATE data_keys SET master_id = ?, wrapped = ?"
-                " WHERE record_type = ? AND record_id = ? AND master_id = ?",
-                updates,
-            )
-            self._db.execute("COMMIT")
+            with self._writing():
+                self._db.executemany(
+                    "UPDATE data_keys SET master_id = ?, wrapped = ?"
+                    " WHERE record_type = ? AND record_id = ? AND master_id = ?",
+                    updates,
+                )
         return len(updates)
 
     def count_under(self) -> dict[str, int]:
