@@ -32,6 +32,10 @@ from sync.merge import field_specs, materialize, seen_by
 from sync.store import RecordKey
 
 FINAL = ("executed", "superseded")
+# The sealed fields: what the parties sign (sync.agreements.canonical_content).
+CONTENT = frozenset(
+    name for name, spec in field_specs("agreement").items() if isinstance(spec.policy, Sealed)
+)
 OFFICE_ONLY = ("executed", "superseded")
 
 
@@ -82,13 +86,7 @@ def _signed_before_an_edit(change: Change, state: RecordState) -> bool:
     """Whether `change` was made on the agreement (it had seen a write of it: its draft's
     status, which an edit never replaces, or some content) before an edit of its content
     that it had not seen."""
-    specs = field_specs("agreement")
-    content = [
-        write
-        for name, spec in specs.items()
-        if isinstance(spec.policy, Sealed)
-        for write in state.registers.get(name, [])
-    ]
+    content = [write for name in CONTENT for write in state.registers.get(name, [])]
     if all(seen_by(write, change) for write in content):
         return False
     return any(seen_by(write, change) for write in [*state.history.get("status", []), *content])
@@ -104,8 +102,7 @@ def signature_vet(directory: Directory) -> Vet:
             return Reason.NOT_PERMITTED, "only the office executes, supersedes and countersigns"
         withdrawals = [op.entry for op in change.ops if _appends(op, "withdrawals")]
         signatures = [op.entry for op in change.ops if _appends(op, "signatures")]
-        specs = field_specs("agreement")
-        sealed = [name for name in change.set if isinstance(specs[name].policy, Sealed)]
+        sealed = [name for name in change.set if name in CONTENT]
         ends = change.set.get("status") == "void" or any(
             isinstance(op, Delete) for op in change.ops
         )
