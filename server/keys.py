@@ -150,7 +150,7 @@ class OfficeKeys:
         lock = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            self._use(_unlock(_read(self.path), self._lock))
+            self._read_again()
             yield
             self.save(self.path)
         finally:
@@ -160,9 +160,13 @@ class OfficeKeys:
         """Pick up a rotation written to the key file since it was read; True if it changed."""
         if self.path is None or self.path.stat().st_mtime_ns == self._mtime:
             return False
+        self._read_again()
+        return True
+
+    def _read_again(self) -> None:
+        assert self.path is not None
         self._mtime = self.path.stat().st_mtime_ns
         self._use(_unlock(_read(self.path), self._lock))
-        return True
 
     def rotate(self, *, master: bool, kem: bool, now_ms: int) -> None:
         """Make a new current master key and/or KEM key; the old ones stay until retired."""
