@@ -25,7 +25,7 @@ from server import (
     memory,
     pseudonyms,
 )
-from server.console import signin
+from server.console import signin, times
 from server.fleet.options import add_arguments as fleet_arguments
 from server.keys import OfficeKeys
 from server.settings import Settings, load_settings
@@ -199,13 +199,50 @@ def _code_hours(text: str) -> float:
     return hours
 
 
+def list_users(settings: Settings) -> int:
+    """Every user, in the order they were added: id, role, org units, and who left."""
+    with _directory(settings) as directory:
+        for user in directory.users():
+            left = times.minute(user.disabled_at_ms, settings.zone)
+            units = ",".join(user.org_units)
+            print(
+                f"{user.user_id}  {user.role:<10}  {user.name}  [{units}]"
+                + (left and f"  left {left}")
+            )
+    return 0
+
+
+def disable_user(settings: Settings, user_id: str, reason: str) -> int:
+    """Someone left the office: sign them out, refuse them, revoke every device of theirs."""
+    with _directory(settings) as directory, directory.store.transaction():
+        revoked = directory.disable(user_id, system_wall_ms())
+        if revoked is not None:
+            detail = {"reason": reason, "revoked_devices": revoked}
+            _audited(directory, "disable_user", f"user/{user_id}", detail)
+    if revoked is None:
+        print(f"lianxin: no user {user_id}, or they are disabled already")
+        return 1
+    print(f"Disabled {user_id}; revoked {len(revoked)} device(s): {' '.join(revoked) or '-'}")
+    return 0
+
+
+def enable_user(settings: Settings, user_id: str) -> int:
+    with _directory(settings) as directory, directory.store.transaction():
+        enabled = directory.enable(user_id)
+        if enabled:
+            _audited(directory, "enable_user", f"user/{user_id}")
+    if not enabled:
+        print(f"lianxin: no disabled user {user_id}")
+        return 1
+    print(f"Enabled {user_id}: their old devices stay revoked; issue a code for a new one")
+    return 0
+
+
 def revoke_device(settings: Settings, device_id: str) -> int:
     with _directory(settings) as directory, directory.store.transaction():
-        now_ms = system_wall_ms()
-        revoked = directory.revoke(device_id, now_ms)
+        revoked = directory.revoke(device_id, system_wall_ms())
         if revoked:
-            actor = operator()
-            audit.append(directory.db, now_ms, actor, "revoke", f"device/{device_id}")
+            _audited(directory, "revoke", f"device/{device_id}")
     print(f"Revoked {device_id}" if revoked else f"lianxin: no active device {device_id}")
     return 0 if revoked else 1
 
@@ -572,6 +609,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     totp_parser = user_parser.add_parser("totp", help="require an authenticator code at sign-in")
     totp_parser.add_argument("user_id")
 
+    user_parser.add_parser("list", help="every user, with who left the office")
+    disable_parser = user_parser.add_parser(
+        "disable", help="someone left: sign out, refuse sign-in, revoke every device"
+    )
+    disable_parser.add_argument("user_id")
+    disable_parser.add_argument("--reason", required=True, help="for the audit log")
+    enable_parser = user_parser.add_parser("enable", help="undo disable (devices stay revoked)")
+    enable_parser.add_argument("user_id")
+
     code_parser = commands.add_parser("code", help="issue a one-time enrolment code for a user")
     code_parser.add_argument("user_id")
     code_parser.add_argument(
@@ -724,6 +770,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return set_password(settings, args.user_id)
         case "user", "totp":
             return enable_totp(settings, args.user_id)
+        case "user", "list":
+            return list_users(settings)
+        case "user", "disable":
+            return disable_user(settings, args.user_id, args.reason)
+        case "user", "enable":
+            return enable_user(settings, args.user_id)
         case "code", _:
             return issue_code(settings, args.user_id, args.ttl_hours)
         case "device", "revoke":

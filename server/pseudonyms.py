@@ -30,8 +30,8 @@ def reidentify(
 ) -> User | None:
     """The informant behind pseudonym `name`, for `supervisor`, audited; None if nobody has it.
 
-    Raises `Forbidden` unless `supervisor` is a supervisor whose org units cover
-    the informant's; the refusal is audited too.
+    Raises `Forbidden` unless `supervisor` is a supervisor still at the office whose
+    org units cover the informant's; the refusal is audited too.
     """
     with directory.store.transaction():
         found = next(
@@ -42,11 +42,17 @@ def reidentify(
             ),
             None,
         )
-        allowed = supervisor.role == "supervisor" and (
-            found is None
-            or all(
-                any(unit == mine or unit.startswith(mine + "/") for mine in supervisor.org_units)
-                for unit in found.org_units
+        allowed = (
+            supervisor.role == "supervisor"
+            and supervisor.disabled_at_ms is None
+            and (
+                found is None
+                or all(
+                    any(
+                        unit == mine or unit.startswith(mine + "/") for mine in supervisor.org_units
+                    )
+                    for unit in found.org_units
+                )
             )
         )
         audit.append(

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from server.keys import OfficeKeys
+from server.storage.migrations import migrate
 from server.storage.sqlite import SqliteStore
 from server.storage.vault import Vault
 from sync.atrest import KdfParams
@@ -25,6 +26,17 @@ def office_keys() -> OfficeKeys:
 def shared_keys() -> OfficeKeys:
     """One office's keys for stores that need no office of their own (and reopen)."""
     return office_keys()
+
+
+# The data migrations up to this one can run again on an office that ran them; the
+# later ones add columns, which cannot be added twice.
+LAST_REPEATABLE = "0019_audit_actions"
+
+
+def migrate_again(db, since: str) -> list[str]:
+    """Run the data migrations from `since` on again, as an office from before them does."""
+    db.execute("DELETE FROM migrations WHERE name BETWEEN ? AND ?", [since, LAST_REPEATABLE])
+    return migrate(db)
 
 
 def make_store(path: Path, keys: OfficeKeys | None = None) -> SqliteStore:

@@ -12,6 +12,7 @@ class UserRow(msgspec.Struct, frozen=True, kw_only=True):
     org_units: list[str]
     devices: int  # enrolled and not revoked
     codes: int  # enrolment codes issued, used or not
+    disabled_at_ms: int | None  # when they left the office; None while they work here
 
 
 class CodeRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,3 +68,15 @@ class RevokeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 class Revoked(msgspec.Struct, frozen=True, kw_only=True):
     device_id: str
     revoked_at_ms: int
+
+
+class DisableRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    reason: str = ""
+
+
+class Disabled(msgspec.Struct, frozen=True, kw_only=True):
+    """A user who left the office: signed out, refused sign-in, every device revoked."""
+
+    user_id: str
+    disabled_at_ms: int
+    revoked_devices: list[str]

@@ -13,6 +13,7 @@ class MediatorChoice(msgspec.Struct, frozen=True, kw_only=True):
     user_id: str
     name: str
     org_units: list[str]
+    left: bool = False  # disabled: they left the office, so reassign their cases
 
 
 class Assignment(msgspec.Struct, frozen=True, kw_only=True):

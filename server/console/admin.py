@@ -8,7 +8,11 @@ see this page. Two writes, each CSRF-checked and audited:
   hash is kept (`Directory.issue_code`), as with `lianxin code`;
 - revoke a device (action `revoke`): from that moment every request it
   signs is refused `revoked_device`, and nothing is sealed to it again;
-  what it pushed before stays valid and attributed (DESIGN scenario 4).
+  what it pushed before stays valid and attributed (DESIGN scenario 4);
+- disable a user who left the office (action `disable_user`): signed out,
+  refused sign-in, every device of theirs revoked as above, their unused
+  codes expired (`Directory.disable`). An admin cannot disable themselves, so
+  the console always keeps one admin; `lianxin user enable` undoes it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from schemas.console.admin import (
     CodeRequest,
     CodeRow,
     DeviceRow,
+    Disabled,
+    DisableRequest,
     IssuedCode,
     Revoked,
     RevokeRequest,
@@ -45,7 +51,7 @@ from server.console.web import (
 )
 from server.service import SyncService
 from server.storage.directory import User
-from sync.errors import UnknownRecord
+from sync.errors import InvalidAction, UnknownRecord
 
 PAGE = 100
 LATEST_CODES = 50
@@ -73,9 +79,10 @@ def admin_page(service: SyncService, offset: int = 0) -> AdminPage:
                 org_units=msgspec.json.decode(units),
                 devices=devices,
                 codes=codes,
+                disabled_at_ms=disabled,
             )
-            for user_id, role, units, devices, codes in db.execute(
-                "SELECT u.user_id, u.role, u.org_units,"
+            for user_id, role, units, disabled, devices, codes in db.execute(
+                "SELECT u.user_id, u.role, u.org_units, u.disabled_at_ms,"
                 " (SELECT count(*) FROM devices d WHERE d.user_id = u.user_id"
                 " AND d.revoked_at_ms IS NULL),"
                 " (SELECT count(*) FROM enrollment_codes e WHERE e.user_id = u.user_id)"
@@ -131,9 +138,13 @@ def admin_page(service: SyncService, offset: int = 0) -> AdminPage:
 
 
 def issue_code(service: SyncService, admin: User, user_id: str) -> IssuedCode:
-    """A new one-time enrolment code for `user_id`, audited; `UnknownRecord` if no such user."""
-    if service.directory.user(user_id) is None:
+    """A new one-time enrolment code for `user_id`, audited; `UnknownRecord` if no such
+    user, `InvalidAction` if they are disabled."""
+    user = service.directory.user(user_id)
+    if user is None:
         raise UnknownRecord(_("no such user"))
+    if user.disabled_at_ms is not None:
+        raise InvalidAction(_("this user left the office (disabled)"))
     now = service.wall_ms()
     with service.store.transaction():
         code = service.directory.issue_code(user_id, now, CODE_TTL_MS)
@@ -164,6 +175,30 @@ def revoke(service: SyncService, admin: User, device_id: str, reason: str) -> Re
             {"reason": reason.strip(), "user_id": device.user.user_id},
         )
     return Revoked(device_id=device_id, revoked_at_ms=now)
+
+
+def disable_user(service: SyncService, admin: User, user_id: str, reason: str) -> Disabled:
+    """Disable a user who left the office, audited with the devices it revoked.
+
+    `UnknownRecord` if there is no such user still enabled; `InvalidAction` for
+    the admin themselves.
+    """
+    if user_id == admin.user_id:
+        raise InvalidAction(_("you cannot disable yourself; ask another admin"))
+    now = service.wall_ms()
+    with service.store.transaction():
+        revoked = service.directory.disable(user_id, now)
+        if revoked is None:
+            raise UnknownRecord(_("no such user, or they are disabled already"))
+        audit.append(
+            service.store.db,
+            now,
+            f"user:{admin.user_id}",
+            "disable_user",
+            f"user/{user_id}",
+            {"reason": reason.strip(), "revoked_devices": revoked},
+        )
+    return Disabled(user_id=user_id, disabled_at_ms=now, revoked_devices=revoked)
 
 
 @get("/console/admin", sync_to_thread=True, include_in_schema=False)
@@ -227,4 +262,36 @@ async def revoke_api(request: Request, device_id: FromPath[str]) -> Revoked:
     return await anyio.to_thread.run_sync(work)
 
 
-ROUTES = [admin_html, admin_api, issue_code_form, issue_code_api, revoke_form, revoke_api]
+@post("/console/admin/users/{user_id:str}/disable", include_in_schema=False)
+async def disable_form(request: Request, user_id: FromPath[str]) -> Response:
+    current, fields, _form = await signed_form(request, "admin")
+    work = functools.partial(
+        disable_user, service_of(request), current.user, user_id, fields.get("reason", "")
+    )
+    await anyio.to_thread.run_sync(work)
+    return back_to("/console/admin")
+
+
+@post(
+    "/api/admin/users/{user_id:str}/disable",
+    status_code=200,
+    summary="Disable a user who left the office, revoking their devices (X-CSRF-Token)",
+    dependencies=documents_body(DisableRequest),
+)
+async def disable_api(request: Request, user_id: FromPath[str]) -> Disabled:
+    current = await signed_call(request, "admin")
+    asked = await json_body(request, DisableRequest, empty=b"{}")
+    work = functools.partial(disable_user, service_of(request), current.user, user_id, asked.reason)
+    return await anyio.to_thread.run_sync(work)
+
+
+ROUTES = [
+    admin_html,
+    admin_api,
+    issue_code_form,
+    issue_code_api,
+    revoke_form,
+    revoke_api,
+    disable_form,
+    disable_api,
+]

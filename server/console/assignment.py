@@ -3,7 +3,7 @@
 - Assigning: a supervisor adds and removes mediators of a case in view, in
   one office change with a reason (a mediator removed gets an eviction on
   their next pull; one added gets the whole case). Only mediators whose org
-  units cover the case's may be added.
+  units cover the case's may be added, and none who left the office (disabled).
 - Deadlines: `deadlines` rows (category → days after the office received a
   case). They are office-wide: every list's due date derives from them
   (`DUE` in `server.console.cases`). Only supervisors change them; each
@@ -70,11 +70,12 @@ MAX_DEADLINE_DAYS = 3650
 
 
 def mediators_covering(service: SyncService, unit: str | None) -> list[MediatorChoice]:
-    """The mediators whose org units hold `unit` (none for a record without a place)."""
+    """The mediators still at the office whose org units hold `unit` (none for a record
+    without a place)."""
     return [
         MediatorChoice(user_id=user.user_id, name=user.name, org_units=user.org_units)
         for user in service.directory.users(role="mediator")
-        if within(unit, user.org_units)
+        if user.disabled_at_ms is None and within(unit, user.org_units)
     ]
 
 
@@ -82,7 +83,12 @@ def _choice(service: SyncService, user_id: str) -> MediatorChoice:
     user = service.directory.user(user_id)
     if user is None:
         return MediatorChoice(user_id=user_id, name="", org_units=[])
-    return MediatorChoice(user_id=user_id, name=user.name, org_units=user.org_units)
+    return MediatorChoice(
+        user_id=user_id,
+        name=user.name,
+        org_units=user.org_units,
+        left=user.disabled_at_ms is not None,
+    )
 
 
 def _visible_case(service: SyncService, user_id: str, case_id: str) -> Case:

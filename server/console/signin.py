@@ -93,6 +93,7 @@ def admins_without_second_factor(directory: Directory) -> list[str]:
     with directory.store.snapshot() as db:
         rows = db.execute(
             "SELECT user_id FROM users WHERE role = 'admin' AND password_hash IS NOT NULL"
+            " AND disabled_at_ms IS NULL"
             " AND totp_secret IS NULL ORDER BY user_id"
         ).fetchall()
     return [user_id for (user_id,) in rows]
@@ -124,8 +125,9 @@ def sign_in(
 
     Raises `RateLimited` before checking anything once the user name or the
     client address has too many recent failures, and `BadCredentials`
-    (counted as a failure) for a wrong user, role, password or code, and for
-    an admin without a second factor unless `settings.admin_second_factor` is off.
+    (counted as a failure) for a wrong user, role, password or code, for a
+    disabled user, and for an admin without a second factor unless
+    `settings.admin_second_factor` is off.
     Failures are counted by a keyed digest (`index_key`) of the typed user name.
     """
     # What was typed as the user name may be a password typed in the wrong field: it is
@@ -144,6 +146,8 @@ def sign_in(
         ok = False
     step = None
     refusal = "sign_in_refused"
+    if ok and user is not None and user.disabled_at_ms is not None:
+        ok, refusal = False, "sign_in_refused_disabled"  # answered like any failure too
     if ok and user is not None:
         secret = _totp_secret(directory, user_id)
         if secret is not None:
@@ -247,7 +251,8 @@ def session(
     user = directory.user(user_id)
     idle = now_ms - seen_ms > settings.session_idle_s * 1000
     old = now_ms - created_ms > settings.session_max_s * 1000
-    if user is None or user.role not in CONSOLE_ROLES or idle or old:
+    allowed = user is not None and user.disabled_at_ms is None and user.role in CONSOLE_ROLES
+    if user is None or not allowed or idle or old:
         if touch:
             with directory.store.transaction():
                 directory.db.execute("DELETE FROM sessions WHERE token_hash = ?", [_digest(token)])

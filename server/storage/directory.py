@@ -17,6 +17,7 @@ ROLES: tuple[Role, ...] = ("mediator", "informant", "supervisor", "admin")
 # Enrolment codes are typed by hand on a phone: short, unambiguous letters.
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 CODE_LENGTH = 12
+USER_COLUMNS = "user_id, name, role, org_units, disabled_at_ms"  # what `_user` takes
 
 
 class User(NamedTuple):
@@ -24,6 +25,7 @@ class User(NamedTuple):
     name: str
     role: Role
     org_units: list[str]
+    disabled_at_ms: int | None = None  # set when they left the office (`Directory.disable`)
 
 
 class Device(NamedTuple):
@@ -114,14 +116,18 @@ class Directory:
         # Informants' names above all must not be read off a copied database.
         return self.store.seal_value("users", ("user", user_id), "name", name.encode())
 
-    def _user(self, user_id: str, name: bytes, role: Role, org_units: str) -> User:
+    def _user(
+        self, user_id: str, name: bytes, role: Role, org_units: str, disabled_at_ms: int | None
+    ) -> User:
         opened = self.store.open_value("users", ("user", user_id), "name", name)
-        return User(user_id, opened.decode() if opened else "", role, json.loads(org_units))
+        name_text = opened.decode() if opened else ""
+        return User(user_id, name_text, role, json.loads(org_units), disabled_at_ms)
 
     def user(self, user_id: str) -> User | None:
         with self.store.snapshot() as db:
             row = db.execute(
-                "SELECT user_id, name, role, org_units FROM users WHERE user_id = ?", [user_id]
+                f"SELECT {USER_COLUMNS} FROM users WHERE user_id = ?",
+                [user_id],
             ).fetchone()
         return self._user(*row) if row else None
 
@@ -130,8 +136,7 @@ class Directory:
         ids = sorted(set(user_ids))
         with self.store.snapshot() as db:
             rows = db.execute(
-                f"SELECT user_id, name, role, org_units FROM users"
-                f" WHERE user_id IN ({','.join('?' * len(ids))})",
+                f"SELECT {USER_COLUMNS} FROM users WHERE user_id IN ({','.join('?' * len(ids))})",
                 ids,
             ).fetchall()
         return {row[0]: self._user(*row).name for row in rows}
@@ -140,7 +145,7 @@ class Directory:
         """Every user (of `role`), in the order they were added."""
         with self.store.snapshot() as db:
             rows = db.execute(
-                "SELECT user_id, name, role, org_units FROM users"
+                f"SELECT {USER_COLUMNS} FROM users"
                 " WHERE ? IS NULL OR role = ? ORDER BY created_at_ms, user_id",
                 [role, role],
             ).fetchall()
@@ -151,6 +156,8 @@ class Directory:
         user = self.user(user_id)
         if user is None:
             raise ValueError(f"no user {user_id}")
+        if user.disabled_at_ms is not None:
+            raise ValueError(f"user {user_id} is disabled")
         code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
         with self.store.transaction():
             self.db.execute(
@@ -202,13 +209,13 @@ class Directory:
         with self.store.snapshot() as db:
             row = db.execute(
                 "SELECT d.device_id, d.label, d.signing_key, d.kem_key, d.revoked_at_ms,"
-                " u.user_id, u.name, d.role, u.org_units"
+                " u.user_id, u.name, d.role, u.org_units, u.disabled_at_ms"
                 " FROM devices d JOIN users u USING (user_id) WHERE d.device_id = ?",
                 [device_id],
             ).fetchone()
         if row is None:
             return None
-        user = self._user(row[5], row[6], row[7], row[8])
+        user = self._user(*row[5:])
         return Device(row[0], user, row[1], row[2], row[3], row[4])
 
     def revoke(self, device_id: str, now_ms: int) -> bool:
@@ -218,6 +225,45 @@ class Directory:
                 "UPDATE devices SET revoked_at_ms = ?"
                 " WHERE device_id = ? AND revoked_at_ms IS NULL",
                 [now_ms, device_id],
+            )
+        return cursor.rowcount == 1
+
+    def disable(self, user_id: str, now_ms: int) -> list[str] | None:
+        """Disable a user who left the office, at once; the devices it revoked.
+
+        Their console sessions end and they cannot sign in, every device of theirs
+        is revoked and their unused enrolment codes expire. What they did before
+        stays valid and attributed. None if there is no such user or they were
+        disabled already.
+        """
+        with self.store.transaction():
+            disabled = self.db.execute(
+                "UPDATE users SET disabled_at_ms = ? WHERE user_id = ? AND disabled_at_ms IS NULL",
+                [now_ms, user_id],
+            )
+            if disabled.rowcount != 1:
+                return None
+            self.db.execute("DELETE FROM sessions WHERE user_id = ?", [user_id])
+            self.db.execute(
+                "UPDATE enrollment_codes SET expires_at_ms = ?"
+                " WHERE user_id = ? AND used_at_ms IS NULL AND expires_at_ms > ?",
+                [now_ms, user_id, now_ms],
+            )
+            revoked = self.db.execute(
+                "UPDATE devices SET revoked_at_ms = ? WHERE user_id = ? AND revoked_at_ms IS NULL"
+                " RETURNING device_id",
+                [now_ms, user_id],
+            ).fetchall()
+        return sorted(device_id for (device_id,) in revoked)
+
+    def enable(self, user_id: str) -> bool:
+        """Undo `disable`: they may sign in again with their password, and be issued
+        enrolment codes; their revoked devices stay revoked. False if not disabled."""
+        with self.store.transaction():
+            cursor = self.db.execute(
+                "UPDATE users SET disabled_at_ms = NULL"
+                " WHERE user_id = ? AND disabled_at_ms IS NOT NULL",
+                [user_id],
             )
         return cursor.rowcount == 1
 

@@ -414,6 +414,11 @@ def _audit_actions(db: sqlite_utils.Database) -> None:
     db.table("audit").create_index(["action", "seq"], if_not_exists=True)
 
 
+def _disabled_users(db: sqlite_utils.Database) -> None:
+    """When a user left the office (`Directory.disable`); NULL while they work here."""
+    db.table("users").add_column("disabled_at_ms", int)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _initial),
     ("0002_directory", _directory),
@@ -433,6 +438,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0017_stale_case_readers", _stale_case_readers),
     ("0018_index_rows", _index_rows),
     ("0019_audit_actions", _audit_actions),
+    ("0020_disabled_users", _disabled_users),
 ]
 
 

@@ -13,7 +13,9 @@ from server import audit, cli
 from server.cli import main
 from server.keys import OfficeKeys
 from server.settings import Settings
+from server.storage.directory import Directory
 from server.storage.sqlite import open_store
+from sync.errors import EnrollmentRefused
 from sync.merge import materialize
 from tests.conftest import PASSPHRASE
 
@@ -228,6 +230,50 @@ def test_users_codes_and_revocation_from_the_command_line(tmp_path, capsys):
     assert len(code) == 12
     assert main(["--data", data, "code", "u-nobody"]) == 1
     assert main(["--data", data, "device", "revoke", "dev-nothing"]) == 1
+
+
+def test_someone_who_left_is_disabled_from_the_command_line_and_can_be_enabled_again(
+    tmp_path, capsys
+):
+    data = str(tmp_path / "office")
+    main(["--data", data, "init", "--admin", "Wang", "--org-unit", "Hangzhou"])
+    main(["--data", data, "user", "add", "Zhao", "--role", "mediator", "--org-unit", "Hangzhou"])
+    zhao = capsys.readouterr().out.split()[-1]
+    assert main(["--data", data, "code", zhao]) == 0
+    store = opened(tmp_path / "office")
+    device, _ = Directory(store).enroll(
+        capsys.readouterr().out.strip(), b"s" * 32, b"k" * 32, "", 1
+    )
+    unused = Directory(store).issue_code(zhao, cli.system_wall_ms(), 3600_000)
+    store.close()
+
+    assert main(["--data", data, "user", "disable", zhao, "--reason", "moved away"]) == 0
+    assert f"revoked 1 device(s): {device.device_id}" in capsys.readouterr().out
+    assert main(["--data", data, "user", "list"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "Zhao" in listed[zhao] and " left 20" in listed[zhao]
+    assert "left" not in listed[next(u for u in listed if u != zhao)]
+    assert main(["--data", data, "user", "disable", zhao, "--reason", "again"]) == 1
+    assert main(["--data", data, "code", zhao]) == 1
+    assert "disabled" in capsys.readouterr().out
+
+    store = opened(tmp_path / "office")
+    assert Directory(store).device(device.device_id).revoked_at_ms is not None
+    with pytest.raises(EnrollmentRefused):
+        Directory(store).enroll(unused, b"t" * 32, b"l" * 32, "", cli.system_wall_ms())
+    disabled = audit.entries(store.db)[-1]
+    assert (disabled.action, disabled.subject) == ("disable_user", f"user/{zhao}")
+    assert disabled.detail == {"reason": "moved away", "revoked_devices": [device.device_id]}
+    store.close()
+
+    assert main(["--data", data, "user", "enable", zhao]) == 0
+    assert main(["--data", data, "user", "enable", zhao]) == 1
+    assert main(["--data", data, "code", zhao]) == 0
+    store = opened(tmp_path / "office")
+    assert Directory(store).user(zhao).disabled_at_ms is None
+    assert Directory(store).device(device.device_id).revoked_at_ms is not None  # stays so
+    assert audit.entries(store.db)[-2].action == "enable_user"
+    store.close()
 
 
 def test_an_init_that_fails_leaves_no_office_behind_and_names_a_nameless_operator(

@@ -315,6 +315,9 @@ def test_an_admin_signs_in_only_with_a_second_factor_by_default(tmp_path):
         signin.set_password(office.directory, wang.user_id, PASSWORD)
         chen = supervisor(office)
 
+        gone = office.directory.add_user("Zhou", "admin", ["Hangzhou"], office.wall.ms)
+        signin.set_password(office.directory, gone.user_id, PASSWORD)
+        office.directory.disable(gone.user_id, office.wall.ms)  # no warning for who left
         assert signin.admins_without_second_factor(office.directory) == [wang.user_id]
         refused = sign_in(office, wang)
         # Told no more than for a wrong password: the answer does not confirm it.

@@ -6,7 +6,7 @@ import pytest
 
 from server import audit
 from server.console import signin
-from tests.server.conftest import running_office
+from tests.server.conftest import MSGPACK, enrolment, running_office
 from tests.server.test_app import GONGSHU, decode
 from tests.server.test_console import PASSWORD, csrf_of, sign_in, supervisor
 
@@ -178,3 +178,114 @@ def test_supervisors_are_refused_here_and_admins_on_case_data(console):
         answer = console.http.get(path)
         assert answer.status_code == 403, path
         assert "Drains" not in answer.text
+
+
+def test_an_admin_disables_a_mediator_who_left_and_every_phone_and_code_of_theirs_ends(
+    console,
+):
+    he = console.enroll("mediator", name="He Min")
+    user_id = he.enrollment.user_id
+    second = console.enroll_with(console.directory.issue_code(user_id, console.wall.ms, 3600_000))
+    unused = console.directory.issue_code(user_id, console.wall.ms, 3600_000)
+    case = he.change("case", "k-1", {"title": "Drains", "location": GONGSHU})
+    assert he.push([case]).status_code == 200
+    _, csrf = signed_in_admin(console)
+    console.wall.tick(60_000)
+
+    answer = console.http.post(
+        f"/console/admin/users/{user_id}/disable",
+        data={"csrf": csrf, "reason": "moved to another district"},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303 and answer.headers["location"] == "/console/admin"
+    for phone in (he, second):
+        refused = phone.pull()
+        assert refused.status_code == 403 and decode(refused)["error"] == "revoked_device"
+    *_keys, body = enrolment(unused)
+    late = console.http.post("/v1/enroll", content=body, headers=MSGPACK)
+    assert late.status_code == 403 and decode(late)["error"] == "enrollment_refused"
+    entry = audit.entries(console.store.db)[-1]
+    assert (entry.action, entry.subject) == ("disable_user", f"user/{user_id}")
+    assert entry.detail == {
+        "reason": "moved to another district",
+        "revoked_devices": sorted([he.device_id, second.device_id]),
+    }
+    # What they pushed stays, attributed; the page says they left, and offers no new code.
+    assert console.store.db.execute("SELECT device_id FROM changes").fetchall() == [(he.device_id,)]
+    users = {u["user_id"]: u for u in console.http.get("/api/admin").json()["users"]}
+    assert users[user_id]["disabled_at_ms"] == console.wall.ms and users[user_id]["devices"] == 0
+    issue = console.http.post(
+        "/api/admin/codes", json={"user_id": user_id}, headers={"x-csrf-token": csrf}
+    )
+    assert issue.status_code == 400 and issue.json()["error"] == "invalid_action"
+    again = console.http.post(
+        f"/api/admin/users/{user_id}/disable", json={}, headers={"x-csrf-token": csrf}
+    )
+    assert again.status_code == 404 and again.json()["error"] == "unknown_record"
+
+
+def test_a_disabled_supervisor_is_signed_out_at_once_and_refused_like_a_wrong_password(console):
+    sun = console.enroll("mediator")
+    sun.push([sun.change("case", "k-1", {"title": "Drains", "location": GONGSHU})])
+    chen = supervisor(console)
+    assert sign_in(console, chen).status_code == 303
+    chens_cookies = dict(console.http.cookies)
+    console.http.cookies.clear()
+    wang, csrf = signed_in_admin(console)
+    own = console.http.post(
+        f"/api/admin/users/{wang.user_id}/disable", json={}, headers={"x-csrf-token": csrf}
+    )
+    assert own.status_code == 400 and own.json()["error"] == "invalid_action"
+    answer = console.http.post(
+        f"/api/admin/users/{chen.user_id}/disable",
+        json={"reason": "retired"},
+        headers={"x-csrf-token": csrf},
+    )
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "user_id": chen.user_id,
+        "disabled_at_ms": console.wall.ms,
+        "revoked_devices": [],
+    }
+
+    console.http.cookies.clear()
+    console.http.cookies.update(chens_cookies)
+    assert console.http.get("/api/cases").json()["error"] == "not_signed_in"
+    console.http.cookies.clear()
+    refused, wrong = sign_in(console, chen), sign_in(console, chen, password="not the password")
+    assert refused.status_code == wrong.status_code == 401
+    assert refused.text == wrong.text
+    *_, why, _wrong = audit.entries(console.store.db)
+    assert (why.action, why.subject) == ("sign_in_refused_disabled", f"user/{chen.user_id}")
+
+    console.directory.enable(chen.user_id)  # `lianxin user enable`, after a mistake
+    assert sign_in(console, chen).status_code == 303
+    assert "Drains" in console.http.get("/console/cases").text
+
+
+def test_a_mediator_who_left_is_marked_on_their_cases_and_offered_for_none(console):
+    he = console.enroll("mediator", name="He Min")
+    user_id = he.enrollment.user_id
+    he.push([he.change("case", "k-1", {"title": "Drains", "location": GONGSHU})])
+    other = console.directory.add_user("Ma Lin", "mediator", ["Hangzhou/Gongshu"], console.wall.ms)
+    chen = supervisor(console)
+    sign_in(console, chen)
+    csrf = csrf_of(console.http.get("/console/cases"))
+    assign = {"add": [user_id], "reason": "his street"}
+    headers = {"x-csrf-token": csrf}
+    assert console.http.post("/api/cases/k-1/mediators", json=assign, headers=headers).is_success
+
+    console.directory.disable(user_id, console.wall.ms)
+    page = console.http.get("/api/cases/k-1/mediators").json()
+    assert page["mediators"] == [
+        {"user_id": user_id, "name": "He Min", "org_units": ["Hangzhou/Gongshu"], "left": True}
+    ]
+    assert [m["user_id"] for m in page["candidates"]] == [other.user_id]
+    assert "已离职" in console.http.get("/console/cases/k-1/mediators").text  # left the office
+    console.http.post(
+        "/api/cases/k-1/mediators",
+        json={"remove": [user_id], "reason": "he left"},
+        headers=headers,
+    )
+    back = console.http.post("/api/cases/k-1/mediators", json=assign, headers=headers)
+    assert back.status_code == 400 and back.json()["error"] == "invalid_action"

@@ -12,13 +12,12 @@ from server import audit, erasure
 from server.service import SyncService
 from server.settings import Settings
 from server.storage import due
-from server.storage.migrations import migrate
 from server.storage.sqlite import SqliteStore
 from server.storage.state_cache import Checkpoint
 from sync import merge
 from sync.clock import Clock
 from sync.store import BatchWrite, ConflictUpdate
-from tests.conftest import make_store, office_keys
+from tests.conftest import make_store, migrate_again, office_keys
 from tests.server.test_authorization import CREATE, a_case_naming, records_held
 from tests.sync.causal import logged as logged_changes
 
@@ -31,9 +30,8 @@ def test_a_case_erased_after_it_was_listed_does_not_stop_the_next_start(office):
     supervisor = office.directory.add_user("sup", "supervisor", ["Hangzhou"], office.wall.ms)
     naming = Add(field="mediators", value=informant.enrollment.user_id)
     service.act(supervisor, [mediator.change("case", "k-1", ops=[naming])])
-    office.store.db.execute("DELETE FROM migrations WHERE name >= '0014'")
     office.store.db.execute("DROP TABLE due")
-    migrate(office.store.db)
+    migrate_again(office.store.db, "0014")
     listed = office.store.db.execute(
         "SELECT work, record_id FROM due WHERE work != 'states' ORDER BY 1"
     ).fetchall()
@@ -84,8 +82,7 @@ def test_states_stored_by_an_older_merge_are_merged_again_from_the_log(office):
     store.forget_cached([key])
     assert store.states([key])[key].edits is None
     assert store.open_conflicts() == [spurious]
-    store.db.execute("DELETE FROM migrations WHERE name >= '0016'")
-    migrate(store.db)
+    migrate_again(store.db, "0016")
 
     service = office.http.app.state.service
     SyncService(service.settings, store, office.keys, service.clock, office.wall)
@@ -112,8 +109,7 @@ def an_old_change_todays_checks_refuse(office):
         store.db.execute(
             "UPDATE changes SET raw = ? WHERE change_id = ?", [sealed, change.change_id]
         )
-    store.db.execute("DELETE FROM migrations WHERE name >= '0016'")
-    migrate(store.db)
+    migrate_again(store.db, "0016")
     return before
 
 
@@ -226,9 +222,8 @@ def test_due_readers_and_people_are_worked_through_a_few_records_at_a_time(offic
             ],
         )
     assert len(records_held(informant)) == 6
-    office.store.db.execute("DELETE FROM migrations WHERE name >= '0014'")
     office.store.db.execute("DROP TABLE due")
-    migrate(office.store.db)
+    migrate_again(office.store.db, "0014")
     office.store.db.execute("DELETE FROM people_index")
 
     assert due.catch_up(office.store, office.keys.index_key, office.wall.ms, size=2) == {
@@ -260,9 +255,8 @@ def test_a_case_an_older_rule_let_others_read_is_redone_whatever_its_index_says(
         )
         office.store.db.execute("DELETE FROM case_index")
     assert records_held(informant) == {("case", "k-1"), ("party", "p-1")}
-    office.store.db.execute("DELETE FROM migrations WHERE name >= '0014'")
     office.store.db.execute("DROP TABLE due")
-    migrate(office.store.db)
+    migrate_again(office.store.db, "0014")
     listed = office.store.db.execute("SELECT work, record_id FROM due WHERE work = 'readers'")
     assert listed.fetchall() == [("readers", "k-1")]
 
@@ -335,8 +329,7 @@ def test_records_stored_before_the_console_indexes_enter_them_dated_as_received(
     assert written["case_index"][1][-1] == 1  # k-2 is a repeat petition: p-1 came with k-1
     for table in tables:  # as an office from before those indexes holds them
         db.execute(f"DELETE FROM {table}")
-    db.execute("DELETE FROM migrations WHERE name >= '0018'")
-    migrate(db)
+    migrate_again(db, "0018")
     listed = db.execute("SELECT record_id FROM due WHERE work = 'index' ORDER BY 1")
     assert listed.fetchall() == [("a-1",), ("k-1",), ("k-2",), ("w-1",)]
 

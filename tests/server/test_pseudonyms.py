@@ -52,11 +52,14 @@ def test_only_a_supervisor_of_the_informants_units_re_identifies_and_each_try_is
     chen = add("Chen", "supervisor", ["Hangzhou"], office.wall.ms)
     far = add("Liu", "supervisor", ["Shenzhen"], office.wall.ms)
     sun = add("Sun", "mediator", ["Hangzhou"], office.wall.ms)
+    gone = add("Zhou", "supervisor", ["Hangzhou"], office.wall.ms)
+    office.directory.disable(gone.user_id, office.wall.ms)
+    gone = office.directory.user(gone.user_id)  # as `lianxin informant reveal` reads them
     key = office.keys.pseudonym_key
 
     found = reidentify(office.directory, key, alias, chen, "threat to the informant", 1)
     assert (found.user_id, found.name) == (ma.enrollment.user_id, "Ma Lihua")
-    for asker in (far, sun):
+    for asker in (far, sun, gone):
         with pytest.raises(Forbidden):
             reidentify(office.directory, key, alias, asker, "curious", 2)
     assert reidentify(office.directory, key, "inf-nobody", chen, "check", 3) is None
@@ -67,6 +70,7 @@ def test_only_a_supervisor_of_the_informants_units_re_identifies_and_each_try_is
         (f"user:{chen.user_id}", "reidentify"),
         (f"user:{far.user_id}", "reidentify_refused"),
         (f"user:{sun.user_id}", "reidentify_refused"),
+        (f"user:{gone.user_id}", "reidentify_refused"),
         (f"user:{chen.user_id}", "reidentify"),
         (f"user:{chen.user_id}", "reidentify"),
     ]
