@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import anyio
 import anyio.to_thread
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
@@ -274,6 +276,30 @@ async def compact(
     return await answered(service, f"/v2/sync/{purpose}", work)
 
 
+def signing_checkpoints(service: SyncService) -> Callable[[Litestar], Any]:
+    """While the app serves, sign the audit chain's head whenever it is due, so acts
+    at the console are signed in an office whose phones are quiet (`audit`)."""
+    every = service.settings.checkpoint_check_s
+
+    async def sign_while_due() -> None:
+        while True:
+            await anyio.sleep(every)
+            try:
+                await anyio.to_thread.run_sync(service.sign_due_checkpoint)
+            except Exception:  # a busy store, say: the next round signs; serving goes on
+                logs.log.warning("audit checkpoint not signed", exc_info=True)
+
+    @asynccontextmanager
+    async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tasks:
+            if every:
+                tasks.start_soon(sign_while_due)
+            yield
+            tasks.cancel_scope.cancel()
+
+    return lifespan
+
+
 def create_app(
     settings: Settings,
     *,
@@ -307,5 +333,6 @@ def create_app(
         after_request=not_for_caches,
         openapi_config=OpenAPIConfig(title="Lianxin sync and console API", version="1"),
         state=State({"service": service}),
+        lifespan=[signing_checkpoints(service)],
         on_shutdown=[store.close] if opened else [],
     )

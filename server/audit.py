@@ -10,8 +10,9 @@ be checked without any key.
 A chain alone cannot show that its last entries were dropped, nor that it
 was rewritten whole with fresh hashes. So the office signs a checkpoint of
 the head (seq, hash, time) with its Ed25519 key every `CHECKPOINT_EVERY`
-entries or `CHECKPOINT_MAX_AGE_MS` (on a push) and on `lianxin audit
-checkpoint`: a checkpoint past the log's end, or over another hash, gives
+entries or `CHECKPOINT_MAX_AGE_MS` (looked at on a push, after an operator's
+command and every `Settings.checkpoint_check_s` while serving) and on
+`lianxin audit checkpoint`: a checkpoint past the log's end, or over another hash, gives
 either away. `server.audit_verify` checks them with the rest of the store.
 """
 

@@ -119,10 +119,7 @@ def _audited(directory: Directory, action: str, subject: str, detail: Any = None
     """Log an operator's act in the audit chain, as the console logs an admin's (join the
     act's transaction to log it with the act)."""
     with directory.store.transaction():
-        now_ms = system_wall_ms()
-        audit.append(directory.db, now_ms, operator(), action, subject, detail)
-        # An office whose phones are quiet still gets its chain signed (pushes do it too).
-        audit.checkpoint_if_due(directory.db, directory.store.vault.keys, now_ms)
+        audit.append(directory.db, system_wall_ms(), operator(), action, subject, detail)
 
 
 def add_user(settings: Settings, name: str, role: Role, org_units: list[str]) -> int:
@@ -557,9 +554,13 @@ def serve(settings: Settings) -> int:
 
 @contextmanager
 def _directory(settings: Settings) -> Iterator[Directory]:
+    """The office's directory; what the command logged gets the chain signed when due."""
     store = open_store(settings, unlock(settings))
     try:
         yield Directory(store)
+        # An office whose phones are quiet still gets its chain signed (pushes do it too).
+        with store.transaction():
+            audit.checkpoint_if_due(store.db, store.vault.keys, system_wall_ms())
     finally:
         store.close()
 

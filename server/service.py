@@ -207,6 +207,11 @@ class SyncService:
         self.metrics.results(r.status for r in applied.results)
         return PushResponse(batch_id=batch_id, results=applied.results)
 
+    def sign_due_checkpoint(self) -> audit.Checkpoint | None:
+        """Sign the audit chain's head if it is due, as a push would."""
+        with self.store.transaction():
+            return audit.checkpoint_if_due(self.store.db, self.keys, self.wall_ms())
+
     def limit_batch(self, raws: list[bytes]) -> None:
         """Refuse a batch over the size limits before any of it is hashed or decoded."""
         if len(raws) > self.settings.max_batch_changes:

@@ -57,6 +57,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Session cookies only over HTTPS; switch off only to serve the console over plain
     # HTTP on 127.0.0.1 (tests, the demo).
     secure_cookies: bool = True
+    # How often a serving office looks whether its audit chain's head is due to be signed
+    # (`audit.checkpoint_if_due`): console acts are signed with no push coming (0: never).
+    checkpoint_check_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     # The office's clock (an IANA name): the console shows times and dates on it.
     time_zone: str = "Asia/Shanghai"
 

@@ -7,6 +7,7 @@ would, then checks that `verify_store` names exactly what was changed.
 import base64
 import re
 import sqlite3
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,8 +27,9 @@ from server.storage.sqlite import open_store
 from sync import signing
 from sync.clock import Clock
 from tests.conftest import PASSPHRASE, Wall, make_store, office_keys
-from tests.server.conftest import Office
+from tests.server.conftest import Office, running_office
 from tests.server.test_agreements import attested, open_agreement, sign, stored_agreement
+from tests.server.test_console import sign_in, supervisor
 
 PROTOCOL = (Path(__file__).parent.parent.parent / "docs" / "PROTOCOL.md").read_text()
 
@@ -131,6 +133,32 @@ def test_a_checkpoint_is_signed_after_an_hour_of_entries_not_on_every_push(signe
     (new,) = audit.checkpoints(signed.store.db)[len(before) :]
     assert new.seq == push_entry(signed, "s-4").seq
     assert new.at_ms == signed.wall.ms
+
+
+def test_a_serving_office_signs_the_consoles_acts_with_no_phone_pushing(tmp_path):
+    def signed_head():
+        """The checkpoint at the head of the chain, once the office has signed it."""
+        for _ in range(500):
+            head = audit.entries(office.store.db)[-1].seq
+            marks = audit.checkpoints(office.store.db)
+            if marks and marks[-1].seq == head:
+                return marks[-1]
+            time.sleep(0.02)
+        pytest.fail(f"the head {head} was never signed; last signed: {marks[-1:]}")
+
+    with running_office(tmp_path, checkpoint_check_s=0.01) as office:
+        chen = supervisor(office)
+        assert sign_in(office, chen).status_code == 303
+        first = signed_head()  # the first act is due at once
+        office.wall.tick(60_000)
+        assert sign_in(office, chen).status_code == 303
+        time.sleep(0.2)  # many rounds: not due yet, less than an hour on the office's clock
+        assert audit.checkpoints(office.store.db) == [first]
+        office.wall.tick(audit.CHECKPOINT_MAX_AGE_MS)
+        second = signed_head()
+        assert second.at_ms == office.wall.ms
+        keys = office.keys
+        assert audit.verify_checkpoints(office.store.db, keys.office_id, keys.signing_public) == []
 
 
 def test_an_edited_entry_is_named(signed):

@@ -114,15 +114,27 @@ def test_init_creates_an_office_with_an_admin_and_a_one_time_code(tmp_path, caps
     assert keys.read_bytes() == before
 
 
-def test_the_operators_acts_get_the_chain_signed_with_no_phone_pushing(tmp_path):
+def test_the_operators_acts_get_the_chain_signed_with_no_phone_pushing(tmp_path, monkeypatch):
     # Checkpoints came only with pushes: an office of quiet phones had none, and its
     # last entries could be dropped unseen.
     data = str(tmp_path / "office")
     assert main(["--data", data, "init", "--admin", "Wang"]) == 0
     store = opened(tmp_path / "office")
-    # The first act signs at once (then every 1,000 entries or an hour, as pushes do).
-    (signed,) = store.db.execute("SELECT min(seq) FROM audit_checkpoints").fetchone()
-    assert signed == 1
+    # The first command's acts are signed at once (then every 1,000 entries or an hour,
+    # as pushes do).
+    assert [mark.seq for mark in audit.checkpoints(store.db)] == [2]
+    assert [e.action for e in audit.entries(store.db)] == ["add_user", "issue_code"]
+    (admin,) = store.db.execute("SELECT user_id FROM users").fetchone()
+    store.close()
+    # Any command that logs an act, a refused re-identification here, an hour later.
+    later = cli.system_wall_ms() + audit.CHECKPOINT_MAX_AGE_MS
+    monkeypatch.setattr(cli, "system_wall_ms", lambda: later)
+    reveal = ["informant", "reveal", "inf-x", "--supervisor", admin, "--reason", "check"]
+    assert main(["--data", data, *reveal]) == 1
+    store = opened(tmp_path / "office")
+    refused = audit.entries(store.db)[-1]
+    assert refused.action == "reidentify_refused"
+    assert audit.checkpoints(store.db)[-1].seq == refused.seq
     store.close()
 
 
