@@ -24,7 +24,8 @@ class Log(msgspec.Struct, frozen=True):
 
     With `repeats`, appending a key again with other content is allowed (one
     signer signing on two phones): the earliest append shows. Without it, that
-    is refused (`log_entry_conflict`).
+    is refused (`log_entry_conflict`) from a device that had seen the key's
+    entry; one appended concurrently shows beside it.
     """
 
     key: str = "entry_id"

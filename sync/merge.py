@@ -12,7 +12,8 @@ Policies (declared on the record types in `schemas.records`):
 - lww:    concurrent writes stay as siblings; the shown value is the one with
           the highest (order, device); distinct siblings are a conflict.
 - set:    observed-remove set: a remove takes only the adds its change had seen.
-- log:    entries unioned by key; the same key with other content is rejected.
+- log:    entries unioned by key; other content under a key the device had seen
+          is rejected, under one appended concurrently it shows beside it.
           A log reads by rank, and one change's entries in the order appended.
 - status: a state machine checked against the status the device had seen;
           concurrent transitions rank, and distinct ones are a conflict.
@@ -229,18 +230,22 @@ def _apply(
                 entries = dict(next_state.logs.get(name, {}))
                 new = write(entry, position=position)
                 if key in entries:
-                    if entries[key].value != entry and not log.repeats:
+                    repeats = dict(next_state.log_repeats.get(name, {}))
+                    appended = [entries[key], *repeats.get(key, ())]
+                    # An entry is never edited: other content under a key the device had
+                    # seen is refused. Unseen, it was appended concurrently (two devices
+                    # chose one key), and is kept like any repeat, whatever came first.
+                    if not log.repeats and any(
+                        w.value != entry and seen_by(w, change) for w in appended
+                    ):
                         raise Rejected(
                             Reason.LOG_ENTRY_CONFLICT,
                             f"{name} already has an entry {key!r} with other content",
                         )
-                    # Keep every append of the key: the earliest (by rank) shows, and
-                    # sealing sees all of them, whatever order they arrived in.
-                    kept = min(entries[key], new, key=_log_rank)
-                    extra = max(entries[key], new, key=_log_rank)
-                    entries[key] = kept
-                    repeats = dict(next_state.log_repeats.get(name, {}))
-                    repeats[key] = [*repeats.get(key, ()), extra]
+                    # Keep every append of the key, by rank: the first is the key's entry,
+                    # and sealing sees all of them, whatever order they arrived in.
+                    first, *rest = sorted([*appended, new], key=_log_rank)
+                    entries[key], repeats[key] = first, rest
                     next_state.log_repeats[name] = repeats
                 else:
                     entries[key] = new
@@ -323,6 +328,20 @@ def _log_rank(write: Write) -> tuple[int, str, str]:
 def _entry_rank(write: Write) -> tuple[int, str, int, int]:
     """The order a log reads in: by rank, then a change's entries in the order appended."""
     return (write.order, write.device_id, write.hlc, write.position)
+
+
+def _log_entries(state: RecordState, name: str, log: Log) -> list[Write]:
+    """The entries log `name` reads, in order: one a key, or, in a log without repeats,
+    one a key and content (two devices chose one key for different entries)."""
+    shown = list(state.logs[name].values())
+    if not log.repeats:
+        for key, repeats in state.log_repeats.get(name, {}).items():
+            distinct = [state.logs[name][key]]
+            for extra in repeats:  # in rank order: each content shows its first append
+                if all(extra.value != w.value for w in distinct):
+                    distinct.append(extra)
+            shown += distinct[1:]
+    return sorted(shown, key=_entry_rank)
 
 
 def _appends(state: RecordState, name: str) -> Iterable[Write]:
@@ -436,9 +455,8 @@ def materialize(state: RecordState, only: Collection[str] | None = None) -> msgs
                 values[name] = winner.value if winner else spec.default
             case AddRemoveSet() if name in state.sets:
                 values[name] = sorted(state.sets[name])
-            case Log() if name in state.logs:
-                entries = sorted(state.logs[name].values(), key=_entry_rank)
-                values[name] = [w.value for w in entries]
+            case Log() as log if name in state.logs:
+                values[name] = [w.value for w in _log_entries(state, name, log)]
     return msgspec.convert(values, RECORD_TYPES[state.record_type])
 
 

@@ -177,7 +177,11 @@ MACHINES = {"case": CASE_STATUS, "warning": WARNING_STATUS, "agreement": AGREEME
 VALUES = {"case": CASE_VALUES, "warning": WARNING_VALUES, "agreement": AGREEMENT_VALUES}
 FIELDS = {record_type: sorted(values) for record_type, values in VALUES.items()}
 LWW_FIELD = {"case": "title", "warning": "description", "agreement": "terms"}
-CASE_OPS = ["add", "add", "remove", "remove", "note", "note", "repeat", "delete", "restore"]
+CASE_OPS = [
+    *("add", "add", "remove", "remove", "note", "note", "repeat", "collide", "delete", "restore")
+]
+# Note ids every device may choose: two devices that chose one id for different notes.
+SHARED_NOTE_IDS = ["n-shared-1", "n-shared-2"]
 
 
 # Strategies are built once: building one per draw costs more than the merge under test.
@@ -227,6 +231,16 @@ def make_edit(
                 # The same entry from a second device, or twice in one change: the log must
                 # read in one order whichever append arrives first.
                 ops.append(Append(field="notes", entry=msgspec.to_builtins(choose(draw, notes))))
+            elif kind == "collide":
+                # Another device's note under this id, which this one had not seen, stays
+                # beside this one; one it had seen it may only append again unchanged.
+                entry_id = choose(draw, SHARED_NOTE_IDS)
+                had = [n for n in notes if n.entry_id == entry_id]
+                if had:
+                    ops.append(Append(field="notes", entry=msgspec.to_builtins(choose(draw, had))))
+                elif all(getattr(op, "entry", {}).get("entry_id") != entry_id for op in ops):
+                    text = choose(draw, SUMMARIES[1:])
+                    ops.append(Append(field="notes", entry=note(entry_id, device_id, text)))
             elif kind in ("note", "repeat"):
                 text = choose(draw, SUMMARIES[1:])
                 ops.append(

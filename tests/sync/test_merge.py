@@ -309,6 +309,23 @@ def test_the_same_entry_id_with_other_content_is_rejected():
     assert rejection(merged([a]), b) == Reason.LOG_ENTRY_CONFLICT
 
 
+def test_two_devices_that_chose_one_entry_id_keep_both_entries_in_every_order():
+    a = change("dev-a", 10, ops=[Append(field="notes", entry=note("n-1", "visited no. 14"))])
+    b = change("dev-b", 20, ops=[Append(field="notes", entry=note("n-1", "owner called"))])
+    again = change("dev-c", 30, ops=[Append(field="notes", entry=note("n-1", "owner called"))])
+
+    state = in_every_order([a, b, again])
+
+    texts = [n.text for n in merge.materialize(state).notes]
+    assert texts == ["visited no. 14", "owner called"]  # by rank; the same content once
+    assert merge.conflicts(state) == []
+    # An entry is still never edited: a device that had seen them may not reword one.
+    reworded = note("n-1", "visited no. 16")
+    for saw in ((a,), (b,)):
+        edit = change("dev-d", 40, saw=saw, ops=[Append(field="notes", entry=reworded)])
+        assert rejection(state, edit) == Reason.LOG_ENTRY_CONFLICT
+
+
 def test_appending_an_entry_the_log_already_holds_changes_nothing():
     a = change("dev-a", 10, ops=[Append(field="notes", entry=note("n-1", "visited no. 14"))])
     again = change("dev-a", 20, ops=[Append(field="notes", entry=note("n-1", "visited no. 14"))])
