@@ -223,6 +223,25 @@ def disable_user(settings: Settings, user_id: str, reason: str) -> int:
     return 0
 
 
+def move_user(settings: Settings, user_id: str, org_units: list[str]) -> int:
+    """Give a user other org units (a mediator moving street, a supervisor district)."""
+    with _directory(settings) as directory:
+        try:
+            with directory.store.transaction():
+                before = directory.move(user_id, org_units)
+                if before is not None:
+                    detail = {"org_units_before": before, "org_units": org_units}
+                    _audited(directory, "move_user", f"user/{user_id}", detail)
+        except ValueError as error:
+            print(f"lianxin: {error}")
+            return 1
+    if before is None:
+        print(f"lianxin: no user {user_id}")
+        return 1
+    print(f"{user_id}: {', '.join(before)} -> {', '.join(org_units)}")
+    return 0
+
+
 def enable_user(settings: Settings, user_id: str) -> int:
     with _directory(settings) as directory, directory.store.transaction():
         enabled = directory.enable(user_id)
@@ -616,6 +635,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     disable_parser.add_argument("user_id")
     disable_parser.add_argument("--reason", required=True, help="for the audit log")
+    move_parser = user_parser.add_parser("move", help="give a user other org units")
+    move_parser.add_argument("user_id")
+    move_parser.add_argument(
+        "--org-unit",
+        action="append",
+        required=True,
+        dest="org_units",
+        help="city/district/street/community (repeatable): replaces the user's units",
+    )
     enable_parser = user_parser.add_parser("enable", help="undo disable (devices stay revoked)")
     enable_parser.add_argument("user_id")
 
@@ -775,6 +803,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return list_users(settings)
         case "user", "disable":
             return disable_user(settings, args.user_id, args.reason)
+        case "user", "move":
+            return move_user(settings, args.user_id, args.org_units)
         case "user", "enable":
             return enable_user(settings, args.user_id)
         case "code", _:

@@ -9,14 +9,17 @@ import uuid
 from collections.abc import Iterable
 from typing import Literal, NamedTuple
 
+from server.storage.access import update_access
 from server.storage.sqlite import SqliteStore
 from sync.errors import EnrollmentRefused, Replayed
+from sync.store import RecordKey
 
 Role = Literal["mediator", "informant", "supervisor", "admin"]
 ROLES: tuple[Role, ...] = ("mediator", "informant", "supervisor", "admin")
 # Enrolment codes are typed by hand on a phone: short, unambiguous letters.
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 CODE_LENGTH = 12
+READERS_CHUNK = 500  # records whose states `_readers_again` holds at once
 USER_COLUMNS = "user_id, name, role, org_units, disabled_at_ms"  # what `_user` takes
 
 
@@ -266,6 +269,46 @@ class Directory:
                 [user_id],
             )
         return cursor.rowcount == 1
+
+    def move(self, user_id: str, org_units: list[str]) -> list[str] | None:
+        """Give a user other org units; the ones they had, or None if there is no such user.
+
+        A mediator may then be assigned cases of the new units only (those assigned
+        stay); a supervisor sees what the new units hold, and their phones get
+        evictions for what only the old ones held.
+        """
+        user = self.user(user_id)
+        if user is None:
+            return None
+        with self.store.transaction():
+            for unit in org_units:
+                self._add_org_unit(unit)
+            self.db.execute(
+                "UPDATE users SET org_units = ? WHERE user_id = ?", [json.dumps(org_units), user_id]
+            )
+            if user.role == "supervisor":
+                self._readers_again({*user.org_units, *org_units})
+        return user.org_units
+
+    def _readers_again(self, units: Iterable[str]) -> None:
+        """Work out again who may read each record in these units, and what its cases link
+        (`access.update_access`, as after a push), a chunk of records at a time."""
+        # After every cursor, as `due` does: phones drop what they no longer see with the
+        # office's next logged change.
+        seq = self.store.last_seq() + 1
+        keys: dict[RecordKey, int] = {}
+        for unit in units:
+            rows = self.db.execute(
+                "SELECT record_type, record_id FROM records WHERE length(state) > 0"
+                " AND (org_unit = ? OR substr(org_unit, 1, ?) = ?)",
+                [unit, len(unit) + 1, unit + "/"],
+            )
+            keys.update(dict.fromkeys(map(tuple, rows), seq))
+        chunk = list(keys)
+        for start in range(0, len(chunk), READERS_CHUNK):
+            update_access(
+                self.store, dict.fromkeys(chunk[start : start + READERS_CHUNK], seq), None
+            )
 
     def spend_nonce(self, device_id: str, nonce: str, now_ms: int, window_ms: int) -> None:
         """Record a request nonce; `Replayed` if this device used it within the window."""

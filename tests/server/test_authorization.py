@@ -5,6 +5,7 @@ import pytest
 
 from schemas import Add, Location
 from server import audit
+from server.console import signin
 from server.service import SyncService
 from server.storage.access import update_access
 from sync.access import org_unit
@@ -13,6 +14,7 @@ from sync.clock import Clock
 from sync.engine import apply_batch
 from tests.conftest import migrate_again
 from tests.server.test_app import GONGSHU, XIHU, decode, pulled_records
+from tests.server.test_console import PASSWORD, sign_in
 
 ROLES = ["informant", "mediator", "supervisor", "admin"]
 CREATE = {
@@ -305,3 +307,37 @@ def test_an_upgraded_office_takes_back_what_a_non_mediator_named_in_mediators_re
     assert done == [{"states": 2}, {"people": 1, "readers": 1}]
     # Done once: the next start finds nothing due.
     assert office.store.db.execute("SELECT count(*) FROM due").fetchone() == (0,)
+
+
+def test_a_supervisor_moved_to_another_district_sees_it_and_no_longer_the_old_one(office):
+    mediator = office.enroll("mediator")
+    mediator.push(
+        [
+            *a_case_naming(mediator, mediator.enrollment.user_id),
+            mediator.change("case", "k-2", {"title": "Noise", "location": XIHU}),
+        ]
+    )
+    chen = office.enroll("supervisor", org_units=["Hangzhou/Gongshu"])
+    _, cursor = chen.pull_all()
+    assert records_held(chen) == {("case", "k-1"), ("party", "p-1")}
+
+    user_id = chen.enrollment.user_id
+    assert office.directory.move(user_id, ["Hangzhou/Xihu"]) == ["Hangzhou/Gongshu"]
+    moved = office.directory.user(user_id)
+    assert moved.org_units == ["Hangzhou/Xihu"]
+    signin.set_password(office.directory, user_id, PASSWORD)
+    assert sign_in(office, moved).status_code == 303
+    assert [c["case_id"] for c in office.http.get("/api/cases").json()["cases"]] == ["k-2"]
+    # The phone drops the old district's records, and gets the new one's, with the
+    # office's next logged change, as after any change of who may read what.
+    mediator.push([mediator.change("case", "k-3", {"title": "Lift", "location": XIHU})], "b-2")
+    page = chen.pulled(cursor)
+    evicted = {(i["record_type"], i["record_id"]) for i in page["items"] if i["type"] == "evict"}
+    assert evicted == {("case", "k-1"), ("party", "p-1")}
+    assert records_held(chen) == {("case", "k-2"), ("case", "k-3")}
+    # A mediator's units say which cases they may be assigned: what they see stays.
+    assert office.directory.move(mediator.enrollment.user_id, ["Hangzhou/Xihu"]) == [
+        "Hangzhou/Gongshu"
+    ]
+    assert ("case", "k-1") in records_held(mediator)
+    assert office.directory.move("u-nobody", ["Hangzhou"]) is None

@@ -288,6 +288,24 @@ def test_someone_who_left_is_disabled_from_the_command_line_and_can_be_enabled_a
     store.close()
 
 
+def test_a_user_is_moved_to_other_org_units_from_the_command_line(tmp_path, capsys):
+    data = str(tmp_path / "office")
+    main(["--data", data, "init", "--admin", "Wang", "--org-unit", "Hangzhou"])
+    main(["--data", data, "user", "add", "Zhao", "--role", "mediator", "--org-unit", "Hangzhou"])
+    zhao = capsys.readouterr().out.split()[-1]
+    move = ["--data", data, "user", "move", zhao, "--org-unit", "Hangzhou/Xihu/Beishan"]
+    assert main(move) == 0
+    assert "Hangzhou -> Hangzhou/Xihu/Beishan" in capsys.readouterr().out
+    assert main(["--data", data, "user", "move", zhao, "--org-unit", "Hangzhou//Xihu"]) == 1
+    assert main(["--data", data, "user", "move", "u-nobody", "--org-unit", "Hangzhou"]) == 1
+    store = opened(tmp_path / "office")
+    assert Directory(store).user(zhao).org_units == ["Hangzhou/Xihu/Beishan"]
+    moved = audit.entries(store.db)[-1]
+    assert (moved.action, moved.subject) == ("move_user", f"user/{zhao}")
+    assert moved.detail == {"org_units_before": ["Hangzhou"], "org_units": [move[-1]]}
+    store.close()
+
+
 def test_an_init_that_fails_leaves_no_office_behind_and_names_a_nameless_operator(
     tmp_path, capsys, monkeypatch
 ):
