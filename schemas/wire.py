@@ -12,7 +12,7 @@ from schemas.records import Id
 Key32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 Signature64 = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
 # A request's own id, used once: as random as the Lianxin-Nonce header of version 1.
-Nonce = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
+Nonce = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{16,64}\Z")]
 Millis = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 Cursor = Annotated[str, msgspec.Meta(max_length=200)]
 # Bytes of one change, encoded (PROTOCOL.md section 11): offices refuse a batch holding a

@@ -22,7 +22,7 @@ DEVICE = "lianxin-device"
 TIMESTAMP = "lianxin-timestamp"
 NONCE = "lianxin-nonce"
 SIGNATURE = "lianxin-signature"
-NONCE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+NONCE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}\Z")
 
 
 def authenticate(

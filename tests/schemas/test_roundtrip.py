@@ -1,5 +1,6 @@
 """Every wire type round-trips through msgpack and JSON; old payloads keep decoding."""
 
+import typing
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from schemas import (
     Visit,
     Withdrawal,
 )
+from schemas.records import Id
+from schemas.wire import Nonce
 from tests.schemas.examples import EXAMPLES
 
 FROZEN = Path(__file__).parent / "frozen"
@@ -297,3 +300,19 @@ def test_public_surface_is_pinned():
         "Write",
     }
     assert all(hasattr(schemas, name) for name in schemas.__all__)
+
+
+@pytest.mark.parametrize(
+    ("kind", "text"),
+    [
+        (Id, "k-1"),
+        (Nonce, "r" * 16),
+        (typing.get_type_hints(Signature, include_extras=True)["content_hash"], "ab" * 32),
+    ],
+    ids=["id", "nonce", "digest"],
+)
+def test_ids_nonces_and_digests_hold_no_trailing_newline(kind, text):
+    # A pattern ending in `$` matches before a final newline: the whole text must match.
+    assert msgspec.convert(text, kind) == text
+    with pytest.raises(msgspec.ValidationError, match="regex"):
+        msgspec.convert(text + "\n", kind)
