@@ -201,11 +201,8 @@ def list_users(settings: Settings) -> int:
     with _directory(settings) as directory:
         for user in directory.users():
             left = times.minute(user.disabled_at_ms, settings.zone)
-            units = ",".join(user.org_units)
-            print(
-                f"{user.user_id}  {user.role:<10}  {user.name}  [{units}]"
-                + (left and f"  left {left}")
-            )
+            line = f"{user.user_id}  {user.role:<10}  {user.name}  [{','.join(user.org_units)}]"
+            print(f"{line}  left {left}" if left else line)
     return 0
 
 

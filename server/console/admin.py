@@ -1,7 +1,7 @@
 """Devices and users, for admins: who is enrolled, enrolment codes, last sync, revocation.
 
 Admins see no case data (every case page refuses them); supervisors do not
-see this page. Two writes, each CSRF-checked and audited:
+see this page. Three writes, each CSRF-checked and audited:
 
 - issue a one-time enrolment code for a user (action `issue_code`): the code
   is shown once, in the answer to the request that made it, and only its
