@@ -131,3 +131,24 @@ def test_an_admin_revokes_the_phone_and_it_is_refused_at_once(demo, page, inform
     informant.edit("warning", "w-fire-lane", set={"people_affected": 40})
     with pytest.raises(RevokedDevice):
         informant.push()
+
+
+def test_an_admin_disables_a_mediator_who_left_and_their_phone_is_refused(demo, page, tmp_path):
+    user_id = lianxin(
+        demo, "user", "add", "Qian Wei", "--role", "mediator", "--org-unit", "Hangzhou/Gongshu"
+    )
+    with httpx.Client(base_url=demo.url, timeout=30) as http:
+        phone = DeviceClient(tmp_path / "qian.db", http, passphrase="135790", kdf=TEST_KDF)
+        with phone:
+            phone.enroll(lianxin(demo, "code", user_id), label="Qian's phone")
+            english(page, demo, demo.admin, demo.admin_password)
+            page.goto(f"{demo.url}/console/admin")
+            form = page.locator(f"form[action='/console/admin/users/{user_id}/disable']")
+            form.locator("input[name=reason]").fill("moved to another district")
+            with page.expect_navigation():
+                form.locator("button").click()
+            row = page.locator("h2:has-text('Users') + table tr", has_text=user_id)
+            assert "left the office" in row.inner_text()
+            assert row.locator("button").count() == 0  # no code for them, nothing to disable
+            with pytest.raises(RevokedDevice):
+                phone.pull()
