@@ -10,7 +10,7 @@ signatures valid (DESIGN scenario 4).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeGuard
 
 import msgspec
@@ -49,14 +49,15 @@ def _appends(op: object, field: str) -> TypeGuard[Append]:
 
 
 def _check_withdrawal(
-    directory: Directory, change: Change, agreement: Agreement, entry: Any
+    directory: Directory, change: Change, agreement: Agreement, entry: Any, *, signers: bool
 ) -> tuple[Reason, str] | None:
-    """A withdrawal comes from the signer's own device or the witness of their signature."""
+    """A withdrawal comes from the signer's own device or the witness of their signature;
+    of a required signer, unless `signers` is off (see `_made_before_an_edit`)."""
     signer = str(entry["signer"])
     device = directory.device(change.device_id)
     user = device.user.user_id if device else None
     witnesses = {s.witness for s in agreement.signatures if s.signer == signer}
-    if signer not in agreement.required_signers:
+    if signers and signer not in agreement.required_signers:
         return Reason.SIGNER_NOT_REQUIRED, f"{signer} is not a required signer"
     if user != signer and user not in witnesses:
         return Reason.NOT_PERMITTED, f"only {signer} or the witness of their signature withdraws it"
@@ -82,13 +83,15 @@ def _check_supersedes(store: SqliteStore, agreement: Agreement) -> tuple[Reason,
     return None
 
 
-def _signed_before_an_edit(change: Change, state: RecordState) -> bool:
+def _made_before_an_edit(
+    change: Change, state: RecordState, edited: Iterable[str] = CONTENT
+) -> bool:
     """Whether `change` was made on the agreement (it had seen a write of it: its draft's
-    status, which an edit never replaces, or some content) before an edit of its content
-    that it had not seen."""
-    content = [write for name in CONTENT for write in state.registers.get(name, [])]
-    if all(seen_by(write, change) for write in content):
+    status, which an edit never replaces, or some content) before an edit of the `edited`
+    fields that it had not seen."""
+    if all(seen_by(write, change) for name in edited for write in state.registers.get(name, [])):
         return False
+    content = [write for name in CONTENT for write in state.registers.get(name, [])]
     return any(seen_by(write, change) for write in [*state.history.get("status", []), *content])
 
 
@@ -123,19 +126,22 @@ def signature_vet(directory: Directory) -> Vet:
         assert isinstance(agreement, Agreement)
         if withdrawals and was_final:
             return Reason.WITHDRAWAL_AFTER_EXECUTION, "an executed agreement binds its signers"
+        # A signature is made over the content its device had, and a withdrawal for a
+        # signer it had as required. An edit it had not seen may have changed those before
+        # it arrived: it is kept then, not counting (PROTOCOL.md section 13), as when it
+        # arrives before that edit. One that had seen nothing of the agreement is held to
+        # the agreement as it stands.
+        acts = signatures or withdrawals
+        signers = not (acts and _made_before_an_edit(change, after, ["required_signers"]))
         for entry in withdrawals:
-            refused = _check_withdrawal(directory, change, agreement, entry)
+            refused = _check_withdrawal(directory, change, agreement, entry, signers=signers)
             if refused:
                 return refused
         if signatures or "supersedes" in change.set or "required_signers" in change.set:
             refused = _check_supersedes(directory.store, agreement)
             if refused:
                 return refused
-        # A signature is made over the content its device had. An edit it had not seen may
-        # have changed that content before it arrived: it is kept then, not counting
-        # (PROTOCOL.md section 13), as when it arrives before that edit. One that had
-        # seen nothing of the agreement is held to its content as it stands.
-        before_an_edit = bool(signatures) and _signed_before_an_edit(change, after)
+        before_an_edit = bool(signatures) and _made_before_an_edit(change, after)
         for entry in signatures:
             signature = msgspec.convert(entry, Signature)
             device = directory.device(signature.device_id or "")
@@ -147,6 +153,7 @@ def signature_vet(directory: Directory) -> Vet:
                 device.signing_key if usable and device else None,
                 device.user.user_id if usable and device else None,
                 content=not before_an_edit,
+                signers=signers,
             )
             if refused:
                 return refused

@@ -90,6 +90,7 @@ def check_signature(
     device_user: str | None,
     *,
     content: bool = True,
+    signers: bool = True,
 ) -> tuple[Reason, str] | None:
     """Why `signature` cannot count for `agreement`, or None if it verifies.
 
@@ -99,9 +100,10 @@ def check_signature(
     from the signer's own device; an attested one must name a handwriting
     image and the witnessing device's user. With `content` off the content
     hash need not be current: for a signature made before an edit of the
-    content its device had not seen.
+    content its device had not seen; with `signers` off, the signer need not be
+    required now: for one made before an edit of the signers it had not seen.
     """
-    if signature.signer not in agreement.required_signers:
+    if signers and signature.signer not in agreement.required_signers:
         return Reason.SIGNER_NOT_REQUIRED, f"{signature.signer} is not a required signer"
     if content and signature.content_hash != content_hash(agreement_id, agreement):
         return Reason.CONTENT_MISMATCH, "the signature is over other content than the agreement's"

@@ -299,6 +299,33 @@ def test_a_signature_and_a_terms_edit_made_apart_keep_the_signature_either_way(o
     assert agreement.status == "collecting" and not agreements.is_complete("a-1", agreement)
 
 
+@pytest.mark.parametrize("edit_first", [True, False])
+def test_a_signer_removed_by_an_edit_made_apart_keeps_their_acts_either_way(office, edit_first):
+    # Li, offline, drops p-1 from the signers; meanwhile Sun captures p-1's signature (over
+    # the draft) and, later, their withdrawal. Both were refused `signer_not_required` when
+    # the edit arrived first, and kept (not counting) when it arrived second.
+    sun, li = open_agreement(office, mediators=2)
+    draft = dict(current_vv(office))
+    edit = li.change("agreement", "a-1", {"required_signers": ["p-2", "p-3"]}, seen=draft)
+    entry = attested(sun, "p-1")
+    signed = sun.change(
+        "agreement", "a-1", ops=[Append(field="signatures", entry=entry)], seen=draft
+    )
+    withdrawn = sun.change("agreement", "a-1", ops=[withdrawal(sun, "p-1")], seen=draft)
+    pushes = [(li, edit, "e-1"), (sun, signed, "s-1"), (sun, withdrawn, "w-1")]
+    for phone, change, batch_id in pushes if edit_first else [*pushes[1:], pushes[0]]:
+        (result,) = decode(phone.push([change], batch_id=batch_id))["results"]
+        assert result["status"] == "applied", (batch_id, result)
+    agreement = stored_agreement(office)
+    assert agreement.required_signers == ["p-2", "p-3"]
+    assert agreement.signatures == [msgspec.convert(entry, Signature)]
+    assert [w.signer for w in agreement.withdrawals] == ["p-1"]
+    # Neither counts, nor stops the signers the agreement now requires.
+    content = agreements.content_hash("a-1", agreement)
+    sign(li, *(attested(li, p, content=content) for p in ("p-2", "p-3")), batch_id="s-2")
+    assert stored_agreement(office).status == "executed"
+
+
 def test_a_signature_whose_change_saw_nothing_of_the_agreement_is_held_to_its_terms(office):
     # Kept-not-counting is for a signature made before an edit its phone had not seen. One
     # claiming to have seen nothing at all (`seen` empty) would otherwise be kept over any
