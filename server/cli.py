@@ -185,6 +185,13 @@ def issue_code(settings: Settings, user_id: str, ttl_hours: float) -> int:
     return 0
 
 
+def _reason(text: str) -> str:
+    """A reason for the audit log: never blank."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("say why, for the audit log")
+    return text.strip()
+
+
 def _code_hours(text: str) -> float:
     """An enrolment code's lifetime: a code is meant to be used soon, never for ever."""
     try:
@@ -239,11 +246,11 @@ def move_user(settings: Settings, user_id: str, org_units: list[str]) -> int:
     return 0
 
 
-def enable_user(settings: Settings, user_id: str) -> int:
+def enable_user(settings: Settings, user_id: str, reason: str) -> int:
     with _directory(settings) as directory, directory.store.transaction():
         enabled = directory.enable(user_id)
         if enabled:
-            _audited(directory, "enable_user", f"user/{user_id}")
+            _audited(directory, "enable_user", f"user/{user_id}", {"reason": reason})
     if not enabled:
         print(f"lianxin: no disabled user {user_id}")
         return 1
@@ -631,7 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "disable", help="someone left: sign out, refuse sign-in, revoke every device"
     )
     disable_parser.add_argument("user_id")
-    disable_parser.add_argument("--reason", required=True, help="for the audit log")
+    disable_parser.add_argument("--reason", required=True, type=_reason, help="for the audit log")
     move_parser = user_parser.add_parser("move", help="give a user other org units")
     move_parser.add_argument("user_id")
     move_parser.add_argument(
@@ -643,6 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     enable_parser = user_parser.add_parser("enable", help="undo disable (devices stay revoked)")
     enable_parser.add_argument("user_id")
+    enable_parser.add_argument("--reason", required=True, type=_reason, help="for the audit log")
 
     code_parser = commands.add_parser("code", help="issue a one-time enrolment code for a user")
     code_parser.add_argument("user_id")
@@ -699,7 +707,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     erase_parser = case_parser.add_parser("erase", help="erase a case for good (lawful erasure)")
     erase_parser.add_argument("case_id")
-    erase_parser.add_argument("--reason", required=True, help="the legal ground, for the audit")
+    erase_parser.add_argument(
+        "--reason", required=True, type=_reason, help="the legal ground, for the audit"
+    )
     repeats_parser = case_parser.add_parser("repeats", help="other cases of the same people")
     repeats_parser.add_argument("case_id")
 
@@ -723,7 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     reveal_parser.add_argument("pseudonym")
     reveal_parser.add_argument("--supervisor", required=True, help="the asking supervisor's id")
-    reveal_parser.add_argument("--reason", required=True)
+    reveal_parser.add_argument("--reason", required=True, type=_reason)
 
     backup_parser = commands.add_parser("backup", help="snapshot the office, also while it serves")
     backup_parser.add_argument("dest", type=Path, help="a new or empty folder")
@@ -803,7 +813,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         case "user", "move":
             return move_user(settings, args.user_id, args.org_units)
         case "user", "enable":
-            return enable_user(settings, args.user_id)
+            return enable_user(settings, args.user_id, args.reason)
         case "code", _:
             return issue_code(settings, args.user_id, args.ttl_hours)
         case "device", "revoke":

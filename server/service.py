@@ -253,7 +253,8 @@ class SyncService:
         targets = {link for c in changes for link in links_added(c)}
         named = {old for c in changes if (old := superseded(c))}
         present, visible = presence(self.store, user.user_id, list(keys | targets | named))
-        mediators = mediators_among(self.store, (m for c in changes for m in mediators_added(c)))
+        added = (m for c in changes for m in mediators_added(c))
+        mediators = mediators_among(self.store, added, at_the_office=True)
 
         def authorize(change: Change) -> str | None:
             if change.record_type not in RECORD_TYPES:
@@ -270,10 +271,14 @@ class SyncService:
                 if target in present and target not in visible:
                     return f"{user.user_id} may not link {target[0]} {target[1]}"
             # Whoever `mediators` names reads the case and its parties: only mediators
-            # are assigned, never an informant or an admin (who get no case over sync).
+            # are assigned, never an informant or an admin (who get no case over sync),
+            # nor one who left the office.
             for assignee in mediators_added(change):
                 if assignee not in mediators:
-                    return f"only mediators are assigned to cases: {assignee} is not a mediator"
+                    return (
+                        "only mediators at the office are assigned to cases:"
+                        f" {assignee} is not a mediator, or left"
+                    )
             # Executing this agreement will supersede the one it names, whoever signs
             # last: so naming it is the moment to ask whether this user may write it.
             old = superseded(change)

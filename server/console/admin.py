@@ -51,11 +51,20 @@ from server.console.web import (
 )
 from server.service import SyncService
 from server.storage.directory import User
-from sync.errors import InvalidAction, UnknownRecord
+from sync.errors import InvalidAction, NotSignedIn, UnknownRecord
 
 PAGE = 100
 LATEST_CODES = 50
 CODE_TTL_MS = 24 * 3600_000  # as `lianxin code` issues them
+
+
+def _still_admin(service: SyncService, admin: User) -> None:
+    """Inside a write's transaction: refuse it if its admin was disabled (or is no longer
+    an admin) since their session was checked, by a write that committed first (two
+    admins disabling each other at once leave one)."""
+    now = service.directory.user(admin.user_id)
+    if now is None or now.role != "admin" or now.disabled_at_ms is not None:
+        raise NotSignedIn(_("the session has expired; sign in again"))
 
 
 def admin_page(service: SyncService, offset: int = 0) -> AdminPage:
@@ -147,6 +156,7 @@ def issue_code(service: SyncService, admin: User, user_id: str) -> IssuedCode:
         raise InvalidAction(_("this user left the office (disabled)"))
     now = service.wall_ms()
     with service.store.transaction():
+        _still_admin(service, admin)
         code = service.directory.issue_code(user_id, now, CODE_TTL_MS)
         audit.append(
             service.store.db,
@@ -163,6 +173,7 @@ def revoke(service: SyncService, admin: User, device_id: str, reason: str) -> Re
     """Revoke a device at once, audited; `UnknownRecord` if there is no such active device."""
     now = service.wall_ms()
     with service.store.transaction():
+        _still_admin(service, admin)
         device = service.directory.device(device_id)
         if device is None or not service.directory.revoke(device_id, now):
             raise UnknownRecord(_("no such device, or it is revoked already"))
@@ -181,12 +192,15 @@ def disable_user(service: SyncService, admin: User, user_id: str, reason: str) -
     """Disable a user who left the office, audited with the devices it revoked.
 
     `UnknownRecord` if there is no such user still enabled; `InvalidAction` for
-    the admin themselves.
+    the admin themselves or without a reason.
     """
     if user_id == admin.user_id:
         raise InvalidAction(_("you cannot disable yourself; ask another admin"))
+    if not reason.strip():
+        raise InvalidAction(_("a reason is required"))
     now = service.wall_ms()
     with service.store.transaction():
+        _still_admin(service, admin)
         revoked = service.directory.disable(user_id, now)
         if revoked is None:
             raise UnknownRecord(_("no such user, or they are disabled already"))

@@ -129,8 +129,10 @@ async def _signed_in_off_loop(request: Request, *roles: str) -> Session:
 
 async def signed_form(request: Request, *roles: str) -> Posted:
     """A signed-in user's posted form, its CSRF token checked (`signed_in`, `checked`)."""
-    current = await _signed_in_off_loop(request, *roles)
+    # The session is looked at once the whole body is in: a request held open, its last
+    # byte kept back, must not act for a user signed out or disabled meanwhile.
     form = await _posted(request)
+    current = await _signed_in_off_loop(request, *roles)
     fields = {key: str(value) for key, value in form.items()}
     checked(request, current, fields)
     return Posted(current, fields, form)
@@ -138,6 +140,7 @@ async def signed_form(request: Request, *roles: str) -> Posted:
 
 async def signed_call(request: Request, *roles: str) -> Session:
     """A signed-in user's API write, its CSRF header checked."""
+    await request.body()  # all of it first, as for a form; kept for `json_body`
     current = await _signed_in_off_loop(request, *roles)
     checked(request, current, {})
     return current

@@ -200,15 +200,19 @@ def update_access(
     regrant(linked, via_cases, unit_via_case)
 
 
-def mediators_among(store: SqliteStore, user_ids: Iterable[str]) -> set[str]:
-    """Which of `user_ids` are users of this office whose role is mediator."""
+def mediators_among(
+    store: SqliteStore, user_ids: Iterable[str], *, at_the_office: bool = False
+) -> set[str]:
+    """Which of `user_ids` are users of this office whose role is mediator (and, if
+    `at_the_office`, who are not disabled: cases are assigned to those alone)."""
     ids = sorted(set(user_ids))
     if not ids:
         return set()
     rows = store.db.execute(
         "SELECT user_id FROM users WHERE role = 'mediator'"
-        " AND user_id IN (SELECT value FROM json_each(?))",
-        [json.dumps(ids)],
+        " AND user_id IN (SELECT value FROM json_each(?))"
+        " AND (? = 0 OR disabled_at_ms IS NULL)",
+        [json.dumps(ids), at_the_office],
     )
     return {user_id for (user_id,) in rows}
 

@@ -185,6 +185,8 @@ class Directory:
             spent = self.db.execute(
                 "UPDATE enrollment_codes SET used_at_ms = ?, device_id = ?"
                 " WHERE code_hash = ? AND used_at_ms IS NULL AND expires_at_ms > ?"
+                # One begun before its user was disabled may get here after: refused.
+                " AND user_id IN (SELECT user_id FROM users WHERE disabled_at_ms IS NULL)"
                 " RETURNING user_id, role",
                 [now_ms, device_id, _code_hash(code), now_ms],
             ).fetchone()

@@ -278,13 +278,18 @@ def test_someone_who_left_is_disabled_from_the_command_line_and_can_be_enabled_a
     assert disabled.detail == {"reason": "moved away", "revoked_devices": [device.device_id]}
     store.close()
 
-    assert main(["--data", data, "user", "enable", zhao]) == 0
-    assert main(["--data", data, "user", "enable", zhao]) == 1
+    with pytest.raises(SystemExit) as blank:
+        main(["--data", data, "user", "disable", zhao, "--reason", " "])
+    assert blank.value.code == 2 and "audit log" in capsys.readouterr().err
+    enable = ["--data", data, "user", "enable", zhao, "--reason", "came back"]
+    assert main(enable) == 0
+    assert main(enable) == 1
     assert main(["--data", data, "code", zhao]) == 0
     store = opened(tmp_path / "office")
     assert Directory(store).user(zhao).disabled_at_ms is None
     assert Directory(store).device(device.device_id).revoked_at_ms is not None  # stays so
-    assert audit.entries(store.db)[-2].action == "enable_user"
+    enabled = audit.entries(store.db)[-2]
+    assert (enabled.action, enabled.detail) == ("enable_user", {"reason": "came back"})
     store.close()
 
 
