@@ -308,7 +308,6 @@ def _audit_checkpoints(db: sqlite_utils.Database) -> None:
     entry here, marked `backfilled`, so that every batch has exactly one
     and `lianxin audit verify` can hold each to it.
     """
-    db.execute("BEGIN IMMEDIATE")  # one transaction, however many batches there are
     db.table("audit_checkpoints").create(
         {"seq": int, "hash": bytes, "at_ms": int, "signature": bytes},
         pk="seq",
@@ -452,11 +451,18 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
     for name, step in MIGRATIONS:
         if name in done:
             continue
-        with db.conn:
+        # One transaction each (the store's connection commits every statement alone
+        # unless told): a crash half way leaves the migration to run again, whole.
+        db.execute("BEGIN IMMEDIATE")
+        try:
             step(db)
             db.execute(
                 "INSERT INTO migrations (name, applied_at) VALUES (?, ?)",
                 [name, datetime.now(UTC).isoformat()],
             )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
         applied.append(name)
     return applied

@@ -5,8 +5,10 @@ import sqlite3
 import threading
 
 import pytest
+import sqlite_utils
 
 from schemas import Change
+from server.storage import migrations
 from server.storage.migrations import MIGRATIONS
 from sync.clock import pack
 from sync.engine import apply_batch
@@ -154,3 +156,24 @@ def test_read_connections_of_threads_that_ended_are_closed(store, server_clock):
         reader.start()
         reader.join()
     assert open_descriptors() - before <= 4
+
+
+def test_a_migration_killed_half_way_leaves_nothing_and_runs_again_whole(tmp_path, monkeypatch):
+    # The store's connection commits each statement alone: a migration adding a column
+    # was left half done by a kill, and every later start failed on the column it had.
+    db = sqlite_utils.Database(sqlite3.connect(tmp_path / "old.db", isolation_level=None))
+    *earlier, (name, step) = migrations.MIGRATIONS
+    monkeypatch.setattr(migrations, "MIGRATIONS", earlier)
+    migrations.migrate(db)
+    schema = db.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
+
+    def killed(db):
+        step(db)
+        raise KeyboardInterrupt  # the process dies before the migration is recorded
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*earlier, (name, killed)])
+    with pytest.raises(KeyboardInterrupt):
+        migrations.migrate(db)
+    assert db.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall() == schema
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*earlier, (name, step)])
+    assert migrations.migrate(db) == [name]
