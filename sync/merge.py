@@ -569,5 +569,7 @@ def _live_writes(state: RecordState) -> Iterable[tuple[str, Write]]:
         yield from ((name, w) for w in _maximal(history))
     for name, members in state.sets.items():
         yield from ((name, w) for tags in members.values() for w in tags)
-    for name, entries in state.logs.items():
-        yield from ((name, w) for w in entries.values())
+    for name in state.logs:
+        log = field_specs(state.record_type)[name].policy
+        assert isinstance(log, Log)
+        yield from ((name, w) for w in _log_entries(state, name, log))

@@ -144,6 +144,13 @@ def update_access(
             "INSERT INTO access (user_id, record_type, record_id, since_seq) VALUES (?, ?, ?, ?)",
             granted,
         )
+        # An eviction at this very position was never served either (a supervisor moved
+        # away and back before the next logged change): granted again, it must not be.
+        db.conn.executemany(
+            "DELETE FROM evictions WHERE user_id = ? AND record_type = ? AND record_id = ?"
+            " AND seq = ?",
+            granted,
+        )
         db.conn.executemany(
             "DELETE FROM access WHERE user_id = ? AND record_type = ? AND record_id = ?", dropped
         )

@@ -1816,3 +1816,22 @@ def test_a_device_stamps_its_edits_after_the_states_its_first_pull_brought(offic
     change = hour_behind.edit("case", "k-1", set={"priority": "high"})
 
     assert change.hlc > max(hour_behind._store.state(("case", "k-1")).vv.values())
+
+
+def test_a_supervisor_moved_away_and_back_keeps_the_records_on_their_phone(office):
+    # Review finding: both moves worked at one position of the log; the second granted
+    # the records again but left the first's evictions, served after them.
+    mediator = office.device("mediator", "mediator")
+    chen = office.device("chen", "supervisor")
+    mediator.edit("case", "k-1", {"title": "Noise", "location": XIANGMIHU})
+    mediator.sync()
+    chen.sync()
+    chen_id = chen.identity.user_id
+    assert office.directory.move(chen_id, ["Shenzhen/Nanshan"]) == [FUTIAN]  # a slip
+    assert office.directory.move(chen_id, [FUTIAN]) == ["Shenzhen/Nanshan"]
+    mediator.edit("case", "k-2", {"title": "Lift", "location": XIANGMIHU})
+    mediator.edit("case", "k-1", {"summary": "visited"})
+    mediator.sync()
+    chen.sync()
+    assert chen.record("case", "k-1").title == "Noise"
+    assert chen.record("case", "k-1").summary == "visited"

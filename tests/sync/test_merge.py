@@ -326,6 +326,20 @@ def test_two_devices_that_chose_one_entry_id_keep_both_entries_in_every_order():
         assert rejection(state, edit) == Reason.LOG_ENTRY_CONFLICT
 
 
+def test_a_note_made_beside_a_delete_is_in_its_conflict_whatever_its_entry_id():
+    a = change("dev-a", 10, ops=[Append(field="notes", entry=note("n-1", "visited no. 14"))])
+    delete = change("dev-d", 30, saw=(a,), ops=[Delete()])
+    for entry_id in ("n-2", "n-1"):  # an id of its own; the id dev-a chose too
+        b = change("dev-b", 20, ops=[Append(field="notes", entry=note(entry_id, "owner called"))])
+        state = in_every_order([a, delete, b])
+        assert [n.text for n in merge.materialize(state).notes] == [
+            "visited no. 14",
+            "owner called",
+        ]
+        (conflict,) = [c for c in merge.conflicts(state) if c.kind == "deleted"]
+        assert [c.value for c in conflict.candidates] == [{"notes": note(entry_id, "owner called")}]
+
+
 def test_appending_an_entry_the_log_already_holds_changes_nothing():
     a = change("dev-a", 10, ops=[Append(field="notes", entry=note("n-1", "visited no. 14"))])
     again = change("dev-a", 20, ops=[Append(field="notes", entry=note("n-1", "visited no. 14"))])
