@@ -213,11 +213,19 @@ def checkpoint_if_due(
     max_age_ms: int = CHECKPOINT_MAX_AGE_MS,
 ) -> Checkpoint | None:
     """A checkpoint once `every` entries or `max_age_ms` have passed since the last one."""
+    return checkpoint(db, keys, at_ms) if checkpoint_due(db, at_ms, every, max_age_ms) else None
+
+
+def checkpoint_due(
+    db: sqlite_utils.Database,
+    at_ms: int,
+    every: int = CHECKPOINT_EVERY,
+    max_age_ms: int = CHECKPOINT_MAX_AGE_MS,
+) -> bool:
+    """Whether `every` entries or `max_age_ms` have passed since the last checkpoint."""
     head = db.execute("SELECT max(seq) FROM audit").fetchone()[0] or 0
     last_seq, last_ms = _last_checkpoint(db)
-    if head - last_seq >= every or (head > last_seq and at_ms - last_ms >= max_age_ms):
-        return checkpoint(db, keys, at_ms)
-    return None
+    return head - last_seq >= every or (head > last_seq and at_ms - last_ms >= max_age_ms)
 
 
 def _last_checkpoint(db: sqlite_utils.Database) -> tuple[int, int]:

@@ -7,6 +7,7 @@ import base64
 import getpass
 import hashlib
 import os
+import sqlite3
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import sqlite_utils
 
 from server import (
     agreements,
@@ -31,7 +33,7 @@ from server.keys import OfficeKeys
 from server.settings import Settings, load_settings
 from server.storage import people
 from server.storage.directory import ROLES, Directory, Role, User
-from server.storage.sqlite import open_store
+from server.storage.sqlite import SqliteStore, open_store
 from sync.agreements import Bundle, export_bundle, verify_file
 from sync.clock import system_wall_ms
 from sync.errors import LianxinError
@@ -575,15 +577,29 @@ def serve(settings: Settings) -> int:
     return 0
 
 
+def _sign_if_due(store: SqliteStore) -> None:
+    """An office whose phones are quiet still gets its chain signed (pushes do it too).
+
+    Looked at without the write lock, so a command that only read never waits on the
+    server's writer; one that finds the store busy leaves it to the next round.
+    """
+    with store.snapshot() as db:
+        due = audit.checkpoint_due(sqlite_utils.Database(db), system_wall_ms())
+    if due:
+        try:
+            with store.transaction():
+                audit.checkpoint_if_due(store.db, store.vault.keys, system_wall_ms())
+        except sqlite3.OperationalError as error:
+            print(f"lianxin: the audit chain is signed later ({error})", file=sys.stderr)
+
+
 @contextmanager
 def _directory(settings: Settings) -> Iterator[Directory]:
     """The office's directory; what the command logged gets the chain signed when due."""
     store = open_store(settings, unlock(settings))
     try:
         yield Directory(store)
-        # An office whose phones are quiet still gets its chain signed (pushes do it too).
-        with store.transaction():
-            audit.checkpoint_if_due(store.db, store.vault.keys, system_wall_ms())
+        _sign_if_due(store)
     finally:
         store.close()
 

@@ -3,6 +3,7 @@
 import getpass
 import hashlib
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -309,6 +310,21 @@ def test_a_user_is_moved_to_other_org_units_from_the_command_line(tmp_path, caps
     assert (moved.action, moved.subject) == ("move_user", f"user/{zhao}")
     assert moved.detail == {"org_units_before": ["Hangzhou"], "org_units": [move[-1]]}
     store.close()
+
+
+def test_a_command_that_only_reads_does_not_wait_on_the_servers_writer(tmp_path, capsys):
+    data = str(tmp_path / "office")
+    main(["--data", data, "init", "--admin", "Wang", "--org-unit", "Hangzhou"])
+    capsys.readouterr()
+    writer = sqlite3.connect(tmp_path / "office" / "lianxin.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # a push, mid-transaction
+    try:
+        assert main(["--data", data, "user", "list"]) == 0
+        assert main(["--data", data, "audit", "verify"]) == 0
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert "Wang" in capsys.readouterr().out
 
 
 def test_an_init_that_fails_leaves_no_office_behind_and_names_a_nameless_operator(
