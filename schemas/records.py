@@ -14,7 +14,9 @@ import msgspec
 
 from schemas.policy import LOG, LWW, SEALED, SET, Log, StatusMachine
 
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+\Z")]
+# `$` lets a final newline through; what a device sends is held to the whole pattern at the
+# edge (`sync.changes.newline_in_ids`), while states stored before still read as they are.
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 ShortText = Annotated[str, msgspec.Meta(max_length=200)]
 LongText = Annotated[str, msgspec.Meta(max_length=20_000)]
 # Timestamps carry a time zone (RFC 3339 with Z or an offset): a naive one is refused.
@@ -62,10 +64,10 @@ class Signature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     signer: Id
     signed_at: Moment
-    content_hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
+    content_hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
     signature: Annotated[bytes, msgspec.Meta(max_length=64)]
     witness: Id | None = None
-    handwriting_hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")] | None = None
+    handwriting_hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
     # Added after v1 payloads were frozen; a signature without it never verifies.
     device_id: Id | None = None
 
@@ -83,8 +85,8 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     """The office's countersignature of an executed agreement."""
 
     office_id: Id
-    content_hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
-    signatures_hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
+    content_hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+    signatures_hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
     executed_at: Moment
     seq: Annotated[int, msgspec.Meta(ge=1)]
     signature: Annotated[bytes, msgspec.Meta(max_length=64)]

@@ -57,7 +57,7 @@ from sync.access import (
     mediators_added,
     superseded,
 )
-from sync.changes import decode_change
+from sync.changes import decode_change, newline_in_ids
 from sync.clock import Clock
 from sync.engine import Applied, apply
 from sync.errors import (
@@ -190,6 +190,8 @@ class SyncService:
                 raise TooDeep(f"$.changes[{index}] is nested too deeply to decode") from None
             if change.device_id != device.device_id:
                 raise Forbidden(f"$.changes[{index}] was made by another device")
+            if where := newline_in_ids(change):
+                raise MalformedRequest(f"$.changes[{index}].{where} ends in a newline")
             changes.append(change)
 
         user = device.user

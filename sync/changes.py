@@ -30,3 +30,11 @@ def decode_change(raw: bytes) -> Change:
     if not raw or raw[0] not in _ARRAY_STARTS:
         return _decode_map(raw)
     return Change(**msgspec.structs.asdict(_decode_array(raw)))
+
+
+def newline_in_ids(change: Change) -> str | None:
+    """Where `change` names an id ending in a newline, which the `Id` pattern's `$` lets
+    through and PROTOCOL.md section 4 does not; None if nowhere."""
+    named = {"change_id": change.change_id, "record_id": change.record_id}
+    named |= {"device_id": change.device_id, **{f"seen.{k}": k for k in change.seen}}
+    return next((path for path, text in named.items() if text.endswith("\n")), None)

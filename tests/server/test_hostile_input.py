@@ -1,6 +1,7 @@
 """Garbage, truncated and wrongly typed bodies: a precise 4xx, never a 5xx, nothing stored."""
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -114,3 +115,24 @@ def test_a_value_nested_near_the_decoders_limit_gets_an_answer_or_too_deep(offic
         body = msgspec.msgpack.decode(answer.content)
         answers.add((answer.status_code, body.get("error") or body["results"][0]["reason"]))
     assert answers == {(200, "invalid_value"), (413, "too_deep")}
+
+
+@pytest.mark.parametrize("where", ["record_id", "change_id", "seen"])
+def test_an_id_ending_in_a_newline_is_malformed_and_nothing_is_stored(office, where):
+    # The `Id` pattern's `$` matches before a final newline; PROTOCOL.md section 4 allows
+    # none, and ids go into messages whose lines are joined by newlines.
+    phone = office.enroll("mediator")
+    change = phone.change("case", "k-1", {"title": "Drains"})
+    fields = msgspec.to_builtins(change)
+    if where == "seen":
+        fields["seen"] = {"dev-other\n": 1}
+    else:
+        fields[where] += "\n"
+    stored = office.fingerprint()
+    answer = phone.post(
+        "/v1/sync/push", phone.push_body([], "b-1", raw=[msgspec.msgpack.encode(fields)])
+    )
+    body = msgspec.msgpack.decode(answer.content)
+    assert (answer.status_code, body["error"]) == (400, "malformed")
+    assert "ends in a newline" in body["detail"]
+    assert office.fingerprint() == stored
