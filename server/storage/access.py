@@ -180,11 +180,14 @@ def update_access(
     erased = json.dumps(sorted(case_id for _, case_id in store.erased(linking)))
     via_cases: dict[RecordKey, set[str]] = defaultdict(set)
     # CROSS JOIN keeps this order: left to itself, SQLite walked every case's access rows.
+    # And the index named: with no statistics, it built a temporary index over all of
+    # `access` for each chunk instead (a supervisor's move over a city took minutes).
     for record_type, record_id, user_id in _rows(
         store,
         "SELECT DISTINCT l.record_type, l.record_id, a.user_id FROM {keys}"
         " CROSS JOIN links l ON l.record_type = k.column1 AND l.record_id = k.column2"
-        " CROSS JOIN access a ON a.record_type = 'case' AND a.record_id = l.case_id"
+        " CROSS JOIN access a INDEXED BY access_record"
+        " ON a.record_type = 'case' AND a.record_id = l.case_id"
         " WHERE l.case_id NOT IN (SELECT value FROM json_each(?))",
         linked,
         erased,
