@@ -232,12 +232,11 @@ def _apply(
                 if key in entries:
                     repeats = dict(next_state.log_repeats.get(name, {}))
                     appended = [entries[key], *repeats.get(key, ())]
-                    # An entry is never edited: other content under a key the device had
-                    # seen is refused. Unseen, it was appended concurrently (two devices
-                    # chose one key), and is kept like any repeat, whatever came first.
-                    if not log.repeats and any(
-                        w.value != entry and seen_by(w, change) for w in appended
-                    ):
+                    # An entry is never edited: content under a key other than any the
+                    # device had seen there is refused. Unseen, it was appended concurrently
+                    # (two devices chose one key), and is kept like any repeat.
+                    had = [w.value for w in appended if seen_by(w, change)]
+                    if not log.repeats and had and entry not in had:
                         raise Rejected(
                             Reason.LOG_ENTRY_CONFLICT,
                             f"{name} already has an entry {key!r} with other content",

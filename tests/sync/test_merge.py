@@ -324,6 +324,14 @@ def test_two_devices_that_chose_one_entry_id_keep_both_entries_in_every_order():
     for saw in ((a,), (b,)):
         edit = change("dev-d", 40, saw=saw, ops=[Append(field="notes", entry=reworded)])
         assert rejection(state, edit) == Reason.LOG_ENTRY_CONFLICT
+    # One it had seen it may append again unchanged, though it had seen both.
+    again = change(
+        "dev-d", 40, saw=(a, b), ops=[Append(field="notes", entry=note("n-1", "owner called"))]
+    )
+    assert (
+        merge.materialize(merge.apply_change(state, again).state).notes
+        == merge.materialize(state).notes
+    )
 
 
 def test_a_note_made_beside_a_delete_is_in_its_conflict_whatever_its_entry_id():
