@@ -19,6 +19,7 @@ either away. `server.audit_verify` checks them with the rest of the store.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -30,6 +31,7 @@ from sync.errors import BadSignature
 
 if TYPE_CHECKING:
     from server.keys import OfficeKeys
+    from server.storage.sqlite import SqliteStore
 
 GENESIS = bytes(32)
 CHECKPOINT_PURPOSE = b"lianxin audit checkpoint v1"
@@ -216,8 +218,19 @@ def checkpoint_if_due(
     return checkpoint(db, keys, at_ms) if checkpoint_due(db, at_ms, every, max_age_ms) else None
 
 
+def sign_if_due(store: SqliteStore, keys: OfficeKeys, at_ms: int) -> Checkpoint | None:
+    """`checkpoint_if_due` for a whole store: whether it is due is read from a snapshot
+    first, so that the writer gate is taken only to sign (a command that only read, or
+    the serving office looking every minute, never waits on a push for nothing)."""
+    with store.snapshot() as conn:
+        if not checkpoint_due(conn, at_ms):
+            return None
+    with store.transaction():
+        return checkpoint_if_due(store.db, keys, at_ms)
+
+
 def checkpoint_due(
-    db: sqlite_utils.Database,
+    db: sqlite_utils.Database | sqlite3.Connection,
     at_ms: int,
     every: int = CHECKPOINT_EVERY,
     max_age_ms: int = CHECKPOINT_MAX_AGE_MS,
@@ -228,7 +241,7 @@ def checkpoint_due(
     return head - last_seq >= every or (head > last_seq and at_ms - last_ms >= max_age_ms)
 
 
-def _last_checkpoint(db: sqlite_utils.Database) -> tuple[int, int]:
+def _last_checkpoint(db: sqlite_utils.Database | sqlite3.Connection) -> tuple[int, int]:
     row = db.execute(
         "SELECT seq, at_ms FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"
     ).fetchone()

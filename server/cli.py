@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import sqlite_utils
 
 from server import (
     agreements,
@@ -578,19 +577,12 @@ def serve(settings: Settings) -> int:
 
 
 def _sign_if_due(store: SqliteStore) -> None:
-    """An office whose phones are quiet still gets its chain signed (pushes do it too).
-
-    Looked at without the write lock, so a command that only read never waits on the
-    server's writer; one that finds the store busy leaves it to the next round.
-    """
-    with store.snapshot() as db:
-        due = audit.checkpoint_due(sqlite_utils.Database(db), system_wall_ms())
-    if due:
-        try:
-            with store.transaction():
-                audit.checkpoint_if_due(store.db, store.vault.keys, system_wall_ms())
-        except sqlite3.OperationalError as error:
-            print(f"lianxin: the audit chain is signed later ({error})", file=sys.stderr)
+    """An office whose phones are quiet still gets its chain signed (pushes do it too);
+    a store found busy leaves it to the next round."""
+    try:
+        audit.sign_if_due(store, store.vault.keys, system_wall_ms())
+    except sqlite3.OperationalError as error:
+        print(f"lianxin: the audit chain is signed later ({error})", file=sys.stderr)
 
 
 @contextmanager

@@ -15,6 +15,7 @@ import hmac
 
 from server import audit
 from server.storage.directory import Directory, User
+from sync.access import within
 from sync.errors import Forbidden
 
 PREFIX = "inf-"
@@ -45,15 +46,7 @@ def reidentify(
         allowed = (
             supervisor.role == "supervisor"
             and supervisor.disabled_at_ms is None
-            and (
-                found is None
-                or all(
-                    any(
-                        unit == mine or unit.startswith(mine + "/") for mine in supervisor.org_units
-                    )
-                    for unit in found.org_units
-                )
-            )
+            and (found is None or all(within(u, supervisor.org_units) for u in found.org_units))
         )
         audit.append(
             directory.db,

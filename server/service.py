@@ -211,8 +211,7 @@ class SyncService:
 
     def sign_due_checkpoint(self) -> audit.Checkpoint | None:
         """Sign the audit chain's head if it is due, as a push would."""
-        with self.store.transaction():
-            return audit.checkpoint_if_due(self.store.db, self.keys, self.wall_ms())
+        return audit.sign_if_due(self.store, self.keys, self.wall_ms())
 
     def limit_batch(self, raws: list[bytes]) -> None:
         """Refuse a batch over the size limits before any of it is hashed or decoded."""

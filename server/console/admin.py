@@ -18,6 +18,7 @@ see this page. Three writes, each CSRF-checked and audited:
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import anyio.to_thread
 import msgspec
@@ -58,13 +59,16 @@ LATEST_CODES = 50
 CODE_TTL_MS = 24 * 3600_000  # as `lianxin code` issues them
 
 
-def _still_admin(service: SyncService, admin: User) -> None:
-    """Inside a write's transaction: refuse it if its admin was disabled (or is no longer
-    an admin) since their session was checked, by a write that committed first (two
-    admins disabling each other at once leave one)."""
-    now = service.directory.user(admin.user_id)
-    if now is None or now.role != "admin" or now.disabled_at_ms is not None:
+def _logged(
+    service: SyncService, admin: User, now: int, action: str, subject: str, detail: Any
+) -> None:
+    """Audit an admin's write, in its transaction; refused (and so rolled back) if the
+    admin was disabled or is no longer an admin since their session was checked, by a
+    write that committed first: two admins disabling each other at once leave one."""
+    still = service.directory.user(admin.user_id)
+    if still is None or still.role != "admin" or still.disabled_at_ms is not None:
         raise NotSignedIn(_("the session has expired; sign in again"))
+    audit.append(service.store.db, now, f"user:{admin.user_id}", action, subject, detail)
 
 
 def admin_page(service: SyncService, offset: int = 0) -> AdminPage:
@@ -156,16 +160,9 @@ def issue_code(service: SyncService, admin: User, user_id: str) -> IssuedCode:
         raise InvalidAction(_("this user left the office (disabled)"))
     now = service.wall_ms()
     with service.store.transaction():
-        _still_admin(service, admin)
         code = service.directory.issue_code(user_id, now, CODE_TTL_MS)
-        audit.append(
-            service.store.db,
-            now,
-            f"user:{admin.user_id}",
-            "issue_code",
-            f"user/{user_id}",
-            {"expires_at_ms": now + CODE_TTL_MS},
-        )
+        expires = {"expires_at_ms": now + CODE_TTL_MS}
+        _logged(service, admin, now, "issue_code", f"user/{user_id}", expires)
     return IssuedCode(user_id=user_id, code=code, expires_at_ms=now + CODE_TTL_MS)
 
 
@@ -173,18 +170,11 @@ def revoke(service: SyncService, admin: User, device_id: str, reason: str) -> Re
     """Revoke a device at once, audited; `UnknownRecord` if there is no such active device."""
     now = service.wall_ms()
     with service.store.transaction():
-        _still_admin(service, admin)
         device = service.directory.device(device_id)
         if device is None or not service.directory.revoke(device_id, now):
             raise UnknownRecord(_("no such device, or it is revoked already"))
-        audit.append(
-            service.store.db,
-            now,
-            f"user:{admin.user_id}",
-            "revoke",
-            f"device/{device_id}",
-            {"reason": reason.strip(), "user_id": device.user.user_id},
-        )
+        detail = {"reason": reason.strip(), "user_id": device.user.user_id}
+        _logged(service, admin, now, "revoke", f"device/{device_id}", detail)
     return Revoked(device_id=device_id, revoked_at_ms=now)
 
 
@@ -200,18 +190,11 @@ def disable_user(service: SyncService, admin: User, user_id: str, reason: str) -
         raise InvalidAction(_("a reason is required"))
     now = service.wall_ms()
     with service.store.transaction():
-        _still_admin(service, admin)
         revoked = service.directory.disable(user_id, now)
         if revoked is None:
             raise UnknownRecord(_("no such user, or they are disabled already"))
-        audit.append(
-            service.store.db,
-            now,
-            f"user:{admin.user_id}",
-            "disable_user",
-            f"user/{user_id}",
-            {"reason": reason.strip(), "revoked_devices": revoked},
-        )
+        detail = {"reason": reason.strip(), "revoked_devices": revoked}
+        _logged(service, admin, now, "disable_user", f"user/{user_id}", detail)
     return Disabled(user_id=user_id, disabled_at_ms=now, revoked_devices=revoked)
 
 

@@ -251,8 +251,13 @@ def session(
     user = directory.user(user_id)
     idle = now_ms - seen_ms > settings.session_idle_s * 1000
     old = now_ms - created_ms > settings.session_max_s * 1000
-    allowed = user is not None and user.disabled_at_ms is None and user.role in CONSOLE_ROLES
-    if user is None or not allowed or idle or old:
+    if (
+        user is None
+        or user.disabled_at_ms is not None
+        or user.role not in CONSOLE_ROLES
+        or idle
+        or old
+    ):
         if touch:
             with directory.store.transaction():
                 directory.db.execute("DELETE FROM sessions WHERE token_hash = ?", [_digest(token)])

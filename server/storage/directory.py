@@ -40,6 +40,16 @@ class Device(NamedTuple):
     revoked_at_ms: int | None
 
 
+def _stored_within(unit: str) -> tuple[str, list[object]]:
+    """The condition (on `records AS r`) and its parameters for a stored record in org unit
+    `unit` or beneath it: a prefix test by path segment (LIKE would ignore case and
+    wildcards). An erased record keeps its row, emptied: there is nothing of it to see."""
+    return (
+        "length(r.state) > 0 AND (r.org_unit = ? OR substr(r.org_unit, 1, ?) = ?)",
+        [unit, len(unit) + 1, unit + "/"],
+    )
+
+
 def _code_hash(code: str) -> str:
     return hashlib.sha256(code.strip().upper().encode()).hexdigest()
 
@@ -95,10 +105,7 @@ class Directory:
         cases there link, from now on: what `sync.access.readers` gives one at a push."""
         now = self.store.last_seq()
         for unit in org_units:
-            # A prefix test by path segment; LIKE would ignore case and wildcards.
-            # An erased record keeps its row, emptied: there is nothing of it to see.
-            inside = "length(r.state) > 0 AND (r.org_unit = ? OR substr(r.org_unit, 1, ?) = ?)"
-            where = [unit, len(unit) + 1, unit + "/"]
+            inside, where = _stored_within(unit)
             self.db.execute(
                 "INSERT OR IGNORE INTO access (user_id, record_type, record_id, since_seq)"
                 f" SELECT ?, r.record_type, r.record_id, ? FROM records AS r WHERE {inside}",
@@ -279,10 +286,10 @@ class Directory:
         stay); a supervisor sees what the new units hold, and their phones get
         evictions for what only the old ones held.
         """
-        user = self.user(user_id)
-        if user is None:
-            return None
-        with self.store.transaction():
+        with self.store.transaction():  # the units it had read under the gate, too
+            user = self.user(user_id)
+            if user is None:
+                return None
             for unit in org_units:
                 self._add_org_unit(unit)
             self.db.execute(
@@ -298,19 +305,14 @@ class Directory:
         # After every cursor, as `due` does: phones drop what they no longer see with the
         # office's next logged change.
         seq = self.store.last_seq() + 1
-        keys: dict[RecordKey, int] = {}
+        keys: list[RecordKey] = []
         for unit in units:
-            rows = self.db.execute(
-                "SELECT record_type, record_id FROM records WHERE length(state) > 0"
-                " AND (org_unit = ? OR substr(org_unit, 1, ?) = ?)",
-                [unit, len(unit) + 1, unit + "/"],
-            )
-            keys.update(dict.fromkeys(map(tuple, rows), seq))
-        chunk = list(keys)
-        for start in range(0, len(chunk), READERS_CHUNK):
-            update_access(
-                self.store, dict.fromkeys(chunk[start : start + READERS_CHUNK], seq), None
-            )
+            inside, where = _stored_within(unit)
+            query = f"SELECT r.record_type, r.record_id FROM records AS r WHERE {inside}"
+            keys += self.db.execute(query, where).fetchall()
+        keys = list(dict.fromkeys(keys))  # a record in two of the units, once
+        for start in range(0, len(keys), READERS_CHUNK):
+            update_access(self.store, dict.fromkeys(keys[start : start + READERS_CHUNK], seq), None)
 
     def spend_nonce(self, device_id: str, nonce: str, now_ms: int, window_ms: int) -> None:
         """Record a request nonce; `Replayed` if this device used it within the window."""
