@@ -20,11 +20,31 @@ from server import audit
 from server.console.web import _
 from server.service import CONSOLE_DEVICES, SyncService
 from server.storage.directory import User
-from sync.errors import InvalidAction
+from sync.errors import InvalidAction, NotSignedIn
 
 
 def console_device(user: User) -> str:
     return f"{CONSOLE_DEVICES}{user.user_id}"
+
+
+def logged(
+    service: SyncService,
+    user: User,
+    action: str,
+    subject: str,
+    detail: Any = None,
+    now_ms: int | None = None,
+) -> None:
+    """Audit `user`'s console write inside its transaction.
+
+    Refused (and so rolled back) if `user` was disabled, or their role or org units
+    changed, since their session was read: by a write that committed first, such as an
+    admin disabling them. Two admins disabling each other at once leave one.
+    """
+    if service.directory.user(user.user_id) != user:
+        raise NotSignedIn(_("the session has expired; sign in again"))
+    at_ms = service.wall_ms() if now_ms is None else now_ms
+    audit.append(service.store.db, at_ms, f"user:{user.user_id}", action, subject, detail)
 
 
 def office_change(
@@ -65,10 +85,9 @@ def office_change(
         (result,) = service.act(user, [change], typed)
         if result.status == "rejected":
             raise InvalidAction(f"{result.reason}: {result.detail}")
-        audit.append(
-            service.store.db,
-            service.wall_ms(),
-            f"user:{user.user_id}",
+        logged(
+            service,
+            user,
             action,
             f"{record_type}/{record_id}",
             {"reason": reason, "change_id": change.change_id, "fields": sorted(change.set)},

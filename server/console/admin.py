@@ -18,7 +18,6 @@ see this page. Three writes, each CSRF-checked and audited:
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import anyio.to_thread
 import msgspec
@@ -37,7 +36,7 @@ from schemas.console.admin import (
     RevokeRequest,
     UserRow,
 )
-from server import audit
+from server.console.actions import logged
 from server.console.web import (
     _,
     back_to,
@@ -52,23 +51,11 @@ from server.console.web import (
 )
 from server.service import SyncService
 from server.storage.directory import User
-from sync.errors import InvalidAction, NotSignedIn, UnknownRecord
+from sync.errors import InvalidAction, UnknownRecord
 
 PAGE = 100
 LATEST_CODES = 50
 CODE_TTL_MS = 24 * 3600_000  # as `lianxin code` issues them
-
-
-def _logged(
-    service: SyncService, admin: User, now: int, action: str, subject: str, detail: Any
-) -> None:
-    """Audit an admin's write, in its transaction; refused (and so rolled back) if the
-    admin was disabled or is no longer an admin since their session was checked, by a
-    write that committed first: two admins disabling each other at once leave one."""
-    still = service.directory.user(admin.user_id)
-    if still is None or still.role != "admin" or still.disabled_at_ms is not None:
-        raise NotSignedIn(_("the session has expired; sign in again"))
-    audit.append(service.store.db, now, f"user:{admin.user_id}", action, subject, detail)
 
 
 def admin_page(service: SyncService, offset: int = 0) -> AdminPage:
@@ -162,7 +149,7 @@ def issue_code(service: SyncService, admin: User, user_id: str) -> IssuedCode:
     with service.store.transaction():
         code = service.directory.issue_code(user_id, now, CODE_TTL_MS)
         expires = {"expires_at_ms": now + CODE_TTL_MS}
-        _logged(service, admin, now, "issue_code", f"user/{user_id}", expires)
+        logged(service, admin, "issue_code", f"user/{user_id}", expires, now)
     return IssuedCode(user_id=user_id, code=code, expires_at_ms=now + CODE_TTL_MS)
 
 
@@ -174,7 +161,7 @@ def revoke(service: SyncService, admin: User, device_id: str, reason: str) -> Re
         if device is None or not service.directory.revoke(device_id, now):
             raise UnknownRecord(_("no such device, or it is revoked already"))
         detail = {"reason": reason.strip(), "user_id": device.user.user_id}
-        _logged(service, admin, now, "revoke", f"device/{device_id}", detail)
+        logged(service, admin, "revoke", f"device/{device_id}", detail, now)
     return Revoked(device_id=device_id, revoked_at_ms=now)
 
 
@@ -194,7 +181,7 @@ def disable_user(service: SyncService, admin: User, user_id: str, reason: str) -
         if revoked is None:
             raise UnknownRecord(_("no such user, or they are disabled already"))
         detail = {"reason": reason.strip(), "revoked_devices": revoked}
-        _logged(service, admin, now, "disable_user", f"user/{user_id}", detail)
+        logged(service, admin, "disable_user", f"user/{user_id}", detail, now)
     return Disabled(user_id=user_id, disabled_at_ms=now, revoked_devices=revoked)
 
 

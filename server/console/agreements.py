@@ -31,11 +31,11 @@ from schemas.console.agreements import (
 )
 from schemas.records import Agreement, Party, Signature
 from server import agreements as office_agreements
-from server import audit
+from server.console.actions import logged
 from server.console.cases import PAGE, visible
 from server.console.web import _, page_offset, render, service_of, signed_in
 from server.service import SyncService
-from server.storage.directory import Device
+from server.storage.directory import Device, User
 from sync import agreements
 from sync.changes import decode_change
 from sync.errors import UnknownRecord
@@ -312,21 +312,20 @@ def agreement_page(service: SyncService, user_id: str, agreement_id: str) -> Agr
     )
 
 
-def export(service: SyncService, user_id: str, agreement_id: str) -> bytes:
+def export(service: SyncService, user: User, agreement_id: str) -> bytes:
     """The agreement's signed bundle, as `lianxin agreement export` writes it; audited.
 
     `UnknownRecord` if the agreement is not in the user's view.
     """
-    _visible_agreement(service, user_id, agreement_id)
+    _visible_agreement(service, user.user_id, agreement_id)
     bundle = office_agreements.bundle(service.directory, service.keys, agreement_id)
     if bundle is None:
         raise UnknownRecord(_("no such agreement in your view"))
     data = agreements.export_bundle(bundle)
     with service.store.transaction():
-        audit.append(
-            service.store.db,
-            service.wall_ms(),
-            f"user:{user_id}",
+        logged(
+            service,
+            user,
             "export",
             f"agreement/{agreement_id}",
             {
@@ -375,7 +374,7 @@ def agreement_api(request: Request, agreement_id: FromPath[str]) -> AgreementPag
 )
 def export_download(request: Request, agreement_id: FromPath[str]) -> Response:
     current = signed_in(request, "supervisor")
-    data = export(service_of(request), current.user.user_id, agreement_id)
+    data = export(service_of(request), current.user, agreement_id)
     return Response(
         data,
         media_type="application/json",

@@ -32,8 +32,7 @@ from schemas.console.assignment import (
     OverdueRow,
 )
 from schemas.records import Case
-from server import audit
-from server.console.actions import office_change
+from server.console.actions import logged, office_change
 from server.console.cases import (
     DUE,
     FROM,
@@ -254,10 +253,9 @@ def set_deadline(
                 " ON CONFLICT (category) DO UPDATE SET days = excluded.days",
                 [category, days],
             )
-        audit.append(
-            db,
-            service.wall_ms(),
-            f"user:{user.user_id}",
+        logged(
+            service,
+            user,
             "set_deadline",
             f"deadline/{category}",
             {"reason": reason, "days": days, "before": before},

@@ -29,8 +29,8 @@ from litestar.params import FromPath
 
 from schemas.console.cases import CaseRow
 from schemas.console.stats import WITHHELD, Count, Row, Stats
-from server import audit
 from server.console import cases, conflicts, quarantine, stats, triage
+from server.console.actions import logged
 from server.console.signin import Session
 from server.console.web import language_of, service_of, signed_in, translations
 from server.service import SyncService
@@ -339,10 +339,9 @@ def export(service: SyncService, current: Session, name: str, query: Mapping[str
         raise UnknownRecord(_("no such list to export"))
     listing = chosen.listing(service, current, query)
     with service.store.transaction():
-        audit.append(
-            service.store.db,
-            service.wall_ms(),
-            f"user:{current.user.user_id}",
+        logged(
+            service,
+            current.user,
             "export",
             name,
             {"filters": listing.filters, "rows": len(listing.rows)},

@@ -53,8 +53,8 @@ from schemas.console.quarantine import (
     ReapplyRequest,
 )
 from schemas.records import Location
-from server import audit
 from server.console import times
+from server.console.actions import logged
 from server.console.conflicts import Authors, link_of, title_of
 from server.console.web import (
     _,
@@ -291,13 +291,13 @@ def acknowledge(service: SyncService, user: User, change_id: str) -> Acknowledge
             "UPDATE quarantine SET acknowledged_ms = ?, acknowledged_by = ? WHERE change_id = ?",
             [now_ms, user.user_id, change_id],
         )
-        audit.append(
-            service.store.db,
-            now_ms,
-            f"user:{user.user_id}",
+        logged(
+            service,
+            user,
             "quarantine_acknowledge",
             "/".join(held.key),
             {"change_id": change_id, "reason": held.reason},
+            now_ms,
         )
     return Acknowledged(change_id=change_id, acknowledged_ms=now_ms, acknowledged_by=user.user_id)
 
@@ -328,10 +328,9 @@ def reapply(service: SyncService, user: User, change_id: str, reason: str) -> Re
         store.db.execute("DELETE FROM quarantine WHERE change_id = ?", [change_id])
         result = service.reapply(device, raw, batch_id)
         again = result.status == "rejected"  # back in quarantine, unacknowledged: news
-        audit.append(
-            store.db,
-            service.wall_ms(),
-            f"user:{user.user_id}",
+        logged(
+            service,
+            user,
             "quarantine_reapply",
             "/".join(held.key),
             {

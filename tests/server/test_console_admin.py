@@ -12,9 +12,11 @@ import uvicorn
 from server import audit
 from server.console import signin
 from server.console.admin import disable_user
+from server.console.assignment import assign, set_deadline
 from server.console.web import COOKIE
 from server.fleet.office import free_port
 from sync.errors import EnrollmentRefused, NotSignedIn
+from sync.merge import materialize
 from tests.server.conftest import MSGPACK, enrolment, running_office
 from tests.server.test_app import GONGSHU, decode
 from tests.server.test_console import PASSWORD, csrf_of, sign_in, supervisor
@@ -353,6 +355,27 @@ def test_of_two_admins_disabling_each_other_at_once_one_stays(console):
     with pytest.raises(NotSignedIn):
         disable_user(console.http.app.state.service, wang, other.user_id, "at the same moment")
     assert console.directory.user(other.user_id).disabled_at_ms is None
+
+
+def test_a_supervisors_write_checked_before_their_disabling_is_refused_in_its_transaction(
+    console,
+):
+    # Their session was read, then an admin's disable committed, then their write reached
+    # its transaction: as for admins, nothing of it lands.
+    he = console.enroll("mediator")
+    he.push([he.change("case", "k-1", {"title": "Drains", "location": GONGSHU})])
+    service = console.http.app.state.service
+    chen = supervisor(console)
+    entries = len(audit.entries(console.store.db))
+    console.directory.disable(chen.user_id, console.wall.ms)
+    with pytest.raises(NotSignedIn):
+        assign(service, chen, "k-1", [he.enrollment.user_id], [], "his street")
+    with pytest.raises(NotSignedIn):
+        set_deadline(service, chen, "neighbours", 3, "too slow")
+    (case,) = console.store.states([("case", "k-1")]).values()
+    assert materialize(case).mediators == []
+    assert console.store.db.execute("SELECT count(*) FROM deadlines").fetchone() == (0,)
+    assert len(audit.entries(console.store.db)) == entries
 
 
 def test_an_enrolment_begun_before_its_user_was_disabled_is_refused(console):
