@@ -57,7 +57,7 @@ from sync.access import (
     mediators_added,
     superseded,
 )
-from sync.changes import decode_change, newline_in_ids
+from sync.changes import decode_change, newline_in_ids, newline_in_values
 from sync.clock import Clock
 from sync.engine import Applied, apply
 from sync.errors import (
@@ -315,7 +315,11 @@ class SyncService:
         The office's own changes get the signature checks alone: they copy stored
         values (a warning's location into a case), which must go on applying.
         """
-        return location_refused(change) or self.signatures(change, before, after)
+        return (
+            location_refused(change)
+            or newline_in_values(change)
+            or self.signatures(change, before, after)
+        )
 
     def _apply(
         self,

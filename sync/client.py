@@ -72,8 +72,9 @@ from schemas.wire import (
     SignedPush,
 )
 from sync import agreements, envelope, merge, signing
+from sync.access import location_refused
 from sync.atrest import KdfParams
-from sync.changes import decode_change, encode_change
+from sync.changes import decode_change, encode_change, newline_in_ids, newline_in_values
 from sync.clock import Clock, system_wall_ms
 from sync.envelope import Purpose
 from sync.errors import (
@@ -362,8 +363,9 @@ class DeviceClient:
         """Make a change to the local view and queue it as `pending`.
 
         The change has seen everything this device shows of the record. It is
-        checked with the server's own merge rules against the local view, as
-        the exact bytes that will be pushed: `sync.merge.Rejected` if it can
+        checked with the server's own merge rules against the local view, and
+        the office's checks of what devices send, as the exact bytes that will
+        be pushed: `sync.merge.Rejected` if it can
         never apply, or if it is too large for any batch (`invalid_value`).
         Write permission is the server's to judge (it may answer
         `not_permitted`). Raises `NotEnrolled` before enrolment.
@@ -394,6 +396,8 @@ class DeviceClient:
         outcome = merge.apply_change(view, change)
         if outcome.rejected is not None:
             raise outcome.rejected
+        if refused := location_refused(change) or newline_in_values(change):
+            raise merge.Rejected(*refused)
         with self._store.transaction():
             self._store.append(change, raw)
             self._store.set_meta(CLOCK_LAST, self._clock.last)
@@ -908,9 +912,12 @@ def _wire_form(change: Change) -> tuple[bytes, Change]:
     """
     try:
         raw = encode_change(change)
-        return raw, decode_change(raw)
+        decoded = decode_change(raw)
     except (TypeError, msgspec.EncodeError, msgspec.ValidationError) as error:
         raise merge.Rejected(Reason.INVALID_VALUE, str(error)) from None
+    if where := newline_in_ids(decoded):
+        raise merge.Rejected(Reason.INVALID_VALUE, f"{where} ends in a newline")
+    return raw, decoded
 
 
 def _decoded(plaintext: bytes, answer_type: type[T]) -> T:

@@ -6,6 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import Change
+from schemas.changes import Add, Append, Remove
+from tests.server.test_app import GONGSHU, decode
 
 ANY_MSGPACK = st.recursive(
     st.none()
@@ -136,3 +138,59 @@ def test_an_id_ending_in_a_newline_is_malformed_and_nothing_is_stored(office, wh
     assert (answer.status_code, body["error"]) == (400, "malformed")
     assert "ends in a newline" in body["detail"]
     assert office.fingerprint() == stored
+
+
+VISIT = {
+    "entry_id": "v-1",
+    "at": "2026-11-28T04:00:00Z",
+    "by": "u-1",
+    "summary": "Both households met at the drain.",
+    "attendees": ["p-1", "p-2\n"],
+}
+SIGNATURE = {
+    "signer": "p-1",
+    "signed_at": "2026-11-28T04:00:00Z",
+    "content_hash": "ab" * 32 + "\n",
+    "signature": "AAAA",
+}
+
+
+@pytest.mark.parametrize(
+    ("record_type", "set_", "op", "where"),
+    [
+        ("case", {}, Add(field="parties", value="p-1\n"), "ops[0].value"),
+        ("case", {}, Append(field="visits", entry=VISIT), "ops[0].entry.attendees[1]"),
+        ("agreement", {"case": "k-1\n"}, None, "set.case"),
+        ("agreement", {"required_signers": ["p-1", "p-2\n"]}, None, "set.required_signers[1]"),
+        ("agreement", {}, Append(field="signatures", entry=SIGNATURE), "content_hash"),
+    ],
+)
+def test_an_id_or_hash_ending_in_a_newline_inside_a_value_is_rejected(
+    office, record_type, set_, op, where
+):
+    # Inside values, as in a change's own ids: `$` lets a final newline through, and the
+    # office's receipts and signatures join ids and hashes into lines.
+    phone = office.enroll("mediator")
+    record_id, first = {
+        "case": ("k-1", {"title": "Drains", "location": GONGSHU}),
+        "agreement": ("a-1", {"terms": "The Wangs mend the drain by Friday."}),
+    }[record_type]
+    phone.push([phone.change(record_type, record_id, first)], "b-0")
+    stored = [office.store.states([(record_type, record_id)])]
+    change = phone.change(record_type, record_id, set_, [op] if op else [])
+    (result,) = decode(phone.push([change]))["results"]
+    assert (result["status"], result["reason"]) == ("rejected", "invalid_value")
+    assert f"{where} ends in a newline" in result["detail"]
+    assert [office.store.states([(record_type, record_id)])] == stored
+    (held,) = office.store.db.execute("SELECT change_id FROM quarantine").fetchall()
+    assert held == (change.change_id,)
+
+
+def test_a_value_ending_in_a_newline_may_still_be_removed(office):
+    # States stored before the check may hold one; taking it out must stay possible.
+    phone = office.enroll("mediator")
+    change = phone.change(
+        "case", "k-1", {"title": "Drains"}, [Remove(field="parties", value="p-1\n")]
+    )
+    (result,) = decode(phone.push([change]))["results"]
+    assert result["status"] == "applied"

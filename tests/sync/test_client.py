@@ -234,10 +234,17 @@ def test_an_edit_is_checked_like_the_server_checks_it_and_queued(office):
         with pytest.raises(Rejected) as rejected:
             wang.edit("case", "k-1", set=values)
         assert rejected.value.reason == reason
-    # An id the wire type refuses would make the server refuse the whole batch.
-    with pytest.raises(Rejected) as rejected:
-        wang.edit("case", "k 1", set={"title": "x"})
-    assert rejected.value.reason == Reason.INVALID_VALUE
+    # An id the office refuses would make it refuse the whole batch...
+    for record_id, values, ops in [
+        ("k 1", {"title": "x"}, []),
+        ("k-1\n", {"title": "x"}, []),
+        # ...or that the office refuses in a value: the change alone, but never worth sending.
+        ("k-1", {"title": "x"}, [Add(field="parties", value="p-1\n")]),
+        ("k-1", {"location": {"city": "Hangzhou", "district": "Gong/shu", "street": "s"}}, []),
+    ]:
+        with pytest.raises(Rejected) as rejected:
+            wang.edit("case", record_id, set=values, ops=ops)
+        assert rejected.value.reason == Reason.INVALID_VALUE
     assert wang.outbox() == []
 
     change = wang.edit("case", "k-1", set={"title": "Drains", "status": "new"})
