@@ -37,14 +37,16 @@ def update_access(
     touched: dict[RecordKey, int],
     creator: str | None,
     states: Mapping[RecordKey, RecordState] | None = None,
-) -> None:
+) -> list[RecordKey]:
     """Recompute readers after a batch; `touched` maps each record to its last seq.
+    Returns the records whose readers it worked out: `touched` and what their cases
+    link or linked.
 
     `states` are record states the caller already holds (those the batch
     wrote); any other state needed is read from the store.
     """
     if not touched:
-        return
+        return []
     db = store.db
     if creator is not None:
         db.conn.executemany(
@@ -208,6 +210,7 @@ def update_access(
         if unit is not None
     }
     regrant(linked, via_cases, unit_via_case)
+    return keys
 
 
 def mediators_among(

@@ -9,17 +9,15 @@ import uuid
 from collections.abc import Iterable
 from typing import Literal, NamedTuple
 
-from server.storage.access import update_access
+from server.storage import due
 from server.storage.sqlite import SqliteStore
 from sync.errors import EnrollmentRefused, Replayed
-from sync.store import RecordKey
 
 Role = Literal["mediator", "informant", "supervisor", "admin"]
 ROLES: tuple[Role, ...] = ("mediator", "informant", "supervisor", "admin")
 # Enrolment codes are typed by hand on a phone: short, unambiguous letters.
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 CODE_LENGTH = 12
-READERS_CHUNK = 500  # records whose states `_readers_again` holds at once
 USER_COLUMNS = "user_id, name, role, org_units, disabled_at_ms"  # what `_user` takes
 
 
@@ -284,7 +282,10 @@ class Directory:
 
         A mediator may then be assigned cases of the new units only (those assigned
         stay); a supervisor sees what the new units hold, and their phones get
-        evictions for what only the old ones held.
+        evictions for what only the old ones held. Who may read each record of the
+        units is worked out again a chunk to a transaction (`due.redo_readers`), so a
+        city's records do not hold the writer gate for long; stopped half way, the
+        rest is done at the server's next start.
         """
         with self.store.transaction():  # the units it had read under the gate, too
             user = self.user(user_id)
@@ -296,23 +297,16 @@ class Directory:
                 "UPDATE users SET org_units = ? WHERE user_id = ?", [json.dumps(org_units), user_id]
             )
             if user.role == "supervisor":
-                self._readers_again({*user.org_units, *org_units})
+                for unit in {*user.org_units, *org_units}:
+                    inside, where = _stored_within(unit)
+                    self.db.execute(
+                        "INSERT OR IGNORE INTO due (work, record_type, record_id)"
+                        f" SELECT 'readers', r.record_type, r.record_id FROM records AS r"
+                        f" WHERE {inside}",
+                        where,
+                    )
+        due.redo_readers(self.store)
         return user.org_units
-
-    def _readers_again(self, units: Iterable[str]) -> None:
-        """Work out again who may read each record in these units, and what its cases link
-        (`access.update_access`, as after a push), a chunk of records at a time."""
-        # After every cursor, as `due` does: phones drop what they no longer see with the
-        # office's next logged change.
-        seq = self.store.last_seq() + 1
-        keys: list[RecordKey] = []
-        for unit in units:
-            inside, where = _stored_within(unit)
-            query = f"SELECT r.record_type, r.record_id FROM records AS r WHERE {inside}"
-            keys += self.db.execute(query, where).fetchall()
-        keys = list(dict.fromkeys(keys))  # a record in two of the units, once
-        for start in range(0, len(keys), READERS_CHUNK):
-            update_access(self.store, dict.fromkeys(keys[start : start + READERS_CHUNK], seq), None)
 
     def spend_nonce(self, device_id: str, nonce: str, now_ms: int, window_ms: int) -> None:
         """Record a request nonce; `Replayed` if this device used it within the window."""

@@ -12,9 +12,12 @@ records already stored, which only the engine can redo, with their states and th
   open conflicts follow (`SqliteStore.rebuild`); done first, so the other kinds
   read the new states.
 
-Each item is done once and audited: `states` a chunk to a transaction (a city's
-every record can be due), the rest in one transaction after them, their states
-read a chunk at a time so that memory holds one chunk, not the city.
+At a start, each item is done once and audited: `states` a chunk to a transaction
+(a city's every record can be due), the rest in one transaction after them, their
+states read a chunk at a time so that memory holds one chunk, not the city. A
+supervisor's move lists their old and new units' records as `readers` and does
+them at once, a chunk to a transaction (`redo_readers`); what a stopped move left
+is done at the next start.
 """
 
 from __future__ import annotations
@@ -65,6 +68,41 @@ def catch_up(store: SqliteStore, index_key: bytes, now_ms: int, size: int = 500)
         db.execute("DELETE FROM due")
         audit.append(db, now_ms, "office", "catch_up", "due", counts)
     return {**done, **counts}
+
+
+def redo_readers(store: SqliteStore, size: int = 500) -> int:
+    """Do the `readers` work listed in `due`, cases first, `size` records to a transaction;
+    how many records it did.
+
+    Between two chunks a push may land: some records then have their new readers and
+    some the old, as if the change of who may read what came a chunk at a time. Each
+    chunk grants and evicts after every cursor, and a record a case links is done again
+    with each case that links it, so the last chunk leaves every reader right (and a
+    record done as a case's link is not done again on its own).
+    """
+    done = 0
+    for only_cases in (True, False):
+        while True:
+            with store.transaction():
+                db = store.db
+                chunk = db.execute(
+                    "SELECT record_type, record_id FROM due WHERE work = 'readers'"
+                    + (" AND record_type = 'case'" if only_cases else "")
+                    + " LIMIT ?",
+                    [size],
+                ).fetchall()
+                if not chunk:
+                    break
+                held = store.states(chunk)  # a record erased since: nothing left to redo
+                seq = store.last_seq() + 1  # after every cursor, this chunk's own
+                touched = {key: seq for key in chunk if key in held}
+                redone = update_access(store, touched, None, held)
+                db.conn.executemany(
+                    "DELETE FROM due WHERE work = 'readers' AND record_type = ? AND record_id = ?",
+                    [*chunk, *redone],
+                )
+            done += len(chunk)
+    return done
 
 
 def _chunks(db: sqlite_utils.Database, work: str, size: int) -> Iterator[list[RecordKey]]:

@@ -1,5 +1,6 @@
 """Work a migration leaves for the next start (`server/storage/due.py`)."""
 
+import functools
 import sqlite3
 import time
 
@@ -18,6 +19,7 @@ from sync import merge
 from sync.clock import Clock
 from sync.store import BatchWrite, ConflictUpdate
 from tests.conftest import make_store, migrate_again, office_keys
+from tests.server.test_app import GONGSHU, XIHU
 from tests.server.test_authorization import CREATE, a_case_naming, records_held
 from tests.sync.causal import logged as logged_changes
 
@@ -336,3 +338,55 @@ def test_records_stored_before_the_console_indexes_enter_them_dated_as_received(
     assert due.catch_up(office.store, office.keys.index_key, office.wall.ms) == {"index": 4}
     for table, query in rows.items():
         assert db.execute(query).fetchall() == written[table]
+
+
+def test_a_supervisors_move_is_done_a_chunk_at_a_time_and_a_stopped_one_at_the_next_start(
+    office, monkeypatch
+):
+    # A move over a city's records held the writer gate for all of them (about 17 s at
+    # 100,000), and pushes meanwhile were answered `storage_busy`.
+    mediator = office.enroll("mediator", name="med")
+    made = [mediator.change("party", f"p-{m}", {"name": f"He {m}"}) for m in range(3)]
+    for n in range(12):  # every party linked by cases in both districts
+        location = XIHU if n % 2 == 0 else GONGSHU
+        link = [Add(field="parties", value=f"p-{n % 3}")]
+        made.append(mediator.change("case", f"k-{n}", {"title": "x", "location": location}, link))
+    mediator.push(made)
+    chen = office.enroll("supervisor", org_units=["Hangzhou/Gongshu"])
+    _, cursor = chen.pull_all()
+    done = []
+
+    def stopped_after_two_chunks(store, touched, *args):
+        if len(done) == 2:
+            raise KeyboardInterrupt
+        done.append(touched)
+        return update_access(store, touched, *args)
+
+    update_access = due.update_access
+    monkeypatch.setattr(due, "redo_readers", functools.partial(due.redo_readers, size=3))
+    monkeypatch.setattr(due, "update_access", stopped_after_two_chunks)
+    with pytest.raises(KeyboardInterrupt):
+        office.directory.move(chen.enrollment.user_id, ["Hangzhou/Xihu"])
+    monkeypatch.undo()
+    db = office.store.db
+    # What the stopped move did stays: the new units, and two chunks of cases.
+    assert office.directory.user(chen.enrollment.user_id).org_units == ["Hangzhou/Xihu"]
+    assert [len(chunk) for chunk in done] == [3, 3] and all(
+        t == "case" for chunk in done for t, _ in chunk
+    )
+    # Six cases left; the parties they link were done with the first six.
+    assert db.execute("SELECT count(*) FROM due WHERE work = 'readers'").fetchone() == (6,)
+
+    due.catch_up(office.store, office.keys.index_key, office.wall.ms)  # the next start
+    assert db.execute("SELECT count(*) FROM due").fetchone() == (0,)
+    access = db.execute("SELECT * FROM access ORDER BY 1, 2, 3").fetchall()
+    everything = db.execute("SELECT record_type, record_id FROM records").fetchall()
+    with office.store.transaction():  # all at once: nothing left to change
+        update_access(office.store, dict.fromkeys(everything, office.store.last_seq() + 1), None)
+    assert db.execute("SELECT * FROM access ORDER BY 1, 2, 3").fetchall() == access
+    mediator.push([mediator.change("case", "k-new", {"title": "x", "location": XIHU})], "b-2")
+    page = chen.pulled(cursor)
+    evicted = {i["record_id"] for i in page["items"] if i["type"] == "evict"}
+    assert evicted == {f"k-{n}" for n in range(1, 12, 2)}
+    xihu = {("case", f"k-{n}") for n in range(0, 12, 2)} | {("case", "k-new")}
+    assert records_held(chen) == xihu | {("party", f"p-{m}") for m in range(3)}
