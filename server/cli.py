@@ -231,12 +231,13 @@ def disable_user(settings: Settings, user_id: str, reason: str) -> int:
 def move_user(settings: Settings, user_id: str, org_units: list[str]) -> int:
     """Give a user other org units (a mediator moving street, a supervisor district)."""
     with _directory(settings) as directory:
+
+        def audited(before: list[str]) -> None:
+            detail = {"org_units_before": before, "org_units": org_units}
+            _audited(directory, "move_user", f"user/{user_id}", detail)
+
         try:
-            with directory.store.transaction():
-                before = directory.move(user_id, org_units)
-                if before is not None:
-                    detail = {"org_units_before": before, "org_units": org_units}
-                    _audited(directory, "move_user", f"user/{user_id}", detail)
+            before = directory.move(user_id, org_units, audited)
         except ValueError as error:
             print(f"lianxin: {error}")
             return 1

@@ -6,7 +6,7 @@ import hashlib
 import json
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal, NamedTuple
 
 from server.storage import due
@@ -277,8 +277,14 @@ class Directory:
             )
         return cursor.rowcount == 1
 
-    def move(self, user_id: str, org_units: list[str]) -> list[str] | None:
+    def move(
+        self,
+        user_id: str,
+        org_units: list[str],
+        on_moved: Callable[[list[str]], object] | None = None,
+    ) -> list[str] | None:
         """Give a user other org units; the ones they had, or None if there is no such user.
+        `on_moved(the units they had)` runs in the transaction that gives them (an audit).
 
         A mediator may then be assigned cases of the new units only (those assigned
         stay); a supervisor sees what the new units hold, and their phones get
@@ -296,6 +302,8 @@ class Directory:
             self.db.execute(
                 "UPDATE users SET org_units = ? WHERE user_id = ?", [json.dumps(org_units), user_id]
             )
+            if on_moved is not None:
+                on_moved(user.org_units)
             if user.role == "supervisor":
                 for unit in {*user.org_units, *org_units}:
                     inside, where = _stored_within(unit)

@@ -80,6 +80,8 @@ def redo_readers(store: SqliteStore, size: int = 500) -> int:
     with each case that links it, so the last chunk leaves every reader right (and a
     record done as a case's link is not done again on its own).
     """
+    if store.db.conn.in_transaction:  # it would hold the writer gate for every chunk
+        raise RuntimeError("redo_readers runs outside a transaction")
     done = 0
     for only_cases in (True, False):
         while True:
