@@ -80,3 +80,16 @@ class Disabled(msgspec.Struct, frozen=True, kw_only=True):
     user_id: str
     disabled_at_ms: int
     revoked_devices: list[str]
+
+
+class MoveRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    org_units: list[str] = []
+    reason: str = ""
+
+
+class Moved(msgspec.Struct, frozen=True, kw_only=True):
+    """A user given other org units: for a supervisor, what they may read follows."""
+
+    user_id: str
+    org_units_before: list[str]
+    org_units: list[str]

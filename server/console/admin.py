@@ -32,6 +32,8 @@ from schemas.console.admin import (
     Disabled,
     DisableRequest,
     IssuedCode,
+    Moved,
+    MoveRequest,
     Revoked,
     RevokeRequest,
     UserRow,
@@ -185,6 +187,38 @@ def disable_user(service: SyncService, admin: User, user_id: str, reason: str) -
     return Disabled(user_id=user_id, disabled_at_ms=now, revoked_devices=revoked)
 
 
+def move_user(
+    service: SyncService, admin: User, user_id: str, org_units: list[str], reason: str
+) -> Moved:
+    """Give a user other org units, audited: a mediator may be assigned cases there, a
+    supervisor reads what they hold (worked out a chunk at a time, `Directory.move`).
+
+    `UnknownRecord` if there is no such user still enabled; `InvalidAction` without a
+    reason or an org unit, or for an org unit that is not a path.
+    """
+    typed = ("/".join(part.strip() for part in unit.split("/")) for unit in org_units)
+    units = list(dict.fromkeys(unit for unit in typed if unit))
+    if not units:
+        raise InvalidAction(_("name at least one org unit"))
+    if not reason.strip():
+        raise InvalidAction(_("a reason is required"))
+    user = service.directory.user(user_id)
+    if user is None or user.disabled_at_ms is not None:
+        raise UnknownRecord(_("no such user, or they left the office"))
+
+    def audited(before: list[str]) -> None:
+        detail = {"reason": reason.strip(), "org_units_before": before, "org_units": units}
+        logged(service, admin, "move_user", f"user/{user_id}", detail)
+
+    try:
+        before = service.directory.move(user_id, units, audited)
+    except ValueError:
+        raise InvalidAction(_("an org unit is a path such as Hangzhou/Xihu")) from None
+    if before is None:
+        raise UnknownRecord(_("no such user, or they left the office"))
+    return Moved(user_id=user_id, org_units_before=before, org_units=units)
+
+
 @get("/console/admin", sync_to_thread=True, include_in_schema=False)
 def admin_html(request: Request, offset: FromQuery[int] = 0) -> Response:
     current = signed_in(request, "admin")
@@ -269,6 +303,32 @@ async def disable_api(request: Request, user_id: FromPath[str]) -> Disabled:
     return await anyio.to_thread.run_sync(work)
 
 
+@post("/console/admin/users/{user_id:str}/move", include_in_schema=False)
+async def move_form(request: Request, user_id: FromPath[str]) -> Response:
+    current, fields, _form = await signed_form(request, "admin")
+    units = fields.get("org_units", "").split(",")
+    work = functools.partial(
+        move_user, service_of(request), current.user, user_id, units, fields.get("reason", "")
+    )
+    await anyio.to_thread.run_sync(work)
+    return back_to("/console/admin")
+
+
+@post(
+    "/api/admin/users/{user_id:str}/move",
+    status_code=200,
+    summary="Give a user other org units (X-CSRF-Token)",
+    dependencies=documents_body(MoveRequest),
+)
+async def move_api(request: Request, user_id: FromPath[str]) -> Moved:
+    current = await signed_call(request, "admin")
+    asked = await json_body(request, MoveRequest, empty=b"{}")
+    work = functools.partial(
+        move_user, service_of(request), current.user, user_id, asked.org_units, asked.reason
+    )
+    return await anyio.to_thread.run_sync(work)
+
+
 ROUTES = [
     admin_html,
     admin_api,
@@ -278,4 +338,6 @@ ROUTES = [
     revoke_api,
     disable_form,
     disable_api,
+    move_form,
+    move_api,
 ]

@@ -152,3 +152,20 @@ def test_an_admin_disables_a_mediator_who_left_and_their_phone_is_refused(demo, 
             assert row.locator("button").count() == 0  # no code for them, nothing to disable
             with pytest.raises(RevokedDevice):
                 phone.pull()
+
+
+def test_an_admin_moves_a_mediator_to_another_street_and_the_page_says_so(demo, page):
+    user_id = lianxin(
+        demo, "user", "add", "Sun Hao", "--role", "mediator", "--org-unit", "Hangzhou/Gongshu"
+    )
+    english(page, demo, demo.admin, demo.admin_password)
+    page.goto(f"{demo.url}/console/admin")
+    form = page.locator(f"form[action='/console/admin/users/{user_id}/move']")
+    assert form.locator("input[name=org_units]").input_value() == "Hangzhou/Gongshu"
+    form.locator("input[name=org_units]").fill("Hangzhou/Xihu/Beishan, Hangzhou/Xihu/Lingyin")
+    form.locator("input[name=reason]").fill("new street")
+    with page.expect_navigation():
+        form.locator("button").click()
+    row = page.locator("h2:has-text('Users') + table tr", has_text=user_id)
+    assert "Hangzhou/Xihu/Beishan, Hangzhou/Xihu/Lingyin" in row.inner_text()
+    assert "Hangzhou/Gongshu" not in row.inner_text()

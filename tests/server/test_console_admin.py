@@ -396,3 +396,53 @@ def test_a_user_is_disabled_only_with_a_reason(console):
         )
         assert answer.status_code == 400 and answer.json()["error"] == "invalid_action"
     assert console.directory.user(he.user_id).disabled_at_ms is None
+
+
+def test_an_admin_moves_a_supervisor_to_another_district_and_their_view_follows(console):
+    sun = console.enroll("mediator")
+    xihu = {"city": "Hangzhou", "district": "Xihu", "street": "Beishan"}
+    sun.push(
+        [
+            sun.change("case", "k-1", {"title": "Drains", "location": GONGSHU}),
+            sun.change("case", "k-2", {"title": "Noise", "location": xihu}),
+        ]
+    )
+    chen = supervisor(console)
+    sign_in(console, chen)
+    moving = console.http.post(
+        f"/api/admin/users/{chen.user_id}/move",
+        json={"org_units": ["Hangzhou/Xihu"], "reason": "x"},
+        headers={"x-csrf-token": console.http.get("/api/me").json()["csrf"]},
+    )
+    assert moving.json()["error"] == "forbidden"  # only an admin moves people
+    console.http.cookies.clear()
+    _, csrf = signed_in_admin(console)
+    stored = console.fingerprint()
+
+    def move(user_id, body):
+        url = f"/api/admin/users/{user_id}/move"
+        return console.http.post(url, json=body, headers={"x-csrf-token": csrf})
+
+    for user_id, body, status, error in [
+        (chen.user_id, {"org_units": ["Hangzhou/Xihu"]}, 400, "invalid_action"),  # why?
+        (chen.user_id, {"org_units": [" "], "reason": "x"}, 400, "invalid_action"),
+        (chen.user_id, {"org_units": ["Hangzhou//Xihu"], "reason": "x"}, 400, "invalid_action"),
+        ("u-nobody", {"org_units": ["Hangzhou"], "reason": "x"}, 404, "unknown_record"),
+        (chen.user_id, {"org_units": "Hangzhou", "reason": "x"}, 400, "malformed"),
+    ]:
+        answer = move(user_id, body)
+        assert (answer.status_code, answer.json()["error"]) == (status, error), body
+    assert console.fingerprint() == stored
+
+    answer = move(chen.user_id, {"org_units": ["Hangzhou / Xihu"], "reason": "new post"})
+    assert answer.json() == {
+        "user_id": chen.user_id,
+        "org_units_before": ["Hangzhou/Gongshu"],
+        "org_units": ["Hangzhou/Xihu"],
+    }
+    moved = audit.entries(console.store.db)[-1]
+    assert (moved.action, moved.subject) == ("move_user", f"user/{chen.user_id}")
+    assert moved.detail["reason"] == "new post"
+    console.http.cookies.clear()
+    sign_in(console, console.directory.user(chen.user_id))
+    assert [c["case_id"] for c in console.http.get("/api/cases").json()["cases"]] == ["k-2"]
