@@ -248,6 +248,33 @@ def move_user(settings: Settings, user_id: str, org_units: list[str]) -> int:
     return 0
 
 
+def change_role(settings: Settings, user_id: str, role: Role, reason: str) -> int:
+    """Give a user another role: their devices are revoked, and they enrol again for it."""
+    with _directory(settings) as directory:
+
+        def audited(before: Role, revoked: list[str]) -> None:
+            detail = {
+                "reason": reason,
+                "role_before": before,
+                "role": role,
+                "revoked_devices": revoked,
+            }
+            _audited(directory, "change_role", f"user/{user_id}", detail)
+
+        try:
+            changed = directory.change_role(user_id, role, system_wall_ms(), audited)
+        except ValueError as error:
+            print(f"lianxin: {error}")
+            return 1
+    if changed is None:
+        print(f"lianxin: no user {user_id}, or they left the office")
+        return 1
+    before, revoked = changed
+    print(f"{user_id}: {before} -> {role}; revoked device(s): {' '.join(revoked) or '-'}")
+    print("They enrol again for the new role: issue a code (lianxin code).")
+    return 0
+
+
 def enable_user(settings: Settings, user_id: str, reason: str) -> int:
     with _directory(settings) as directory, directory.store.transaction():
         enabled = directory.enable(user_id)
@@ -657,6 +684,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         dest="org_units",
         help="city/district/street/community (repeatable): replaces the user's units",
     )
+    role_parser = user_parser.add_parser(
+        "role", help="give a user another role (revokes their devices: they enrol again)"
+    )
+    role_parser.add_argument("user_id")
+    role_parser.add_argument("--role", required=True, choices=ROLES)
+    role_parser.add_argument("--reason", required=True, type=_reason, help="for the audit log")
     enable_parser = user_parser.add_parser("enable", help="undo disable (devices stay revoked)")
     enable_parser.add_argument("user_id")
     enable_parser.add_argument("--reason", required=True, type=_reason, help="for the audit log")
@@ -821,6 +854,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return disable_user(settings, args.user_id, args.reason)
         case "user", "move":
             return move_user(settings, args.user_id, args.org_units)
+        case "user", "role":
+            return change_role(settings, args.user_id, args.role, args.reason)
         case "user", "enable":
             return enable_user(settings, args.user_id, args.reason)
         case "code", _:

@@ -253,17 +253,22 @@ class Directory:
             )
             if disabled.rowcount != 1:
                 return None
-            self.db.execute("DELETE FROM sessions WHERE user_id = ?", [user_id])
-            self.db.execute(
-                "UPDATE enrollment_codes SET expires_at_ms = ?"
-                " WHERE user_id = ? AND used_at_ms IS NULL AND expires_at_ms > ?",
-                [now_ms, user_id, now_ms],
-            )
-            revoked = self.db.execute(
-                "UPDATE devices SET revoked_at_ms = ? WHERE user_id = ? AND revoked_at_ms IS NULL"
-                " RETURNING device_id",
-                [now_ms, user_id],
-            ).fetchall()
+            return self._signed_out(user_id, now_ms)
+
+    def _signed_out(self, user_id: str, now_ms: int) -> list[str]:
+        """End a user's console sessions, expire their unused codes and revoke their
+        devices; the devices it revoked."""
+        self.db.execute("DELETE FROM sessions WHERE user_id = ?", [user_id])
+        self.db.execute(
+            "UPDATE enrollment_codes SET expires_at_ms = ?"
+            " WHERE user_id = ? AND used_at_ms IS NULL AND expires_at_ms > ?",
+            [now_ms, user_id, now_ms],
+        )
+        revoked = self.db.execute(
+            "UPDATE devices SET revoked_at_ms = ? WHERE user_id = ? AND revoked_at_ms IS NULL"
+            " RETURNING device_id",
+            [now_ms, user_id],
+        ).fetchall()
         return sorted(device_id for (device_id,) in revoked)
 
     def enable(self, user_id: str) -> bool:
@@ -305,16 +310,61 @@ class Directory:
             if on_moved is not None:
                 on_moved(user.org_units)
             if user.role == "supervisor":
-                for unit in {*user.org_units, *org_units}:
-                    inside, where = _stored_within(unit)
-                    self.db.execute(
-                        "INSERT OR IGNORE INTO due (work, record_type, record_id)"
-                        f" SELECT 'readers', r.record_type, r.record_id FROM records AS r"
-                        f" WHERE {inside}",
-                        where,
-                    )
+                self._readers_due_within({*user.org_units, *org_units})
         due.redo_readers(self.store)
         return user.org_units
+
+    def change_role(
+        self,
+        user_id: str,
+        role: Role,
+        now_ms: int,
+        on_changed: Callable[[Role, list[str]], object] | None = None,
+    ) -> tuple[Role, list[str]] | None:
+        """Give a user another role; their old role and the devices it revoked, or None if
+        there is no such user still enabled. `ValueError` for an unknown or the same role.
+
+        A device acts with the role it enrolled with, so every device of theirs is
+        revoked and their unused codes expire: they enrol again for the new role. Their
+        console sessions end. Who may read what they could read, and (for a supervisor)
+        what their units hold, or (for a mediator) the cases naming them, is worked out
+        again as after a move. `on_changed(old role, revoked)` runs in the transaction
+        that changes it (an audit).
+        """
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        with self.store.transaction():
+            user = self.user(user_id)
+            if user is None or user.disabled_at_ms is not None:
+                return None
+            if user.role == role:
+                raise ValueError(f"{user_id} is a {role} already")
+            self.db.execute("UPDATE users SET role = ? WHERE user_id = ?", [role, user_id])
+            revoked = self._signed_out(user_id, now_ms)
+            if on_changed is not None:
+                on_changed(user.role, revoked)
+            self._readers_due("record_type, record_id FROM access WHERE user_id = ?", [user_id])
+            self._readers_due(
+                "'case', case_id FROM case_index, json_each(mediators) WHERE json_each.value = ?",
+                [user_id],
+            )
+            if role == "supervisor":
+                self._readers_due_within(user.org_units)
+        due.redo_readers(self.store)
+        return user.role, revoked
+
+    def _readers_due(self, selected: str, parameters: list[object]) -> None:
+        """List the records `SELECT {selected}` names for `due.redo_readers`."""
+        self.db.execute(
+            "INSERT OR IGNORE INTO due (work, record_type, record_id)"
+            f" SELECT 'readers', {selected}",
+            parameters,
+        )
+
+    def _readers_due_within(self, units: Iterable[str]) -> None:
+        for unit in units:
+            inside, where = _stored_within(unit)
+            self._readers_due(f"r.record_type, r.record_id FROM records AS r WHERE {inside}", where)
 
     def spend_nonce(self, device_id: str, nonce: str, now_ms: int, window_ms: int) -> None:
         """Record a request nonce; `Replayed` if this device used it within the window."""

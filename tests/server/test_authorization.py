@@ -13,7 +13,7 @@ from sync.changes import decode_change
 from sync.clock import Clock
 from sync.engine import apply_batch
 from tests.conftest import migrate_again
-from tests.server.test_app import GONGSHU, XIHU, decode, pulled_records
+from tests.server.test_app import GONGSHU, XIHU, decode, error_of, pulled_records
 from tests.server.test_console import PASSWORD, sign_in
 
 ROLES = ["informant", "mediator", "supervisor", "admin"]
@@ -310,6 +310,46 @@ def test_an_upgraded_office_takes_back_what_a_non_mediator_named_in_mediators_re
     assert done == [{"states": 2}, {"people": 1, "readers": 1}]
     # Done once: the next start finds nothing due.
     assert office.store.db.execute("SELECT count(*) FROM due").fetchone() == (0,)
+
+
+def test_a_mediator_made_supervisor_enrols_again_and_reads_the_district_not_their_cases(office):
+    sun = office.enroll("mediator", name="Sun")
+    sun_id = sun.enrollment.user_id
+    wang = office.enroll("mediator", name="Wang")
+    sun.push([*a_case_naming(sun, sun_id)])  # k-1 in Gongshu, naming Sun, linking p-1
+    far = {"title": "Far", "location": XIHU}
+    wang.push([wang.change("case", "k-far", far, [Add(field="mediators", value=sun_id)])])
+    wang.push([wang.change("case", "k-2", {"title": "Noise", "location": GONGSHU})], "b-2")
+    unused = office.directory.issue_code(sun_id, office.wall.ms, 3600_000)
+    assert records_held(sun) == {("case", "k-1"), ("party", "p-1"), ("case", "k-far")}
+
+    changed = office.directory.change_role(sun_id, "supervisor", office.wall.ms)
+    assert changed == ("mediator", [sun.device_id])
+    assert error_of(sun.pull()) == (403, "revoked_device")  # it enrolled as a mediator
+    with pytest.raises(AssertionError):
+        office.enroll_with(unused)  # issued for the old role
+    code = office.directory.issue_code(sun_id, office.wall.ms, 3600_000)
+    again = office.enroll_with(code)
+    assert again.enrollment.role == "supervisor"
+    # What they may now read is served from the office's next logged change, as after a move.
+    wang.push([wang.change("case", "k-3", {"title": "Lift", "location": XIHU})], "b-3")
+    # Gongshu's every record, as a supervisor of it; the Xihu case naming them no longer.
+    assert records_held(again) == {("case", "k-1"), ("party", "p-1"), ("case", "k-2")}
+    # Back to mediator: the district goes, the cases naming them come back.
+    assert office.directory.change_role(sun_id, "mediator", office.wall.ms) == (
+        "supervisor",
+        [again.device_id],
+    )
+    wang.push([wang.change("case", "k-4", {"title": "Lift", "location": XIHU})], "b-4")
+    code = office.directory.issue_code(sun_id, office.wall.ms, 3600_000)
+    assert records_held(office.enroll_with(code)) == {
+        ("case", "k-1"),
+        ("party", "p-1"),
+        ("case", "k-far"),
+    }
+    with pytest.raises(ValueError, match="already"):
+        office.directory.change_role(sun_id, "mediator", office.wall.ms)
+    assert office.directory.change_role("u-nobody", "admin", office.wall.ms) is None
 
 
 def test_a_supervisor_moved_to_another_district_sees_it_and_no_longer_the_old_one(office):

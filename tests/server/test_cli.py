@@ -294,6 +294,33 @@ def test_someone_who_left_is_disabled_from_the_command_line_and_can_be_enabled_a
     store.close()
 
 
+def test_a_users_role_is_changed_from_the_command_line_with_a_reason(tmp_path, capsys):
+    data = str(tmp_path / "office")
+    main(["--data", data, "init", "--admin", "Wang", "--org-unit", "Hangzhou"])
+    main(["--data", data, "user", "add", "Zhao", "--role", "mediator", "--org-unit", "Hangzhou"])
+    zhao = capsys.readouterr().out.split()[-1]
+    role = ["--data", data, "user", "role", zhao, "--role", "supervisor"]
+    with pytest.raises(SystemExit):
+        main(role)  # no reason
+    assert main([*role, "--reason", "promoted"]) == 0
+    assert f"{zhao}: mediator -> supervisor" in capsys.readouterr().out
+    assert main([*role, "--reason", "again"]) == 1  # a supervisor already
+    assert (
+        main(["--data", data, "user", "role", "u-nobody", "--role", "admin", "--reason", "x"]) == 1
+    )
+    store = opened(tmp_path / "office")
+    assert Directory(store).user(zhao).role == "supervisor"
+    changed = audit.entries(store.db)[-1]
+    assert (changed.action, changed.subject) == ("change_role", f"user/{zhao}")
+    assert changed.detail == {
+        "reason": "promoted",
+        "role_before": "mediator",
+        "role": "supervisor",
+        "revoked_devices": [],
+    }
+    store.close()
+
+
 def test_a_user_is_moved_to_other_org_units_from_the_command_line(tmp_path, capsys):
     data = str(tmp_path / "office")
     main(["--data", data, "init", "--admin", "Wang", "--org-unit", "Hangzhou"])
