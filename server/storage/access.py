@@ -137,28 +137,44 @@ def update_access(
             gone = before.keys() - now
             dropped += [(user, record_type, record_id) for user in gone]
             # A row granted at this very position (by an earlier chunk of the same
-            # catch-up) was never served: taking it back needs no eviction.
-            evicted += [(seq, user, record_type, record_id) for user in gone if before[user] != seq]
+            # catch-up, or a move before the log got here) was never served: taking it
+            # back needs no eviction. Unless this user's own push takes it back: their
+            # phone shows the record from the change it made, until an eviction.
+            evicted += [
+                (seq, user, record_type, record_id, before[user])
+                for user in gone
+                if before[user] != seq or user == creator
+            ]
         db.conn.executemany(
             "UPDATE records SET org_unit = ? WHERE record_type = ? AND record_id = ?", moved
         )
-        db.conn.executemany(
-            "INSERT INTO access (user_id, record_type, record_id, since_seq) VALUES (?, ?, ?, ?)",
-            granted,
-        )
         # An eviction at this very position was never served either (a supervisor moved
-        # away and back before the next logged change): granted again, it must not be.
+        # away and back before the next logged change): granted again, it must not be,
+        # and the phones hold the record since they held it before.
+        unserved: dict[tuple[str, str, str, int], int | None] = {}
+        if granted:  # only this batch's positions, or the next one, can hold such
+            for user, record_type, record_id, seq, since in db.execute(
+                "SELECT user_id, record_type, record_id, seq, held_since FROM evictions"
+                " WHERE seq >= ?",
+                [min(seq for *_, seq in granted)],
+            ):
+                unserved[(user, record_type, record_id, seq)] = since
         db.conn.executemany(
             "DELETE FROM evictions WHERE user_id = ? AND record_type = ? AND record_id = ?"
             " AND seq = ?",
-            granted,
+            [row for row in granted if row in unserved],
+        )
+        db.conn.executemany(
+            "INSERT INTO access (user_id, record_type, record_id, since_seq) VALUES (?, ?, ?, ?)",
+            [(*row[:3], row[3] if unserved.get(row) is None else unserved[row]) for row in granted],
         )
         db.conn.executemany(
             "DELETE FROM access WHERE user_id = ? AND record_type = ? AND record_id = ?", dropped
         )
         db.conn.executemany(
-            "INSERT OR IGNORE INTO evictions (seq, user_id, record_type, record_id, reason)"
-            " VALUES (?, ?, ?, ?, 'access_removed')",
+            "INSERT OR IGNORE INTO evictions"
+            " (seq, user_id, record_type, record_id, held_since, reason)"
+            " VALUES (?, ?, ?, ?, ?, 'access_removed')",
             evicted,
         )
 

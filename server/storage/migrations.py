@@ -418,6 +418,14 @@ def _disabled_users(db: sqlite_utils.Database) -> None:
     db.table("users").add_column("disabled_at_ms", int)
 
 
+def _eviction_held_since(db: sqlite_utils.Database) -> None:
+    """Since when the evicted user could read the record (its `access.since_seq`): a grant
+    at the eviction's own position, before the log gets there, takes that row back whole
+    (a supervisor moved away and back), so their phones are not thought never to have
+    held it. NULL in the evictions of older offices."""
+    db.table("evictions").add_column("held_since", int)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _initial),
     ("0002_directory", _directory),
@@ -438,6 +446,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0018_index_rows", _index_rows),
     ("0019_audit_actions", _audit_actions),
     ("0020_disabled_users", _disabled_users),
+    ("0021_eviction_held_since", _eviction_held_since),
 ]
 
 
